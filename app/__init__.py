@@ -1,0 +1,1 @@
+"""exocall: place Exotel calls and keep their state."""

@@ -1,0 +1,54 @@
+"""Dependencies, as `Annotated` aliases so a route's signature reads as the list of its needs."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.api.errors import ApiError
+from app.calls.callback_auth import verify
+from app.services import Services
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
+    """A session for the request. Routes that write commit it themselves, before they answer:
+    an answer is only given for what is durable."""
+    async with services.sessionmaker() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def authenticate_callback(
+    services: ServicesDep,
+    token: Annotated[str | None, Query(description="The HMAC token of the callback URL.")] = None,
+    call_id: Annotated[str | None, Query(description="Our call id, signed by the token.")] = None,
+) -> uuid.UUID | None:
+    """Check the token that the StatusCallback URL carries; return the call id it vouches for
+    (None for the account-wide URL). Checked before the body is read."""
+    if not token:
+        raise ApiError(401, "callback_unauthenticated", "the callback URL carries no token")
+    forbidden = ApiError(403, "callback_forbidden", "the callback token is not valid")
+    try:
+        parsed_id = uuid.UUID(call_id) if call_id else None
+    except ValueError:
+        raise forbidden from None
+    if not verify(services.settings.signing_secrets, parsed_id, token):
+        raise forbidden
+    return parsed_id
+
+
+CallbackCallId = Annotated[uuid.UUID | None, Depends(authenticate_callback)]

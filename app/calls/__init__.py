@@ -1,0 +1,1 @@
+"""The domain: placing calls, the status state machine, callbacks."""

@@ -1,0 +1,32 @@
+"""The domain's refusals, as types with fields; api/errors.py maps them to HTTP in one place."""
+
+from __future__ import annotations
+
+from app.db.models import Call
+
+
+class CallError(Exception):
+    pass
+
+
+class CallNotFound(CallError):
+    def __init__(self, ref: str) -> None:
+        super().__init__(f"no call with id or sid {ref!r}")
+        self.ref = ref
+
+
+class InvalidField(CallError):
+    """A request field that is well-formed but unusable (pydantic catches the rest)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class CallNotPlaced(CallError):
+    """Exotel refused the call, or could not be reached; the call is kept as `rejected`."""
+
+    def __init__(self, call: Call) -> None:
+        super().__init__(call.error_message or "the call was not placed")
+        self.call = call

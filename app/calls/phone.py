@@ -1,0 +1,48 @@
+"""Phone numbers: one canonical form (E.164) stored and compared, Exotel's form sent, and a
+masked form for logs (numbers are personal data)."""
+
+from __future__ import annotations
+
+import re
+
+_SEPARATORS = re.compile(r"[\s\-().]")
+# India's national significant numbers have 10 digits: mobiles start with 6-9, landlines with
+# their STD code (11 Delhi, 22 Mumbai, 80 Bengaluru, ...), which never starts with 0.
+_INDIAN_NSN = re.compile(r"[1-9]\d{9}")
+_INDIAN_FORMS = re.compile(r"(?:\+91|0091|91|0)?(?P<nsn>\d{10})")
+_E164 = re.compile(r"\+[1-9]\d{7,14}")
+
+
+class InvalidPhoneNumber(ValueError):
+    pass
+
+
+def to_e164(number: str) -> str:
+    """Canonical E.164 for an Indian number in any usual spelling, or any E.164 number.
+
+    Accepted: `09052161119`, `9052161119`, `+919052161119`, `919052161119`, `08030752400`
+    (landline with STD code), `+14155550100`. Spaces, hyphens, dots and brackets are ignored.
+    """
+    compact = _SEPARATORS.sub("", number)
+    indian = _INDIAN_FORMS.fullmatch(compact)
+    if indian and _INDIAN_NSN.fullmatch(indian["nsn"]):
+        return "+91" + indian["nsn"]
+    if _E164.fullmatch(compact) and not compact.startswith("+91"):
+        return compact
+    raise InvalidPhoneNumber("not a valid Indian mobile/landline or E.164 number")
+
+
+def to_exotel_dial_form(e164: str) -> str:
+    """What `Calls/connect` wants in `From`: `0` + 10 digits for Indian numbers (the documented
+    form), E.164 otherwise."""
+    return "0" + e164[3:] if e164.startswith("+91") else e164
+
+
+def mask(number: str | None) -> str:
+    """`+919052161119` -> `+91******1119`, for logs."""
+    if not number:
+        return ""
+    keep_head = 3 if number.startswith("+") else 1
+    if len(number) <= keep_head + 4:
+        return "*" * len(number)
+    return number[:keep_head] + "*" * (len(number) - keep_head - 4) + number[-4:]

@@ -1,0 +1,176 @@
+"""The call resource and the request that creates one, as the HTTP API speaks them."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+from app.calls.phone import to_e164
+from app.db.models import Call, CallEvent, CallStatus, EventOutcome
+from app.exotel.wire import IST
+
+# Exotel documents these bounds for Calls/connect (shared/exotel.md).
+MAX_TIME_LIMIT = 14400
+MAX_TIME_OUT = 60
+MAX_CUSTOM_FIELD = 128
+
+_CALLER_ID = re.compile(r"\+?\d{6,16}")
+_APP_ID = re.compile(r"\d{1,32}")
+
+
+def _int_as_str(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _matches(pattern: re.Pattern[str], message: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(message)
+        return value
+
+    return AfterValidator(check)
+
+
+PhoneNumber = Annotated[str, AfterValidator(to_e164)]
+CallerId = Annotated[
+    str,
+    AfterValidator(lambda v: re.sub(r"[\s\-]", "", v)),
+    _matches(_CALLER_ID, "must be an ExoPhone number: digits, optionally after +"),
+]
+AppId = Annotated[
+    str, BeforeValidator(_int_as_str), _matches(_APP_ID, "must be Exotel's numeric app id")
+]
+
+
+class CallCreate(BaseModel):
+    """`POST /calls`: whom to phone, and which Exotel flow to connect them to."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "from": "+919052161119",
+                    "app_id": "926",
+                    "caller_id": "08030752400",
+                    "time_limit": 300,
+                    "time_out": 30,
+                    "custom_field": "order-123",
+                }
+            ]
+        },
+    )
+
+    from_number: PhoneNumber = Field(
+        alias="from", description="The customer's number: Indian (any usual form) or E.164."
+    )
+    app_id: AppId | None = Field(None, description="Exotel's numeric flow (app) id.")
+    flow_url: AnyHttpUrl | None = Field(
+        None, max_length=512, description="A full flow URL, instead of app_id."
+    )
+    caller_id: CallerId | None = Field(
+        None, description="The ExoPhone to call from; EXOTEL_CALLER_ID when absent."
+    )
+    time_limit: int | None = Field(None, ge=1, le=MAX_TIME_LIMIT, description="Seconds.")
+    time_out: int | None = Field(None, ge=1, le=MAX_TIME_OUT, description="Ring seconds.")
+    custom_field: str | None = Field(None, max_length=MAX_CUSTOM_FIELD)
+
+    @model_validator(mode="after")
+    def _one_flow(self) -> CallCreate:
+        if (self.app_id is None) == (self.flow_url is None):
+            raise ValueError("give exactly one of app_id and flow_url")
+        return self
+
+
+class CallErrorOut(BaseModel):
+    code: str
+    message: str
+    exotel_status: int | None = None
+    exotel_code: int | None = None
+
+
+class CallOut(BaseModel):
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    id: uuid.UUID
+    sid: str | None
+    status: CallStatus
+    from_number: str = Field(serialization_alias="from")
+    caller_id: str
+    app_id: str | None
+    flow_url: str | None
+    custom_field: str | None
+    time_limit: int | None
+    time_out: int | None
+    recording_url: str | None
+    duration: int | None
+    conversation_duration: int | None
+    date_updated: datetime | None = Field(description="Exotel's clock, in IST.")
+    error: CallErrorOut | None
+    created_at: datetime
+    dispatched_at: datetime | None
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, call: Call) -> CallOut:
+        error = None
+        if call.error_code:
+            error = CallErrorOut(
+                code=call.error_code,
+                message=call.error_message or "",
+                exotel_status=call.error_exotel_status,
+                exotel_code=call.error_exotel_code,
+            )
+        return cls(
+            id=call.id,
+            sid=call.sid,
+            status=call.status,
+            from_number=call.from_number,
+            caller_id=call.caller_id,
+            app_id=call.app_id,
+            flow_url=call.flow_url,
+            custom_field=call.custom_field,
+            time_limit=call.time_limit,
+            time_out=call.time_out,
+            recording_url=call.recording_url,
+            duration=call.duration,
+            conversation_duration=call.conversation_duration,
+            date_updated=call.date_updated.astimezone(IST) if call.date_updated else None,
+            error=error,
+            created_at=call.created_at,
+            dispatched_at=call.dispatched_at,
+            updated_at=call.updated_at,
+        )
+
+
+class CallPage(BaseModel):
+    items: list[CallOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
+
+
+class EventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    received_at: datetime
+    content_type: str
+    outcome: EventOutcome
+    status: str | None
+    event_type: str | None
+    recording_url: str | None
+    date_updated: datetime | None
+    date_updated_raw: str | None
+    payload: dict[str, Any] = Field(description="The callback's fields exactly as received.")

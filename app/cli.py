@@ -1,0 +1,77 @@
+"""The `exocall` command. Every subcommand reads the configuration of CONTRACT.md."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from app.calls.callback_auth import status_callback_url
+from app.config import Settings
+from app.db import migrate as migrations
+from app.exotel.simulator import Simulator, SimulatorConfig
+
+cli = typer.Typer(help="Place Exotel calls and keep their state.", no_args_is_help=True)
+
+Host = Annotated[str, typer.Option(help="Address to listen on.")]
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+def serve(
+    host: Host = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+) -> None:
+    """Serve the HTTP API."""
+    _configure_logging()
+    Settings()  # fail here, with the configuration error, rather than in every worker
+    uvicorn.run(
+        "app.main:create_app", factory=True, host=host, port=port, workers=workers, log_config=None
+    )
+
+
+@cli.command()
+def migrate() -> None:
+    """Bring the database schema to the newest migration."""
+    _configure_logging()
+    migrations.upgrade(Settings().database_url)
+
+
+@cli.command()
+def simulator(
+    host: Host = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8001,
+    callback_delay: Annotated[float, typer.Option(help="Seconds until the status callback.")] = 2.0,
+    response_delay: Annotated[
+        float, typer.Option(help="Seconds before Calls/connect answers.")
+    ] = 0.0,
+    retry_after: Annotated[bool, typer.Option(help="Send Retry-After with 429s.")] = True,
+) -> None:
+    """Serve the Exotel simulator on its own port (rate limit from EXOTEL_RATE_LIMIT/WINDOW)."""
+    _configure_logging()
+    settings = Settings()
+    config = SimulatorConfig(
+        callback_delay=callback_delay,
+        response_delay=response_delay,
+        rate_limit=settings.exotel_rate_limit,
+        rate_window=settings.exotel_rate_window_seconds,
+        retry_after=retry_after,
+    )
+    uvicorn.run(Simulator(config).app(owns_http=True), host=host, port=port, log_config=None)
+
+
+@cli.command("callback-url")
+def callback_url() -> None:
+    """Print the account-wide StatusCallback URL, for callbacks set up in an Exotel flow."""
+    settings = Settings()
+    typer.echo(status_callback_url(settings.public_base_url, settings.signing_secrets[0], None))
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,101 @@
+"""Configuration, read from the environment and a `.env` file (names fixed by CONTRACT.md)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+REGION_HOSTS = {
+    "singapore": "https://api.exotel.com",
+    "mumbai": "https://api.in.exotel.com",
+}
+
+# Used only in development when CALLBACK_SECRETS is unset, so `make run` works out of the box.
+# Production refuses to start without real secrets.
+DEVELOPMENT_CALLBACK_SECRET = "exocall-development-callback-secret-not-for-production"  # noqa: S105
+# The simulator accepts any credentials; these are sent when no Exotel key is configured.
+SIMULATOR_ACCOUNT_SID = "simulated"
+SIMULATOR_API_KEY = "simulator-key"
+SIMULATOR_API_TOKEN = "simulator-token"  # noqa: S105
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    database_url: str = "sqlite+aiosqlite:///./exocall.db"
+
+    exotel_account_sid: str | None = None
+    exotel_api_key: SecretStr | None = None
+    exotel_api_token: SecretStr | None = None
+    exotel_region: Literal["singapore", "mumbai"] = "singapore"
+    exotel_api_base_url: str | None = None
+    exotel_caller_id: str | None = None
+    exotel_flow_url_template: str = "http://my.exotel.com/{account_sid}/exoml/start_voice/{app_id}"
+    exotel_rate_limit: int = Field(200, ge=1)
+    exotel_rate_window_seconds: float = Field(60, gt=0)
+    exotel_timeout_seconds: float = Field(30, gt=0)
+    # Off by default: some accounts answer 400 when StatusCallbackEvents is sent with Url.
+    exotel_status_callback_events: Annotated[list[Literal["terminal", "answered"]], NoDecode] = []
+    exotel_status_callback_content_type: Literal["multipart/form-data", "application/json"] = (
+        "multipart/form-data"
+    )
+
+    public_base_url: str = "http://127.0.0.1:8000"
+    callback_secrets: Annotated[list[SecretStr], NoDecode] = []
+    api_keys: Annotated[list[SecretStr], NoDecode] = []
+    exocall_env: Literal["development", "production"] = "development"
+
+    # The built-in simulator (used when no Exotel key is set).
+    simulator_callback_delay_seconds: float = Field(2.0, ge=0)
+
+    _split = field_validator(
+        "callback_secrets", "api_keys", "exotel_status_callback_events", mode="before"
+    )(_split_csv)
+
+    @field_validator("public_base_url", "exotel_api_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _production_needs_secrets(self) -> Settings:
+        if self.exocall_env != "production":
+            return self
+        required = {
+            "API_KEYS": self.api_keys,
+            "CALLBACK_SECRETS": self.callback_secrets,
+            "EXOTEL_ACCOUNT_SID": self.exotel_account_sid,
+            "EXOTEL_API_KEY": self.exotel_api_key,
+            "EXOTEL_API_TOKEN": self.exotel_api_token,
+        }
+        missing = [name for name, value in required.items() if not value]
+        if missing:
+            raise ValueError(f"EXOCALL_ENV=production requires {', '.join(missing)}")
+        return self
+
+    @property
+    def uses_simulator(self) -> bool:
+        return self.exotel_api_key is None
+
+    @property
+    def exotel_base_url(self) -> str:
+        return self.exotel_api_base_url or REGION_HOSTS[self.exotel_region]
+
+    @property
+    def account_sid(self) -> str:
+        return self.exotel_account_sid or SIMULATOR_ACCOUNT_SID
+
+    @property
+    def signing_secrets(self) -> list[bytes]:
+        """Callback secrets as bytes; the first signs, all verify."""
+        if self.callback_secrets:
+            return [s.get_secret_value().encode() for s in self.callback_secrets]
+        return [DEVELOPMENT_CALLBACK_SECRET.encode()]

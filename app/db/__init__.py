@@ -1,0 +1,1 @@
+"""Database schema and sessions. Imports nothing else of the app."""

@@ -1,0 +1,187 @@
+"""The Exotel voice v1 client: `Calls/connect` and call details.
+
+The HTTP transport is chosen at construction (a real `httpx.AsyncClient`, one bound to the
+in-process simulator, or a `MockTransport` in tests); nothing here is ever patched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from app.exotel.errors import (
+    ExotelOutcomeUnknown,
+    ExotelRateLimited,
+    ExotelRejected,
+    ExotelUnreachable,
+)
+from app.exotel.wire import ExotelCall, UnreadableBody, format_exotel_time, parse_response
+
+# Bulk call details take at most 100 SIDs, and pages of at most 100 calls.
+MAX_SIDS_PER_LOOKUP = 100
+MAX_PAGE_SIZE = 100
+
+
+@dataclass(frozen=True)
+class ConnectRequest:
+    """The form of `Calls/connect` (connect a number to a flow), in the app's names."""
+
+    from_number: str  # as Exotel wants it dialled: `0` + 10 digits for Indian numbers
+    caller_id: str
+    flow_url: str
+    status_callback: str | None = None
+    time_limit: int | None = None
+    time_out: int | None = None
+    custom_field: str | None = None
+    status_callback_events: Sequence[str] = ()
+    status_callback_content_type: str | None = None
+
+    def form(self) -> dict[str, str]:
+        form = {
+            "From": self.from_number,
+            "CallerId": self.caller_id,
+            "Url": self.flow_url,
+            # The only call type Exotel still supports.
+            "CallType": "trans",
+        }
+        optional = {
+            "StatusCallback": self.status_callback,
+            "TimeLimit": self.time_limit,
+            "TimeOut": self.time_out,
+            "CustomField": self.custom_field,
+            "StatusCallbackContentType": self.status_callback_content_type,
+        }
+        form.update({name: str(value) for name, value in optional.items() if value is not None})
+        for index, event in enumerate(self.status_callback_events):
+            form[f"StatusCallbackEvents[{index}]"] = event
+        return form
+
+
+class ExotelClient:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        base_url: str,
+        account_sid: str,
+        api_key: str,
+        api_token: str,
+        timeout_seconds: float,
+    ) -> None:
+        self._http = http
+        self._accounts_url = f"{base_url.rstrip('/')}/v1/Accounts/{account_sid}"
+        # Basic auth always goes in the header, never as key:token@host (URLs end up in logs).
+        self._auth = httpx.BasicAuth(api_key, api_token)
+        self._timeout = httpx.Timeout(timeout_seconds, connect=min(timeout_seconds, 10.0))
+
+    def __repr__(self) -> str:
+        return f"ExotelClient({self._accounts_url!r})"
+
+    async def connect(self, request: ConnectRequest) -> ExotelCall:
+        """Ask Exotel to dial `request.from_number` and connect them to the flow.
+
+        A 200 means Exotel handed the first leg to the operator, not that anyone answered.
+        """
+        calls = await self._request("POST", "/Calls/connect.json", data=request.form())
+        if not calls:
+            # Exotel said yes but we cannot read which call it made: it may well be dialling.
+            raise ExotelOutcomeUnknown("Exotel accepted the call but its response has no Sid")
+        return calls[0]
+
+    async def get_call(self, sid: str) -> ExotelCall | None:
+        """One call's details, with the conversation duration; None if Exotel does not know it."""
+        try:
+            calls = await self._request("GET", f"/Calls/{sid}.json", params={"details": "true"})
+        except ExotelRejected as exc:
+            if exc.status == httpx.codes.NOT_FOUND:
+                return None
+            raise
+        return calls[0] if calls else None
+
+    async def list_calls(
+        self,
+        *,
+        sids: Sequence[str] = (),
+        from_number: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> list[ExotelCall]:
+        """Bulk call details (one page). Exotel never lists calls still in progress."""
+        if len(sids) > MAX_SIDS_PER_LOOKUP:
+            raise ValueError(f"at most {MAX_SIDS_PER_LOOKUP} SIDs per request")
+        params: dict[str, str] = {"PageSize": str(min(page_size, MAX_PAGE_SIZE))}
+        if sids:
+            params["Sid"] = ",".join(sids)
+        if from_number:
+            params["From"] = from_number
+        bounds = [
+            f"{op}:{format_exotel_time(instant)}"
+            for op, instant in (("gte", created_after), ("lte", created_before))
+            if instant is not None
+        ]
+        if bounds:
+            params["DateCreated"] = ";".join(bounds)
+        return await self._request("GET", "/Calls.json", params=params)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        data: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> list[ExotelCall]:
+        try:
+            response = await self._http.request(
+                method,
+                self._accounts_url + path,
+                data=data,
+                params=params,
+                auth=self._auth,
+                timeout=self._timeout,
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise ExotelUnreachable(f"could not connect to Exotel: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            raise ExotelOutcomeUnknown(f"no answer from Exotel: {type(exc).__name__}") from exc
+        return _read(response)
+
+
+def _read(response: httpx.Response) -> list[ExotelCall]:
+    try:
+        parsed = parse_response(response.content)
+    except UnreadableBody as exc:
+        if response.is_success:
+            raise ExotelOutcomeUnknown(f"unreadable response from Exotel: {exc}") from exc
+        parsed = None
+    error = parsed.error if parsed else None
+    if response.is_success and error is None and parsed is not None:
+        return parsed.calls
+    # The HTTP status wins over the body's: a RestException can carry Status 200 on a 4xx.
+    status = response.status_code if not response.is_success else (error and error.status) or 500
+    message = error.message if error else response.reason_phrase or "error"
+    code = error.code if error else None
+    if status == httpx.codes.TOO_MANY_REQUESTS:
+        raise ExotelRateLimited(status, message, code, _retry_after(response.headers))
+    raise ExotelRejected(status, message, code)
+
+
+def _retry_after(headers: Mapping[str, Any]) -> float | None:
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(when.tzinfo)).total_seconds())

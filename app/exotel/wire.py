@@ -1,0 +1,258 @@
+"""Exotel's wire formats, parsed leniently.
+
+Real bodies differ from the documentation (shared/exotel.md): empty values come as `null`, `""` or
+empty XML elements; numbers as `11` or `"11"`; SIDs are opaque, not hex. Everything here accepts
+all of those and turns them into the app's own names.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET  # noqa: S405 - types only; parsing goes through defusedxml
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from defusedxml import ElementTree as SafeET
+
+IST = timezone(timedelta(hours=5, minutes=30), "IST")
+
+CallFields = Mapping[str, Any]
+
+
+class UnreadableBody(ValueError):
+    """A body that is neither Exotel's XML nor its JSON."""
+
+
+def clean_str(value: Any) -> str | None:
+    """A string, or None for Exotel's many spellings of nothing."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def clean_int(value: Any) -> int | None:
+    """An integer from `11`, `"11"` or `"11.0"`; None when absent or unreadable."""
+    text = clean_str(value)
+    if text is None:
+        return None
+    try:
+        return int(float(text))
+    except ValueError:
+        return None
+
+
+def parse_exotel_time(raw: str | None) -> datetime | None:
+    """Exotel's `YYYY-MM-DD HH:MM:SS` has no zone; the evidence says IST. An explicit offset wins."""
+    if raw is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=IST) if parsed.tzinfo is None else parsed
+
+
+def format_exotel_time(instant: datetime) -> str:
+    """The inverse of parse_exotel_time: IST, no zone."""
+    return instant.astimezone(IST).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def clean_message(message: Any) -> str:
+    # Exotel's messages often end in "; " (`Service Unavailable; `).
+    text = clean_str(message) or ""
+    return text.rstrip("; ").strip() or "no message"
+
+
+@dataclass(frozen=True)
+class ExotelCall:
+    """A `Call` object from `Calls/connect` or call details."""
+
+    sid: str
+    status: str | None = None
+    from_number: str | None = None
+    to_number: str | None = None
+    caller_id: str | None = None
+    date_created_raw: str | None = None
+    date_updated_raw: str | None = None
+    start_time_raw: str | None = None
+    end_time_raw: str | None = None
+    duration: int | None = None
+    conversation_duration: int | None = None
+    price: str | None = None
+    recording_url: str | None = None
+    direction: str | None = None
+
+    @property
+    def date_updated(self) -> datetime | None:
+        return parse_exotel_time(self.date_updated_raw)
+
+    @property
+    def date_created(self) -> datetime | None:
+        return parse_exotel_time(self.date_created_raw)
+
+    @classmethod
+    def from_fields(cls, fields: CallFields) -> ExotelCall | None:
+        sid = clean_str(fields.get("Sid"))
+        if sid is None:
+            return None
+        details = fields.get("Details")
+        details = details if isinstance(details, Mapping) else {}
+        return cls(
+            sid=sid,
+            status=clean_str(fields.get("Status")),
+            from_number=clean_str(fields.get("From")),
+            to_number=clean_str(fields.get("To")),
+            caller_id=clean_str(fields.get("PhoneNumberSid")),
+            date_created_raw=clean_str(fields.get("DateCreated")),
+            date_updated_raw=clean_str(fields.get("DateUpdated")),
+            start_time_raw=clean_str(fields.get("StartTime")),
+            end_time_raw=clean_str(fields.get("EndTime")),
+            duration=clean_int(fields.get("Duration")),
+            conversation_duration=clean_int(details.get("ConversationDuration")),
+            price=clean_str(fields.get("Price")),
+            recording_url=clean_str(fields.get("RecordingUrl")),
+            direction=clean_str(fields.get("Direction")),
+        )
+
+
+@dataclass(frozen=True)
+class RestException:
+    status: int | None
+    message: str
+    code: int | None
+
+
+@dataclass(frozen=True)
+class ExotelResponse:
+    """A parsed response body: its calls, or the error it carries."""
+
+    calls: list[ExotelCall] = field(default_factory=list)
+    error: RestException | None = None
+
+
+def parse_response(body: bytes) -> ExotelResponse:
+    """Parse any Exotel voice response, XML or JSON, whatever `.json` asked for."""
+    text = body.decode("utf-8", errors="replace").strip()
+    if text.startswith("<"):
+        return _parse_xml(text)
+    if text.startswith(("{", "[")):
+        return _parse_json(text)
+    raise UnreadableBody("neither XML nor JSON")
+
+
+def _parse_json(text: str) -> ExotelResponse:
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UnreadableBody(f"invalid JSON: {exc.msg}") from exc
+    if not isinstance(document, dict):
+        raise UnreadableBody("JSON body is not an object")
+    error = document.get("RestException")
+    if isinstance(error, Mapping):
+        return ExotelResponse(error=_rest_exception(error))
+    raw_calls: list[Any] = []
+    if isinstance(document.get("Call"), Mapping):
+        raw_calls = [document["Call"]]
+    elif isinstance(document.get("Calls"), list):
+        raw_calls = document["Calls"]
+    return ExotelResponse(calls=_calls(c for c in raw_calls if isinstance(c, Mapping)))
+
+
+def _parse_xml(text: str) -> ExotelResponse:
+    try:
+        root = SafeET.fromstring(text)
+    except (ET.ParseError, ValueError) as exc:
+        raise UnreadableBody(f"invalid XML: {exc}") from exc
+    error = root if root.tag == "RestException" else root.find("RestException")
+    if error is not None:
+        return ExotelResponse(error=_rest_exception(_xml_fields(error)))
+    elements = [root] if root.tag == "Call" else root.iter("Call")
+    return ExotelResponse(calls=_calls(_xml_fields(element) for element in elements))
+
+
+def _xml_fields(element: ET.Element) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for child in element:
+        fields[child.tag] = _xml_fields(child) if len(child) else child.text
+    return fields
+
+
+def _rest_exception(fields: Mapping[str, Any]) -> RestException:
+    return RestException(
+        status=clean_int(fields.get("Status")),
+        message=clean_message(fields.get("Message")),
+        code=clean_int(fields.get("Code")),
+    )
+
+
+def _calls(raw_calls: Iterable[CallFields]) -> list[ExotelCall]:
+    return [call for call in map(ExotelCall.from_fields, raw_calls) if call is not None]
+
+
+# --- StatusCallback -------------------------------------------------------------------------
+
+_LEG_KEY = re.compile(r"^Legs\[(\d+)\]\[(\w+)\]$")
+
+
+@dataclass(frozen=True)
+class Leg:
+    status: str | None
+    on_call_duration: int | None
+
+
+@dataclass(frozen=True)
+class StatusCallback:
+    """One StatusCallback webhook, from any of its three encodings."""
+
+    call_sid: str | None
+    status: str | None
+    event_type: str | None
+    recording_url: str | None
+    date_updated_raw: str | None
+    conversation_duration: int | None
+    legs: list[Leg]
+
+    @property
+    def date_updated(self) -> datetime | None:
+        return parse_exotel_time(self.date_updated_raw)
+
+
+def parse_status_callback(payload: Mapping[str, Any]) -> StatusCallback:
+    """Parse a callback whose form fields or JSON object is `payload`.
+
+    In multipart and urlencoded bodies `Legs` arrives flattened (`Legs[0][Status]=completed`); in
+    JSON it is an array of objects. Both become `legs`.
+    """
+    return StatusCallback(
+        call_sid=clean_str(payload.get("CallSid")),
+        status=(clean_str(payload.get("Status")) or "").lower() or None,
+        event_type=(clean_str(payload.get("EventType")) or "").lower() or None,
+        recording_url=clean_str(payload.get("RecordingUrl")),
+        date_updated_raw=clean_str(payload.get("DateUpdated")),
+        conversation_duration=clean_int(payload.get("ConversationDuration")),
+        legs=_legs(payload),
+    )
+
+
+def _legs(payload: Mapping[str, Any]) -> list[Leg]:
+    raw = payload.get("Legs")
+    by_index: dict[int, Mapping[str, Any]] = {}
+    if isinstance(raw, list):
+        by_index = {i: leg for i, leg in enumerate(raw) if isinstance(leg, Mapping)}
+    else:
+        flattened: dict[int, dict[str, Any]] = {}
+        for key, value in payload.items():
+            if match := _LEG_KEY.match(key):
+                flattened.setdefault(int(match[1]), {})[match[2]] = value
+        by_index = dict(flattened)
+    return [
+        Leg(
+            status=clean_str(leg.get("Status")),
+            on_call_duration=clean_int(leg.get("OnCallDuration")),
+        )
+        for _, leg in sorted(by_index.items())
+    ]

@@ -1,0 +1,106 @@
+"""`create_app(settings)`: builds the service. Nothing connects until the lifespan starts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+from app.api import callbacks, calls, health
+from app.api.errors import install_error_handlers
+from app.config import SIMULATOR_API_KEY, SIMULATOR_API_TOKEN, Settings
+from app.db.migrate import head_revision
+from app.db.session import create_engine, create_sessionmaker
+from app.exotel.client import ExotelClient
+from app.exotel.simulator import Simulator, SimulatorConfig
+from app.services import Services
+
+log = logging.getLogger(__name__)
+
+SIMULATOR_PREFIX = "/_simulator"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    simulator = None
+    if settings.uses_simulator:
+        simulator = Simulator(
+            SimulatorConfig(
+                callback_delay=settings.simulator_callback_delay_seconds,
+                rate_limit=settings.exotel_rate_limit,
+                rate_window=settings.exotel_rate_window_seconds,
+            )
+        )
+    simulator_app = simulator.app() if simulator else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        _warn_about_development_defaults(settings)
+        async with AsyncExitStack() as stack:
+            engine = create_engine(settings.database_url)
+            stack.push_async_callback(engine.dispose)
+            # Exotel is always reached over TLS with certificate verification (httpx's default).
+            http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))
+            exotel_http = http
+            if simulator is not None and simulator_app is not None:
+                simulator.bind(http)  # its callbacks are real HTTP POSTs to PUBLIC_BASE_URL
+                stack.push_async_callback(simulator.aclose)
+                exotel_http = await stack.enter_async_context(
+                    httpx.AsyncClient(transport=httpx.ASGITransport(app=simulator_app))
+                )
+            app.state.services = Services(
+                settings=settings,
+                engine=engine,
+                sessionmaker=create_sessionmaker(engine),
+                exotel=_exotel_client(settings, exotel_http),
+                schema_head=head_revision(),
+            )
+            yield
+
+    app = FastAPI(
+        title="exocall",
+        summary="Place Exotel calls and keep their state.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(calls.router)
+    app.include_router(callbacks.router)
+    app.include_router(health.router)
+    if simulator_app is not None:
+        # Reachable by hand too: curl $PUBLIC_BASE_URL/_simulator/v1/Accounts/simulated/Calls.json
+        app.mount(SIMULATOR_PREFIX, simulator_app)
+    return app
+
+
+def _exotel_client(settings: Settings, http: httpx.AsyncClient) -> ExotelClient:
+    if settings.uses_simulator:
+        base_url, api_key, api_token = "http://simulator", SIMULATOR_API_KEY, SIMULATOR_API_TOKEN
+    else:
+        assert settings.exotel_api_key is not None
+        base_url = settings.exotel_base_url
+        api_key = settings.exotel_api_key.get_secret_value()
+        api_token = settings.exotel_api_token.get_secret_value() if settings.exotel_api_token else ""
+    return ExotelClient(
+        http,
+        base_url=base_url,
+        account_sid=settings.account_sid,
+        api_key=api_key,
+        api_token=api_token,
+        timeout_seconds=settings.exotel_timeout_seconds,
+    )
+
+
+def _warn_about_development_defaults(settings: Settings) -> None:
+    if settings.uses_simulator:
+        log.warning(
+            "EXOTEL_API_KEY is not set: calls go to the built-in simulator, nobody is phoned"
+        )
+    if not settings.callback_secrets:
+        log.warning(
+            "CALLBACK_SECRETS is not set: status callback URLs are signed with a development "
+            "secret that anyone can read; set CALLBACK_SECRETS before exposing this service"
+        )

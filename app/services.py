@@ -1,0 +1,19 @@
+"""What the running service is made of, built once in the lifespan and shared by requests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.exotel.client import ExotelClient
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    exotel: ExotelClient
+    schema_head: str  # the newest migration, for /readyz
