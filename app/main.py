@@ -23,10 +23,13 @@ log = logging.getLogger(__name__)
 SIMULATOR_PREFIX = "/_simulator"
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, exotel_transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    """The service. `exotel_transport` replaces the network to Exotel (tests pass a double)."""
     settings = settings or Settings()
-    simulator = None
-    if settings.uses_simulator:
+    simulator = simulator_app = None
+    if settings.uses_simulator and exotel_transport is None:
         simulator = Simulator(
             SimulatorConfig(
                 callback_delay=settings.simulator_callback_delay_seconds,
@@ -34,7 +37,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 rate_window=settings.exotel_rate_window_seconds,
             )
         )
-    simulator_app = simulator.app() if simulator else None
+        simulator_app = simulator.app()
+        exotel_transport = httpx.ASGITransport(app=simulator_app)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,12 +49,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Exotel is always reached over TLS with certificate verification (httpx's default).
             http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))
             exotel_http = http
-            if simulator is not None and simulator_app is not None:
+            if exotel_transport is not None:
+                exotel_http = await stack.enter_async_context(
+                    httpx.AsyncClient(transport=exotel_transport)
+                )
+            if simulator is not None:
                 simulator.bind(http)  # its callbacks are real HTTP POSTs to PUBLIC_BASE_URL
                 stack.push_async_callback(simulator.aclose)
-                exotel_http = await stack.enter_async_context(
-                    httpx.AsyncClient(transport=httpx.ASGITransport(app=simulator_app))
-                )
             app.state.services = Services(
                 settings=settings,
                 engine=engine,
@@ -83,7 +88,9 @@ def _exotel_client(settings: Settings, http: httpx.AsyncClient) -> ExotelClient:
         assert settings.exotel_api_key is not None
         base_url = settings.exotel_base_url
         api_key = settings.exotel_api_key.get_secret_value()
-        api_token = settings.exotel_api_token.get_secret_value() if settings.exotel_api_token else ""
+        api_token = (
+            settings.exotel_api_token.get_secret_value() if settings.exotel_api_token else ""
+        )
     return ExotelClient(
         http,
         base_url=base_url,

@@ -49,7 +49,9 @@ async def _read_payload(request: Request) -> tuple[str, dict[str, Any]]:
     if media_type in _FORM_TYPES:
         form = await request.form()
         # Exotel sends plain fields only; a file part would not be one of its fields.
-        return media_type, {key: value for key, value in form.multi_items() if isinstance(value, str)}
+        return media_type, {
+            key: value for key, value in form.multi_items() if isinstance(value, str)
+        }
     if media_type == "application/json":
         try:
             payload = json.loads(await request.body())

@@ -77,4 +77,7 @@ async def get_call(ref: str, session: SessionDep) -> CallOut:
 @router.get("/{ref}/events", summary="Every status callback received for a call, oldest first")
 async def list_call_events(ref: str, session: SessionDep) -> list[EventOut]:
     call = await service.find_call(session, ref)
-    return [EventOut.model_validate(event) for event in await service.list_events(session, call_id=call.id)]
+    return [
+        EventOut.model_validate(event)
+        for event in await service.list_events(session, call_id=call.id)
+    ]

@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 from app.calls.phone import to_e164
-from app.db.models import Call, CallEvent, CallStatus, EventOutcome
+from app.db.models import Call, CallStatus, EventOutcome
 from app.exotel.wire import IST
 
 # Exotel documents these bounds for Calls/connect (shared/exotel.md).
@@ -158,7 +158,9 @@ class CallOut(BaseModel):
 
 class CallPage(BaseModel):
     items: list[CallOut]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )
 
 
 class EventOut(BaseModel):

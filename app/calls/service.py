@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import uuid
@@ -14,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.calls.errors import CallNotFound, InvalidField
@@ -72,10 +73,8 @@ async def create_call(session: AsyncSession, *, request: CallCreate, settings: S
 async def find_call(session: AsyncSession, ref: str, *, for_update: bool = False) -> Call:
     """A call by our id or by Exotel's SID."""
     condition = Call.sid == ref
-    try:
+    with contextlib.suppress(ValueError):  # not a UUID: only a SID can match
         condition = or_(Call.id == uuid.UUID(ref), condition)
-    except ValueError:
-        pass  # not a UUID: only a SID can match
     query = select(Call).where(condition)
     call = (await session.scalars(query.with_for_update() if for_update else query)).first()
     if call is None:
@@ -100,7 +99,7 @@ async def list_calls(
     cursor: str | None = None,
 ) -> tuple[list[Call], str | None]:
     """A page of calls, newest first, and the cursor of the next page (None at the end)."""
-    query: Select[tuple[Call]] = select(Call)
+    query = select(Call)
     if statuses:
         query = query.where(Call.status.in_(statuses))
     if from_number:
@@ -204,11 +203,17 @@ async def record_status_callback(
     return event
 
 
-async def _apply_callback(session: AsyncSession, call: Call, callback: StatusCallback) -> EventOutcome:
-    if callback.call_sid and call.sid != callback.call_sid:
-        if call.sid is not None or not await assign_sid(session, call, callback.call_sid):
-            log.warning("callback for call %s carries another call's SID", call.id)
-            return EventOutcome.SID_MISMATCH
+async def _apply_callback(
+    session: AsyncSession, call: Call, callback: StatusCallback
+) -> EventOutcome:
+    sid = callback.call_sid
+    if (
+        sid
+        and call.sid != sid
+        and (call.sid is not None or not await assign_sid(session, call, sid))
+    ):
+        log.warning("callback for call %s carries another call's SID", call.id)
+        return EventOutcome.SID_MISMATCH
     update = update_from_callback(callback)
     return apply_update(call, update) if update else EventOutcome.IGNORED
 

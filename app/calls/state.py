@@ -83,7 +83,9 @@ def _merge(call: Call, update: StatusUpdate, *, overwrite: bool) -> bool:
     durations give way to the terminal ones), only what the call lacks otherwise. Empty values
     never count. Says whether anything changed."""
     changed = False
-    if update.date_updated and (call.date_updated is None or update.date_updated > call.date_updated):
+    if update.date_updated and (
+        call.date_updated is None or update.date_updated > call.date_updated
+    ):
         call.date_updated = update.date_updated
         call.date_updated_raw = update.date_updated_raw
         changed = True

@@ -163,7 +163,9 @@ class Simulator:
         window.append(now)
         return False
 
-    async def connect(self, account_sid: str, form: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+    async def connect(
+        self, account_sid: str, form: Mapping[str, str]
+    ) -> tuple[int, dict[str, Any]]:
         number = form.get("From", "")
         if not number:
             return 400, _rest_exception(400, "Invalid Call Parameters: No 'From' specified; ")
@@ -298,7 +300,9 @@ class Simulator:
 
         app = FastAPI(title="Exotel simulator", lifespan=lifespan, openapi_url=None)
         app.add_api_route(
-            "/v1/Accounts/{account_sid}/Calls/connect{ext:path}", self._http_connect, methods=["POST"]
+            "/v1/Accounts/{account_sid}/Calls/connect{ext:path}",
+            self._http_connect,
+            methods=["POST"],
         )
         app.add_api_route("/v1/Accounts/{account_sid}/Calls{ext:path}", self._http_calls)
         app.add_api_route("/_simulator/log", self._http_log)
@@ -351,7 +355,9 @@ class Simulator:
         return None
 
     def _log(self, request: Request, status: int, **details: str | None) -> None:
-        self.log.append(LoggedRequest(time.time(), request.method, request.url.path, status, **details))
+        self.log.append(
+            LoggedRequest(time.time(), request.method, request.url.path, status, **details)
+        )
 
 
 def _now() -> datetime:
@@ -407,4 +413,3 @@ def _to_xml(body: Mapping[str, Any]) -> str:
     if "Calls" in body:
         return f"<TwilioResponse><Calls>{element('Calls', body['Calls'])}</Calls></TwilioResponse>"
     return f"<TwilioResponse>{''.join(itertools.starmap(element, body.items()))}</TwilioResponse>"
-

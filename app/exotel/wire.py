@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-import xml.etree.ElementTree as ET  # noqa: S405 - types only; parsing goes through defusedxml
+import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -46,7 +46,7 @@ def clean_int(value: Any) -> int | None:
 
 
 def parse_exotel_time(raw: str | None) -> datetime | None:
-    """Exotel's `YYYY-MM-DD HH:MM:SS` has no zone; the evidence says IST. An explicit offset wins."""
+    """Exotel's `YYYY-MM-DD HH:MM:SS` has no zone: evidence says IST. An offset, if any, wins."""
     if raw is None:
         return None
     try:
