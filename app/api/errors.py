@@ -46,9 +46,11 @@ def error_response(
 
 
 def _field_name(location: Sequence[int | str]) -> str:
-    # ("body", "from") -> "from"; ("query", "limit") -> "limit"; ("body",) -> "body"
-    parts = [str(part) for part in location[1:]] or [str(part) for part in location]
-    return ".".join(parts)
+    # ("body", "from") -> "from"; ("body",) -> "body"; ("query", "status", 0) -> "status"
+    source, *path = [str(part) for part in location]
+    if source != "body":
+        path = path[:1]
+    return ".".join(path) or source
 
 
 def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:

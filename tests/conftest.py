@@ -1,0 +1,141 @@
+"""Test fixtures: real databases built by the real migrations, the app, and an Exotel double.
+
+Every database test runs on SQLite, and again on PostgreSQL when TEST_DATABASE_URL points at one
+(CI always sets it). Each test starts from empty tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.calls.callback_auth import status_callback_url
+from app.config import Settings
+from app.db import migrate
+from app.db.session import create_engine, create_sessionmaker
+from app.main import create_app
+from tests.exotel_double import ExotelDouble
+
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
+BACKENDS = ["sqlite", "postgresql"] if TEST_DATABASE_URL else ["sqlite"]
+
+# Obviously fake credentials: nothing in the tests is real.
+FAKE_ACCOUNT_SID = "fake-account"
+FAKE_API_KEY = "fake-api-key"
+FAKE_API_TOKEN = "fake-api-token"
+FAKE_CALLBACK_SECRET = "fake-callback-secret"
+FAKE_CALLER_ID = "08030752400"
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _reset_postgres(url: str) -> None:
+    async def reset() -> None:
+        engine = create_engine(url)
+        async with engine.begin() as connection:
+            await connection.execute(text("DROP SCHEMA public CASCADE"))
+            await connection.execute(text("CREATE SCHEMA public"))
+        await engine.dispose()
+
+    asyncio.run(reset())
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An empty database of one backend, brought to the newest schema by the migrations."""
+    if request.param == "sqlite":
+        path = tmp_path_factory.mktemp("db") / "exocall.db"
+        url = f"sqlite+aiosqlite:///{path}"
+    else:
+        assert TEST_DATABASE_URL is not None
+        url = TEST_DATABASE_URL
+        _reset_postgres(url)
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture
+async def db_url(database_url: str) -> AsyncIterator[str]:
+    """The migrated database, emptied after the test."""
+    yield database_url
+    engine = create_engine(database_url)
+    async with engine.begin() as connection:
+        await connection.execute(text("DELETE FROM call_event"))
+        await connection.execute(text("DELETE FROM call"))
+    await engine.dispose()
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "exotel_account_sid": FAKE_ACCOUNT_SID,
+        "exotel_api_key": FAKE_API_KEY,
+        "exotel_api_token": FAKE_API_TOKEN,
+        "exotel_api_base_url": "https://exotel.test",
+        "callback_secrets": FAKE_CALLBACK_SECRET,
+        "public_base_url": "http://exocall.test",
+    }
+    return Settings(_env_file=None, **(values | overrides))  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    return make_settings(db_url)
+
+
+@pytest.fixture
+def exotel() -> ExotelDouble:
+    return ExotelDouble()
+
+
+@pytest.fixture
+def app(settings: Settings, exotel: ExotelDouble) -> FastAPI:
+    return create_app(settings, exotel_transport=httpx.MockTransport(exotel.handle))
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://exocall.test"
+        ) as c,
+    ):
+        yield c
+
+
+@pytest.fixture
+async def sessionmaker(db_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(db_url)
+    yield create_sessionmaker(engine)
+    await engine.dispose()
+
+
+def callback_path(call_id: uuid.UUID | str | None, secret: str = FAKE_CALLBACK_SECRET) -> str:
+    """The path and query of the StatusCallback URL exocall gives Exotel for `call_id`."""
+    parsed = uuid.UUID(str(call_id)) if call_id else None
+    return status_callback_url("", secret.encode(), parsed)
+
+
+def place_body(number: str = "+919052161110", **fields: Any) -> dict[str, Any]:
+    return {"from": number, "app_id": "926", "caller_id": FAKE_CALLER_ID} | fields
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Settings read the environment; a developer's shell must not change what tests see.
+    for name in os.environ:
+        if name.startswith(("EXOTEL_", "CALLBACK_", "API_KEYS", "EXOCALL_", "PUBLIC_BASE")):
+            monkeypatch.delenv(name)
