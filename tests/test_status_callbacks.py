@@ -1,0 +1,351 @@
+"""`POST /status-callback`: authentication, the three encodings, and how each callback moves its
+call (shared/exotel.md: callbacks come early, twice, out of order, or for SIDs we do not know)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import callback_path, place_body
+from tests.exotel_double import ExotelDouble, accepted, new_sid
+
+pytestmark = pytest.mark.anyio
+
+# The terminal example of shared/exotel.md.
+TERMINAL_JSON: dict[str, Any] = {
+    "EventType": "terminal",
+    "DateCreated": "2019-04-08 03:17:59",
+    "DateUpdated": "2019-04-08 03:18:35",
+    "Status": "completed",
+    "To": "+91886799XXXX",
+    "From": "+91941374XXXX",
+    "PhoneNumberSid": "0113083XXXX",
+    "StartTime": "2019-04-08 03:17:59",
+    "EndTime": "2019-04-08 03:18:36",
+    "Direction": "outbound-api",
+    "RecordingUrl": "https://s3-ap-southeast-1.amazonaws.com/exotelrecordings/acme1/x.mp3",
+    "ConversationDuration": 32,
+    "CustomField": "order-123",
+    "Legs": [
+        {"OnCallDuration": 41, "Status": "completed"},
+        {"OnCallDuration": 32, "Status": "completed"},
+    ],
+}
+
+
+async def place(
+    client: httpx.AsyncClient, exotel: ExotelDouble, sid: str | None = None
+) -> dict[str, Any]:
+    exotel.answer_connect(accepted(sid or new_sid()))
+    response = await client.post("/calls", json=place_body())
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def multipart(fields: dict[str, str]) -> dict[str, Any]:
+    return {"files": {key: (None, value) for key, value in fields.items()}}
+
+
+def callback(
+    sid: str, status: str, date: str = "2019-04-08 03:18:35", recording: str = ""
+) -> dict[str, str]:
+    """The four fields Exotel always sends."""
+    return {"CallSid": sid, "Status": status, "RecordingUrl": recording, "DateUpdated": date}
+
+
+async def events(client: httpx.AsyncClient, call_id: str) -> list[dict[str, Any]]:
+    response = await client.get(f"/calls/{call_id}/events")
+    assert response.status_code == 200
+    return list(response.json())
+
+
+@pytest.mark.parametrize("encoding", ["multipart", "urlencoded", "json"])
+async def test_each_encoding_completes_the_call(
+    client: httpx.AsyncClient, exotel: ExotelDouble, encoding: str
+) -> None:
+    call = await place(client, exotel)
+    fields = {k: v for k, v in TERMINAL_JSON.items() if k != "Legs"} | {"CallSid": call["sid"]}
+    if encoding == "json":
+        body: dict[str, Any] = {"json": fields | {"Legs": TERMINAL_JSON["Legs"]}}
+    else:
+        flat = {k: str(v) for k, v in fields.items()} | {
+            "Legs[0][Status]": "completed",
+            "Legs[0][OnCallDuration]": "41",
+            "Legs[1][Status]": "",
+        }
+        body = multipart(flat) if encoding == "multipart" else {"data": flat}
+
+    response = await client.post(callback_path(call["id"]), **body)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["outcome"] == "applied"
+    stored = (await client.get(f"/calls/{call['id']}")).json()
+    assert stored["status"] == "completed"
+    assert stored["recording_url"] == TERMINAL_JSON["RecordingUrl"]
+    assert stored["conversation_duration"] == 32
+    # DateUpdated has no zone; Exotel's clock is IST.
+    assert stored["date_updated"] == "2019-04-08T03:18:35+05:30"
+    (event,) = await events(client, call["id"])
+    assert event["date_updated_raw"] == "2019-04-08 03:18:35"
+    assert event["payload"]["CallSid"] == call["sid"]
+    assert (
+        event["content_type"]
+        == {
+            "multipart": "multipart/form-data",
+            "urlencoded": "application/x-www-form-urlencoded",
+            "json": "application/json",
+        }[encoding]
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/status-callback", 401, "callback_unauthenticated"),
+        ("/status-callback?call_id={id}", 401, "callback_unauthenticated"),
+        ("/status-callback?call_id={id}&token=forged", 403, "callback_forbidden"),
+        ("/status-callback?call_id={other}&token={token}", 403, "callback_forbidden"),
+        ("/status-callback?call_id=not-a-uuid&token={token}", 403, "callback_forbidden"),
+        ("/status-callback?token={token}", 403, "callback_forbidden"),  # per-call token, no id
+        ("{wrong_secret}", 403, "callback_forbidden"),
+    ],
+)
+async def test_unauthenticated_callbacks_change_nothing(
+    client: httpx.AsyncClient, exotel: ExotelDouble, path: str, status: int, code: str
+) -> None:
+    call = await place(client, exotel)
+    token = callback_path(call["id"]).split("token=")[1]
+    url = path.format(
+        id=call["id"],
+        other=uuid.uuid4(),
+        token=token,
+        wrong_secret=callback_path(call["id"], secret="some-other-secret"),
+    )
+
+    response = await client.post(url, **multipart(callback(call["sid"], "completed")))
+
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+    assert (await client.get(f"/calls/{call['id']}")).json()["status"] == "in-progress"
+    assert await events(client, call["id"]) == []
+
+
+async def test_every_configured_secret_is_accepted_during_rotation(
+    client: httpx.AsyncClient, exotel: ExotelDouble, settings: Any
+) -> None:
+    from app.main import create_app
+    from tests.conftest import make_settings
+
+    call = await place(client, exotel)
+    # Rotate: a new secret first (signs new URLs), the old one still accepted.
+    rotated = make_settings(
+        settings.database_url, callback_secrets="new-fake-secret,fake-callback-secret"
+    )
+    app = create_app(rotated, exotel_transport=httpx.MockTransport(exotel.handle))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://x"
+        ) as rotated_client,
+    ):
+        response = await rotated_client.post(
+            callback_path(call["id"]), **multipart(callback(call["sid"], "busy"))
+        )
+    assert response.status_code == 200
+    assert (await client.get(f"/calls/{call['id']}")).json()["status"] == "busy"
+
+
+async def test_callback_before_the_connect_response(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    """Exotel's callback can beat its own answer to Calls/connect: the call id in the URL finds
+    the call, the callback teaches us its SID, and the late answer does not undo the end."""
+    sid = new_sid()
+
+    async def connect_answering_late(request: httpx.Request) -> httpx.Response:
+        from tests.exotel_double import form_of
+
+        status_callback = form_of(request)["StatusCallback"].removeprefix("http://exocall.test")
+        early = await client.post(status_callback, **multipart(callback(sid, "completed")))
+        assert early.status_code == 200
+        return accepted(sid)
+
+    exotel.on_connect = connect_answering_late
+    response = await client.post("/calls", json=place_body())
+
+    assert response.status_code == 201
+    call = response.json()
+    assert (call["sid"], call["status"]) == (sid, "completed")
+    assert [e["outcome"] for e in await events(client, call["id"])] == ["applied"]
+
+
+async def test_repeated_callback_changes_nothing(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    call = await place(client, exotel)
+    fields = callback(call["sid"], "completed", recording="https://rec.test/1.mp3")
+
+    first = await client.post(callback_path(call["id"]), **multipart(fields))
+    after_first = (await client.get(f"/calls/{call['id']}")).json()
+    second = await client.post(callback_path(call["id"]), **multipart(fields))
+    after_second = (await client.get(f"/calls/{call['id']}")).json()
+
+    assert (first.json()["outcome"], second.json()["outcome"]) == ("applied", "duplicate")
+    assert after_first == after_second
+    assert len(await events(client, call["id"])) == 2  # every callback received is kept
+
+
+async def test_late_answered_never_overwrites_a_terminal_status(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    call = await place(client, exotel)
+    terminal = callback(call["sid"], "no-answer", date="2024-09-16 15:51:00")
+    answered = callback(call["sid"], "in-progress", date="2024-09-16 15:50:30") | {
+        "EventType": "answered"
+    }
+
+    await client.post(callback_path(call["id"]), **multipart(terminal))
+    late = await client.post(callback_path(call["id"]), **multipart(answered))
+
+    assert late.json()["outcome"] == "stale"
+    stored = (await client.get(f"/calls/{call['id']}")).json()
+    assert stored["status"] == "no-answer"
+    assert stored["date_updated"] == "2024-09-16T15:51:00+05:30"
+
+
+async def test_a_different_terminal_status_does_not_replace_the_first(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    call = await place(client, exotel)
+    await client.post(callback_path(call["id"]), **multipart(callback(call["sid"], "busy")))
+    second = await client.post(
+        callback_path(call["id"]), **multipart(callback(call["sid"], "completed"))
+    )
+    assert second.json()["outcome"] == "stale"
+    assert (await client.get(f"/calls/{call['id']}")).json()["status"] == "busy"
+
+
+async def test_answered_then_terminal(client: httpx.AsyncClient, exotel: ExotelDouble) -> None:
+    call = await place(client, exotel)
+    answered = callback(call["sid"], "in-progress", date="2024-09-16 15:50:30") | {
+        "EventType": "answered",
+        "ConversationDuration": "0",
+    }
+    terminal = callback(call["sid"], "completed", date="2024-09-16 15:51:00") | {
+        "EventType": "terminal",
+        "ConversationDuration": "32",
+    }
+    await client.post(callback_path(call["id"]), **multipart(answered))
+    await client.post(callback_path(call["id"]), **multipart(terminal))
+
+    stored = (await client.get(f"/calls/{call['id']}")).json()
+    assert (stored["status"], stored["conversation_duration"]) == ("completed", 32)
+
+
+async def test_an_empty_recording_url_never_blanks_a_known_one(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    call = await place(client, exotel)
+    with_recording = callback(call["sid"], "completed", recording="https://rec.test/1.mp3")
+    await client.post(callback_path(call["id"]), **multipart(with_recording))
+    await client.post(callback_path(call["id"]), **multipart(callback(call["sid"], "completed")))
+    assert (await client.get(f"/calls/{call['id']}")).json()[
+        "recording_url"
+    ] == "https://rec.test/1.mp3"
+
+
+async def test_a_later_duplicate_fills_in_a_missing_recording(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    call = await place(client, exotel)
+    await client.post(callback_path(call["id"]), **multipart(callback(call["sid"], "completed")))
+    filled = await client.post(
+        callback_path(call["id"]),
+        **multipart(callback(call["sid"], "completed", recording="https://rec.test/1.mp3")),
+    )
+    assert filled.json()["outcome"] == "applied"
+    assert (await client.get(f"/calls/{call['id']}")).json()[
+        "recording_url"
+    ] == "https://rec.test/1.mp3"
+
+
+async def test_unknown_sid_is_stored_and_attached_once_the_call_is_known(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    """A callback on the account-wide URL (set up in a flow) for a call we do not know yet."""
+    sid = new_sid()
+    early = await client.post(callback_path(None), **multipart(callback(sid, "busy")))
+    assert early.status_code == 200
+    assert early.json()["outcome"] == "unknown_sid"
+
+    call = await place(client, exotel, sid=sid)
+
+    assert call["status"] == "busy"
+    assert [e["outcome"] for e in await events(client, call["id"])] == ["applied"]
+
+
+async def test_callback_for_another_calls_sid_is_kept_but_not_applied(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    call = await place(client, exotel)
+    response = await client.post(
+        callback_path(call["id"]), **multipart(callback(new_sid(), "failed"))
+    )
+    assert response.json()["outcome"] == "sid_mismatch"
+    assert (await client.get(f"/calls/{call['id']}")).json()["status"] == "in-progress"
+
+
+async def test_an_unknown_status_is_kept_and_ignored(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    call = await place(client, exotel)
+    response = await client.post(
+        callback_path(call["id"]), **multipart(callback(call["sid"], "ringing"))
+    )
+    assert response.json()["outcome"] == "ignored"
+    assert (await client.get(f"/calls/{call['id']}")).json()["status"] == "in-progress"
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "status", "code"),
+    [
+        (
+            {"content": b"CallSid=x", "headers": {"content-type": "text/plain"}},
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+            400,
+            "invalid_json",
+        ),
+        ({"json": ["CallSid", "x"]}, 422, "validation_error"),
+        (
+            {
+                "content": b"--b\r\nbroken",
+                "headers": {"content-type": "multipart/form-data"},
+            },
+            400,
+            "bad_request",
+        ),
+    ],
+)
+async def test_malformed_bodies_are_refused_clearly(
+    client: httpx.AsyncClient, request_kwargs: dict[str, Any], status: int, code: str
+) -> None:
+    response = await client.post(callback_path(None), **request_kwargs)
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+
+
+async def test_account_wide_callback_needs_a_call_sid(client: httpx.AsyncClient) -> None:
+    response = await client.post(callback_path(None), data={"Status": "completed"})
+    assert response.status_code == 422
+    assert response.json()["error"]["details"][0]["field"] == "CallSid"
+
+
+async def test_events_of_an_unknown_call_is_404(client: httpx.AsyncClient) -> None:
+    assert (await client.get(f"/calls/{uuid.uuid4()}/events")).status_code == 404
