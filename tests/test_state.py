@@ -1,0 +1,129 @@
+"""The status state machine, on its own: any order and repetition of a call's updates ends in the
+same state, and a terminal status never changes."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.calls.state import EXOTEL_TERMINAL, TERMINAL, StatusUpdate, apply_update
+from app.db.models import Call, CallStatus, EventOutcome
+from app.exotel.wire import IST
+
+T0 = datetime(2024, 9, 16, 15, 50, tzinfo=IST)
+
+
+def new_call(status: CallStatus = CallStatus.QUEUED) -> Call:
+    return Call(status=status, from_number="+919052161110", caller_id="08030752400")
+
+
+def snapshot(call: Call) -> tuple[object, ...]:
+    return (
+        call.status,
+        call.date_updated,
+        call.recording_url,
+        call.duration,
+        call.conversation_duration,
+    )
+
+
+def updates_of_one_call(terminal: CallStatus) -> list[StatusUpdate]:
+    """What Exotel may say about one call: accepted, answered, its end (with and without the
+    recording), each of which may come late, twice or in any order."""
+    answered = terminal == CallStatus.COMPLETED
+    end = T0 + timedelta(seconds=40)
+    updates = [
+        StatusUpdate(CallStatus.IN_PROGRESS, date_updated=T0, date_updated_raw="a"),
+        StatusUpdate(terminal, date_updated=end, date_updated_raw="b", conversation_duration=32),
+        StatusUpdate(
+            terminal,
+            date_updated=end,
+            date_updated_raw="b",
+            recording_url="https://rec.test/1.mp3" if answered else "",
+            conversation_duration=32,
+        ),
+    ]
+    if answered:
+        updates.append(
+            StatusUpdate(
+                CallStatus.IN_PROGRESS,
+                date_updated=T0 + timedelta(seconds=5),
+                date_updated_raw="c",
+                conversation_duration=0,
+            )
+        )
+    return updates
+
+
+@st.composite
+def shuffled_updates(draw: st.DrawFn) -> tuple[list[StatusUpdate], list[StatusUpdate]]:
+    terminal = draw(st.sampled_from(sorted(EXOTEL_TERMINAL)))
+    updates = updates_of_one_call(terminal)
+    # Each update arrives at least once and maybe again, in any order.
+    received = updates + draw(st.lists(st.sampled_from(updates), max_size=6))
+    return updates, draw(st.permutations(received))
+
+
+@given(shuffled_updates())
+def test_any_order_and_repetition_ends_in_the_same_state(
+    case: tuple[list[StatusUpdate], list[StatusUpdate]],
+) -> None:
+    in_order, received = case
+    expected, actual = new_call(), new_call()
+    for update in in_order:
+        apply_update(expected, update)
+    for update in received:
+        apply_update(actual, update)
+    assert snapshot(actual) == snapshot(expected)
+
+
+@given(
+    st.sampled_from(sorted(TERMINAL)),
+    st.lists(
+        st.builds(
+            StatusUpdate,
+            status=st.sampled_from(list(CallStatus)),
+            date_updated=st.none() | st.datetimes(timezones=st.just(IST)),
+            recording_url=st.none() | st.just("") | st.just("https://rec.test/2.mp3"),
+        )
+    ),
+)
+def test_a_terminal_status_never_changes(terminal: CallStatus, updates: list[StatusUpdate]) -> None:
+    call = new_call(terminal)
+    for update in updates:
+        apply_update(call, update)
+        assert call.status == terminal
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "outcome", "final"),
+    [
+        (CallStatus.QUEUED, CallStatus.IN_PROGRESS, EventOutcome.APPLIED, CallStatus.IN_PROGRESS),
+        (CallStatus.QUEUED, CallStatus.REJECTED, EventOutcome.APPLIED, CallStatus.REJECTED),
+        (CallStatus.QUEUED, CallStatus.UNKNOWN, EventOutcome.APPLIED, CallStatus.UNKNOWN),
+        (CallStatus.QUEUED, CallStatus.BUSY, EventOutcome.APPLIED, CallStatus.BUSY),
+        # A dispatch verdict arriving after a callback already told the truth.
+        (CallStatus.IN_PROGRESS, CallStatus.UNKNOWN, EventOutcome.STALE, CallStatus.IN_PROGRESS),
+        (CallStatus.COMPLETED, CallStatus.REJECTED, EventOutcome.STALE, CallStatus.COMPLETED),
+        # `unknown` is provisional: any word from Exotel replaces it.
+        (CallStatus.UNKNOWN, CallStatus.IN_PROGRESS, EventOutcome.APPLIED, CallStatus.IN_PROGRESS),
+        (CallStatus.UNKNOWN, CallStatus.NO_ANSWER, EventOutcome.APPLIED, CallStatus.NO_ANSWER),
+        (CallStatus.IN_PROGRESS, CallStatus.QUEUED, EventOutcome.STALE, CallStatus.IN_PROGRESS),
+        (CallStatus.REJECTED, CallStatus.COMPLETED, EventOutcome.STALE, CallStatus.REJECTED),
+        (
+            CallStatus.IN_PROGRESS,
+            CallStatus.IN_PROGRESS,
+            EventOutcome.DUPLICATE,
+            CallStatus.IN_PROGRESS,
+        ),
+    ],
+)
+def test_transitions(
+    current: CallStatus, new: CallStatus, outcome: EventOutcome, final: CallStatus
+) -> None:
+    call = new_call(current)
+    assert apply_update(call, StatusUpdate(new)) == outcome
+    assert call.status == final
