@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 import typer
@@ -12,13 +11,14 @@ from app.calls.callback_auth import status_callback_url
 from app.config import Settings
 from app.db import migrate as migrations
 from app.exotel.simulator import Simulator, SimulatorConfig
+from app.logs import configure_logging
 
 cli = typer.Typer(help="Place Exotel calls and keep their state.", no_args_is_help=True)
 
 Host = Annotated[str, typer.Option(help="Address to listen on.")]
 
 
-def _configure_logging() -> None:
+def configure_logging() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -31,7 +31,7 @@ def serve(
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
 ) -> None:
     """Serve the HTTP API."""
-    _configure_logging()
+    configure_logging()
     Settings()  # fail here, with the configuration error, rather than in every worker
     uvicorn.run(
         "app.main:create_app", factory=True, host=host, port=port, workers=workers, log_config=None
@@ -41,7 +41,7 @@ def serve(
 @cli.command()
 def migrate() -> None:
     """Bring the database schema to the newest migration."""
-    _configure_logging()
+    configure_logging()
     migrations.upgrade(Settings().database_url)
 
 
@@ -56,7 +56,7 @@ def simulator(
     retry_after: Annotated[bool, typer.Option(help="Send Retry-After with 429s.")] = True,
 ) -> None:
     """Serve the Exotel simulator on its own port (rate limit from EXOTEL_RATE_LIMIT/WINDOW)."""
-    _configure_logging()
+    configure_logging()
     settings = Settings()
     config = SimulatorConfig(
         callback_delay=callback_delay,

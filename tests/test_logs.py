@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+
+from app.logs import RedactingFilter, redact
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (
+            'POST /status-callback?call_id=9dea&token=ZlR5KML8_K6X HTTP/1.1" 200',
+            'POST /status-callback?call_id=9dea&token=[redacted] HTTP/1.1" 200',
+        ),
+        ("dialling +919052161119 now", "dialling +91******1119 now"),
+        ("From=09052161119&x=1", "From=0******1119&x=1"),
+        ("sid 4116345558c26f623df7d2a6b8c184km stays", "sid 4116345558c26f623df7d2a6b8c184km stays"),
+        ("at 2024-09-16 15:50:02", "at 2024-09-16 15:50:02"),
+    ],
+)
+def test_redact(line: str, expected: str) -> None:
+    assert redact(line) == expected
+
+
+def test_the_filter_redacts_formatted_arguments() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("test_logs")
+    logger.addHandler(handler)
+    try:
+        logger.warning("calling %s via %s", "+919052161119", "/status-callback?token=s3cr3t")
+    finally:
+        logger.removeHandler(handler)
+    assert stream.getvalue() == "calling +91******1119 via /status-callback?token=[redacted]\n"
