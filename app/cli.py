@@ -18,12 +18,6 @@ cli = typer.Typer(help="Place Exotel calls and keep their state.", no_args_is_he
 Host = Annotated[str, typer.Option(help="Address to listen on.")]
 
 
-def configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-
-
 @cli.command()
 def serve(
     host: Host = "127.0.0.1",
