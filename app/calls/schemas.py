@@ -52,6 +52,12 @@ CallerId = Annotated[
 AppId = Annotated[
     str, BeforeValidator(_int_as_str), _matches(_APP_ID, "must be Exotel's numeric app id")
 ]
+# Exotel's `DateUpdated`, shown on Exotel's own clock.
+ExotelClock = Annotated[
+    datetime | None,
+    AfterValidator(lambda value: value.astimezone(IST) if value else None),
+    Field(description="Exotel's clock (IST), with its offset."),
+]
 
 
 class CallCreate(BaseModel):
@@ -118,7 +124,7 @@ class CallOut(BaseModel):
     recording_url: str | None
     duration: int | None
     conversation_duration: int | None
-    date_updated: datetime | None = Field(description="Exotel's clock, in IST.")
+    date_updated: ExotelClock
     error: CallErrorOut | None
     created_at: datetime
     dispatched_at: datetime | None
@@ -148,7 +154,7 @@ class CallOut(BaseModel):
             recording_url=call.recording_url,
             duration=call.duration,
             conversation_duration=call.conversation_duration,
-            date_updated=call.date_updated.astimezone(IST) if call.date_updated else None,
+            date_updated=call.date_updated,
             error=error,
             created_at=call.created_at,
             dispatched_at=call.dispatched_at,
@@ -173,6 +179,6 @@ class EventOut(BaseModel):
     status: str | None
     event_type: str | None
     recording_url: str | None
-    date_updated: datetime | None
+    date_updated: ExotelClock
     date_updated_raw: str | None
     payload: dict[str, Any] = Field(description="The callback's fields exactly as received.")
