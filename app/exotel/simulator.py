@@ -312,10 +312,10 @@ class Simulator:
         if denied := self._gate(request, account_sid, ext):
             return denied
         form = {key: str(value) for key, value in (await request.form()).items()}
+        status, body = await self.connect(account_sid, form)
         if self.config.response_delay:
             # Exotel retries origination before answering; its callbacks can arrive first.
             await asyncio.sleep(self.config.response_delay)
-        status, body = await self.connect(account_sid, form)
         sid = body["Call"]["Sid"] if "Call" in body else None
         self._log(request, status, from_number=form.get("From"), sid=sid)
         return _render(body, status, as_json=ext == ".json")

@@ -1,0 +1,113 @@
+"""Real processes for end-to-end tests: start one, wait until it answers over HTTP, stop it.
+
+Everything a process writes goes to a log file, so a test can show it when something fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+READY_DEADLINE_SECONDS = 20.0
+STOP_DEADLINE_SECONDS = 10.0
+_POLL_INTERVAL_SECONDS = 0.05
+
+
+class ProcessNotReady(RuntimeError):
+    """The process exited, or did not answer its readiness URL with 200, before the deadline."""
+
+
+def free_ports(count: int) -> list[int]:
+    """Loopback ports that nothing listens on, chosen by the OS. The sockets are held until all
+    are picked, so the ports differ from each other."""
+    with contextlib.ExitStack() as stack:
+        sockets = [
+            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            for _ in range(count)
+        ]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM (a graceful shutdown), then SIGKILL if it is not gone within the bound."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(STOP_DEADLINE_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def start_process(
+    name: str,
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path,
+    log_path: Path,
+    ready_url: str,
+    deadline_seconds: float = READY_DEADLINE_SECONDS,
+) -> Process:
+    """Start `argv` and return once `ready_url` answers 200. On failure the process is stopped
+    and the error carries its output."""
+    with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
+        popen = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    process = Process(name, popen, log_path)
+    try:
+        _wait_until_ready(process, ready_url, deadline_seconds)
+    except BaseException:
+        process.stop()
+        raise
+    return process
+
+
+def _wait_until_ready(process: Process, url: str, deadline_seconds: float) -> None:
+    deadline = time.monotonic() + deadline_seconds
+    last = "no answer"
+    with httpx.Client(timeout=1.0) as http:
+        while True:
+            if (code := process.popen.poll()) is not None:
+                raise ProcessNotReady(
+                    f"{process.name} exited with {code} before it was ready:\n{process.output()}"
+                )
+            try:
+                response = http.get(url)
+            except httpx.TransportError as exc:
+                last = repr(exc)
+            else:
+                if response.status_code == httpx.codes.OK:
+                    return
+                last = f"{response.status_code} {response.text}"
+            if time.monotonic() > deadline:
+                raise ProcessNotReady(
+                    f"{process.name} not ready at {url} after {deadline_seconds} s "
+                    f"(last: {last}):\n{process.output()}"
+                )
+            time.sleep(_POLL_INTERVAL_SECONDS)

@@ -1,0 +1,249 @@
+"""End to end, as a user would: the real `exocall serve` and `exocall simulator` processes on
+loopback ports, driven over HTTP, on every database backend.
+
+The simulator's outcome follows the last digit of the number dialled (app/exotel/simulator.py):
+each outcome is placed once and followed to where the contract says it ends.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from tests.conftest import FAKE_ACCOUNT_SID, FAKE_API_KEY, FAKE_API_TOKEN, FAKE_CALLBACK_SECRET
+from tests.conftest import FAKE_CALLER_ID as CALLER_ID
+from tests.processes import Process, free_ports, start_process
+
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
+
+EXOCALL = str(Path(sys.executable).parent / "exocall")
+# Bounds the wait for callbacks; never asserted on.
+SETTLE_DEADLINE_SECONDS = 15.0
+# Variables the processes must not inherit from a developer's shell (as in conftest.py).
+_STRAY_ENV = ("EXOTEL_", "CALLBACK_", "API_KEYS", "EXOCALL_", "PUBLIC_BASE")
+
+
+def number(digit: str) -> str:
+    """An Indian mobile in the 0-prefixed form Exotel documents; `digit` picks the outcome."""
+    return f"0905216111{digit}"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    api_url: str
+    simulator_url: str
+
+
+StartExocall = Callable[..., Deployment]
+
+
+@pytest.fixture
+def start_exocall(
+    db_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[StartExocall]:
+    """Starts the simulator (with the given options) and the server against it; stops both
+    afterwards, before `db_url` empties the tables. Their output is printed if the test fails."""
+    processes: list[Process] = []
+    failed_before = request.session.testsfailed
+
+    def start(*simulator_options: str) -> Deployment:
+        simulator_port, api_port = free_ports(2)
+        simulator_url = f"http://127.0.0.1:{simulator_port}"
+        api_url = f"http://127.0.0.1:{api_port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_STRAY_ENV)} | {
+            "DATABASE_URL": db_url,
+            "EXOTEL_ACCOUNT_SID": FAKE_ACCOUNT_SID,
+            "EXOTEL_API_KEY": FAKE_API_KEY,
+            "EXOTEL_API_TOKEN": FAKE_API_TOKEN,
+            "EXOTEL_API_BASE_URL": simulator_url,
+            "PUBLIC_BASE_URL": api_url,
+            "CALLBACK_SECRETS": FAKE_CALLBACK_SECRET,
+            "EXOTEL_CALLER_ID": CALLER_ID,
+            "PYTHONUNBUFFERED": "1",
+        }
+        simulator = [EXOCALL, "simulator", "--host", "127.0.0.1", "--port", str(simulator_port)]
+        processes.append(
+            start_process(
+                "simulator",
+                [*simulator, *simulator_options],
+                log_path=tmp_path / "simulator.log",
+                ready_url=f"{simulator_url}/_simulator/log",
+                env=env,
+                cwd=tmp_path,  # outside the repository, so no `.env` there is read
+            )
+        )
+        processes.append(
+            start_process(
+                "server",
+                [EXOCALL, "serve", "--host", "127.0.0.1", "--port", str(api_port)],
+                log_path=tmp_path / "server.log",
+                ready_url=f"{api_url}/readyz",
+                env=env,
+                cwd=tmp_path,  # outside the repository, so no `.env` there is read
+            )
+        )
+        return Deployment(api_url, simulator_url)
+
+    yield start
+
+    with ExitStack() as stack:  # every process is stopped even if stopping one fails
+        for process in processes:
+            stack.callback(process.stop)
+    if request.session.testsfailed > failed_before:
+        for process in processes:
+            print(f"\n----- {process.name} output ({process.log_path}) -----\n{process.output()}")
+
+
+async def place(api: httpx.AsyncClient, digit: str) -> httpx.Response:
+    return await api.post("/calls", json={"from": number(digit), "app_id": "926"})
+
+
+async def get_call(api: httpx.AsyncClient, ref: str) -> dict[str, Any]:
+    response = await api.get(f"/calls/{ref}")
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+async def get_events(api: httpx.AsyncClient, ref: str) -> list[dict[str, Any]]:
+    response = await api.get(f"/calls/{ref}/events")
+    assert response.status_code == 200, response.text
+    return list(response.json())
+
+
+async def wait_for_statuses(
+    api: httpx.AsyncClient, expected: dict[str, str]
+) -> dict[str, dict[str, Any]]:
+    """Poll `GET /calls/{id}` until every call has its expected status; the calls, by id."""
+    deadline = time.monotonic() + SETTLE_DEADLINE_SECONDS
+    while True:
+        calls = {call_id: await get_call(api, call_id) for call_id in expected}
+        seen = {call_id: call["status"] for call_id, call in calls.items()}
+        if seen == expected:
+            return calls
+        if time.monotonic() > deadline:
+            pytest.fail(f"calls did not settle: expected {expected}, have {seen}")
+        await anyio.sleep(0.1)
+
+
+async def wait_for_events(api: httpx.AsyncClient, call_id: str, count: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + SETTLE_DEADLINE_SECONDS
+    while len(events := await get_events(api, call_id)) < count:
+        if time.monotonic() > deadline:
+            pytest.fail(f"call {call_id}: {len(events)} callbacks received, expected {count}")
+        await anyio.sleep(0.1)
+    return events
+
+
+ACCEPTED = {"0": "completed", "2": "busy", "3": "no-answer", "4": "failed", "7": "completed"}
+REFUSED = {
+    "5": (403, f"Call to [{number('5')}] cannot be made because of TRAI NDNC regulations"),
+    "6": (400, "Invalid Call Parameters: 'From' is not a valid number"),
+}
+
+
+async def test_every_simulated_outcome_over_real_http(start_exocall: StartExocall) -> None:
+    exocall = start_exocall("--callback-delay", "0.3")
+    async with httpx.AsyncClient(base_url=exocall.api_url, timeout=30) as api:
+        answers = {digit: await place(api, digit) for digit in "023456789"}
+
+        # The immediate answers.
+        for digit in [*ACCEPTED, "8"]:
+            answer = answers[digit]
+            assert answer.status_code == 201, (digit, answer.text)
+            call = answer.json()
+            assert call["sid"], digit
+            assert call["status"] == "in-progress", digit
+            assert call["from"] == f"+91905216111{digit}"
+            assert (call["app_id"], call["caller_id"]) == ("926", CALLER_ID)
+        for digit, (exotel_status, message) in REFUSED.items():
+            answer = answers[digit]
+            assert answer.status_code == 422, (digit, answer.text)
+            error = answer.json()["error"]
+            assert error["code"] == "exotel_rejected"
+            assert error["message"] == message
+            stored = await get_call(api, error["call_id"])
+            assert stored["status"] == "rejected"
+            assert stored["sid"] is None
+            assert stored["error"]["code"] == "exotel_rejected"
+            assert stored["error"]["exotel_status"] == exotel_status
+        unknown = answers["9"]
+        assert unknown.status_code == 202, unknown.text
+        assert unknown.json()["status"] == "unknown"
+        assert unknown.json()["sid"] is None
+
+        # The status callbacks move each accepted call to its end; the one for 9 tells us the
+        # call Exotel dialled despite its 504, which resolves `unknown`.
+        ids = {digit: answers[digit].json()["id"] for digit in [*ACCEPTED, "8", "9"]}
+        expected = {ids[digit]: status for digit, status in ACCEPTED.items()}
+        expected[ids["9"]] = "completed"
+        final = await wait_for_statuses(api, expected)
+        events_7 = await wait_for_events(api, ids["7"], count=3)
+
+        completed = final[ids["0"]]
+        assert completed["recording_url"].startswith("https://")
+        assert completed["sid"] == answers["0"].json()["sid"]
+        assert [e["outcome"] for e in await get_events(api, ids["0"])] == ["applied"]
+
+        # 7: the terminal callback twice, then a late `answered`, kept but changing nothing.
+        assert [(e["status"], e["outcome"]) for e in events_7] == [
+            ("completed", "applied"),
+            ("completed", "duplicate"),
+            ("in-progress", "stale"),
+        ]
+        assert [e["id"] for e in events_7] == sorted(e["id"] for e in events_7)
+        assert all(e["payload"]["CallSid"] == final[ids["7"]]["sid"] for e in events_7)
+        assert (await get_call(api, ids["7"]))["status"] == "completed"
+
+        # 9 got its SID from the callback, and Exotel was not asked again.
+        assert final[ids["9"]]["sid"]
+
+        # 8: its callback is lost, so it stays in progress (until reconciliation exists).
+        lost = await get_call(api, ids["8"])
+        assert lost["status"] == "in-progress"
+        assert await get_events(api, ids["8"]) == []
+
+        # Found by Exotel's SID; listed by status.
+        by_sid = await get_call(api, final[ids["2"]]["sid"])
+        assert by_sid["id"] == ids["2"]
+        busy = await api.get("/calls", params={"status": "busy"})
+        assert busy.status_code == 200, busy.text
+        assert [call["id"] for call in busy.json()["items"]] == [ids["2"]]
+
+    # Every number was asked for exactly once: nothing is retried, not even the 504.
+    async with httpx.AsyncClient(base_url=exocall.simulator_url, timeout=30) as simulator:
+        log = (await simulator.get("/_simulator/log")).json()
+    dialled = Counter(
+        entry["from_number"] for entry in log if entry["path"].endswith("/Calls/connect.json")
+    )
+    assert dialled == Counter(number(digit) for digit in "023456789")
+
+
+async def test_a_callback_that_beats_the_connect_response(start_exocall: StartExocall) -> None:
+    """Exotel's status callback can arrive before its answer to Calls/connect does."""
+    exocall = start_exocall("--response-delay", "1.0", "--callback-delay", "0.1")
+    async with httpx.AsyncClient(base_url=exocall.api_url, timeout=30) as api:
+        answer = await place(api, "0")
+        assert answer.status_code == 201, answer.text
+        placed = answer.json()
+        # The callback was stored before Exotel's answer was: the call is over when it is
+        # answered, and the late answer's `in-progress` did not move it back.
+        assert placed["sid"]
+        assert placed["status"] == "completed"
+        assert placed["recording_url"]
+        (event,) = await get_events(api, placed["id"])
+        assert (event["status"], event["outcome"]) == ("completed", "applied")
+        assert event["payload"]["CallSid"] == placed["sid"]
+        received, dispatched = event["received_at"], placed["dispatched_at"]
+        assert datetime.fromisoformat(received) < datetime.fromisoformat(dispatched)
