@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -96,7 +97,8 @@ class ExotelClient:
     async def get_call(self, sid: str) -> ExotelCall | None:
         """One call's details, with the conversation duration; None if Exotel does not know it."""
         try:
-            calls = await self._request("GET", f"/Calls/{sid}.json", params={"details": "true"})
+            path = f"/Calls/{quote(sid, safe='')}.json"
+            calls = await self._request("GET", path, params={"details": "true"})
         except ExotelRejected as exc:
             if exc.status == httpx.codes.NOT_FOUND:
                 return None
@@ -148,7 +150,7 @@ class ExotelClient:
             )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise ExotelUnreachable(f"could not connect to Exotel: {type(exc).__name__}") from exc
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:  # a timeout, a dropped connection, a corrupt body
             raise ExotelOutcomeUnknown(f"no answer from Exotel: {type(exc).__name__}") from exc
         return _read(response)
 

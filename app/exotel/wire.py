@@ -41,7 +41,7 @@ def clean_int(value: Any) -> int | None:
         return None
     try:
         return int(float(text))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: "Infinity", "1e999"
         return None
 
 
@@ -137,10 +137,13 @@ class ExotelResponse:
 def parse_response(body: bytes) -> ExotelResponse:
     """Parse any Exotel voice response, XML or JSON, whatever `.json` asked for."""
     text = body.decode("utf-8", errors="replace").strip()
-    if text.startswith("<"):
-        return _parse_xml(text)
-    if text.startswith(("{", "[")):
-        return _parse_json(text)
+    try:
+        if text.startswith("<"):
+            return _parse_xml(text)
+        if text.startswith(("{", "[")):
+            return _parse_json(text)
+    except RecursionError as exc:  # absurdly deep nesting, in either format
+        raise UnreadableBody("nested too deeply") from exc
     raise UnreadableBody("neither XML nor JSON")
 
 
