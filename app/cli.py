@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
+import httpx
 import typer
 import uvicorn
 
 from app.calls.callback_auth import status_callback_url
+from app.calls.dispatcher import budget_of
+from app.calls.reconcile import Repairs, reconcile_once
 from app.config import Settings
 from app.db import migrate as migrations
+from app.db.session import create_engine, create_sessionmaker
 from app.exotel.simulator import Simulator, SimulatorConfig
 from app.logs import configure_logging
+from app.main import exotel_client
 
 cli = typer.Typer(help="Place Exotel calls and keep their state.", no_args_is_help=True)
 
@@ -60,6 +66,29 @@ def simulator(
         retry_after=retry_after,
     )
     uvicorn.run(Simulator(config).app(owns_http=True), host=host, port=port, log_config=None)
+
+
+@cli.command()
+def reconcile() -> None:
+    """Run one round of reconciliation now (the service runs one every interval)."""
+    configure_logging()
+    typer.echo(asyncio.run(_reconcile_once(Settings())))
+
+
+async def _reconcile_once(settings: Settings) -> Repairs:
+    if settings.uses_simulator:
+        raise typer.BadParameter("needs EXOTEL_API_KEY: the built-in simulator lives in `serve`")
+    engine = create_engine(settings.database_url)
+    try:
+        async with httpx.AsyncClient() as http:
+            return await reconcile_once(
+                sessionmaker=create_sessionmaker(engine),
+                exotel=exotel_client(settings, http),
+                settings=settings,
+                budget=budget_of(settings),
+            )
+    finally:
+        await engine.dispose()
 
 
 @cli.command("callback-url")

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     exotel_flow_url_template: str = "http://my.exotel.com/{account_sid}/exoml/start_voice/{app_id}"
     exotel_rate_limit: int = Field(200, ge=1)
     exotel_rate_window_seconds: float = Field(60, gt=0)
+    # Widens the rate window to absorb the time between a grant and Exotel seeing the request.
+    exotel_rate_margin_seconds: float = Field(0.25, ge=0)
     exotel_timeout_seconds: float = Field(30, gt=0)
     # Off by default: some accounts answer 400 when StatusCallbackEvents is sent with Url.
     exotel_status_callback_events: Annotated[list[Literal["terminal", "answered"]], NoDecode] = []
@@ -52,6 +54,23 @@ class Settings(BaseSettings):
     callback_secrets: Annotated[list[SecretStr], NoDecode] = []
     api_keys: Annotated[list[SecretStr], NoDecode] = []
     exocall_env: Literal["development", "production"] = "development"
+
+    # The dispatch queue.
+    dispatch_wait_seconds: float = Field(10, ge=0)  # how long POST /calls waits for Exotel
+    dispatch_concurrency: int = Field(16, ge=1)  # Calls/connect requests in flight per replica
+    dispatch_poll_seconds: float = Field(0.5, gt=0)  # how often an idle dispatcher looks
+    dispatch_max_attempts: int = Field(8, ge=1)  # connection failures before a call is rejected
+    # A claim older than EXOTEL_TIMEOUT_SECONDS + this means its replica died mid-dispatch.
+    dispatch_claim_grace_seconds: float = Field(30, ge=0)
+
+    # Reconciliation.
+    reconcile_interval_seconds: float = Field(30, gt=0)
+    # Calls still not terminal this long after time_out + time_limit are looked up.
+    reconcile_grace_seconds: float = Field(120, ge=0)
+    # A call looked up without an answer is looked up again after this long.
+    reconcile_recheck_seconds: float = Field(300, ge=0)
+    # Exotel's own limit when a call names none (shared/exotel.md: TimeLimit at most 4 h).
+    default_time_limit_seconds: int = Field(14400, ge=1)
 
     # The built-in simulator (used when no Exotel key is set).
     simulator_callback_delay_seconds: float = Field(2.0, ge=0)

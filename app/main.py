@@ -11,6 +11,8 @@ from fastapi import FastAPI
 
 from app.api import callbacks, calls, health
 from app.api.errors import install_error_handlers
+from app.calls.dispatcher import Dispatcher, budget_of, new_replica_id
+from app.calls.reconcile import Reconciler
 from app.config import SIMULATOR_API_KEY, SIMULATOR_API_TOKEN, Settings
 from app.db.migrate import head_revision
 from app.db.session import create_engine, create_sessionmaker
@@ -56,13 +58,34 @@ def create_app(
             if simulator is not None:
                 simulator.bind(http)  # its callbacks are real HTTP POSTs to PUBLIC_BASE_URL
                 stack.push_async_callback(simulator.aclose)
+            sessionmaker = create_sessionmaker(engine)
+            exotel = exotel_client(settings, exotel_http)
+            dispatcher = Dispatcher(
+                sessionmaker=sessionmaker,
+                exotel=exotel,
+                settings=settings,
+                replica_id=new_replica_id(),
+            )
             app.state.services = Services(
                 settings=settings,
                 engine=engine,
-                sessionmaker=create_sessionmaker(engine),
-                exotel=_exotel_client(settings, exotel_http),
+                sessionmaker=sessionmaker,
+                exotel=exotel,
+                dispatcher=dispatcher,
                 schema_head=head_revision(),
             )
+            reconciler = Reconciler(
+                sessionmaker=sessionmaker,
+                exotel=exotel,
+                settings=settings,
+                budget=budget_of(settings),
+                replica_id=dispatcher.replica_id,
+            )
+            dispatcher.start()
+            # Calls already sent get the Exotel timeout to be recorded before we exit.
+            stack.push_async_callback(dispatcher.stop, grace=settings.exotel_timeout_seconds)
+            reconciler.start()
+            stack.push_async_callback(reconciler.stop)
             yield
 
     app = FastAPI(
@@ -73,6 +96,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(calls.router)
+    app.include_router(calls.batches)
     app.include_router(callbacks.router)
     app.include_router(health.router)
     if simulator_app is not None:
@@ -81,7 +105,7 @@ def create_app(
     return app
 
 
-def _exotel_client(settings: Settings, http: httpx.AsyncClient) -> ExotelClient:
+def exotel_client(settings: Settings, http: httpx.AsyncClient) -> ExotelClient:
     if settings.uses_simulator:
         base_url, api_key, api_token = "http://simulator", SIMULATOR_API_KEY, SIMULATOR_API_TOKEN
     else:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.calls.dispatcher import Dispatcher
 from app.config import Settings
 from app.exotel.client import ExotelClient
 
@@ -16,4 +17,5 @@ class Services:
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     exotel: ExotelClient
+    dispatcher: Dispatcher
     schema_head: str  # the newest migration, for /readyz

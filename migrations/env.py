@@ -7,9 +7,9 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
+import app.db.models  # noqa: F401 - registers the tables
 from app.config import Settings
 from app.db.base import Base
-from app.db.models import Call, CallEvent  # noqa: F401 - registers the tables
 from app.db.session import create_engine
 
 config = context.config

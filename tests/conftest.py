@@ -72,8 +72,9 @@ async def db_url(database_url: str) -> AsyncIterator[str]:
     yield database_url
     engine = create_engine(database_url)
     async with engine.begin() as connection:
-        await connection.execute(text("DELETE FROM call_event"))
-        await connection.execute(text("DELETE FROM call"))
+        for table in ("call_event", "call", "batch", "exotel_request", "lease"):
+            await connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
+        await connection.execute(text("UPDATE exotel_throttle SET paused_until = NULL"))
     await engine.dispose()
 
 
@@ -86,6 +87,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "exotel_api_base_url": "https://exotel.test",
         "callback_secrets": FAKE_CALLBACK_SECRET,
         "public_base_url": "http://exocall.test",
+        # Short, so tests of calls left in the queue do not wait long for them.
+        "dispatch_wait_seconds": 2,
+        "dispatch_poll_seconds": 0.05,
     }
     return Settings(_env_file=None, **(values | overrides))  # type: ignore[call-arg]
 

@@ -4,6 +4,7 @@ exocall sends and answers as Exotel does (shared/exotel.md), or as a test tells 
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -55,7 +56,9 @@ def rest_exception(
 class ExotelDouble:
     def __init__(self) -> None:
         self.requests: list[httpx.Request] = []
+        self.times: list[float] = []  # time.monotonic() of each request, as Exotel saw it
         self.on_connect: Responder = self._accept
+        self.listed: list[dict[str, Any]] = []  # what call details (bulk) answer, as `Call`s
 
     @staticmethod
     async def _accept(_: httpx.Request) -> httpx.Response:
@@ -63,14 +66,20 @@ class ExotelDouble:
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
+        self.times.append(time.monotonic())
         if request.method == "POST" and request.url.path.endswith("/Calls/connect.json"):
             return await self.on_connect(request)
+        if request.method == "GET" and request.url.path.endswith("/Calls.json"):
+            return httpx.Response(200, json={"Calls": self.listed})
         return httpx.Response(404, json={"RestException": {"Status": 404, "Message": "no such"}})
 
-    def answer_connect(self, response: httpx.Response | Exception) -> None:
-        """Answer every `Calls/connect` with `response` (or raise it, for transport errors)."""
+    def answer_connect(self, *responses: httpx.Response | Exception) -> None:
+        """Answer `Calls/connect` with these, in turn (raising exceptions, for transport errors);
+        the last one answers every request after."""
+        remaining = list(responses)
 
         async def respond(_: httpx.Request) -> httpx.Response:
+            response = remaining.pop(0) if len(remaining) > 1 else remaining[0]
             if isinstance(response, Exception):
                 raise response
             return response
@@ -80,6 +89,10 @@ class ExotelDouble:
     @property
     def connects(self) -> list[httpx.Request]:
         return [r for r in self.requests if r.url.path.endswith("/Calls/connect.json")]
+
+    @property
+    def lookups(self) -> list[httpx.Request]:
+        return [r for r in self.requests if r.method == "GET"]
 
 
 def form_of(request: httpx.Request) -> dict[str, str]:

@@ -187,26 +187,6 @@ async def test_exotel_refusal_keeps_the_call_as_rejected(
     }
 
 
-async def test_rate_limited_call_is_rejected_and_said_so(
-    client: httpx.AsyncClient, exotel: ExotelDouble
-) -> None:
-    exotel.answer_connect(rest_exception(429, "Too Many Requests", headers={"Retry-After": "5"}))
-    response = await client.post("/calls", json=place_body())
-    assert response.status_code == 503
-    assert response.json()["error"]["code"] == "exotel_rate_limited"
-
-
-async def test_unreachable_exotel_is_rejected_and_never_dialled(
-    client: httpx.AsyncClient, exotel: ExotelDouble
-) -> None:
-    exotel.answer_connect(httpx.ConnectError("connection refused"))
-    response = await client.post("/calls", json=place_body())
-    assert response.status_code == 503
-    error = response.json()["error"]
-    assert error["code"] == "exotel_unreachable"
-    assert (await client.get(f"/calls/{error['call_id']}")).json()["status"] == "rejected"
-
-
 @pytest.mark.parametrize(
     "answer",
     [

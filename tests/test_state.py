@@ -111,6 +111,8 @@ def test_a_terminal_status_never_changes(terminal: CallStatus, updates: list[Sta
         # `unknown` is provisional: any word from Exotel replaces it.
         (CallStatus.UNKNOWN, CallStatus.IN_PROGRESS, EventOutcome.APPLIED, CallStatus.IN_PROGRESS),
         (CallStatus.UNKNOWN, CallStatus.NO_ANSWER, EventOutcome.APPLIED, CallStatus.NO_ANSWER),
+        (CallStatus.UNKNOWN, CallStatus.REJECTED, EventOutcome.APPLIED, CallStatus.REJECTED),
+        (CallStatus.IN_PROGRESS, CallStatus.REJECTED, EventOutcome.STALE, CallStatus.IN_PROGRESS),
         (CallStatus.IN_PROGRESS, CallStatus.QUEUED, EventOutcome.STALE, CallStatus.IN_PROGRESS),
         (CallStatus.REJECTED, CallStatus.COMPLETED, EventOutcome.STALE, CallStatus.REJECTED),
         (

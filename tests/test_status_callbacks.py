@@ -303,7 +303,7 @@ async def test_an_unknown_status_is_kept_and_ignored(
 ) -> None:
     call = await place(client, exotel)
     response = await client.post(
-        callback_path(call["id"]), **multipart(callback(call["sid"], "ringing"))
+        callback_path(call["id"]), **multipart(callback(call["sid"], "on-hold"))
     )
     assert response.json()["outcome"] == "ignored"
     assert (await client.get(f"/calls/{call['id']}")).json()["status"] == "in-progress"

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
 from pydantic import AwareDatetime
 
 from app.api.deps import ServicesDep, SessionDep
 from app.calls import service
-from app.calls.dispatch import dispatch_call
 from app.calls.errors import CallNotPlaced, InvalidField
 from app.calls.phone import InvalidPhoneNumber, to_e164
-from app.calls.schemas import CallCreate, CallOut, CallPage, EventOut
+from app.calls.schemas import (
+    BatchCreate,
+    BatchOut,
+    BatchSummary,
+    CallCreate,
+    CallOut,
+    CallPage,
+    EventOut,
+    IdempotencyKey,
+)
+from app.calls.service import NewCall
 from app.db.models import CallStatus
 
 router = APIRouter(prefix="/calls", tags=["calls"])
@@ -22,25 +32,62 @@ router = APIRouter(prefix="/calls", tags=["calls"])
     "",
     status_code=status.HTTP_201_CREATED,
     summary="Phone a customer and connect them to an Exotel flow",
-    responses={202: {"model": CallOut, "description": "Not yet known to be placed"}},
+    responses={
+        202: {"model": CallOut, "description": "Queued, or not yet known to be placed"},
+        409: {"description": "The Idempotency-Key was used with another body"},
+    },
 )
 async def place_call(
-    body: CallCreate, session: SessionDep, services: ServicesDep, response: Response
+    body: CallCreate,
+    session: SessionDep,
+    services: ServicesDep,
+    response: Response,
+    idempotency_key: Annotated[
+        IdempotencyKey | None,
+        Header(description="One call per key: a repeat returns the stored call, never dials."),
+    ] = None,
+    wait: Annotated[
+        bool, Query(description="Wait (boundedly) for Exotel's answer; false answers 202 at once.")
+    ] = True,
 ) -> CallOut:
-    call = await service.create_call(session, request=body, settings=services.settings)
-    # The row is durable before Exotel is asked to dial, so no call goes unaccounted for.
-    await session.commit()
-    call = await dispatch_call(
-        sessionmaker=services.sessionmaker,
-        exotel=services.exotel,
-        settings=services.settings,
-        call_id=call.id,
+    ((call, created),) = await service.queue_calls(
+        session, new_calls=[NewCall(body, idempotency_key)], settings=services.settings
     )
+    # The row is durable before Exotel is asked, so no call goes unaccounted for.
+    await session.commit()
+    services.dispatcher.wake()
+    if wait and call.status == CallStatus.QUEUED:
+        sent = await services.dispatcher.wait_until_sent(
+            call.id, within=services.settings.dispatch_wait_seconds
+        )
+        call = sent or call
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
     if call.status == CallStatus.REJECTED:
         raise CallNotPlaced(call)
     if call.sid is None:
         response.status_code = status.HTTP_202_ACCEPTED
     return CallOut.of(call)
+
+
+@router.post(
+    "/batch",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Queue up to 1000 calls at once",
+    description=(
+        "Every call is validated first; any invalid one refuses the whole batch, naming it "
+        "(`calls.3.from`). The calls are queued in one transaction and dispatched at the "
+        "account's rate."
+    ),
+)
+async def place_batch(body: BatchCreate, session: SessionDep, services: ServicesDep) -> BatchOut:
+    new_calls = [NewCall(item, item.idempotency_key) for item in body.calls]
+    batch, calls = await service.create_batch(
+        session, new_calls=new_calls, settings=services.settings
+    )
+    await session.commit()
+    services.dispatcher.wake()
+    return BatchOut(id=batch.id, size=batch.size, calls=[CallOut.of(call) for call, _ in calls])
 
 
 @router.get("", summary="List calls, newest first")
@@ -50,6 +97,7 @@ async def list_calls(
     from_: Annotated[str | None, Query(alias="from", description="Any form of the number")] = None,
     created_after: AwareDatetime | None = None,
     created_before: AwareDatetime | None = None,
+    batch_id: uuid.UUID | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
 ) -> CallPage:
@@ -63,6 +111,7 @@ async def list_calls(
         from_number=from_number,
         created_after=created_after,
         created_before=created_before,
+        batch_id=batch_id,
         limit=limit,
         cursor=cursor,
     )
@@ -81,3 +130,12 @@ async def list_call_events(ref: str, session: SessionDep) -> list[EventOut]:
         EventOut.model_validate(event)
         for event in await service.list_events(session, call_id=call.id)
     ]
+
+
+batches = APIRouter(prefix="/batches", tags=["calls"])
+
+
+@batches.get("/{batch_id}", summary="A batch's calls, counted by status")
+async def get_batch(batch_id: uuid.UUID, session: SessionDep) -> BatchSummary:
+    batch, counts = await service.batch_summary(session, batch_id)
+    return BatchSummary(id=batch.id, size=batch.size, created_at=batch.created_at, counts=counts)

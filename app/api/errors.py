@@ -11,7 +11,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.calls.errors import CallNotFound, CallNotPlaced, InvalidField
+from app.calls.errors import (
+    BatchNotFound,
+    CallNotFound,
+    CallNotPlaced,
+    IdempotencyConflict,
+    InvalidField,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +75,7 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:
 def not_placed_status(call_error_code: str | None, exotel_status: int | None) -> int:
     """The HTTP status for a call Exotel did not place: the caller's fault (422) when Exotel
     refused the call itself (a bad or DND number), ours or Exotel's (502/503) otherwise."""
-    if call_error_code in ("exotel_rate_limited", "exotel_unreachable"):
+    if call_error_code == "exotel_unreachable":
         return 503
     if exotel_status in (400, 403, 404, 409):
         return 422
@@ -95,6 +101,17 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CallNotFound)
     async def _not_found(_: Request, exc: CallNotFound) -> JSONResponse:
         return error_response(404, "call_not_found", str(exc))
+
+    @app.exception_handler(BatchNotFound)
+    async def _batch_not_found(_: Request, exc: BatchNotFound) -> JSONResponse:
+        return error_response(404, "batch_not_found", str(exc))
+
+    @app.exception_handler(IdempotencyConflict)
+    async def _conflict(_: Request, exc: IdempotencyConflict) -> JSONResponse:
+        extra: dict[str, Any] = {"call_id": str(exc.call_id) if exc.call_id else None}
+        if exc.index is not None:
+            extra["index"] = exc.index
+        return error_response(409, "idempotency_conflict", str(exc), **extra)
 
     @app.exception_handler(CallNotPlaced)
     async def _not_placed(_: Request, exc: CallNotPlaced) -> JSONResponse:

@@ -1,4 +1,5 @@
-"""Sending a queued call to Exotel and recording what came of it.
+"""The dispatch queue: claiming a queued call within the account's budget, sending it to
+Exotel, and recording what came of it.
 
 Exotel has no idempotency key (shared/exotel.md): a `Calls/connect` that may have reached it is
 never sent again. Whatever cannot be told apart from "Exotel dialled" (a read timeout, a dropped
@@ -9,16 +10,19 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.calls import ratelimit
 from app.calls.callback_auth import status_callback_url
 from app.calls.phone import mask, to_exotel_dial_form
 from app.calls.service import assign_sid, lock_call
 from app.calls.state import StatusUpdate, apply_update
 from app.config import Settings
+from app.db.clock import db_now
 from app.db.models import Call, CallStatus, EventOutcome
 from app.exotel.client import ConnectRequest, ExotelClient
 from app.exotel.errors import (
@@ -34,14 +38,17 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DispatchError:
-    """Why a call was not placed, or may not have been: stored on the call as its `error`."""
+class Verdict:
+    """What an Exotel failure means for the call being placed."""
 
+    # REJECTED or UNKNOWN; QUEUED when the request certainly did not dial and goes back to
+    # the queue (429, or no connection was ever made).
     status: CallStatus
     code: str
     message: str
     exotel_status: int | None = None
     exotel_code: int | None = None
+    retry_after: float | None = None  # Exotel's Retry-After, with a 429
 
 
 def connect_request(call: Call, settings: Settings) -> ConnectRequest:
@@ -60,46 +67,57 @@ def connect_request(call: Call, settings: Settings) -> ConnectRequest:
     )
 
 
-def classify(error: ExotelError) -> DispatchError:
-    """What an Exotel failure means for a call that was being placed."""
+def classify(error: ExotelError) -> Verdict:
+    """Retry only what certainly did not dial; what may have dialled is never sent again."""
     if isinstance(error, ExotelRateLimited):
-        return DispatchError(
-            CallStatus.REJECTED, "exotel_rate_limited", error.message, error.status, error.code
+        return Verdict(
+            CallStatus.QUEUED,
+            "exotel_rate_limited",
+            error.message,
+            error.status,
+            error.code,
+            error.retry_after,
         )
     if isinstance(error, ExotelRejected) and error.status < 500:
-        return DispatchError(
+        return Verdict(
             CallStatus.REJECTED, "exotel_rejected", error.message, error.status, error.code
         )
     if isinstance(error, ExotelRejected):
         # Exotel answers 500/504 when it "could not originate", but it also retries origination
         # before answering: a 5xx does not prove that nobody was dialled.
-        return DispatchError(
+        return Verdict(
             CallStatus.UNKNOWN, "exotel_outcome_unknown", error.message, error.status, error.code
         )
     if isinstance(error, ExotelUnreachable):
-        return DispatchError(CallStatus.REJECTED, "exotel_unreachable", str(error))
+        return Verdict(CallStatus.QUEUED, "exotel_unreachable", str(error))
     assert isinstance(error, ExotelOutcomeUnknown), error
-    return DispatchError(CallStatus.UNKNOWN, "exotel_outcome_unknown", str(error))
+    return Verdict(CallStatus.UNKNOWN, "exotel_outcome_unknown", str(error))
 
 
-async def dispatch_call(
+def backoff(attempts: int, *, ceiling: float) -> float:
+    """Seconds before trying again after `attempts` attempts: 2, 4, 8, ... up to `ceiling`."""
+    return float(min(ceiling, 2 ** min(attempts, 16)))
+
+
+async def send_claimed(
     *,
     sessionmaker: async_sessionmaker[AsyncSession],
     exotel: ExotelClient,
     settings: Settings,
     call_id: uuid.UUID,
-) -> Call:
-    """Send a committed, queued call to Exotel and record the outcome. Returns the call as stored.
+    replica_id: str,
+) -> None:
+    """Send a call this replica claimed from the queue to Exotel, and record what came of it.
 
     No transaction is held open while Exotel is asked: its answer can take seconds.
     """
     async with sessionmaker() as session:
-        call = await lock_call(session, call_id)
-        if call is None or call.status != CallStatus.QUEUED:
-            raise ValueError(f"call {call_id} is not queued")
+        call = await session.get(Call, call_id)
+        if call is None or call.status != CallStatus.QUEUED or call.claimed_by != replica_id:
+            return  # no longer ours: the claim went stale and was resolved without us
         request = connect_request(call, settings)
     log.info("dialling %s for call %s", mask(call.from_number), call_id)
-    result: ExotelCall | DispatchError
+    result: ExotelCall | Verdict
     try:
         result = await exotel.connect(request)
     except ExotelError as exc:
@@ -107,15 +125,18 @@ async def dispatch_call(
     async with sessionmaker() as session, session.begin():
         call = await lock_call(session, call_id)
         assert call is not None, "calls are never deleted"
-        if isinstance(result, DispatchError):
-            _record_failure(call, result)
-        else:
+        call.claimed_by = call.claimed_at = None
+        if isinstance(result, ExotelCall):
             await _record_accepted(session, call, result)
-    return call
+        elif result.status == CallStatus.QUEUED:
+            await _retry_later(session, call, result, settings)
+        else:
+            _record_failure(call, result)
 
 
 async def _record_accepted(session: AsyncSession, call: Call, exotel_call: ExotelCall) -> None:
     call.dispatched_at = datetime.now(UTC)
+    _set_error(call, None)
     # An early status callback may have told us the SID (and even the end) already.
     if call.sid is None:
         if not await assign_sid(session, call, exotel_call.sid):
@@ -133,14 +154,73 @@ async def _record_accepted(session: AsyncSession, call: Call, exotel_call: Exote
     log.info("call %s accepted by Exotel as %s", call.id, exotel_call.sid)
 
 
-def _record_failure(call: Call, error: DispatchError) -> None:
-    if apply_update(call, StatusUpdate(status=error.status)) == EventOutcome.STALE:
+async def _retry_later(
+    session: AsyncSession, call: Call, verdict: Verdict, settings: Settings
+) -> None:
+    if call.status != CallStatus.QUEUED:
+        return  # declared `unknown` while we waited; reconciliation resolves it
+    if verdict.code == "exotel_unreachable" and call.attempts >= settings.dispatch_max_attempts:
+        _record_failure(call, replace(verdict, status=CallStatus.REJECTED))
+        return
+    now = await db_now(session)
+    delay = verdict.retry_after
+    if delay is None:
+        delay = backoff(call.attempts, ceiling=settings.exotel_rate_window_seconds)
+    call.not_before = now + delay
+    _set_error(call, verdict)  # says why the call is still queued
+    if verdict.code == "exotel_rate_limited":
+        # Exotel's count is the one that matters (other systems may share the account).
+        await ratelimit.pause(session, until=now + delay)
+    log.warning("call %s back in the queue for %.1fs: %s", call.id, delay, verdict.message)
+
+
+def _record_failure(call: Call, verdict: Verdict) -> None:
+    if apply_update(call, StatusUpdate(status=verdict.status)) == EventOutcome.STALE:
         # A callback got here first: Exotel did dial, whatever its answer said.
         return
-    if error.status == CallStatus.UNKNOWN:
+    if verdict.status == CallStatus.UNKNOWN:
         call.dispatched_at = datetime.now(UTC)
-    call.error_code = error.code
-    call.error_message = error.message
-    call.error_exotel_status = error.exotel_status
-    call.error_exotel_code = error.exotel_code
-    log.warning("call %s %s: %s (%s)", call.id, error.status, error.message, error.code)
+    _set_error(call, verdict)
+    log.warning("call %s %s: %s (%s)", call.id, verdict.status, verdict.message, verdict.code)
+
+
+def _set_error(call: Call, verdict: Verdict | None) -> None:
+    call.error_code = verdict.code if verdict else None
+    call.error_message = verdict.message if verdict else None
+    call.error_exotel_status = verdict.exotel_status if verdict else None
+    call.error_exotel_code = verdict.exotel_code if verdict else None
+
+
+async def claim_next(
+    session: AsyncSession, *, budget: ratelimit.Budget, replica_id: str
+) -> uuid.UUID | float | None:
+    """Claim the oldest ready call for this replica if the account's budget allows.
+
+    Returns the claimed call's id; or the seconds to wait for the budget; or None when no call
+    is ready. Claims with SKIP LOCKED on PostgreSQL; SQLite's BEGIN IMMEDIATE lets one writer
+    in at a time, so there one process dispatches at a time.
+    """
+    now = await ratelimit.lock(session)
+    ready = (
+        select(Call)
+        .where(
+            Call.status == CallStatus.QUEUED,
+            Call.claimed_at.is_(None),
+            or_(Call.not_before.is_(None), Call.not_before <= now),
+        )
+        .order_by(Call.created_at)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    call = (await session.scalars(ready)).first()
+    if call is None:
+        return None
+    wait = await ratelimit.seconds_until_free(
+        session, budget, now=now, kind=ratelimit.RequestKind.CONNECT
+    )
+    if wait > 0:
+        return wait
+    call.claimed_by, call.claimed_at = replica_id, now
+    call.attempts += 1
+    ratelimit.spend(session, now=now, kind=ratelimit.RequestKind.CONNECT)
+    return call.id

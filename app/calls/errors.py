@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from app.db.models import Call
 
 
@@ -13,6 +15,21 @@ class CallNotFound(CallError):
     def __init__(self, ref: str) -> None:
         super().__init__(f"no call with id or sid {ref!r}")
         self.ref = ref
+
+
+class BatchNotFound(CallError):
+    def __init__(self, batch_id: uuid.UUID) -> None:
+        super().__init__(f"no batch with id {batch_id}")
+
+
+class IdempotencyConflict(CallError):
+    """An idempotency key reused with a different request body."""
+
+    def __init__(self, key: str, *, call_id: uuid.UUID | None, index: int | None) -> None:
+        super().__init__("this Idempotency-Key was used with a different request")
+        self.key = key
+        self.call_id = call_id
+        self.index = index
 
 
 class InvalidField(CallError):

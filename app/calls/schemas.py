@@ -25,6 +25,7 @@ from app.exotel.wire import IST
 MAX_TIME_LIMIT = 14400
 MAX_TIME_OUT = 60
 MAX_CUSTOM_FIELD = 128
+MAX_BATCH = 1000
 
 _CALLER_ID = re.compile(r"\+?\d{6,16}")
 _APP_ID = re.compile(r"\d{1,32}")
@@ -182,3 +183,31 @@ class EventOut(BaseModel):
     date_updated: ExotelClock
     date_updated_raw: str | None
     payload: dict[str, Any] = Field(description="The callback's fields exactly as received.")
+
+
+IdempotencyKey = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")]
+
+
+class BatchCallCreate(CallCreate):
+    idempotency_key: IdempotencyKey | None = Field(
+        None, description="As the Idempotency-Key header of POST /calls, for this call."
+    )
+
+
+class BatchCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    calls: list[BatchCallCreate] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BatchOut(BaseModel):
+    id: uuid.UUID
+    size: int
+    calls: list[CallOut] = Field(description="In the order given; a repeated key repeats its call.")
+
+
+class BatchSummary(BaseModel):
+    id: uuid.UUID
+    size: int
+    created_at: datetime
+    counts: dict[str, int] = Field(description="Calls of the batch by status.")

@@ -8,22 +8,25 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import json
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.calls.errors import CallNotFound, InvalidField
+from app.calls.errors import BatchNotFound, CallNotFound, IdempotencyConflict, InvalidField
 from app.calls.phone import mask
 from app.calls.schemas import CallCreate
 from app.calls.state import StatusUpdate, apply_update
 from app.config import Settings
-from app.db.models import Call, CallEvent, CallStatus, EventOutcome
+from app.db.models import Batch, Call, CallEvent, CallStatus, EventOutcome, utcnow
+from app.db.session import insert_for
 from app.exotel.wire import StatusCallback, parse_status_callback
 
 log = logging.getLogger(__name__)
@@ -43,8 +46,72 @@ _CALLBACK_STATUSES = {
 _KNOWN_EVENT_TYPES = {None, "terminal", "answered"}
 
 
-async def create_call(session: AsyncSession, *, request: CallCreate, settings: Settings) -> Call:
-    """Store a new call as `queued`: the intent is recorded before Exotel is asked to dial."""
+@dataclass(frozen=True)
+class NewCall:
+    request: CallCreate
+    idempotency_key: str | None = None
+
+
+def fingerprint(request: CallCreate) -> str:
+    """Identifies a request's content, once normalised (`09052161119` and `+919052161119` are
+    the same number), so a repeat can be told from a conflicting reuse of its key."""
+    content = request.model_dump(mode="json", by_alias=True, exclude={"idempotency_key"})
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+async def queue_calls(
+    session: AsyncSession,
+    *,
+    new_calls: Sequence[NewCall],
+    settings: Settings,
+    batch_id: uuid.UUID | None = None,
+) -> list[tuple[Call, bool]]:
+    """Store calls as `queued`, in the caller's transaction: the intent is recorded before
+    Exotel is asked to dial. Returns each call, and whether it is new: a call whose
+    idempotency key is already known is the stored call, never a second one.
+
+    Concurrent requests with one key, on any replica, meet at the unique index: exactly one
+    insert wins, and the others read the winner.
+    """
+    rows: list[dict[str, Any]] = []
+    seen: dict[str, tuple[str, uuid.UUID]] = {}  # key -> (fingerprint, id), within this request
+    ids: list[uuid.UUID] = []
+    for index, new_call in enumerate(new_calls):
+        key, print_ = new_call.idempotency_key, fingerprint(new_call.request)
+        if key is not None and key in seen:
+            if seen[key][0] != print_:
+                raise IdempotencyConflict(key, call_id=None, index=index)
+            ids.append(seen[key][1])
+            continue
+        row = _row(new_call.request, settings) | {
+            "idempotency_key": key,
+            "request_fingerprint": print_ if key else None,
+            "batch_id": batch_id,
+        }
+        rows.append(row)
+        ids.append(row["id"])
+        if key is not None:
+            seen[key] = (print_, row["id"])
+
+    statement = insert_for(session)(Call).on_conflict_do_nothing(
+        index_elements=[Call.idempotency_key]
+    )
+    inserted = set(await session.scalars(statement.returning(Call.id), rows)) if rows else set()
+    # Keys that were already taken: the stored call stands in for the new one.
+    taken = {row["idempotency_key"]: row["id"] for row in rows if row["id"] not in inserted}
+    found = select(Call).where(or_(Call.id.in_(inserted), Call.idempotency_key.in_(list(taken))))
+    calls = {call.id: call for call in await session.scalars(found)}
+    for key, wanted_id in taken.items():
+        stored = next(call for call in calls.values() if call.idempotency_key == key)
+        if stored.request_fingerprint != seen[key][0]:
+            raise IdempotencyConflict(key, call_id=stored.id, index=ids.index(wanted_id))
+        ids = [stored.id if call_id == wanted_id else call_id for call_id in ids]
+    for call_id in inserted:
+        log.info("call %s queued to %s", call_id, mask(calls[call_id].from_number))
+    return [(calls[call_id], call_id in inserted) for call_id in ids]
+
+
+def _row(request: CallCreate, settings: Settings) -> dict[str, Any]:
     caller_id = request.caller_id or settings.exotel_caller_id
     if not caller_id:
         raise InvalidField("caller_id", "required when EXOTEL_CALLER_ID is not configured")
@@ -53,21 +120,42 @@ async def create_call(session: AsyncSession, *, request: CallCreate, settings: S
         flow_url = settings.exotel_flow_url_template.format(
             account_sid=settings.account_sid, app_id=request.app_id
         )
-    call = Call(
-        id=uuid.uuid4(),
-        status=CallStatus.QUEUED,
-        from_number=request.from_number,
-        caller_id=caller_id,
-        app_id=request.app_id,
-        flow_url=flow_url,
-        custom_field=request.custom_field,
-        time_limit=request.time_limit,
-        time_out=request.time_out,
-    )
-    session.add(call)
+    now = utcnow()
+    return {
+        "id": uuid.uuid4(),
+        "status": CallStatus.QUEUED,
+        "from_number": request.from_number,
+        "caller_id": caller_id,
+        "app_id": request.app_id,
+        "flow_url": flow_url,
+        "custom_field": request.custom_field,
+        "time_limit": request.time_limit,
+        "time_out": request.time_out,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+async def create_batch(
+    session: AsyncSession, *, new_calls: Sequence[NewCall], settings: Settings
+) -> tuple[Batch, list[tuple[Call, bool]]]:
+    batch = Batch(id=uuid.uuid4(), size=len(new_calls))
+    session.add(batch)
     await session.flush()
-    log.info("call %s queued to %s", call.id, mask(call.from_number))
-    return call
+    return batch, await queue_calls(
+        session, new_calls=new_calls, settings=settings, batch_id=batch.id
+    )
+
+
+async def batch_summary(session: AsyncSession, batch_id: uuid.UUID) -> tuple[Batch, dict[str, int]]:
+    batch = await session.get(Batch, batch_id)
+    if batch is None:
+        raise BatchNotFound(batch_id)
+    counts = await session.execute(
+        select(Call.status, func.count()).where(Call.batch_id == batch_id).group_by(Call.status)
+    )
+    return batch, {str(status): count for status, count in counts}
 
 
 async def find_call(session: AsyncSession, ref: str, *, for_update: bool = False) -> Call:
@@ -95,6 +183,7 @@ async def list_calls(
     from_number: str | None = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
+    batch_id: uuid.UUID | None = None,
     limit: int = 50,
     cursor: str | None = None,
 ) -> tuple[list[Call], str | None]:
@@ -108,6 +197,8 @@ async def list_calls(
         query = query.where(Call.created_at >= created_after)
     if created_before:
         query = query.where(Call.created_at < created_before)
+    if batch_id:
+        query = query.where(Call.batch_id == batch_id)
     if cursor:
         after_created, after_id = _decode_cursor(cursor)
         query = query.where(
@@ -148,7 +239,7 @@ async def list_events(session: AsyncSession, *, call_id: uuid.UUID) -> list[Call
 
 def update_from_callback(callback: StatusCallback) -> StatusUpdate | None:
     """The status update a callback carries, or None if it carries none we act on."""
-    status = _CALLBACK_STATUSES.get(callback.status or "")
+    status = status_from_exotel(callback.status)
     if status is None or callback.event_type not in _KNOWN_EVENT_TYPES:
         return None
     return StatusUpdate(
@@ -225,9 +316,26 @@ async def assign_sid(session: AsyncSession, call: Call, sid: str) -> bool:
     if taken is not None:
         return False
     call.sid = sid
-    orphans = select(CallEvent).where(CallEvent.sid == sid, CallEvent.call_id.is_(None))
+    await attach_orphans(session, call)
+    return True
+
+
+async def attach_orphans(session: AsyncSession, call: Call) -> int:
+    """Apply, oldest first, the stored callbacks for the call's SID that no call had yet."""
+    orphans = select(CallEvent).where(CallEvent.sid == call.sid, CallEvent.call_id.is_(None))
+    attached = 0
     for event in await session.scalars(orphans.order_by(CallEvent.id).with_for_update()):
         update = update_from_callback(parse_status_callback(event.payload))
         event.call_id = call.id
         event.outcome = apply_update(call, update) if update else EventOutcome.IGNORED
-    return True
+        attached += 1
+    return attached
+
+
+def status_from_exotel(status: str | None) -> CallStatus | None:
+    """Our status for a status as Exotel names it, in a callback or in call details."""
+    status = (status or "").lower()
+    # Call details say `queued` or `ringing` while Exotel is still dialling.
+    return _CALLBACK_STATUSES.get(
+        CallStatus.IN_PROGRESS.value if status in ("queued", "ringing") else status
+    )

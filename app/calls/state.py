@@ -4,7 +4,7 @@
     queued ──> in-progress ──> completed | failed | busy | no-answer | canceled
       │  └──────────────────────────^
       ├──> rejected   (Exotel refused the request; nothing was dialled)
-      └──> unknown    (we cannot tell whether Exotel dialled) ──> any of Exotel's statuses
+      └──> unknown    (we cannot tell whether Exotel dialled) ──> any status above but queued
 
 Exotel delivers callbacks late, twice and out of order (shared/exotel.md), so:
 - a terminal status is absorbing: nothing changes it, and a later `answered`/`in-progress` is stale;
@@ -72,9 +72,12 @@ def _may_move(current: CallStatus, new: CallStatus) -> bool:
         return True
     if current in TERMINAL:
         return False
-    if new in (CallStatus.REJECTED, CallStatus.UNKNOWN):
-        # Our own verdicts on a dispatch: only a call still waiting for its answer takes them.
+    if new == CallStatus.UNKNOWN:
+        # Our own verdict on a dispatch: only a call still waiting for its answer takes it.
         return current == CallStatus.QUEUED
+    if new == CallStatus.REJECTED:
+        # Exotel's refusal, or its word that it has no such call, resolves `unknown` too.
+        return current in (CallStatus.QUEUED, CallStatus.UNKNOWN)
     return rank(new) > rank(current)
 
 

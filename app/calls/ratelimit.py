@@ -1,0 +1,102 @@
+"""The account's request budget, shared by every replica: Exotel allows 200 requests a minute
+per account, look-ups included, and answers 429 beyond (shared/exotel.md).
+
+Every request is logged in `exotel_request` at the database's time. A grant happens inside a
+transaction that holds the lock on the account's `exotel_throttle` row, so grants are serialised
+across replicas, and a grant is only given while fewer than `limit` requests were granted in the
+last `window + margin` seconds: no window of `window` seconds ever holds more than `limit`
+requests, even allowing for up to `margin` seconds between a grant and Exotel seeing the request.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.clock import db_now
+from app.db.models import ExotelRequest, Throttle
+
+THROTTLE = "exotel"
+
+
+class RequestKind(enum.StrEnum):
+    CONNECT = "connect"
+    LOOKUP = "lookup"
+
+
+@dataclass(frozen=True)
+class Budget:
+    limit: int
+    window: float
+    margin: float
+    # Under a dispatch backlog, look-ups get at most this share of the window: they draw from
+    # the same budget as placing calls, at lower priority, but are never starved.
+    lookup_share: float = 0.1
+
+    @property
+    def span(self) -> float:
+        return self.window + self.margin
+
+    @property
+    def lookup_limit(self) -> int:
+        return max(1, int(self.limit * self.lookup_share))
+
+
+async def lock(session: AsyncSession) -> float:
+    """Take the account's lock for this transaction; the database's time once it is held."""
+    await session.execute(select(Throttle.name).where(Throttle.name == THROTTLE).with_for_update())
+    return await db_now(session)
+
+
+async def seconds_until_free(
+    session: AsyncSession, budget: Budget, *, now: float, kind: RequestKind, backlog: bool = False
+) -> float:
+    """0 if a request of `kind` may be made now, else how long until one may. Call under lock()."""
+    paused_until = await session.scalar(
+        select(Throttle.paused_until).where(Throttle.name == THROTTLE)
+    )
+    if paused_until is not None and paused_until > now:
+        return paused_until - now
+    await session.execute(delete(ExotelRequest).where(ExotelRequest.at <= now - budget.span))
+    recent = (
+        await session.execute(
+            select(ExotelRequest.at, ExotelRequest.kind).order_by(ExotelRequest.at)
+        )
+    ).all()
+    if len(recent) >= budget.limit:
+        # Free once the oldest requests leave the window, enough to leave room for one more.
+        oldest_to_leave: float = recent[len(recent) - budget.limit].at
+        return oldest_to_leave + budget.span - now
+    if kind == RequestKind.LOOKUP and backlog:
+        lookups = [at for at, recorded_kind in recent if recorded_kind == RequestKind.LOOKUP]
+        if len(lookups) >= budget.lookup_limit:
+            return lookups[len(lookups) - budget.lookup_limit] + budget.span - now
+    return 0.0
+
+
+def spend(session: AsyncSession, *, now: float, kind: RequestKind) -> None:
+    """Record a granted request. Call under lock(), after seconds_until_free() said 0."""
+    session.add(ExotelRequest(at=now, kind=kind))
+
+
+async def pause(session: AsyncSession, *, until: float) -> None:
+    """Hold every replica back until `until` (database time), after Exotel answered 429."""
+    throttle = await session.get(Throttle, THROTTLE, with_for_update=True)
+    assert throttle is not None, "created by the migrations"
+    if throttle.paused_until is None or throttle.paused_until < until:
+        throttle.paused_until = until
+
+
+async def acquire(
+    session: AsyncSession, budget: Budget, *, kind: RequestKind, backlog: bool = False
+) -> float:
+    """Grant one request of `kind` now if the budget allows: 0.0, and the grant is recorded in
+    this transaction; otherwise the seconds to wait."""
+    now = await lock(session)
+    wait = await seconds_until_free(session, budget, now=now, kind=kind, backlog=backlog)
+    if wait <= 0:
+        spend(session, now=now, kind=kind)
+    return max(wait, 0.0)

@@ -1,0 +1,35 @@
+"""Named leases on the database's clock: one holder at a time across replicas, handed over
+when the holder stops renewing (it died, or lost the database)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.clock import db_now
+from app.db.models import Lease
+from app.db.session import insert_for
+
+
+async def try_acquire(session: AsyncSession, *, name: str, holder: str, ttl: float) -> bool:
+    """Take or renew the lease for `ttl` seconds; False while another holder's is unexpired."""
+    now = await db_now(session)
+    created = await session.scalar(
+        insert_for(session)(Lease)
+        .values(name=name, holder=holder, expires_at=now + ttl)
+        .on_conflict_do_nothing()
+        .returning(Lease.name)
+    )
+    if created is not None:
+        return True
+    lease = (await session.scalars(select(Lease).where(Lease.name == name).with_for_update())).one()
+    if lease.holder != holder and lease.expires_at > now:
+        return False
+    lease.holder, lease.expires_at = holder, now + ttl
+    return True
+
+
+async def release(session: AsyncSession, *, name: str, holder: str) -> None:
+    lease = await session.get(Lease, name, with_for_update=True)
+    if lease is not None and lease.holder == holder:
+        await session.delete(lease)

@@ -1,0 +1,329 @@
+"""The dispatch queue: what is retried (only what certainly did not dial), the account's rate
+limit, idempotency keys and batches. Exotel is a double that records every request."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.config import Settings
+from app.main import create_app
+from tests.conftest import make_settings, place_body
+from tests.exotel_double import ExotelDouble, accepted, form_of, rest_exception
+
+pytestmark = pytest.mark.anyio
+
+SETTLE_SECONDS = 15.0  # bounds waiting; never asserted on
+
+
+async def wait_for(client: httpx.AsyncClient, call_id: str, status: str) -> dict[str, Any]:
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        call = (await client.get(f"/calls/{call_id}")).json()
+        if call["status"] == status:
+            return dict(call)
+        if time.monotonic() > deadline:
+            pytest.fail(f"call {call_id} is {call['status']}, expected {status}")
+        await asyncio.sleep(0.05)
+
+
+async def open_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as client,
+    ):
+        yield client
+
+
+@pytest.fixture
+def tight_settings(db_url: str) -> Settings:
+    """A small budget (3 requests a second) and few connection attempts."""
+    return make_settings(
+        db_url,
+        exotel_rate_limit=3,
+        exotel_rate_window_seconds=1,
+        exotel_rate_margin_seconds=0.05,
+        dispatch_max_attempts=2,
+    )
+
+
+@pytest.fixture
+async def tight(tight_settings: Settings, exotel: ExotelDouble) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(tight_settings, exotel_transport=httpx.MockTransport(exotel.handle))
+    async for client in open_client(app):
+        yield client
+
+
+# --- what is retried, and what never is ----------------------------------------------------
+
+
+@pytest.mark.parametrize("retry_after", ["1", None])
+async def test_429_puts_the_call_back_in_the_queue(
+    client: httpx.AsyncClient, exotel: ExotelDouble, retry_after: str | None
+) -> None:
+    headers = {"Retry-After": retry_after} if retry_after else None
+    exotel.answer_connect(rest_exception(429, "Too Many Requests; ", headers=headers), accepted())
+
+    response = await client.post("/calls", json=place_body(), params={"wait": "false"})
+    assert response.status_code == 202
+    queued = await wait_for(client, response.json()["id"], "queued")
+
+    call = await wait_for(client, queued["id"], "in-progress")
+    assert call["error"] is None
+    assert len(exotel.connects) == 2
+    # Retry-After (1 s) is honoured; without it exocall backs off on its own (2 s).
+    assert exotel.times[1] - exotel.times[0] >= (1.0 if retry_after else 2.0)
+
+
+async def test_429_holds_back_every_call_not_only_the_refused_one(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    refused = asyncio.Event()
+
+    async def refuse_once(_: httpx.Request) -> httpx.Response:
+        exotel.answer_connect(accepted())  # every later request is accepted
+        refused.set()
+        return rest_exception(429, "Too Many Requests", headers={"Retry-After": "2"})
+
+    exotel.on_connect = refuse_once
+    await client.post("/calls", json=place_body(), params={"wait": "false"})
+    await refused.wait()
+    second = await client.post("/calls", json=place_body("9052161111"), params={"wait": "false"})
+
+    await wait_for(client, second.json()["id"], "in-progress")
+    # Nothing at all was sent during the pause Exotel asked for.
+    assert len(exotel.connects) == 3
+    assert min(exotel.times[1:]) - exotel.times[0] >= 2.0
+
+
+async def test_a_connection_never_made_is_retried(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    exotel.answer_connect(httpx.ConnectError("connection refused"), accepted())
+    response = await client.post("/calls", json=place_body(), params={"wait": "false"})
+    call = await wait_for(client, response.json()["id"], "in-progress")
+    assert call["sid"]
+    assert len(exotel.connects) == 2
+
+
+async def test_exotel_unreachable_for_good_rejects_the_call(
+    tight: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    exotel.answer_connect(httpx.ConnectTimeout("no route"))
+    response = await tight.post("/calls", json=place_body(), params={"wait": "false"})
+    call = await wait_for(tight, response.json()["id"], "rejected")
+    assert call["error"]["code"] == "exotel_unreachable"
+    assert len(exotel.connects) == 2  # dispatch_max_attempts
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.ReadTimeout("timed out after the request was sent"),
+        rest_exception(500, "Could not originate"),
+        rest_exception(504, "Gateway Timeout"),
+    ],
+    ids=["read-timeout", "500", "504"],
+)
+async def test_a_call_that_may_have_dialled_is_never_sent_again(
+    client: httpx.AsyncClient, exotel: ExotelDouble, answer: httpx.Response | Exception
+) -> None:
+    exotel.answer_connect(answer)
+    response = await client.post("/calls", json=place_body())
+    assert response.status_code == 202
+    assert response.json()["status"] == "unknown"
+    await asyncio.sleep(0.5)  # the dispatcher polls every 0.05 s: it had every chance to resend
+    assert len(exotel.connects) == 1
+
+
+async def test_wait_false_answers_202_at_once(client: httpx.AsyncClient) -> None:
+    response = await client.post("/calls", json=place_body(), params={"wait": "false"})
+    assert response.status_code == 202
+    assert response.json()["status"] == "queued"
+    await wait_for(client, response.json()["id"], "in-progress")
+
+
+# --- the account's rate limit ----------------------------------------------------------------
+
+
+def busiest_window(times: list[float], window: float) -> int:
+    """The most requests in any `window` seconds."""
+    return max(sum(1 for t in times if start <= t < start + window) for start in times)
+
+
+async def test_no_window_holds_more_requests_than_the_limit(
+    tight: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    numbers = [f"90521611{n:02d}" for n in range(10)]
+    ids = [
+        (await tight.post("/calls", json=place_body(n), params={"wait": "false"})).json()["id"]
+        for n in numbers
+    ]
+    for call_id in ids:
+        await wait_for(tight, call_id, "in-progress")
+    assert len(exotel.connects) == 10
+    assert busiest_window(exotel.times, 1.0) <= 3
+    # Dialled once each.
+    assert sorted(form_of(r)["From"] for r in exotel.connects) == ["0" + n for n in numbers]
+
+
+async def test_a_call_waiting_for_budget_is_answered_202(
+    tight: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    for n in range(3):
+        await tight.post("/calls", json=place_body(f"905216110{n}"), params={"wait": "false"})
+    # The budget is spent for a second; the default wait (2 s in tests) outlasts it.
+    response = await tight.post("/calls", json=place_body("9052161109"))
+    assert response.status_code == 201
+    assert busiest_window(exotel.times, 1.0) <= 3
+
+
+# --- idempotency keys ---------------------------------------------------------------------------
+
+
+async def test_a_repeated_key_returns_the_stored_call(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    headers = {"Idempotency-Key": "order-123-confirmation"}
+    first = await client.post("/calls", json=place_body("09052161110"), headers=headers)
+    # The same request, with the number spelt another way.
+    again = await client.post("/calls", json=place_body("+91 90521 61110"), headers=headers)
+
+    assert first.status_code == again.status_code == 201
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    assert len(exotel.connects) == 1
+
+
+async def test_a_key_reused_with_another_body_is_409(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    headers = {"Idempotency-Key": "k-1"}
+    first = await client.post("/calls", json=place_body(), headers=headers)
+    other = await client.post("/calls", json=place_body(custom_field="other"), headers=headers)
+    assert other.status_code == 409
+    error = other.json()["error"]
+    assert (error["code"], error["call_id"]) == ("idempotency_conflict", first.json()["id"])
+    assert len(exotel.connects) == 1
+
+
+async def test_a_rejected_call_is_rejected_again_on_repeat(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    exotel.answer_connect(rest_exception(403, "Call cannot be made because of TRAI NDNC"))
+    headers = {"Idempotency-Key": "dnd-1"}
+    first = await client.post("/calls", json=place_body(), headers=headers)
+    again = await client.post("/calls", json=place_body(), headers=headers)
+    assert first.status_code == again.status_code == 422
+    assert first.json() == again.json()
+    assert len(exotel.connects) == 1
+
+
+async def test_concurrent_requests_with_one_key_make_one_call(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    headers = {"Idempotency-Key": "burst"}
+    responses = await asyncio.gather(
+        *(client.post("/calls", json=place_body(), headers=headers) for _ in range(10))
+    )
+    assert {r.status_code for r in responses} <= {201, 202}
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert sum("Idempotent-Replayed" not in r.headers for r in responses) == 1
+    await wait_for(client, responses[0].json()["id"], "in-progress")
+    assert len(exotel.connects) == 1
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "has space"])
+async def test_bad_idempotency_keys_are_refused(client: httpx.AsyncClient, key: str) -> None:
+    response = await client.post("/calls", json=place_body(), headers={"Idempotency-Key": key})
+    assert response.status_code == 422
+    assert response.json()["error"]["details"][0]["field"] == "idempotency-key"
+
+
+# --- batches --------------------------------------------------------------------------------
+
+
+def batch_of(count: int, **fields: Any) -> dict[str, Any]:
+    return {"calls": [place_body(f"90521{n:05d}", **fields) for n in range(count)]}
+
+
+async def test_a_batch_is_queued_and_dispatched(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    response = await client.post("/calls/batch", json=batch_of(5))
+
+    assert response.status_code == 202, response.text
+    batch = response.json()
+    assert batch["size"] == 5
+    assert [c["from"] for c in batch["calls"]] == [f"+9190521{n:05d}" for n in range(5)]
+    for call in batch["calls"]:
+        await wait_for(client, call["id"], "in-progress")
+    listed = (await client.get("/calls", params={"batch_id": batch["id"]})).json()["items"]
+    assert {c["id"] for c in listed} == {c["id"] for c in batch["calls"]}
+    summary = (await client.get(f"/batches/{batch['id']}")).json()
+    assert summary["counts"] == {"in-progress": 5}
+    assert len(exotel.connects) == 5
+
+
+async def test_an_invalid_item_refuses_the_whole_batch(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    body = batch_of(5)
+    body["calls"][3]["from"] = "12345"
+    response = await client.post("/calls/batch", json=body)
+    assert response.status_code == 422
+    assert [d["field"] for d in response.json()["error"]["details"]] == ["calls.3.from"]
+    assert (await client.get("/calls")).json()["items"] == []
+    assert exotel.requests == []
+
+
+async def test_batch_size_is_bounded(client: httpx.AsyncClient) -> None:
+    assert (await client.post("/calls/batch", json={"calls": []})).status_code == 422
+    too_many = await client.post("/calls/batch", json=batch_of(1001))
+    assert too_many.status_code == 422
+    assert too_many.json()["error"]["details"][0]["field"] == "calls"
+
+
+async def test_batch_items_share_keys_with_single_calls(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    single = await client.post(
+        "/calls", json=place_body("9052100000"), headers={"Idempotency-Key": "a"}
+    )
+    body = batch_of(3)
+    body["calls"][0]["idempotency_key"] = "a"  # the call above
+    body["calls"][1]["idempotency_key"] = "b"
+    body["calls"].append(body["calls"][1])  # the same item twice
+
+    batch = (await client.post("/calls/batch", json=body)).json()
+
+    ids = [c["id"] for c in batch["calls"]]
+    assert ids[0] == single.json()["id"]
+    assert ids[3] == ids[1]
+    assert len(set(ids)) == 3
+    for call_id in set(ids):
+        await wait_for(client, call_id, "in-progress")
+    assert len(exotel.connects) == 3
+
+
+async def test_a_batch_reusing_a_key_with_another_body_is_409(client: httpx.AsyncClient) -> None:
+    await client.post("/calls", json=place_body(), headers={"Idempotency-Key": "a"})
+    body = batch_of(2)
+    body["calls"][1]["idempotency_key"] = "a"
+    response = await client.post("/calls/batch", json=body)
+    assert response.status_code == 409
+    assert response.json()["error"]["index"] == 1
+    assert len((await client.get("/calls")).json()["items"]) == 1
+
+
+async def test_unknown_batch_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.get("/batches/3f1c1c1e-0000-4000-8000-000000000000")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "batch_not_found"

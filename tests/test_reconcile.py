@@ -1,0 +1,303 @@
+"""Reconciliation: lost callbacks, `unknown` calls and interrupted dispatches are accounted for
+through Exotel's call details, within the account's budget, and never by dialling again."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.calls import ratelimit, service
+from app.calls.reconcile import Repairs, reconcile_once
+from app.calls.schemas import CallCreate
+from app.config import Settings
+from app.db import lease
+from app.db.clock import db_now
+from app.db.models import Call, CallEvent, CallStatus, EventOutcome, ExotelRequest
+from app.exotel.client import ExotelClient
+from app.exotel.wire import format_exotel_time
+from tests.conftest import make_settings, place_body
+from tests.exotel_double import ExotelDouble, call_json, new_sid
+
+pytestmark = pytest.mark.anyio
+
+LONG_AGO = datetime.now(UTC) - timedelta(hours=5)  # past any time_out + time_limit + grace
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    return make_settings(db_url, exotel_rate_limit=10, exotel_rate_window_seconds=60)
+
+
+@pytest.fixture
+async def exotel_client(exotel: ExotelDouble) -> AsyncIterator[ExotelClient]:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(exotel.handle)) as http:
+        yield ExotelClient(
+            http,
+            base_url="https://exotel.test",
+            account_sid="fake-account",
+            api_key="fake-api-key",
+            api_token="fake-api-token",
+            timeout_seconds=5,
+        )
+
+
+Reconcile = Any
+
+
+@pytest.fixture
+def reconcile(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    exotel_client: ExotelClient,
+    settings: Settings,
+) -> Reconcile:
+    async def run(budget: ratelimit.Budget | None = None) -> Repairs:
+        return await reconcile_once(
+            sessionmaker=sessionmaker,
+            exotel=exotel_client,
+            settings=settings,
+            budget=budget or ratelimit.Budget(limit=10, window=60, margin=0),
+        )
+
+    return run
+
+
+async def stored_call(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, **values: Any
+) -> Call:
+    """A call as the dispatcher would have left it (no dispatcher runs in these tests)."""
+    async with sessionmaker() as session, session.begin():
+        ((call, _),) = await service.queue_calls(
+            session,
+            new_calls=[service.NewCall(CallCreate.model_validate(place_body()))],
+            settings=settings,
+        )
+        for name, value in values.items():
+            setattr(call, name, value)
+    return call
+
+
+async def reload(sessionmaker: async_sessionmaker[AsyncSession], call: Call) -> Call:
+    async with sessionmaker() as session:
+        found = await session.get(Call, call.id)
+        assert found is not None
+        return found
+
+
+def details(sid: str, status: str, **fields: Any) -> dict[str, Any]:
+    return dict(call_json(sid, status, **fields)["Call"])
+
+
+async def test_a_lost_callback_is_repaired_from_call_details(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    exotel: ExotelDouble,
+    reconcile: Reconcile,
+) -> None:
+    sid = new_sid()
+    call = await stored_call(
+        sessionmaker, settings, status=CallStatus.IN_PROGRESS, sid=sid, dispatched_at=LONG_AGO
+    )
+    exotel.listed = [
+        details(sid, "completed", Duration="41", RecordingUrl="https://rec.test/1.mp3")
+    ]
+
+    repairs = await reconcile()
+
+    assert (repairs.lookups, repairs.repaired) == (1, 1)
+    (lookup,) = exotel.lookups
+    assert lookup.url.path == "/v1/Accounts/fake-account/Calls.json"
+    assert lookup.url.params["Sid"] == sid
+    stored = await reload(sessionmaker, call)
+    assert (stored.status, stored.duration) == (CallStatus.COMPLETED, 41)
+    assert stored.recording_url == "https://rec.test/1.mp3"
+    assert exotel.connects == []
+
+
+async def test_a_call_still_within_its_time_is_not_looked_up(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    exotel: ExotelDouble,
+    reconcile: Reconcile,
+) -> None:
+    await stored_call(
+        sessionmaker,
+        settings,
+        status=CallStatus.IN_PROGRESS,
+        sid=new_sid(),
+        dispatched_at=datetime.now(UTC),
+    )
+    assert (await reconcile()).lookups == 0
+    assert exotel.requests == []
+
+
+async def test_an_unknown_call_is_found_by_its_number(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    exotel: ExotelDouble,
+    reconcile: Reconcile,
+) -> None:
+    """A Calls/connect that timed out did dial: Exotel lists a call from the number then."""
+    dispatched = datetime.now(UTC) - timedelta(minutes=10)
+    call = await stored_call(
+        sessionmaker, settings, status=CallStatus.UNKNOWN, dispatched_at=dispatched
+    )
+    sid = new_sid()
+    when = format_exotel_time(dispatched + timedelta(seconds=2))
+    exotel.listed = [details(sid, "busy", DateCreated=when, DateUpdated=when)]
+
+    repairs = await reconcile()
+
+    assert repairs.repaired == 1
+    (lookup,) = exotel.lookups
+    assert lookup.url.params["From"] == "+919052161110"
+    assert lookup.url.params["DateCreated"].startswith("gte:")
+    stored = await reload(sessionmaker, call)
+    assert (stored.status, stored.sid) == (CallStatus.BUSY, sid)
+
+
+async def test_an_unknown_call_exotel_never_heard_of_is_rejected_once_overdue(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    exotel: ExotelDouble,
+    reconcile: Reconcile,
+) -> None:
+    recent = await stored_call(
+        sessionmaker, settings, status=CallStatus.UNKNOWN, dispatched_at=datetime.now(UTC)
+    )
+    old = await stored_call(
+        sessionmaker, settings, status=CallStatus.UNKNOWN, dispatched_at=LONG_AGO
+    )
+
+    repairs = await reconcile()
+
+    assert repairs.not_dialled == 1
+    assert (await reload(sessionmaker, recent)).status == CallStatus.UNKNOWN
+    stored = await reload(sessionmaker, old)
+    assert (stored.status, stored.error_code) == (CallStatus.REJECTED, "exotel_no_record")
+    assert exotel.connects == []
+
+
+async def test_an_interrupted_dispatch_becomes_unknown_and_is_not_resent(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    exotel: ExotelDouble,
+    reconcile: Reconcile,
+) -> None:
+    async with sessionmaker() as session:
+        long_ago = await db_now(session) - 3600
+    call = await stored_call(
+        sessionmaker, settings, claimed_by="a-replica-that-died", claimed_at=long_ago
+    )
+
+    repairs = await reconcile()
+
+    assert repairs.stale_claims == 1
+    stored = await reload(sessionmaker, call)
+    assert (stored.status, stored.error_code) == (CallStatus.UNKNOWN, "dispatch_interrupted")
+    assert stored.claimed_by is None
+    assert exotel.connects == []
+
+
+async def test_look_ups_draw_from_the_accounts_budget(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    exotel: ExotelDouble,
+    reconcile: Reconcile,
+) -> None:
+    await stored_call(
+        sessionmaker, settings, status=CallStatus.IN_PROGRESS, sid=new_sid(), dispatched_at=LONG_AGO
+    )
+    spent = ratelimit.Budget(limit=1, window=60, margin=0)
+    async with sessionmaker() as session, session.begin():
+        assert await ratelimit.acquire(session, spent, kind=ratelimit.RequestKind.CONNECT) == 0
+
+    assert (await reconcile(spent)).lookups == 0
+    assert exotel.requests == []
+
+    await reconcile()
+    async with sessionmaker() as session:
+        kinds = list(await session.scalars(select(ExotelRequest.kind).order_by(ExotelRequest.at)))
+    assert kinds == ["connect", "lookup"]
+
+
+async def test_look_ups_give_way_to_a_dispatch_backlog(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    exotel: ExotelDouble,
+    reconcile: Reconcile,
+) -> None:
+    for _ in range(3):
+        await stored_call(
+            sessionmaker,
+            settings,
+            status=CallStatus.IN_PROGRESS,
+            sid=new_sid(),
+            dispatched_at=LONG_AGO,
+            reconciled_at=None,
+        )
+    await stored_call(sessionmaker, settings)  # queued: a backlog
+    budget = ratelimit.Budget(limit=10, window=60, margin=0, lookup_share=0.1)
+    async with sessionmaker() as session, session.begin():
+        assert (
+            await ratelimit.acquire(
+                session, budget, kind=ratelimit.RequestKind.LOOKUP, backlog=True
+            )
+            == 0
+        )
+        # One look-up (10% of 10) is all a backlog leaves them.
+        assert (
+            await ratelimit.acquire(
+                session, budget, kind=ratelimit.RequestKind.LOOKUP, backlog=True
+            )
+            > 0
+        )
+        assert await ratelimit.acquire(session, budget, kind=ratelimit.RequestKind.CONNECT) == 0
+
+
+async def test_callbacks_stored_before_their_sid_was_known_are_attached(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    reconcile: Reconcile,
+) -> None:
+    sid = new_sid()
+    async with sessionmaker() as session, session.begin():
+        await service.record_status_callback(
+            session,
+            call_id=None,
+            content_type="multipart/form-data",
+            payload={"CallSid": sid, "Status": "no-answer", "DateUpdated": "2024-09-16 15:51:00"},
+        )
+    # The dispatch that learnt the SID raced the callback and missed it.
+    call = await stored_call(sessionmaker, settings, status=CallStatus.IN_PROGRESS)
+    async with sessionmaker() as session, session.begin():
+        await session.execute(update(Call).where(Call.id == call.id).values(sid=sid))
+
+    repairs = await reconcile()
+
+    assert repairs.attached == 1
+    assert (await reload(sessionmaker, call)).status == CallStatus.NO_ANSWER
+    async with sessionmaker() as session:
+        event = (await session.scalars(select(CallEvent))).one()
+    assert (event.call_id, event.outcome) == (call.id, EventOutcome.APPLIED)
+
+
+async def test_one_lease_holder_at_a_time(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    async with sessionmaker() as session, session.begin():
+        assert await lease.try_acquire(session, name="job", holder="a", ttl=60)
+    async with sessionmaker() as session, session.begin():
+        assert not await lease.try_acquire(session, name="job", holder="b", ttl=60)
+        assert await lease.try_acquire(session, name="job", holder="a", ttl=-1)  # renew, expired
+    async with sessionmaker() as session, session.begin():
+        assert await lease.try_acquire(session, name="job", holder="b", ttl=60)
+
+
+def test_replica_ids_are_unique() -> None:
+    from app.calls.dispatcher import new_replica_id
+
+    assert len({new_replica_id() for _ in range(100)}) == 100
