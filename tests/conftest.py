@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,6 +25,7 @@ from app.db import migrate
 from app.db.session import create_engine, create_sessionmaker
 from app.main import create_app
 from tests.exotel_double import ExotelDouble
+from tests.processes import STRAY_ENV, Deployment
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
 BACKENDS = ["sqlite", "postgresql"] if TEST_DATABASE_URL else ["sqlite"]
@@ -76,6 +78,28 @@ async def db_url(database_url: str) -> AsyncIterator[str]:
             await connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
         await connection.execute(text("UPDATE exotel_throttle SET paused_until = NULL"))
     await engine.dispose()
+
+
+# What every process of an end-to-end test is configured with.
+FAKE_ENV = {
+    "EXOTEL_ACCOUNT_SID": FAKE_ACCOUNT_SID,
+    "EXOTEL_API_KEY": FAKE_API_KEY,
+    "EXOTEL_API_TOKEN": FAKE_API_TOKEN,
+    "CALLBACK_SECRETS": FAKE_CALLBACK_SECRET,
+    "EXOTEL_CALLER_ID": FAKE_CALLER_ID,
+}
+
+
+@pytest.fixture
+def deployment(db_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    """Real processes on the test database, stopped before `db_url` empties the tables; their
+    output is printed if the test failed."""
+    deployment = Deployment(database_url=db_url, workdir=tmp_path, env=FAKE_ENV)
+    failed_before = request.session.testsfailed
+    yield deployment
+    deployment.stop()
+    if request.session.testsfailed > failed_before:
+        print(deployment.outputs())
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
@@ -141,5 +165,5 @@ def place_body(number: str = "+919052161110", **fields: Any) -> dict[str, Any]:
 def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # Settings read the environment; a developer's shell must not change what tests see.
     for name in os.environ:
-        if name.startswith(("EXOTEL_", "CALLBACK_", "API_KEYS", "EXOCALL_", "PUBLIC_BASE")):
+        if name.startswith(STRAY_ENV):
             monkeypatch.delenv(name)

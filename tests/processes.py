@@ -6,9 +6,11 @@ Everything a process writes goes to a log file, so a test can show it when somet
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -111,3 +113,69 @@ def _wait_until_ready(process: Process, url: str, deadline_seconds: float) -> No
                     f"(last: {last}):\n{process.output()}"
                 )
             time.sleep(_POLL_INTERVAL_SECONDS)
+
+
+EXOCALL = str(Path(sys.executable).parent / "exocall")
+# Variables the processes must not inherit from a developer's shell (as in conftest.py).
+STRAY_ENV = (
+    "EXOTEL_",
+    "CALLBACK_",
+    "API_KEYS",
+    "EXOCALL_",
+    "PUBLIC_BASE",
+    "DISPATCH_",
+    "RECONCILE_",
+)
+
+
+class Deployment:
+    """exocall as users run it: the simulator and one or more `exocall serve` replicas on
+    loopback ports, sharing one database. Stop it to stop them all."""
+
+    def __init__(self, *, database_url: str, workdir: Path, env: Mapping[str, str]) -> None:
+        self.database_url = database_url
+        self.workdir = workdir  # outside the repository, so no `.env` there is read
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(STRAY_ENV)} | {
+            "DATABASE_URL": database_url,
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
+        self.processes: list[Process] = []
+        self.simulator_url = ""
+
+    def start_simulator(self, *options: str) -> str:
+        (port,) = free_ports(1)
+        self.simulator_url = f"http://127.0.0.1:{port}"
+        self.env["EXOTEL_API_BASE_URL"] = self.simulator_url
+        argv = [EXOCALL, "simulator", "--host", "127.0.0.1", "--port", str(port), *options]
+        self._start("simulator", argv, f"{self.simulator_url}/_simulator/log")
+        return self.simulator_url
+
+    def start_server(self) -> str:
+        (port,) = free_ports(1)
+        url = f"http://127.0.0.1:{port}"
+        argv = [EXOCALL, "serve", "--host", "127.0.0.1", "--port", str(port)]
+        self._start(f"server-{len(self.processes)}", argv, f"{url}/readyz", PUBLIC_BASE_URL=url)
+        return url
+
+    def _start(self, name: str, argv: list[str], ready_url: str, **env: str) -> None:
+        self.processes.append(
+            start_process(
+                name,
+                argv,
+                env=self.env | env,
+                cwd=self.workdir,
+                log_path=self.workdir / f"{name}.log",
+                ready_url=ready_url,
+            )
+        )
+
+    def stop(self) -> None:
+        with contextlib.ExitStack() as stack:  # every process is stopped even if one fails to
+            for process in self.processes:
+                stack.callback(process.stop)
+
+    def outputs(self) -> str:
+        return "".join(
+            f"\n----- {p.name} output ({p.log_path}) -----\n{p.output()}" for p in self.processes
+        )

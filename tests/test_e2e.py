@@ -7,32 +7,24 @@ each outcome is placed once and followed to where the contract says it ends.
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 
-from tests.conftest import FAKE_ACCOUNT_SID, FAKE_API_KEY, FAKE_API_TOKEN, FAKE_CALLBACK_SECRET
 from tests.conftest import FAKE_CALLER_ID as CALLER_ID
-from tests.processes import Process, free_ports, start_process
+from tests.processes import Deployment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
-EXOCALL = str(Path(sys.executable).parent / "exocall")
 # Bounds the wait for callbacks; never asserted on.
 SETTLE_DEADLINE_SECONDS = 15.0
-# Variables the processes must not inherit from a developer's shell (as in conftest.py).
-_STRAY_ENV = ("EXOTEL_", "CALLBACK_", "API_KEYS", "EXOCALL_", "PUBLIC_BASE")
 
 
 def number(digit: str) -> str:
@@ -41,69 +33,23 @@ def number(digit: str) -> str:
 
 
 @dataclass(frozen=True)
-class Deployment:
+class Urls:
     api_url: str
     simulator_url: str
 
 
-StartExocall = Callable[..., Deployment]
+StartExocall = Callable[..., Urls]
 
 
 @pytest.fixture
-def start_exocall(
-    db_url: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[StartExocall]:
-    """Starts the simulator (with the given options) and the server against it; stops both
-    afterwards, before `db_url` empties the tables. Their output is printed if the test fails."""
-    processes: list[Process] = []
-    failed_before = request.session.testsfailed
+def start_exocall(deployment: Deployment) -> StartExocall:
+    """Starts the simulator (with the given options) and one server against it."""
 
-    def start(*simulator_options: str) -> Deployment:
-        simulator_port, api_port = free_ports(2)
-        simulator_url = f"http://127.0.0.1:{simulator_port}"
-        api_url = f"http://127.0.0.1:{api_port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_STRAY_ENV)} | {
-            "DATABASE_URL": db_url,
-            "EXOTEL_ACCOUNT_SID": FAKE_ACCOUNT_SID,
-            "EXOTEL_API_KEY": FAKE_API_KEY,
-            "EXOTEL_API_TOKEN": FAKE_API_TOKEN,
-            "EXOTEL_API_BASE_URL": simulator_url,
-            "PUBLIC_BASE_URL": api_url,
-            "CALLBACK_SECRETS": FAKE_CALLBACK_SECRET,
-            "EXOTEL_CALLER_ID": CALLER_ID,
-            "PYTHONUNBUFFERED": "1",
-        }
-        simulator = [EXOCALL, "simulator", "--host", "127.0.0.1", "--port", str(simulator_port)]
-        processes.append(
-            start_process(
-                "simulator",
-                [*simulator, *simulator_options],
-                log_path=tmp_path / "simulator.log",
-                ready_url=f"{simulator_url}/_simulator/log",
-                env=env,
-                cwd=tmp_path,  # outside the repository, so no `.env` there is read
-            )
-        )
-        processes.append(
-            start_process(
-                "server",
-                [EXOCALL, "serve", "--host", "127.0.0.1", "--port", str(api_port)],
-                log_path=tmp_path / "server.log",
-                ready_url=f"{api_url}/readyz",
-                env=env,
-                cwd=tmp_path,  # outside the repository, so no `.env` there is read
-            )
-        )
-        return Deployment(api_url, simulator_url)
+    def start(*simulator_options: str) -> Urls:
+        simulator_url = deployment.start_simulator(*simulator_options)
+        return Urls(deployment.start_server(), simulator_url)
 
-    yield start
-
-    with ExitStack() as stack:  # every process is stopped even if stopping one fails
-        for process in processes:
-            stack.callback(process.stop)
-    if request.session.testsfailed > failed_before:
-        for process in processes:
-            print(f"\n----- {process.name} output ({process.log_path}) -----\n{process.output()}")
+    return start
 
 
 async def place(api: httpx.AsyncClient, digit: str) -> httpx.Response:

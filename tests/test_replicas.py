@@ -1,0 +1,102 @@
+"""Three replicas on one PostgreSQL, one Exotel account with a small budget: the account's
+limit holds across replicas, no customer is dialled twice, every call ends, and every
+idempotency key gives one call. Checked from the simulator's own log of what it received."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.processes import Deployment
+
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
+
+LIMIT, WINDOW = 20, 5.0
+CALLS = 200  # a backlog of about 50 s at 20 requests per 5 s
+SETTLE_DEADLINE_SECONDS = CALLS / LIMIT * WINDOW + 90  # bounds waiting; never asserted on
+ENDED = {"completed", "busy", "no-answer", "failed", "rejected"}
+
+
+def busiest_window(times: list[float], window: float) -> int:
+    times = sorted(times)
+    return max(sum(1 for t in times[i:] if t < start + window) for i, start in enumerate(times))
+
+
+async def test_three_replicas_share_one_budget_and_dial_each_call_once(
+    deployment: Deployment, db_url: str
+) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("several replicas share a PostgreSQL database; SQLite is for one process")
+    deployment.env |= {
+        "EXOTEL_RATE_LIMIT": str(LIMIT),
+        "EXOTEL_RATE_WINDOW_SECONDS": str(WINDOW),
+        # Lost callbacks (numbers ending in 8) are looked up soon after their short calls end.
+        "RECONCILE_INTERVAL_SECONDS": "1",
+        "RECONCILE_GRACE_SECONDS": "1",
+    }
+    simulator_url = deployment.start_simulator("--callback-delay", "0.3")
+    apis = [httpx.AsyncClient(base_url=deployment.start_server(), timeout=60) for _ in range(3)]
+    numbers = [f"9{n:09d}" for n in range(CALLS)]  # the last digit picks the simulated outcome
+    limit = asyncio.Semaphore(30)
+
+    async def place(replica: int, n: int) -> httpx.Response:
+        body = {"from": numbers[n], "app_id": "926", "time_out": 1, "time_limit": 1}
+        # Every fifth call is sent twice, through two replicas at once, with one key.
+        headers = {"Idempotency-Key": f"order-{n}"} if n % 5 == 0 else {}
+        async with limit:
+            return await apis[replica].post(
+                "/calls", json=body, headers=headers, params={"wait": "false"}
+            )
+
+    try:
+        sends = [(n % 3, n) for n in range(CALLS)]
+        sends += [((n + 1) % 3, n) for n in range(0, CALLS, 5)]
+        responses = await asyncio.gather(*(place(replica, n) for replica, n in sends))
+        ids_by_number: dict[str, set[str]] = {}
+        for (_, n), response in zip(sends, responses, strict=True):
+            ids_by_number.setdefault(numbers[n], set()).add(_call_id(response))
+        # Every key gave exactly one call; every number is one call.
+        assert all(len(ids) == 1 for ids in ids_by_number.values())
+        call_ids = [ids.pop() for ids in ids_by_number.values()]
+
+        calls = await _wait_until_all_ended(apis[0], call_ids)
+        async with httpx.AsyncClient(base_url=simulator_url, timeout=30) as simulator:
+            log: list[dict[str, Any]] = (await simulator.get("/_simulator/log")).json()
+    finally:
+        for api in apis:
+            await api.aclose()
+
+    assert {call["status"] for call in calls} <= ENDED
+    dialled = Counter(e["from_number"] for e in log if e["path"].endswith("/Calls/connect.json"))
+    assert dialled == Counter("0" + number for number in numbers)  # each once, none twice
+    assert [e for e in log if e["status"] == 429] == []
+    assert busiest_window([e["at"] for e in log], WINDOW) <= LIMIT
+
+
+def _call_id(response: httpx.Response) -> str:
+    """A repeat of a call Exotel already refused (a number ending in 5 or 6) is that refusal."""
+    if response.status_code == httpx.codes.UNPROCESSABLE_ENTITY:
+        assert response.json()["error"]["code"] == "exotel_rejected"
+        return str(response.json()["error"]["call_id"])
+    # 202 queued; a repeat may find its call already placed (201).
+    assert response.status_code in (httpx.codes.ACCEPTED, httpx.codes.CREATED), response.text
+    return str(response.json()["id"])
+
+
+async def _wait_until_all_ended(
+    api: httpx.AsyncClient, call_ids: list[str]
+) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + SETTLE_DEADLINE_SECONDS
+    while True:
+        calls = [(await api.get(f"/calls/{call_id}")).json() for call_id in call_ids]
+        waiting = Counter(c["status"] for c in calls if c["status"] not in ENDED)
+        if not waiting:
+            return calls
+        if time.monotonic() > deadline:
+            pytest.fail(f"calls have not all ended: {waiting}")
+        await asyncio.sleep(2)
