@@ -36,14 +36,10 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("claimed_by", sa.String(128), nullable=True))
         batch_op.add_column(sa.Column("claimed_at", sa.Double(), nullable=True))
         batch_op.add_column(sa.Column("not_before", sa.Double(), nullable=True))
-        batch_op.add_column(
-            sa.Column("attempts", sa.Integer(), nullable=False, server_default="0")
-        )
+        batch_op.add_column(sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"))
         batch_op.add_column(sa.Column("reconciled_at", sa.Double(), nullable=True))
         batch_op.create_unique_constraint(op.f("uq_call_idempotency_key"), ["idempotency_key"])
-        batch_op.create_foreign_key(
-            op.f("fk_call_batch_id_batch"), "batch", ["batch_id"], ["id"]
-        )
+        batch_op.create_foreign_key(op.f("fk_call_batch_id_batch"), "batch", ["batch_id"], ["id"])
         batch_op.create_index(op.f("ix_call_batch_id"), ["batch_id"])
         batch_op.drop_index("ix_call_status")
         batch_op.create_index("ix_call_status_created_at", ["status", "created_at"])
