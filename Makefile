@@ -37,6 +37,9 @@ lint: $(VENV)/.installed-dev
 
 check: lint test  ## everything CI runs
 
+bench: $(VENV)/.installed-dev  ## benchmarks on the local PostgreSQL; they print figures, never pass or fail
+	$(BIN)/python -m bench.dispatch_rate
+
 fmt: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .

@@ -3,6 +3,7 @@ Exotel replaced by a double that checks what was sent."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 from typing import Any
@@ -202,7 +203,7 @@ async def test_exotel_refusal_keeps_the_call_as_rejected(
 async def test_ambiguous_answers_make_the_call_unknown_not_rejected(
     client: httpx.AsyncClient, exotel: ExotelDouble, answer: httpx.Response | Exception
 ) -> None:
-    # Exotel may have dialled: the caller must not be invited to try again.
+    # Exotel may have dialled: neither we nor the caller (invited by a 5xx) may try again.
     exotel.answer_connect(answer)
 
     response = await client.post("/calls", json=place_body())
@@ -211,6 +212,7 @@ async def test_ambiguous_answers_make_the_call_unknown_not_rejected(
     call = response.json()
     assert call["status"] == "unknown"
     assert call["error"]["code"] == "exotel_outcome_unknown"
+    await asyncio.sleep(0.3)  # the dispatcher polls every 0.05 s in tests: time to resend
     assert len(exotel.connects) == 1
 
 

@@ -22,7 +22,7 @@ from app.calls.phone import mask, to_exotel_dial_form
 from app.calls.service import assign_sid, lock_call
 from app.calls.state import StatusUpdate, apply_update
 from app.config import Settings
-from app.db.clock import db_now
+from app.db.clock import clock, db_now
 from app.db.models import Call, CallStatus, EventOutcome
 from app.exotel.client import ConnectRequest, ExotelClient
 from app.exotel.errors import (
@@ -200,13 +200,12 @@ async def claim_next(
     is ready. Claims with SKIP LOCKED on PostgreSQL; SQLite's BEGIN IMMEDIATE lets one writer
     in at a time, so there one process dispatches at a time.
     """
-    now = await ratelimit.lock(session)
     ready = (
         select(Call)
         .where(
             Call.status == CallStatus.QUEUED,
             Call.claimed_at.is_(None),
-            or_(Call.not_before.is_(None), Call.not_before <= now),
+            or_(Call.not_before.is_(None), Call.not_before <= clock(session)),
         )
         .order_by(Call.created_at)
         .limit(1)
@@ -214,7 +213,8 @@ async def claim_next(
     )
     call = (await session.scalars(ready)).first()
     if call is None:
-        return None
+        return None  # idle replicas never queue up for the account's lock
+    now = await ratelimit.lock(session)
     wait = await ratelimit.seconds_until_free(
         session, budget, now=now, kind=ratelimit.RequestKind.CONNECT
     )

@@ -130,6 +130,7 @@ class CallOut(BaseModel):
     created_at: datetime
     dispatched_at: datetime | None
     updated_at: datetime
+    batch_id: uuid.UUID | None
 
     @classmethod
     def of(cls, call: Call) -> CallOut:
@@ -160,6 +161,7 @@ class CallOut(BaseModel):
             created_at=call.created_at,
             dispatched_at=call.dispatched_at,
             updated_at=call.updated_at,
+            batch_id=call.batch_id,
         )
 
 

@@ -10,8 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 _UNIX_EPOCH_JULIAN_DAY = 2440587.5
 
 
-def clock(dialect_name: str) -> ColumnElement[float]:
-    if dialect_name == "postgresql":
+def clock(session: AsyncSession) -> ColumnElement[float]:
+    """The database's time, as an SQL expression."""
+    if session.get_bind().dialect.name == "postgresql":
         # clock_timestamp(), not now(): now() is frozen at the start of the transaction, which
         # may have waited on a lock.
         return cast(func.extract("epoch", func.clock_timestamp()), Double)
@@ -19,6 +20,6 @@ def clock(dialect_name: str) -> ColumnElement[float]:
 
 
 async def db_now(session: AsyncSession) -> float:
-    value = await session.scalar(select(clock(session.get_bind().dialect.name)))
+    value = await session.scalar(select(clock(session)))
     assert value is not None
     return float(value)
