@@ -38,6 +38,21 @@ FAKE_CALLBACK_SECRET = "fake-callback-secret"
 FAKE_CALLER_ID = "08030752400"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `postgresql_only` run on PostgreSQL alone (several processes on one
+    database), rather than being reported as skipped on SQLite."""
+    sqlite_only = [
+        item
+        for item in items
+        if item.get_closest_marker("postgresql_only")
+        and getattr(item, "callspec", None) is not None
+        and item.callspec.params.get("database_url") == "sqlite"
+    ]
+    if sqlite_only:
+        config.hook.pytest_deselected(items=sqlite_only)
+        items[:] = [item for item in items if item not in sqlite_only]
+
+
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
