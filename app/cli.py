@@ -8,6 +8,7 @@ from typing import Annotated
 import httpx
 import typer
 import uvicorn
+from pydantic import ValidationError
 
 from app.calls.callback_auth import status_callback_url
 from app.calls.dispatcher import budget_of
@@ -24,6 +25,19 @@ cli = typer.Typer(help="Place Exotel calls and keep their state.", no_args_is_he
 Host = Annotated[str, typer.Option(help="Address to listen on.")]
 
 
+def load_settings() -> Settings:
+    """The configuration, or a clear message naming what is wrong (never the values: some are
+    secrets) and exit status 2."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]).upper()
+            message = str(error["msg"]).removeprefix("Value error, ")
+            typer.echo(f"configuration error: {field + ': ' if field else ''}{message}", err=True)
+        raise typer.Exit(2) from None
+
+
 @cli.command()
 def serve(
     host: Host = "127.0.0.1",
@@ -32,7 +46,7 @@ def serve(
 ) -> None:
     """Serve the HTTP API."""
     configure_logging()
-    Settings()  # fail here, with the configuration error, rather than in every worker
+    load_settings()  # fail here, with a clear message, rather than in every worker
     uvicorn.run(
         "app.main:create_app", factory=True, host=host, port=port, workers=workers, log_config=None
     )
@@ -42,7 +56,7 @@ def serve(
 def migrate() -> None:
     """Bring the database schema to the newest migration."""
     configure_logging()
-    migrations.upgrade(Settings().database_url)
+    migrations.upgrade(load_settings().database_url)
 
 
 @cli.command()
@@ -57,7 +71,7 @@ def simulator(
 ) -> None:
     """Serve the Exotel simulator on its own port (rate limit from EXOTEL_RATE_LIMIT/WINDOW)."""
     configure_logging()
-    settings = Settings()
+    settings = load_settings()
     config = SimulatorConfig(
         callback_delay=callback_delay,
         response_delay=response_delay,
@@ -72,7 +86,7 @@ def simulator(
 def reconcile() -> None:
     """Run one round of reconciliation now (the service runs one every interval)."""
     configure_logging()
-    typer.echo(asyncio.run(_reconcile_once(Settings())))
+    typer.echo(asyncio.run(_reconcile_once(load_settings())))
 
 
 async def _reconcile_once(settings: Settings) -> Repairs:
@@ -94,7 +108,7 @@ async def _reconcile_once(settings: Settings) -> Repairs:
 @cli.command("callback-url")
 def callback_url() -> None:
     """Print the account-wide StatusCallback URL, for callbacks set up in an Exotel flow."""
-    settings = Settings()
+    settings = load_settings()
     typer.echo(status_callback_url(settings.public_base_url, settings.signing_secrets[0], None))
 
 

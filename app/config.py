@@ -99,6 +99,8 @@ class Settings(BaseSettings):
         missing = [name for name, value in required.items() if not value]
         if missing:
             raise ValueError(f"EXOCALL_ENV=production requires {', '.join(missing)}")
+        if not self.exotel_base_url.startswith("https://"):
+            raise ValueError("EXOCALL_ENV=production reaches Exotel over https only")
         return self
 
     @property

@@ -130,6 +130,11 @@ def _warn_about_development_defaults(settings: Settings) -> None:
         log.warning(
             "EXOTEL_API_KEY is not set: calls go to the built-in simulator, nobody is phoned"
         )
+    if not settings.api_keys:
+        log.warning(
+            "API_KEYS is not set: the internal API (/calls, /batches) is open to anyone who can "
+            "reach this service; set API_KEYS before exposing it"
+        )
     if not settings.callback_secrets:
         log.warning(
             "CALLBACK_SECRETS is not set: status callback URLs are signed with a development "

@@ -10,6 +10,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ FAKE_API_KEY = "fake-api-key"
 FAKE_API_TOKEN = "fake-api-token"
 FAKE_CALLBACK_SECRET = "fake-callback-secret"
 FAKE_CALLER_ID = "08030752400"
+FAKE_INTERNAL_API_KEY = "fake-internal-api-key"
+AUTH = {"Authorization": f"Bearer {FAKE_INTERNAL_API_KEY}"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -102,6 +105,7 @@ FAKE_ENV = {
     "EXOTEL_API_TOKEN": FAKE_API_TOKEN,
     "CALLBACK_SECRETS": FAKE_CALLBACK_SECRET,
     "EXOTEL_CALLER_ID": FAKE_CALLER_ID,
+    "API_KEYS": FAKE_INTERNAL_API_KEY,
 }
 
 
@@ -126,6 +130,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "exotel_api_base_url": "https://exotel.test",
         "callback_secrets": FAKE_CALLBACK_SECRET,
         "public_base_url": "http://exocall.test",
+        "api_keys": FAKE_INTERNAL_API_KEY,
         # Short, so tests of calls left in the queue do not wait long for them.
         "dispatch_wait_seconds": 2,
         "dispatch_poll_seconds": 0.05,
@@ -148,14 +153,21 @@ def app(settings: Settings, exotel: ExotelDouble) -> FastAPI:
     return create_app(settings, exotel_transport=httpx.MockTransport(exotel.handle))
 
 
-@pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+@asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan running, and a client of it that sends the API key."""
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://exocall.test"
+            transport=httpx.ASGITransport(app=app), base_url="http://exocall.test", headers=AUTH
         ) as c,
     ):
+        yield c
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with serving(app) as c:
         yield c
 
 

@@ -10,11 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from app.config import Settings
 from app.main import create_app
-from tests.conftest import make_settings, place_body
+from tests.conftest import make_settings, place_body, serving
 from tests.exotel_double import ExotelDouble, accepted, form_of, rest_exception
 
 pytestmark = pytest.mark.anyio
@@ -31,14 +30,6 @@ async def wait_for(client: httpx.AsyncClient, call_id: str, status: str) -> dict
         if time.monotonic() > deadline:
             pytest.fail(f"call {call_id} is {call['status']}, expected {status}")
         await asyncio.sleep(0.05)
-
-
-async def open_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as client,
-    ):
-        yield client
 
 
 @pytest.fixture
@@ -58,7 +49,7 @@ def tight_settings(db_url: str) -> Settings:
 @pytest.fixture
 async def tight(tight_settings: Settings, exotel: ExotelDouble) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(tight_settings, exotel_transport=httpx.MockTransport(exotel.handle))
-    async for client in open_client(app):
+    async with serving(app) as client:
         yield client
 
 

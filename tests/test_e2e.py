@@ -18,6 +18,7 @@ import anyio
 import httpx
 import pytest
 
+from tests.conftest import AUTH
 from tests.conftest import FAKE_CALLER_ID as CALLER_ID
 from tests.processes import Deployment
 
@@ -101,7 +102,7 @@ REFUSED = {
 
 async def test_every_simulated_outcome_over_real_http(start_exocall: StartExocall) -> None:
     exocall = start_exocall("--callback-delay", "0.3")
-    async with httpx.AsyncClient(base_url=exocall.api_url, timeout=30) as api:
+    async with httpx.AsyncClient(base_url=exocall.api_url, timeout=30, headers=AUTH) as api:
         answers = {digit: await place(api, digit) for digit in "023456789"}
 
         # The immediate answers.
@@ -179,7 +180,7 @@ async def test_every_simulated_outcome_over_real_http(start_exocall: StartExocal
 async def test_a_callback_that_beats_the_connect_response(start_exocall: StartExocall) -> None:
     """Exotel's status callback can arrive before its answer to Calls/connect does."""
     exocall = start_exocall("--response-delay", "1.0", "--callback-delay", "0.1")
-    async with httpx.AsyncClient(base_url=exocall.api_url, timeout=30) as api:
+    async with httpx.AsyncClient(base_url=exocall.api_url, timeout=30, headers=AUTH) as api:
         answer = await place(api, "0")
         assert answer.status_code == 201, answer.text
         placed = answer.json()

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import AUTH
 from tests.processes import Deployment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgresql_only, pytest.mark.anyio]
@@ -39,7 +40,10 @@ async def test_three_replicas_share_one_budget_and_dial_each_call_once(
         "RECONCILE_GRACE_SECONDS": "1",
     }
     simulator_url = deployment.start_simulator("--callback-delay", "0.3")
-    apis = [httpx.AsyncClient(base_url=deployment.start_server(), timeout=60) for _ in range(3)]
+    apis = [
+        httpx.AsyncClient(base_url=deployment.start_server(), timeout=60, headers=AUTH)
+        for _ in range(3)
+    ]
     numbers = [f"9{n:09d}" for n in range(CALLS)]  # the last digit picks the simulated outcome
     limit = asyncio.Semaphore(30)
 

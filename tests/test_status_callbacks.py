@@ -137,7 +137,7 @@ async def test_every_configured_secret_is_accepted_during_rotation(
     client: httpx.AsyncClient, exotel: ExotelDouble, settings: Any
 ) -> None:
     from app.main import create_app
-    from tests.conftest import make_settings
+    from tests.conftest import make_settings, serving
 
     call = await place(client, exotel)
     # Rotate: a new secret first (signs new URLs), the old one still accepted.
@@ -145,12 +145,7 @@ async def test_every_configured_secret_is_accepted_during_rotation(
         settings.database_url, callback_secrets="new-fake-secret,fake-callback-secret"
     )
     app = create_app(rotated, exotel_transport=httpx.MockTransport(exotel.handle))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://x"
-        ) as rotated_client,
-    ):
+    async with serving(app) as rotated_client:
         response = await rotated_client.post(
             callback_path(call["id"]), **multipart(callback(call["sid"], "busy"))
         )

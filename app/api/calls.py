@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Response, status
 from pydantic import AwareDatetime
 
-from app.api.deps import ServicesDep, SessionDep
+from app.api.deps import ServicesDep, SessionDep, require_api_key
 from app.calls import service
 from app.calls.errors import CallNotPlaced, InvalidField
 from app.calls.phone import InvalidPhoneNumber, to_e164
@@ -25,7 +25,7 @@ from app.calls.schemas import (
 from app.calls.service import NewCall
 from app.db.models import CallStatus
 
-router = APIRouter(prefix="/calls", tags=["calls"])
+router = APIRouter(prefix="/calls", tags=["calls"], dependencies=[Depends(require_api_key)])
 
 
 @router.post(
@@ -132,7 +132,7 @@ async def list_call_events(ref: str, session: SessionDep) -> list[EventOut]:
     ]
 
 
-batches = APIRouter(prefix="/batches", tags=["calls"])
+batches = APIRouter(prefix="/batches", tags=["calls"], dependencies=[Depends(require_api_key)])
 
 
 @batches.get("/{batch_id}", summary="A batch's calls, counted by status")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.errors import ApiError
@@ -52,3 +54,26 @@ def authenticate_callback(
 
 
 CallbackCallId = Annotated[uuid.UUID | None, Depends(authenticate_callback)]
+
+
+_bearer = HTTPBearer(auto_error=False, description="One of the service's API_KEYS.")
+
+
+def require_api_key(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> None:
+    """The internal API's bearer keys, compared in constant time against every key. Without
+    API_KEYS (development only: production refuses to start) the API is open."""
+    keys = services.settings.api_keys
+    if not keys:
+        return
+    given = credentials.credentials.encode() if credentials else b""
+    matches = [hmac.compare_digest(key.get_secret_value().encode(), given) for key in keys]
+    if not any(matches):
+        raise ApiError(
+            401,
+            "unauthenticated",
+            "send Authorization: Bearer <one of the service's API keys>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

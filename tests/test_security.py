@@ -1,0 +1,139 @@
+"""The internal API's keys, the production configuration, and what must never leak."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from app.config import Settings
+from app.exotel.client import ExotelClient
+from tests.conftest import FAKE_INTERNAL_API_KEY, make_settings, place_body, serving
+from tests.exotel_double import ExotelDouble
+from tests.processes import EXOCALL, STRAY_ENV
+
+PROTECTED = [
+    ("POST", "/calls"),
+    ("POST", "/calls/batch"),
+    ("GET", "/calls"),
+    ("GET", f"/calls/{uuid.uuid4()}"),
+    ("GET", f"/calls/{uuid.uuid4()}/events"),
+    ("GET", f"/batches/{uuid.uuid4()}"),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("method", "path"), PROTECTED)
+@pytest.mark.parametrize(
+    "authorization", [None, "Bearer wrong-key", f"Basic {FAKE_INTERNAL_API_KEY}", "Bearer "]
+)
+async def test_the_internal_api_needs_a_key(
+    client: httpx.AsyncClient, method: str, path: str, authorization: str | None
+) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    client.headers.pop("Authorization")
+    response = await client.request(method, path, json=place_body(), headers=headers)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert response.json()["error"]["code"] == "unauthenticated"
+    client.headers["Authorization"] = f"Bearer {FAKE_INTERNAL_API_KEY}"
+    assert (await client.get("/calls")).json()["items"] == []  # nothing was created
+
+
+@pytest.mark.anyio
+async def test_every_configured_key_is_accepted(db_url: str, exotel: ExotelDouble) -> None:
+    from app.main import create_app
+
+    settings = make_settings(db_url, api_keys="old-fake-key,new-fake-key")
+    app = create_app(settings, exotel_transport=httpx.MockTransport(exotel.handle))
+    async with serving(app) as client:
+        for key in ("old-fake-key", "new-fake-key"):
+            response = await client.get("/calls", headers={"Authorization": f"Bearer {key}"})
+            assert response.status_code == 200
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+async def test_health_checks_are_open(client: httpx.AsyncClient, path: str) -> None:
+    client.headers.pop("Authorization")
+    assert (await client.get(path)).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_without_keys_in_development_the_api_is_open(
+    db_url: str, exotel: ExotelDouble
+) -> None:
+    from app.main import create_app
+
+    app = create_app(
+        make_settings(db_url, api_keys=""), exotel_transport=httpx.MockTransport(exotel.handle)
+    )
+    async with serving(app) as client:
+        client.headers.pop("Authorization")
+        assert (await client.get("/calls")).status_code == 200
+
+
+PRODUCTION: dict[str, Any] = {
+    "exocall_env": "production",
+    "api_keys": "fake-internal-key",
+    "callback_secrets": "fake-secret",
+    "exotel_account_sid": "fake-account",
+    "exotel_api_key": "fake-exotel-key",
+    "exotel_api_token": "fake-exotel-token",
+}
+
+
+@pytest.mark.parametrize(
+    "missing",
+    ["api_keys", "callback_secrets", "exotel_account_sid", "exotel_api_key", "exotel_api_token"],
+)
+def test_production_names_what_is_missing(missing: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        Settings(_env_file=None, **(PRODUCTION | {missing: ""}))  # type: ignore[call-arg]
+    assert missing.upper() in str(raised.value)
+
+
+def test_production_reaches_exotel_over_tls_only() -> None:
+    Settings(_env_file=None, **PRODUCTION)  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="https"):
+        Settings(_env_file=None, **(PRODUCTION | {"exotel_api_base_url": "http://api.exotel.com"}))  # type: ignore[call-arg]
+
+
+def test_production_refuses_to_start_and_says_why_without_the_secrets(tmp_path: Any) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(STRAY_ENV)} | {
+        "EXOCALL_ENV": "production",
+        "EXOTEL_API_KEY": "fake-exotel-key-value",
+        "EXOTEL_API_TOKEN": "fake-exotel-token-value",
+    }
+    result = subprocess.run(
+        [EXOCALL, "serve", "--port", "1"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "API_KEYS, CALLBACK_SECRETS, EXOTEL_ACCOUNT_SID" in result.stderr
+    assert "fake-exotel-key-value" not in result.stderr + result.stdout
+    assert "fake-exotel-token-value" not in result.stderr + result.stdout
+
+
+def test_secrets_stay_out_of_reprs() -> None:
+    settings = Settings(_env_file=None, **PRODUCTION)  # type: ignore[call-arg]
+    client = ExotelClient(
+        httpx.AsyncClient(),
+        base_url="https://api.exotel.com",
+        account_sid="fake-account",
+        api_key="fake-exotel-key",
+        api_token="fake-exotel-token",
+        timeout_seconds=1,
+    )
+    for text in (repr(settings), str(settings), repr(client), str(settings.model_dump())):
+        for secret in ("fake-internal-key", "fake-secret", "fake-exotel-key", "fake-exotel-token"):
+            assert secret not in text
