@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     )
 
     public_base_url: str = "http://127.0.0.1:8000"
+    # Bodies over this are refused with 413 (a batch of 1000 calls is about 150 KB).
+    max_body_bytes: int = Field(1_048_576, ge=1024)
     callback_secrets: Annotated[list[SecretStr], NoDecode] = []
     api_keys: Annotated[list[SecretStr], NoDecode] = []
     exocall_env: Literal["development", "production"] = "development"

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from app.api import callbacks, calls, health
 from app.api.errors import install_error_handlers
+from app.api.limits import BodySizeLimit
 from app.calls.dispatcher import Dispatcher, budget_of, new_replica_id
 from app.calls.reconcile import Reconciler
 from app.config import SIMULATOR_API_KEY, SIMULATOR_API_TOKEN, Settings
@@ -95,6 +96,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     app.include_router(calls.router)
     app.include_router(calls.batches)
     app.include_router(callbacks.router)

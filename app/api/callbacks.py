@@ -35,8 +35,9 @@ async def status_callback(
     request: Request, call_id: CallbackCallId, session: SessionDep
 ) -> CallbackAck:
     media_type, payload = await _read_payload(request)
+    _check_payload(payload)
     if not payload.get("CallSid") and call_id is None:
-        raise ApiError(422, "validation_error", "CallSid: required", details=[_missing("CallSid")])
+        raise _invalid("CallSid", "required", "missing")
     event = await service.record_status_callback(
         session, call_id=call_id, content_type=media_type, payload=payload
     )
@@ -55,7 +56,7 @@ async def _read_payload(request: Request) -> tuple[str, dict[str, Any]]:
     if media_type == "application/json":
         try:
             payload = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
         if not isinstance(payload, dict):
             raise ApiError(422, "validation_error", "body: must be a JSON object")
@@ -67,5 +68,34 @@ async def _read_payload(request: Request) -> tuple[str, dict[str, Any]]:
     )
 
 
-def _missing(field: str) -> dict[str, str]:
-    return {"field": field, "message": "required", "type": "missing"}
+# Exotel's values are short; anything longer is not Exotel (and would not fit the columns).
+_MAX_LENGTHS = {"CallSid": 64, "Status": 32, "EventType": 32, "DateUpdated": 32}
+
+
+def _check_payload(payload: dict[str, Any]) -> None:
+    for field, limit in _MAX_LENGTHS.items():
+        value = payload.get(field)
+        if value is not None and len(str(value)) > limit:
+            raise _invalid(field, f"at most {limit} characters", "string_too_long")
+    try:
+        has_nul = _has_nul(payload)
+    except RecursionError:
+        raise _invalid("body", "nested too deeply", "value_error") from None
+    if has_nul:
+        # PostgreSQL stores no NUL character in text or JSON; Exotel never sends one.
+        raise _invalid("body", "NUL characters are not accepted", "value_error")
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
+def _invalid(field: str, message: str, kind: str) -> ApiError:
+    details = [{"field": field, "message": message, "type": kind}]
+    return ApiError(422, "validation_error", f"{field}: {message}", details=details)

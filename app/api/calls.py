@@ -6,9 +6,8 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Response, status
-from pydantic import AwareDatetime
 
-from app.api.deps import ServicesDep, SessionDep, require_api_key
+from app.api.deps import ServicesDep, SessionDep, require_api_key, require_json
 from app.calls import service
 from app.calls.errors import CallNotPlaced, InvalidField
 from app.calls.phone import InvalidPhoneNumber, to_e164
@@ -21,6 +20,7 @@ from app.calls.schemas import (
     CallPage,
     EventOut,
     IdempotencyKey,
+    Instant,
 )
 from app.calls.service import NewCall
 from app.db.models import CallStatus
@@ -30,6 +30,7 @@ router = APIRouter(prefix="/calls", tags=["calls"], dependencies=[Depends(requir
 
 @router.post(
     "",
+    dependencies=[Depends(require_json)],
     status_code=status.HTTP_201_CREATED,
     summary="Phone a customer and connect them to an Exotel flow",
     responses={
@@ -72,6 +73,7 @@ async def place_call(
 
 @router.post(
     "/batch",
+    dependencies=[Depends(require_json)],
     status_code=status.HTTP_202_ACCEPTED,
     summary="Queue up to 1000 calls at once",
     description=(
@@ -95,8 +97,8 @@ async def list_calls(
     session: SessionDep,
     status_: Annotated[list[CallStatus], Query(alias="status")] = [],  # noqa: B006
     from_: Annotated[str | None, Query(alias="from", description="Any form of the number")] = None,
-    created_after: AwareDatetime | None = None,
-    created_before: AwareDatetime | None = None,
+    created_after: Instant | None = None,
+    created_before: Instant | None = None,
     batch_id: uuid.UUID | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,

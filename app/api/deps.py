@@ -77,3 +77,10 @@ def require_api_key(
             "send Authorization: Bearer <one of the service's API keys>",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+def require_json(request: Request) -> None:
+    """JSON endpoints refuse other bodies with 415 rather than guessing at them."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise ApiError(415, "unsupported_media_type", "send the body as application/json")

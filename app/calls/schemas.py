@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
     AnyHttpUrl,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -25,6 +26,7 @@ from app.exotel.wire import IST
 MAX_TIME_LIMIT = 14400
 MAX_TIME_OUT = 60
 MAX_CUSTOM_FIELD = 128
+MAX_FLOW_URL = 512
 MAX_BATCH = 1000
 
 _CALLER_ID = re.compile(r"\+?\d{6,16}")
@@ -44,7 +46,24 @@ def _matches(pattern: re.Pattern[str], message: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59-23:59 is past the end of time in UTC
+        raise ValueError("out of range") from None
+
+
+def _short_url(value: AnyHttpUrl) -> AnyHttpUrl:
+    if len(str(value)) > MAX_FLOW_URL:  # as normalised (punycode, a trailing slash)
+        raise ValueError(f"at most {MAX_FLOW_URL} characters")
+    return value
+
+
+# A timestamp with its offset (a naive one is ambiguous), in UTC.
+Instant = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 PhoneNumber = Annotated[str, AfterValidator(to_e164)]
+# What Exotel hands to the flow's applets: printable text only.
+CustomField = Annotated[str, Field(max_length=MAX_CUSTOM_FIELD, pattern=r"^[^\x00-\x1f\x7f]*$")]
 CallerId = Annotated[
     str,
     AfterValidator(lambda v: re.sub(r"[\s\-]", "", v)),
@@ -85,15 +104,15 @@ class CallCreate(BaseModel):
         alias="from", description="The customer's number: Indian (any usual form) or E.164."
     )
     app_id: AppId | None = Field(None, description="Exotel's numeric flow (app) id.")
-    flow_url: AnyHttpUrl | None = Field(
-        None, max_length=512, description="A full flow URL, instead of app_id."
+    flow_url: Annotated[AnyHttpUrl, AfterValidator(_short_url)] | None = Field(
+        None, description="A full flow URL, instead of app_id."
     )
     caller_id: CallerId | None = Field(
         None, description="The ExoPhone to call from; EXOTEL_CALLER_ID when absent."
     )
     time_limit: int | None = Field(None, ge=1, le=MAX_TIME_LIMIT, description="Seconds.")
     time_out: int | None = Field(None, ge=1, le=MAX_TIME_OUT, description="Ring seconds.")
-    custom_field: str | None = Field(None, max_length=MAX_CUSTOM_FIELD)
+    custom_field: CustomField | None = None
 
     @model_validator(mode="after")
     def _one_flow(self) -> CallCreate:

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ _CALLBACK_STATUSES = {
     )
 }
 _KNOWN_EVENT_TYPES = {None, "terminal", "answered"}
+# Our ids, and Exotel's SIDs (opaque, about 32 characters).
+_PLAUSIBLE_REF = re.compile(r"[\w-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,8 @@ async def batch_summary(session: AsyncSession, batch_id: uuid.UUID) -> tuple[Bat
 
 async def find_call(session: AsyncSession, ref: str, *, for_update: bool = False) -> Call:
     """A call by our id or by Exotel's SID."""
+    if not _PLAUSIBLE_REF.fullmatch(ref):
+        raise CallNotFound(ref)  # and the database never sees it (PostgreSQL refuses NULs)
     condition = Call.sid == ref
     with contextlib.suppress(ValueError):  # not a UUID: only a SID can match
         condition = or_(Call.id == uuid.UUID(ref), condition)
@@ -221,12 +226,16 @@ def _encode_cursor(call: Call) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    invalid = InvalidField("cursor", "not a cursor this service gave out")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, call_id = json.loads(raw)
-        return datetime.fromisoformat(created_at), uuid.UUID(call_id)
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise InvalidField("cursor", "not a cursor this service gave out") from exc
+        position = datetime.fromisoformat(created_at), uuid.UUID(call_id)
+    except (binascii.Error, ValueError, TypeError, RecursionError) as exc:
+        raise invalid from exc
+    if position[0].tzinfo is None:
+        raise invalid
+    return position
 
 
 async def list_events(session: AsyncSession, *, call_id: uuid.UUID) -> list[CallEvent]:
