@@ -48,7 +48,13 @@ def serve(
     configure_logging()
     load_settings()  # fail here, with a clear message, rather than in every worker
     uvicorn.run(
-        "app.main:create_app", factory=True, host=host, port=port, workers=workers, log_config=None
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        proxy_headers=False,  # the app itself trusts TRUSTED_PROXIES, and only those
     )
 
 

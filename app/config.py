@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REGION_HOSTS = {
@@ -52,9 +53,18 @@ class Settings(BaseSettings):
     )
 
     public_base_url: str = "http://127.0.0.1:8000"
+    # Callbacks received while the database is unreachable wait here (a volume in Docker).
+    spool_dir: Path = Path("./spool")
+    spool_replay_seconds: float = Field(2, gt=0)
     # Bodies over this are refused with 413 (a batch of 1000 calls is about 150 KB).
     max_body_bytes: int = Field(1_048_576, ge=1024)
     callback_secrets: Annotated[list[SecretStr], NoDecode] = []
+    # Where status callbacks may come from (CIDRs); empty accepts any source. Exotel publishes
+    # no addresses, so this is for deployments that know theirs (an egress proxy, a VPN).
+    callback_allowed_ips: Annotated[list[IPvAnyNetwork], NoDecode] = []
+    # Proxies in front of the service (addresses or CIDRs) whose X-Forwarded-For and
+    # X-Forwarded-Proto are believed; nobody else's are.
+    trusted_proxies: Annotated[list[str], NoDecode] = []
     api_keys: Annotated[list[SecretStr], NoDecode] = []
     exocall_env: Literal["development", "production"] = "development"
 
@@ -79,7 +89,12 @@ class Settings(BaseSettings):
     simulator_callback_delay_seconds: float = Field(2.0, ge=0)
 
     _split = field_validator(
-        "callback_secrets", "api_keys", "exotel_status_callback_events", mode="before"
+        "callback_secrets",
+        "api_keys",
+        "exotel_status_callback_events",
+        "callback_allowed_ips",
+        "trusted_proxies",
+        mode="before",
     )(_split_csv)
 
     @field_validator("public_base_url", "exotel_api_base_url")

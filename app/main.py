@@ -8,12 +8,14 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.api import callbacks, calls, health
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.calls.dispatcher import Dispatcher, budget_of, new_replica_id
 from app.calls.reconcile import Reconciler
+from app.calls.spool import Spool, SpoolReplayer
 from app.config import SIMULATOR_API_KEY, SIMULATOR_API_TOKEN, Settings
 from app.db.migrate import head_revision
 from app.db.session import create_engine, create_sessionmaker
@@ -67,12 +69,15 @@ def create_app(
                 settings=settings,
                 replica_id=new_replica_id(),
             )
+            spool = Spool(settings.spool_dir)
+            spool.open()
             app.state.services = Services(
                 settings=settings,
                 engine=engine,
                 sessionmaker=sessionmaker,
                 exotel=exotel,
                 dispatcher=dispatcher,
+                spool=spool,
                 schema_head=head_revision(),
             )
             reconciler = Reconciler(
@@ -87,6 +92,9 @@ def create_app(
             stack.push_async_callback(dispatcher.stop, grace=settings.exotel_timeout_seconds)
             reconciler.start()
             stack.push_async_callback(reconciler.stop)
+            replayer = SpoolReplayer(spool, sessionmaker, interval=settings.spool_replay_seconds)
+            replayer.start()
+            stack.push_async_callback(replayer.stop)
             yield
 
     app = FastAPI(
@@ -97,6 +105,10 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    if settings.trusted_proxies:
+        # The client address (and scheme) as the trusted proxies saw it, for the callback
+        # allowlist and the logs. `exocall serve` leaves uvicorn's own proxy handling off.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     app.include_router(calls.router)
     app.include_router(calls.batches)
     app.include_router(callbacks.router)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.calls.dispatcher import Dispatcher
+from app.calls.spool import Spool
 from app.config import Settings
 from app.exotel.client import ExotelClient
 
@@ -18,4 +19,5 @@ class Services:
     sessionmaker: async_sessionmaker[AsyncSession]
     exotel: ExotelClient
     dispatcher: Dispatcher
+    spool: Spool
     schema_head: str  # the newest migration, for /readyz

@@ -189,8 +189,9 @@ def place_body(number: str = "+919052161110", **fields: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(autouse=True)
-def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_stray_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Settings read the environment; a developer's shell must not change what tests see.
     for name in os.environ:
         if name.startswith(STRAY_ENV):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("SPOOL_DIR", str(tmp_path / "spool"))

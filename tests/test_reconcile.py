@@ -267,11 +267,9 @@ async def test_callbacks_stored_before_their_sid_was_known_are_attached(
 ) -> None:
     sid = new_sid()
     async with sessionmaker() as session, session.begin():
+        payload = {"CallSid": sid, "Status": "no-answer", "DateUpdated": "2024-09-16 15:51:00"}
         await service.record_status_callback(
-            session,
-            call_id=None,
-            content_type="multipart/form-data",
-            payload={"CallSid": sid, "Status": "no-answer", "DateUpdated": "2024-09-16 15:51:00"},
+            session, service.ReceivedCallback(None, "multipart/form-data", payload)
         )
     # The dispatch that learnt the SID raced the callback and missed it.
     call = await stored_call(sessionmaker, settings, status=CallStatus.IN_PROGRESS)

@@ -137,3 +137,44 @@ def test_secrets_stay_out_of_reprs() -> None:
     for text in (repr(settings), str(settings), repr(client), str(settings.model_dump())):
         for secret in ("fake-internal-key", "fake-secret", "fake-exotel-key", "fake-exotel-token"):
             assert secret not in text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("peer", "forwarded_for", "trusted", "status"),
+    [
+        ("203.0.113.7", None, "", 200),  # from the allowlisted network
+        ("198.51.100.9", None, "", 403),  # from elsewhere
+        ("198.51.100.9", "203.0.113.7", "", 403),  # X-Forwarded-For from an untrusted peer
+        ("10.0.0.2", "203.0.113.7", "10.0.0.0/8", 200),  # via a trusted proxy
+        ("10.0.0.2", "198.51.100.9", "10.0.0.0/8", 403),
+        ("10.0.0.2", "203.0.113.7, 10.0.0.3", "10.0.0.0/8", 200),  # two trusted hops
+    ],
+)
+async def test_callbacks_only_from_allowed_sources(
+    db_url: str,
+    exotel: ExotelDouble,
+    peer: str,
+    forwarded_for: str | None,
+    trusted: str,
+    status: int,
+) -> None:
+    from app.main import create_app
+    from tests.conftest import callback_path
+
+    settings = make_settings(
+        db_url, callback_allowed_ips="203.0.113.0/24,2001:db8::/32", trusted_proxies=trusted
+    )
+    app = create_app(settings, exotel_transport=httpx.MockTransport(exotel.handle))
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, client=(peer, 40000)), base_url="http://x"
+        ) as client,
+    ):
+        body = {"CallSid": "abc", "Status": "completed"}
+        response = await client.post(callback_path(None), data=body, headers=headers)
+    assert response.status_code == status, response.text
+    if status == 403:
+        assert response.json()["error"]["code"] == "callback_source_forbidden"

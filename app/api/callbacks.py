@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
+import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from app.api.deps import CallbackCallId, SessionDep
+from app.api.deps import CallbackCallId, ServicesDep, SessionDep
 from app.api.errors import ApiError
 from app.calls import service
+from app.calls.service import ReceivedCallback
 from app.db.models import EventOutcome
+from app.db.session import is_database_down
+from app.services import Services
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["status callbacks"])
 
@@ -19,8 +26,12 @@ _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
 class CallbackAck(BaseModel):
-    event_id: int
-    outcome: EventOutcome
+    receipt_id: uuid.UUID
+    event_id: int | None = Field(description="Null when the callback was spooled.")
+    outcome: EventOutcome | None = Field(description="What it did; null when spooled.")
+    spooled: bool = Field(
+        False, description="The database was unreachable: kept on disk, stored once it is back."
+    )
 
 
 @router.post(
@@ -32,17 +43,34 @@ class CallbackAck(BaseModel):
     ),
 )
 async def status_callback(
-    request: Request, call_id: CallbackCallId, session: SessionDep
+    request: Request, call_id: CallbackCallId, session: SessionDep, services: ServicesDep
 ) -> CallbackAck:
     media_type, payload = await _read_payload(request)
     _check_payload(payload)
     if not payload.get("CallSid") and call_id is None:
         raise _invalid("CallSid", "required", "missing")
-    event = await service.record_status_callback(
-        session, call_id=call_id, content_type=media_type, payload=payload
-    )
-    await session.commit()
-    return CallbackAck(event_id=event.id, outcome=event.outcome)
+    received = ReceivedCallback(call_id=call_id, content_type=media_type, payload=payload)
+    try:
+        event = await service.record_status_callback(session, received)
+        await session.commit()
+    except Exception as exc:
+        if not is_database_down(exc):
+            raise
+        await _spool(services, received)
+        return CallbackAck(
+            receipt_id=received.receipt_id, event_id=None, outcome=None, spooled=True
+        )
+    return CallbackAck(receipt_id=received.receipt_id, event_id=event.id, outcome=event.outcome)
+
+
+async def _spool(services: Services, received: ReceivedCallback) -> None:
+    log.warning("database unreachable: callback %s spooled", received.receipt_id)
+    try:
+        await services.spool.put(received)
+    except OSError:
+        log.exception("callback %s could not be spooled either", received.receipt_id)
+        # Nothing kept it: Exotel must send it again.
+        raise ApiError(503, "unavailable", "cannot store the callback now; retry") from None
 
 
 async def _read_payload(request: Request) -> tuple[str, dict[str, Any]]:

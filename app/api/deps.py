@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hmac
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Annotated
 
 from fastapi import Depends, Query, Request, Security
@@ -35,12 +36,16 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
 def authenticate_callback(
+    request: Request,
     services: ServicesDep,
     token: Annotated[str | None, Query(description="The HMAC token of the callback URL.")] = None,
     call_id: Annotated[str | None, Query(description="Our call id, signed by the token.")] = None,
 ) -> uuid.UUID | None:
     """Check the token that the StatusCallback URL carries; return the call id it vouches for
     (None for the account-wide URL). Checked before the body is read."""
+    allowed = services.settings.callback_allowed_ips
+    if allowed and not _from_any(request.client.host if request.client else None, allowed):
+        raise ApiError(403, "callback_source_forbidden", "callbacks are not accepted from there")
     if not token:
         raise ApiError(401, "callback_unauthenticated", "the callback URL carries no token")
     forbidden = ApiError(403, "callback_forbidden", "the callback token is not valid")
@@ -51,6 +56,14 @@ def authenticate_callback(
     if not verify(services.settings.signing_secrets, parsed_id, token):
         raise forbidden
     return parsed_id
+
+
+def _from_any(host: str | None, networks: Sequence[IPv4Network | IPv6Network]) -> bool:
+    try:
+        address = ip_address(host or "")
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
 
 
 CallbackCallId = Annotated[uuid.UUID | None, Depends(authenticate_callback)]

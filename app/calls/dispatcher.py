@@ -10,13 +10,13 @@ import os
 import socket
 import uuid
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls.dispatch import claim_next, send_claimed
 from app.calls.ratelimit import Budget
 from app.config import Settings
 from app.db.models import Call, CallStatus
+from app.db.session import is_database_down
 from app.exotel.client import ExotelClient
 
 log = logging.getLogger(__name__)
@@ -109,12 +109,15 @@ class Dispatcher:
                     claimed = await claim_next(
                         session, budget=self._budget, replica_id=self.replica_id
                     )
-            except SQLAlchemyError:
-                log.exception("dispatcher: cannot reach the database; trying again")
-                claimed = self._settings.dispatch_poll_seconds
-            except BaseException:
+            except asyncio.CancelledError:
                 self._slots.release()
                 raise
+            except Exception as exc:  # the loop must outlive any one failure
+                if is_database_down(exc):
+                    log.warning("dispatcher: the database is unreachable (%r)", exc)
+                else:
+                    log.exception("dispatcher: claiming failed")
+                claimed = self._settings.dispatch_poll_seconds
             if isinstance(claimed, uuid.UUID):
                 self._spawn_send(claimed)
                 continue

@@ -16,7 +16,6 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, exists, or_, select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls import ratelimit
@@ -26,6 +25,7 @@ from app.config import Settings
 from app.db import lease
 from app.db.clock import db_now
 from app.db.models import Call, CallEvent, CallStatus, EventOutcome
+from app.db.session import is_database_down
 from app.exotel.client import MAX_SIDS_PER_LOOKUP, ExotelClient
 from app.exotel.errors import ExotelError
 from app.exotel.wire import ExotelCall
@@ -277,5 +277,8 @@ class Reconciler:
                         budget=self._round.budget,
                     )
                     log.info("reconcile: %s", repairs)
-            except (SQLAlchemyError, ExotelError):
-                log.exception("reconcile: the round failed; trying again next interval")
+            except Exception as exc:  # the loop must outlive any one failure
+                if is_database_down(exc):
+                    log.warning("reconcile: the database is unreachable (%r)", exc)
+                else:
+                    log.exception("reconcile: the round failed; trying again next interval")

@@ -13,8 +13,8 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -260,27 +260,40 @@ def update_from_callback(callback: StatusCallback) -> StatusUpdate | None:
     )
 
 
-async def record_status_callback(
-    session: AsyncSession,
-    *,
-    call_id: uuid.UUID | None,
-    content_type: str,
-    payload: Mapping[str, Any],
-) -> CallEvent:
-    """Store one received callback and apply it to its call, if the call is known.
+@dataclass(frozen=True)
+class ReceivedCallback:
+    """A status callback as it was received, before it is stored."""
+
+    call_id: uuid.UUID | None  # from the callback URL, vouched for by its token
+    content_type: str
+    payload: dict[str, Any]
+    receipt_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    received_at: datetime = field(default_factory=utcnow)
+
+
+async def record_status_callback(session: AsyncSession, received: ReceivedCallback) -> CallEvent:
+    """Store one received callback and apply it to its call, if the call is known. Storing the
+    same receipt again (a replay from the spool) returns the event already stored.
 
     The call is found by the id in the callback URL, else by `CallSid`. A callback can arrive
     before Exotel's answer to `Calls/connect`: then it is what tells us the call's SID.
     """
-    callback = parse_status_callback(payload)
-    call = await lock_call(session, call_id) if call_id else None
+    stored = await session.scalar(
+        select(CallEvent).where(CallEvent.receipt_id == received.receipt_id)
+    )
+    if stored is not None:
+        return stored
+    callback = parse_status_callback(received.payload)
+    call = await lock_call(session, received.call_id) if received.call_id else None
     if call is None and callback.call_sid:
         sid_query = select(Call).where(Call.sid == callback.call_sid).with_for_update()
         call = (await session.scalars(sid_query)).first()
     event = CallEvent(
+        receipt_id=received.receipt_id,
+        received_at=received.received_at,
         sid=callback.call_sid,
-        content_type=content_type,
-        payload=dict(payload),
+        content_type=received.content_type,
+        payload=received.payload,
         status=callback.status,
         event_type=callback.event_type,
         recording_url=callback.recording_url,

@@ -123,6 +123,8 @@ class CallEvent(Base):
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
+    # Given when the callback is received: a callback replayed from the spool is stored once.
+    receipt_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, unique=True)
     call_id: Mapped[uuid.UUID | None] = mapped_column(
         Uuid, ForeignKey("call.id", ondelete="CASCADE"), index=True
     )

@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -15,7 +16,8 @@ from sqlalchemy.ext.asyncio import (
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    engine = create_async_engine(url, **kwargs)
+    # pre_ping: after the database restarts, pooled connections are dead; test before use.
+    engine = create_async_engine(url, pool_pre_ping=True, **kwargs)
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
     return engine
@@ -46,3 +48,13 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 def insert_for(session: AsyncSession) -> Any:
     """The dialect's INSERT, which has ON CONFLICT DO NOTHING on both backends."""
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def is_database_down(error: BaseException) -> bool:
+    """Whether `error` says the database cannot be reached (as opposed to refusing a statement):
+    refused or dropped connections, time-outs."""
+    if isinstance(error, OSError | TimeoutError):  # asyncpg's connect raises these unwrapped
+        return True
+    if isinstance(error, OperationalError | InterfaceError):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated

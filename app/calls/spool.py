@@ -1,0 +1,144 @@
+"""The callback spool: where a status callback goes when the database cannot take it.
+
+Exotel retries a callback at most twice (shared/exotel.md), so a database outage longer than its
+retries would lose callbacks if we answered 503. Instead a callback that cannot be stored is
+written to a local file, fsync'd, before the 200 is sent; a replayer stores the spooled
+callbacks once the database is back, in the order they came, and only then deletes each file.
+Every callback carries a receipt id, stored uniquely with it, so a replay interrupted after its
+commit stores nothing twice. Several worker processes may share one spool directory: each file
+is replayed under an exclusive lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.calls.service import ReceivedCallback, record_status_callback
+from app.db.session import is_database_down
+
+log = logging.getLogger(__name__)
+
+
+class Spool:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.failed = directory / "failed"  # files that cannot be stored, kept for a person
+
+    def open(self) -> None:
+        self.failed.mkdir(parents=True, exist_ok=True)
+
+    async def put(self, received: ReceivedCallback) -> None:
+        """Write `received` durably. Raises OSError if it could not be (disk full, read-only)."""
+        await asyncio.to_thread(self._write, received)
+
+    def pending(self) -> list[Path]:
+        """Spooled callbacks, oldest first (names start with the time they were spooled)."""
+        return sorted(self.directory.glob("*.json"))
+
+    def _write(self, received: ReceivedCallback) -> None:
+        record = {
+            "receipt_id": str(received.receipt_id),
+            "call_id": str(received.call_id) if received.call_id else None,
+            "content_type": received.content_type,
+            "payload": received.payload,
+            "received_at": received.received_at.isoformat(),
+        }
+        name = f"{time.time_ns():020d}-{received.receipt_id}.json"
+        partial = self.directory / f".{name}.partial"  # not *.json: never replayed half-written
+        with partial.open("w") as file:
+            json.dump(record, file)
+            file.flush()
+            os.fsync(file.fileno())
+        partial.rename(self.directory / name)
+        _fsync_directory(self.directory)  # the rename itself must survive a crash
+
+    async def replay(self, sessionmaker: async_sessionmaker[AsyncSession]) -> int:
+        """Store what is spooled, oldest first; stop at the first sign the database is still
+        down. Returns how many callbacks were stored."""
+        stored = 0
+        for path in self.pending():
+            with contextlib.ExitStack() as stack:
+                try:
+                    file = stack.enter_context(path.open())
+                    fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except (FileNotFoundError, BlockingIOError):
+                    continue  # replayed, or being replayed, by another worker
+                if not path.exists():
+                    continue  # replayed while we waited for the lock
+                try:
+                    received = _read(file.read())
+                    async with sessionmaker() as session, session.begin():
+                        await record_status_callback(session, received)
+                except Exception as exc:
+                    if is_database_down(exc):
+                        return stored
+                    log.exception("spooled callback %s cannot be stored; kept in failed/", path)
+                    path.rename(self.failed / path.name)
+                    continue
+                path.unlink()
+                _fsync_directory(self.directory)
+                stored += 1
+        return stored
+
+
+def _read(text: str) -> ReceivedCallback:
+    record = json.loads(text)
+    return ReceivedCallback(
+        receipt_id=uuid.UUID(record["receipt_id"]),
+        call_id=uuid.UUID(record["call_id"]) if record["call_id"] else None,
+        content_type=record["content_type"],
+        payload=record["payload"],
+        received_at=datetime.fromisoformat(record["received_at"]),
+    )
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+class SpoolReplayer:
+    """Replays the spool at start and then every `interval` seconds while it is not empty."""
+
+    def __init__(
+        self, spool: Spool, sessionmaker: async_sessionmaker[AsyncSession], *, interval: float
+    ) -> None:
+        self._spool = spool
+        self._sessionmaker = sessionmaker
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="spool replayer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                stored = await self._spool.replay(self._sessionmaker)
+            except Exception:  # the loop must outlive any one failure
+                log.exception("spool: replay failed")
+            else:
+                if stored:
+                    left = len(self._spool.pending())
+                    log.info("spool: %d callbacks stored, %d left", stored, left)
+            await asyncio.sleep(self._interval)

@@ -1,0 +1,148 @@
+"""Callbacks received while the database is unreachable are spooled to disk, answered 200, and
+stored exactly once when it is back: nothing accepted is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.calls.service import ReceivedCallback
+from app.calls.spool import Spool
+from app.db.models import CallEvent
+from app.main import create_app
+from tests.conftest import callback_path, make_settings, place_body, serving
+from tests.exotel_double import ExotelDouble, accepted, new_sid
+from tests.processes import free_ports
+
+pytestmark = pytest.mark.anyio
+
+
+def unreachable(db_url: str, tmp_path: Path) -> str:
+    """A URL of the same kind as `db_url` whose database cannot be reached."""
+    if db_url.startswith("sqlite"):
+        return f"sqlite+aiosqlite:///{tmp_path}/no-such-directory/exocall.db"
+    (port,) = free_ports(1)  # nothing listens there
+    return f"postgresql+asyncpg://postgres@127.0.0.1:{port}/test"
+
+
+def terminal(sid: str, status: str = "completed") -> dict[str, str]:
+    return {
+        "CallSid": sid,
+        "Status": status,
+        "RecordingUrl": "",
+        "DateUpdated": "2024-09-16 15:51:00",
+    }
+
+
+async def placed_calls(db_url: str, exotel: ExotelDouble, count: int) -> list[dict[str, str]]:
+    app = create_app(make_settings(db_url), exotel_transport=httpx.MockTransport(exotel.handle))
+    calls = []
+    async with serving(app) as client:
+        for n in range(count):
+            exotel.answer_connect(accepted(new_sid()))
+            calls.append((await client.post("/calls", json=place_body(f"905216{n:04d}"))).json())
+    return calls
+
+
+async def events_of(sessionmaker: async_sessionmaker[AsyncSession]) -> list[CallEvent]:
+    async with sessionmaker() as session:
+        return list(await session.scalars(select(CallEvent).order_by(CallEvent.id)))
+
+
+async def test_callbacks_during_an_outage_are_spooled_then_stored_once(
+    db_url: str,
+    tmp_path: Path,
+    exotel: ExotelDouble,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    calls = await placed_calls(db_url, exotel, 3)
+    spool_dir = tmp_path / "spool"
+
+    # The database goes away; Exotel keeps calling back.
+    down = create_app(make_settings(unreachable(db_url, tmp_path), spool_dir=spool_dir))
+    async with serving(down) as client:
+        for call in calls:
+            response = await client.post(callback_path(call["id"]), data=terminal(call["sid"]))
+            assert response.status_code == 200
+            assert response.json()["spooled"] is True
+    assert len(list(spool_dir.glob("*.json"))) == 3
+    assert await events_of(sessionmaker) == []
+
+    # The database is back (a new process, as after a restart): the spool is replayed.
+    back = create_app(make_settings(db_url, spool_dir=spool_dir, spool_replay_seconds=0.05))
+    async with serving(back) as client:
+        for _ in range(200):  # up to 10 s
+            if not list(spool_dir.glob("*.json")):
+                break
+            await asyncio.sleep(0.05)
+        statuses = [(await client.get(f"/calls/{call['id']}")).json()["status"] for call in calls]
+
+    assert statuses == ["completed"] * 3
+    events = await events_of(sessionmaker)
+    assert sorted(e.call_id for e in events) == sorted(uuid.UUID(c["id"]) for c in calls)
+    assert list(spool_dir.glob("*.json")) == []
+
+
+async def test_a_replay_interrupted_after_its_commit_stores_nothing_twice(
+    db_url: str, tmp_path: Path, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.open()
+    received = ReceivedCallback(None, "multipart/form-data", terminal(new_sid()))
+    await spool.put(received)
+    assert await spool.replay(sessionmaker) == 1
+    # As if the process died between the commit and deleting the file.
+    await spool.put(received)
+    await spool.replay(sessionmaker)
+
+    async with sessionmaker() as session:
+        count = await session.scalar(select(func.count()).select_from(CallEvent))
+    assert count == 1
+    assert spool.pending() == []
+
+
+async def test_a_spooled_file_that_cannot_be_stored_is_set_aside(
+    tmp_path: Path, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.open()
+    (spool.directory / "00000000000000000001-broken.json").write_text("{not json")
+    await spool.put(ReceivedCallback(None, "application/json", terminal(new_sid())))
+
+    assert await spool.replay(sessionmaker) == 1
+    assert spool.pending() == []
+    assert [p.name for p in spool.failed.iterdir()] == ["00000000000000000001-broken.json"]
+
+
+async def test_with_nowhere_to_keep_it_the_callback_is_refused_so_exotel_retries(
+    db_url: str, tmp_path: Path
+) -> None:
+    spool_dir = tmp_path / "spool"
+    app = create_app(make_settings(unreachable(db_url, tmp_path), spool_dir=spool_dir))
+    async with serving(app) as client:
+        spool_dir.chmod(0o500)  # read-only (root ignores modes: replace it with a file)
+        spool_dir.rename(tmp_path / "elsewhere")
+        spool_dir.write_text("not a directory")
+        response = await client.post(callback_path(None), data=terminal(new_sid()))
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "unavailable"
+
+
+def test_spool_files_hold_what_was_received(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.open()
+    received = ReceivedCallback(uuid.uuid4(), "application/json", {"CallSid": "x", "Legs": [{}]})
+    spool._write(received)
+    (path,) = spool.pending()
+    record = json.loads(path.read_text())
+    assert record["receipt_id"] == str(received.receipt_id)
+    assert record["payload"] == {"CallSid": "x", "Legs": [{}]}
+    assert path.name.endswith(f"-{received.receipt_id}.json")
+    assert list(tmp_path.glob(".*.partial")) == []
