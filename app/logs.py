@@ -9,12 +9,14 @@ import re
 from app.calls.phone import mask
 
 _TOKEN = re.compile(r"(token=)[^&\s\"']+")
-_PHONE = re.compile(r"(?<![\w+*])\+?\d{10,15}(?!\w)")
+# A number, bare or after a `+` (`%2B` in a URL's query).
+_PHONE = re.compile(r"(?<![\w+*])(\+|%2B)?(\d{10,15})(?!\w)", re.IGNORECASE)
+_FORMATTER = logging.Formatter()
 
 
 def redact(text: str) -> str:
     text = _TOKEN.sub(r"\1[redacted]", text)
-    return _PHONE.sub(lambda match: mask(match[0]), text)
+    return _PHONE.sub(lambda m: (m[1] or "") + mask(("+" if m[1] else "") + m[2]).lstrip("+"), text)
 
 
 class RedactingFilter(logging.Filter):
@@ -23,6 +25,9 @@ class RedactingFilter(logging.Filter):
         redacted = redact(message)
         if redacted != message:
             record.msg, record.args = redacted, ()
+        if record.exc_info and not record.exc_text:
+            # Tracebacks carry SQL parameters and URLs too; the formatter uses this text.
+            record.exc_text = redact(_FORMATTER.formatException(record.exc_info))
         return True
 
 

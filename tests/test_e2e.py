@@ -7,6 +7,8 @@ each outcome is placed once and followed to where the contract says it ends.
 
 from __future__ import annotations
 
+import base64
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,7 +20,14 @@ import anyio
 import httpx
 import pytest
 
-from tests.conftest import AUTH
+from tests.conftest import (
+    AUTH,
+    FAKE_API_KEY,
+    FAKE_API_TOKEN,
+    FAKE_CALLBACK_SECRET,
+    FAKE_INTERNAL_API_KEY,
+    callback_path,
+)
 from tests.conftest import FAKE_CALLER_ID as CALLER_ID
 from tests.processes import Deployment
 
@@ -194,3 +203,29 @@ async def test_a_callback_that_beats_the_connect_response(start_exocall: StartEx
         assert event["payload"]["CallSid"] == placed["sid"]
         received, dispatched = event["received_at"], placed["dispatched_at"]
         assert datetime.fromisoformat(received) < datetime.fromisoformat(dispatched)
+
+
+async def test_the_logs_of_a_full_run_leak_nothing(
+    start_exocall: StartExocall, deployment: Deployment
+) -> None:
+    """Placing, callbacks and errors, then every line both processes logged: no credential, no
+    callback token, no phone number unmasked."""
+    exocall = start_exocall("--callback-delay", "0.2")
+    async with httpx.AsyncClient(base_url=exocall.api_url, timeout=30, headers=AUTH) as api:
+        placed = [await place(api, digit) for digit in "0592"]
+        ids = [r.json().get("id") or r.json()["error"]["call_id"] for r in placed]
+        await api.post("/calls", json={"from": "09052161110", "app_id": "x"})  # invalid
+        await api.get("/calls", params={"from": "+919052161113"})
+        await api.get("/calls", headers={"Authorization": "Bearer not-the-key"})
+        await api.post(callback_path(ids[0]).replace("token=", "token=forged"), data={})
+        await wait_for_statuses(api, {ids[0]: "completed", ids[3]: "busy"})
+
+    logs = deployment.outputs()
+    secrets = [FAKE_API_KEY, FAKE_API_TOKEN, FAKE_CALLBACK_SECRET, FAKE_INTERNAL_API_KEY]
+    secrets += [base64.b64encode(f"{FAKE_API_KEY}:{FAKE_API_TOKEN}".encode()).decode()]
+    secrets += [callback_path(call_id).split("token=")[1] for call_id in ids]
+    assert "POST /status-callback" in logs  # the log did record the callbacks
+    assert [secret for secret in secrets if secret in logs] == []
+    # Every number masked. (Digit runs inside SIDs and ids are not numbers: hence the bounds.)
+    assert re.findall(r"(?<![\w*+-])\+?\d{10,15}(?![\w-])", logs) == []
+    assert "+91******1110" in logs or "0******1110" in logs

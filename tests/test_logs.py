@@ -24,6 +24,8 @@ SID = "4116345558c26f623df7d2a6b8c184km"  # digits runs in a SID are not phone n
             "sid 4116345558c26f623df7d2a6b8c184km stays",
         ),
         ("at 2024-09-16 15:50:02", "at 2024-09-16 15:50:02"),
+        ("GET /calls?from=%2B919052161119 HTTP/1.1", "GET /calls?from=%2B91******1119 HTTP/1.1"),
+        ("GET /calls?from=%2b919052161119", "GET /calls?from=%2b91******1119"),
     ],
 )
 def test_redact(line: str, expected: str) -> None:
@@ -41,3 +43,22 @@ def test_the_filter_redacts_formatted_arguments() -> None:
     finally:
         logger.removeHandler(handler)
     assert stream.getvalue() == "calling +91******1119 via /status-callback?token=[redacted]\n"
+
+
+def test_tracebacks_are_redacted_too() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("test_logs.traceback")
+    logger.addHandler(handler)
+    try:
+        try:
+            raise ValueError("[parameters: ('+919052161119', 'token=s3cr3t')]")
+        except ValueError:
+            logger.exception("insert failed")
+    finally:
+        logger.removeHandler(handler)
+    logged = stream.getvalue()
+    assert "ValueError" in logged
+    assert "919052161119" not in logged
+    assert "s3cr3t" not in logged
