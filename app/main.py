@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.api import callbacks, calls, health
-from app.api.errors import install_error_handlers
+from app.api.errors import ERROR_RESPONSES, install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.calls.dispatcher import Dispatcher, budget_of, new_replica_id
 from app.calls.reconcile import Reconciler
@@ -102,6 +102,7 @@ def create_app(
         summary="Place Exotel calls and keep their state.",
         version="0.1.0",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.calls.errors import (
@@ -29,6 +30,45 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     413: "payload_too_large",
     415: "unsupported_media_type",
+}
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    model_config = ConfigDict(extra="allow")  # e.g. call_id, exotel_status, index
+
+    code: str = Field(examples=["validation_error"])
+    message: str = Field(examples=["from: not a valid Indian mobile/landline or E.164 number"])
+    details: list[FieldError] | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every refusal, whatever the endpoint."""
+
+    error: ErrorBody
+
+
+# Documented on every endpoint: the statuses any request can meet, in the one error shape.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "Malformed body",
+        401: "No valid API key (or callback token)",
+        403: "Forbidden (callback token or source)",
+        404: "No such resource",
+        409: "Idempotency-Key reused with another body",
+        413: "Body over MAX_BODY_BYTES",
+        415: "Unsupported content type",
+        422: "Invalid input; `details` names each field",
+        500: "Internal error (logged)",
+        502: "Exotel refused for reasons of the account",
+        503: "Exotel or the database unavailable",
+    }.items()
 }
 
 

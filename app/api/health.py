@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -18,7 +19,16 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The database is reachable and its schema is current")
+class Ready(BaseModel):
+    status: str = "ready"
+    schema_revision: str = Field(alias="schema")
+
+
+@router.get(
+    "/readyz",
+    summary="The database is reachable and its schema is current",
+    response_model=Ready,
+)
 async def readyz(services: ServicesDep) -> JSONResponse:
     try:
         async with services.engine.connect() as connection:
