@@ -43,6 +43,7 @@ def serve(
     host: Host = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
 ) -> None:
     """Serve the HTTP API."""
     configure_logging()
@@ -54,6 +55,7 @@ def serve(
         port=port,
         workers=workers,
         log_config=None,
+        access_log=access_log,
         proxy_headers=False,  # the app itself trusts TRUSTED_PROXIES, and only those
     )
 

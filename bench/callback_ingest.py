@@ -1,0 +1,323 @@
+"""Status callback ingestion: durable callbacks per second against a bare FastAPI reference.
+
+Starts `exocall serve` on PostgreSQL with calls already placed, and replays valid, authenticated,
+Exotel-shaped multipart status callbacks at it with wrk (Debian: `apt-get install wrk`). In the
+same run, with the same load and server settings, it measures a reference: a bare FastAPI app
+whose endpoint parses the same multipart body and writes nothing. Then it checks the database:
+every callback answered 200 is in `call_event` exactly once, and applied to its call.
+
+    .venv/bin/python -m bench.callback_ingest                 # 1 worker, then 2
+    .venv/bin/python -m bench.callback_ingest --workers 1 --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from sqlalchemy import func, select, text
+
+from app.calls.callback_auth import sign
+from app.db import migrate
+from app.db.models import Call, CallEvent, CallStatus
+from app.db.session import create_engine, create_sessionmaker
+from tests.processes import free_ports
+
+SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"
+DATABASE = "exocall_bench"
+SECRET = "bench-fake-callback-secret"
+CALLS = 2000
+CONNECTIONS = 32
+REFERENCE_APP = textwrap.dedent(
+    """
+    from fastapi import FastAPI, Request
+
+    app = FastAPI()
+
+    @app.post("/status-callback")
+    async def status_callback(request: Request) -> dict[str, bool]:
+        await request.form()
+        return {"ok": True}
+    """
+)
+
+
+@dataclass(frozen=True)
+class Load:
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    answered_200: int
+    other: int
+    peak_rss_mib: float
+
+
+async def fresh_database() -> str:
+    admin = create_engine(f"{SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    async with admin.connect() as connection:
+        await connection.execute(text(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))
+        await connection.execute(text(f"CREATE DATABASE {DATABASE}"))
+    await admin.dispose()
+    url = f"{SERVER}/{DATABASE}"
+    await asyncio.to_thread(migrate.upgrade, url)
+    return url
+
+
+async def placed_calls(url: str) -> list[tuple[uuid.UUID, str]]:
+    """Calls as Exotel accepted them: in progress, SID known."""
+    engine = create_engine(url)
+    calls = [(uuid.uuid4(), uuid.uuid4().hex[:30] + "9g") for _ in range(CALLS)]
+    async with create_sessionmaker(engine)() as session, session.begin():
+        session.add_all(
+            Call(
+                id=call_id,
+                sid=sid,
+                status=CallStatus.IN_PROGRESS,
+                from_number=f"+9190{n:08d}",
+                caller_id="08030752400",
+                flow_url="http://my.exotel.com/bench/exoml/start_voice/1",
+            )
+            for n, (call_id, sid) in enumerate(calls)
+        )
+    await engine.dispose()
+    return calls
+
+
+def wrk_script(calls: list[tuple[uuid.UUID, str]], path: Path) -> None:
+    """Each request: one call's callback URL and the four fields Exotel always sends, as
+    multipart; `response()` counts the answers by status."""
+    boundary = "exotelboundary7MA4YWxkTrZu0gW"
+    entries = []
+    for call_id, sid in calls:
+        fields = {
+            "CallSid": sid,
+            "Status": "completed",
+            "RecordingUrl": f"https://s3-ap-southeast-1.amazonaws.com/exotelrecordings/b/{sid}.mp3",
+            "DateUpdated": "2024-09-16 15:51:00",
+        }
+        body = (
+            "".join(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+                for k, v in fields.items()
+            )
+            + f"--{boundary}--\r\n"
+        )
+        query = f"call_id={call_id}&token={sign(SECRET.encode(), call_id)}"
+        lua_body = body.replace("\\", "\\\\").replace('"', '\\"').replace("\r\n", "\\r\\n")
+        entries.append(f'{{"/status-callback?{query}", "{lua_body}"}}')
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            local calls = {{ {",".join(entries)} }}
+            local counter = 0
+            ok, other = 0, 0  -- globals, so that done() can read them from every thread
+            local threads = {{}}
+            function setup(thread) table.insert(threads, thread) end
+            function init(args) counter = math.random(#calls) end
+            function request()
+              counter = counter % #calls + 1
+              local call = calls[counter]
+              return wrk.format("POST", call[1], {{
+                ["Content-Type"] = "multipart/form-data; boundary={boundary}"
+              }}, call[2])
+            end
+            function response(status, headers, body)
+              if status == 200 then ok = ok + 1 else other = other + 1 end
+            end
+            function done(summary, latency, requests)
+              local total_ok, total_other = 0, 0
+              for _, thread in ipairs(threads) do
+                total_ok = total_ok + thread:get("ok")
+                total_other = total_other + thread:get("other")
+              end
+              io.write(string.format("answered_200=%d other=%d\\n", total_ok, total_other))
+              io.write(string.format("p50_us=%d p99_us=%d\\n",
+                latency:percentile(50), latency:percentile(99)))
+            end
+            """
+        )
+    )
+
+
+def serve(argv: list[str], env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1)
+            return process
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"{argv} did not start:\n{log.read_text()}")
+
+
+def peak_rss_mib(process: subprocess.Popen[bytes]) -> float:
+    """Peak resident memory of the process and its children (uvicorn's workers)."""
+    pids = [process.pid, *_children(process.pid)]
+    total_kib = 0
+    for pid in pids:
+        status = Path(f"/proc/{pid}/status").read_text()
+        total_kib += int(re.search(r"VmHWM:\s+(\d+)", status)[1])  # type: ignore[index]
+    return total_kib / 1024
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def load(port: int, script: Path, duration: int, process: subprocess.Popen[bytes]) -> Load:
+    result = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            f"-c{CONNECTIONS}",
+            f"-d{duration}s",
+            "-s",
+            str(script),
+            "--latency",
+            f"http://127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"wrk failed: {result.stderr}{result.stdout}")
+    out = result.stdout
+    return Load(
+        requests_per_second=float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
+        p50_ms=int(re.search(r"p50_us=(\d+)", out)[1]) / 1000,  # type: ignore[index]
+        p99_ms=int(re.search(r"p99_us=(\d+)", out)[1]) / 1000,  # type: ignore[index]
+        answered_200=int(re.search(r"answered_200=(\d+)", out)[1]),  # type: ignore[index]
+        other=int(re.search(r"other=(\d+)", out)[1]),  # type: ignore[index]
+        peak_rss_mib=peak_rss_mib(process),
+    )
+
+
+async def check_database(url: str, calls: list[tuple[uuid.UUID, str]], answered: int) -> str:
+    engine = create_engine(url)
+    async with create_sessionmaker(engine)() as session:
+        events = await session.scalar(select(func.count()).select_from(CallEvent))
+        receipts = await session.scalar(select(func.count(func.distinct(CallEvent.receipt_id))))
+        unattached = await session.scalar(
+            select(func.count()).select_from(CallEvent).where(CallEvent.call_id.is_(None))
+        )
+        completed = await session.scalar(
+            select(func.count()).select_from(Call).where(Call.status == CallStatus.COMPLETED)
+        )
+    await engine.dispose()
+    verdict = "OK" if events == answered == receipts and unattached == 0 else "MISMATCH"
+    return (
+        f"{verdict}: answered 200 {answered}, stored {events} (distinct receipts {receipts}, "
+        f"unattached {unattached}); calls completed {completed}/{len(calls)}"
+    )
+
+
+async def run(workers: int, duration: int) -> None:
+    url = await fresh_database()
+    calls = await placed_calls(url)
+    bin_dir = Path(sys.executable).parent
+    with tempfile.TemporaryDirectory() as workdir:
+        work = Path(workdir)
+        script = work / "callbacks.lua"
+        wrk_script(calls, script)
+        (work / "reference.py").write_text(REFERENCE_APP)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("EXOTEL_", "CALLBACK"))}
+        env |= {
+            "DATABASE_URL": url,
+            "CALLBACK_SECRETS": SECRET,
+            "EXOTEL_ACCOUNT_SID": "bench-account",
+            "EXOTEL_API_KEY": "bench-fake-key",
+            "EXOTEL_API_TOKEN": "bench-fake-token",
+            "EXOTEL_API_BASE_URL": "http://127.0.0.1:9",  # nothing is dialled: no queued calls
+            "SPOOL_DIR": str(work / "spool"),
+        }
+        (port,) = free_ports(1)
+        reference = serve(
+            [
+                str(bin_dir / "uvicorn"),
+                "reference:app",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            env | {"PYTHONPATH": str(work)},
+            port,
+            work / "reference.log",
+        )
+        try:
+            ref = load(port, script, duration, reference)
+        finally:
+            reference.terminate()
+            reference.wait()
+        (port,) = free_ports(1)
+        server = serve(
+            [
+                str(bin_dir / "exocall"),
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+                "--no-access-log",
+            ],
+            env,
+            port,
+            work / "server.log",
+        )
+        try:
+            ours = load(port, script, duration, server)
+        finally:
+            server.terminate()
+            server.wait()
+        if ours.other:
+            print((work / "server.log").read_text()[-3000:])
+    verdict = await check_database(url, calls, ours.answered_200)
+    print(
+        f"workers={workers} reference: {ref.requests_per_second:,.0f} req/s "
+        f"p50 {ref.p50_ms:.1f} ms p99 {ref.p99_ms:.1f} ms peak RSS {ref.peak_rss_mib:.0f} MiB\n"
+        f"workers={workers} exocall:   {ours.requests_per_second:,.0f} durable callbacks/s "
+        f"({ours.requests_per_second / ref.requests_per_second:.2f} of the reference) "
+        f"p50 {ours.p50_ms:.1f} ms p99 {ours.p99_ms:.1f} ms peak RSS {ours.peak_rss_mib:.0f} MiB, "
+        f"non-200 answers {ours.other}\n"
+        f"workers={workers} database: {verdict}"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--duration", type=int, default=20, help="seconds of load per run")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+    print(
+        f"machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()}, "
+        f"python {platform.python_version()}; PostgreSQL on the same host; wrk -t2 "
+        f"-c{CONNECTIONS} -d{args.duration}s, multipart bodies of Exotel's four fields"
+    )
+    for workers in args.workers:
+        await run(workers, args.duration)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
