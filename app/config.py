@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     )
 
     public_base_url: str = "http://127.0.0.1:8000"
+    # Transactions storing status callbacks at once, each committing a batch (group commit).
+    callback_writers: int = Field(3, ge=1)
     # Callbacks received while the database is unreachable wait here (a volume in Docker).
     spool_dir: Path = Path("./spool")
     spool_replay_seconds: float = Field(2, gt=0)

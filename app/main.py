@@ -14,6 +14,7 @@ from app.api import callbacks, calls, health
 from app.api.errors import ERROR_RESPONSES, install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.calls.dispatcher import Dispatcher, budget_of, new_replica_id
+from app.calls.ingest import CallbackWriter
 from app.calls.reconcile import Reconciler
 from app.calls.spool import Spool, SpoolReplayer
 from app.config import SIMULATOR_API_KEY, SIMULATOR_API_TOKEN, Settings
@@ -71,6 +72,9 @@ def create_app(
             )
             spool = Spool(settings.spool_dir)
             spool.open()
+            callbacks = CallbackWriter(sessionmaker, writers=settings.callback_writers)
+            callbacks.start()
+            stack.push_async_callback(callbacks.stop)
             app.state.services = Services(
                 settings=settings,
                 engine=engine,
@@ -78,6 +82,7 @@ def create_app(
                 exotel=exotel,
                 dispatcher=dispatcher,
                 spool=spool,
+                callbacks=callbacks,
                 schema_head=head_revision(),
             )
             reconciler = Reconciler(
@@ -110,9 +115,9 @@ def create_app(
         # The client address (and scheme) as the trusted proxies saw it, for the callback
         # allowlist and the logs. `exocall serve` leaves uvicorn's own proxy handling off.
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
+    app.include_router(callbacks.router)  # first: the busiest route is matched first
     app.include_router(calls.router)
     app.include_router(calls.batches)
-    app.include_router(callbacks.router)
     app.include_router(health.router)
     if simulator_app is not None:
         # Reachable by hand too: curl $PUBLIC_BASE_URL/_simulator/v1/Accounts/simulated/Calls.json

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.calls.dispatcher import Dispatcher
+from app.calls.ingest import CallbackWriter
 from app.calls.spool import Spool
 from app.config import Settings
 from app.exotel.client import ExotelClient
@@ -20,4 +21,5 @@ class Services:
     exotel: ExotelClient
     dispatcher: Dispatcher
     spool: Spool
+    callbacks: CallbackWriter
     schema_head: str  # the newest migration, for /readyz

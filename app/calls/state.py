@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
-from app.db.models import Call, CallStatus, EventOutcome
+from app.db.models import CallStatus, EventOutcome
 
 EXOTEL_TERMINAL = frozenset(
     {
@@ -57,7 +58,18 @@ class StatusUpdate:
     conversation_duration: int | None = None
 
 
-def apply_update(call: Call, update: StatusUpdate) -> EventOutcome:
+class CallState(Protocol):
+    """What the state machine reads and writes of a call (a `Call`, or a leaner row)."""
+
+    status: CallStatus
+    date_updated: datetime | None
+    date_updated_raw: str | None
+    recording_url: str | None
+    duration: int | None
+    conversation_duration: int | None
+
+
+def apply_update(call: CallState, update: StatusUpdate) -> EventOutcome:
     """Apply `update` to `call` in place and say what it did."""
     if not _may_move(call.status, update.status):
         return EventOutcome.STALE
@@ -81,7 +93,7 @@ def _may_move(current: CallStatus, new: CallStatus) -> bool:
     return rank(new) > rank(current)
 
 
-def _merge(call: Call, update: StatusUpdate, *, overwrite: bool) -> bool:
+def _merge(call: CallState, update: StatusUpdate, *, overwrite: bool) -> bool:
     """Take the update's values: all it has when the status moved on (an `answered` event's zero
     durations give way to the terminal ones), only what the call lacks otherwise. Empty values
     never count. Says whether anything changed."""
