@@ -38,6 +38,7 @@ lint: $(VENV)/.installed-dev
 check: lint test  ## everything CI runs
 
 bench: $(VENV)/.installed-dev  ## benchmarks on the local PostgreSQL; they print figures, never pass or fail
+	$(BIN)/python -m bench.callback_ingest
 	$(BIN)/python -m bench.dispatch_rate
 
 fmt: $(VENV)/.installed-dev
