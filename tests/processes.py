@@ -151,11 +151,12 @@ class Deployment:
         self._start("simulator", argv, f"{self.simulator_url}/_simulator/log")
         return self.simulator_url
 
-    def start_server(self) -> str:
+    def start_server(self, *, ready_path: str = "/readyz") -> str:
+        """A replica; ready once `ready_path` answers 200 (`/healthz` with the database down)."""
         (port,) = free_ports(1)
         url = f"http://127.0.0.1:{port}"
         argv = [EXOCALL, "serve", "--host", "127.0.0.1", "--port", str(port)]
-        self._start(f"server-{len(self.processes)}", argv, f"{url}/readyz", PUBLIC_BASE_URL=url)
+        self._start(f"server-{len(self.processes)}", argv, url + ready_path, PUBLIC_BASE_URL=url)
         return url
 
     def _start(self, name: str, argv: list[str], ready_url: str, **env: str) -> None:
