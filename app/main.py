@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -15,8 +16,9 @@ from app.api.errors import ERROR_RESPONSES, install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.calls.dispatcher import Dispatcher, budget_of, new_replica_id
 from app.calls.ingest import CallbackWriter
-from app.calls.reconcile import Reconciler
-from app.calls.spool import Spool, SpoolReplayer
+from app.calls.periodic import Periodic
+from app.calls.reconcile import reconcile_if_leading
+from app.calls.spool import Spool
 from app.config import SIMULATOR_API_KEY, SIMULATOR_API_TOKEN, Settings
 from app.db.migrate import head_revision
 from app.db.session import create_engine, create_sessionmaker
@@ -85,21 +87,31 @@ def create_app(
                 callbacks=callbacks,
                 schema_head=head_revision(),
             )
-            reconciler = Reconciler(
-                sessionmaker=sessionmaker,
-                exotel=exotel,
-                settings=settings,
-                budget=budget_of(settings),
-                replica_id=dispatcher.replica_id,
+            reconciler = Periodic(
+                "reconciler",
+                functools.partial(
+                    reconcile_if_leading,
+                    sessionmaker=sessionmaker,
+                    exotel=exotel,
+                    settings=settings,
+                    budget=budget_of(settings),
+                    replica_id=dispatcher.replica_id,
+                ),
+                interval=settings.reconcile_interval_seconds,
+                at_start=False,
+            )
+            replayer = Periodic(
+                "spool replayer",
+                functools.partial(spool.replay, sessionmaker),
+                interval=settings.spool_replay_seconds,
+                at_start=True,  # what a previous run spooled goes in first
             )
             dispatcher.start()
             # Calls already sent get the Exotel timeout to be recorded before we exit.
             stack.push_async_callback(dispatcher.stop, grace=settings.exotel_timeout_seconds)
-            reconciler.start()
-            stack.push_async_callback(reconciler.stop)
-            replayer = SpoolReplayer(spool, sessionmaker, interval=settings.spool_replay_seconds)
-            replayer.start()
-            stack.push_async_callback(replayer.stop)
+            for job in (reconciler, replayer):
+                job.start()
+                stack.push_async_callback(job.stop)
             yield
 
     app = FastAPI(

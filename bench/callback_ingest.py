@@ -28,16 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from app.calls.callback_auth import sign
-from app.db import migrate
 from app.db.models import Call, CallEvent, CallStatus
 from app.db.session import create_engine, create_sessionmaker
+from bench import fresh_database
 from tests.processes import free_ports
 
-SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"
-DATABASE = "exocall_bench"
 SECRET = "bench-fake-callback-secret"
 CALLS = 2000
 CONNECTIONS = 32
@@ -63,17 +61,6 @@ class Load:
     answered_200: int
     other: int
     peak_rss_mib: float
-
-
-async def fresh_database() -> str:
-    admin = create_engine(f"{SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    async with admin.connect() as connection:
-        await connection.execute(text(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))
-        await connection.execute(text(f"CREATE DATABASE {DATABASE}"))
-    await admin.dispose()
-    url = f"{SERVER}/{DATABASE}"
-    await asyncio.to_thread(migrate.upgrade, url)
-    return url
 
 
 async def placed_calls(url: str) -> list[tuple[uuid.UUID, str]]:

@@ -22,14 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import text
 
-from app.db import migrate
-from app.db.session import create_engine
+from bench import fresh_database
 from tests.processes import Deployment
 
-SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"
-DATABASE = "exocall_bench"
 FAKE_ENV = {
     "EXOTEL_ACCOUNT_SID": "bench-account",
     "EXOTEL_API_KEY": "bench-fake-key",
@@ -39,20 +35,10 @@ FAKE_ENV = {
 }
 
 
-async def fresh_database() -> str:
-    admin = create_engine(f"{SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    async with admin.connect() as connection:
-        await connection.execute(text(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))
-        await connection.execute(text(f"CREATE DATABASE {DATABASE}"))
-    await admin.dispose()
-    return f"{SERVER}/{DATABASE}"
-
-
 async def run(
     replicas: int, limit: int, window: float, windows: int, margin: float
 ) -> dict[str, Any]:
     url = await fresh_database()
-    await asyncio.to_thread(migrate.upgrade, url)
     calls = limit * windows
     env = FAKE_ENV | {
         "EXOTEL_RATE_LIMIT": str(limit),

@@ -13,6 +13,29 @@ import httpx
 
 Responder = Callable[[httpx.Request], Awaitable[httpx.Response]]
 
+# The terminal status callback example of shared/exotel.md, verbatim (JSON).
+TERMINAL_CALLBACK_EXAMPLE: dict[str, Any] = {
+    "CallSid": "492205107c5fb48f4ac25d1f77759339",
+    "EventType": "terminal",
+    "DateCreated": "2019-04-08 03:17:59",
+    "DateUpdated": "2019-04-08 03:18:35",
+    "Status": "completed",
+    "To": "+91886799XXXX",
+    "From": "+91941374XXXX",
+    "PhoneNumberSid": "0113083XXXX",
+    "StartTime": "2019-04-08 03:17:59",
+    "EndTime": "2019-04-08 03:18:36",
+    "Direction": "outbound-api",
+    "RecordingUrl": "https://s3-ap-southeast-1.amazonaws.com/exotelrecordings/acme1/"
+    "492205107c5fb48f4ac25d1f77759339.mp3",
+    "ConversationDuration": 32,
+    "CustomField": "order-123",
+    "Legs": [
+        {"OnCallDuration": 41, "Status": "completed"},
+        {"OnCallDuration": 32, "Status": "completed"},
+    ],
+}
+
 
 def new_sid() -> str:
     # Real SIDs are 32 characters and not hex.

@@ -21,6 +21,7 @@ from app.exotel.wire import (
     parse_response,
     parse_status_callback,
 )
+from tests.exotel_double import TERMINAL_CALLBACK_EXAMPLE
 
 PLUS_0530 = timezone(timedelta(hours=5, minutes=30))
 
@@ -501,32 +502,8 @@ def test_format_renders_any_aware_instant_in_ist(instant: datetime, rendered: st
 
 # --- StatusCallback ---------------------------------------------------------------------------
 
-RECORDING = (
-    "https://s3-ap-southeast-1.amazonaws.com/exotelrecordings/acme1/"
-    "492205107c5fb48f4ac25d1f77759339.mp3"
-)
-
-# The terminal example of shared/exotel.md, verbatim.
-TERMINAL_JSON: dict[str, Any] = {
-    "CallSid": "492205107c5fb48f4ac25d1f77759339",
-    "EventType": "terminal",
-    "DateCreated": "2019-04-08 03:17:59",
-    "DateUpdated": "2019-04-08 03:18:35",
-    "Status": "completed",
-    "To": "+91886799XXXX",
-    "From": "+91941374XXXX",
-    "PhoneNumberSid": "0113083XXXX",
-    "StartTime": "2019-04-08 03:17:59",
-    "EndTime": "2019-04-08 03:18:36",
-    "Direction": "outbound-api",
-    "RecordingUrl": RECORDING,
-    "ConversationDuration": 32,
-    "CustomField": "order-123",
-    "Legs": [
-        {"OnCallDuration": 41, "Status": "completed"},
-        {"OnCallDuration": 32, "Status": "completed"},
-    ],
-}
+TERMINAL_JSON = TERMINAL_CALLBACK_EXAMPLE
+RECORDING = TERMINAL_JSON["RecordingUrl"]
 
 
 def test_json_terminal_callback() -> None:

@@ -10,30 +10,11 @@ import httpx
 import pytest
 
 from tests.conftest import callback_path, place_body
-from tests.exotel_double import ExotelDouble, accepted, new_sid
+from tests.exotel_double import TERMINAL_CALLBACK_EXAMPLE, ExotelDouble, accepted, new_sid
 
 pytestmark = pytest.mark.anyio
 
-# The terminal example of shared/exotel.md.
-TERMINAL_JSON: dict[str, Any] = {
-    "EventType": "terminal",
-    "DateCreated": "2019-04-08 03:17:59",
-    "DateUpdated": "2019-04-08 03:18:35",
-    "Status": "completed",
-    "To": "+91886799XXXX",
-    "From": "+91941374XXXX",
-    "PhoneNumberSid": "0113083XXXX",
-    "StartTime": "2019-04-08 03:17:59",
-    "EndTime": "2019-04-08 03:18:36",
-    "Direction": "outbound-api",
-    "RecordingUrl": "https://s3-ap-southeast-1.amazonaws.com/exotelrecordings/acme1/x.mp3",
-    "ConversationDuration": 32,
-    "CustomField": "order-123",
-    "Legs": [
-        {"OnCallDuration": 41, "Status": "completed"},
-        {"OnCallDuration": 32, "Status": "completed"},
-    ],
-}
+TERMINAL_JSON = TERMINAL_CALLBACK_EXAMPLE
 
 
 async def place(

@@ -8,7 +8,6 @@ through the same state machine as callbacks. It never sends a call again.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
@@ -25,7 +24,6 @@ from app.config import Settings
 from app.db import lease
 from app.db.clock import db_now
 from app.db.models import Call, CallEvent, CallStatus, EventOutcome
-from app.db.session import is_database_down
 from app.exotel.client import MAX_SIDS_PER_LOOKUP, ExotelClient
 from app.exotel.errors import ExotelError
 from app.exotel.wire import ExotelCall
@@ -235,50 +233,21 @@ def _apply_details(call: Call, details: ExotelCall) -> int:
     return 0
 
 
-class Reconciler:
-    """Runs `reconcile_once` every interval in whichever replica holds the lease."""
-
-    def __init__(
-        self,
-        *,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        exotel: ExotelClient,
-        settings: Settings,
-        budget: ratelimit.Budget,
-        replica_id: str,
-    ) -> None:
-        self._round = _Round(sessionmaker, exotel, settings, budget)
-        self._replica_id = replica_id
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="reconciler")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        interval = self._round.settings.reconcile_interval_seconds
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                async with self._round.sessionmaker() as session, session.begin():
-                    held = await lease.try_acquire(
-                        session, name=LEASE, holder=self._replica_id, ttl=interval * 3
-                    )
-                if held:
-                    repairs = await reconcile_once(
-                        sessionmaker=self._round.sessionmaker,
-                        exotel=self._round.exotel,
-                        settings=self._round.settings,
-                        budget=self._round.budget,
-                    )
-                    log.info("reconcile: %s", repairs)
-            except Exception as exc:  # the loop must outlive any one failure
-                if is_database_down(exc):
-                    log.warning("reconcile: the database is unreachable (%r)", exc)
-                else:
-                    log.exception("reconcile: the round failed; trying again next interval")
+async def reconcile_if_leading(
+    *,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    exotel: ExotelClient,
+    settings: Settings,
+    budget: ratelimit.Budget,
+    replica_id: str,
+) -> None:
+    """One round, if this replica holds the reconciliation lease (or can take it)."""
+    async with sessionmaker() as session, session.begin():
+        held = await lease.try_acquire(
+            session, name=LEASE, holder=replica_id, ttl=settings.reconcile_interval_seconds * 3
+        )
+    if held:
+        repairs = await reconcile_once(
+            sessionmaker=sessionmaker, exotel=exotel, settings=settings, budget=budget
+        )
+        log.info("reconcile: %s", repairs)

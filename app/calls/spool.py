@@ -65,7 +65,8 @@ class Spool:
 
     async def replay(self, sessionmaker: async_sessionmaker[AsyncSession]) -> int:
         """Store what is spooled, oldest first; stop at the first sign the database is still
-        down. Returns how many callbacks were stored."""
+        down. Returns how many callbacks were stored. Every replica runs it every
+        SPOOL_REPLAY_SECONDS, and at start."""
         stored = 0
         for path in self.pending():
             with contextlib.ExitStack() as stack:
@@ -89,6 +90,8 @@ class Spool:
                 path.unlink()
                 _fsync_directory(self.directory)
                 stored += 1
+        if stored:
+            log.info("spool: %d callbacks stored, %d left", stored, len(self.pending()))
         return stored
 
 
@@ -109,36 +112,3 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-
-
-class SpoolReplayer:
-    """Replays the spool at start and then every `interval` seconds while it is not empty."""
-
-    def __init__(
-        self, spool: Spool, sessionmaker: async_sessionmaker[AsyncSession], *, interval: float
-    ) -> None:
-        self._spool = spool
-        self._sessionmaker = sessionmaker
-        self._interval = interval
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="spool replayer")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                stored = await self._spool.replay(self._sessionmaker)
-            except Exception:  # the loop must outlive any one failure
-                log.exception("spool: replay failed")
-            else:
-                if stored:
-                    left = len(self._spool.pending())
-                    log.info("spool: %d callbacks stored, %d left", stored, left)
-            await asyncio.sleep(self._interval)
