@@ -122,6 +122,7 @@ def create_app(
         responses=ERROR_RESPONSES,
     )
     install_error_handlers(app)
+    app.add_middleware(callbacks.StatusCallbackFastPath)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     if settings.trusted_proxies:
         # The client address (and scheme) as the trusted proxies saw it, for the callback

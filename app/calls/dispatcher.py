@@ -49,6 +49,7 @@ class Dispatcher:
         self._budget = budget_of(settings)
         self.replica_id = replica_id
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.dispatch_concurrency)
         self._sending: set[asyncio.Task[None]] = set()
         self._finished: dict[uuid.UUID, asyncio.Event] = {}
@@ -60,10 +61,11 @@ class Dispatcher:
     async def stop(self, *, grace: float) -> None:
         """Stop claiming; give calls already sent up to `grace` seconds to be recorded. A send
         cut short leaves its claim, which reconciliation resolves without sending again."""
+        self._stopping.set()
         if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+            # Let a claim under way finish rather than cancel it mid-transaction.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._loop, timeout=5)
         if self._sending:
             _, pending = await asyncio.wait(self._sending, timeout=grace)
             for task in pending:
@@ -102,7 +104,7 @@ class Dispatcher:
             self._finished.pop(call_id, None)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             await self._slots.acquire()
             try:
                 async with self._sessionmaker() as session, session.begin():
@@ -124,10 +126,16 @@ class Dispatcher:
             self._slots.release()
             if claimed is None:  # nothing ready: sleep until woken or the next poll
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._settings.dispatch_poll_seconds)
+                await self._pause(self._settings.dispatch_poll_seconds, self._wake)
             else:  # the budget is spent: new work does not change that
-                await asyncio.sleep(claimed)
+                await self._pause(claimed)
+
+    async def _pause(self, seconds: float, *also: asyncio.Event) -> None:
+        """Sleep `seconds`, or until stopping or any of `also` is set."""
+        waits = [asyncio.ensure_future(event.wait()) for event in (self._stopping, *also)]
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
 
     def _spawn_send(self, call_id: uuid.UUID) -> None:
         task = asyncio.create_task(self._send(call_id), name=f"send {call_id}")

@@ -29,19 +29,21 @@ class Periodic:
         self._interval = interval
         self._at_start = at_start
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self._name)
 
-    async def stop(self) -> None:
+    async def stop(self, *, grace: float = 10) -> None:
+        """Stop after the run under way, if any (cancelled only after `grace` seconds)."""
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._task, timeout=grace)
 
     async def _run(self) -> None:
-        if not self._at_start:
-            await asyncio.sleep(self._interval)
+        if not self._at_start and await self._stopped_within(self._interval):
+            return
         while True:
             try:
                 await self._job()
@@ -50,4 +52,10 @@ class Periodic:
                     log.warning("%s: the database is unreachable (%r)", self._name, exc)
                 else:
                     log.exception("%s failed; trying again in %gs", self._name, self._interval)
-            await asyncio.sleep(self._interval)
+            if await self._stopped_within(self._interval):
+                return
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
