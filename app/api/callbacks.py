@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.errors import ApiError, api_error_response, error_response, http_error_response
+from app.api.forms import boundary_of, parse_text_fields
 from app.calls.callback_auth import verify
 from app.calls.service import ReceivedCallback
 from app.config import Settings
@@ -117,7 +118,12 @@ def _from_any(host: str | None, networks: Sequence[IPv4Network | IPv6Network]) -
 
 
 async def _read_payload(request: Request) -> tuple[str, dict[str, Any]]:
-    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.partition(";")[0].strip().lower()
+    if media_type == "multipart/form-data" and (boundary := boundary_of(content_type)):
+        fields = parse_text_fields(await request.body(), boundary)
+        if fields is not None:  # Exotel's usual few text fields; anything else, below
+            return media_type, fields
     if media_type in _FORM_TYPES:
         form = await request.form()
         # Exotel sends plain fields only; a file part would not be one of its fields.
