@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.calls.service import ReceivedCallback, record_status_callback, update_from_callback
 from app.calls.state import apply_update
 from app.db.models import Call, CallEvent, CallStatus, EventOutcome, utcnow
+from app.db.session import one_of
 from app.exotel.wire import StatusCallback, parse_status_callback
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ async def _lock_calls(session: AsyncSession, batch: list[_Pending]) -> list[_Cal
     columns = [getattr(Call, name) for name in ("id", "sid", *_STATE_COLUMNS)]
     query = (
         select(*columns)
-        .where(or_(Call.id.in_(call_ids), Call.sid.in_(sids)))
+        .where(or_(one_of(session, Call.id, call_ids), one_of(session, Call.sid, sids)))
         .order_by(Call.id)  # one lock order for every writer: no deadlocks between workers
         .with_for_update()
     )
