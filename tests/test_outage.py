@@ -1,104 +1,193 @@
 """PostgreSQL goes away in the middle of a stream of status callbacks, and exocall is restarted
-while it is away: every callback answered 200 is applied once the database is back, once."""
+while it is away: every callback answered 200 is applied once the database is back, exactly once.
+
+The database is reached through a TCP proxy (tests/pg_proxy.py) that the test cuts and restores;
+the real PostgreSQL server keeps running for everyone else. The simulator places the calls but
+sends no callbacks of its own (a long `--callback-delay`): the test sends them, as Exotel would.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.db.models import CallEvent
-from tests.conftest import AUTH, callback_path
+from app.db.models import Call, CallEvent, EventOutcome
+from app.exotel.wire import format_exotel_time
+from tests.conftest import AUTH, callback_path, place_body
 from tests.pg_proxy import PgProxy
 from tests.processes import Deployment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgresql_only, pytest.mark.anyio]
 
 CALLS = 30
+
+
 SETTLE_DEADLINE_SECONDS = 30.0  # bounds waiting; never asserted on
 
 
 @pytest.fixture
 def proxy() -> Iterator[PgProxy]:
-    proxy = PgProxy()
-    proxy.start()
-    yield proxy
-    proxy.stop()
+    # Requested before `deployment`, so the processes are stopped before the proxy is.
+    with PgProxy() as proxy:
+        yield proxy
+    assert not proxy.alive
 
 
-def terminal(sid: str) -> dict[str, Any]:
+def through(db_url: str, proxy: PgProxy) -> str:
+    """The test database's URL, with the proxy's port."""
+    return make_url(db_url).set(host="127.0.0.1", port=proxy.port).render_as_string(False)
+
+
+def number(n: int) -> str:
+    """Distinct numbers ending in 0 or 1: the simulator answers and completes those calls."""
+    return f"0905216{n:03d}{n % 2}"
+
+
+def terminal_callback(sid: str) -> dict[str, Any]:
+    """Exotel's terminal StatusCallback for `sid`, as multipart/form-data."""
     fields = {
         "CallSid": sid,
         "Status": "completed",
-        "RecordingUrl": f"https://rec.test/{sid}.mp3",
-        "DateUpdated": "2024-09-16 15:51:00",
+        "RecordingUrl": recording_url(sid),
+        "DateUpdated": format_exotel_time(datetime.now(UTC)),
     }
     return {"files": {name: (None, value) for name, value in fields.items()}}
 
 
-async def test_no_callback_is_lost_across_an_outage_and_a_restart(
+def recording_url(sid: str) -> str:
+    return f"https://recordings.exotel.test/{sid}.mp3"
+
+
+def spooled_receipts(spool: Path) -> set[uuid.UUID]:
+    # Files are named `<time>-<receipt_id>.json`.
+    return {uuid.UUID(path.stem.partition("-")[2]) for path in spool.glob("*.json")}
+
+
+async def test_no_accepted_callback_is_lost_across_an_outage_and_a_restart(
+    proxy: PgProxy,
     deployment: Deployment,
     db_url: str,
-    proxy: PgProxy,
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
-    deployment.env["DATABASE_URL"] = db_url.replace(":5432/", f":{proxy.port}/")
+    spool = deployment.workdir / "spool"  # the server's working directory is the workdir
+    deployment.env |= {"DATABASE_URL": through(db_url, proxy), "SPOOL_DIR": str(spool)}
     deployment.start_simulator("--callback-delay", "600")  # the test sends the callbacks itself
     api_url = deployment.start_server()
+
     async with httpx.AsyncClient(base_url=api_url, timeout=30, headers=AUTH) as api:
         calls = []
         for n in range(CALLS):
-            response = await api.post("/calls", json={"from": f"90521{n:04d}0", "app_id": "926"})
+            response = await api.post("/calls", json=place_body(number(n)), params={"wait": True})
             assert response.status_code == 201, response.text
+            assert response.json()["sid"], response.text
             calls.append(response.json())
 
-    answers: list[dict[str, Any]] = []
+    answers: dict[str, dict[str, Any]] = {}  # by call id: what each callback was answered
 
-    async def send(url: str, batch: list[dict[str, Any]]) -> None:
+    async def send(url: str, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        sent = []
         async with httpx.AsyncClient(base_url=url, timeout=30) as exotel:
             for call in batch:
-                response = await exotel.post(callback_path(call["id"]), **terminal(call["sid"]))
-                assert response.status_code == 200, response.text
-                answers.append(response.json() | {"call_id": call["id"]})
+                response = await exotel.post(
+                    callback_path(call["id"]), **terminal_callback(call["sid"])
+                )
+                assert response.status_code == 200, f"{call['id']}: {response.text}"
+                answers[call["id"]] = response.json()
+                sent.append(response.json())
+        return sent
 
     third = CALLS // 3
-    await send(api_url, calls[:third])
-    proxy.cut()  # the database is gone
-    await send(api_url, calls[third : 2 * third])
-    deployment.processes[-1].stop()  # and exocall restarts while it is gone
-    api_url = deployment.start_server(ready_path="/healthz")
-    await send(api_url, calls[2 * third :])
-    spooled = sum(answer["spooled"] for answer in answers)
+    first, second, last = calls[:third], calls[third : 2 * third], calls[2 * third :]
+
+    # The database is up: stored and applied before the answer.
+    for answer in await send(api_url, first):
+        assert answer["spooled"] is False
+        assert answer["outcome"] == EventOutcome.APPLIED
+        assert isinstance(answer["event_id"], int)
+
+    proxy.cut()  # the database is gone, mid-stream
+    for answer in await send(api_url, second):
+        assert answer["spooled"] is True
+        assert answer["event_id"] is None
+    readiness = [await _get(api_url, "/readyz")]
+
+    # exocall restarts while the database is away; what it spooled stays on disk.
+    server = deployment.processes[-1]
+    server.stop()  # SIGTERM: uvicorn shuts down, then exits by the signal it caught
+    assert server.popen.returncode in (0, -signal.SIGTERM), server.output()
+    assert "Application shutdown complete" in server.output()  # not killed
+    api_url = deployment.start_server(ready_path="/healthz")  # /readyz fails without a database
+    readiness.append(await _get(api_url, "/readyz"))
+    for answer in await send(api_url, last):
+        assert answer["spooled"] is True
+    assert spooled_receipts(spool) == {
+        uuid.UUID(answers[call["id"]]["receipt_id"]) for call in second + last
+    }
+
     proxy.restore()
-
+    call_ids = [call["id"] for call in calls]
     async with httpx.AsyncClient(base_url=api_url, timeout=30, headers=AUTH) as api:
-        await _wait_until_completed(api, [call["id"] for call in calls])
-    assert list((deployment.workdir / "spool").glob("*.json")) == []
-    async with sessionmaker() as session:
+        final = await _wait_until_settled(api, call_ids, spool)
+        assert (await api.get("/readyz")).status_code == httpx.codes.OK  # the engine recovered
+    assert list(spool.glob("*.json")) == []
+    assert list((spool / "failed").iterdir()) == []  # nothing set aside as unstorable
+
+    for call in calls:
+        assert final[call["id"]]["recording_url"] == recording_url(call["sid"])
+    async with sessionmaker() as session:  # straight to the database, not through the proxy
         events = list(await session.scalars(select(CallEvent)))
+        stored_calls = {c.id: c for c in await session.scalars(select(Call))}
+    # Every callback answered 200 is stored exactly once; nothing else is.
+    receipts = Counter(event.receipt_id for event in events)
+    assert receipts == Counter(uuid.UUID(answer["receipt_id"]) for answer in answers.values())
+    assert len(events) == CALLS
     by_receipt = {event.receipt_id: event for event in events}
-    assert len(events) == len(by_receipt) == CALLS  # each stored once, nothing else
-    for answer in answers:
-        event = by_receipt[uuid.UUID(answer["receipt_id"])]
-        assert event.call_id == uuid.UUID(answer["call_id"])
-    assert spooled == CALLS - third  # everything sent while the database was away
+    for call in calls:
+        event = by_receipt[uuid.UUID(answers[call["id"]]["receipt_id"])]
+        assert event.call_id == uuid.UUID(call["id"])  # attached to its call
+        assert (event.sid, event.status) == (call["sid"], "completed")
+        assert event.outcome == EventOutcome.APPLIED  # and it is what completed the call
+        stored = stored_calls[uuid.UUID(call["id"])]
+        assert (stored.status, stored.recording_url) == ("completed", recording_url(call["sid"]))
+
+    # While the database was down, before and after the restart, /readyz said so.
+    seen = [(r.status_code, r.json().get("error", {}).get("code")) for r in readiness]
+    assert seen == [(503, "database_unavailable")] * 2
 
 
-async def _wait_until_completed(api: httpx.AsyncClient, call_ids: list[str]) -> None:
+async def _get(url: str, path: str) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        return await http.get(path)
+
+
+async def _wait_until_settled(
+    api: httpx.AsyncClient, call_ids: list[str], spool: Path
+) -> dict[str, dict[str, Any]]:
+    """Every call completed and the spool empty; returns the calls."""
     deadline = time.monotonic() + SETTLE_DEADLINE_SECONDS
     while True:
-        statuses = [
-            (await api.get(f"/calls/{call_id}")).json().get("status") for call_id in call_ids
-        ]
-        if statuses == ["completed"] * len(call_ids):
-            return
+        calls = {}
+        for call_id in call_ids:
+            response = await api.get(f"/calls/{call_id}")
+            if response.status_code == httpx.codes.OK:
+                calls[call_id] = response.json()
+        statuses = Counter(call.get("status") for call in calls.values())
+        left = await asyncio.to_thread(spooled_receipts, spool)
+        if statuses == {"completed": len(call_ids)} and not left:
+            return calls
         if time.monotonic() > deadline:
-            pytest.fail(f"not all calls completed: {statuses}")
+            pytest.fail(f"not settled: calls {dict(statuses)}, {len(left)} files still spooled")
         await asyncio.sleep(0.5)

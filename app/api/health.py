@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.api.deps import ServicesDep
 from app.api.errors import error_response
+from app.db.session import is_database_down
 
 router = APIRouter(tags=["health"])
 
@@ -33,7 +34,9 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     try:
         async with services.engine.connect() as connection:
             revision = await connection.scalar(text("SELECT version_num FROM alembic_version"))
-    except SQLAlchemyError as exc:
+    except Exception as exc:
+        if not is_database_down(exc) and not isinstance(exc, SQLAlchemyError):
+            raise
         return error_response(503, "database_unavailable", f"database: {type(exc).__name__}")
     if revision != services.schema_head:
         return error_response(
