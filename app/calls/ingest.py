@@ -16,19 +16,20 @@ known, another call's SID) goes through `record_status_callback` instead, still 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, or_, select, update
+from sqlalchemy import Select, Table, any_, bindparam, insert, or_, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls.service import ReceivedCallback, record_status_callback, update_from_callback
 from app.calls.state import apply_update
 from app.db.models import Call, CallEvent, CallStatus, EventOutcome, utcnow
-from app.db.session import one_of
 from app.exotel.wire import StatusCallback, parse_status_callback
 
 log = logging.getLogger(__name__)
@@ -130,42 +131,56 @@ async def _store_batch(session: AsyncSession, batch: list[_Pending]) -> list[Sto
         outcome = apply_update(call, update_) if update_ else EventOutcome.IGNORED
         call.changed |= outcome == EventOutcome.APPLIED
         events.append(_event_row(pending, call.id, outcome))
-    # Core statements on the tables: one multi-row INSERT, one executemany UPDATE.
-    events_table, calls_table = CallEvent.__table__, Call.__table__
-    assert isinstance(events_table, Table)
-    assert isinstance(calls_table, Table)
-    inserted = await session.execute(
-        insert(events_table).returning(events_table.c.id, sort_by_parameter_order=True), events
-    )
-    ids = list(inserted.scalars())
+    ids = list((await session.execute(_INSERT_EVENTS, events)).scalars())
     changed = [call for call in calls if call.changed]
     if changed:
         now = utcnow()
-        statement = (
-            update(calls_table)
-            .where(calls_table.c.id == bindparam("call_id"))
-            .values({name: bindparam(name) for name in [*_STATE_COLUMNS, "updated_at"]})
-        )
         rows = [
             {"call_id": c.id, "updated_at": now} | {n: getattr(c, n) for n in _STATE_COLUMNS}
             for c in changed
         ]
-        await session.execute(statement, rows)
+        await session.execute(_UPDATE_CALLS, rows)
     log.debug("stored %d callbacks, %d calls changed", len(batch), len(changed))
     return [Stored(i, e["outcome"]) for i, e in zip(ids, events, strict=True)]
 
 
 async def _lock_calls(session: AsyncSession, batch: list[_Pending]) -> list[_CallRow]:
-    call_ids = {p.received.call_id for p in batch if p.received.call_id}
-    sids = {p.callback.call_sid for p in batch if p.callback.call_sid}
+    call_ids = list({p.received.call_id for p in batch if p.received.call_id})
+    sids = list({p.callback.call_sid for p in batch if p.callback.call_sid})
+    statement = _lock_statement(session.get_bind().dialect.name)
+    rows = await session.execute(statement, {"ids": call_ids, "sids": sids})
+    return [_CallRow(*row) for row in rows]
+
+
+# The statements are built once: building one costs more than running it for a few rows.
+_EVENTS = CallEvent.__table__
+_CALLS = Call.__table__
+assert isinstance(_EVENTS, Table)
+assert isinstance(_CALLS, Table)
+# Core statements on the tables: one multi-row INSERT, one executemany UPDATE.
+_INSERT_EVENTS = insert(_EVENTS).returning(_EVENTS.c.id, sort_by_parameter_order=True)
+_UPDATE_CALLS = (
+    update(_CALLS)
+    .where(_CALLS.c.id == bindparam("call_id"))
+    .values({name: bindparam(name) for name in [*_STATE_COLUMNS, "updated_at"]})
+)
+
+
+@functools.cache
+def _lock_statement(dialect: str) -> Select[Any]:
+    if dialect == "postgresql":
+        # = ANY(array): one parameter, so one prepared statement whatever the batch's size.
+        ids = any_(bindparam("ids", type_=postgresql.ARRAY(Call.id.type)))
+        sids = any_(bindparam("sids", type_=postgresql.ARRAY(Call.sid.type)))
+        condition = or_(Call.id == ids, Call.sid == sids)
+    else:
+        condition = or_(
+            Call.id.in_(bindparam("ids", expanding=True)),
+            Call.sid.in_(bindparam("sids", expanding=True)),
+        )
     columns = [getattr(Call, name) for name in ("id", "sid", *_STATE_COLUMNS)]
-    query = (
-        select(*columns)
-        .where(or_(one_of(session, Call.id, call_ids), one_of(session, Call.sid, sids)))
-        .order_by(Call.id)  # one lock order for every writer: no deadlocks between workers
-        .with_for_update()
-    )
-    return [_CallRow(*row) for row in await session.execute(query)]
+    # One lock order for every writer: no deadlocks between workers.
+    return select(*columns).where(condition).order_by(Call.id).with_for_update()
 
 
 def _target(
