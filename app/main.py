@@ -74,9 +74,9 @@ def create_app(
             )
             spool = Spool(settings.spool_dir)
             spool.open()
-            callbacks = CallbackWriter(sessionmaker, writers=settings.callback_writers)
-            callbacks.start()
-            stack.push_async_callback(callbacks.stop)
+            callback_writer = CallbackWriter(sessionmaker, writers=settings.callback_writers)
+            callback_writer.start()
+            stack.push_async_callback(callback_writer.stop)
             app.state.services = Services(
                 settings=settings,
                 engine=engine,
@@ -84,7 +84,7 @@ def create_app(
                 exotel=exotel,
                 dispatcher=dispatcher,
                 spool=spool,
-                callbacks=callbacks,
+                callbacks=callback_writer,
                 schema_head=head_revision(),
             )
             reconciler = Periodic(
