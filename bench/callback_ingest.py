@@ -139,6 +139,18 @@ def wrk_script(calls: list[tuple[uuid.UUID, str]], path: Path) -> None:
     )
 
 
+def measure(argv: list[str], env: dict[str, str], script: Path, duration: int) -> Load:
+    """Start the server `argv` on a free port, load it with wrk, stop it."""
+    (port,) = free_ports(1)
+    with tempfile.NamedTemporaryFile(suffix=".log") as log:
+        server = serve([*argv, "--port", str(port)], env, port, Path(log.name))
+        try:
+            return load(port, script, duration, server)
+        finally:
+            server.terminate()
+            server.wait()
+
+
 def serve(argv: list[str], env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -239,50 +251,12 @@ async def run(workers: int, duration: int) -> None:
             "EXOTEL_API_BASE_URL": "http://127.0.0.1:9",  # nothing is dialled: no queued calls
             "SPOOL_DIR": str(work / "spool"),
         }
-        (port,) = free_ports(1)
-        reference = serve(
-            [
-                str(bin_dir / "uvicorn"),
-                "reference:app",
-                "--port",
-                str(port),
-                "--workers",
-                str(workers),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-            env | {"PYTHONPATH": str(work)},
-            port,
-            work / "reference.log",
+        server_options = ["--workers", str(workers), "--no-access-log"]
+        uvicorn = [str(bin_dir / "uvicorn"), "reference:app", "--log-level", "warning"]
+        ref = measure(
+            [*uvicorn, *server_options], env | {"PYTHONPATH": str(work)}, script, duration
         )
-        try:
-            ref = load(port, script, duration, reference)
-        finally:
-            reference.terminate()
-            reference.wait()
-        (port,) = free_ports(1)
-        server = serve(
-            [
-                str(bin_dir / "exocall"),
-                "serve",
-                "--port",
-                str(port),
-                "--workers",
-                str(workers),
-                "--no-access-log",
-            ],
-            env,
-            port,
-            work / "server.log",
-        )
-        try:
-            ours = load(port, script, duration, server)
-        finally:
-            server.terminate()
-            server.wait()
-        if ours.other:
-            print((work / "server.log").read_text()[-3000:])
+        ours = measure([str(bin_dir / "exocall"), "serve", *server_options], env, script, duration)
     verdict = await check_database(url, calls, ours.answered_200)
     print(
         f"workers={workers} reference: {ref.requests_per_second:,.0f} req/s "
