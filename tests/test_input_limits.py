@@ -119,6 +119,18 @@ async def test_callbacks_that_are_not_exotels_are_refused_and_not_stored(
     refused(response, 422, "validation_error", field)
 
 
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+async def test_json_numbers_outside_json_are_refused(
+    client: httpx.AsyncClient, number: bytes
+) -> None:
+    # Python's json reads these; PostgreSQL's jsonb refuses them, which would be a 500.
+    body = b'{"CallSid": "abc", "Status": "completed", "ConversationDuration": ' + number + b"}"
+    response = await client.post(
+        callback_path(None), content=body, headers={"content-type": "application/json"}
+    )
+    refused(response, 400, "invalid_json")
+
+
 async def test_absurdly_nested_json_is_refused(client: httpx.AsyncClient) -> None:
     body = b'{"CallSid": "abc", "Legs": ' + b"[" * 5000 + b"]" * 5000 + b"}"
     response = await client.post(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from collections.abc import Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_address
@@ -132,8 +133,10 @@ async def _read_payload(request: Request) -> tuple[str, dict[str, Any]]:
         }
     if media_type == "application/json":
         try:
-            payload = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            payload = json.loads(
+                await request.body(), parse_constant=_not_json, parse_float=_finite_float
+            )
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
             raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
         if not isinstance(payload, dict):
             raise ApiError(422, "validation_error", "body: must be a JSON object")
@@ -143,6 +146,18 @@ async def _read_payload(request: Request) -> tuple[str, dict[str, Any]]:
         "unsupported_media_type",
         "send multipart/form-data, application/x-www-form-urlencoded or application/json",
     )
+
+
+def _not_json(constant: str) -> float:
+    # Python reads NaN and Infinity; JSON (and PostgreSQL's jsonb) has no such numbers.
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e400
+        raise ValueError(f"{text} is out of range")
+    return number
 
 
 # Exotel's values are short; anything longer is not Exotel (and would not fit the columns).
