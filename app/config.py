@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -134,7 +135,7 @@ class Settings(BaseSettings):
     def account_sid(self) -> str:
         return self.exotel_account_sid or SIMULATOR_ACCOUNT_SID
 
-    @property
+    @cached_property  # read on every status callback
     def signing_secrets(self) -> list[bytes]:
         """Callback secrets as bytes; the first signs, all verify."""
         if self.callback_secrets:

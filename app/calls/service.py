@@ -161,15 +161,14 @@ async def batch_summary(session: AsyncSession, batch_id: uuid.UUID) -> tuple[Bat
     return batch, {str(status): count for status, count in counts}
 
 
-async def find_call(session: AsyncSession, ref: str, *, for_update: bool = False) -> Call:
+async def find_call(session: AsyncSession, ref: str) -> Call:
     """A call by our id or by Exotel's SID."""
     if not _PLAUSIBLE_REF.fullmatch(ref):
         raise CallNotFound(ref)  # and the database never sees it (PostgreSQL refuses NULs)
     condition = Call.sid == ref
     with contextlib.suppress(ValueError):  # not a UUID: only a SID can match
         condition = or_(Call.id == uuid.UUID(ref), condition)
-    query = select(Call).where(condition)
-    call = (await session.scalars(query.with_for_update() if for_update else query)).first()
+    call = (await session.scalars(select(Call).where(condition))).first()
     if call is None:
         raise CallNotFound(ref)
     return call

@@ -35,8 +35,6 @@ EXOTEL_TERMINAL = frozenset(
     }
 )
 TERMINAL = EXOTEL_TERMINAL | {CallStatus.REJECTED}
-# Statuses that no longer wait on Exotel's answer to `Calls/connect`.
-SETTLED = TERMINAL | {CallStatus.UNKNOWN}
 
 _RANK = {CallStatus.QUEUED: 0, CallStatus.UNKNOWN: 1, CallStatus.IN_PROGRESS: 2}
 _TERMINAL_RANK = 3

@@ -27,9 +27,3 @@ async def try_acquire(session: AsyncSession, *, name: str, holder: str, ttl: flo
         return False
     lease.holder, lease.expires_at = holder, now + ttl
     return True
-
-
-async def release(session: AsyncSession, *, name: str, holder: str) -> None:
-    lease = await session.get(Lease, name, with_for_update=True)
-    if lease is not None and lease.holder == holder:
-        await session.delete(lease)
