@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -32,32 +34,32 @@ def test_redact(line: str, expected: str) -> None:
     assert redact(line) == expected
 
 
-def test_the_filter_redacts_formatted_arguments() -> None:
+@contextmanager
+def redacted_log(name: str) -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger whose lines go, through the redacting filter, to the stream yielded with it."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.addFilter(RedactingFilter())
-    logger = logging.getLogger("test_logs")
+    logger = logging.getLogger(name)
     logger.addHandler(handler)
     try:
-        logger.warning("calling %s via %s", "+919052161119", "/status-callback?token=s3cr3t")
+        yield logger, stream
     finally:
         logger.removeHandler(handler)
+
+
+def test_the_filter_redacts_formatted_arguments() -> None:
+    with redacted_log("test_logs") as (logger, stream):
+        logger.warning("calling %s via %s", "+919052161119", "/status-callback?token=s3cr3t")
     assert stream.getvalue() == "calling +91******1119 via /status-callback?token=[redacted]\n"
 
 
 def test_tracebacks_are_redacted_too() -> None:
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.addFilter(RedactingFilter())
-    logger = logging.getLogger("test_logs.traceback")
-    logger.addHandler(handler)
-    try:
+    with redacted_log("test_logs.traceback") as (logger, stream):
         try:
             raise ValueError("[parameters: ('+919052161119', 'token=s3cr3t')]")
         except ValueError:
             logger.exception("insert failed")
-    finally:
-        logger.removeHandler(handler)
     logged = stream.getvalue()
     assert "ValueError" in logged
     assert "919052161119" not in logged
