@@ -74,7 +74,7 @@ def create_app(
             )
             spool = Spool(settings.spool_dir)
             spool.open()
-            callback_writer = CallbackWriter(sessionmaker, writers=settings.callback_writers)
+            callback_writer = CallbackWriter(engine, writers=settings.callback_writers)
             callback_writer.start()
             stack.push_async_callback(callback_writer.stop)
             app.state.services = Services(

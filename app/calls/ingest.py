@@ -16,20 +16,21 @@ known, another call's SID) goes through `record_status_callback` instead, still 
 from __future__ import annotations
 
 import asyncio
-import functools
+import json
 import logging
 import uuid
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import Select, Table, any_, bindparam, insert, or_, select, update
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+import asyncpg
+from sqlalchemy import Table, bindparam, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.calls.service import ReceivedCallback, record_status_callback, update_from_callback
 from app.calls.state import apply_update
 from app.db.models import Call, CallEvent, CallStatus, EventOutcome, utcnow
+from app.db.session import create_sessionmaker, is_database_down
 from app.exotel.wire import StatusCallback, parse_status_callback
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,15 @@ class _Pending:
 
 
 class CallbackWriter:
-    """`writers` transactions in flight at once: while one commits, the next batch gathers."""
+    """`writers` transactions in flight at once: while one commits, the next batch gathers.
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, writers: int) -> None:
-        self._sessionmaker = sessionmaker
+    On PostgreSQL each writer holds a connection of its own and speaks to asyncpg directly: for
+    batches of a few dozen rows, SQLAlchemy's per-statement work costs more than the statements.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, writers: int) -> None:
+        self._engine = engine
+        self._sessionmaker = create_sessionmaker(engine)
         self._writers = writers
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
@@ -96,17 +102,23 @@ class CallbackWriter:
         return await pending.done
 
     async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            await self._write(batch)
-
-    async def _write(self, batch: list[_Pending]) -> None:
+        held = _HeldConnection(self._engine) if self._engine.dialect.name == "postgresql" else None
         try:
-            async with self._sessionmaker() as session, session.begin():
-                results = await _store_batch(session, batch)
+            while True:
+                batch = [await self._queue.get()]
+                while len(batch) < MAX_BATCH and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                await self._write(batch, held)
+        finally:
+            if held is not None:
+                await asyncio.shield(held.close())
+
+    async def _write(self, batch: list[_Pending], held: _HeldConnection | None) -> None:
+        try:
+            results = await self._store(batch, held)
         except Exception as exc:  # every waiting request learns what went wrong
+            if held is not None and is_database_down(exc):
+                await held.discard()
             for pending in batch:
                 if not pending.done.done():
                     pending.done.set_exception(exc)
@@ -115,15 +127,33 @@ class CallbackWriter:
             if not pending.done.done():  # its request may have been cancelled meanwhile
                 pending.done.set_result(result)
 
+    async def _store(self, batch: list[_Pending], held: _HeldConnection | None) -> list[Stored]:
+        if held is not None:
+            connection = await held.driver_connection()
+            async with connection.transaction():
+                results = await _store_lean(_Asyncpg(connection), batch)
+        else:
+            async with self._sessionmaker() as session, session.begin():
+                results = await _store_lean(_Core(session), batch)
+        if results is not None:
+            return results
+        # Something unusual (a SID to learn or to attach later, another call's SID): the
+        # lean attempt wrote nothing, and the batch goes through the general path.
+        async with self._sessionmaker() as session, session.begin():
+            return [await _store_one(session, pending.received) for pending in batch]
 
-async def _store_batch(session: AsyncSession, batch: list[_Pending]) -> list[Stored]:
-    calls = await _lock_calls(session, batch)
+
+async def _store_lean(db: _Statements, batch: list[_Pending]) -> list[Stored] | None:
+    """Store a batch of callbacks for calls whose SID we know, in three statements; None, having
+    written nothing, if some callback is not of that kind."""
+    call_ids = list({p.received.call_id for p in batch if p.received.call_id})
+    sids = list({p.callback.call_sid for p in batch if p.callback.call_sid})
+    calls = await db.lock_calls(call_ids, sids)
     by_id = {call.id: call for call in calls}
     by_sid = {call.sid: call for call in calls if call.sid}
     targets = [_target(p, by_id, by_sid) for p in batch]
     if any(target is None for target in targets):
-        # Something unusual: a SID to learn or to attach later, another call's SID.
-        return [await _store_one(session, pending.received) for pending in batch]
+        return None
     events = []
     for pending, call in zip(batch, targets, strict=True):
         assert call is not None
@@ -131,56 +161,18 @@ async def _store_batch(session: AsyncSession, batch: list[_Pending]) -> list[Sto
         outcome = apply_update(call, update_) if update_ else EventOutcome.IGNORED
         call.changed |= outcome == EventOutcome.APPLIED
         events.append(_event_row(pending, call.id, outcome))
-    ids = list((await session.execute(_INSERT_EVENTS, events)).scalars())
+    ids = await db.insert_events(events)
     changed = [call for call in calls if call.changed]
     if changed:
         now = utcnow()
-        rows = [
-            {"call_id": c.id, "updated_at": now} | {n: getattr(c, n) for n in _STATE_COLUMNS}
-            for c in changed
-        ]
-        await session.execute(_UPDATE_CALLS, rows)
+        await db.update_calls(
+            [
+                {"call_id": c.id, "updated_at": now} | {n: getattr(c, n) for n in _STATE_COLUMNS}
+                for c in changed
+            ]
+        )
     log.debug("stored %d callbacks, %d calls changed", len(batch), len(changed))
     return [Stored(i, e["outcome"]) for i, e in zip(ids, events, strict=True)]
-
-
-async def _lock_calls(session: AsyncSession, batch: list[_Pending]) -> list[_CallRow]:
-    call_ids = list({p.received.call_id for p in batch if p.received.call_id})
-    sids = list({p.callback.call_sid for p in batch if p.callback.call_sid})
-    statement = _lock_statement(session.get_bind().dialect.name)
-    rows = await session.execute(statement, {"ids": call_ids, "sids": sids})
-    return [_CallRow(*row) for row in rows]
-
-
-# The statements are built once: building one costs more than running it for a few rows.
-_EVENTS = CallEvent.__table__
-_CALLS = Call.__table__
-assert isinstance(_EVENTS, Table)
-assert isinstance(_CALLS, Table)
-# Core statements on the tables: one multi-row INSERT, one executemany UPDATE.
-_INSERT_EVENTS = insert(_EVENTS).returning(_EVENTS.c.id, sort_by_parameter_order=True)
-_UPDATE_CALLS = (
-    update(_CALLS)
-    .where(_CALLS.c.id == bindparam("call_id"))
-    .values({name: bindparam(name) for name in [*_STATE_COLUMNS, "updated_at"]})
-)
-
-
-@functools.cache
-def _lock_statement(dialect: str) -> Select[Any]:
-    if dialect == "postgresql":
-        # = ANY(array): one parameter, so one prepared statement whatever the batch's size.
-        ids = any_(bindparam("ids", type_=postgresql.ARRAY(Call.id.type)))
-        sids = any_(bindparam("sids", type_=postgresql.ARRAY(Call.sid.type)))
-        condition = or_(Call.id == ids, Call.sid == sids)
-    else:
-        condition = or_(
-            Call.id.in_(bindparam("ids", expanding=True)),
-            Call.sid.in_(bindparam("sids", expanding=True)),
-        )
-    columns = [getattr(Call, name) for name in ("id", "sid", *_STATE_COLUMNS)]
-    # One lock order for every writer: no deadlocks between workers.
-    return select(*columns).where(condition).order_by(Call.id).with_for_update()
 
 
 def _target(
@@ -216,3 +208,144 @@ def _event_row(pending: _Pending, call_id: uuid.UUID, outcome: EventOutcome) -> 
 async def _store_one(session: AsyncSession, received: ReceivedCallback) -> Stored:
     event = await record_status_callback(session, received)
     return Stored(event.id, event.outcome)
+
+
+class _Statements(Protocol):
+    """The lean path's three statements, inside the caller's transaction."""
+
+    async def lock_calls(self, call_ids: list[uuid.UUID], sids: list[str]) -> list[_CallRow]:
+        """The calls with these ids or SIDs, locked, in one lock order for every writer (no
+        deadlocks between workers)."""
+
+    async def insert_events(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Insert `call_event` rows; their ids, in the order of `rows`."""
+
+    async def update_calls(self, rows: list[dict[str, Any]]) -> None:
+        """Write the state columns (and `updated_at`) of the calls in `rows`, by `call_id`."""
+
+
+class _Core:
+    """The statements through SQLAlchemy Core (SQLite)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def lock_calls(self, call_ids: list[uuid.UUID], sids: list[str]) -> list[_CallRow]:
+        rows = await self._session.execute(_LOCK_CALLS, {"ids": call_ids, "sids": sids})
+        return [_CallRow(*row) for row in rows]
+
+    async def insert_events(self, rows: list[dict[str, Any]]) -> list[int]:
+        return list((await self._session.execute(_INSERT_EVENTS, rows)).scalars())
+
+    async def update_calls(self, rows: list[dict[str, Any]]) -> None:
+        await self._session.execute(_UPDATE_CALLS, rows)
+
+
+_EVENTS = CallEvent.__table__
+_CALLS = Call.__table__
+assert isinstance(_EVENTS, Table)
+assert isinstance(_CALLS, Table)
+# Built once: building a statement costs more than running it for a few rows.
+_LOCK_CALLS = (
+    select(*(_CALLS.c[name] for name in ("id", "sid", *_STATE_COLUMNS)))
+    .where(
+        or_(
+            _CALLS.c.id.in_(bindparam("ids", expanding=True)),
+            _CALLS.c.sid.in_(bindparam("sids", expanding=True)),
+        )
+    )
+    .order_by(_CALLS.c.id)
+    .with_for_update()
+)
+_INSERT_EVENTS = insert(_EVENTS).returning(_EVENTS.c.id, sort_by_parameter_order=True)
+_UPDATE_CALLS = (
+    update(_CALLS)
+    .where(_CALLS.c.id == bindparam("call_id"))
+    .values({name: bindparam(name) for name in [*_STATE_COLUMNS, "updated_at"]})
+)
+
+
+class _Asyncpg:
+    """The statements on asyncpg directly (PostgreSQL). Each takes whole columns as arrays, so
+    each is one prepared statement whatever the batch's size."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self._connection = connection
+
+    async def lock_calls(self, call_ids: list[uuid.UUID], sids: list[str]) -> list[_CallRow]:
+        rows = await self._connection.fetch(_PG_LOCK_CALLS, call_ids, sids)
+        return [_CallRow(row[0], row[1], CallStatus(row[2]), *row[3:]) for row in rows]
+
+    async def insert_events(self, rows: list[dict[str, Any]]) -> list[int]:
+        columns = [[row[name] for row in rows] for name in _PG_EVENT_COLUMNS]
+        columns[_PG_EVENT_COLUMNS.index("payload")] = [json.dumps(row["payload"]) for row in rows]
+        stored = await self._connection.fetch(_PG_INSERT_EVENTS, *columns)
+        # An INSERT ... SELECT promises no order for RETURNING: match the ids up by receipt.
+        ids = {receipt_id: event_id for event_id, receipt_id in stored}
+        return [ids[row["receipt_id"]] for row in rows]
+
+    async def update_calls(self, rows: list[dict[str, Any]]) -> None:
+        columns = [[row[name] for row in rows] for name in _PG_CALL_COLUMNS]
+        await self._connection.execute(_PG_UPDATE_CALLS, *columns)
+
+
+# The columns in the order of `_CallRow`.
+_PG_LOCK_CALLS = """
+    SELECT id, sid, status, date_updated, date_updated_raw, recording_url, duration,
+           conversation_duration
+    FROM call WHERE id = ANY($1::uuid[]) OR sid = ANY($2::varchar[])
+    ORDER BY id FOR UPDATE
+"""
+_PG_EVENT_COLUMNS = [
+    "receipt_id", "received_at", "call_id", "sid", "content_type", "payload", "status",
+    "event_type", "recording_url", "date_updated", "date_updated_raw", "outcome",
+]  # fmt: skip
+_PG_INSERT_EVENTS = """
+    INSERT INTO call_event (receipt_id, received_at, call_id, sid, content_type, payload, status,
+                            event_type, recording_url, date_updated, date_updated_raw, outcome)
+    SELECT receipt_id, received_at, call_id, sid, content_type, payload::jsonb, status,
+           event_type, recording_url, date_updated, date_updated_raw, outcome
+    FROM unnest($1::uuid[], $2::timestamptz[], $3::uuid[], $4::varchar[], $5::varchar[],
+                $6::text[], $7::varchar[], $8::varchar[], $9::text[], $10::timestamptz[],
+                $11::varchar[], $12::varchar[])
+         AS t(receipt_id, received_at, call_id, sid, content_type, payload, status, event_type,
+              recording_url, date_updated, date_updated_raw, outcome)
+    RETURNING id, receipt_id
+"""
+_PG_CALL_COLUMNS = ["call_id", *_STATE_COLUMNS, "updated_at"]
+_PG_UPDATE_CALLS = """
+    UPDATE call SET status = t.status, date_updated = t.date_updated,
+                    date_updated_raw = t.date_updated_raw, recording_url = t.recording_url,
+                    duration = t.duration, conversation_duration = t.conversation_duration,
+                    updated_at = t.updated_at
+    FROM unnest($1::uuid[], $2::varchar[], $3::timestamptz[], $4::varchar[], $5::text[],
+                $6::int[], $7::int[], $8::timestamptz[])
+         AS t(call_id, status, date_updated, date_updated_raw, recording_url, duration,
+              conversation_duration, updated_at)
+    WHERE call.id = t.call_id
+"""
+
+
+class _HeldConnection:
+    """A writer's own connection from the engine's pool, kept across batches (no check-out and
+    ping per batch), and given up when the database drops it."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._connection: AsyncConnection | None = None
+
+    async def driver_connection(self) -> asyncpg.Connection:
+        if self._connection is None:
+            self._connection = await self._engine.connect()
+        raw = await self._connection.get_raw_connection()
+        return raw.driver_connection
+
+    async def discard(self) -> None:
+        if self._connection is not None:
+            await self._connection.invalidate()
+            await self.close()
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await connection.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -57,4 +58,14 @@ def is_database_down(error: BaseException) -> bool:
         return True
     if isinstance(error, OperationalError | InterfaceError):
         return True
+    # The same, raised by asyncpg itself where it is used directly (the callback writer).
+    if isinstance(error, _ASYNCPG_DOWN):
+        return True
     return isinstance(error, DBAPIError) and error.connection_invalidated
+
+
+_ASYNCPG_DOWN = (
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.InterfaceError,  # the connection is closed, or was lost
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, cannot connect now
+)
