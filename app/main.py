@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, cast
 
 import httpx
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.api import callbacks, calls, health
@@ -114,7 +116,22 @@ def create_app(
                 stack.push_async_callback(job.stop)
             yield
 
-    app = FastAPI(
+    def front(inner: ASGIApp) -> ASGIApp:
+        outer: ASGIApp = BodySizeLimit(
+            callbacks.StatusCallbackFastPath(inner), limit=settings.max_body_bytes
+        )
+        if settings.trusted_proxies:
+            # The client address (and scheme) as the trusted proxies saw it, for the callback
+            # allowlist and the logs. `exocall serve` leaves uvicorn's own proxy handling off.
+            # (uvicorn types ASGI more narrowly than Starlette; the protocol is the same.)
+            proxied = ProxyHeadersMiddleware(
+                cast(Any, outer), trusted_hosts=settings.trusted_proxies
+            )
+            outer = cast(ASGIApp, proxied)
+        return outer
+
+    app = _FrontedFastAPI(
+        front=front,
         title="exocall",
         summary="Place Exotel calls and keep their state.",
         version="0.1.0",
@@ -122,12 +139,6 @@ def create_app(
         responses=ERROR_RESPONSES,
     )
     install_error_handlers(app)
-    app.add_middleware(callbacks.StatusCallbackFastPath)
-    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
-    if settings.trusted_proxies:
-        # The client address (and scheme) as the trusted proxies saw it, for the callback
-        # allowlist and the logs. `exocall serve` leaves uvicorn's own proxy handling off.
-        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     app.include_router(callbacks.router)  # first: the busiest route is matched first
     app.include_router(calls.router)
     app.include_router(calls.batches)
@@ -136,6 +147,20 @@ def create_app(
         # Reachable by hand too: curl $PUBLIC_BASE_URL/_simulator/v1/Accounts/simulated/Calls.json
         app.mount(SIMULATOR_PREFIX, simulator_app)
     return app
+
+
+class _FrontedFastAPI(FastAPI):
+    """FastAPI with `front` layers ahead of all of its own work (telemetry checks, error pages,
+    its body limit, routing). Status callbacks come in bursts, and on their fast path that work
+    costs more than the handler does."""
+
+    def __init__(self, *, front: Callable[[ASGIApp], ASGIApp], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._fronted = front(super().__call__)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = self  # as Starlette sets it, for the layers in front
+        await self._fronted(scope, receive, send)
 
 
 def exotel_client(settings: Settings, http: httpx.AsyncClient) -> ExotelClient:

@@ -12,7 +12,6 @@ in a flow or the dashboard; such callbacks are matched to their call by `CallSid
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import uuid
 from collections.abc import Sequence
@@ -23,8 +22,8 @@ _ACCOUNT_SCOPE = "*"
 
 def sign(secret: bytes, call_id: uuid.UUID | None) -> str:
     scope = str(call_id) if call_id else _ACCOUNT_SCOPE
-    digest = hmac.new(secret, b"exocall-status-callback:" + scope.encode(), hashlib.sha256)
-    return base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
+    digest = hmac.digest(secret, b"exocall-status-callback:" + scope.encode(), "sha256")
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def verify(secrets: Sequence[bytes], call_id: uuid.UUID | None, token: str) -> bool:

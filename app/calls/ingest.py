@@ -9,8 +9,8 @@ its answer only after its own callback is committed.
 
 The common case, a callback for a call whose SID we know, takes the lean path: the calls are
 locked and read in one statement, the state machine runs in memory, and the events and the
-calls' changes are written in one statement each. A batch with anything unusual (a SID not yet
-known, another call's SID) goes through `record_status_callback` instead, still in one commit.
+calls' changes are written in one statement (two on SQLite). A batch with anything unusual (a
+SID not yet known, another call's SID) goes through `record_status_callback` instead.
 """
 
 from __future__ import annotations
@@ -161,16 +161,13 @@ async def _store_lean(db: _Statements, batch: list[_Pending]) -> list[Stored] | 
         outcome = apply_update(call, update_) if update_ else EventOutcome.IGNORED
         call.changed |= outcome == EventOutcome.APPLIED
         events.append(_event_row(pending, call.id, outcome))
-    ids = await db.insert_events(events)
-    changed = [call for call in calls if call.changed]
-    if changed:
-        now = utcnow()
-        await db.update_calls(
-            [
-                {"call_id": c.id, "updated_at": now} | {n: getattr(c, n) for n in _STATE_COLUMNS}
-                for c in changed
-            ]
-        )
+    now = utcnow()
+    changed = [
+        {"call_id": c.id, "updated_at": now} | {n: getattr(c, n) for n in _STATE_COLUMNS}
+        for c in calls
+        if c.changed
+    ]
+    ids = await db.write(events, changed)
     log.debug("stored %d callbacks, %d calls changed", len(batch), len(changed))
     return [Stored(i, e["outcome"]) for i, e in zip(ids, events, strict=True)]
 
@@ -217,11 +214,9 @@ class _Statements(Protocol):
         """The calls with these ids or SIDs, locked, in one lock order for every writer (no
         deadlocks between workers)."""
 
-    async def insert_events(self, rows: list[dict[str, Any]]) -> list[int]:
-        """Insert `call_event` rows; their ids, in the order of `rows`."""
-
-    async def update_calls(self, rows: list[dict[str, Any]]) -> None:
-        """Write the state columns (and `updated_at`) of the calls in `rows`, by `call_id`."""
+    async def write(self, events: list[dict[str, Any]], calls: list[dict[str, Any]]) -> list[int]:
+        """Insert the `call_event` rows `events` and write the state columns (and `updated_at`)
+        of `calls`, by `call_id`; the events' ids, in their order."""
 
 
 class _Core:
@@ -234,11 +229,11 @@ class _Core:
         rows = await self._session.execute(_LOCK_CALLS, {"ids": call_ids, "sids": sids})
         return [_CallRow(*row) for row in rows]
 
-    async def insert_events(self, rows: list[dict[str, Any]]) -> list[int]:
-        return list((await self._session.execute(_INSERT_EVENTS, rows)).scalars())
-
-    async def update_calls(self, rows: list[dict[str, Any]]) -> None:
-        await self._session.execute(_UPDATE_CALLS, rows)
+    async def write(self, events: list[dict[str, Any]], calls: list[dict[str, Any]]) -> list[int]:
+        ids = list((await self._session.execute(_INSERT_EVENTS, events)).scalars())
+        if calls:
+            await self._session.execute(_UPDATE_CALLS, calls)
+        return ids
 
 
 _EVENTS = CallEvent.__table__
@@ -276,17 +271,14 @@ class _Asyncpg:
         rows = await self._connection.fetch(_PG_LOCK_CALLS, call_ids, sids)
         return [_CallRow(row[0], row[1], CallStatus(row[2]), *row[3:]) for row in rows]
 
-    async def insert_events(self, rows: list[dict[str, Any]]) -> list[int]:
-        columns = [[row[name] for row in rows] for name in _PG_EVENT_COLUMNS]
-        columns[_PG_EVENT_COLUMNS.index("payload")] = [json.dumps(row["payload"]) for row in rows]
-        stored = await self._connection.fetch(_PG_INSERT_EVENTS, *columns)
+    async def write(self, events: list[dict[str, Any]], calls: list[dict[str, Any]]) -> list[int]:
+        columns = [[row[name] for row in events] for name in _PG_EVENT_COLUMNS]
+        columns[_PG_EVENT_COLUMNS.index("payload")] = [json.dumps(e["payload"]) for e in events]
+        columns += [[row[name] for row in calls] for name in _PG_CALL_COLUMNS]
+        stored = await self._connection.fetch(_PG_WRITE, *columns)
         # An INSERT ... SELECT promises no order for RETURNING: match the ids up by receipt.
         ids = {receipt_id: event_id for event_id, receipt_id in stored}
-        return [ids[row["receipt_id"]] for row in rows]
-
-    async def update_calls(self, rows: list[dict[str, Any]]) -> None:
-        columns = [[row[name] for row in rows] for name in _PG_CALL_COLUMNS]
-        await self._connection.execute(_PG_UPDATE_CALLS, *columns)
+        return [ids[event["receipt_id"]] for event in events]
 
 
 # The columns in the order of `_CallRow`.
@@ -300,7 +292,20 @@ _PG_EVENT_COLUMNS = [
     "receipt_id", "received_at", "call_id", "sid", "content_type", "payload", "status",
     "event_type", "recording_url", "date_updated", "date_updated_raw", "outcome",
 ]  # fmt: skip
-_PG_INSERT_EVENTS = """
+_PG_CALL_COLUMNS = ["call_id", *_STATE_COLUMNS, "updated_at"]
+# One statement, one round trip: the calls' UPDATE runs as a data-modifying WITH.
+_PG_WRITE = """
+    WITH changed AS (
+        UPDATE call SET status = c.status, date_updated = c.date_updated,
+                        date_updated_raw = c.date_updated_raw, recording_url = c.recording_url,
+                        duration = c.duration, conversation_duration = c.conversation_duration,
+                        updated_at = c.updated_at
+        FROM unnest($13::uuid[], $14::varchar[], $15::timestamptz[], $16::varchar[],
+                    $17::text[], $18::int[], $19::int[], $20::timestamptz[])
+             AS c(call_id, status, date_updated, date_updated_raw, recording_url, duration,
+                  conversation_duration, updated_at)
+        WHERE call.id = c.call_id
+    )
     INSERT INTO call_event (receipt_id, received_at, call_id, sid, content_type, payload, status,
                             event_type, recording_url, date_updated, date_updated_raw, outcome)
     SELECT receipt_id, received_at, call_id, sid, content_type, payload::jsonb, status,
@@ -308,21 +313,9 @@ _PG_INSERT_EVENTS = """
     FROM unnest($1::uuid[], $2::timestamptz[], $3::uuid[], $4::varchar[], $5::varchar[],
                 $6::text[], $7::varchar[], $8::varchar[], $9::text[], $10::timestamptz[],
                 $11::varchar[], $12::varchar[])
-         AS t(receipt_id, received_at, call_id, sid, content_type, payload, status, event_type,
+         AS e(receipt_id, received_at, call_id, sid, content_type, payload, status, event_type,
               recording_url, date_updated, date_updated_raw, outcome)
     RETURNING id, receipt_id
-"""
-_PG_CALL_COLUMNS = ["call_id", *_STATE_COLUMNS, "updated_at"]
-_PG_UPDATE_CALLS = """
-    UPDATE call SET status = t.status, date_updated = t.date_updated,
-                    date_updated_raw = t.date_updated_raw, recording_url = t.recording_url,
-                    duration = t.duration, conversation_duration = t.conversation_duration,
-                    updated_at = t.updated_at
-    FROM unnest($1::uuid[], $2::varchar[], $3::timestamptz[], $4::varchar[], $5::text[],
-                $6::int[], $7::int[], $8::timestamptz[])
-         AS t(call_id, status, date_updated, date_updated_raw, recording_url, duration,
-              conversation_duration, updated_at)
-    WHERE call.id = t.call_id
 """
 
 
