@@ -61,6 +61,8 @@ class Load:
     answered_200: int
     other: int
     peak_rss_mib: float
+    server_cpu: float  # of one core, during the load
+    postgres_cpu: float
 
 
 async def placed_calls(url: str) -> list[tuple[uuid.UUID, str]]:
@@ -175,12 +177,47 @@ def peak_rss_mib(process: subprocess.Popen[bytes]) -> float:
     return total_kib / 1024
 
 
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """CPU time (user and system) each process has used so far."""
+    used = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except FileNotFoundError:  # ended meanwhile
+            continue
+        used[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return used
+
+
+def cores_used(before: dict[int, float], after: dict[int, float], elapsed: float) -> float:
+    """Cores kept busy between the two readings; a process started meanwhile counts whole."""
+    return sum(used - before.get(pid, 0) for pid, used in after.items()) / elapsed
+
+
+def postgres_pids() -> list[int]:
+    return [
+        int(path.parent.name)
+        for path in Path("/proc").glob("[0-9]*/comm")
+        if _read(path) == "postgres\n"
+    ]
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
 def _children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(child) for child in path.read_text().split()] if path.exists() else []
 
 
 def load(port: int, script: Path, duration: int, process: subprocess.Popen[bytes]) -> Load:
+    server = [process.pid, *_children(process.pid)]
+    server_before, postgres_before = cpu_seconds(server), cpu_seconds(postgres_pids())
+    started = time.monotonic()
     result = subprocess.run(
         [
             "wrk",
@@ -195,6 +232,11 @@ def load(port: int, script: Path, duration: int, process: subprocess.Popen[bytes
         capture_output=True,
         text=True,
     )
+    elapsed = time.monotonic() - started
+    # (The callback writers' own connections, and so their PostgreSQL backends, start with the
+    # load.)
+    server_cpu = cores_used(server_before, cpu_seconds(server), elapsed)
+    postgres_cpu = cores_used(postgres_before, cpu_seconds(postgres_pids()), elapsed)
     if result.returncode != 0:
         raise RuntimeError(f"wrk failed: {result.stderr}{result.stdout}")
     out = result.stdout
@@ -205,6 +247,8 @@ def load(port: int, script: Path, duration: int, process: subprocess.Popen[bytes
         answered_200=int(re.search(r"answered_200=(\d+)", out)[1]),  # type: ignore[index]
         other=int(re.search(r"other=(\d+)", out)[1]),  # type: ignore[index]
         peak_rss_mib=peak_rss_mib(process),
+        server_cpu=server_cpu,
+        postgres_cpu=postgres_cpu,
     )
 
 
@@ -265,6 +309,10 @@ async def run(workers: int, duration: int) -> None:
         f"({ours.requests_per_second / ref.requests_per_second:.2f} of the reference) "
         f"p50 {ours.p50_ms:.1f} ms p99 {ours.p99_ms:.1f} ms peak RSS {ours.peak_rss_mib:.0f} MiB, "
         f"non-200 answers {ours.other}\n"
+        f"workers={workers} CPU, in cores: reference {ref.server_cpu:.2f} "
+        f"({ref.server_cpu / ref.requests_per_second * 1e6:.0f} µs a request); exocall "
+        f"{ours.server_cpu:.2f} ({ours.server_cpu / ours.requests_per_second * 1e6:.0f} µs a "
+        f"callback) and PostgreSQL {ours.postgres_cpu:.2f}\n"
         f"workers={workers} database: {verdict}"
     )
 
