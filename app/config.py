@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # X-Forwarded-Proto are believed; nobody else's are.
     trusted_proxies: Annotated[list[str], NoDecode] = []
     api_keys: Annotated[list[SecretStr], NoDecode] = []
+    # `/metrics` asks for an API key like the internal API, unless this says it is open (for a
+    # Prometheus that can only reach it on a private network).
+    metrics_public: bool = False
     exocall_env: Literal["development", "production"] = "development"
 
     # The dispatch queue.

@@ -24,8 +24,9 @@ from app.calls.spool import Spool
 from app.config import SIMULATOR_API_KEY, SIMULATOR_API_TOKEN, Settings
 from app.db.migrate import head_revision
 from app.db.session import create_engine, create_sessionmaker
-from app.exotel.client import ExotelClient
+from app.exotel.client import ExotelClient, Observer
 from app.exotel.simulator import Simulator, SimulatorConfig
+from app.metrics import Metrics
 from app.services import Services
 
 log = logging.getLogger(__name__)
@@ -67,12 +68,14 @@ def create_app(
                 simulator.bind(http)  # its callbacks are real HTTP POSTs to PUBLIC_BASE_URL
                 stack.push_async_callback(simulator.aclose)
             sessionmaker = create_sessionmaker(engine)
-            exotel = exotel_client(settings, exotel_http)
+            metrics = Metrics()
+            exotel = exotel_client(settings, exotel_http, observe=metrics.observe_exotel)
             dispatcher = Dispatcher(
                 sessionmaker=sessionmaker,
                 exotel=exotel,
                 settings=settings,
                 replica_id=new_replica_id(),
+                metrics=metrics,
             )
             spool = Spool(settings.spool_dir)
             spool.open()
@@ -87,6 +90,7 @@ def create_app(
                 dispatcher=dispatcher,
                 spool=spool,
                 callbacks=callback_writer,
+                metrics=metrics,
                 schema_head=head_revision(),
             )
             reconciler = Periodic(
@@ -98,6 +102,7 @@ def create_app(
                     settings=settings,
                     budget=budget_of(settings),
                     replica_id=dispatcher.replica_id,
+                    metrics=metrics,
                 ),
                 interval=settings.reconcile_interval_seconds,
                 at_start=False,
@@ -163,7 +168,9 @@ class _FrontedFastAPI(FastAPI):
         await self._fronted(scope, receive, send)
 
 
-def exotel_client(settings: Settings, http: httpx.AsyncClient) -> ExotelClient:
+def exotel_client(
+    settings: Settings, http: httpx.AsyncClient, *, observe: Observer | None = None
+) -> ExotelClient:
     if settings.uses_simulator:
         base_url, api_key, api_token = "http://simulator", SIMULATOR_API_KEY, SIMULATOR_API_TOKEN
     else:
@@ -180,6 +187,7 @@ def exotel_client(settings: Settings, http: httpx.AsyncClient) -> ExotelClient:
         api_key=api_key,
         api_token=api_token,
         timeout_seconds=settings.exotel_timeout_seconds,
+        observe=observe,
     )
 
 

@@ -11,6 +11,7 @@ from app.calls.ingest import CallbackWriter
 from app.calls.spool import Spool
 from app.config import Settings
 from app.exotel.client import ExotelClient
+from app.metrics import Metrics
 
 
 @dataclass(frozen=True)
@@ -22,4 +23,5 @@ class Services:
     dispatcher: Dispatcher
     spool: Spool
     callbacks: CallbackWriter
+    metrics: Metrics
     schema_head: str  # the newest migration, for /readyz

@@ -71,8 +71,10 @@ async def status_callback(
         if not is_database_down(exc):
             raise
         await _spool(services, received)
+        services.metrics.callbacks.labels("spooled").inc()
         ack = CallbackAck(receipt_id=received.receipt_id, event_id=None, outcome=None, spooled=True)
     else:
+        services.metrics.callbacks.labels(stored.outcome).inc()
         ack = CallbackAck(
             receipt_id=received.receipt_id, event_id=stored.event_id, outcome=stored.outcome
         )
@@ -214,9 +216,17 @@ class StatusCallbackFastPath:
             )
         except ApiError as exc:
             response = api_error_response(exc)
+            _count_refusal(request, exc.status)
         except HTTPException as exc:  # a body over the limit, malformed multipart
             response = http_error_response(exc)
+            _count_refusal(request, exc.status_code)
         except Exception:
             log.exception("unhandled error")
             response = error_response(500, "internal_error", "internal error; it has been logged")
         await response(scope, receive, send)
+
+
+def _count_refusal(request: Request, status: int) -> None:
+    if status < 500:  # refused, as opposed to not stored for now (503: Exotel sends it again)
+        services: Services = request.app.state.services
+        services.metrics.callbacks.labels("rejected").inc()

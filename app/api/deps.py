@@ -64,3 +64,12 @@ async def require_json(request: Request) -> None:
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+
+
+async def require_metrics_access(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> None:
+    """`/metrics`: an API key, unless METRICS_PUBLIC opens it."""
+    if not services.settings.metrics_public:
+        await require_api_key(services, credentials)

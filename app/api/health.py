@@ -1,16 +1,23 @@
-"""Health checks for orchestrators: `/healthz` (alive) and `/readyz` (can serve)."""
+"""For orchestrators and monitoring: `/healthz` (alive), `/readyz` (can serve) and `/metrics`."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import logging
+
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.api.deps import ServicesDep
+from app.api.deps import ServicesDep, require_metrics_access
 from app.api.errors import error_response
+from app.calls.service import Overview, overview
+from app.db.models import utcnow
 from app.db.session import is_database_down
+from app.metrics import CONTENT_TYPE
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
 
@@ -46,3 +53,28 @@ async def readyz(services: ServicesDep) -> JSONResponse:
             "run `exocall migrate`",
         )
     return JSONResponse({"status": "ready", "schema": revision})
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (text format)",
+    description=(
+        "This process's counts (callbacks by outcome, Exotel requests by status and latency, "
+        "time spent waiting for the rate limit, reconciliation's repairs) and, read from the "
+        "database at each scrape, calls by status and the queue. Needs an API key unless "
+        "`METRICS_PUBLIC` is set."
+    ),
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE: {}}}},
+    dependencies=[Depends(require_metrics_access)],
+)
+async def metrics(services: ServicesDep) -> Response:
+    shared: Overview | None = None
+    try:
+        async with services.sessionmaker() as session:
+            shared = await overview(session)
+    except Exception as exc:
+        if not is_database_down(exc):
+            raise
+        log.warning("metrics: the database is unreachable; serving this process's counts only")
+    return Response(services.metrics.render(shared, now=utcnow()), media_type=CONTENT_TYPE)

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -18,6 +19,7 @@ from app.config import Settings
 from app.db.models import Call, CallStatus
 from app.db.session import is_database_down
 from app.exotel.client import ExotelClient
+from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,10 @@ class Dispatcher:
         exotel: ExotelClient,
         settings: Settings,
         replica_id: str,
+        metrics: Metrics,
     ) -> None:
         self._sessionmaker = sessionmaker
+        self._metrics = metrics
         self._exotel = exotel
         self._settings = settings
         self._budget = budget_of(settings)
@@ -128,7 +132,9 @@ class Dispatcher:
                 self._wake.clear()
                 await self._pause(self._settings.dispatch_poll_seconds, self._wake)
             else:  # the budget is spent: new work does not change that
+                started = time.monotonic()
                 await self._pause(claimed)
+                self._metrics.rate_limit_wait.inc(time.monotonic() - started)
 
     async def _pause(self, seconds: float, *also: asyncio.Event) -> None:
         """Sleep `seconds`, or until stopping or any of `also` is set."""

@@ -27,6 +27,7 @@ from app.db.models import Call, CallEvent, CallStatus, EventOutcome
 from app.exotel.client import MAX_SIDS_PER_LOOKUP, ExotelClient
 from app.exotel.errors import ExotelError
 from app.exotel.wire import ExotelCall
+from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,10 @@ class Repairs:
 
     def __str__(self) -> str:
         return ", ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+
+    def changes(self) -> dict[str, int]:
+        """What the round changed, by kind (look-ups change nothing; they are Exotel requests)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "lookups"}
 
 
 class OutOfBudget(Exception):
@@ -240,6 +245,7 @@ async def reconcile_if_leading(
     settings: Settings,
     budget: ratelimit.Budget,
     replica_id: str,
+    metrics: Metrics,
 ) -> None:
     """One round, if this replica holds the reconciliation lease (or can take it)."""
     async with sessionmaker() as session, session.begin():
@@ -251,3 +257,4 @@ async def reconcile_if_leading(
             sessionmaker=sessionmaker, exotel=exotel, settings=settings, budget=budget
         )
         log.info("reconcile: %s", repairs)
+        metrics.count_repairs(repairs.changes())

@@ -161,6 +161,28 @@ async def batch_summary(session: AsyncSession, batch_id: uuid.UUID) -> tuple[Bat
     return batch, {str(status): count for status, count in counts}
 
 
+@dataclass(frozen=True)
+class Overview:
+    """Every call at a glance: what operators watch."""
+
+    calls_by_status: dict[str, int]
+    queue_depth: int
+    oldest_queued_at: datetime | None
+
+
+async def overview(session: AsyncSession) -> Overview:
+    counts = await session.execute(select(Call.status, func.count()).group_by(Call.status))
+    by_status = {str(status): count for status, count in counts}
+    oldest = await session.scalar(
+        select(func.min(Call.created_at)).where(Call.status == CallStatus.QUEUED)
+    )
+    return Overview(
+        calls_by_status=by_status,
+        queue_depth=by_status.get(CallStatus.QUEUED, 0),
+        oldest_queued_at=oldest,
+    )
+
+
 async def find_call(session: AsyncSession, ref: str) -> Call:
     """A call by our id or by Exotel's SID."""
     if not _PLAUSIBLE_REF.fullmatch(ref):

@@ -6,7 +6,8 @@ in-process simulator, or a `MockTransport` in tests); nothing here is ever patch
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -63,6 +64,10 @@ class ConnectRequest:
         return form
 
 
+# Told of every request: the operation, the HTTP status (None: no answer came), the seconds.
+Observer = Callable[[str, int | None, float], None]
+
+
 class ExotelClient:
     def __init__(
         self,
@@ -73,8 +78,10 @@ class ExotelClient:
         api_key: str,
         api_token: str,
         timeout_seconds: float,
+        observe: Observer | None = None,
     ) -> None:
         self._http = http
+        self._observe = observe
         self._accounts_url = f"{base_url.rstrip('/')}/v1/Accounts/{account_sid}"
         # Basic auth always goes in the header, never as key:token@host (URLs end up in logs).
         self._auth = httpx.BasicAuth(api_key, api_token)
@@ -88,7 +95,7 @@ class ExotelClient:
 
         A 200 means Exotel handed the first leg to the operator, not that anyone answered.
         """
-        calls = await self._request("POST", "/Calls/connect.json", data=request.form())
+        calls = await self._request("connect", "POST", "/Calls/connect.json", data=request.form())
         if not calls:
             # Exotel said yes but we cannot read which call it made: it may well be dialling.
             raise ExotelOutcomeUnknown("Exotel accepted the call but its response has no Sid")
@@ -98,7 +105,7 @@ class ExotelClient:
         """One call's details, with the conversation duration; None if Exotel does not know it."""
         try:
             path = f"/Calls/{quote(sid, safe='')}.json"
-            calls = await self._request("GET", path, params={"details": "true"})
+            calls = await self._request("call_details", "GET", path, params={"details": "true"})
         except ExotelRejected as exc:
             if exc.status == httpx.codes.NOT_FOUND:
                 return None
@@ -129,16 +136,19 @@ class ExotelClient:
         ]
         if bounds:
             params["DateCreated"] = ";".join(bounds)
-        return await self._request("GET", "/Calls.json", params=params)
+        return await self._request("bulk_call_details", "GET", "/Calls.json", params=params)
 
     async def _request(
         self,
+        operation: str,
         method: str,
         path: str,
         *,
         data: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
     ) -> list[ExotelCall]:
+        started = time.perf_counter()
+        status = None
         try:
             response = await self._http.request(
                 method,
@@ -148,10 +158,14 @@ class ExotelClient:
                 auth=self._auth,
                 timeout=self._timeout,
             )
+            status = response.status_code
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise ExotelUnreachable(f"could not connect to Exotel: {type(exc).__name__}") from exc
         except httpx.HTTPError as exc:  # a timeout, a dropped connection, a corrupt body
             raise ExotelOutcomeUnknown(f"no answer from Exotel: {type(exc).__name__}") from exc
+        finally:
+            if self._observe:
+                self._observe(operation, status, time.perf_counter() - started)
         return _read(response)
 
 

@@ -1,0 +1,112 @@
+"""Prometheus metrics, served at `/metrics`.
+
+What this process did (callbacks, Exotel requests, waiting for the budget, reconciliation) is
+counted here as it happens. What every replica shares (calls by status, the queue) is read from
+the database at each scrape instead: any replica answers with the same, whole figures.
+
+With several worker processes (`exocall serve --workers N`), prometheus-client keeps each
+worker's counts in files under PROMETHEUS_MULTIPROC_DIR, which `serve` sets, and the scrape adds
+them up whichever worker answers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from app.calls.service import Overview
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    """The counters of one app, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.callbacks = Counter(
+            "exocall_callbacks_received",
+            "Status callbacks received, by what they did: an EventOutcome (applied, duplicate, "
+            "stale, unknown_sid, ...), spooled (the database was down) or rejected (refused).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.exotel_requests = Counter(
+            "exocall_exotel_requests",
+            "Requests to Exotel, by operation and HTTP status ('none': no answer came).",
+            ["operation", "status"],
+            registry=self.registry,
+        )
+        self.exotel_seconds = Histogram(
+            "exocall_exotel_request_duration_seconds",
+            "Time Exotel took to answer, by operation.",
+            ["operation"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.rate_limit_wait = Counter(
+            "exocall_rate_limit_wait_seconds",
+            "Time the dispatcher held calls back because the account's budget was spent.",
+            registry=self.registry,
+        )
+        self.reconcile_repairs = Counter(
+            "exocall_reconcile_repairs",
+            "What reconciliation did, by kind (stale_claims, repaired, not_dialled, attached).",
+            ["kind"],
+            registry=self.registry,
+        )
+
+    def observe_exotel(self, operation: str, status: int | None, seconds: float) -> None:
+        self.exotel_requests.labels(operation, str(status) if status else "none").inc()
+        self.exotel_seconds.labels(operation).observe(seconds)
+
+    def count_repairs(self, repairs: Mapping[str, int]) -> None:
+        for kind, count in repairs.items():
+            if count:
+                self.reconcile_repairs.labels(kind).inc(count)
+
+    def render(self, overview: Overview | None, *, now: datetime) -> bytes:
+        """The text exposition: this process's counts (every worker's, with several) and the
+        shared state, just read (None: the database could not be read)."""
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        else:
+            registry = self.registry
+        text = generate_latest(registry)
+        if overview is not None:
+            shared = CollectorRegistry(auto_describe=False)
+            shared.register(_SharedCollector(overview, now))
+            text += generate_latest(shared)
+        return text
+
+
+class _SharedCollector(Collector):
+    def __init__(self, overview: Overview, now: datetime) -> None:
+        self._overview = overview
+        self._now = now
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        calls = GaugeMetricFamily(
+            "exocall_calls", "Calls in the database, by status.", labels=["status"]
+        )
+        for status, count in sorted(self._overview.calls_by_status.items()):
+            calls.add_metric([status], count)
+        yield calls
+        yield GaugeMetricFamily(
+            "exocall_queue_depth",
+            "Calls queued and not yet sent to Exotel.",
+            value=self._overview.queue_depth,
+        )
+        oldest = self._overview.oldest_queued_at
+        yield GaugeMetricFamily(
+            "exocall_queue_oldest_age_seconds",
+            "How long the oldest queued call has waited (0 when none waits).",
+            value=(self._now - oldest).total_seconds() if oldest else 0,
+        )

@@ -1,0 +1,172 @@
+"""`GET /metrics`: a scripted run through the app, then a scrape that must count each thing the
+run did, exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.db.models import Call, utcnow
+from app.main import create_app
+from tests.conftest import callback_path, make_settings, place_body, serving
+from tests.exotel_double import ExotelDouble, accepted, call_json, new_sid, rest_exception
+from tests.test_status_callbacks import callback, multipart
+
+pytestmark = pytest.mark.anyio
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(client: httpx.AsyncClient) -> Samples:
+    response = await client.get("/metrics")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "never happened"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def app(db_url: str, exotel: ExotelDouble) -> FastAPI:
+    settings = make_settings(
+        db_url,
+        reconcile_interval_seconds=0.2,
+        reconcile_grace_seconds=0,
+        # Two requests a second: three calls at once make the dispatcher wait for the budget.
+        exotel_rate_limit=2,
+        exotel_rate_window_seconds=1,
+        exotel_rate_margin_seconds=0,
+    )
+    return create_app(settings, exotel_transport=httpx.MockTransport(exotel.handle))
+
+
+async def test_a_scrape_counts_what_a_run_did(
+    client: httpx.AsyncClient,
+    exotel: ExotelDouble,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    # Accepted; refused (DND); held back by a 429 and then accepted.
+    sid_a, sid_c = new_sid(), new_sid()
+    exotel.answer_connect(accepted(sid_a))
+    a = (await client.post("/calls", json=place_body("+919052161110"))).json()
+    exotel.answer_connect(rest_exception(403, "Number is in DND", 1010))
+    b = await client.post("/calls", json=place_body("+919052161111"))
+    assert b.status_code >= 400
+    exotel.answer_connect(
+        rest_exception(429, "Too many requests", headers={"Retry-After": "1"}), accepted(sid_c)
+    )
+    c = (await client.post("/calls?wait=false", json=place_body("+919052161112"))).json()
+
+    async def c_sent() -> bool:
+        return (await client.get(f"/calls/{c['id']}")).json()["sid"] == sid_c
+
+    await eventually(c_sent)
+
+    # Callbacks: applied, duplicate, stale, for a SID nobody knows, and one refused.
+    for status in ("completed", "completed", "in-progress"):
+        fields = callback(sid_a, status)
+        response = await client.post(callback_path(a["id"]), **multipart(fields))
+        assert response.status_code == 200
+    orphan = await client.post(callback_path(None), **multipart(callback(new_sid(), "busy")))
+    assert orphan.json()["outcome"] == "unknown_sid"
+    forged = await client.post(
+        callback_path(a["id"], secret="not-the-secret"), **multipart(callback(sid_a, "failed"))
+    )
+    assert forged.status_code == 403
+
+    # C's callback never comes: reconciliation finds it completed in Exotel's call details.
+    async with sessionmaker() as session, session.begin():
+        long_ago = utcnow() - timedelta(days=1)
+        await session.execute(
+            update(Call).where(Call.id == uuid.UUID(c["id"])).values(dispatched_at=long_ago)
+        )
+    exotel.listed = [call_json(sid_c, "completed", Duration="30")["Call"]]
+
+    async def c_repaired() -> bool:
+        return (await client.get(f"/calls/{c['id']}")).json()["status"] == "completed"
+
+    await eventually(c_repaired)
+
+    # Three at once, within a budget of two a second.
+    exotel.answer_connect(accepted())
+    for number in ("+919052161114", "+919052161115", "+919052161116"):
+        assert (await client.post("/calls?wait=false", json=place_body(number))).status_code == 202
+
+    async def all_sent() -> bool:
+        return len(exotel.connects) == 7
+
+    await eventually(all_sent)
+
+    # E waits in the queue: Exotel asks for a minute's pause.
+    exotel.answer_connect(rest_exception(429, "Too many requests", headers={"Retry-After": "60"}))
+    e = await client.post("/calls?wait=false", json=place_body("+919052161113"))
+    assert e.status_code == 202
+
+    async def e_refused() -> bool:
+        return len(exotel.connects) == 8
+
+    await eventually(e_refused)
+    await asyncio.sleep(0.1)  # its return to the queue is committed just after
+    samples = await scrape(client)
+
+    received = "exocall_callbacks_received_total"
+    assert value(samples, received, outcome="applied") == 1
+    assert value(samples, received, outcome="duplicate") == 1
+    assert value(samples, received, outcome="stale") == 1
+    assert value(samples, received, outcome="unknown_sid") == 1
+    assert value(samples, received, outcome="rejected") == 1
+
+    requests = "exocall_exotel_requests_total"
+    assert value(samples, requests, operation="connect", status="200") == 5
+    assert value(samples, requests, operation="connect", status="403") == 1
+    assert value(samples, requests, operation="connect", status="429") == 2
+    assert value(samples, requests, operation="bulk_call_details", status="200") == len(
+        exotel.lookups
+    )
+    assert len(exotel.lookups) >= 1
+    duration = "exocall_exotel_request_duration_seconds_count"
+    assert value(samples, duration, operation="connect") == 8
+
+    assert value(samples, "exocall_rate_limit_wait_seconds_total") > 0
+    assert value(samples, "exocall_reconcile_repairs_total", kind="repaired") == 1
+
+    assert value(samples, "exocall_calls", status="completed") == 2
+    assert value(samples, "exocall_calls", status="rejected") == 1
+    assert value(samples, "exocall_calls", status="in-progress") == 3
+    assert value(samples, "exocall_calls", status="queued") == 1
+    assert value(samples, "exocall_queue_depth") == 1
+    assert 0 < value(samples, "exocall_queue_oldest_age_seconds") < 60
+
+
+async def test_metrics_need_an_api_key_unless_public(db_url: str, exotel: ExotelDouble) -> None:
+    for public, expected in ((False, 401), (True, 200)):
+        settings = make_settings(db_url, metrics_public=public)
+        app = create_app(settings, exotel_transport=httpx.MockTransport(exotel.handle))
+        async with serving(app) as client:
+            del client.headers["Authorization"]
+            response = await client.get("/metrics")
+            assert response.status_code == expected
+            if public:
+                assert "exocall_queue_depth 0.0" in response.text
