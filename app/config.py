@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     # Prometheus that can only reach it on a private network).
     metrics_public: bool = False
     exocall_env: Literal["development", "production"] = "development"
+    # Log lines: JSON objects, one per line (the default in production), or text for people.
+    log_format: Literal["json", "text"] | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # On SIGTERM, how long requests in flight get to be answered before the app shuts down.
+    shutdown_grace_seconds: int = Field(20, ge=1)
 
     # The dispatch queue.
     dispatch_wait_seconds: float = Field(10, ge=0)  # how long POST /calls waits for Exotel
@@ -125,6 +130,12 @@ class Settings(BaseSettings):
         if not self.exotel_base_url.startswith("https://"):
             raise ValueError("EXOCALL_ENV=production reaches Exotel over https only")
         return self
+
+    @property
+    def logs_as(self) -> Literal["json", "text"]:
+        if self.log_format:
+            return self.log_format
+        return "json" if self.exocall_env == "production" else "text"
 
     @property
     def uses_simulator(self) -> bool:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from types import FrameType
 from typing import Any, cast
 
 import httpx
@@ -16,6 +20,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from app.api import callbacks, calls, health
 from app.api.errors import ERROR_RESPONSES, install_error_handlers
 from app.api.limits import BodySizeLimit
+from app.api.request_ids import RequestIds
 from app.calls.dispatcher import Dispatcher, budget_of, new_replica_id
 from app.calls.ingest import CallbackWriter
 from app.calls.periodic import Periodic
@@ -116,14 +121,15 @@ def create_app(
             dispatcher.start()
             # Calls already sent get the Exotel timeout to be recorded before we exit.
             stack.push_async_callback(dispatcher.stop, grace=settings.exotel_timeout_seconds)
+            stack.enter_context(_on_exit_signal(dispatcher.stop_claiming))
             for job in (reconciler, replayer):
                 job.start()
                 stack.push_async_callback(job.stop)
             yield
 
     def front(inner: ASGIApp) -> ASGIApp:
-        outer: ASGIApp = BodySizeLimit(
-            callbacks.StatusCallbackFastPath(inner), limit=settings.max_body_bytes
+        outer: ASGIApp = RequestIds(
+            BodySizeLimit(callbacks.StatusCallbackFastPath(inner), limit=settings.max_body_bytes)
         )
         if settings.trusted_proxies:
             # The client address (and scheme) as the trusted proxies saw it, for the callback
@@ -166,6 +172,35 @@ class _FrontedFastAPI(FastAPI):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["app"] = self  # as Starlette sets it, for the layers in front
         await self._fronted(scope, receive, send)
+
+
+@contextmanager
+def _on_exit_signal(callback: Callable[[], None]) -> Iterator[None]:
+    """Run `callback` in the event loop as soon as SIGTERM or SIGINT arrives, then hand the
+    signal on to the server's own handler. uvicorn answers the requests in flight before it
+    runs the app's shutdown; the dispatcher must stop claiming calls at once, not after them.
+    Outside a server that handles these signals itself, this does nothing."""
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    handlers = [handler for handler in previous.values() if callable(handler)]
+    if threading.current_thread() is not threading.main_thread() or len(handlers) < 2:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+
+    def handle(sig: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(callback)
+        handler = previous[signal.Signals(sig)]
+        assert callable(handler)
+        handler(sig, frame)
+
+    for sig in signals:
+        signal.signal(sig, handle)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def exotel_client(

@@ -1,13 +1,18 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import httpx
 import pytest
 
-from app.logs import RedactingFilter, redact
+from app.logs import ContextFilter, JsonFormatter, RedactingFilter, TextFormatter, about, redact
+from tests.conftest import place_body
 
 SID = "4116345558c26f623df7d2a6b8c184km"  # digits runs in a SID are not phone numbers
 
@@ -64,3 +69,69 @@ def test_tracebacks_are_redacted_too() -> None:
     assert "ValueError" in logged
     assert "919052161119" not in logged
     assert "s3cr3t" not in logged
+
+
+@contextmanager
+def json_log() -> Iterator[io.StringIO]:
+    """Every log line, as the service writes them with LOG_FORMAT=json, into the stream."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(ContextFilter())
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level, root.level = root.level, logging.INFO
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def lines_of(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_json_lines_carry_the_call_and_redact_what_they_say() -> None:
+    call_id = uuid.uuid4()
+    with json_log() as stream:
+        logger = logging.getLogger("test_logs.json")
+        logger.info("dialling %s", "+919052161119", extra=about(call_id, SID))
+        try:
+            raise ValueError("token=s3cr3t")
+        except ValueError:
+            logger.exception("failed\nacross lines")
+    first, second = lines_of(stream)
+    assert first["message"] == "dialling +91******1119"
+    assert (first["call_id"], first["sid"], first["level"]) == (str(call_id), SID, "info")
+    assert "request_id" not in first  # logged outside any request
+    assert second["message"] == "failed\nacross lines"  # one event, one line
+    assert "ValueError: token=[redacted]" in second["exception"]
+    assert "s3cr3t" not in stream.getvalue()
+
+
+def test_text_lines_name_their_context() -> None:
+    record = logging.makeLogRecord({"msg": "sent", "call_id": "c-1", "sid": None})
+    assert TextFormatter().format(record).endswith("sent [call_id=c-1]")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("given", "kept"), [("req-7f3a:retry/2", True), (None, False), ("two words", False)]
+)
+async def test_a_request_id_is_answered_and_logged(
+    client: httpx.AsyncClient, given: str | None, kept: bool
+) -> None:
+    headers = {"X-Request-ID": given} if given else {}
+    with json_log() as stream:
+        response = await client.post("/calls?wait=false", json=place_body(), headers=headers)
+    assert response.status_code == 202
+    answered = response.headers["X-Request-ID"]
+    assert (answered == given) is kept
+    if not kept:
+        assert len(answered) == 32  # a new one
+    (queued,) = [line for line in lines_of(stream) if line["message"].startswith("call ")]
+    assert queued["request_id"] == answered
+    assert queued["call_id"] == response.json()["id"]
+    assert "9052161110" not in queued["message"]

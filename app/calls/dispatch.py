@@ -33,6 +33,7 @@ from app.exotel.errors import (
     ExotelUnreachable,
 )
 from app.exotel.wire import ExotelCall
+from app.logs import about
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ async def send_claimed(
         if call is None or call.status != CallStatus.QUEUED or call.claimed_by != replica_id:
             return  # no longer ours: the claim went stale and was resolved without us
         request = connect_request(call, settings)
-    log.info("dialling %s for call %s", mask(call.from_number), call_id)
+    log.info("dialling %s for call %s", mask(call.from_number), call_id, extra=about(call_id))
     result: ExotelCall | Verdict
     try:
         result = await exotel.connect(request)
@@ -140,9 +141,19 @@ async def _record_accepted(session: AsyncSession, call: Call, exotel_call: Exote
     # An early status callback may have told us the SID (and even the end) already.
     if call.sid is None:
         if not await assign_sid(session, call, exotel_call.sid):
-            log.error("call %s: Exotel answered a SID another call holds", call.id)
+            log.error(
+                "call %s: Exotel answered a SID another call holds",
+                call.id,
+                extra=about(call.id, exotel_call.sid),
+            )
     elif call.sid != exotel_call.sid:
-        log.error("call %s: Exotel answered SID %s, we hold %s", call.id, exotel_call.sid, call.sid)
+        log.error(
+            "call %s: Exotel answered SID %s, we hold %s",
+            call.id,
+            exotel_call.sid,
+            call.sid,
+            extra=about(call.id, call.sid),
+        )
     apply_update(
         call,
         StatusUpdate(
@@ -151,7 +162,9 @@ async def _record_accepted(session: AsyncSession, call: Call, exotel_call: Exote
             date_updated_raw=exotel_call.date_updated_raw,
         ),
     )
-    log.info("call %s accepted by Exotel as %s", call.id, exotel_call.sid)
+    log.info(
+        "call %s accepted by Exotel as %s", call.id, exotel_call.sid, extra=about(call.id, call.sid)
+    )
 
 
 async def _retry_later(
@@ -171,7 +184,13 @@ async def _retry_later(
     if verdict.code == "exotel_rate_limited":
         # Exotel's count is the one that matters (other systems may share the account).
         await ratelimit.pause(session, until=now + delay)
-    log.warning("call %s back in the queue for %.1fs: %s", call.id, delay, verdict.message)
+    log.warning(
+        "call %s back in the queue for %.1fs: %s",
+        call.id,
+        delay,
+        verdict.message,
+        extra=about(call.id),
+    )
 
 
 def _record_failure(call: Call, verdict: Verdict) -> None:
@@ -181,7 +200,14 @@ def _record_failure(call: Call, verdict: Verdict) -> None:
     if verdict.status == CallStatus.UNKNOWN:
         call.dispatched_at = datetime.now(UTC)
     _set_error(call, verdict)
-    log.warning("call %s %s: %s (%s)", call.id, verdict.status, verdict.message, verdict.code)
+    log.warning(
+        "call %s %s: %s (%s)",
+        call.id,
+        verdict.status,
+        verdict.message,
+        verdict.code,
+        extra=about(call.id, call.sid),
+    )
 
 
 def _set_error(call: Call, verdict: Verdict | None) -> None:

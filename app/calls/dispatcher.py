@@ -19,6 +19,7 @@ from app.config import Settings
 from app.db.models import Call, CallStatus
 from app.db.session import is_database_down
 from app.exotel.client import ExotelClient
+from app.logs import about
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,10 @@ class Dispatcher:
 
     def start(self) -> None:
         self._loop = asyncio.create_task(self._run(), name="dispatcher")
+
+    def stop_claiming(self) -> None:
+        """Claim nothing more; calls already claimed are still sent (see `stop`)."""
+        self._stopping.set()
 
     async def stop(self, *, grace: float) -> None:
         """Stop claiming; give calls already sent up to `grace` seconds to be recorded. A send
@@ -159,7 +164,11 @@ class Dispatcher:
             )
         except Exception:
             # The claim stays; reconciliation resolves the call without sending it again.
-            log.exception("dispatcher: call %s was sent but its outcome was not recorded", call_id)
+            log.exception(
+                "dispatcher: call %s was sent but its outcome was not recorded",
+                call_id,
+                extra=about(call_id),
+            )
         finally:
             self._slots.release()
             if finished := self._finished.get(call_id):

@@ -27,6 +27,7 @@ from app.db.models import Call, CallEvent, CallStatus, EventOutcome
 from app.exotel.client import MAX_SIDS_PER_LOOKUP, ExotelClient
 from app.exotel.errors import ExotelError
 from app.exotel.wire import ExotelCall
+from app.logs import about
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,9 @@ async def _resolve_stale_claims(session: AsyncSession, settings: Settings) -> in
         call.dispatched_at = datetime.now(UTC)
         call.error_code = "dispatch_interrupted"
         call.error_message = "the replica sending this call stopped; Exotel may have dialled"
-        log.warning("call %s: its dispatch was interrupted; now unknown", call.id)
+        log.warning(
+            "call %s: its dispatch was interrupted; now unknown", call.id, extra=about(call.id)
+        )
     return len(calls)
 
 
@@ -233,7 +236,7 @@ def _apply_details(call: Call, details: ExotelCall) -> int:
     )
     outcome = apply_update(call, update)
     if outcome == EventOutcome.APPLIED:
-        log.info("reconcile: call %s is %s", call.id, call.status)
+        log.info("reconcile: call %s is %s", call.id, call.status, extra=about(call.id, call.sid))
         return 1
     return 0
 

@@ -29,6 +29,7 @@ from app.config import Settings
 from app.db.models import Batch, Call, CallEvent, CallStatus, EventOutcome, utcnow
 from app.db.session import insert_for
 from app.exotel.wire import StatusCallback, parse_status_callback
+from app.logs import about
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,12 @@ async def queue_calls(
             raise IdempotencyConflict(key, call_id=stored.id, index=ids.index(wanted_id))
         ids = [stored.id if call_id == wanted_id else call_id for call_id in ids]
     for call_id in inserted:
-        log.info("call %s queued to %s", call_id, mask(calls[call_id].from_number))
+        log.info(
+            "call %s queued to %s",
+            call_id,
+            mask(calls[call_id].from_number),
+            extra=about(call_id),
+        )
     return [(calls[call_id], call_id in inserted) for call_id in ids]
 
 
@@ -333,6 +339,7 @@ async def record_status_callback(session: AsyncSession, received: ReceivedCallba
         callback.call_sid,
         callback.status,
         event.outcome,
+        extra=about(event.call_id, callback.call_sid),
     )
     return event
 
@@ -346,7 +353,9 @@ async def _apply_callback(
         and call.sid != sid
         and (call.sid is not None or not await assign_sid(session, call, sid))
     ):
-        log.warning("callback for call %s carries another call's SID", call.id)
+        log.warning(
+            "callback for call %s carries another call's SID", call.id, extra=about(call.id)
+        )
         return EventOutcome.SID_MISMATCH
     update = update_from_callback(callback)
     return apply_update(call, update) if update else EventOutcome.IGNORED
