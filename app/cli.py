@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+import logging.config
+import os
+import tempfile
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -17,7 +20,7 @@ from app.config import Settings
 from app.db import migrate as migrations
 from app.db.session import create_engine, create_sessionmaker
 from app.exotel.simulator import Simulator, SimulatorConfig
-from app.logs import configure_logging
+from app.logs import logging_config
 from app.main import exotel_client
 
 cli = typer.Typer(help="Place Exotel calls and keep their state.", no_args_is_help=True)
@@ -42,29 +45,43 @@ def load_settings() -> Settings:
 def serve(
     host: Host = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    workers: Annotated[int, typer.Option(envvar="WEB_CONCURRENCY", help="Worker processes.")] = 1,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
 ) -> None:
     """Serve the HTTP API."""
-    configure_logging()
-    load_settings()  # fail here, with a clear message, rather than in every worker
+    settings = load_settings()  # fail here, with a clear message, rather than in every worker
+    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Each worker counts into files here; /metrics adds them up (app/metrics.py).
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="exocall-metrics-")
     uvicorn.run(
         "app.main:create_app",
         factory=True,
         host=host,
         port=port,
         workers=workers,
-        log_config=None,
+        log_config=_logging_config(settings),  # applied by every worker too
         access_log=access_log,
         proxy_headers=False,  # the app itself trusts TRUSTED_PROXIES, and only those
+        # SIGTERM: requests in flight get this long to be answered; then the app shuts down.
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
+
+
+def _logging_config(settings: Settings) -> dict[str, Any]:
+    return logging_config(format=settings.logs_as, level=settings.log_level)
+
+
+def _configured() -> Settings:
+    """The configuration, with logging set up as it says."""
+    settings = load_settings()
+    logging.config.dictConfig(_logging_config(settings))
+    return settings
 
 
 @cli.command()
 def migrate() -> None:
     """Bring the database schema to the newest migration."""
-    configure_logging()
-    migrations.upgrade(load_settings().database_url)
+    migrations.upgrade(_configured().database_url)
 
 
 @cli.command()
@@ -78,8 +95,7 @@ def simulator(
     retry_after: Annotated[bool, typer.Option(help="Send Retry-After with 429s.")] = True,
 ) -> None:
     """Serve the Exotel simulator on its own port (rate limit from EXOTEL_RATE_LIMIT/WINDOW)."""
-    configure_logging()
-    settings = load_settings()
+    settings = _configured()
     config = SimulatorConfig(
         callback_delay=callback_delay,
         response_delay=response_delay,
@@ -87,14 +103,18 @@ def simulator(
         rate_window=settings.exotel_rate_window_seconds,
         retry_after=retry_after,
     )
-    uvicorn.run(Simulator(config).app(owns_http=True), host=host, port=port, log_config=None)
+    uvicorn.run(
+        Simulator(config).app(owns_http=True),
+        host=host,
+        port=port,
+        log_config=_logging_config(settings),
+    )
 
 
 @cli.command()
 def reconcile() -> None:
     """Run one round of reconciliation now (the service runs one every interval)."""
-    configure_logging()
-    typer.echo(asyncio.run(_reconcile_once(load_settings())))
+    typer.echo(asyncio.run(_reconcile_once(_configured())))
 
 
 async def _reconcile_once(settings: Settings) -> Repairs:
