@@ -81,7 +81,8 @@ def json_log() -> Iterator[io.StringIO]:
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.addHandler(handler)
-    level, root.level = root.level, logging.INFO
+    level = root.level
+    root.setLevel(logging.INFO)  # setLevel, not `.level =`: loggers cache what is enabled
     try:
         yield stream
     finally:

@@ -89,7 +89,8 @@ class Dispatcher:
         """Wait up to `within` seconds for the call to leave the queue; the call as stored.
 
         The call may be sent by any replica: this one says so at once, the others are seen by
-        looking at the database now and then.
+        looking at the database now and then. A replica shutting down waits no more: the call
+        is queued for whichever replica is left, or its send here is finished without us.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
@@ -104,10 +105,9 @@ class Dispatcher:
                 if call is None or (call.status != CallStatus.QUEUED and call.claimed_at is None):
                     return call
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 or self._stopping.is_set():
                     return call
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(finished.wait(), min(pause, remaining))
+                await self._pause(min(pause, remaining), finished)
                 pause = min(pause * 2, 1.0)
         finally:
             self._finished.pop(call_id, None)
@@ -115,6 +115,9 @@ class Dispatcher:
     async def _run(self) -> None:
         while not self._stopping.is_set():
             await self._slots.acquire()
+            if self._stopping.is_set():  # while it waited for a free slot
+                self._slots.release()
+                return
             try:
                 async with self._sessionmaker() as session, session.begin():
                     claimed = await claim_next(

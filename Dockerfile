@@ -1,0 +1,66 @@
+# syntax=docker/dockerfile:1
+# exocall's image: `docker build -t exocall .`, or the compose stack (docker-compose.yml).
+# tests/test_deploy.py lints this file with hadolint and boots what it installs: it replays the
+# stages in a temporary directory (the RUN lines that install Python, the COPY, ENV and WORKDIR
+# lines, with the paths moved there), runs the CMD and the HEALTHCHECK, and places a call
+# through the simulator. It fails on an instruction it cannot replay: teach it, then.
+
+FROM python:3.11-slim-bookworm AS build
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+RUN python -m venv /opt/venv
+WORKDIR /app
+
+# The dependencies alone first, read from pyproject.toml: this layer is rebuilt only when
+# pyproject.toml changes, not on every change to the source. pip's cache is a build cache
+# mount, so it speeds up rebuilds without ending up in the image.
+COPY pyproject.toml ./
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+    | /opt/venv/bin/pip install --requirement /dev/stdin
+
+# Then the project itself. Editable, so that the package stays next to migrations/ (which
+# app/db/migrate.py finds as ../../migrations from the package; a wheel would not hold it). The
+# runtime stage copies /app and /opt/venv to the same paths, where the install still points.
+COPY README.md alembic.ini ./
+COPY migrations/ migrations/
+COPY app/ app/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    /opt/venv/bin/pip install --no-deps --editable .
+
+
+FROM python:3.11-slim-bookworm AS runtime
+
+# WEB_CONCURRENCY: uvicorn worker processes per container (`exocall serve --workers` reads it).
+# One by default: scale with replicas (`docker compose up --scale api=3`); raise it to use more
+# cores in one container.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    SPOOL_DIR=/var/lib/exocall/spool \
+    WEB_CONCURRENCY=1
+
+# A fixed uid/gid, so that volumes and orchestrators (runAsNonRoot) can name it. The spool
+# directory is made and owned here so that a new named volume mounted on it inherits the owner.
+RUN groupadd --system --gid 10001 exocall \
+    && useradd --system --uid 10001 --gid exocall --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin exocall \
+    && install --directory --owner=exocall --group=exocall --mode=0750 /var/lib/exocall/spool
+
+WORKDIR /app
+# Owned by root and read-only to the service: it runs as exocall and cannot change its own code.
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /app /app
+
+USER 10001:10001
+# Status callbacks wait here while the database is unreachable: keep it across restarts.
+VOLUME ["/var/lib/exocall/spool"]
+EXPOSE 8000
+
+# Alive, not ready: /readyz would mark the container unhealthy during a database outage, which
+# is exactly when it must go on accepting (spooling) status callbacks. No curl in slim images.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+
+CMD ["exocall", "serve", "--host", "0.0.0.0", "--port", "8000"]
