@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.api import callbacks, calls, health
-from app.api.errors import ERROR_RESPONSES, install_error_handlers
+from app.api.errors import in_the_one_error_shape, install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.request_ids import RequestIds
 from app.calls.dispatcher import Dispatcher, budget_of, new_replica_id
@@ -147,9 +147,15 @@ def create_app(
         summary="Place Exotel calls and keep their state.",
         version="0.1.0",
         lifespan=lifespan,
-        responses=ERROR_RESPONSES,
     )
     install_error_handlers(app)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = in_the_one_error_shape(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.include_router(callbacks.router)  # first: the busiest route is matched first
     app.include_router(calls.router)
     app.include_router(calls.batches)

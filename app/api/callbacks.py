@@ -11,13 +11,20 @@ from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.errors import ApiError, api_error_response, error_response, http_error_response
+from app.api.errors import (
+    ApiError,
+    api_error_response,
+    error_response,
+    http_error_response,
+    refusals,
+)
 from app.api.forms import boundary_of, parse_text_fields
 from app.calls.callback_auth import verify
+from app.calls.schemas import CALL_EXAMPLE
 from app.calls.service import ReceivedCallback
 from app.config import Settings
 from app.db.models import EventOutcome
@@ -32,6 +39,19 @@ _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
 class CallbackAck(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "receipt_id": "2751a23d-306b-47ec-9735-9527b08858b8",
+                    "event_id": 1,
+                    "outcome": "applied",
+                    "spooled": False,
+                }
+            ]
+        }
+    )
+
     receipt_id: uuid.UUID
     event_id: int | None = Field(description="Null when the callback was spooled.")
     outcome: EventOutcome | None = Field(description="What it did; null when spooled.")
@@ -42,6 +62,36 @@ class CallbackAck(BaseModel):
 
 PATH = "/status-callback"
 
+# Exotel's fields (shared/exotel.md), documented for readers and for the fuzz: the handler
+# reads the body itself, whatever its encoding, and keeps every field as received.
+_CALLBACK_FIELDS = {
+    "type": "object",
+    "properties": {
+        "CallSid": {"type": "string", "maxLength": 64},
+        "Status": {"type": "string", "enum": ["completed", "failed", "busy", "no-answer"]},
+        "RecordingUrl": {"type": "string"},
+        "DateUpdated": {"type": "string", "description": "Exotel's clock (IST), no offset"},
+        "EventType": {"type": "string", "enum": ["terminal", "answered"]},
+    },
+    "required": ["CallSid", "Status"],
+    "additionalProperties": True,
+}
+_CALLBACK_EXAMPLE = {
+    "CallSid": CALL_EXAMPLE["sid"],
+    "Status": "completed",
+    "RecordingUrl": CALL_EXAMPLE["recording_url"],
+    "DateUpdated": "2024-09-16 15:51:00",
+}
+_CALLBACK_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            media_type: {"schema": _CALLBACK_FIELDS, "example": _CALLBACK_EXAMPLE}
+            for media_type in (*_FORM_TYPES, "application/json")
+        },
+    }
+}
+
 
 @router.post(
     PATH,
@@ -51,6 +101,8 @@ PATH = "/status-callback"
         "Authenticated by the `call_id` and `token` of the URL exocall gave Exotel. Every "
         "accepted callback is stored before the 200 is sent, whatever it did to its call."
     ),
+    responses=refusals(400, 401, 403, 413, 415, 422, 503),
+    openapi_extra=_CALLBACK_BODY,
 )
 async def status_callback(
     request: Request,

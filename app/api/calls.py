@@ -5,13 +5,16 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
+from fastapi.openapi.models import Example
 
 from app.api.deps import ServicesDep, SessionDep, require_api_key, require_json
+from app.api.errors import refusals
 from app.calls import service
 from app.calls.errors import CallNotPlaced, InvalidField
 from app.calls.phone import InvalidPhoneNumber, to_e164
 from app.calls.schemas import (
+    CALL_EXAMPLE,
     BatchCreate,
     BatchOut,
     BatchSummary,
@@ -27,19 +30,54 @@ from app.db.models import CallStatus
 
 router = APIRouter(prefix="/calls", tags=["calls"], dependencies=[Depends(require_api_key)])
 
+_PLACE_EXAMPLES: dict[str, Example] = {
+    "app": {
+        "summary": "A flow by its app id",
+        "value": {
+            "from": "+919052161119",
+            "app_id": "926",
+            "caller_id": "08030752400",
+            "time_limit": 300,
+            "time_out": 30,
+            "custom_field": "order-123",
+        },
+    },
+    "flow_url": {
+        "summary": "A flow by its URL, the number as customers write it",
+        "value": {
+            "from": "090521 61119",
+            "flow_url": "http://my.exotel.com/acme1/exoml/start_voice/926",
+        },
+    },
+}
+_QUEUED_EXAMPLE = CALL_EXAMPLE | {
+    "sid": None,
+    "status": "queued",
+    "recording_url": None,
+    "date_updated": None,
+    "dispatched_at": None,
+    "updated_at": CALL_EXAMPLE["created_at"],
+}
+
 
 @router.post(
     "",
     dependencies=[Depends(require_json)],
     status_code=status.HTTP_201_CREATED,
     summary="Phone a customer and connect them to an Exotel flow",
+    response_description="Exotel accepted the call: its SID is known",
     responses={
-        202: {"model": CallOut, "description": "Queued, or not yet known to be placed"},
-        409: {"description": "The Idempotency-Key was used with another body"},
+        202: {
+            "model": CallOut,
+            "description": "Queued (the account's rate, or `wait=false`), or not yet known to be "
+            "placed (`unknown`)",
+            "content": {"application/json": {"example": _QUEUED_EXAMPLE}},
+        },
+        **refusals(400, 401, 409, 413, 415, 422, 502, 503),
     },
 )
 async def place_call(
-    body: CallCreate,
+    body: Annotated[CallCreate, Body(openapi_examples=_PLACE_EXAMPLES)],
     session: SessionDep,
     services: ServicesDep,
     response: Response,
@@ -76,6 +114,7 @@ async def place_call(
     dependencies=[Depends(require_json)],
     status_code=status.HTTP_202_ACCEPTED,
     summary="Queue up to 1000 calls at once",
+    responses=refusals(400, 401, 409, 413, 415, 422),
     description=(
         "Every call is validated first; any invalid one refuses the whole batch, naming it "
         "(`calls.3.from`). The calls are queued in one transaction and dispatched at the "
@@ -92,7 +131,7 @@ async def place_batch(body: BatchCreate, session: SessionDep, services: Services
     return BatchOut(id=batch.id, size=batch.size, calls=[CallOut.of(call) for call, _ in calls])
 
 
-@router.get("", summary="List calls, newest first")
+@router.get("", summary="List calls, newest first", responses=refusals(401, 422))
 async def list_calls(
     session: SessionDep,
     status_: Annotated[list[CallStatus], Query(alias="status")] = [],  # noqa: B006
@@ -120,12 +159,16 @@ async def list_calls(
     return CallPage(items=[CallOut.of(call) for call in calls], next_cursor=next_cursor)
 
 
-@router.get("/{ref}", summary="One call, by our id or Exotel's SID")
+@router.get("/{ref}", summary="One call, by our id or Exotel's SID", responses=refusals(401, 404))
 async def get_call(ref: str, session: SessionDep) -> CallOut:
     return CallOut.of(await service.find_call(session, ref))
 
 
-@router.get("/{ref}/events", summary="Every status callback received for a call, oldest first")
+@router.get(
+    "/{ref}/events",
+    summary="Every status callback received for a call, oldest first",
+    responses=refusals(401, 404),
+)
 async def list_call_events(ref: str, session: SessionDep) -> list[EventOut]:
     call = await service.find_call(session, ref)
     return [
@@ -137,7 +180,9 @@ async def list_call_events(ref: str, session: SessionDep) -> list[EventOut]:
 batches = APIRouter(prefix="/batches", tags=["calls"], dependencies=[Depends(require_api_key)])
 
 
-@batches.get("/{batch_id}", summary="A batch's calls, counted by status")
+@batches.get(
+    "/{batch_id}", summary="A batch's calls, counted by status", responses=refusals(401, 404, 422)
+)
 async def get_batch(batch_id: uuid.UUID, session: SessionDep) -> BatchSummary:
     batch, counts = await service.batch_summary(session, batch_id)
     return BatchSummary(id=batch.id, size=batch.size, created_at=batch.created_at, counts=counts)

@@ -53,23 +53,107 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-# Documented on every endpoint: the statuses any request can meet, in the one error shape.
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in {
-        400: "Malformed body",
-        401: "No valid API key (or callback token)",
-        403: "Forbidden (callback token or source)",
-        404: "No such resource",
-        409: "Idempotency-Key reused with another body",
-        413: "Body over MAX_BODY_BYTES",
-        415: "Unsupported content type",
-        422: "Invalid input; `details` names each field",
-        500: "Internal error (logged)",
-        502: "Exotel refused for reasons of the account",
-        503: "Exotel or the database unavailable",
-    }.items()
+_CALL_ID = "5773f9c0-fe08-4c68-b2ae-550a0ff74c67"
+# Each status an endpoint can refuse with: what it means, and an answer exocall gave.
+_REFUSALS: dict[int, tuple[str, dict[str, Any]]] = {
+    400: (
+        "Malformed body",
+        {"code": "invalid_json", "message": "the body is not valid JSON: Expecting value"},
+    ),
+    401: (
+        "No valid API key (or callback token)",
+        {
+            "code": "unauthenticated",
+            "message": "send Authorization: Bearer <one of the service's API keys>",
+        },
+    ),
+    403: (
+        "The callback token is not valid, or the source is not allowed",
+        {"code": "callback_forbidden", "message": "the callback token is not valid"},
+    ),
+    404: (
+        "No such resource",
+        {"code": "call_not_found", "message": f"no call with id or sid '{_CALL_ID}'"},
+    ),
+    409: (
+        "The Idempotency-Key was used with another body",
+        {
+            "code": "idempotency_conflict",
+            "message": "this Idempotency-Key was used with a different request",
+            "call_id": _CALL_ID,
+            "index": 0,
+        },
+    ),
+    413: (
+        "Body over MAX_BODY_BYTES",
+        {"code": "payload_too_large", "message": "the body is larger than 1048576 bytes"},
+    ),
+    415: (
+        "Unsupported content type",
+        {"code": "unsupported_media_type", "message": "send the body as application/json"},
+    ),
+    422: (
+        "Invalid input (`details` names each field), or Exotel refused the number itself",
+        {
+            "code": "validation_error",
+            "message": "from: not a valid Indian mobile/landline or E.164 number",
+            "details": [
+                {
+                    "field": "from",
+                    "message": "not a valid Indian mobile/landline or E.164 number",
+                    "type": "value_error",
+                }
+            ],
+        },
+    ),
+    502: (
+        "Exotel refused the call for reasons of the account (credentials, plan limits)",
+        {
+            "code": "exotel_rejected",
+            "message": "Usage limit of the plan reached; ",
+            "call_id": _CALL_ID,
+            "exotel_status": 402,
+            "exotel_code": None,
+        },
+    ),
+    503: (
+        "Exotel or the database unavailable; try again",
+        {"code": "database_unavailable", "message": "database: OperationalError"},
+    ),
 }
+
+
+def refusals(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the statuses an endpoint can refuse with, in the one shape."""
+    return {
+        status: {
+            "model": ErrorResponse,
+            "description": _REFUSALS[status][0],
+            "content": {"application/json": {"example": {"error": _REFUSALS[status][1]}}},
+        }
+        for status in statuses
+    }
+
+
+def in_the_one_error_shape(schema: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI schema with FastAPI's own 422 (which it adds to every operation taking
+    parameters, in its `HTTPValidationError` shape) in the shape exocall answers with."""
+    ours = refusals(422)[422]
+    for methods in schema.get("paths", {}).values():
+        for operation in methods.values():
+            response = operation.get("responses", {}).get("422")
+            if response and "HTTPValidationError" in str(response):
+                response["content"] = {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/ErrorResponse"},
+                        **ours["content"]["application/json"],
+                    }
+                }
+                response["description"] = ours["description"]
+    components = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    return schema
 
 
 class ApiError(Exception):
@@ -121,7 +205,8 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:
     # objects that are not JSON.
     return [
         {
-            "field": _field_name(error["loc"]),
+            # A body that is not JSON at all is located at its character offset: ("body", 1).
+            "field": "body" if error["type"] == "json_invalid" else _field_name(error["loc"]),
             "message": str(error["msg"]).removeprefix("Value error, "),
             "type": str(error["type"]),
         }

@@ -6,12 +6,12 @@ import logging
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.api.deps import ServicesDep, require_metrics_access
-from app.api.errors import error_response
+from app.api.errors import error_response, refusals
 from app.calls.service import Overview, overview
 from app.db.models import utcnow
 from app.db.session import is_database_down
@@ -22,12 +22,20 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="The process is alive")
+@router.get(
+    "/healthz",
+    summary="The process is alive",
+    responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
+)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
 class Ready(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"status": "ready", "schema": "d3e5f7a9b1c2"}]}
+    )
+
     status: str = "ready"
     schema_revision: str = Field(alias="schema")
 
@@ -36,6 +44,7 @@ class Ready(BaseModel):
     "/readyz",
     summary="The database is reachable and its schema is current",
     response_model=Ready,
+    responses=refusals(503),
 )
 async def readyz(services: ServicesDep) -> JSONResponse:
     try:
@@ -65,7 +74,7 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         "`METRICS_PUBLIC` is set."
     ),
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE: {}}}},
+    responses={200: {"content": {CONTENT_TYPE: {}}}, **refusals(401)},
     dependencies=[Depends(require_metrics_access)],
 )
 async def metrics(services: ServicesDep) -> Response:

@@ -128,8 +128,35 @@ class CallErrorOut(BaseModel):
     exotel_code: int | None = None
 
 
+# A call as exocall answered with it (GET /calls/{id} after its terminal callback).
+CALL_EXAMPLE: dict[str, Any] = {
+    "id": "452255da-dd51-4bb7-a09f-f8b5addd92f5",
+    "sid": "b6cb1fa0c1b3d1a7e2d9a4b6f1c2e8pm",
+    "status": "completed",
+    "from": "+919052161119",
+    "caller_id": "08030752400",
+    "app_id": "926",
+    "flow_url": "http://my.exotel.com/acme1/exoml/start_voice/926",
+    "custom_field": "order-123",
+    "time_limit": None,
+    "time_out": None,
+    "recording_url": "https://s3-ap-southeast-1.amazonaws.com/exotelrecordings/acme1/"
+    "b6cb1fa0c1b3d1a7e2d9a4b6f1c2e8pm.mp3",
+    "duration": None,
+    "conversation_duration": None,
+    "date_updated": "2024-09-16T15:51:00+05:30",
+    "error": None,
+    "created_at": "2026-11-27T00:24:41.845594Z",
+    "dispatched_at": "2026-11-27T00:24:41.953990Z",
+    "updated_at": "2026-11-27T00:24:42.190204Z",
+    "batch_id": None,
+}
+
+
 class CallOut(BaseModel):
-    model_config = ConfigDict(serialize_by_alias=True)
+    model_config = ConfigDict(
+        serialize_by_alias=True, json_schema_extra={"examples": [CALL_EXAMPLE]}
+    )
 
     id: uuid.UUID
     sid: str | None
@@ -185,6 +212,18 @@ class CallOut(BaseModel):
 
 
 class CallPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [CALL_EXAMPLE],
+                    "next_cursor": "WyIyMDI2LTExLTI3VDAwOjI0OjQxLjg0NTU5NCswMDowMCIsICI0NTIyNTVk"
+                    "YS1kZDUxLTRiYjctYTA5Zi1mOGI1YWRkZDkyZjUiXQ",
+                }
+            ]
+        }
+    )
+
     items: list[CallOut]
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next page; null at the end."
@@ -192,7 +231,30 @@ class CallPage(BaseModel):
 
 
 class EventOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 1,
+                    "received_at": "2026-11-27T00:24:42.149051Z",
+                    "content_type": "multipart/form-data",
+                    "outcome": "applied",
+                    "status": "completed",
+                    "event_type": None,
+                    "recording_url": CALL_EXAMPLE["recording_url"],
+                    "date_updated": "2024-09-16T15:51:00+05:30",
+                    "date_updated_raw": "2024-09-16 15:51:00",
+                    "payload": {
+                        "CallSid": CALL_EXAMPLE["sid"],
+                        "Status": "completed",
+                        "RecordingUrl": CALL_EXAMPLE["recording_url"],
+                        "DateUpdated": "2024-09-16 15:51:00",
+                    },
+                }
+            ]
+        },
+    )
 
     id: int
     received_at: datetime
@@ -216,18 +278,75 @@ class BatchCallCreate(CallCreate):
 
 
 class BatchCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "calls": [
+                        {"from": "09052161112", "app_id": "926", "idempotency_key": "order-7"},
+                        {
+                            "from": "+91 90521 61113",
+                            "app_id": "926",
+                            "custom_field": "order-8",
+                            "idempotency_key": "order-8",
+                        },
+                    ]
+                }
+            ]
+        },
+    )
 
     calls: list[BatchCallCreate] = Field(min_length=1, max_length=MAX_BATCH)
 
 
+_QUEUED_EXAMPLE = CALL_EXAMPLE | {
+    "id": "dd212c95-bd81-4dce-993e-f9085132ac82",
+    "sid": None,
+    "status": "queued",
+    "from": "+919052161112",
+    "custom_field": None,
+    "recording_url": None,
+    "date_updated": None,
+    "created_at": "2026-11-27T00:24:42.103242Z",
+    "dispatched_at": None,
+    "updated_at": "2026-11-27T00:24:42.103242Z",
+    "batch_id": "2b41daf5-96c3-4f5c-afee-82069c921da7",
+}
+
+
 class BatchOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "2b41daf5-96c3-4f5c-afee-82069c921da7",
+                    "size": 1,
+                    "calls": [_QUEUED_EXAMPLE],
+                }
+            ]
+        }
+    )
+
     id: uuid.UUID
     size: int
     calls: list[CallOut] = Field(description="In the order given; a repeated key repeats its call.")
 
 
 class BatchSummary(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "2b41daf5-96c3-4f5c-afee-82069c921da7",
+                    "size": 1000,
+                    "created_at": "2026-11-27T00:24:42.101903Z",
+                    "counts": {"completed": 812, "busy": 21, "in-progress": 17, "queued": 150},
+                }
+            ]
+        }
+    )
+
     id: uuid.UUID
     size: int
     created_at: datetime

@@ -1,0 +1,95 @@
+"""The OpenAPI schema documents every operation for the people who call it: a summary, examples
+of what to send and of what comes back, and each refusal in the one error shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from app.main import create_app
+from tests.conftest import make_settings
+
+Operation = tuple[str, str, dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def openapi() -> dict[str, Any]:
+    # Building the schema connects to nothing: no database needed.
+    return create_app(make_settings("sqlite+aiosqlite:///:memory:")).openapi()
+
+
+def operations(spec: dict[str, Any]) -> list[Operation]:
+    return [
+        (method.upper(), path, operation)
+        for path, methods in spec["paths"].items()
+        for method, operation in methods.items()
+    ]
+
+
+def resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in schema:
+        return dict(spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]])
+    if schema.get("type") == "array":
+        return resolve(spec, schema["items"])
+    return schema
+
+
+def has_example(spec: dict[str, Any], content: dict[str, Any]) -> bool:
+    if "example" in content or "examples" in content:
+        return True
+    schema = resolve(spec, content.get("schema", {}))
+    return "examples" in schema or "example" in schema
+
+
+def test_every_operation_has_a_summary_and_examples(openapi: dict[str, Any]) -> None:
+    missing = []
+    for method, path, operation in operations(openapi):
+        if not operation.get("summary"):
+            missing.append(f"{method} {path}: summary")
+        for media_type, content in operation.get("requestBody", {}).get("content", {}).items():
+            if not has_example(openapi, content):
+                missing.append(f"{method} {path}: request example ({media_type})")
+        for status, response in operation["responses"].items():
+            for media_type, content in response.get("content", {}).items():
+                if media_type == "application/json" and not has_example(openapi, content):
+                    missing.append(f"{method} {path}: {status} example")
+    assert missing == []
+
+
+def test_every_refusal_is_documented_in_the_one_error_shape(openapi: dict[str, Any]) -> None:
+    for method, path, operation in operations(openapi):
+        for status, response in operation["responses"].items():
+            if int(status) < 400:
+                continue
+            content = response["content"]["application/json"]
+            assert content["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}, (
+                f"{method} {path} {status}"
+            )
+            assert set(content["example"]["error"]) >= {"code", "message"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "statuses"),
+    [
+        ("get", "/calls/{ref}", {"200", "401", "404", "422"}),  # 422: FastAPI's, for any parameter
+        ("get", "/healthz", {"200"}),
+        ("post", "/status-callback", {"200", "400", "401", "403", "413", "415", "422", "503"}),
+    ],
+)
+def test_each_operation_documents_the_refusals_it_can_give(
+    openapi: dict[str, Any], method: str, path: str, statuses: set[str]
+) -> None:
+    assert set(openapi["paths"][path][method]["responses"]) == statuses
+
+
+@pytest.mark.anyio
+async def test_a_body_that_is_not_json_is_refused_naming_the_body(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post(
+        "/calls", content=b"{", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert [d["field"] for d in response.json()["error"]["details"]] == ["body"]
