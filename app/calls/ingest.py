@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from app.calls.service import ReceivedCallback, record_status_callback, update_from_callback
 from app.calls.state import apply_update
 from app.db.models import Call, CallEvent, CallStatus, EventOutcome, utcnow
-from app.db.session import create_sessionmaker, is_database_down
+from app.db.session import create_sessionmaker
 from app.exotel.wire import StatusCallback, parse_status_callback
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class CallbackWriter:
         try:
             results = await self._store(batch, held)
         except Exception as exc:  # every waiting request learns what went wrong
-            if held is not None and is_database_down(exc):
+            if held is not None:  # whatever state the failure left it in, start afresh
                 await held.discard()
             for pending in batch:
                 if not pending.done.done():
@@ -334,9 +334,14 @@ class _HeldConnection:
         return raw.driver_connection
 
     async def discard(self) -> None:
+        """Give the connection up; never raises, so that its writer lives on."""
         if self._connection is not None:
-            await self._connection.invalidate()
-            await self.close()
+            connection, self._connection = self._connection, None
+            try:
+                await connection.invalidate()
+                await connection.close()
+            except Exception:
+                log.warning("callback writer: dropping its connection failed", exc_info=True)
 
     async def close(self) -> None:
         if self._connection is not None:
