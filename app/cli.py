@@ -6,6 +6,7 @@ import asyncio
 import logging.config
 import os
 import tempfile
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -16,6 +17,11 @@ from pydantic import ValidationError
 from app.calls.callback_auth import status_callback_url
 from app.calls.dispatcher import budget_of
 from app.calls.reconcile import Repairs, reconcile_once
+from app.calls.schemas import MAX_BATCH
+from app.client.api import API_KEY_ENV, DEFAULT_URL, URL_ENV, ExocallClient
+from app.client.call import place_and_follow
+from app.client.campaign import CampaignOptions, run_campaign
+from app.client.outcome import plain_console, reporting_failures
 from app.config import Settings
 from app.db import migrate as migrations
 from app.db.session import create_engine, create_sessionmaker
@@ -138,6 +144,101 @@ def callback_url() -> None:
     """Print the account-wide StatusCallback URL, for callbacks set up in an Exotel flow."""
     settings = load_settings()
     typer.echo(status_callback_url(settings.public_base_url, settings.signing_secrets[0], None))
+
+
+# The options of the commands that are clients of a running service.
+ServiceUrl = Annotated[str, typer.Option("--url", envvar=URL_ENV, help="The exocall service.")]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(envvar=API_KEY_ENV, help="One of the service's API_KEYS.", show_default=False),
+]
+AppId = Annotated[str, typer.Option(help="Exotel's flow (app) id to connect the customer to.")]
+CallerId = Annotated[
+    str | None,
+    typer.Option(help="The ExoPhone to call from; the service's EXOTEL_CALLER_ID when absent."),
+]
+
+
+@cli.command(
+    epilog="Exit status: 0 completed; 1 ended otherwise (busy, no-answer, failed, canceled, "
+    "rejected); 2 refused as invalid; 3 the service unreachable or failing; 4 not over after "
+    "--timeout."
+)
+def call(
+    number: Annotated[str, typer.Argument(help="The customer's number, in any usual spelling.")],
+    app_id: AppId,
+    caller_id: CallerId = None,
+    custom_field: Annotated[str | None, typer.Option(help="Handed to the flow.")] = None,
+    url: ServiceUrl = DEFAULT_URL,
+    api_key: ApiKey = None,
+    timeout: Annotated[
+        float, typer.Option(min=0, help="Seconds to follow the call before giving up.")
+    ] = 600,
+) -> None:
+    """Place one call through a running exocall and follow it to its end."""
+    body = {"from": number, "app_id": app_id, "caller_id": caller_id, "custom_field": custom_field}
+    body = {field: value for field, value in body.items() if value is not None}
+    out, err = plain_console(), plain_console(stderr=True)
+    with ExocallClient(url, api_key) as client:
+        code = reporting_failures(
+            err, lambda: place_and_follow(client, body, timeout=timeout, out=out, err=err)
+        )
+    raise typer.Exit(code)
+
+
+@cli.command(
+    epilog="Every row is validated before anything is sent. What was sent is kept next to FILE "
+    "(in FILE.exocall.json), so --resume carries on after any interruption without dialling "
+    "anyone twice. Exit status: 0 every call ended; 2 invalid rows or options (nothing sent); "
+    "3 the service unreachable or failing; 4 calls not over after --timeout; 130 interrupted."
+)
+def campaign(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="A CSV file: a number column; custom_field, idempotency_key optional.",
+        ),
+    ],
+    app_id: AppId,
+    caller_id: CallerId = None,
+    url: ServiceUrl = DEFAULT_URL,
+    api_key: ApiKey = None,
+    resume: Annotated[bool, typer.Option(help="Continue the campaign of FILE's state.")] = False,
+    results: Annotated[
+        Path | None, typer.Option(help="Write each row's call and final status here (CSV).")
+    ] = None,
+    chunk: Annotated[
+        int,
+        typer.Option(
+            min=1, max=MAX_BATCH, help="Calls per batch, each sent once the last left the queue."
+        ),
+    ] = MAX_BATCH,
+    rate_limit: Annotated[
+        int, typer.Option(min=1, help="The account's calls per minute, to show the rate against.")
+    ] = 200,
+    timeout: Annotated[
+        float, typer.Option(min=0, help="Stop following once no call changed for this long (s).")
+    ] = 600,
+) -> None:
+    """Call every number of a CSV file, following the calls to their end."""
+    options = CampaignOptions(
+        app_id=app_id,
+        caller_id=caller_id,
+        resume=resume,
+        chunk=chunk,
+        rate_limit=rate_limit,
+        timeout=timeout,
+        results=results,
+    )
+    out, err = plain_console(), plain_console(stderr=True)
+    with ExocallClient(url, api_key) as client:
+        code = reporting_failures(
+            err, lambda: run_campaign(client, file, options, out=out, err=err)
+        )
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from app.api import callbacks, calls, health
+from app.api import callbacks, calls, health, ui
 from app.api.errors import in_the_one_error_shape, install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.request_ids import RequestIds
@@ -160,6 +160,7 @@ def create_app(
     app.include_router(calls.router)
     app.include_router(calls.batches)
     app.include_router(health.router)
+    app.include_router(ui.router)
     if simulator_app is not None:
         # Reachable by hand too: curl $PUBLIC_BASE_URL/_simulator/v1/Accounts/simulated/Calls.json
         app.mount(SIMULATOR_PREFIX, simulator_app)

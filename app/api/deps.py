@@ -7,11 +7,12 @@ a handoff that costs more than any of them.
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.errors import ApiError
@@ -39,6 +40,13 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 _bearer = HTTPBearer(auto_error=False, description="One of the service's API_KEYS.")
 
 
+def is_api_key(keys: Sequence[SecretStr], given: bytes) -> bool:
+    """Whether `given` is one of `keys`: compared with every key, each in constant time, so
+    the time taken tells nothing of which key, or how much of one, matched."""
+    matches = [hmac.compare_digest(key.get_secret_value().encode(), given) for key in keys]
+    return any(matches)
+
+
 async def require_api_key(
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
@@ -48,9 +56,7 @@ async def require_api_key(
     keys = services.settings.api_keys
     if not keys:
         return
-    given = credentials.credentials.encode() if credentials else b""
-    matches = [hmac.compare_digest(key.get_secret_value().encode(), given) for key in keys]
-    if not any(matches):
+    if not is_api_key(keys, credentials.credentials.encode() if credentials else b""):
         raise ApiError(
             401,
             "unauthenticated",

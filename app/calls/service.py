@@ -23,10 +23,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.calls.errors import BatchNotFound, CallNotFound, IdempotencyConflict, InvalidField
 from app.calls.phone import mask
+from app.calls.ratelimit import THROTTLE
 from app.calls.schemas import CallCreate
 from app.calls.state import StatusUpdate, apply_update
 from app.config import Settings
-from app.db.models import Batch, Call, CallEvent, CallStatus, EventOutcome, utcnow
+from app.db.clock import clock
+from app.db.models import (
+    Batch,
+    Call,
+    CallEvent,
+    CallStatus,
+    EventOutcome,
+    ExotelRequest,
+    Throttle,
+    utcnow,
+)
 from app.db.session import insert_for
 from app.exotel.wire import StatusCallback, parse_status_callback
 from app.logs import about
@@ -391,3 +402,57 @@ def status_from_exotel(status: str | None) -> CallStatus | None:
     return _CALLBACK_STATUSES.get(
         CallStatus.IN_PROGRESS.value if status in ("queued", "ringing") else status
     )
+
+
+# --- the status page: read only -----------------------------------------------------------
+
+
+async def count_calls_by_status(
+    session: AsyncSession, *, created_after: datetime
+) -> dict[str, int]:
+    """Calls created since `created_after`, by status."""
+    counts = await session.execute(
+        select(Call.status, func.count())
+        .where(Call.created_at >= created_after)
+        .group_by(Call.status)
+    )
+    return {str(status): count for status, count in counts}
+
+
+async def exotel_requests_granted(
+    session: AsyncSession, *, within_seconds: float
+) -> dict[str, int]:
+    """Requests granted from the account's budget in the last `within_seconds`, by kind
+    (`connect`, `lookup`), on the database's clock: the one the grants are logged at."""
+    counts = await session.execute(
+        select(ExotelRequest.kind, func.count())
+        .where(ExotelRequest.at > clock(session) - within_seconds)
+        .group_by(ExotelRequest.kind)
+    )
+    return {str(kind): count for kind, count in counts}
+
+
+async def rate_limit_paused_for(session: AsyncSession) -> float:
+    """How many more seconds every replica is held back after Exotel answered 429 (0: none)."""
+    remaining = await session.scalar(
+        select(Throttle.paused_until - clock(session)).where(Throttle.name == THROTTLE)
+    )
+    return max(float(remaining or 0.0), 0.0)
+
+
+async def recent_batches(
+    session: AsyncSession, *, limit: int
+) -> list[tuple[Batch, dict[str, int]]]:
+    """The newest batches, newest first, each with its calls counted by status."""
+    query = select(Batch).order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit)
+    batches = list(await session.scalars(query))
+    counts: dict[uuid.UUID | None, dict[str, int]] = {batch.id: {} for batch in batches}
+    if batches:
+        rows = await session.execute(
+            select(Call.batch_id, Call.status, func.count())
+            .where(Call.batch_id.in_(list(counts)))
+            .group_by(Call.batch_id, Call.status)
+        )
+        for batch_id, status, count in rows:
+            counts[batch_id][str(status)] = count
+    return [(batch, counts[batch.id]) for batch in batches]

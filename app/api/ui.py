@@ -1,0 +1,333 @@
+"""`/ui`: a status page for the people who run exocall. Server-rendered HTML, read only, no
+JavaScript; behind the internal API's keys.
+
+Browsers cannot send a bearer token, so the pages also take HTTP Basic auth: any user name, and
+one of `API_KEYS` as the password. Errors are the service's one JSON shape, as everywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import heapq
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import jinja2
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse
+from fastapi.security.utils import get_authorization_scheme_param
+from markupsafe import Markup
+
+from app.api.deps import ServicesDep, SessionDep, is_api_key
+from app.api.errors import ApiError
+from app.calls import service
+from app.calls.errors import CallNotFound
+from app.calls.phone import mask
+from app.calls.state import TERMINAL
+from app.db.models import Batch, Call, CallEvent, CallStatus, utcnow
+from app.exotel.wire import IST  # India has one zone, Asia/Kolkata: +05:30 all year
+
+RECENT_CALLS = 50
+RECENT_BATCHES = 10
+REFRESH_SECONDS = 10
+
+# Lifecycle order: waiting, under way, ended by Exotel, refused, undecided.
+STATUSES = [
+    CallStatus.QUEUED,
+    CallStatus.IN_PROGRESS,
+    CallStatus.COMPLETED,
+    CallStatus.BUSY,
+    CallStatus.NO_ANSWER,
+    CallStatus.FAILED,
+    CallStatus.CANCELED,
+    CallStatus.REJECTED,
+    CallStatus.UNKNOWN,
+]
+MEANINGS = {
+    CallStatus.QUEUED: "stored, not yet sent to Exotel",
+    CallStatus.IN_PROGRESS: "accepted by Exotel, not ended",
+    CallStatus.COMPLETED: "answered and ended",
+    CallStatus.BUSY: "the line was busy",
+    CallStatus.NO_ANSWER: "rang, nobody answered",
+    CallStatus.FAILED: "Exotel could not connect it",
+    CallStatus.CANCELED: "canceled before it was answered",
+    CallStatus.REJECTED: "refused by Exotel: nothing was dialled",
+    CallStatus.UNKNOWN: "Exotel may have dialled; never sent again",
+}
+# Stacked bars: ended calls first, then those under way, then those waiting.
+_BAR_ORDER = [
+    *(status for status in STATUSES if status in TERMINAL),
+    CallStatus.UNKNOWN,
+    CallStatus.IN_PROGRESS,
+    CallStatus.QUEUED,
+]
+
+# --- access ------------------------------------------------------------------------------
+
+
+def _presented_key(authorization: str) -> bytes:
+    """The key of `Authorization: Bearer <key>`, or the password of `Basic <user:key>`."""
+    scheme, credentials = get_authorization_scheme_param(authorization)
+    if scheme.lower() == "bearer":
+        return credentials.encode()
+    if scheme.lower() == "basic":
+        try:
+            user_and_password = base64.b64decode(credentials, validate=True)
+        except (binascii.Error, ValueError):
+            return b""
+        _user, colon, password = user_and_password.partition(b":")
+        return password if colon else b""
+    return b""
+
+
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+async def require_page_access(services: ServicesDep, request: Request) -> None:
+    """One of API_KEYS, as a bearer token or as the password of HTTP Basic auth. Open without
+    API_KEYS (development only), as the API is. The challenge makes a browser ask for it."""
+    keys = services.settings.api_keys
+    if not keys:
+        return
+    if not is_api_key(keys, _presented_key(request.headers.get("authorization", ""))):
+        raise ApiError(
+            401,
+            "unauthenticated",
+            "sign in with any user name and one of the service's API keys as the password",
+            headers={"WWW-Authenticate": 'Basic realm="exocall"'} | _NO_STORE,
+        )
+
+
+router = APIRouter(
+    prefix="/ui", include_in_schema=False, dependencies=[Depends(require_page_access)]
+)
+
+# --- rendering ---------------------------------------------------------------------------
+
+_TEMPLATES = Path(__file__).parent / "templates"
+_CSS = (_TEMPLATES / "ui.css").read_text()
+_CSS_HASH = base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode()
+
+# The pages show personal data (numbers): no cache keeps them. The policy lets in the page's
+# own inline stylesheet, by its hash, and the empty `data:` icon (which spares a request for
+# /favicon.ico); no script at all, no fetch, no frame, no form.
+PAGE_HEADERS = _NO_STORE | {
+    "Content-Security-Policy": (
+        f"default-src 'none'; style-src 'sha256-{_CSS_HASH}'; img-src data:; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _ist(instant: datetime | None, *, precise: bool = False) -> Markup:
+    """A timestamp in IST with its offset (`2026-11-27 02:06:33+05:30`), as a `<time>`;
+    `precise` adds milliseconds, to tell apart what happened within a second."""
+    if instant is None:
+        return Markup('<span class="none">—</span>')
+    local = instant.astimezone(IST)
+    moment = local.strftime("%Y-%m-%d %H:%M:%S")
+    if precise:
+        moment += f".{local.microsecond // 1000:03d}"
+    offset = local.isoformat()[-6:]  # +05:30
+    return Markup('<time datetime="{}">{}<span class="offset">{}</span></time>').format(
+        local.isoformat(), moment, offset
+    )
+
+
+def _duration(seconds: float) -> str:
+    """`2 h 5 min`, `3 min 12 s`, `45 s`."""
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes:
+        return f"{minutes} min {secs} s"
+    return f"{secs} s"
+
+
+def _fields(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, indent=2, ensure_ascii=False, sort_keys=True)
+
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(_TEMPLATES),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_env.filters.update(
+    ist=_ist,
+    masked=mask,
+    duration=_duration,
+    count=lambda value: f"{value:,.0f}",
+    seconds=lambda value: f"{value:g} s",
+    fields=_fields,
+)
+_env.globals.update(css=Markup(_CSS), meanings=MEANINGS)  # noqa: S704 - our own stylesheet
+
+
+def _page(template: str, **context: Any) -> HTMLResponse:
+    html = _env.get_template(template).render(now=utcnow(), **context)
+    return HTMLResponse(html, headers=PAGE_HEADERS)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A status's part of a stacked bar, in percent of its width (SVG: no inline styles)."""
+
+    status: str
+    count: int
+    x: float
+    width: float
+
+
+def bar(counts: Mapping[str, int], total: int) -> list[Segment]:
+    segments: list[Segment] = []
+    x = 0.0
+    for status in _BAR_ORDER:
+        count = counts.get(status, 0)
+        if count and total:
+            width = 100.0 * count / total
+            segments.append(Segment(status, count, x, width))
+            x += width
+    return segments
+
+
+# --- the status page ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    id: uuid.UUID
+    created_at: datetime
+    size: int
+    calls: int  # distinct: a key repeated within the batch is one call
+    ended: int
+    percent: int
+    counts: list[tuple[str, int]]
+    segments: list[Segment]
+
+
+def batch_row(batch: Batch, counts: Mapping[str, int]) -> BatchRow:
+    calls = sum(counts.values())
+    ended = sum(count for status, count in counts.items() if status in TERMINAL)
+    # Progress over the batch's distinct calls rather than its size, so that a batch whose
+    # calls have all ended shows full even when it repeated an idempotency key.
+    return BatchRow(
+        id=batch.id,
+        created_at=batch.created_at,
+        size=batch.size,
+        calls=calls,
+        ended=ended,
+        percent=round(100 * ended / calls) if calls else 0,
+        counts=[(status, counts[status]) for status in STATUSES if counts.get(status)],
+        segments=bar(counts, calls),
+    )
+
+
+@router.get("")
+async def status_page(
+    session: SessionDep,
+    services: ServicesDep,
+    refresh: Annotated[int, Query(ge=0, le=3600)] = REFRESH_SECONDS,
+) -> HTMLResponse:
+    settings = services.settings
+    now = utcnow()
+    overview = await service.overview(session)
+    last_day = await service.count_calls_by_status(session, created_after=now - timedelta(days=1))
+    granted = await service.exotel_requests_granted(
+        session, within_seconds=settings.exotel_rate_window_seconds
+    )
+    batches = await service.recent_batches(session, limit=RECENT_BATCHES)
+    calls, _ = await service.list_calls(session, limit=RECENT_CALLS)
+    oldest = overview.oldest_queued_at
+    connects = granted.get("connect", 0)
+    return _page(
+        "status.html",
+        refresh=refresh,
+        statuses=STATUSES,
+        all_time=overview.calls_by_status,
+        all_time_bar=bar(overview.calls_by_status, sum(overview.calls_by_status.values())),
+        last_day=last_day,
+        queue_depth=overview.queue_depth,
+        oldest_queued_at=oldest,
+        queue_age=(now - oldest).total_seconds() if oldest else None,
+        connects=connects,
+        lookups=granted.get("lookup", 0),
+        rate_limit=settings.exotel_rate_limit,
+        rate_window=settings.exotel_rate_window_seconds,
+        rate_percent=min(100.0, 100.0 * connects / settings.exotel_rate_limit),
+        paused_for=await service.rate_limit_paused_for(session),
+        batches=[batch_row(batch, counts) for batch, counts in batches],
+        calls=calls,
+        recent_calls=RECENT_CALLS,
+    )
+
+
+# --- a call's page -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A line of a call's timeline: one of the call's milestones, or a status callback."""
+
+    at: datetime
+    what: str
+    detail: str = ""
+    event: CallEvent | None = None
+
+
+def timeline(call: Call, events: Sequence[CallEvent]) -> list[Entry]:
+    """The call's milestones merged by time among its callbacks, which keep the order they
+    were received in."""
+    milestones = [Entry(call.created_at, "created", "stored as queued")]
+    if call.dispatched_at:
+        milestones.append(Entry(call.dispatched_at, "dispatched", "sent to Exotel"))
+    if call.error_code:
+        # The call keeps no time for its error. Dispatch records an ambiguous answer
+        # (`unknown`) with dispatched_at; a refusal, a retry's reason or reconciliation's
+        # verdict is the call's last change.
+        at = call.updated_at
+        if call.dispatched_at and call.status not in (CallStatus.REJECTED, CallStatus.QUEUED):
+            at = call.dispatched_at
+        detail = f"{call.error_code}: {call.error_message}" if call.error_message else ""
+        milestones.append(Entry(at, "error", detail or call.error_code))
+    milestones.sort(key=lambda entry: entry.at)
+    callbacks: Iterable[Entry] = (
+        Entry(event.received_at, "status callback", event=event) for event in events
+    )
+    return list(heapq.merge(milestones, callbacks, key=lambda entry: entry.at))
+
+
+@router.get("/calls/{ref}")
+async def call_page(ref: str, session: SessionDep) -> HTMLResponse:
+    """One call, by our id or Exotel's SID: its details, whole number included (the key
+    holder reads it through the API anyway), and its timeline."""
+    try:
+        call = await service.find_call(session, ref)
+    except CallNotFound as exc:
+        raise ApiError(404, "call_not_found", str(exc), headers=PAGE_HEADERS) from None
+    events = await service.list_events(session, call_id=call.id)
+    recording = call.recording_url or ""
+    return _page(
+        "call.html",
+        call=call,
+        entries=timeline(call, events),
+        # Only while the call can still change.
+        refresh=0 if call.status in TERMINAL else REFRESH_SECONDS,
+        # Exotel's word; linked only if it is a web address (never `javascript:`).
+        recording_link=recording.startswith(("https://", "http://")),
+        # An ambiguous answer that Exotel's word on the call has since settled.
+        error_resolved=call.status
+        not in (CallStatus.REJECTED, CallStatus.UNKNOWN, CallStatus.QUEUED),
+    )

@@ -1,0 +1,68 @@
+"""`exocall call`: place one call and follow it, printing each change as it happens."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+
+from app.calls.state import TERMINAL
+from app.client.api import CallView, ExocallClient
+from app.client.outcome import ExitCode
+from app.db.models import CallStatus
+
+POLL_SECONDS = 0.5
+
+
+def place_and_follow(
+    client: ExocallClient, body: dict[str, Any], *, timeout: float, out: Console, err: Console
+) -> ExitCode:
+    """Place the call `body` describes, then print its changes until its status is final
+    (`unknown` is not: a callback or reconciliation still resolves it)."""
+    call = client.place_call(body)
+    out.print(f"call {call.id} to {call.from_number}")
+    started = time.monotonic()
+    previous: CallView | None = None
+    try:
+        while True:
+            if line := describe_change(previous, call):
+                out.print(f"{time.monotonic() - started:6.1f}s  {line}")
+            if call.status in TERMINAL:
+                return (
+                    ExitCode.OK if call.status == CallStatus.COMPLETED else ExitCode.NOT_COMPLETED
+                )
+            if time.monotonic() - started >= timeout:
+                err.print(
+                    f"still {call.status} after {timeout:g} s: stopped following. The call goes "
+                    f"on; look it up with GET /calls/{call.id}"
+                )
+                return ExitCode.TIMED_OUT
+            time.sleep(POLL_SECONDS)
+            previous, call = call, client.get_call(call.id)
+    except KeyboardInterrupt:
+        err.print(f"stopped following; the call goes on: GET /calls/{call.id}")
+        return ExitCode.INTERRUPTED
+
+
+def describe_change(previous: CallView | None, call: CallView) -> str:
+    """What is new about `call` since `previous`, on one line; empty if nothing is."""
+    news = []
+    if call.sid and (previous is None or previous.sid != call.sid):
+        news.append(f"sid {call.sid}")
+    if call.duration is not None and (previous is None or previous.duration != call.duration):
+        news.append(f"duration {call.duration} s")
+    if call.recording_url and (previous is None or previous.recording_url != call.recording_url):
+        news.append(f"recording {call.recording_url}")
+    if call.error and (previous is None or previous.error != call.error):
+        news.append(describe_error(call))
+    if not news and previous is not None and previous.status == call.status:
+        return ""
+    return f"{call.status:<12} {', '.join(news)}".rstrip()
+
+
+def describe_error(call: CallView) -> str:
+    assert call.error is not None
+    error = call.error
+    answered = f", Exotel answered {error.exotel_status}" if error.exotel_status else ""
+    return f"{error.message.strip().rstrip(';')} ({error.code}{answered})"

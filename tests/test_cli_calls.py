@@ -1,0 +1,348 @@
+"""`exocall call` and `exocall campaign`, as a user runs them: the real commands as processes,
+against a real `exocall serve` and the standalone simulator, on every database backend.
+
+The simulator's outcome follows the last digit of the number dialled (README): the numbers here
+are chosen by it, and the simulator's own log says who was dialled, and how often.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from anyio.abc import Process
+
+from app.calls.state import TERMINAL
+from app.client.rows import read_campaign
+from app.client.state import state_path
+from tests.conftest import AUTH, FAKE_INTERNAL_API_KEY
+from tests.processes import EXOCALL, Deployment, free_ports
+
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
+
+# Bounds on waiting; never asserted on.
+COMMAND_DEADLINE_SECONDS = 60.0
+WAIT_DEADLINE_SECONDS = 20.0
+# One call a second (2 a second, counted over the window plus the 1 s rate margin): a campaign
+# of a few numbers lasts a few seconds, long enough to interrupt it while calls are queued.
+SLOW_ACCOUNT = {"EXOTEL_RATE_LIMIT": "2", "EXOTEL_RATE_WINDOW_SECONDS": "1"}
+
+
+def number(digit: str, index: int = 0) -> str:
+    """A distinct Indian mobile for each index; the last digit picks the outcome."""
+    return f"905216{index:03d}{digit}"
+
+
+def dial_form(number: str) -> str:
+    return "0" + number  # how exocall sends an Indian number to Exotel
+
+
+@dataclass(frozen=True)
+class Exocall:
+    """A running service and simulator, and the CLI pointed at them by its environment."""
+
+    api_url: str
+    simulator_url: str
+    env: dict[str, str]
+
+    async def run(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        with anyio.fail_after(COMMAND_DEADLINE_SECONDS):
+            return await anyio.run_process([EXOCALL, *args], env=self.env, check=False)
+
+    async def start(self, *args: str) -> Process:
+        return await anyio.open_process([EXOCALL, *args], env=self.env)
+
+    async def dialled(self) -> Counter[str]:
+        """How often each number was asked for through Calls/connect."""
+        async with httpx.AsyncClient(base_url=self.simulator_url) as simulator:
+            log = (await simulator.get("/_simulator/log")).json()
+        return Counter(
+            entry["from_number"]
+            for entry in log
+            if entry["path"].endswith("/Calls/connect.json") and entry["from_number"]
+        )
+
+    async def calls(self, **params: Any) -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=self.api_url, headers=AUTH) as api:
+            answer = await api.get("/calls", params={"limit": 200, **params})
+        assert answer.status_code == 200, answer.text
+        return list(answer.json()["items"])
+
+
+StartExocall = Callable[..., Exocall]
+
+
+@pytest.fixture
+def start_exocall(deployment: Deployment) -> StartExocall:
+    def start(callback_delay: float = 0.3, **settings: str) -> Exocall:
+        deployment.env |= settings
+        simulator_url = deployment.start_simulator("--callback-delay", str(callback_delay))
+        api_url = deployment.start_server()
+        env = deployment.env | {"EXOCALL_URL": api_url, "EXOCALL_API_KEY": FAKE_INTERNAL_API_KEY}
+        return Exocall(api_url, simulator_url, env)
+
+    return start
+
+
+def out(result: subprocess.CompletedProcess[bytes]) -> str:
+    return result.stdout.decode()
+
+
+def err(result: subprocess.CompletedProcess[bytes]) -> str:
+    return result.stderr.decode()
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]]) -> Path:
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def read_results(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def summary(output: str) -> dict[str, int]:
+    """The summary table's rows: `status  count`."""
+    rows = (line.split() for line in output.splitlines())
+    return {" ".join(cells[:-1]): int(cells[-1]) for cells in rows if cells and cells[-1].isdigit()}
+
+
+async def wait_until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    deadline = time.monotonic() + WAIT_DEADLINE_SECONDS
+    while not await condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting until {what}")
+        await anyio.sleep(0.05)
+
+
+def submitted_batches(csv_path: Path) -> list[dict[str, Any]]:
+    try:
+        return list(json.loads(state_path(csv_path).read_text())["batches"])
+    except FileNotFoundError:
+        return []
+
+
+async def test_call_follows_each_outcome_and_exits_by_it(start_exocall: StartExocall) -> None:
+    # Time to see the call in progress before its callback ends it.
+    exocall = start_exocall(callback_delay=2)
+    results: dict[str, subprocess.CompletedProcess[bytes]] = {}
+
+    async def call(name: str, *args: str) -> None:
+        results[name] = await exocall.run("call", *args, "--app-id", "926", "--timeout", "30")
+
+    async with anyio.create_task_group() as calls:
+        calls.start_soon(call, "completed", number("0"))
+        calls.start_soon(call, "busy", number("2"))
+        calls.start_soon(call, "rejected", number("5"))
+        calls.start_soon(call, "invalid", "12345")
+        calls.start_soon(call, "unauthenticated", number("1"), "--api-key", "wrong-key")
+
+    completed = results["completed"]
+    assert completed.returncode == 0, err(completed)
+    lines = out(completed).splitlines()
+    assert lines[0].startswith("call ")
+    assert lines[0].endswith(f"to +91{number('0')}")
+    # Each change on its own line, as it happened: the SID once Exotel accepted the call.
+    changes = [line.split()[1] for line in lines[1:]]
+    assert changes == ["queued", "in-progress", "completed"]
+    assert " sid " in lines[2]
+    assert "recording https://" in lines[3]
+
+    busy = results["busy"]
+    assert busy.returncode == 1, err(busy)
+    assert out(busy).splitlines()[-1].split()[1] == "busy"
+
+    rejected = results["rejected"]
+    assert rejected.returncode == 1, err(rejected)
+    last = out(rejected).splitlines()[-1]
+    assert last.split()[1] == "rejected"
+    assert f"Call to [{dial_form(number('5'))}] cannot be made because of TRAI NDNC" in last
+    assert "Exotel answered 403" in last
+
+    # Refusals of the API, printed plainly and naming the field: nothing placed.
+    invalid = results["invalid"]
+    assert invalid.returncode == 2
+    assert "from: not a valid Indian mobile/landline or E.164 number" in err(invalid)
+    unauthenticated = results["unauthenticated"]
+    assert unauthenticated.returncode == 3
+    assert "401 unauthenticated" in err(unauthenticated)
+
+    assert await exocall.dialled() == Counter(dial_form(number(d)) for d in "025")
+
+
+async def test_call_names_the_url_it_could_not_reach() -> None:
+    (port,) = free_ports(1)
+    url = f"http://127.0.0.1:{port}"
+    result = await anyio.run_process(
+        [EXOCALL, "call", number("0"), "--app-id", "926", "--url", url], check=False
+    )
+    assert result.returncode == 3
+    assert f"exocall at {url}: cannot connect" in err(result)
+
+
+async def test_a_campaign_with_bad_rows_reports_them_all_and_sends_nothing(
+    start_exocall: StartExocall, tmp_path: Path
+) -> None:
+    exocall = start_exocall()
+    rows = [
+        [number("0", 1), "ok"],  # line 2
+        ["12345", "bad number"],  # line 3
+        [f"+91 {number('0', 1)}", "the number of line 2, spelled otherwise"],  # line 4
+        ["", "no number"],  # line 5
+        [number("0", 5), "ok"],  # line 6
+    ]
+    path = write_csv(tmp_path / "bad.csv", ["phone", "custom_field"], rows)
+
+    result = await exocall.run("campaign", str(path), "--app-id", "926")
+
+    assert result.returncode == 2, out(result)
+    assert err(result).splitlines()[1:] == [
+        "  line 3: phone: not a valid Indian mobile/landline or E.164 number",
+        f"  line 4: phone: +91 {number('0', 1)} is already on line 2",
+        "  line 5: phone: missing",
+    ]
+    assert not state_path(path).exists()
+    assert await exocall.dialled() == Counter()
+    assert await exocall.calls() == []
+
+
+async def test_a_campaign_shows_its_progress_summary_and_results(
+    start_exocall: StartExocall, tmp_path: Path
+) -> None:
+    exocall = start_exocall()
+    digits = "0123405"
+    numbers = [number(digit, index) for index, digit in enumerate(digits)]
+    path = write_csv(tmp_path / "calls.csv", ["number"], [[n] for n in numbers])
+    # A run that crashed after its first batch was accepted, before its state file said so:
+    # the same rows, with the same keys, are submitted again below.
+    campaign = read_campaign(path, app_id="926", caller_id=None)
+    first = [row.call.model_dump(mode="json", by_alias=True) for row in campaign.rows[:2]]
+    async with httpx.AsyncClient(base_url=exocall.api_url, headers=AUTH) as api:
+        answer = await api.post("/calls/batch", json={"calls": first})
+        assert answer.status_code == 202, answer.text
+
+    results_path = tmp_path / "results.csv"
+    result = await exocall.run(
+        "campaign", str(path), "--app-id", "926", "--results", str(results_path)
+    )
+
+    assert result.returncode == 0, err(result)
+    assert "7/7 done" in out(result)  # the last progress line
+    assert summary(out(result)) == {
+        "completed": 3,
+        "busy": 1,
+        "no-answer": 1,
+        "failed": 1,
+        "rejected": 1,
+        "total": 7,
+    }
+    results = read_results(results_path)
+    assert [row["number"] for row in results] == numbers
+    assert [row["line"] for row in results] == [str(line) for line in range(2, 9)]
+    assert [row["status"] for row in results] == [
+        "completed",
+        "completed",
+        "busy",
+        "no-answer",
+        "failed",
+        "completed",
+        "rejected",
+    ]
+    assert [row["idempotency_key"] for row in results] == [row.key for row in campaign.rows]
+    assert [row["error_code"] for row in results][-1] == "exotel_rejected"
+    assert all(row["call_id"] for row in results)
+    # The two rows submitted before were not dialled again.
+    assert await exocall.dialled() == Counter(dial_form(n) for n in numbers)
+
+
+async def test_a_campaign_killed_with_calls_queued_resumes_without_dialling_twice(
+    start_exocall: StartExocall, tmp_path: Path
+) -> None:
+    exocall = start_exocall(**SLOW_ACCOUNT)
+    numbers = [number(digit, index) for index, digit in enumerate("01234010")]
+    path = write_csv(tmp_path / "calls.csv", ["number"], [[n] for n in numbers])
+
+    campaign = await exocall.start("campaign", str(path), "--app-id", "926")
+    try:
+
+        async def dialling() -> bool:
+            return bool(submitted_batches(path)) and bool(await exocall.dialled())
+
+        await wait_until(dialling, "the batch is submitted and dialling")
+    finally:
+        campaign.kill()  # a crash: nothing of the CLI's own runs
+        await campaign.wait()
+    assert await exocall.calls(status="queued"), "the campaign ended before it was interrupted"
+
+    results_path = tmp_path / "results.csv"
+    resumed = await exocall.run(
+        "campaign", str(path), "--app-id", "926", "--resume", "--results", str(results_path)
+    )
+
+    assert resumed.returncode == 0, err(resumed)
+    assert summary(out(resumed))["total"] == len(numbers)
+    assert await exocall.dialled() == Counter(dial_form(n) for n in numbers)
+    results = read_results(results_path)
+    assert [row["number"] for row in results] == numbers
+    assert all(row["status"] in TERMINAL for row in results), results
+
+
+async def test_a_campaign_interrupted_between_batches_submits_the_rest_on_resume(
+    start_exocall: StartExocall, tmp_path: Path
+) -> None:
+    exocall = start_exocall(**SLOW_ACCOUNT)
+    numbers = [number(digit, index) for index, digit in enumerate("0123401")]
+    path = write_csv(tmp_path / "calls.csv", ["number"], [[n] for n in numbers])
+
+    campaign = await exocall.start("campaign", str(path), "--app-id", "926", "--chunk", "3")
+    try:
+
+        async def first_batch_submitted() -> bool:
+            return bool(submitted_batches(path))
+
+        await wait_until(first_batch_submitted, "the first batch is submitted")
+        campaign.send_signal(signal.SIGINT)  # Ctrl-C
+        with anyio.fail_after(WAIT_DEADLINE_SECONDS):
+            assert await campaign.wait() == 130
+    finally:
+        if campaign.returncode is None:
+            campaign.kill()
+            await campaign.wait()
+    assert campaign.stderr is not None
+    assert "--resume" in (await campaign.stderr.receive()).decode()
+    # The rows of the later batches were never sent.
+    assert [len(batch["calls"]) for batch in submitted_batches(path)] == [3]
+    assert len(await exocall.calls()) == 3
+
+    # Without --resume, the existing state is not started over.
+    again = await exocall.run("campaign", str(path), "--app-id", "926", "--chunk", "3")
+    assert again.returncode == 2
+    assert "--resume" in err(again)
+
+    results_path = tmp_path / "results.csv"
+    resumed = await exocall.run(
+        "campaign", str(path), "--app-id", "926", "--chunk", "3", "--resume",
+        "--results", str(results_path),
+    )  # fmt: skip
+
+    assert resumed.returncode == 0, err(resumed)
+    assert [len(batch["calls"]) for batch in submitted_batches(path)] == [3, 3, 1]
+    assert await exocall.dialled() == Counter(dial_form(n) for n in numbers)
+    results = read_results(results_path)
+    assert [row["number"] for row in results] == numbers
+    assert all(row["status"] in TERMINAL for row in results), results
