@@ -14,10 +14,10 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
+from app.api.schemas import MAX_BATCH
 from app.calls.callback_auth import status_callback_url
 from app.calls.dispatcher import budget_of
 from app.calls.reconcile import Repairs, reconcile_once
-from app.calls.schemas import MAX_BATCH
 from app.client.api import API_KEY_ENV, DEFAULT_URL, URL_ENV, ExocallClient
 from app.client.call import place_and_follow
 from app.client.campaign import CampaignOptions, run_campaign

@@ -108,6 +108,20 @@ class Settings(BaseSettings):
         mode="before",
     )(_split_csv)
 
+    @field_validator(
+        "exotel_account_sid",
+        "exotel_api_key",
+        "exotel_api_token",
+        "exotel_api_base_url",
+        "exotel_caller_id",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `EXOTEL_API_KEY=` in a .env (as .env.example has it) means "not set": without a key
+        # the simulator serves, rather than a real Exotel called with an empty key.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("public_base_url", "exotel_api_base_url")
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:

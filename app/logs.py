@@ -16,12 +16,20 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from app.calls.phone import mask
-
 _TOKEN = re.compile(r"(token=)[^&\s\"']+")
 # A number, bare or after a `+` (`%2B` in a URL's query).
 _PHONE = re.compile(r"(?<![\w+*])(\+|%2B)?(\d{10,15})(?!\w)", re.IGNORECASE)
 _FORMATTER = logging.Formatter()
+
+
+def mask(number: str | None) -> str:
+    """`+919052161119` -> `+91******1119`: numbers are personal data."""
+    if not number:
+        return ""
+    keep_head = 3 if number.startswith("+") else 1
+    if len(number) <= keep_head + 4:
+        return "*" * len(number)
+    return number[:keep_head] + "*" * (len(number) - keep_head - 4) + number[-4:]
 
 
 def redact(text: str) -> str:

@@ -10,11 +10,10 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from types import FrameType
-from typing import Any, cast
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.api import callbacks, calls, health, ui
@@ -27,12 +26,11 @@ from app.calls.periodic import Periodic
 from app.calls.reconcile import reconcile_if_leading
 from app.calls.spool import Spool
 from app.config import SIMULATOR_API_KEY, SIMULATOR_API_TOKEN, Settings
-from app.db.migrate import head_revision
 from app.db.session import create_engine, create_sessionmaker
 from app.exotel.client import ExotelClient, Observer
 from app.exotel.simulator import Simulator, SimulatorConfig
 from app.metrics import Metrics
-from app.services import Services
+from app.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +85,13 @@ def create_app(
             callback_writer = CallbackWriter(engine, writers=settings.callback_writers)
             callback_writer.start()
             stack.push_async_callback(callback_writer.stop)
-            app.state.services = Services(
-                settings=settings,
+            app.state.runtime = Runtime(
                 engine=engine,
                 sessionmaker=sessionmaker,
-                exotel=exotel,
                 dispatcher=dispatcher,
                 spool=spool,
                 callbacks=callback_writer,
                 metrics=metrics,
-                schema_head=head_revision(),
             )
             reconciler = Periodic(
                 "reconciler",
@@ -114,7 +109,7 @@ def create_app(
             )
             replayer = Periodic(
                 "spool replayer",
-                functools.partial(spool.replay, sessionmaker),
+                functools.partial(spool.replay, engine),
                 interval=settings.spool_replay_seconds,
                 at_start=True,  # what a previous run spooled goes in first
             )
@@ -127,28 +122,21 @@ def create_app(
                 stack.push_async_callback(job.stop)
             yield
 
-    def front(inner: ASGIApp) -> ASGIApp:
-        outer: ASGIApp = RequestIds(
-            BodySizeLimit(callbacks.StatusCallbackFastPath(inner), limit=settings.max_body_bytes)
-        )
-        if settings.trusted_proxies:
-            # The client address (and scheme) as the trusted proxies saw it, for the callback
-            # allowlist and the logs. `exocall serve` leaves uvicorn's own proxy handling off.
-            # (uvicorn types ASGI more narrowly than Starlette; the protocol is the same.)
-            proxied = ProxyHeadersMiddleware(
-                cast(Any, outer), trusted_hosts=settings.trusted_proxies
-            )
-            outer = cast(ASGIApp, proxied)
-        return outer
-
-    app = _FrontedFastAPI(
-        front=front,
+    app = FastAPI(
         title="exocall",
         summary="Place Exotel calls and keep their state.",
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.state.settings = settings
     install_error_handlers(app)
+    # Each added layer wraps the ones before: the proxy's view of the client comes first.
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    app.add_middleware(RequestIds)
+    if settings.trusted_proxies:
+        # The client address (and scheme) as the trusted proxies saw it, for the callback
+        # allowlist and the logs. `exocall serve` leaves uvicorn's own proxy handling off.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -165,20 +153,6 @@ def create_app(
         # Reachable by hand too: curl $PUBLIC_BASE_URL/_simulator/v1/Accounts/simulated/Calls.json
         app.mount(SIMULATOR_PREFIX, simulator_app)
     return app
-
-
-class _FrontedFastAPI(FastAPI):
-    """FastAPI with `front` layers ahead of all of its own work (telemetry checks, error pages,
-    its body limit, routing). Status callbacks come in bursts, and on their fast path that work
-    costs more than the handler does."""
-
-    def __init__(self, *, front: Callable[[ASGIApp], ASGIApp], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._fronted = front(super().__call__)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope["app"] = self  # as Starlette sets it, for the layers in front
-        await self._fronted(scope, receive, send)
 
 
 @contextmanager

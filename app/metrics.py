@@ -13,16 +13,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from app.calls.service import Overview
-
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class Gauges:
+    """What every replica shares, read from the database at the scrape."""
+
+    calls_by_status: Mapping[str, int]
+    queue_depth: int
+    queue_oldest_age_seconds: float
 
 
 class Metrics:
@@ -33,7 +40,8 @@ class Metrics:
         self.callbacks = Counter(
             "exocall_callbacks_received",
             "Status callbacks received, by what they did: an EventOutcome (applied, duplicate, "
-            "stale, unknown_sid, ...), spooled (the database was down) or rejected (refused).",
+            "stale, unknown_sid, unreadable, ...), spooled (the database was down) or rejected "
+            "(refused).",
             ["outcome"],
             registry=self.registry,
         )
@@ -71,7 +79,7 @@ class Metrics:
             if count:
                 self.reconcile_repairs.labels(kind).inc(count)
 
-    def render(self, overview: Overview | None, *, now: datetime) -> bytes:
+    def render(self, gauges: Gauges | None) -> bytes:
         """The text exposition: this process's counts (every worker's, with several) and the
         shared state, just read (None: the database could not be read)."""
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
@@ -80,33 +88,31 @@ class Metrics:
         else:
             registry = self.registry
         text = generate_latest(registry)
-        if overview is not None:
+        if gauges is not None:
             shared = CollectorRegistry(auto_describe=False)
-            shared.register(_SharedCollector(overview, now))
+            shared.register(_SharedCollector(gauges))
             text += generate_latest(shared)
         return text
 
 
 class _SharedCollector(Collector):
-    def __init__(self, overview: Overview, now: datetime) -> None:
-        self._overview = overview
-        self._now = now
+    def __init__(self, gauges: Gauges) -> None:
+        self._gauges = gauges
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         calls = GaugeMetricFamily(
             "exocall_calls", "Calls in the database, by status.", labels=["status"]
         )
-        for status, count in sorted(self._overview.calls_by_status.items()):
+        for status, count in sorted(self._gauges.calls_by_status.items()):
             calls.add_metric([status], count)
         yield calls
         yield GaugeMetricFamily(
             "exocall_queue_depth",
             "Calls queued and not yet sent to Exotel.",
-            value=self._overview.queue_depth,
+            value=self._gauges.queue_depth,
         )
-        oldest = self._overview.oldest_queued_at
         yield GaugeMetricFamily(
             "exocall_queue_oldest_age_seconds",
             "How long the oldest queued call has waited (0 when none waits).",
-            value=(self._now - oldest).total_seconds() if oldest else 0,
+            value=self._gauges.queue_oldest_age_seconds,
         )

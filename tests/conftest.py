@@ -18,11 +18,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.calls.callback_auth import status_callback_url
 from app.config import Settings
 from app.db import migrate
+from app.db.base import Base
 from app.db.session import create_engine, create_sessionmaker
 from app.main import create_app
 from tests.exotel_double import ExotelDouble
@@ -86,16 +87,20 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     return url
 
 
+async def empty_database(url: str) -> None:
+    """Every table of the models emptied: each test starts from nothing, whatever it wrote."""
+    engine = create_engine(url)
+    async with engine.begin() as connection:
+        for table in reversed(Base.metadata.sorted_tables):  # children before their parents
+            await connection.execute(table.delete())
+    await engine.dispose()
+
+
 @pytest.fixture
 async def db_url(database_url: str) -> AsyncIterator[str]:
     """The migrated database, emptied after the test."""
     yield database_url
-    engine = create_engine(database_url)
-    async with engine.begin() as connection:
-        for table in ("call_event", "call", "batch", "exotel_request", "lease"):
-            await connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
-        await connection.execute(text("UPDATE exotel_throttle SET paused_until = NULL"))
-    await engine.dispose()
+    await empty_database(database_url)
 
 
 # What every process of an end-to-end test is configured with.
@@ -172,10 +177,15 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def sessionmaker(db_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(db_url)
-    yield create_sessionmaker(engine)
+    yield engine
     await engine.dispose()
+
+
+@pytest.fixture
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return create_sessionmaker(engine)
 
 
 def callback_path(call_id: uuid.UUID | str | None, secret: str = FAKE_CALLBACK_SECRET) -> str:

@@ -7,7 +7,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import httpx
 
@@ -82,6 +82,7 @@ class ExotelDouble:
         self.times: list[float] = []  # time.monotonic() of each request, as Exotel saw it
         self.on_connect: Responder = self._accept
         self.listed: list[dict[str, Any]] = []  # what call details (bulk) answer, as `Call`s
+        self.page_size: int | None = None  # bulk answers in pages of this many (None: one page)
 
     @staticmethod
     async def _accept(_: httpx.Request) -> httpx.Response:
@@ -93,8 +94,20 @@ class ExotelDouble:
         if request.method == "POST" and request.url.path.endswith("/Calls/connect.json"):
             return await self.on_connect(request)
         if request.method == "GET" and request.url.path.endswith("/Calls.json"):
-            return httpx.Response(200, json={"Calls": self.listed})
+            return self._page_of_listed(request)
         return httpx.Response(404, json={"RestException": {"Status": 404, "Message": "no such"}})
+
+    def _page_of_listed(self, request: httpx.Request) -> httpx.Response:
+        """Bulk call details, paged as Exotel does: `Metadata.NextPageUri` carries the cursor."""
+        start = int(request.url.params.get("After", "0"))
+        size = self.page_size or max(len(self.listed), 1)
+        next_uri = None
+        if start + size < len(self.listed):
+            query = dict(request.url.params) | {"After": str(start + size)}
+            next_uri = f"{request.url.path}?{urlencode(query)}"
+        metadata = {"PageSize": size, "NextPageUri": next_uri}
+        body = {"Metadata": metadata, "Calls": self.listed[start : start + size]}
+        return httpx.Response(200, json=body)
 
     def answer_connect(self, *responses: httpx.Response | Exception) -> None:
         """Answer `Calls/connect` with these, in turn (raising exceptions, for transport errors);

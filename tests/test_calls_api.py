@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -180,12 +181,16 @@ async def test_exotel_refusal_keeps_the_call_as_rejected(
     stored = (await client.get(f"/calls/{error['call_id']}")).json()
     assert stored["status"] == "rejected"
     assert stored["sid"] is None
+    failed_at = datetime.fromisoformat(stored["error_at"])
     assert stored["error"] == {
         "code": "exotel_rejected",
         "message": message,
         "exotel_status": exotel_status,
         "exotel_code": code,
     }
+    # On the database's clock, as the call's other times are.
+    created_at = datetime.fromisoformat(stored["created_at"])
+    assert created_at <= failed_at <= datetime.fromisoformat(stored["updated_at"])
 
 
 @pytest.mark.parametrize(

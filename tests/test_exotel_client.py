@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 
-from app.exotel.client import ConnectRequest, ExotelClient
+from app.exotel.client import CallsPage, ConnectRequest, ExotelClient
 from app.exotel.errors import (
     ExotelOutcomeUnknown,
     ExotelRateLimited,
@@ -105,6 +106,9 @@ OPERATIONS: dict[str, Operation] = {
     "connect": lambda client: client.connect(MINIMAL),
     "get_call": lambda client: client.get_call(SID),
     "list_calls": lambda client: client.list_calls(sids=[SID]),
+    "next_page": lambda client: client.next_page(
+        f"/v1/Accounts/{FAKE_ACCOUNT_SID}/Calls.json?PageSize=100&After=YTFn"
+    ),
 }
 
 
@@ -604,7 +608,7 @@ async def test_list_calls_without_filters_asks_for_one_full_page(
     exotel_client: ExotelClient, server: FakeExotel
 ) -> None:
     server.answer = raw(200, as_json({"Calls": []}))
-    assert await exotel_client.list_calls() == []
+    assert await exotel_client.list_calls() == CallsPage(calls=[], next_page_uri=None)
     assert dict(server.request.url.params) == {"PageSize": "100"}
 
 
@@ -630,8 +634,8 @@ async def test_list_calls_returns_every_call_of_the_page(
     exotel_client: ExotelClient, server: FakeExotel, body: bytes
 ) -> None:
     server.answer = raw(200, body)
-    calls = await exotel_client.list_calls(sids=["a1g", "b2m"])
-    assert [(call.sid, call.status) for call in calls] == [
+    page = await exotel_client.list_calls(sids=["a1g", "b2m"])
+    assert [(call.sid, call.status) for call in page.calls] == [
         ("a1g", "in-progress"),
         ("b2m", "completed"),
     ]
@@ -651,3 +655,208 @@ async def test_list_calls_refuses_more_than_100_sids(
     with pytest.raises(ValueError, match="100"):
         await exotel_client.list_calls(sids=sids)
     assert server.requests == []
+
+
+# --- Bulk call details, page by page ----------------------------------------------------------
+
+BULK_PATH = f"/v1/Accounts/{FAKE_ACCOUNT_SID}/Calls.json"
+
+
+def page_uri(**params: str) -> str:
+    """A page URI as Exotel gives it: a path and query relative to the API host."""
+    return f"{BULK_PATH}?{urlencode(params)}"
+
+
+def json_page(sids: list[str], next_page_uri: str | None) -> bytes:
+    metadata = {"PageSize": 2, "FirstPageUri": page_uri(PageSize="2")}
+    return as_json(
+        {
+            "Metadata": metadata | {"PrevPageUri": None, "NextPageUri": next_page_uri},
+            "Calls": [call_json(sid, "completed")["Call"] for sid in sids],
+        }
+    )
+
+
+def xml_page(sids: list[str], next_page_uri: str) -> bytes:
+    calls = "".join(f"<Call><Sid>{sid}</Sid><Status>completed</Status></Call>" for sid in sids)
+    uri = next_page_uri.replace("&", "&amp;")
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<TwilioResponse><Metadata>'
+        f"<NextPageUri>{uri}</NextPageUri></Metadata><Calls>{calls}</Calls></TwilioResponse>"
+    ).encode()
+
+
+class PagedExotel:
+    """Bulk call details in pages, each found by its `After` cursor (None: the first page)."""
+
+    def __init__(self, pages: dict[str | None, bytes]) -> None:
+        self.pages = pages
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        body = self.pages.get(request.url.params.get("After"))
+        if body is None:
+            return raw(404, json_error(404, "no such page"))
+        return raw(200, body)
+
+
+def client_of(http: httpx.AsyncClient, base_url: str = BASE_URL, **options: Any) -> ExotelClient:
+    return ExotelClient(
+        http,
+        base_url=base_url,
+        account_sid=FAKE_ACCOUNT_SID,
+        api_key=FAKE_API_KEY,
+        api_token=FAKE_API_TOKEN,
+        timeout_seconds=TIMEOUT_SECONDS,
+        **options,
+    )
+
+
+@pytest.mark.parametrize(
+    "last_page",
+    [
+        pytest.param(json_page(["e5g"], None), id="null"),
+        pytest.param(json_page(["e5g"], ""), id="empty-string"),
+        pytest.param(as_json({"Calls": [call_json("e5g", "completed")["Call"]]}), id="no-metadata"),
+        pytest.param(
+            b"<TwilioResponse><Metadata><NextPageUri/></Metadata><Calls><Call><Sid>e5g</Sid>"
+            b"</Call></Calls></TwilioResponse>",
+            id="xml-empty-element",
+        ),
+    ],
+)
+async def test_next_page_uris_are_followed_until_there_is_none(last_page: bytes) -> None:
+    second = page_uri(PageSize="2", After="YjJt")
+    third = page_uri(PageSize="2", After="ZDRn")
+    exotel = PagedExotel(
+        {
+            None: json_page(["a1g", "b2m"], second),
+            "YjJt": xml_page(["c3g", "d4g"], third),  # either format, whatever was asked for
+            "ZDRn": last_page,
+        }
+    )
+    observed: list[tuple[str, int | None]] = []
+    async with httpx.AsyncClient(transport=httpx.MockTransport(exotel)) as http:
+        client = client_of(http, observe=lambda op, status, _: observed.append((op, status)))
+        page = await client.list_calls(page_size=2)
+        sids = [call.sid for call in page.calls]
+        next_uris = [page.next_page_uri]
+        while page.next_page_uri:
+            page = await client.next_page(page.next_page_uri)
+            sids += [call.sid for call in page.calls]
+            next_uris.append(page.next_page_uri)
+
+    assert sids == ["a1g", "b2m", "c3g", "d4g", "e5g"]
+    assert next_uris == [second, third, None]
+    # One request per page, each on the account's bulk path, credentials in the header only.
+    assert [dict(request.url.params) for request in exotel.requests] == [
+        {"PageSize": "2"},
+        {"PageSize": "2", "After": "YjJt"},
+        {"PageSize": "2", "After": "ZDRn"},
+    ]
+    for request in exotel.requests:
+        assert request.method == "GET"
+        assert request.url.copy_with(query=None) == httpx.URL(BASE_URL + BULK_PATH)
+        assert request.headers["authorization"] == BASIC_AUTH
+        assert request.url.userinfo == b""
+    assert observed == [("bulk_call_details", 200)] * 3
+
+
+async def test_next_page_is_a_single_request_even_when_more_pages_follow(
+    exotel_client: ExotelClient, server: FakeExotel
+) -> None:
+    following = page_uri(PageSize="2", After="ZDRn")
+    server.answer = raw(200, json_page(["c3g", "d4g"], following))
+    page = await exotel_client.next_page(page_uri(PageSize="2", After="YjJt"))
+    assert [call.sid for call in page.calls] == ["c3g", "d4g"]
+    assert page.next_page_uri == following
+    assert server.request.url.params["After"] == "YjJt"
+
+
+async def test_next_page_sends_the_query_exotel_gave(
+    exotel_client: ExotelClient, server: FakeExotel
+) -> None:
+    server.answer = raw(200, json_page([], None))
+    uri = (
+        f"{BULK_PATH}?From=%2B919052161119&DateCreated=gte:2024-09-16 15:50:02;"
+        "lte:2024-09-17 00:00:00&PageSize=100&After=YjJt"
+    )
+    await exotel_client.next_page(uri)
+    assert dict(server.request.url.params) == {
+        "From": "+919052161119",
+        "DateCreated": "gte:2024-09-16 15:50:02;lte:2024-09-17 00:00:00",
+        "PageSize": "100",
+        "After": "YjJt",
+    }
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        pytest.param(f"{BASE_URL}{BULK_PATH}?After=YjJt", id="absolute"),
+        pytest.param(f"{BASE_URL.upper()}{BULK_PATH}?After=YjJt", id="absolute-upper-case-host"),
+        pytest.param(f"{BULK_PATH}?After=YjJt#top", id="fragment"),
+    ],
+)
+async def test_next_page_takes_an_absolute_uri_on_its_own_host(
+    exotel_client: ExotelClient, server: FakeExotel, uri: str
+) -> None:
+    server.answer = raw(200, json_page([], None))
+    await exotel_client.next_page(uri)
+    assert str(server.request.url) == f"{BASE_URL}{BULK_PATH}?After=YjJt"
+    assert server.request.headers["authorization"] == BASIC_AUTH
+
+
+async def test_next_page_is_relative_to_a_base_url_with_a_path(server: FakeExotel) -> None:
+    server.answer = raw(200, json_page([], None))
+    async with httpx.AsyncClient(transport=httpx.MockTransport(server)) as http:
+        client = client_of(http, base_url="https://proxy.exotel.test/exotel/")
+        await client.next_page(f"{BULK_PATH}?After=YjJt")
+    assert str(server.request.url) == f"https://proxy.exotel.test/exotel{BULK_PATH}?After=YjJt"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        pytest.param(f"https://evil.example{BULK_PATH}?After=YjJt", id="another-host"),
+        pytest.param(f"https://api.exotel.test.evil.example{BULK_PATH}", id="host-suffix"),
+        pytest.param(f"//evil.example{BULK_PATH}?After=YjJt", id="protocol-relative"),
+        pytest.param(f"http://api.exotel.test{BULK_PATH}", id="plain-http"),
+        pytest.param(f"https://api.exotel.test:8443{BULK_PATH}", id="another-port"),
+        pytest.param(
+            f"https://{FAKE_API_KEY}:{FAKE_API_TOKEN}@api.exotel.test{BULK_PATH}", id="userinfo"
+        ),
+        pytest.param(f"https:{BULK_PATH}", id="scheme-without-host"),
+        pytest.param("/v1/Accounts/another-account/Calls.json?After=YjJt", id="another-account"),
+        pytest.param(f"/v1/Accounts/{FAKE_ACCOUNT_SID}-2/Calls.json", id="account-prefix"),
+        pytest.param(f"/v1/Accounts/{FAKE_ACCOUNT_SID}", id="account-itself"),
+        pytest.param(f"/v1/Accounts/{FAKE_ACCOUNT_SID}/../other/Calls.json", id="dot-dot"),
+        pytest.param(
+            f"/v1/Accounts/{FAKE_ACCOUNT_SID}/%2e%2e/other/Calls.json", id="dot-dot-encoded"
+        ),
+        pytest.param("/v2/accounts/fake-account/calls", id="another-api"),
+        pytest.param("Calls.json?After=YjJt", id="relative-path"),
+        pytest.param(f"v1/Accounts/{FAKE_ACCOUNT_SID}/Calls.json", id="no-leading-slash"),
+        pytest.param(f"\\\\evil.example{BULK_PATH}", id="backslashes"),
+        pytest.param(f"{BULK_PATH}?After=\x00", id="unprintable"),
+        pytest.param("", id="empty"),
+    ],
+)
+async def test_next_page_refuses_a_uri_off_its_own_account(
+    exotel_client: ExotelClient, server: FakeExotel, uri: str
+) -> None:
+    # The request would carry the API credentials: it never leaves for anywhere else.
+    with pytest.raises(ValueError, match="not a page") as caught:
+        await exotel_client.next_page(uri)
+    assert server.requests == []
+    assert FAKE_API_TOKEN not in str(caught.value)
+
+
+async def test_next_page_refusals_are_typed(
+    exotel_client: ExotelClient, server: FakeExotel
+) -> None:
+    server.answer = raw(429, json_error(429, "Too Many Requests; "), {"Retry-After": "3"})
+    with pytest.raises(ExotelRateLimited) as caught:
+        await exotel_client.next_page(page_uri(PageSize="2", After="YjJt"))
+    assert (caught.value.status, caught.value.retry_after) == (429, 3.0)

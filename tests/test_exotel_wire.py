@@ -12,16 +12,12 @@ import pytest
 
 from app.exotel.wire import (
     ExotelCall,
-    Leg,
     RestException,
-    StatusCallback,
     UnreadableBody,
     format_exotel_time,
     parse_exotel_time,
     parse_response,
-    parse_status_callback,
 )
-from tests.exotel_double import TERMINAL_CALLBACK_EXAMPLE
 
 PLUS_0530 = timezone(timedelta(hours=5, minutes=30))
 
@@ -247,6 +243,85 @@ def test_a_body_without_a_sid_has_no_calls(body: bytes) -> None:
     assert (parsed.calls, parsed.error) == ([], None)
 
 
+# --- Bulk pages: Metadata.NextPageUri ---------------------------------------------------------
+
+NEXT_PAGE = "/v1/Accounts/acme1/Calls.json?PageSize=2&After=YTFn"
+
+
+def metadata(next_page_uri: Any) -> dict[str, Any]:
+    return {
+        "Total": 3,
+        "PageSize": 2,
+        "FirstPageUri": "/v1/Accounts/acme1/Calls.json?PageSize=2",
+        "PrevPageUri": None,
+        "NextPageUri": next_page_uri,
+    }
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(
+            as_json({"Metadata": metadata(NEXT_PAGE), "Calls": [call_fields("a1g")]}), id="json"
+        ),
+        pytest.param(
+            as_json({"Calls": [call_fields("a1g")], "Metadata": metadata(NEXT_PAGE)}),
+            id="json-metadata-last",
+        ),
+        pytest.param(
+            b'<?xml version="1.0" encoding="UTF-8"?>\n<TwilioResponse><Metadata><Total>3</Total>'
+            b"<PageSize>2</PageSize><FirstPageUri>/v1/Accounts/acme1/Calls.json?PageSize=2"
+            b"</FirstPageUri><PrevPageUri/><NextPageUri>"
+            b"/v1/Accounts/acme1/Calls.json?PageSize=2&amp;After=YTFn</NextPageUri></Metadata>"
+            b"<Calls><Call><Sid>a1g</Sid></Call></Calls></TwilioResponse>",
+            id="xml",
+        ),
+        pytest.param(
+            b"<TwilioResponse><Calls><Call><Sid>a1g</Sid></Call></Calls><Metadata><NextPageUri>"
+            b" /v1/Accounts/acme1/Calls.json?PageSize=2&amp;After=YTFn\n</NextPageUri>"
+            b"</Metadata></TwilioResponse>",
+            id="xml-metadata-last-padded",
+        ),
+    ],
+)
+def test_a_bulk_page_gives_its_next_page_uri(body: bytes) -> None:
+    parsed = parse_response(body)
+    assert parsed.error is None
+    assert [call.sid for call in parsed.calls] == ["a1g"]
+    assert parsed.next_page_uri == NEXT_PAGE
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(as_json({"Metadata": metadata(None), "Calls": []}), id="json-null"),
+        pytest.param(as_json({"Metadata": metadata(""), "Calls": []}), id="json-empty"),
+        pytest.param(as_json({"Metadata": metadata("  "), "Calls": []}), id="json-blank"),
+        pytest.param(as_json({"Metadata": metadata(7), "Calls": []}), id="json-number"),
+        pytest.param(
+            as_json({"Metadata": metadata({"Uri": NEXT_PAGE}), "Calls": []}), id="json-object"
+        ),
+        pytest.param(as_json({"Metadata": {"Total": 0}, "Calls": []}), id="json-absent"),
+        pytest.param(as_json({"Metadata": NEXT_PAGE, "Calls": []}), id="json-not-an-object"),
+        pytest.param(as_json({"Calls": []}), id="json-no-metadata"),
+        pytest.param(
+            b"<TwilioResponse><Metadata><NextPageUri/></Metadata><Calls/></TwilioResponse>",
+            id="xml-empty-element",
+        ),
+        pytest.param(
+            b"<TwilioResponse><Metadata><Total>0</Total></Metadata><Calls/></TwilioResponse>",
+            id="xml-absent",
+        ),
+        pytest.param(b"<TwilioResponse><Calls/></TwilioResponse>", id="xml-no-metadata"),
+        pytest.param(CONNECT_XML, id="xml-single-call"),
+    ],
+)
+def test_the_last_page_has_no_next_page_uri(body: bytes) -> None:
+    parsed = parse_response(body)
+    assert parsed.error is None
+    assert parsed.next_page_uri is None
+
+
 # --- Failure bodies ---------------------------------------------------------------------------
 
 TRAI = "Call to [01234] cannot be made because of TRAI NDNC regulations"
@@ -419,12 +494,6 @@ def test_an_unreadable_number_is_none(body: bytes) -> None:
     assert only_call(body).duration is None
 
 
-@pytest.mark.parametrize("raw", ["Infinity", "-Infinity", "1e999"])
-def test_an_unreadable_callback_duration_is_none(raw: str) -> None:
-    payload = {"CallSid": "x1g", "Status": "completed", "ConversationDuration": raw}
-    assert parse_status_callback(payload).conversation_duration is None
-
-
 # --- Times ------------------------------------------------------------------------------------
 
 
@@ -498,102 +567,3 @@ def test_format_is_the_inverse_of_parse(raw: str) -> None:
 def test_format_renders_any_aware_instant_in_ist(instant: datetime, rendered: str) -> None:
     assert format_exotel_time(instant) == rendered
     assert parse_exotel_time(rendered) == instant.replace(microsecond=0)
-
-
-# --- StatusCallback ---------------------------------------------------------------------------
-
-TERMINAL_JSON = TERMINAL_CALLBACK_EXAMPLE
-RECORDING = TERMINAL_JSON["RecordingUrl"]
-
-
-def test_json_terminal_callback() -> None:
-    callback = parse_status_callback(TERMINAL_JSON)
-    assert callback == StatusCallback(
-        call_sid="492205107c5fb48f4ac25d1f77759339",
-        status="completed",
-        event_type="terminal",
-        recording_url=RECORDING,
-        date_updated_raw="2019-04-08 03:18:35",
-        conversation_duration=32,
-        legs=[
-            Leg(status="completed", on_call_duration=41),
-            Leg(status="completed", on_call_duration=32),
-        ],
-    )
-    assert callback.date_updated == datetime(2019, 4, 8, 3, 18, 35, tzinfo=PLUS_0530)
-
-
-def test_flattened_legs_of_a_form_callback() -> None:
-    # Multipart and urlencoded bodies arrive as strings, Legs flattened, in any key order.
-    form = {k: str(v) for k, v in TERMINAL_JSON.items() if k != "Legs"} | {
-        "Legs[1][Status]": "",
-        "Legs[0][Status]": "completed",
-        "Legs[0][OnCallDuration]": "12",
-    }
-    callback = parse_status_callback(form)
-    assert callback.legs == [
-        Leg(status="completed", on_call_duration=12),
-        Leg(status=None, on_call_duration=None),
-    ]
-    assert (callback.call_sid, callback.status, callback.conversation_duration) == (
-        "492205107c5fb48f4ac25d1f77759339",
-        "completed",
-        32,
-    )
-
-
-def test_callback_with_only_the_fields_always_sent() -> None:
-    callback = parse_status_callback(
-        {
-            "CallSid": "x1g",
-            "Status": "busy",
-            "RecordingUrl": "",
-            "DateUpdated": "2019-04-08 03:18:35",
-        }
-    )
-    assert callback == StatusCallback(
-        call_sid="x1g",
-        status="busy",
-        event_type=None,
-        recording_url=None,
-        date_updated_raw="2019-04-08 03:18:35",
-        conversation_duration=None,
-        legs=[],
-    )
-
-
-def test_answered_event() -> None:
-    callback = parse_status_callback(
-        {"CallSid": "x1g", "EventType": "answered", "Status": "in-progress", "RecordingUrl": ""}
-    )
-    assert (callback.event_type, callback.status) == ("answered", "in-progress")
-
-
-@pytest.mark.parametrize(
-    ("raw", "status"),
-    [
-        ("Completed", "completed"),
-        ("COMPLETED", "completed"),
-        ("No-Answer", "no-answer"),
-        (" busy ", "busy"),
-        ("failed", "failed"),
-        ("", None),
-        (None, None),
-    ],
-)
-def test_callback_status_is_lower_case(raw: str | None, status: str | None) -> None:
-    assert parse_status_callback({"CallSid": "x1g", "Status": raw}).status == status
-
-
-@pytest.mark.parametrize("recording_url", ["", "  ", None])
-def test_empty_recording_url_is_none(recording_url: str | None) -> None:
-    payload = {"CallSid": "x1g", "Status": "no-answer", "RecordingUrl": recording_url}
-    assert parse_status_callback(payload).recording_url is None
-
-
-@pytest.mark.parametrize(
-    ("raw", "seconds"), [(32, 32), ("32", 32), ("32.0", 32), ("0", 0), ("", None), (None, None)]
-)
-def test_conversation_duration_from_number_or_string(raw: Any, seconds: int | None) -> None:
-    payload = {"CallSid": "x1g", "Status": "completed", "ConversationDuration": raw}
-    assert parse_status_callback(payload).conversation_duration == seconds

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.db.models import Call, utcnow
+from app.db.models import Call
 from app.main import create_app
 from tests.conftest import callback_path, make_settings, place_body, serving
 from tests.exotel_double import ExotelDouble, accepted, call_json, new_sid, rest_exception
@@ -98,7 +98,7 @@ async def test_a_scrape_counts_what_a_run_did(
 
     # C's callback never comes: reconciliation finds it completed in Exotel's call details.
     async with sessionmaker() as session, session.begin():
-        long_ago = utcnow() - timedelta(days=1)
+        long_ago = datetime.now(UTC) - timedelta(days=1)
         await session.execute(
             update(Call).where(Call.id == uuid.UUID(c["id"])).values(dispatched_at=long_ago)
         )

@@ -3,9 +3,17 @@ reversible, on both backends."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
 from alembic import command
+from sqlalchemy import select, text
 
 from app.db import migrate
+from app.db.models import Call, ExotelRequest
+from app.db.session import create_engine, create_sessionmaker
 
 
 def test_models_match_the_migrations(database_url: str) -> None:
@@ -17,3 +25,47 @@ def test_migrations_downgrade_and_upgrade_again(database_url: str) -> None:
     migrate.downgrade(database_url, "base")
     migrate.upgrade(database_url)
     command.check(migrate.alembic_config(database_url))
+
+
+@pytest.mark.anyio
+async def test_times_kept_as_seconds_become_the_same_instants(database_url: str) -> None:
+    """A call claimed, held back and looked up before the upgrade keeps those times: a claim
+    lost in the conversion would have the call sent again."""
+    await asyncio.to_thread(migrate.downgrade, database_url, "d3e5f7a9b1c2")
+    claimed = datetime(2026, 11, 30, 9, 15, 42, 123456, tzinfo=UTC)
+    call_id = uuid.uuid4()
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO call (id, status, from_number, caller_id, created_at, "
+                    "updated_at, attempts, claimed_by, claimed_at, not_before) VALUES (:id, "
+                    "'queued', '+919052161110', '08030752400', :now, :now, 1, 'replica', "
+                    ":claimed, :not_before)"
+                ),
+                {
+                    "id": call_id.hex if engine.dialect.name == "sqlite" else call_id,
+                    "now": claimed,
+                    "claimed": claimed.timestamp(),
+                    "not_before": claimed.timestamp() + 30,
+                },
+            )
+            await connection.execute(
+                text("INSERT INTO exotel_request (at, kind) VALUES (:at, 'connect')"),
+                {"at": claimed.timestamp()},
+            )
+        await asyncio.to_thread(migrate.upgrade, database_url)
+        async with create_sessionmaker(engine)() as session:
+            call = await session.get(Call, call_id)
+            at = await session.scalar(select(ExotelRequest.at))
+        assert call is not None
+        assert call.claimed_at == claimed
+        assert call.not_before == claimed + timedelta(seconds=30)
+        assert at == claimed
+    finally:
+        async with engine.begin() as connection:
+            await connection.execute(text("DELETE FROM call"))
+            await connection.execute(text("DELETE FROM exotel_request"))
+        await engine.dispose()
+        await asyncio.to_thread(migrate.upgrade, database_url)

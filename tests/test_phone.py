@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.calls.phone import InvalidPhoneNumber, mask, to_e164, to_exotel_dial_form
+from app.calls.phone import InvalidPhoneNumber, to_e164, to_exotel_dial_form
+from app.logs import mask
 
 
 @pytest.mark.parametrize(

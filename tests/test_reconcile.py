@@ -10,18 +10,20 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.calls import ratelimit, service
+from app.calls import ratelimit
+from app.calls.callbacks import ReceivedCallback
+from app.calls.ingest import store_callbacks
+from app.calls.placing import CallRequest, queue_calls
 from app.calls.reconcile import Repairs, reconcile_once
-from app.calls.schemas import CallCreate
 from app.config import Settings
 from app.db import lease
 from app.db.clock import db_now
 from app.db.models import Call, CallEvent, CallStatus, EventOutcome, ExotelRequest
 from app.exotel.client import ExotelClient
 from app.exotel.wire import format_exotel_time
-from tests.conftest import make_settings, place_body
+from tests.conftest import FAKE_CALLER_ID, make_settings
 from tests.exotel_double import ExotelDouble, call_json, new_sid
 
 pytestmark = pytest.mark.anyio
@@ -72,11 +74,8 @@ async def stored_call(
 ) -> Call:
     """A call as the dispatcher would have left it (no dispatcher runs in these tests)."""
     async with sessionmaker() as session, session.begin():
-        ((call, _),) = await service.queue_calls(
-            session,
-            new_calls=[service.NewCall(CallCreate.model_validate(place_body()))],
-            settings=settings,
-        )
+        request = CallRequest("+919052161110", app_id="926", caller_id=FAKE_CALLER_ID)
+        ((call, _),) = await queue_calls(session, requests=[request], settings=settings)
         for name, value in values.items():
             setattr(call, name, value)
     return call
@@ -183,6 +182,36 @@ async def test_an_unknown_call_exotel_never_heard_of_is_rejected_once_overdue(
     assert exotel.connects == []
 
 
+async def test_every_page_of_call_details_is_read_each_from_the_budget(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    exotel: ExotelDouble,
+    reconcile: Reconcile,
+) -> None:
+    """Bulk call details come in pages: the look-up follows `Metadata.NextPageUri` to the end,
+    and every page is a request of the account's budget."""
+    sids = [new_sid() for _ in range(3)]
+    calls = [
+        await stored_call(
+            sessionmaker, settings, status=CallStatus.IN_PROGRESS, sid=sid, dispatched_at=LONG_AGO
+        )
+        for sid in sids
+    ]
+    exotel.listed = [details(sid, "busy") for sid in sids]
+    exotel.page_size = 2
+
+    repairs = await reconcile()
+
+    assert (repairs.lookups, repairs.repaired) == (2, 3)
+    assert [r.url.params.get("After") for r in exotel.lookups] == [None, "2"]
+    assert all(r.url.params["Sid"] == ",".join(sids) for r in exotel.lookups)
+    for call in calls:
+        assert (await reload(sessionmaker, call)).status == CallStatus.BUSY
+    async with sessionmaker() as session:
+        kinds = list(await session.scalars(select(ExotelRequest.kind)))
+    assert kinds == ["lookup", "lookup"]
+
+
 async def test_an_interrupted_dispatch_becomes_unknown_and_is_not_resent(
     sessionmaker: async_sessionmaker[AsyncSession],
     settings: Settings,
@@ -190,7 +219,7 @@ async def test_an_interrupted_dispatch_becomes_unknown_and_is_not_resent(
     reconcile: Reconcile,
 ) -> None:
     async with sessionmaker() as session:
-        long_ago = await db_now(session) - 3600
+        long_ago = await db_now(session) - timedelta(hours=1)
     call = await stored_call(
         sessionmaker, settings, claimed_by="a-replica-that-died", claimed_at=long_ago
     )
@@ -261,16 +290,18 @@ async def test_look_ups_give_way_to_a_dispatch_backlog(
 
 
 async def test_callbacks_stored_before_their_sid_was_known_are_attached(
+    engine: AsyncEngine,
     sessionmaker: async_sessionmaker[AsyncSession],
     settings: Settings,
     reconcile: Reconcile,
 ) -> None:
     sid = new_sid()
-    async with sessionmaker() as session, session.begin():
-        payload = {"CallSid": sid, "Status": "no-answer", "DateUpdated": "2024-09-16 15:51:00"}
-        await service.record_status_callback(
-            session, service.ReceivedCallback(None, "multipart/form-data", payload)
+    payload = {"CallSid": sid, "Status": "no-answer", "DateUpdated": "2024-09-16 15:51:00"}
+    async with engine.connect() as connection:
+        outcomes = await store_callbacks(
+            connection, [ReceivedCallback(None, "POST", "multipart/form-data", payload)]
         )
+    assert outcomes == [EventOutcome.UNKNOWN_SID]
     # The dispatch that learnt the SID raced the callback and missed it.
     call = await stored_call(sessionmaker, settings, status=CallStatus.IN_PROGRESS)
     async with sessionmaker() as session, session.begin():

@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.calls.service import ReceivedCallback
+from app.calls.callbacks import ReceivedCallback
 from app.calls.spool import Spool
 from app.db.models import CallEvent
 from app.main import create_app
@@ -91,16 +91,16 @@ async def test_callbacks_during_an_outage_are_spooled_then_stored_once(
 
 
 async def test_a_replay_interrupted_after_its_commit_stores_nothing_twice(
-    db_url: str, tmp_path: Path, sessionmaker: async_sessionmaker[AsyncSession]
+    tmp_path: Path, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     spool = Spool(tmp_path / "spool")
     spool.open()
-    received = ReceivedCallback(None, "multipart/form-data", terminal(new_sid()))
+    received = ReceivedCallback(None, "POST", "multipart/form-data", terminal(new_sid()))
     await spool.put(received)
-    assert await spool.replay(sessionmaker) == 1
+    assert await spool.replay(engine) == 1
     # As if the process died between the commit and deleting the file.
     await spool.put(received)
-    await spool.replay(sessionmaker)
+    await spool.replay(engine)
 
     async with sessionmaker() as session:
         count = await session.scalar(select(func.count()).select_from(CallEvent))
@@ -109,14 +109,14 @@ async def test_a_replay_interrupted_after_its_commit_stores_nothing_twice(
 
 
 async def test_a_spooled_file_that_cannot_be_stored_is_set_aside(
-    tmp_path: Path, sessionmaker: async_sessionmaker[AsyncSession]
+    tmp_path: Path, engine: AsyncEngine
 ) -> None:
     spool = Spool(tmp_path / "spool")
     spool.open()
     (spool.directory / "00000000000000000001-broken.json").write_text("{not json")
-    await spool.put(ReceivedCallback(None, "application/json", terminal(new_sid())))
+    await spool.put(ReceivedCallback(None, "POST", "application/json", terminal(new_sid())))
 
-    assert await spool.replay(sessionmaker) == 1
+    assert await spool.replay(engine) == 1
     assert spool.pending() == []
     assert [p.name for p in spool.failed.iterdir()] == ["00000000000000000001-broken.json"]
 
@@ -138,11 +138,12 @@ async def test_with_nowhere_to_keep_it_the_callback_is_refused_so_exotel_retries
 def test_spool_files_hold_what_was_received(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     spool.open()
-    received = ReceivedCallback(uuid.uuid4(), "application/json", {"CallSid": "x", "Legs": [{}]})
+    received = ReceivedCallback(uuid.uuid4(), "GET", None, {"CallSid": "x", "Legs": [{}]})
     spool._write(received)
     (path,) = spool.pending()
     record = json.loads(path.read_text())
     assert record["receipt_id"] == str(received.receipt_id)
     assert record["payload"] == {"CallSid": "x", "Legs": [{}]}
+    assert (record["method"], record["content_type"]) == ("GET", None)
     assert path.name.endswith(f"-{received.receipt_id}.json")
     assert list(tmp_path.glob(".*.partial")) == []

@@ -177,19 +177,23 @@ async def test_repeated_callback_changes_nothing(
 async def test_late_answered_never_overwrites_a_terminal_status(
     client: httpx.AsyncClient, exotel: ExotelDouble
 ) -> None:
+    """The status never moves back; that the customer answered, and when, is news whenever it
+    comes (so the call ends the same whatever the order)."""
     call = await place(client, exotel)
-    terminal = callback(call["sid"], "no-answer", date="2024-09-16 15:51:00")
+    terminal = callback(call["sid"], "completed", date="2024-09-16 15:51:00")
     answered = callback(call["sid"], "in-progress", date="2024-09-16 15:50:30") | {
         "EventType": "answered"
     }
 
     await client.post(callback_path(call["id"]), **multipart(terminal))
     late = await client.post(callback_path(call["id"]), **multipart(answered))
+    again = await client.post(callback_path(call["id"]), **multipart(answered))
 
-    assert late.json()["outcome"] == "stale"
+    assert (late.json()["outcome"], again.json()["outcome"]) == ("applied", "stale")
     stored = (await client.get(f"/calls/{call['id']}")).json()
-    assert stored["status"] == "no-answer"
+    assert stored["status"] == "completed"
     assert stored["date_updated"] == "2024-09-16T15:51:00+05:30"
+    assert stored["answered_at"] == "2024-09-16T15:50:30+05:30"
 
 
 async def test_a_different_terminal_status_does_not_replace_the_first(
@@ -274,15 +278,20 @@ async def test_callback_for_another_calls_sid_is_kept_but_not_applied(
     assert (await client.get(f"/calls/{call['id']}")).json()["status"] == "in-progress"
 
 
-async def test_an_unknown_status_is_kept_and_ignored(
+async def test_an_unknown_status_is_kept_and_refused(
     client: httpx.AsyncClient, exotel: ExotelDouble
 ) -> None:
+    """`free` has been seen: it is no status Exotel documents, and never taken for one."""
     call = await place(client, exotel)
     response = await client.post(
-        callback_path(call["id"]), **multipart(callback(call["sid"], "on-hold"))
+        callback_path(call["id"]), **multipart(callback(call["sid"], "free"))
     )
-    assert response.json()["outcome"] == "ignored"
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert (error["code"], error["outcome"]) == ("unreadable_callback", "unreadable")
+    assert [d["field"] for d in error["details"]] == ["Status"]
     assert (await client.get(f"/calls/{call['id']}")).json()["status"] == "in-progress"
+    assert [e["outcome"] for e in await events(client, call["id"])] == ["unreadable"]
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,10 @@
-"""`POST /status-callback`: Exotel's StatusCallback webhook."""
+"""`/status-callback`: Exotel's StatusCallback webhook, in every shape Exotel sends it.
+
+One route takes them all: POST with a multipart, urlencoded or JSON body, POST with the fields
+in the query string and an empty body, and GET (a status callback set up in a flow). Exotel's
+fields come from the query string and the body merged, the body winning; our own `call_id` and
+`token` are never taken for Exotel's.
+"""
 
 from __future__ import annotations
 
@@ -13,28 +19,25 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.errors import (
-    ApiError,
-    api_error_response,
-    error_response,
-    http_error_response,
-    refusals,
-)
+from app.api.deps import CallbackWriterDep, MetricsDep, SettingsDep, SpoolDep
+from app.api.errors import ApiError, refusals
 from app.api.forms import boundary_of, parse_text_fields
+from app.api.schemas import CALL_EXAMPLE
 from app.calls.callback_auth import verify
-from app.calls.schemas import CALL_EXAMPLE
-from app.calls.service import ReceivedCallback
+from app.calls.callbacks import ReceivedCallback, Unreadable, read
+from app.calls.spool import Spool
 from app.config import Settings
 from app.db.models import EventOutcome
 from app.db.session import is_database_down
-from app.services import Services
+from app.exotel.callbacks import FIELDS_SCHEMA, MAX_LENGTHS, example_fields
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["status callbacks"])
 
+PATH = "/status-callback"
+_OURS = ("call_id", "token")  # in the callback URL we gave Exotel; never Exotel's fields
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
@@ -44,7 +47,6 @@ class CallbackAck(BaseModel):
             "examples": [
                 {
                     "receipt_id": "2751a23d-306b-47ec-9735-9527b08858b8",
-                    "event_id": 1,
                     "outcome": "applied",
                     "spooled": False,
                 }
@@ -53,91 +55,112 @@ class CallbackAck(BaseModel):
     )
 
     receipt_id: uuid.UUID
-    event_id: int | None = Field(description="Null when the callback was spooled.")
     outcome: EventOutcome | None = Field(description="What it did; null when spooled.")
     spooled: bool = Field(
         False, description="The database was unreachable: kept on disk, stored once it is back."
     )
 
 
-PATH = "/status-callback"
-
-# Exotel's fields (shared/exotel.md), documented for readers and for the fuzz: the handler
-# reads the body itself, whatever its encoding, and keeps every field as received.
-_CALLBACK_FIELDS = {
-    "type": "object",
-    "properties": {
-        "CallSid": {"type": "string", "maxLength": 64},
-        "Status": {"type": "string", "enum": ["completed", "failed", "busy", "no-answer"]},
-        "RecordingUrl": {"type": "string"},
-        "DateUpdated": {"type": "string", "description": "Exotel's clock (IST), no offset"},
-        "EventType": {"type": "string", "enum": ["terminal", "answered"]},
-    },
-    "required": ["CallSid", "Status"],
-    "additionalProperties": True,
-}
-_CALLBACK_EXAMPLE = {
-    "CallSid": CALL_EXAMPLE["sid"],
-    "Status": "completed",
-    "RecordingUrl": CALL_EXAMPLE["recording_url"],
-    "DateUpdated": "2024-09-16 15:51:00",
-}
+_CALLBACK_EXAMPLE = example_fields(CALL_EXAMPLE["sid"], CALL_EXAMPLE["recording_url"])
 _CALLBACK_BODY = {
     "requestBody": {
-        "required": True,
+        "required": False,
         "content": {
-            media_type: {"schema": _CALLBACK_FIELDS, "example": _CALLBACK_EXAMPLE}
+            media_type: {"schema": FIELDS_SCHEMA, "example": _CALLBACK_EXAMPLE}
             for media_type in (*_FORM_TYPES, "application/json")
         },
     }
 }
 
 
+_DESCRIPTION = (
+    "Authenticated by the `call_id` and `token` of the URL exocall gave Exotel. Exotel's fields "
+    "may come in the query string, the body, or both (the body wins). Every accepted callback "
+    "is stored before it is answered, whatever it did to its call; one with nothing readable "
+    "(no status, or no call to match) is stored and answered 422."
+)
+_ANSWERS: dict[str, Any] = {
+    "response_model": CallbackAck,
+    "responses": refusals(400, 401, 403, 413, 415, 422, 503),
+    "description": _DESCRIPTION,
+}
+# A flow's status callback is a GET: its fields in the query string.
+_QUERY_FIELDS = {
+    "parameters": [
+        {"name": name, "in": "query", "required": False, "schema": schema}
+        for name, schema in FIELDS_SCHEMA["properties"].items()
+    ]
+}
+
+
 @router.post(
     PATH,
-    response_model=CallbackAck,
-    summary="Exotel's StatusCallback (multipart, urlencoded or JSON)",
-    description=(
-        "Authenticated by the `call_id` and `token` of the URL exocall gave Exotel. Every "
-        "accepted callback is stored before the 200 is sent, whatever it did to its call."
-    ),
-    responses=refusals(400, 401, 403, 413, 415, 422, 503),
+    summary="Exotel's StatusCallback: a body of any of three encodings, or the query string",
     openapi_extra=_CALLBACK_BODY,
+    **_ANSWERS,
+)
+@router.get(
+    PATH,
+    summary="Exotel's StatusCallback from a flow: the fields in the query string",
+    openapi_extra=_QUERY_FIELDS,
+    **_ANSWERS,
 )
 async def status_callback(
     request: Request,
+    settings: SettingsDep,
+    writer: CallbackWriterDep,
+    spool: SpoolDep,
+    metrics: MetricsDep,
     token: Annotated[str | None, Query(description="The HMAC token of the callback URL.")] = None,
     call_id: Annotated[str | None, Query(description="Our call id, signed by the token.")] = None,
 ) -> Response:
-    # No dependencies here: resolving them costs more than this whole check (the hot path).
-    services: Services = request.app.state.services
-    call_uuid = authenticate_callback(request, services.settings, token=token, call_id=call_id)
-    media_type, payload = await _read_payload(request)
-    _check_payload(payload)
-    if not payload.get("CallSid") and call_uuid is None:
-        raise _invalid("CallSid", "required", "missing")
-    received = ReceivedCallback(call_id=call_uuid, content_type=media_type, payload=payload)
     try:
-        stored = await services.callbacks.store(received)  # committed, with its neighbours
+        call_uuid = authenticate_callback(request, settings, token=token, call_id=call_id)
+        content_type, fields = await _read_fields(request)
+        _check_fields(fields)
+    except (ApiError, HTTPException):  # HTTPException: a body over the limit, malformed forms
+        metrics.callbacks.labels("rejected").inc()
+        raise
+    received = ReceivedCallback(
+        call_id=call_uuid, method=request.method, content_type=content_type, payload=fields
+    )
+    reading = read(received)
+    spooled = False
+    try:
+        outcome: EventOutcome | None = await writer.store(received)  # committed
     except Exception as exc:
         if not is_database_down(exc):
             raise
-        await _spool(services, received)
-        services.metrics.callbacks.labels("spooled").inc()
-        ack = CallbackAck(receipt_id=received.receipt_id, event_id=None, outcome=None, spooled=True)
-    else:
-        services.metrics.callbacks.labels(stored.outcome).inc()
-        ack = CallbackAck(
-            receipt_id=received.receipt_id, event_id=stored.event_id, outcome=stored.outcome
-        )
+        await _spool(spool, received)
+        outcome, spooled = None, True
+    metrics.callbacks.labels("spooled" if spooled else str(outcome)).inc()
+    ack = CallbackAck(receipt_id=received.receipt_id, outcome=outcome, spooled=spooled)
+    if isinstance(reading, Unreadable):
+        # Kept, but never acknowledged as handled: the sender is told what is missing.
+        raise _unreadable(reading, ack)
     # Serialised here, once, rather than validated again by FastAPI: this is the hot path.
     return Response(ack.model_dump_json(), media_type="application/json")
 
 
-async def _spool(services: Services, received: ReceivedCallback) -> None:
+def _unreadable(reading: Unreadable, ack: CallbackAck) -> ApiError:
+    details = [
+        {"field": field, "message": message, "type": "missing"}
+        for field, message in reading.problems
+    ]
+    message = "; ".join(f"{field}: {text}" for field, text in reading.problems)
+    return ApiError(
+        422,
+        "unreadable_callback",
+        f"nothing to act on, kept as received: {message}",
+        details=details,
+        **ack.model_dump(mode="json"),
+    )
+
+
+async def _spool(spool: Spool, received: ReceivedCallback) -> None:
     log.warning("database unreachable: callback %s spooled", received.receipt_id)
     try:
-        await services.spool.put(received)
+        await spool.put(received)
     except OSError:
         log.exception("callback %s could not be spooled either", received.receipt_id)
         # Nothing kept it: Exotel must send it again.
@@ -172,33 +195,42 @@ def _from_any(host: str | None, networks: Sequence[IPv4Network | IPv6Network]) -
     return any(address in network for network in networks)
 
 
-async def _read_payload(request: Request) -> tuple[str, dict[str, Any]]:
+async def _read_fields(request: Request) -> tuple[str | None, dict[str, Any]]:
+    """The media type of the body (None without one), and Exotel's fields: the query
+    string's, and the body's over them."""
+    query = {k: v for k, v in request.query_params.items() if k not in _OURS}
+    body = await request.body()
+    if not body:
+        return None, query
     content_type = request.headers.get("content-type", "")
     media_type = content_type.partition(";")[0].strip().lower()
+    return media_type, query | await _body_fields(request, media_type, content_type, body)
+
+
+async def _body_fields(
+    request: Request, media_type: str, content_type: str, body: bytes
+) -> dict[str, Any]:
     if media_type == "multipart/form-data" and (boundary := boundary_of(content_type)):
-        fields = parse_text_fields(await request.body(), boundary)
+        fields = parse_text_fields(body, boundary)
         if fields is not None:  # Exotel's usual few text fields; anything else, below
-            return media_type, fields
+            return fields
     if media_type in _FORM_TYPES:
         form = await request.form()
         # Exotel sends plain fields only; a file part would not be one of its fields.
-        return media_type, {
-            key: value for key, value in form.multi_items() if isinstance(value, str)
-        }
+        return {key: value for key, value in form.multi_items() if isinstance(value, str)}
     if media_type == "application/json":
         try:
-            payload = json.loads(
-                await request.body(), parse_constant=_not_json, parse_float=_finite_float
-            )
+            payload = json.loads(body, parse_constant=_not_json, parse_float=_finite_float)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
             raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
         if not isinstance(payload, dict):
-            raise ApiError(422, "validation_error", "body: must be a JSON object")
-        return media_type, payload
+            raise _invalid("body", "must be a JSON object", "value_error")
+        return payload
     raise ApiError(
         415,
         "unsupported_media_type",
-        "send multipart/form-data, application/x-www-form-urlencoded or application/json",
+        "send multipart/form-data, application/x-www-form-urlencoded or application/json, "
+        "or the fields in the query string",
     )
 
 
@@ -214,17 +246,14 @@ def _finite_float(text: str) -> float:
     return number
 
 
-# Exotel's values are short; anything longer is not Exotel (and would not fit the columns).
-_MAX_LENGTHS = {"CallSid": 64, "Status": 32, "EventType": 32, "DateUpdated": 32}
-
-
-def _check_payload(payload: dict[str, Any]) -> None:
-    for field, limit in _MAX_LENGTHS.items():
-        value = payload.get(field)
+def _check_fields(fields: dict[str, Any]) -> None:
+    """What Exotel never sends, and the database could not store."""
+    for field, limit in MAX_LENGTHS.items():
+        value = fields.get(field)
         if value is not None and len(str(value)) > limit:
             raise _invalid(field, f"at most {limit} characters", "string_too_long")
     try:
-        has_nul = _has_nul(payload)
+        has_nul = _has_nul(fields)
     except RecursionError:
         raise _invalid("body", "nested too deeply", "value_error") from None
     if has_nul:
@@ -245,40 +274,3 @@ def _has_nul(value: Any) -> bool:
 def _invalid(field: str, message: str, kind: str) -> ApiError:
     details = [{"field": field, "message": message, "type": kind}]
     return ApiError(422, "validation_error", f"{field}: {message}", details=details)
-
-
-class StatusCallbackFastPath:
-    """Serves `POST /status-callback` straight from ASGI, ahead of FastAPI's routing, dependency
-    resolution and exception middleware, which cost more than the handler itself. It runs the
-    same handler and answers refusals in the same shape; the FastAPI route above stays for the
-    OpenAPI schema (and for anything that reaches the router directly)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH:
-            await self.app(scope, receive, send)
-            return
-        request = Request(scope, receive)
-        try:
-            params = request.query_params
-            response = await status_callback(
-                request, token=params.get("token"), call_id=params.get("call_id")
-            )
-        except ApiError as exc:
-            response = api_error_response(exc)
-            _count_refusal(request, exc.status)
-        except HTTPException as exc:  # a body over the limit, malformed multipart
-            response = http_error_response(exc)
-            _count_refusal(request, exc.status_code)
-        except Exception:
-            log.exception("unhandled error")
-            response = error_response(500, "internal_error", "internal error; it has been logged")
-        await response(scope, receive, send)
-
-
-def _count_refusal(request: Request, status: int) -> None:
-    if status < 500:  # refused, as opposed to not stored for now (503: Exotel sends it again)
-        services: Services = request.app.state.services
-        services.metrics.callbacks.labels("rejected").inc()

@@ -8,13 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
 from fastapi.openapi.models import Example
 
-from app.api.deps import ServicesDep, SessionDep, require_api_key, require_json
+from app.api.deps import DispatcherDep, SessionDep, SettingsDep, require_api_key, require_json
 from app.api.errors import refusals
-from app.calls import service
-from app.calls.errors import CallNotPlaced, InvalidField
-from app.calls.phone import InvalidPhoneNumber, to_e164
-from app.calls.schemas import (
-    CALL_EXAMPLE,
+from app.api.schemas import (
+    PLACE_EXAMPLE,
+    QUEUED_EXAMPLE,
     BatchCreate,
     BatchOut,
     BatchSummary,
@@ -25,23 +23,16 @@ from app.calls.schemas import (
     IdempotencyKey,
     Instant,
 )
-from app.calls.service import NewCall
+from app.calls import queries
+from app.calls.errors import CallNotPlaced, InvalidField
+from app.calls.phone import InvalidPhoneNumber, to_e164
+from app.calls.placing import create_batch, queue_calls
 from app.db.models import CallStatus
 
 router = APIRouter(prefix="/calls", tags=["calls"], dependencies=[Depends(require_api_key)])
 
 _PLACE_EXAMPLES: dict[str, Example] = {
-    "app": {
-        "summary": "A flow by its app id",
-        "value": {
-            "from": "+919052161119",
-            "app_id": "926",
-            "caller_id": "08030752400",
-            "time_limit": 300,
-            "time_out": 30,
-            "custom_field": "order-123",
-        },
-    },
+    "app": {"summary": "A flow by its app id", "value": PLACE_EXAMPLE},
     "flow_url": {
         "summary": "A flow by its URL, the number as customers write it",
         "value": {
@@ -49,14 +40,6 @@ _PLACE_EXAMPLES: dict[str, Example] = {
             "flow_url": "http://my.exotel.com/acme1/exoml/start_voice/926",
         },
     },
-}
-_QUEUED_EXAMPLE = CALL_EXAMPLE | {
-    "sid": None,
-    "status": "queued",
-    "recording_url": None,
-    "date_updated": None,
-    "dispatched_at": None,
-    "updated_at": CALL_EXAMPLE["created_at"],
 }
 
 
@@ -71,7 +54,7 @@ _QUEUED_EXAMPLE = CALL_EXAMPLE | {
             "model": CallOut,
             "description": "Queued (the account's rate, or `wait=false`), or not yet known to be "
             "placed (`unknown`)",
-            "content": {"application/json": {"example": _QUEUED_EXAMPLE}},
+            "content": {"application/json": {"example": QUEUED_EXAMPLE}},
         },
         **refusals(400, 401, 409, 413, 415, 422, 502, 503),
     },
@@ -79,7 +62,8 @@ _QUEUED_EXAMPLE = CALL_EXAMPLE | {
 async def place_call(
     body: Annotated[CallCreate, Body(openapi_examples=_PLACE_EXAMPLES)],
     session: SessionDep,
-    services: ServicesDep,
+    settings: SettingsDep,
+    dispatcher: DispatcherDep,
     response: Response,
     idempotency_key: Annotated[
         IdempotencyKey | None,
@@ -89,16 +73,14 @@ async def place_call(
         bool, Query(description="Wait (boundedly) for Exotel's answer; false answers 202 at once.")
     ] = True,
 ) -> CallOut:
-    ((call, created),) = await service.queue_calls(
-        session, new_calls=[NewCall(body, idempotency_key)], settings=services.settings
+    ((call, created),) = await queue_calls(
+        session, requests=[body.to_request(idempotency_key)], settings=settings
     )
     # The row is durable before Exotel is asked, so no call goes unaccounted for.
     await session.commit()
-    services.dispatcher.wake()
+    dispatcher.wake()
     if wait and call.status == CallStatus.QUEUED:
-        sent = await services.dispatcher.wait_until_sent(
-            call.id, within=services.settings.dispatch_wait_seconds
-        )
+        sent = await dispatcher.wait_until_sent(call.id, within=settings.dispatch_wait_seconds)
         call = sent or call
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -121,13 +103,13 @@ async def place_call(
         "account's rate."
     ),
 )
-async def place_batch(body: BatchCreate, session: SessionDep, services: ServicesDep) -> BatchOut:
-    new_calls = [NewCall(item, item.idempotency_key) for item in body.calls]
-    batch, calls = await service.create_batch(
-        session, new_calls=new_calls, settings=services.settings
-    )
+async def place_batch(
+    body: BatchCreate, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep
+) -> BatchOut:
+    requests = [item.to_request(item.idempotency_key) for item in body.calls]
+    batch, calls = await create_batch(session, requests=requests, settings=settings)
     await session.commit()
-    services.dispatcher.wake()
+    dispatcher.wake()
     return BatchOut(id=batch.id, size=batch.size, calls=[CallOut.of(call) for call, _ in calls])
 
 
@@ -146,7 +128,7 @@ async def list_calls(
         from_number = to_e164(from_) if from_ else None
     except InvalidPhoneNumber as exc:
         raise InvalidField("from", str(exc)) from None
-    calls, next_cursor = await service.list_calls(
+    calls, next_cursor = await queries.list_calls(
         session,
         statuses=status_,
         from_number=from_number,
@@ -161,7 +143,7 @@ async def list_calls(
 
 @router.get("/{ref}", summary="One call, by our id or Exotel's SID", responses=refusals(401, 404))
 async def get_call(ref: str, session: SessionDep) -> CallOut:
-    return CallOut.of(await service.find_call(session, ref))
+    return CallOut.of(await queries.find_call(session, ref))
 
 
 @router.get(
@@ -170,10 +152,10 @@ async def get_call(ref: str, session: SessionDep) -> CallOut:
     responses=refusals(401, 404),
 )
 async def list_call_events(ref: str, session: SessionDep) -> list[EventOut]:
-    call = await service.find_call(session, ref)
+    call = await queries.find_call(session, ref)
     return [
         EventOut.model_validate(event)
-        for event in await service.list_events(session, call_id=call.id)
+        for event in await queries.list_events(session, call_id=call.id)
     ]
 
 
@@ -184,5 +166,5 @@ batches = APIRouter(prefix="/batches", tags=["calls"], dependencies=[Depends(req
     "/{batch_id}", summary="A batch's calls, counted by status", responses=refusals(401, 404, 422)
 )
 async def get_batch(batch_id: uuid.UUID, session: SessionDep) -> BatchSummary:
-    batch, counts = await service.batch_summary(session, batch_id)
+    batch, counts = await queries.batch_summary(session, batch_id)
     return BatchSummary(id=batch.id, size=batch.size, created_at=batch.created_at, counts=counts)

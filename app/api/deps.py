@@ -13,25 +13,60 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.api.errors import ApiError
-from app.services import Services
+from app.calls.dispatcher import Dispatcher
+from app.calls.ingest import CallbackWriter
+from app.calls.spool import Spool
+from app.config import Settings
+from app.metrics import Metrics
+from app.runtime import Runtime
 
 
-async def get_services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
+async def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
 
 
-ServicesDep = Annotated[Services, Depends(get_services)]
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime  # built by the lifespan
+    return runtime
 
 
-async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
+async def get_engine(request: Request) -> AsyncEngine:
+    return _runtime(request).engine
+
+
+async def get_dispatcher(request: Request) -> Dispatcher:
+    return _runtime(request).dispatcher
+
+
+async def get_callback_writer(request: Request) -> CallbackWriter:
+    return _runtime(request).callbacks
+
+
+async def get_spool(request: Request) -> Spool:
+    return _runtime(request).spool
+
+
+async def get_metrics(request: Request) -> Metrics:
+    return _runtime(request).metrics
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """A session for the request. Routes that write commit it themselves, before they answer:
     an answer is only given for what is durable."""
-    async with services.sessionmaker() as session:
+    async with _runtime(request).sessionmaker() as session:
         yield session
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+CallbackWriterDep = Annotated[CallbackWriter, Depends(get_callback_writer)]
+SpoolDep = Annotated[Spool, Depends(get_spool)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
@@ -48,12 +83,12 @@ def is_api_key(keys: Sequence[SecretStr], given: bytes) -> bool:
 
 
 async def require_api_key(
-    services: ServicesDep,
+    settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> None:
     """The internal API's bearer keys, compared in constant time against every key. Without
     API_KEYS (development only: production refuses to start) the API is open."""
-    keys = services.settings.api_keys
+    keys = settings.api_keys
     if not keys:
         return
     if not is_api_key(keys, credentials.credentials.encode() if credentials else b""):
@@ -73,9 +108,9 @@ async def require_json(request: Request) -> None:
 
 
 async def require_metrics_access(
-    services: ServicesDep,
+    settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> None:
     """`/metrics`: an API key, unless METRICS_PUBLIC opens it."""
-    if not services.settings.metrics_public:
-        await require_api_key(services, credentials)
+    if not settings.metrics_public:
+        await require_api_key(settings, credentials)

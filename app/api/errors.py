@@ -19,6 +19,7 @@ from app.calls.errors import (
     IdempotencyConflict,
     InvalidField,
 )
+from app.db.models import FailureKind
 
 log = logging.getLogger(__name__)
 
@@ -214,10 +215,10 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:
     ]
 
 
-def not_placed_status(call_error_code: str | None, exotel_status: int | None) -> int:
+def not_placed_status(call_error_code: FailureKind | None, exotel_status: int | None) -> int:
     """The HTTP status for a call Exotel did not place: the caller's fault (422) when Exotel
     refused the call itself (a bad or DND number), ours or Exotel's (502/503) otherwise."""
-    if call_error_code == "exotel_unreachable":
+    if call_error_code == FailureKind.EXOTEL_UNREACHABLE:
         return 503
     if exotel_status in (400, 403, 404, 409):
         return 422

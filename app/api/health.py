@@ -10,12 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.api.deps import ServicesDep, require_metrics_access
+from app.api.deps import EngineDep, MetricsDep, SessionDep, require_metrics_access
 from app.api.errors import error_response, refusals
-from app.calls.service import Overview, overview
-from app.db.models import utcnow
+from app.calls.queries import Overview, overview
+from app.db.migrate import head_revision
 from app.db.session import is_database_down
-from app.metrics import CONTENT_TYPE
+from app.metrics import CONTENT_TYPE, Gauges
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +46,19 @@ class Ready(BaseModel):
     response_model=Ready,
     responses=refusals(503),
 )
-async def readyz(services: ServicesDep) -> JSONResponse:
+async def readyz(engine: EngineDep) -> JSONResponse:
     try:
-        async with services.engine.connect() as connection:
+        async with engine.connect() as connection:
             revision = await connection.scalar(text("SELECT version_num FROM alembic_version"))
     except Exception as exc:
         if not is_database_down(exc) and not isinstance(exc, SQLAlchemyError):
             raise
         return error_response(503, "database_unavailable", f"database: {type(exc).__name__}")
-    if revision != services.schema_head:
+    if revision != head_revision():
         return error_response(
             503,
             "schema_not_current",
-            f"database schema is at {revision}, this code needs {services.schema_head}: "
+            f"database schema is at {revision}, this code needs {head_revision()}: "
             "run `exocall migrate`",
         )
     return JSONResponse({"status": "ready", "schema": revision})
@@ -77,13 +77,19 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     responses={200: {"content": {CONTENT_TYPE: {}}}, **refusals(401)},
     dependencies=[Depends(require_metrics_access)],
 )
-async def metrics(services: ServicesDep) -> Response:
+async def metrics(session: SessionDep, counters: MetricsDep) -> Response:
     shared: Overview | None = None
     try:
-        async with services.sessionmaker() as session:
-            shared = await overview(session)
+        shared = await overview(session)
     except Exception as exc:
         if not is_database_down(exc):
             raise
         log.warning("metrics: the database is unreachable; serving this process's counts only")
-    return Response(services.metrics.render(shared, now=utcnow()), media_type=CONTENT_TYPE)
+    gauges = None
+    if shared is not None:
+        gauges = Gauges(
+            calls_by_status=shared.calls_by_status,
+            queue_depth=shared.queue_depth,
+            queue_oldest_age_seconds=shared.oldest_queued_age_seconds,
+        )
+    return Response(counters.render(gauges), media_type=CONTENT_TYPE)

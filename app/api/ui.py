@@ -25,31 +25,21 @@ from fastapi.responses import HTMLResponse
 from fastapi.security.utils import get_authorization_scheme_param
 from markupsafe import Markup
 
-from app.api.deps import ServicesDep, SessionDep, is_api_key
+from app.api.deps import SessionDep, SettingsDep, is_api_key
 from app.api.errors import ApiError
-from app.calls import service
+from app.calls import queries, ratelimit
 from app.calls.errors import CallNotFound
-from app.calls.phone import mask
 from app.calls.state import TERMINAL
-from app.db.models import Batch, Call, CallEvent, CallStatus, utcnow
+from app.db.clock import db_now
+from app.db.models import Batch, Call, CallEvent, CallStatus
 from app.exotel.wire import IST  # India has one zone, Asia/Kolkata: +05:30 all year
+from app.logs import mask
 
 RECENT_CALLS = 50
 RECENT_BATCHES = 10
 REFRESH_SECONDS = 10
 
-# Lifecycle order: waiting, under way, ended by Exotel, refused, undecided.
-STATUSES = [
-    CallStatus.QUEUED,
-    CallStatus.IN_PROGRESS,
-    CallStatus.COMPLETED,
-    CallStatus.BUSY,
-    CallStatus.NO_ANSWER,
-    CallStatus.FAILED,
-    CallStatus.CANCELED,
-    CallStatus.REJECTED,
-    CallStatus.UNKNOWN,
-]
+STATUSES = list(CallStatus)  # declared in the order people read a call's life in
 MEANINGS = {
     CallStatus.QUEUED: "stored, not yet sent to Exotel",
     CallStatus.IN_PROGRESS: "accepted by Exotel, not ended",
@@ -90,10 +80,10 @@ def _presented_key(authorization: str) -> bytes:
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
-async def require_page_access(services: ServicesDep, request: Request) -> None:
+async def require_page_access(settings: SettingsDep, request: Request) -> None:
     """One of API_KEYS, as a bearer token or as the password of HTTP Basic auth. Open without
     API_KEYS (development only), as the API is. The challenge makes a browser ask for it."""
-    keys = services.settings.api_keys
+    keys = settings.api_keys
     if not keys:
         return
     if not is_api_key(keys, _presented_key(request.headers.get("authorization", ""))):
@@ -176,8 +166,8 @@ _env.filters.update(
 _env.globals.update(css=Markup(_CSS), meanings=MEANINGS)  # noqa: S704 - our own stylesheet
 
 
-def _page(template: str, **context: Any) -> HTMLResponse:
-    html = _env.get_template(template).render(now=utcnow(), **context)
+def _page(template: str, *, now: datetime, **context: Any) -> HTMLResponse:
+    html = _env.get_template(template).render(now=now, **context)
     return HTMLResponse(html, headers=PAGE_HEADERS)
 
 
@@ -238,22 +228,22 @@ def batch_row(batch: Batch, counts: Mapping[str, int]) -> BatchRow:
 @router.get("")
 async def status_page(
     session: SessionDep,
-    services: ServicesDep,
+    settings: SettingsDep,
     refresh: Annotated[int, Query(ge=0, le=3600)] = REFRESH_SECONDS,
 ) -> HTMLResponse:
-    settings = services.settings
-    now = utcnow()
-    overview = await service.overview(session)
-    last_day = await service.count_calls_by_status(session, created_after=now - timedelta(days=1))
-    granted = await service.exotel_requests_granted(
+    overview = await queries.overview(session)
+    now = overview.now
+    last_day = await queries.count_calls_by_status(session, created_after=now - timedelta(days=1))
+    granted = await queries.exotel_requests_granted(
         session, within_seconds=settings.exotel_rate_window_seconds
     )
-    batches = await service.recent_batches(session, limit=RECENT_BATCHES)
-    calls, _ = await service.list_calls(session, limit=RECENT_CALLS)
+    batches = await queries.recent_batches(session, limit=RECENT_BATCHES)
+    calls, _ = await queries.list_calls(session, limit=RECENT_CALLS)
     oldest = overview.oldest_queued_at
     connects = granted.get("connect", 0)
     return _page(
         "status.html",
+        now=now,
         refresh=refresh,
         statuses=STATUSES,
         all_time=overview.calls_by_status,
@@ -261,13 +251,13 @@ async def status_page(
         last_day=last_day,
         queue_depth=overview.queue_depth,
         oldest_queued_at=oldest,
-        queue_age=(now - oldest).total_seconds() if oldest else None,
+        queue_age=overview.oldest_queued_age_seconds if oldest else None,
         connects=connects,
         lookups=granted.get("lookup", 0),
         rate_limit=settings.exotel_rate_limit,
         rate_window=settings.exotel_rate_window_seconds,
         rate_percent=min(100.0, 100.0 * connects / settings.exotel_rate_limit),
-        paused_for=await service.rate_limit_paused_for(session),
+        paused_for=await ratelimit.paused_for(session),
         batches=[batch_row(batch, counts) for batch, counts in batches],
         calls=calls,
         recent_calls=RECENT_CALLS,
@@ -293,15 +283,13 @@ def timeline(call: Call, events: Sequence[CallEvent]) -> list[Entry]:
     milestones = [Entry(call.created_at, "created", "stored as queued")]
     if call.dispatched_at:
         milestones.append(Entry(call.dispatched_at, "dispatched", "sent to Exotel"))
+    if call.answered_at:
+        milestones.append(Entry(call.answered_at, "answered", "the customer picked up"))
     if call.error_code:
-        # The call keeps no time for its error. Dispatch records an ambiguous answer
-        # (`unknown`) with dispatched_at; a refusal, a retry's reason or reconciliation's
-        # verdict is the call's last change.
-        at = call.updated_at
-        if call.dispatched_at and call.status not in (CallStatus.REJECTED, CallStatus.QUEUED):
-            at = call.dispatched_at
         detail = f"{call.error_code}: {call.error_message}" if call.error_message else ""
-        milestones.append(Entry(at, "error", detail or call.error_code))
+        milestones.append(
+            Entry(call.error_at or call.updated_at, "error", detail or call.error_code)
+        )
     milestones.sort(key=lambda entry: entry.at)
     callbacks: Iterable[Entry] = (
         Entry(event.received_at, "status callback", event=event) for event in events
@@ -314,13 +302,14 @@ async def call_page(ref: str, session: SessionDep) -> HTMLResponse:
     """One call, by our id or Exotel's SID: its details, whole number included (the key
     holder reads it through the API anyway), and its timeline."""
     try:
-        call = await service.find_call(session, ref)
+        call = await queries.find_call(session, ref)
     except CallNotFound as exc:
         raise ApiError(404, "call_not_found", str(exc), headers=PAGE_HEADERS) from None
-    events = await service.list_events(session, call_id=call.id)
+    events = await queries.list_events(session, call_id=call.id)
     recording = call.recording_url or ""
     return _page(
         "call.html",
+        now=await db_now(session),
         call=call,
         entries=timeline(call, events),
         # Only while the call can still change.

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls import ratelimit
 from app.calls.callback_auth import status_callback_url
-from app.calls.phone import mask, to_exotel_dial_form
-from app.calls.service import assign_sid, lock_call
-from app.calls.state import StatusUpdate, apply_update
+from app.calls.phone import to_exotel_dial_form
+from app.calls.state import CallState, Failure, StatusUpdate, apply_update
+from app.calls.store import CallStore
 from app.config import Settings
-from app.db.clock import clock, db_now
-from app.db.models import Call, CallStatus, EventOutcome
+from app.db.clock import db_now
+from app.db.models import Call, CallStatus, EventOutcome, FailureKind
 from app.exotel.client import ConnectRequest, ExotelClient
 from app.exotel.errors import (
     ExotelError,
@@ -33,7 +33,7 @@ from app.exotel.errors import (
     ExotelUnreachable,
 )
 from app.exotel.wire import ExotelCall
-from app.logs import about
+from app.logs import about, mask
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,7 @@ class Verdict:
     # REJECTED or UNKNOWN; QUEUED when the request certainly did not dial and goes back to
     # the queue (429, or no connection was ever made).
     status: CallStatus
-    code: str
-    message: str
-    exotel_status: int | None = None
-    exotel_code: int | None = None
+    failure: Failure
     retry_after: float | None = None  # Exotel's Retry-After, with a 429
 
 
@@ -71,28 +68,22 @@ def connect_request(call: Call, settings: Settings) -> ConnectRequest:
 def classify(error: ExotelError) -> Verdict:
     """Retry only what certainly did not dial; what may have dialled is never sent again."""
     if isinstance(error, ExotelRateLimited):
-        return Verdict(
-            CallStatus.QUEUED,
-            "exotel_rate_limited",
-            error.message,
-            error.status,
-            error.code,
-            error.retry_after,
-        )
+        failure = Failure(FailureKind.EXOTEL_RATE_LIMITED, error.message, error.status, error.code)
+        return Verdict(CallStatus.QUEUED, failure, error.retry_after)
     if isinstance(error, ExotelRejected) and error.status < 500:
-        return Verdict(
-            CallStatus.REJECTED, "exotel_rejected", error.message, error.status, error.code
-        )
+        failure = Failure(FailureKind.EXOTEL_REJECTED, error.message, error.status, error.code)
+        return Verdict(CallStatus.REJECTED, failure)
     if isinstance(error, ExotelRejected):
         # Exotel answers 500/504 when it "could not originate", but it also retries origination
         # before answering: a 5xx does not prove that nobody was dialled.
-        return Verdict(
-            CallStatus.UNKNOWN, "exotel_outcome_unknown", error.message, error.status, error.code
+        failure = Failure(
+            FailureKind.EXOTEL_OUTCOME_UNKNOWN, error.message, error.status, error.code
         )
+        return Verdict(CallStatus.UNKNOWN, failure)
     if isinstance(error, ExotelUnreachable):
-        return Verdict(CallStatus.QUEUED, "exotel_unreachable", str(error))
+        return Verdict(CallStatus.QUEUED, Failure(FailureKind.EXOTEL_UNREACHABLE, str(error)))
     assert isinstance(error, ExotelOutcomeUnknown), error
-    return Verdict(CallStatus.UNKNOWN, "exotel_outcome_unknown", str(error))
+    return Verdict(CallStatus.UNKNOWN, Failure(FailureKind.EXOTEL_OUTCOME_UNKNOWN, str(error)))
 
 
 def backoff(attempts: int, *, ceiling: float) -> float:
@@ -124,23 +115,27 @@ async def send_claimed(
     except ExotelError as exc:
         result = classify(exc)
     async with sessionmaker() as session, session.begin():
-        call = await lock_call(session, call_id)
-        assert call is not None, "calls are never deleted"
-        call.claimed_by = call.claimed_at = None
+        store = await CallStore.of(session)
+        await store.lock(ids=[call_id], sids=[result.sid] if isinstance(result, ExotelCall) else [])
+        state = store.get(call_id)
+        assert state is not None, "calls are never deleted"
+        state.claimed_by = state.claimed_at = None
         if isinstance(result, ExotelCall):
-            await _record_accepted(session, call, result)
+            await _record_accepted(store, state, result)
         elif result.status == CallStatus.QUEUED:
-            await _retry_later(session, call, result, settings)
+            await _retry_later(session, store, state, result, settings)
         else:
-            _record_failure(call, result)
+            await record_failure(store, state, result.status, result.failure)
+        await store.flush()
 
 
-async def _record_accepted(session: AsyncSession, call: Call, exotel_call: ExotelCall) -> None:
-    call.dispatched_at = datetime.now(UTC)
-    _set_error(call, None)
+async def _record_accepted(store: CallStore, call: CallState, exotel_call: ExotelCall) -> None:
+    now = await store.now()
+    call.dispatched_at = now
+    call.fail(None, at=now)
     # An early status callback may have told us the SID (and even the end) already.
     if call.sid is None:
-        if not await assign_sid(session, call, exotel_call.sid):
+        if not store.learn_sid(call, exotel_call.sid):
             log.error(
                 "call %s: Exotel answered a SID another call holds",
                 call.id,
@@ -168,53 +163,51 @@ async def _record_accepted(session: AsyncSession, call: Call, exotel_call: Exote
 
 
 async def _retry_later(
-    session: AsyncSession, call: Call, verdict: Verdict, settings: Settings
+    session: AsyncSession, store: CallStore, call: CallState, verdict: Verdict, settings: Settings
 ) -> None:
     if call.status != CallStatus.QUEUED:
         return  # declared `unknown` while we waited; reconciliation resolves it
-    if verdict.code == "exotel_unreachable" and call.attempts >= settings.dispatch_max_attempts:
-        _record_failure(call, replace(verdict, status=CallStatus.REJECTED))
+    kind = verdict.failure.kind
+    if kind == FailureKind.EXOTEL_UNREACHABLE and call.attempts >= settings.dispatch_max_attempts:
+        await record_failure(store, call, CallStatus.REJECTED, verdict.failure)
         return
-    now = await db_now(session)
+    now = await store.now()
     delay = verdict.retry_after
     if delay is None:
         delay = backoff(call.attempts, ceiling=settings.exotel_rate_window_seconds)
-    call.not_before = now + delay
-    _set_error(call, verdict)  # says why the call is still queued
-    if verdict.code == "exotel_rate_limited":
+    call.not_before = now + timedelta(seconds=delay)
+    call.fail(verdict.failure, at=now)  # says why the call is still queued
+    if kind == FailureKind.EXOTEL_RATE_LIMITED:
         # Exotel's count is the one that matters (other systems may share the account).
-        await ratelimit.pause(session, until=now + delay)
+        await ratelimit.pause(session, until=call.not_before)
     log.warning(
         "call %s back in the queue for %.1fs: %s",
         call.id,
         delay,
-        verdict.message,
+        verdict.failure.message,
         extra=about(call.id),
     )
 
 
-def _record_failure(call: Call, verdict: Verdict) -> None:
-    if apply_update(call, StatusUpdate(status=verdict.status)) == EventOutcome.STALE:
-        # A callback got here first: Exotel did dial, whatever its answer said.
+async def record_failure(
+    store: CallStore, call: CallState, status: CallStatus, failure: Failure
+) -> None:
+    """The call is `rejected` or `unknown`, for `failure`: unless Exotel's own word about it
+    (a callback) got here first, in which case Exotel did dial, whatever its answer said."""
+    if apply_update(call, StatusUpdate(status=status)) == EventOutcome.STALE:
         return
-    if verdict.status == CallStatus.UNKNOWN:
-        call.dispatched_at = datetime.now(UTC)
-    _set_error(call, verdict)
+    now = await store.now()
+    if status == CallStatus.UNKNOWN:
+        call.dispatched_at = now
+    call.fail(failure, at=now)
     log.warning(
         "call %s %s: %s (%s)",
         call.id,
-        verdict.status,
-        verdict.message,
-        verdict.code,
+        status,
+        failure.message,
+        failure.kind,
         extra=about(call.id, call.sid),
     )
-
-
-def _set_error(call: Call, verdict: Verdict | None) -> None:
-    call.error_code = verdict.code if verdict else None
-    call.error_message = verdict.message if verdict else None
-    call.error_exotel_status = verdict.exotel_status if verdict else None
-    call.error_exotel_code = verdict.exotel_code if verdict else None
 
 
 async def claim_next(
@@ -231,7 +224,7 @@ async def claim_next(
         .where(
             Call.status == CallStatus.QUEUED,
             Call.claimed_at.is_(None),
-            or_(Call.not_before.is_(None), Call.not_before <= clock(session)),
+            or_(Call.not_before.is_(None), Call.not_before <= await db_now(session)),
         )
         .order_by(Call.created_at)
         .limit(1)

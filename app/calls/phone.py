@@ -1,5 +1,5 @@
-"""Phone numbers: one canonical form (E.164) stored and compared, Exotel's form sent, and a
-masked form for logs (numbers are personal data)."""
+"""Phone numbers: one canonical form (E.164) stored and compared, and Exotel's form sent.
+(Their masked form, for logs and pages, is `app.logs.mask`.)"""
 
 from __future__ import annotations
 
@@ -36,13 +36,3 @@ def to_exotel_dial_form(e164: str) -> str:
     """What `Calls/connect` wants in `From`: `0` + 10 digits for Indian numbers (the documented
     form), E.164 otherwise."""
     return "0" + e164[3:] if e164.startswith("+91") else e164
-
-
-def mask(number: str | None) -> str:
-    """`+919052161119` -> `+91******1119`, for logs."""
-    if not number:
-        return ""
-    keep_head = 3 if number.startswith("+") else 1
-    if len(number) <= keep_head + 4:
-        return "*" * len(number)
-    return number[:keep_head] + "*" * (len(number) - keep_head - 4) + number[-4:]

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.clock import db_now
 from app.db.models import ExotelRequest, Throttle
+from app.db.session import insert_for
 
 THROTTLE = "exotel"
 
@@ -37,29 +39,39 @@ class Budget:
     lookup_share: float = 0.1
 
     @property
-    def span(self) -> float:
-        return self.window + self.margin
+    def span(self) -> timedelta:
+        return timedelta(seconds=self.window + self.margin)
 
     @property
     def lookup_limit(self) -> int:
         return max(1, int(self.limit * self.lookup_share))
 
 
-async def lock(session: AsyncSession) -> float:
+async def lock(session: AsyncSession) -> datetime:
     """Take the account's lock for this transaction; the database's time once it is held."""
-    await session.execute(select(Throttle.name).where(Throttle.name == THROTTLE).with_for_update())
+    locked = select(Throttle.name).where(Throttle.name == THROTTLE).with_for_update()
+    if await session.scalar(locked) is None:  # the migrations make it; an emptied table not
+        await session.execute(
+            insert_for(session)(Throttle).values(name=THROTTLE).on_conflict_do_nothing()
+        )
+        await session.execute(locked)
     return await db_now(session)
 
 
 async def seconds_until_free(
-    session: AsyncSession, budget: Budget, *, now: float, kind: RequestKind, backlog: bool = False
+    session: AsyncSession,
+    budget: Budget,
+    *,
+    now: datetime,
+    kind: RequestKind,
+    backlog: bool = False,
 ) -> float:
     """0 if a request of `kind` may be made now, else how long until one may. Call under lock()."""
     paused_until = await session.scalar(
         select(Throttle.paused_until).where(Throttle.name == THROTTLE)
     )
     if paused_until is not None and paused_until > now:
-        return paused_until - now
+        return (paused_until - now).total_seconds()
     await session.execute(delete(ExotelRequest).where(ExotelRequest.at <= now - budget.span))
     recent = (
         await session.execute(
@@ -68,24 +80,26 @@ async def seconds_until_free(
     ).all()
     if len(recent) >= budget.limit:
         # Free once the oldest requests leave the window, enough to leave room for one more.
-        oldest_to_leave: float = recent[len(recent) - budget.limit].at
-        return oldest_to_leave + budget.span - now
+        oldest_to_leave: datetime = recent[len(recent) - budget.limit].at
+        return (oldest_to_leave + budget.span - now).total_seconds()
     if kind == RequestKind.LOOKUP and backlog:
         lookups = [at for at, recorded_kind in recent if recorded_kind == RequestKind.LOOKUP]
         if len(lookups) >= budget.lookup_limit:
-            return lookups[len(lookups) - budget.lookup_limit] + budget.span - now
+            oldest_lookup = lookups[len(lookups) - budget.lookup_limit]
+            return (oldest_lookup + budget.span - now).total_seconds()
     return 0.0
 
 
-def spend(session: AsyncSession, *, now: float, kind: RequestKind) -> None:
+def spend(session: AsyncSession, *, now: datetime, kind: RequestKind) -> None:
     """Record a granted request. Call under lock(), after seconds_until_free() said 0."""
     session.add(ExotelRequest(at=now, kind=kind))
 
 
-async def pause(session: AsyncSession, *, until: float) -> None:
+async def pause(session: AsyncSession, *, until: datetime) -> None:
     """Hold every replica back until `until` (database time), after Exotel answered 429."""
-    throttle = await session.get(Throttle, THROTTLE, with_for_update=True)
-    assert throttle is not None, "created by the migrations"
+    await lock(session)
+    throttle = await session.get(Throttle, THROTTLE)
+    assert throttle is not None
     if throttle.paused_until is None or throttle.paused_until < until:
         throttle.paused_until = until
 
@@ -100,3 +114,13 @@ async def acquire(
     if wait <= 0:
         spend(session, now=now, kind=kind)
     return max(wait, 0.0)
+
+
+async def paused_for(session: AsyncSession) -> float:
+    """How many more seconds every replica is held back after Exotel answered 429 (0: none)."""
+    paused_until = await session.scalar(
+        select(Throttle.paused_until).where(Throttle.name == THROTTLE)
+    )
+    if paused_until is None:
+        return 0.0
+    return max((paused_until - await db_now(session)).total_seconds(), 0.0)

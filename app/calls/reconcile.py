@@ -12,19 +12,21 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls import ratelimit
-from app.calls.service import assign_sid, attach_orphans, lock_call, status_from_exotel
-from app.calls.state import StatusUpdate, apply_update
+from app.calls.callbacks import status_from_exotel
+from app.calls.dispatch import record_failure
+from app.calls.state import CallState, Failure, StatusUpdate, apply_update
+from app.calls.store import CallStore
 from app.config import Settings
 from app.db import lease
 from app.db.clock import db_now
-from app.db.models import Call, CallEvent, CallStatus, EventOutcome
-from app.exotel.client import MAX_SIDS_PER_LOOKUP, ExotelClient
+from app.db.models import Call, CallEvent, CallStatus, EventOutcome, FailureKind
+from app.exotel.client import MAX_SIDS_PER_LOOKUP, CallsPage, ExotelClient
 from app.exotel.errors import ExotelError
 from app.exotel.wire import ExotelCall
 from app.logs import about
@@ -35,6 +37,13 @@ log = logging.getLogger(__name__)
 LEASE = "reconcile"
 # How far around our dispatch time Exotel's DateCreated of an `unknown` call may be.
 MATCH_WINDOW = timedelta(minutes=5)
+_INTERRUPTED = Failure(
+    FailureKind.DISPATCH_INTERRUPTED,
+    "the replica sending this call stopped; Exotel may have dialled",
+)
+_NO_RECORD = Failure(
+    FailureKind.EXOTEL_NO_RECORD, "Exotel has no record of this call: it was not dialled"
+)
 
 
 @dataclass
@@ -65,6 +74,7 @@ class _Round:
     exotel: ExotelClient
     settings: Settings
     budget: ratelimit.Budget
+    repairs: Repairs
 
     async def spend_lookup(self) -> None:
         async with self.sessionmaker() as session, session.begin():
@@ -74,6 +84,21 @@ class _Round:
             )
         if wait > 0:
             raise OutOfBudget
+        self.repairs.lookups += 1
+
+    async def every_page(self, first: CallsPage) -> list[ExotelCall]:
+        """The calls of `first` and of every page after it (Metadata.NextPageUri), each page
+        a request from the budget."""
+        calls, page = list(first.calls), first
+        while page.next_page_uri:
+            await self.spend_lookup()
+            try:
+                page = await self.exotel.next_page(page.next_page_uri)
+            except ValueError:  # a page elsewhere than Exotel's API: never followed
+                log.warning("reconcile: call details named a next page off the API; stopped")
+                break
+            calls += page.calls
+        return calls
 
 
 async def reconcile_once(
@@ -84,48 +109,54 @@ async def reconcile_once(
     budget: ratelimit.Budget,
 ) -> Repairs:
     """One round of reconciliation. Safe to run anywhere; the runner keeps it to one replica."""
-    round_ = _Round(sessionmaker, exotel, settings, budget)
-    repairs = Repairs()
+    round_ = _Round(sessionmaker, exotel, settings, budget, Repairs())
     async with sessionmaker() as session, session.begin():
-        repairs.stale_claims = await _resolve_stale_claims(session, settings)
-        repairs.attached = await _attach_orphan_events(session)
+        round_.repairs.stale_claims = await _resolve_stale_claims(session, settings)
+    async with sessionmaker() as session, session.begin():
+        round_.repairs.attached = await _attach_orphan_events(session)
     with contextlib.suppress(OutOfBudget):
-        await _look_up_by_sid(round_, repairs)
-        await _look_up_unknown_by_number(round_, repairs)
-    return repairs
+        await _look_up_by_sid(round_)
+        await _look_up_unknown_by_number(round_)
+    return round_.repairs
 
 
 async def _resolve_stale_claims(session: AsyncSession, settings: Settings) -> int:
     """A claim older than any send could take means its replica died mid-dispatch. Whether the
     request reached Exotel cannot be known: the call becomes `unknown`, never sent again."""
-    now = await db_now(session)
-    cutoff = now - (settings.exotel_timeout_seconds + settings.dispatch_claim_grace_seconds)
-    stale = select(Call).where(
+    limit = timedelta(
+        seconds=settings.exotel_timeout_seconds + settings.dispatch_claim_grace_seconds
+    )
+    cutoff = await db_now(session) - limit
+    stale = select(Call.id).where(
         Call.status == CallStatus.QUEUED, Call.claimed_at.is_not(None), Call.claimed_at < cutoff
     )
-    calls = list(await session.scalars(stale.with_for_update(skip_locked=True)))
-    for call in calls:
-        apply_update(call, StatusUpdate(CallStatus.UNKNOWN))
+    ids = list(await session.scalars(stale.with_for_update(skip_locked=True)))
+    store = await CallStore.of(session)
+    await store.lock(ids=ids)
+    for call_id in ids:
+        call = store.get(call_id)
+        assert call is not None
         call.claimed_by = call.claimed_at = None
-        call.dispatched_at = datetime.now(UTC)
-        call.error_code = "dispatch_interrupted"
-        call.error_message = "the replica sending this call stopped; Exotel may have dialled"
-        log.warning(
-            "call %s: its dispatch was interrupted; now unknown", call.id, extra=about(call.id)
-        )
-    return len(calls)
+        await record_failure(store, call, CallStatus.UNKNOWN, _INTERRUPTED)
+    await store.flush()
+    return len(ids)
 
 
 async def _attach_orphan_events(session: AsyncSession) -> int:
     """Callbacks stored for a SID before any call had it (the dispatch that learnt the SID may
     have raced them)."""
-    known = select(Call).where(
+    known = select(Call.id).where(
         exists().where(CallEvent.sid == Call.sid, CallEvent.call_id.is_(None))
     )
-    attached = 0
-    for call in await session.scalars(known.with_for_update()):
-        attached += await attach_orphans(session, call)
-    return attached
+    ids = list(await session.scalars(known))
+    store = await CallStore.of(session)
+    await store.lock(ids=ids)
+    for call_id in ids:
+        call = store.get(call_id)
+        assert call is not None
+        store.adopt_orphans(call)
+    await store.flush()
+    return store.attached
 
 
 def _overdue(call: Call, settings: Settings, now: datetime) -> bool:
@@ -135,10 +166,13 @@ def _overdue(call: Call, settings: Settings, now: datetime) -> bool:
     return now > started + timedelta(seconds=lasts + settings.reconcile_grace_seconds)
 
 
-async def _due(session: AsyncSession, settings: Settings, *, with_sid: bool) -> list[Call]:
-    """Calls to look up this round, not looked up within the last recheck interval."""
+async def _due(
+    session: AsyncSession, settings: Settings, *, with_sid: bool
+) -> tuple[list[Call], datetime]:
+    """Calls to look up this round, not looked up within the last recheck interval; and the
+    database's time now."""
     now = await db_now(session)
-    recheck = now - settings.reconcile_recheck_seconds
+    recheck = now - timedelta(seconds=settings.reconcile_recheck_seconds)
     if with_sid:
         waiting = or_(
             Call.status == CallStatus.UNKNOWN,
@@ -149,79 +183,81 @@ async def _due(session: AsyncSession, settings: Settings, *, with_sid: bool) -> 
         query = select(Call).where(Call.status == CallStatus.UNKNOWN, Call.sid.is_(None))
     query = query.where(or_(Call.reconciled_at.is_(None), Call.reconciled_at < recheck))
     calls = await session.scalars(query.order_by(Call.created_at).limit(1000))
-    wall_now = datetime.now(UTC)
-    return [c for c in calls if c.status == CallStatus.UNKNOWN or _overdue(c, settings, wall_now)]
+    due = [c for c in calls if c.status == CallStatus.UNKNOWN or _overdue(c, settings, now)]
+    return due, now
 
 
-async def _look_up_by_sid(round_: _Round, repairs: Repairs) -> None:
+async def _look_up_by_sid(round_: _Round) -> None:
     """Calls whose SID we know but not their end: bulk call details, 100 SIDs a request."""
     async with round_.sessionmaker() as session:
-        due = await _due(session, round_.settings, with_sid=True)
+        due, _ = await _due(session, round_.settings, with_sid=True)
     for start in range(0, len(due), MAX_SIDS_PER_LOOKUP):
         chunk = due[start : start + MAX_SIDS_PER_LOOKUP]
         await round_.spend_lookup()
-        repairs.lookups += 1
         try:
-            found = await round_.exotel.list_calls(sids=[c.sid for c in chunk if c.sid])
+            first = await round_.exotel.list_calls(sids=[c.sid for c in chunk if c.sid])
+            found = await round_.every_page(first)
         except ExotelError as exc:
             log.warning("reconcile: call details look-up failed: %s", exc)
             return
         by_sid = {exotel_call.sid: exotel_call for exotel_call in found}
         async with round_.sessionmaker() as session, session.begin():
+            store = await CallStore.of(session)
+            await store.lock(ids=[c.id for c in chunk])
+            now = await store.now()
             for due_call in chunk:
-                call = await lock_call(session, due_call.id)
+                call = store.get(due_call.id)
                 assert call is not None
-                call.reconciled_at = await db_now(session)
+                call.reconciled_at = now
                 if (exotel_call := by_sid.get(call.sid or "")) is not None:
-                    repairs.repaired += _apply_details(call, exotel_call)
+                    round_.repairs.repaired += _apply_details(call, exotel_call)
+            await store.flush()
 
 
-async def _look_up_unknown_by_number(round_: _Round, repairs: Repairs) -> None:
+async def _look_up_unknown_by_number(round_: _Round) -> None:
     """`unknown` calls without a SID: Exotel's calls from that number around our dispatch."""
     async with round_.sessionmaker() as session:
-        due = await _due(session, round_.settings, with_sid=False)
+        due, _ = await _due(session, round_.settings, with_sid=False)
     for due_call in due:
         started = due_call.dispatched_at or due_call.created_at
         await round_.spend_lookup()
-        repairs.lookups += 1
         try:
-            found = await round_.exotel.list_calls(
+            first = await round_.exotel.list_calls(
                 from_number=due_call.from_number,
                 created_after=started - MATCH_WINDOW,
                 created_before=started + MATCH_WINDOW,
             )
+            found = await round_.every_page(first)
         except ExotelError as exc:
             log.warning("reconcile: call details look-up failed: %s", exc)
             return
         async with round_.sessionmaker() as session, session.begin():
-            call = await lock_call(session, due_call.id)
+            store = await CallStore.of(session)
+            await store.lock(ids=[due_call.id], sids=[c.sid for c in found])
+            call = store.get(due_call.id)
             assert call is not None
-            call.reconciled_at = await db_now(session)
-            match = await _first_unclaimed(session, found, near=started)
-            if match is not None and await assign_sid(session, call, match.sid):
-                repairs.repaired += _apply_details(call, match)
-            elif _overdue(call, round_.settings, datetime.now(UTC)) and (
+            now = await store.now()
+            call.reconciled_at = now
+            match = _first_unclaimed(store, found, near=started)
+            if match is not None and store.learn_sid(call, match.sid):
+                round_.repairs.repaired += _apply_details(call, match)
+            elif _overdue(due_call, round_.settings, now) and call.status == CallStatus.UNKNOWN:
                 # Exotel lists every call that ended; long after this one would have, it has
                 # none from this number: it was never dialled.
-                apply_update(call, StatusUpdate(CallStatus.REJECTED)) == EventOutcome.APPLIED
-            ):
-                call.error_code = "exotel_no_record"
-                call.error_message = "Exotel has no record of this call: it was not dialled"
-                repairs.not_dialled += 1
+                await record_failure(store, call, CallStatus.REJECTED, _NO_RECORD)
+                round_.repairs.not_dialled += 1
+            await store.flush()
 
 
-async def _first_unclaimed(
-    session: AsyncSession, found: Sequence[ExotelCall], *, near: datetime
+def _first_unclaimed(
+    store: CallStore, found: Sequence[ExotelCall], *, near: datetime
 ) -> ExotelCall | None:
     """Of Exotel's calls from the number, the one closest to `near` that no call of ours has."""
-    if not found:
-        return None
-    held = set(await session.scalars(select(Call.sid).where(Call.sid.in_([c.sid for c in found]))))
-    free = [c for c in found if c.sid not in held and c.date_created is not None]
+    free = [c for c in found if store.holding(c.sid) is None and c.date_created is not None]
     return min(free, key=lambda c: abs(c.date_created - near), default=None)  # type: ignore[operator]
 
 
-def _apply_details(call: Call, details: ExotelCall) -> int:
+def _apply_details(call: CallState, details: ExotelCall) -> int:
     """Apply call details through the state machine; 1 if they changed the call."""
     status = status_from_exotel(details.status)
     if status is None:
@@ -234,8 +270,7 @@ def _apply_details(call: Call, details: ExotelCall) -> int:
         duration=details.duration,
         conversation_duration=details.conversation_duration,
     )
-    outcome = apply_update(call, update)
-    if outcome == EventOutcome.APPLIED:
+    if apply_update(call, update) == EventOutcome.APPLIED:
         log.info("reconcile: call %s is %s", call.id, call.status, extra=about(call.id, call.sid))
         return 1
     return 0

@@ -22,9 +22,10 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.calls.service import ReceivedCallback, record_status_callback
+from app.calls.callbacks import ReceivedCallback
+from app.calls.ingest import store_callbacks
 from app.db.session import is_database_down
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Spool:
         record = {
             "receipt_id": str(received.receipt_id),
             "call_id": str(received.call_id) if received.call_id else None,
+            "method": received.method,
             "content_type": received.content_type,
             "payload": received.payload,
             "received_at": received.received_at.isoformat(),
@@ -63,7 +65,7 @@ class Spool:
         partial.rename(self.directory / name)
         _fsync_directory(self.directory)  # the rename itself must survive a crash
 
-    async def replay(self, sessionmaker: async_sessionmaker[AsyncSession]) -> int:
+    async def replay(self, engine: AsyncEngine) -> int:
         """Store what is spooled, oldest first; stop at the first sign the database is still
         down. Returns how many callbacks were stored. Every replica runs it every
         SPOOL_REPLAY_SECONDS, and at start."""
@@ -79,8 +81,8 @@ class Spool:
                     continue  # replayed while we waited for the lock
                 try:
                     received = _read(file.read())
-                    async with sessionmaker() as session, session.begin():
-                        await record_status_callback(session, received)
+                    async with engine.connect() as connection:
+                        await store_callbacks(connection, [received], replayed=True)
                 except Exception as exc:
                     if is_database_down(exc):
                         return stored
@@ -100,6 +102,7 @@ def _read(text: str) -> ReceivedCallback:
     return ReceivedCallback(
         receipt_id=uuid.UUID(record["receipt_id"]),
         call_id=uuid.UUID(record["call_id"]) if record["call_id"] else None,
+        method=record.get("method", "POST"),  # spooled before GET callbacks were taken
         content_type=record["content_type"],
         payload=record["payload"],
         received_at=datetime.fromisoformat(record["received_at"]),

@@ -1,5 +1,5 @@
 """The call status state machine: the one function through which every status change passes
-(dispatch results, status callbacks, reconciliation).
+(dispatch results, status callbacks, reconciliation, stale claims), and the call as it sees it.
 
     queued ──> in-progress ──> completed | failed | busy | no-answer | canceled
       │  └──────────────────────────^
@@ -7,10 +7,10 @@
       └──> unknown    (we cannot tell whether Exotel dialled) ──> any status above but queued
 
 Exotel delivers callbacks late, twice and out of order (shared/exotel.md), so:
-- a terminal status is absorbing: nothing changes it, and a later `answered`/`in-progress` is stale;
+- a terminal status is absorbing: nothing changes it, and a later `in-progress` is stale;
 - repeating an update changes nothing;
 - an empty value (a blank `RecordingUrl`) never blanks a known one;
-- `DateUpdated` only moves forward.
+- `DateUpdated` only moves forward, and `answered_at` keeps the earliest answer heard of;
 Hence any order and repetition of a call's updates ends in the same state.
 
 `unknown` is ours and provisional: it stops us from ever sending the call again, and any word from
@@ -19,11 +19,11 @@ Exotel about the call (a callback, call details) replaces it.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
 
-from app.db.models import CallStatus, EventOutcome
+from app.db.models import CallStatus, EventOutcome, FailureKind
 
 EXOTEL_TERMINAL = frozenset(
     {
@@ -36,12 +36,59 @@ EXOTEL_TERMINAL = frozenset(
 )
 TERMINAL = EXOTEL_TERMINAL | {CallStatus.REJECTED}
 
+# The order a call moves in; every terminal status is last.
 _RANK = {CallStatus.QUEUED: 0, CallStatus.UNKNOWN: 1, CallStatus.IN_PROGRESS: 2}
 _TERMINAL_RANK = 3
 
 
 def rank(status: CallStatus) -> int:
     return _RANK.get(status, _TERMINAL_RANK)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a call is not, or not known to be, placed."""
+
+    kind: FailureKind
+    message: str
+    exotel_status: int | None = None
+    exotel_code: int | None = None
+
+
+@dataclass
+class CallState:
+    """The columns of a `call` that change once it is queued, named as the columns are: what the
+    one write path (`app.calls.store`) reads, changes and writes back."""
+
+    id: uuid.UUID
+    sid: str | None
+    status: CallStatus
+    date_updated: datetime | None
+    date_updated_raw: str | None
+    recording_url: str | None
+    duration: int | None
+    conversation_duration: int | None
+    on_call_duration: int | None
+    answered_at: datetime | None
+    error_code: FailureKind | None
+    error_message: str | None
+    error_exotel_status: int | None
+    error_exotel_code: int | None
+    error_at: datetime | None
+    dispatched_at: datetime | None
+    claimed_by: str | None
+    claimed_at: datetime | None
+    not_before: datetime | None
+    attempts: int
+    reconciled_at: datetime | None
+
+    def fail(self, failure: Failure | None, *, at: datetime) -> None:
+        """Record why the call is not placed (None: it is, after all)."""
+        self.error_code = failure.kind if failure else None
+        self.error_message = failure.message if failure else None
+        self.error_exotel_status = failure.exotel_status if failure else None
+        self.error_exotel_code = failure.exotel_code if failure else None
+        self.error_at = at if failure else None
 
 
 @dataclass(frozen=True)
@@ -54,23 +101,18 @@ class StatusUpdate:
     recording_url: str | None = None
     duration: int | None = None
     conversation_duration: int | None = None
+    on_call_duration: int | None = None
+    answered_at: datetime | None = None  # the customer answered then (an `answered` event)
 
 
-class CallState(Protocol):
-    """What the state machine reads and writes of a call (a `Call`, or a leaner row)."""
-
-    status: CallStatus
-    date_updated: datetime | None
-    date_updated_raw: str | None
-    recording_url: str | None
-    duration: int | None
-    conversation_duration: int | None
+_FILLED = ("recording_url", "duration", "conversation_duration", "on_call_duration")
 
 
 def apply_update(call: CallState, update: StatusUpdate) -> EventOutcome:
     """Apply `update` to `call` in place and say what it did."""
     if not _may_move(call.status, update.status):
-        return EventOutcome.STALE
+        # The status is behind, but that the customer answered is news whenever it comes.
+        return EventOutcome.APPLIED if _take_answer(call, update) else EventOutcome.STALE
     moved = call.status != update.status
     call.status = update.status
     changed = _merge(call, update, overwrite=moved)
@@ -95,14 +137,14 @@ def _merge(call: CallState, update: StatusUpdate, *, overwrite: bool) -> bool:
     """Take the update's values: all it has when the status moved on (an `answered` event's zero
     durations give way to the terminal ones), only what the call lacks otherwise. Empty values
     never count. Says whether anything changed."""
-    changed = False
+    changed = _take_answer(call, update)
     if update.date_updated and (
         call.date_updated is None or update.date_updated > call.date_updated
     ):
         call.date_updated = update.date_updated
         call.date_updated_raw = update.date_updated_raw
         changed = True
-    for name in ("recording_url", "duration", "conversation_duration"):
+    for name in _FILLED:
         value = getattr(update, name)
         if value is None or value == "" or value == getattr(call, name):
             continue
@@ -110,3 +152,12 @@ def _merge(call: CallState, update: StatusUpdate, *, overwrite: bool) -> bool:
             setattr(call, name, value)
             changed = True
     return changed
+
+
+def _take_answer(call: CallState, update: StatusUpdate) -> bool:
+    if update.answered_at is None or (
+        call.answered_at is not None and call.answered_at <= update.answered_at
+    ):
+        return False
+    call.answered_at = update.answered_at
+    return True

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from app.api.schemas import BatchCallCreate
 from app.calls.phone import InvalidPhoneNumber, to_e164
-from app.calls.schemas import BatchCallCreate
 
 # The header names of the number's column, in order of preference.
 NUMBER_COLUMNS = ("number", "from", "phone")

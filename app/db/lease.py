@@ -3,6 +3,8 @@ when the holder stops renewing (it died, or lost the database)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -14,9 +16,10 @@ from app.db.session import insert_for
 async def try_acquire(session: AsyncSession, *, name: str, holder: str, ttl: float) -> bool:
     """Take or renew the lease for `ttl` seconds; False while another holder's is unexpired."""
     now = await db_now(session)
+    expires_at = now + timedelta(seconds=ttl)
     created = await session.scalar(
         insert_for(session)(Lease)
-        .values(name=name, holder=holder, expires_at=now + ttl)
+        .values(name=name, holder=holder, expires_at=expires_at)
         .on_conflict_do_nothing()
         .returning(Lease.name)
     )
@@ -25,5 +28,5 @@ async def try_acquire(session: AsyncSession, *, name: str, holder: str, ttl: flo
     lease = (await session.scalars(select(Lease).where(Lease.name == name).with_for_update())).one()
     if lease.holder != holder and lease.expires_at > now:
         return False
-    lease.holder, lease.expires_at = holder, now + ttl
+    lease.holder, lease.expires_at = holder, expires_at
     return True

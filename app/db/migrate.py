@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
@@ -28,6 +29,7 @@ def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
 
 
+@functools.cache  # read from the migration files once
 def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config("")).get_current_head()
     assert head is not None, "no migrations"

@@ -1,17 +1,21 @@
-"""The two tables: `call` (one row per call we were asked to place) and `call_event` (every
-status callback received, append-only)."""
+"""The tables: `call` (one row per call we were asked to place), `call_event` (every status
+callback received, append-only), and what the dispatch queue shares between replicas.
+
+Every timestamp is a `timestamptz` (aware UTC datetimes on both backends). Times the replicas
+compare (claims, the rate limit, leases, reconciliation) come from the database's clock
+(`app.db.clock`); so do the call's own times, so that they can be compared with those.
+"""
 
 from __future__ import annotations
 
 import enum
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
-    Double,
     Enum,
     ForeignKey,
     Index,
@@ -26,17 +30,16 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.db.base import Base, UTCDateTime
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class CallStatus(enum.StrEnum):
+    """Declared in the order people read a call's life in: waiting, under way, ended by Exotel,
+    refused, undecided. The order the state machine moves in is `app.calls.state.rank`."""
+
     QUEUED = "queued"
     IN_PROGRESS = "in-progress"
     COMPLETED = "completed"
-    FAILED = "failed"
     BUSY = "busy"
     NO_ANSWER = "no-answer"
+    FAILED = "failed"
     CANCELED = "canceled"
     REJECTED = "rejected"
     UNKNOWN = "unknown"
@@ -47,15 +50,29 @@ class EventOutcome(enum.StrEnum):
 
     APPLIED = "applied"  # changed the call
     DUPLICATE = "duplicate"  # told us nothing new
-    STALE = "stale"  # older than what we know (e.g. `answered` after a terminal status)
+    STALE = "stale"  # older than what we know (e.g. a status after the call's end)
     UNKNOWN_SID = "unknown_sid"  # no call known yet; attached once one is
     SID_MISMATCH = "sid_mismatch"  # the URL names a call whose SID differs from the callback's
-    IGNORED = "ignored"  # a status or event type we do not act on
+    IGNORED = "ignored"  # an event type we do not act on (shared/exotel.md: ignore unknown ones)
+    UNREADABLE = "unreadable"  # no status (or no call) we can read: kept, and refused with 422
 
 
-def _str_enum(cls: type[enum.StrEnum]) -> Enum:
+class FailureKind(enum.StrEnum):
+    """Why a call is not (or not yet, or not known to be) placed: the call's `error.code`."""
+
+    EXOTEL_REJECTED = "exotel_rejected"  # Exotel refused the request: nothing was dialled
+    EXOTEL_RATE_LIMITED = "exotel_rate_limited"  # 429: back in the queue
+    EXOTEL_UNREACHABLE = "exotel_unreachable"  # no connection was made: back in the queue
+    EXOTEL_OUTCOME_UNKNOWN = "exotel_outcome_unknown"  # a timeout or a 5xx: it may have dialled
+    DISPATCH_INTERRUPTED = "dispatch_interrupted"  # the replica sending it stopped mid-send
+    EXOTEL_NO_RECORD = "exotel_no_record"  # an `unknown` call Exotel never heard of
+
+
+def _str_enum(cls: type[enum.StrEnum], length: int = 16) -> Enum:
     # Stored as plain strings (no native enum, no CHECK) so adding a value needs no migration.
-    return Enum(cls, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e])
+    return Enum(
+        cls, native_enum=False, length=length, values_callable=lambda e: [m.value for m in e]
+    )
 
 
 class Batch(Base):
@@ -65,7 +82,7 @@ class Batch(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     size: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Call(Base):
@@ -84,15 +101,18 @@ class Call(Base):
     recording_url: Mapped[str | None] = mapped_column(Text)
     duration: Mapped[int | None] = mapped_column(Integer)
     conversation_duration: Mapped[int | None] = mapped_column(Integer)
+    on_call_duration: Mapped[int | None] = mapped_column(Integer)
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     date_updated: Mapped[datetime | None] = mapped_column(UTCDateTime)
     date_updated_raw: Mapped[str | None] = mapped_column(String(32))
-    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_code: Mapped[FailureKind | None] = mapped_column(_str_enum(FailureKind, 64))
     error_message: Mapped[str | None] = mapped_column(Text)
     error_exotel_status: Mapped[int | None] = mapped_column(Integer)
     error_exotel_code: Mapped[int | None] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    error_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     # One call per key, whichever replica the request reaches; the fingerprint of the request
     # tells a repeat (same body) from a conflict (another body).
@@ -100,13 +120,12 @@ class Call(Base):
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     batch_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("batch.id"), index=True)
 
-    # The dispatch queue. Times here are seconds since the epoch on the database's clock, the
-    # one clock every replica shares.
+    # The dispatch queue.
     claimed_by: Mapped[str | None] = mapped_column(String(128))
-    claimed_at: Mapped[float | None] = mapped_column(Double)
-    not_before: Mapped[float | None] = mapped_column(Double)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    reconciled_at: Mapped[float | None] = mapped_column(Double)
+    reconciled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         # Newest-first listing and its cursor.
@@ -129,8 +148,13 @@ class CallEvent(Base):
         Uuid, ForeignKey("call.id", ondelete="CASCADE"), index=True
     )
     sid: Mapped[str | None] = mapped_column(String(64), index=True)
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    content_type: Mapped[str] = mapped_column(String(100))
+    # When this process read the request, on its own clock: a callback spooled while the
+    # database was down was received before the database could say what time it was.
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    method: Mapped[str] = mapped_column(String(8))
+    content_type: Mapped[str | None] = mapped_column(String(100))
+    # Exotel's fields as received: the query string's and the body's (the body's value where
+    # both had one), without our own `call_id` and `token`.
     payload: Mapped[dict[str, Any]] = mapped_column(JSON().with_variant(JSONB(), "postgresql"))
     status: Mapped[str | None] = mapped_column(String(32))
     event_type: Mapped[str | None] = mapped_column(String(32))
@@ -148,7 +172,7 @@ class ExotelRequest(Base):
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
-    at: Mapped[float] = mapped_column(Double, index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     kind: Mapped[str] = mapped_column(String(16))
 
 
@@ -159,7 +183,7 @@ class Throttle(Base):
     __tablename__ = "exotel_throttle"
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    paused_until: Mapped[float | None] = mapped_column(Double)
+    paused_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Lease(Base):
@@ -169,4 +193,4 @@ class Lease(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
-    expires_at: Mapped[float] = mapped_column(Double)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

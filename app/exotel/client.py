@@ -2,6 +2,10 @@
 
 The HTTP transport is chosen at construction (a real `httpx.AsyncClient`, one bound to the
 in-process simulator, or a `MockTransport` in tests); nothing here is ever patched.
+
+Every method makes exactly one request: the caller spends the account's rate budget (200 a
+minute, look-ups included) per request, so paging through bulk call details is the caller's loop
+(`list_calls`, then `next_page` while `next_page_uri` is set), never one hidden in here.
 """
 
 from __future__ import annotations
@@ -22,7 +26,13 @@ from app.exotel.errors import (
     ExotelRejected,
     ExotelUnreachable,
 )
-from app.exotel.wire import ExotelCall, UnreadableBody, format_exotel_time, parse_response
+from app.exotel.wire import (
+    ExotelCall,
+    ExotelResponse,
+    UnreadableBody,
+    format_exotel_time,
+    parse_response,
+)
 
 # Bulk call details take at most 100 SIDs, and pages of at most 100 calls.
 MAX_SIDS_PER_LOOKUP = 100
@@ -64,6 +74,15 @@ class ConnectRequest:
         return form
 
 
+@dataclass(frozen=True)
+class CallsPage:
+    """One page of bulk call details. `next_page_uri` is where the next page is (give it to
+    `ExotelClient.next_page`), None on the last page."""
+
+    calls: list[ExotelCall]
+    next_page_uri: str | None
+
+
 # Told of every request: the operation, the HTTP status (None: no answer came), the seconds.
 Observer = Callable[[str, int | None, float], None]
 
@@ -82,7 +101,8 @@ class ExotelClient:
     ) -> None:
         self._http = http
         self._observe = observe
-        self._accounts_url = f"{base_url.rstrip('/')}/v1/Accounts/{account_sid}"
+        self._root_url = base_url.rstrip("/")
+        self._accounts_url = f"{self._root_url}/v1/Accounts/{account_sid}"
         # Basic auth always goes in the header, never as key:token@host (URLs end up in logs).
         self._auth = httpx.BasicAuth(api_key, api_token)
         self._timeout = httpx.Timeout(timeout_seconds, connect=min(timeout_seconds, 10.0))
@@ -95,22 +115,23 @@ class ExotelClient:
 
         A 200 means Exotel handed the first leg to the operator, not that anyone answered.
         """
-        calls = await self._request("connect", "POST", "/Calls/connect.json", data=request.form())
-        if not calls:
+        url = f"{self._accounts_url}/Calls/connect.json"
+        parsed = await self._request("connect", "POST", url, data=request.form())
+        if not parsed.calls:
             # Exotel said yes but we cannot read which call it made: it may well be dialling.
             raise ExotelOutcomeUnknown("Exotel accepted the call but its response has no Sid")
-        return calls[0]
+        return parsed.calls[0]
 
     async def get_call(self, sid: str) -> ExotelCall | None:
         """One call's details, with the conversation duration; None if Exotel does not know it."""
+        url = f"{self._accounts_url}/Calls/{quote(sid, safe='')}.json"
         try:
-            path = f"/Calls/{quote(sid, safe='')}.json"
-            calls = await self._request("call_details", "GET", path, params={"details": "true"})
+            parsed = await self._request("call_details", "GET", url, params={"details": "true"})
         except ExotelRejected as exc:
             if exc.status == httpx.codes.NOT_FOUND:
                 return None
             raise
-        return calls[0] if calls else None
+        return parsed.calls[0] if parsed.calls else None
 
     async def list_calls(
         self,
@@ -120,8 +141,8 @@ class ExotelClient:
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         page_size: int = MAX_PAGE_SIZE,
-    ) -> list[ExotelCall]:
-        """Bulk call details (one page). Exotel never lists calls still in progress."""
+    ) -> CallsPage:
+        """The first page of bulk call details. Exotel never lists calls still in progress."""
         if len(sids) > MAX_SIDS_PER_LOOKUP:
             raise ValueError(f"at most {MAX_SIDS_PER_LOOKUP} SIDs per request")
         params: dict[str, str] = {"PageSize": str(min(page_size, MAX_PAGE_SIZE))}
@@ -136,23 +157,59 @@ class ExotelClient:
         ]
         if bounds:
             params["DateCreated"] = ";".join(bounds)
-        return await self._request("bulk_call_details", "GET", "/Calls.json", params=params)
+        return await self._page(httpx.URL(f"{self._accounts_url}/Calls.json", params=params))
+
+    async def next_page(self, next_page_uri: str) -> CallsPage:
+        """The page of bulk call details that a previous page's `next_page_uri` points to.
+
+        Raises ValueError, before sending anything, for a URI outside this client's own account
+        on its own host: the request carries the API credentials.
+        """
+        return await self._page(self._own_page_url(next_page_uri))
+
+    def _own_page_url(self, next_page_uri: str) -> httpx.URL:
+        # Not in the error: a URI can carry anything, credentials included, and errors get logged.
+        refusal = "not a page of this account's call details on this client's host"
+        try:
+            given = httpx.URL(next_page_uri)
+            if given.is_relative_url and not given.host and next_page_uri.startswith("/"):
+                # Exotel's page URIs are a path and query relative to the API host.
+                url = httpx.URL(self._root_url + next_page_uri)
+            else:
+                url = given
+        except httpx.InvalidURL as exc:
+            raise ValueError(refusal) from exc
+        accounts = httpx.URL(self._accounts_url)
+        segments = url.path.split("/")
+        if (
+            (url.scheme, url.host, url.port) != (accounts.scheme, accounts.host, accounts.port)
+            or url.userinfo
+            or not url.path.startswith(accounts.path + "/")
+            or "." in segments
+            or ".." in segments
+        ):
+            raise ValueError(refusal)
+        return url.copy_with(fragment=None)
+
+    async def _page(self, url: httpx.URL) -> CallsPage:
+        parsed = await self._request("bulk_call_details", "GET", url)
+        return CallsPage(calls=parsed.calls, next_page_uri=parsed.next_page_uri)
 
     async def _request(
         self,
         operation: str,
         method: str,
-        path: str,
+        url: str | httpx.URL,
         *,
         data: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
-    ) -> list[ExotelCall]:
+    ) -> ExotelResponse:
         started = time.perf_counter()
         status = None
         try:
             response = await self._http.request(
                 method,
-                self._accounts_url + path,
+                url,
                 data=data,
                 params=params,
                 auth=self._auth,
@@ -169,7 +226,7 @@ class ExotelClient:
         return _read(response)
 
 
-def _read(response: httpx.Response) -> list[ExotelCall]:
+def _read(response: httpx.Response) -> ExotelResponse:
     try:
         parsed = parse_response(response.content)
     except UnreadableBody as exc:
@@ -178,7 +235,7 @@ def _read(response: httpx.Response) -> list[ExotelCall]:
         parsed = None
     error = parsed.error if parsed else None
     if response.is_success and error is None and parsed is not None:
-        return parsed.calls
+        return parsed
     # The HTTP status wins over the body's: a RestException can carry Status 200 on a 4xx.
     status = response.status_code if not response.is_success else (error and error.status) or 500
     message = error.message if error else response.reason_phrase or "error"

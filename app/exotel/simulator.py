@@ -1,9 +1,21 @@
 """An Exotel simulator that speaks Exotel's wire format (shared/exotel.md).
 
-It serves `Calls/connect` and call details (single and bulk) in XML or JSON, refuses with
-`RestException`s, answers 429 past its rate limit, and POSTs a real status callback to the
-StatusCallback URL once the simulated call ends. What happens follows the last digit of the number
-dialled, so every path can be tried by hand:
+It serves `Calls/connect` and call details (single and bulk) in XML (with its declaration) or JSON
+(paths ending in `.json`), refuses with `RestException`s (unknown routes and wrong methods too),
+answers 429 past its rate limit, and POSTs a real status callback to the StatusCallback URL once
+the simulated call ends. As real Exotel does:
+
+- Indian numbers are stored and answered in the `0`-prefixed national form (`+919052161110` and
+  `9052161110` become `09052161110`); other numbers are left as sent. Filters match any spelling.
+- `Calls/connect` connects `From` to the flow at `Url`, or, without `Url`, to the number `To`
+  (which becomes the call's `To`).
+- Single call details carry `Details` (conversation duration, legs) only with `?details=true`.
+- Bulk call details come in pages of `PageSize` (default 50, at most 100), newest first unless
+  `SortBy=DateCreated:asc`, with a `Metadata` object whose `NextPageUri` / `PrevPageUri` carry an
+  opaque `After` / `Before` cursor (null on the last / first page).
+
+What happens follows the last digit of the number dialled (`From`), so every path can be tried
+by hand:
 
 | last digit | outcome |
 |---|---|
@@ -21,8 +33,11 @@ dialled, so every path can be tried by hand:
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import itertools
 import logging
+import re
 import secrets
 import time
 from collections import deque
@@ -31,11 +46,13 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote, urlencode
 from xml.sax.saxutils import escape
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.exotel.wire import format_exotel_time, parse_exotel_time
 
@@ -43,6 +60,12 @@ log = logging.getLogger(__name__)
 
 # Exotel retries a failed callback delivery at most twice (reported, unconfirmed).
 CALLBACK_ATTEMPTS = 3
+
+# Bulk call details: pages of 50 unless asked otherwise, never more than 100.
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 100
+
+XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>'
 
 
 @dataclass(frozen=True)
@@ -82,7 +105,9 @@ class SimulatorConfig:
 @dataclass
 class SimulatedCall:
     sid: str
-    from_number: str
+    seq: int  # the order calls were made in: breaks ties between equal DateCreated
+    from_number: str  # as Exotel answers it: national form for Indian numbers
+    to_number: str | None  # the second number of a two-number call; None for a flow
     caller_id: str
     outcome: Outcome
     status_callback: str | None
@@ -97,15 +122,16 @@ class SimulatedCall:
     conversation_duration: int | None = None
     recording_url: str | None = None
 
-    def fields(self, account_sid: str) -> dict[str, Any]:
-        """The `Call` object as Exotel renders it: empty values as null."""
-        return {
+    def fields(self, account_sid: str, *, details: bool = False) -> dict[str, Any]:
+        """The `Call` object as Exotel renders it: empty values as null; `Details` only when
+        asked for (`?details=true` on single call details)."""
+        call = {
             "Sid": self.sid,
             "ParentCallSid": None,
             "DateCreated": format_exotel_time(self.date_created),
             "DateUpdated": format_exotel_time(self.date_updated or self.date_created),
             "AccountSid": account_sid,
-            "To": None,
+            "To": self.to_number,
             "From": self.from_number,
             "PhoneNumberSid": self.caller_id,
             "Status": self.status,
@@ -117,8 +143,43 @@ class SimulatedCall:
             "AnsweredBy": None,
             "Uri": f"/v1/Accounts/{account_sid}/Calls/{self.sid}",
             "RecordingUrl": self.recording_url,
-            "Details": {"ConversationDuration": self.conversation_duration},
         }
+        return (call | {"Details": self.details()}) if details else call
+
+    def details(self) -> dict[str, Any]:
+        """`Details`: the conversation and each leg (1: `From`, 2: the flow or `To`). A leg not
+        attempted has no status, as in Exotel's callbacks."""
+        ended = self.end_time is not None
+        leg1 = self.status if ended else "in-progress"
+        leg2 = "completed" if self.status == "completed" else None
+        return {
+            "ConversationDuration": self.conversation_duration,
+            "Leg1Status": leg1,
+            "Leg2Status": leg2,
+            "Legs": [
+                {"Id": 1, "OnCallDuration": self.duration or 0, "Status": leg1},
+                {"Id": 2, "OnCallDuration": self.conversation_duration or 0, "Status": leg2},
+            ],
+        }
+
+    @property
+    def order(self) -> tuple[datetime, int]:
+        return self.date_created, self.seq
+
+
+@dataclass(frozen=True)
+class BulkPage:
+    """One page of bulk call details, with the cursors around it."""
+
+    calls: list[SimulatedCall]
+    total: int  # calls matching the filters, on every page
+    page_size: int
+    before: str | None  # cursor of the previous page, None on the first
+    after: str | None  # cursor of the next page, None on the last
+
+
+class InvalidQuery(ValueError):
+    """A bulk call details query Exotel would refuse with 400."""
 
 
 @dataclass(frozen=True)
@@ -166,18 +227,25 @@ class Simulator:
     async def connect(
         self, account_sid: str, form: Mapping[str, str]
     ) -> tuple[int, dict[str, Any]]:
-        number = form.get("From", "")
+        number = national_form(form.get("From", ""))
         if not number:
             return 400, _rest_exception(400, "Invalid Call Parameters: No 'From' specified; ")
-        if not form.get("CallerId") or not form.get("Url"):
-            return 400, _rest_exception(400, "Invalid Call Parameters: CallerId and Url needed; ")
+        if not form.get("CallerId"):
+            return 400, _rest_exception(400, "Invalid Call Parameters: No 'CallerId' specified; ")
+        # With `Url` the call enters that flow; without, Exotel connects `From` to `To`.
+        to_number = None if form.get("Url") else national_form(form.get("To", "")) or None
+        if not form.get("Url") and to_number is None:
+            message = "Invalid Call Parameters: No 'Url' or 'To' specified; "
+            return 400, _rest_exception(400, message)
         outcome = OUTCOMES[number[-1]] if number[-1].isdigit() else OUTCOMES["6"]
         if outcome.refusal:
             status, message = outcome.refusal
             return status, _rest_exception(status, message.format(number=number))
         call = SimulatedCall(
             sid=_new_sid(),
+            seq=len(self.calls),
             from_number=number,
+            to_number=to_number,
             caller_id=form["CallerId"],
             outcome=outcome,
             status_callback=form.get("StatusCallback") or None,
@@ -194,20 +262,66 @@ class Simulator:
             )
         return 200, {"Call": call.fields(account_sid)}
 
-    def lookup(self, query: Mapping[str, str]) -> list[SimulatedCall]:
-        """Bulk call details: finished calls only, as Exotel does."""
+    def lookup(self, query: Mapping[str, str]) -> BulkPage:
+        """Bulk call details: finished calls only, as Exotel does, one page of them.
+
+        The order is stable (DateCreated, then the order calls were made in), newest first unless
+        `SortBy=DateCreated:asc`. `After` gives the page following the call its cursor names,
+        `Before` the page preceding it.
+        """
+        page_size = _page_size(query.get("PageSize"))
+        sort_by = query.get("SortBy") or "DateCreated:desc"
+        if sort_by not in ("DateCreated:asc", "DateCreated:desc"):
+            raise InvalidQuery(f"SortBy must be DateCreated:asc or DateCreated:desc, not {sort_by}")
+        newest_first = sort_by == "DateCreated:desc"
         sids = set(filter(None, query.get("Sid", "").split(",")))
+        numbers = list(filter(None, query.get("From", "").split(",")))
         after, before = _date_range(query.get("DateCreated", ""))
-        found = [
-            call
-            for call in self.calls.values()
-            if call.end_time is not None
-            and (not sids or call.sid in sids)
-            and (not query.get("From") or _same_number(call.from_number, query["From"]))
-            and (after is None or call.date_created >= after)
-            and (before is None or call.date_created <= before)
-        ]
-        return found[: int(query.get("PageSize") or 50)]
+        found = sorted(
+            (
+                call
+                for call in self.calls.values()
+                if call.end_time is not None
+                and (not sids or call.sid in sids)
+                and (not numbers or any(_same_number(call.from_number, n) for n in numbers))
+                and (after is None or call.date_created >= after)
+                and (before is None or call.date_created <= before)
+            ),
+            key=lambda call: call.order,
+            reverse=newest_first,
+        )
+
+        def comes_before(call: SimulatedCall, mark: SimulatedCall) -> bool:
+            return call.order > mark.order if newest_first else call.order < mark.order
+
+        if query.get("After"):
+            mark = self._cursor_call(query["After"])
+            following = [call for call in found if comes_before(mark, call)]
+            page = following[:page_size]
+        elif query.get("Before"):
+            mark = self._cursor_call(query["Before"])
+            preceding = [call for call in found if comes_before(call, mark)]
+            page = preceding[-page_size:]
+        else:
+            page = found[:page_size]
+        more_after = bool(page) and page[-1] is not found[-1]
+        more_before = bool(page) and page[0] is not found[0]
+        return BulkPage(
+            calls=page,
+            total=len(found),
+            page_size=page_size,
+            before=_cursor(page[0]) if more_before else None,
+            after=_cursor(page[-1]) if more_after else None,
+        )
+
+    def _cursor_call(self, cursor: str) -> SimulatedCall:
+        try:
+            sid = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            sid = ""
+        if (call := self.calls.get(sid)) is None:
+            raise InvalidQuery(f"not a cursor of this account: {cursor}")
+        return call
 
     # --- the call's life ------------------------------------------------------------------
 
@@ -253,7 +367,7 @@ class Simulator:
             payload |= {
                 "EventType": event_type,
                 "DateCreated": format_exotel_time(call.date_created),
-                "To": "",
+                "To": call.to_number or "",
                 "From": call.from_number,
                 "PhoneNumberSid": call.caller_id,
                 "StartTime": format_exotel_time(call.date_created),
@@ -299,17 +413,18 @@ class Simulator:
                 await self.aclose()
 
         app = FastAPI(title="Exotel simulator", lifespan=lifespan, openapi_url=None)
-        app.add_api_route(
-            "/v1/Accounts/{account_sid}/Calls/connect{ext:path}",
-            self._http_connect,
-            methods=["POST"],
-        )
-        app.add_api_route("/v1/Accounts/{account_sid}/Calls{ext:path}", self._http_calls)
-        app.add_api_route("/_simulator/log", self._http_log)
+        app.add_exception_handler(StarletteHTTPException, self._http_error)
+        calls = "/v1/Accounts/{account_sid}/Calls"
+        for ext in ("", ".json"):
+            app.add_api_route(f"{calls}/connect{ext}", self._http_connect, methods=["POST"])
+            app.add_api_route(f"{calls}{ext}", self._http_bulk, methods=["GET"])
+        app.add_api_route(calls + "/{sid}", self._http_call, methods=["GET"])
+        app.add_api_route("/_simulator/log", self._http_log, methods=["GET"])
         return app
 
-    async def _http_connect(self, request: Request, account_sid: str, ext: str) -> Response:
-        if denied := self._gate(request, account_sid, ext):
+    async def _http_connect(self, request: Request, account_sid: str) -> Response:
+        as_json = request.url.path.endswith(".json")
+        if denied := self._gate(request, account_sid, as_json):
             return denied
         form = {key: str(value) for key, value in (await request.form()).items()}
         status, body = await self.connect(account_sid, form)
@@ -318,30 +433,70 @@ class Simulator:
             await asyncio.sleep(self.config.response_delay)
         sid = body["Call"]["Sid"] if "Call" in body else None
         self._log(request, status, from_number=form.get("From"), sid=sid)
-        return _render(body, status, as_json=ext == ".json")
+        return _render(body, status, as_json)
 
-    async def _http_calls(self, request: Request, account_sid: str, ext: str) -> Response:
-        if denied := self._gate(request, account_sid, ext):
+    async def _http_call(self, request: Request, account_sid: str, sid: str) -> Response:
+        as_json = sid.endswith(".json")
+        sid = sid.removesuffix(".json")
+        if sid == "connect":
+            # `Calls/{sid}` would take `GET Calls/connect` for a call's details.
+            raise HTTPException(405, headers={"Allow": "POST"})
+        if denied := self._gate(request, account_sid, as_json):
             return denied
-        as_json = ext.endswith(".json")
-        sid = ext.removesuffix(".json").lstrip("/")
-        if sid:
-            call = self.calls.get(sid)
-            status = 200 if call else 404
-            self._log(request, status, sid=sid)
-            if call is None:
-                return _render(_rest_exception(404, "Call not found; "), 404, as_json)
-            return _render({"Call": call.fields(account_sid)}, 200, as_json)
-        found = self.lookup(request.query_params)
+        call = self.calls.get(sid)
+        status = 200 if call else 404
+        self._log(request, status, sid=sid)
+        if call is None:
+            return _render(_rest_exception(404, "Call not found; "), 404, as_json)
+        details = request.query_params.get("details", "").lower() == "true"
+        return _render({"Call": call.fields(account_sid, details=details)}, 200, as_json)
+
+    async def _http_bulk(self, request: Request, account_sid: str) -> Response:
+        as_json = request.url.path.endswith(".json")
+        if denied := self._gate(request, account_sid, as_json):
+            return denied
+        query = request.query_params
+        try:
+            page = self.lookup(query)
+        except InvalidQuery as exc:
+            self._log(request, 400)
+            message = f"Invalid Call Parameters: {exc}; "
+            return _render(_rest_exception(400, message), 400, as_json)
         self._log(request, 200)
-        return _render({"Calls": [c.fields(account_sid) for c in found]}, 200, as_json)
+        # Page URIs are relative to the API host (never to where the simulator is mounted).
+        path = f"/v1/Accounts/{account_sid}/Calls{'.json' if as_json else ''}"
+        filters = {k: v for k, v in query.items() if k not in ("After", "Before", "PageSize")}
+        filters["PageSize"] = str(page.page_size)
+
+        def uri(**cursor: str) -> str:
+            return f"{path}?{urlencode(filters | cursor, quote_via=quote)}"
+
+        metadata = {
+            "Total": page.total,
+            "PageSize": page.page_size,
+            "FirstPageUri": uri(),
+            "PrevPageUri": uri(Before=page.before) if page.before else None,
+            "NextPageUri": uri(After=page.after) if page.after else None,
+        }
+        calls = [call.fields(account_sid) for call in page.calls]
+        return _render({"Metadata": metadata, "Calls": calls}, 200, as_json)
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        """Unknown routes and wrong methods answer as Exotel does, with a `RestException`."""
+        assert isinstance(exc, StarletteHTTPException)
+        status = exc.status_code
+        messages = {404: "Resource not found; ", 405: "Method not allowed; "}
+        body = _rest_exception(status, messages.get(status, f"{exc.detail}; "))
+        self._log(request, status)
+        response = _render(body, status, request.url.path.endswith(".json"))
+        response.headers.update(exc.headers or {})
+        return response
 
     async def _http_log(self) -> list[dict[str, Any]]:
         return [asdict(entry) for entry in self.log]
 
-    def _gate(self, request: Request, account_sid: str, ext: str) -> Response | None:
+    def _gate(self, request: Request, account_sid: str, as_json: bool) -> Response | None:
         """Basic auth (any credentials), then the account's rate limit."""
-        as_json = ext.endswith(".json")
         if not request.headers.get("authorization", "").startswith("Basic "):
             self._log(request, 401)
             return _render(_rest_exception(401, "Authentication is required"), 401, as_json)
@@ -369,8 +524,45 @@ def _new_sid() -> str:
     return secrets.token_hex(15) + secrets.choice("ghjkmnpqrstuvwxyz") + secrets.choice("gm")
 
 
+_SEPARATORS = re.compile(r"[\s\-().]")
+# The simulator's own reading of numbers, as `exotel/` imports nothing of the rest of the app: an
+# Indian number in any usual spelling is `+91`, `0091`, `91` or `0`, then 10 digits that do not
+# start with 0 (mobiles start with 6-9, landlines with their STD code).
+_INDIAN = re.compile(r"(?:\+91|0091|91|0)?(?P<nsn>[1-9]\d{9})")
+
+
+def national_form(number: str) -> str:
+    """Exotel answers Indian numbers in `0`-prefixed national form, whatever form was sent:
+    `+919052161110` -> `09052161110`. Any other number is left as sent."""
+    indian = _INDIAN.fullmatch(_SEPARATORS.sub("", number))
+    return "0" + indian["nsn"] if indian else number
+
+
 def _same_number(a: str, b: str) -> bool:
-    return a.lstrip("+0")[-10:] == b.lstrip("+0")[-10:]
+    """Equal in any spelling. Spaces and a leading `+` are dropped first: an unencoded `+` in a
+    query string arrives as a space."""
+    return _comparable(a) == _comparable(b)
+
+
+def _comparable(number: str) -> str:
+    return national_form(_SEPARATORS.sub("", number).lstrip("+"))
+
+
+def _page_size(raw: str | None) -> int:
+    if not raw:
+        return DEFAULT_PAGE_SIZE
+    try:
+        size = int(raw)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise InvalidQuery(f"PageSize must be a positive integer, not {raw}")
+    return min(size, MAX_PAGE_SIZE)
+
+
+def _cursor(call: SimulatedCall) -> str:
+    # Opaque to clients, who must follow the page URIs rather than build cursors.
+    return base64.urlsafe_b64encode(call.sid.encode()).decode().rstrip("=")
 
 
 def _date_range(value: str) -> tuple[datetime | None, datetime | None]:
@@ -405,11 +597,12 @@ def _to_xml(body: Mapping[str, Any]) -> str:
         if isinstance(value, Mapping):
             return f"<{name}>{''.join(itertools.starmap(element, value.items()))}</{name}>"
         if isinstance(value, list):
-            return "".join(element(name.removesuffix("s"), item) for item in value)
+            # `Calls` holds `Call`s, `Legs` holds `Leg`s.
+            items = "".join(element(name.removesuffix("s"), item) for item in value)
+            return f"<{name}>{items}</{name}>" if items else f"<{name}/>"
         if value is None or value == "":
             return f"<{name}/>"
         return f"<{name}>{escape(str(value))}</{name}>"
 
-    if "Calls" in body:
-        return f"<TwilioResponse><Calls>{element('Calls', body['Calls'])}</Calls></TwilioResponse>"
-    return f"<TwilioResponse>{''.join(itertools.starmap(element, body.items()))}</TwilioResponse>"
+    content = "".join(itertools.starmap(element, body.items()))
+    return f"{XML_DECLARATION}\n<TwilioResponse>{content}</TwilioResponse>"

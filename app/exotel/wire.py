@@ -8,7 +8,6 @@ all of those and turns them into the app's own names.
 from __future__ import annotations
 
 import json
-import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -128,10 +127,15 @@ class RestException:
 
 @dataclass(frozen=True)
 class ExotelResponse:
-    """A parsed response body: its calls, or the error it carries."""
+    """A parsed response body: its calls, or the error it carries.
+
+    `next_page_uri` is bulk call details' `Metadata.NextPageUri`, as Exotel sent it (a path and
+    query relative to the API host); None on the last page, where Exotel sends null or "".
+    """
 
     calls: list[ExotelCall] = field(default_factory=list)
     error: RestException | None = None
+    next_page_uri: str | None = None
 
 
 def parse_response(body: bytes) -> ExotelResponse:
@@ -162,7 +166,11 @@ def _parse_json(text: str) -> ExotelResponse:
         raw_calls = [document["Call"]]
     elif isinstance(document.get("Calls"), list):
         raw_calls = document["Calls"]
-    return ExotelResponse(calls=_calls(c for c in raw_calls if isinstance(c, Mapping)))
+    metadata = document.get("Metadata")
+    return ExotelResponse(
+        calls=_calls(c for c in raw_calls if isinstance(c, Mapping)),
+        next_page_uri=_next_page_uri(metadata) if isinstance(metadata, Mapping) else None,
+    )
 
 
 def _parse_xml(text: str) -> ExotelResponse:
@@ -174,7 +182,11 @@ def _parse_xml(text: str) -> ExotelResponse:
     if error is not None:
         return ExotelResponse(error=_rest_exception(_xml_fields(error)))
     elements = [root] if root.tag == "Call" else root.iter("Call")
-    return ExotelResponse(calls=_calls(_xml_fields(element) for element in elements))
+    metadata = next(root.iter("Metadata"), None)
+    return ExotelResponse(
+        calls=_calls(_xml_fields(element) for element in elements),
+        next_page_uri=_next_page_uri(_xml_fields(metadata)) if metadata is not None else None,
+    )
 
 
 def _xml_fields(element: ET.Element) -> dict[str, Any]:
@@ -192,70 +204,11 @@ def _rest_exception(fields: Mapping[str, Any]) -> RestException:
     )
 
 
+def _next_page_uri(metadata: Mapping[str, Any]) -> str | None:
+    uri = metadata.get("NextPageUri")
+    # Only a string is a URI; anything else (a nested object, a number) is not one to follow.
+    return clean_str(uri) if isinstance(uri, str) else None
+
+
 def _calls(raw_calls: Iterable[CallFields]) -> list[ExotelCall]:
     return [call for call in map(ExotelCall.from_fields, raw_calls) if call is not None]
-
-
-# --- StatusCallback -------------------------------------------------------------------------
-
-_LEG_KEY = re.compile(r"^Legs\[(\d+)\]\[(\w+)\]$")
-
-
-@dataclass(frozen=True)
-class Leg:
-    status: str | None
-    on_call_duration: int | None
-
-
-@dataclass(frozen=True)
-class StatusCallback:
-    """One StatusCallback webhook, from any of its three encodings."""
-
-    call_sid: str | None
-    status: str | None
-    event_type: str | None
-    recording_url: str | None
-    date_updated_raw: str | None
-    conversation_duration: int | None
-    legs: list[Leg]
-
-    @property
-    def date_updated(self) -> datetime | None:
-        return parse_exotel_time(self.date_updated_raw)
-
-
-def parse_status_callback(payload: Mapping[str, Any]) -> StatusCallback:
-    """Parse a callback whose form fields or JSON object is `payload`.
-
-    In multipart and urlencoded bodies `Legs` arrives flattened (`Legs[0][Status]=completed`); in
-    JSON it is an array of objects. Both become `legs`.
-    """
-    return StatusCallback(
-        call_sid=clean_str(payload.get("CallSid")),
-        status=(clean_str(payload.get("Status")) or "").lower() or None,
-        event_type=(clean_str(payload.get("EventType")) or "").lower() or None,
-        recording_url=clean_str(payload.get("RecordingUrl")),
-        date_updated_raw=clean_str(payload.get("DateUpdated")),
-        conversation_duration=clean_int(payload.get("ConversationDuration")),
-        legs=_legs(payload),
-    )
-
-
-def _legs(payload: Mapping[str, Any]) -> list[Leg]:
-    raw = payload.get("Legs")
-    by_index: dict[int, Mapping[str, Any]] = {}
-    if isinstance(raw, list):
-        by_index = {i: leg for i, leg in enumerate(raw) if isinstance(leg, Mapping)}
-    else:
-        flattened: dict[int, dict[str, Any]] = {}
-        for key, value in payload.items():
-            if match := _LEG_KEY.match(key):
-                flattened.setdefault(int(match[1]), {})[match[2]] = value
-        by_index = dict(flattened)
-    return [
-        Leg(
-            status=clean_str(leg.get("Status")),
-            on_call_duration=clean_int(leg.get("OnCallDuration")),
-        )
-        for _, leg in sorted(by_index.items())
-    ]

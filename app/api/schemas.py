@@ -1,4 +1,5 @@
-"""The call resource and the request that creates one, as the HTTP API speaks them."""
+"""The HTTP API's bodies: the request that creates a call, the call resource, its events and
+batches, with the examples the OpenAPI schema shows (taken from real answers)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from pydantic import (
 )
 
 from app.calls.phone import to_e164
+from app.calls.placing import CallRequest
 from app.db.models import Call, CallStatus, EventOutcome
+from app.exotel.callbacks import example_fields
 from app.exotel.wire import IST
 
 # Exotel documents these bounds for Calls/connect (shared/exotel.md).
@@ -80,24 +83,21 @@ ExotelClock = Annotated[
 ]
 
 
+PLACE_EXAMPLE: dict[str, Any] = {
+    "from": "+919052161119",
+    "app_id": "926",
+    "caller_id": "08030752400",
+    "time_limit": 300,
+    "time_out": 30,
+    "custom_field": "order-123",
+}
+
+
 class CallCreate(BaseModel):
     """`POST /calls`: whom to phone, and which Exotel flow to connect them to."""
 
     model_config = ConfigDict(
-        extra="forbid",
-        str_strip_whitespace=True,
-        json_schema_extra={
-            "examples": [
-                {
-                    "from": "+919052161119",
-                    "app_id": "926",
-                    "caller_id": "08030752400",
-                    "time_limit": 300,
-                    "time_out": 30,
-                    "custom_field": "order-123",
-                }
-            ]
-        },
+        extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [PLACE_EXAMPLE]}
     )
 
     from_number: PhoneNumber = Field(
@@ -119,6 +119,18 @@ class CallCreate(BaseModel):
         if (self.app_id is None) == (self.flow_url is None):
             raise ValueError("give exactly one of app_id and flow_url")
         return self
+
+    def to_request(self, idempotency_key: str | None) -> CallRequest:
+        return CallRequest(
+            from_number=self.from_number,
+            app_id=self.app_id,
+            flow_url=str(self.flow_url) if self.flow_url else None,
+            caller_id=self.caller_id,
+            time_limit=self.time_limit,
+            time_out=self.time_out,
+            custom_field=self.custom_field,
+            idempotency_key=idempotency_key,
+        )
 
 
 class CallErrorOut(BaseModel):
@@ -142,10 +154,13 @@ CALL_EXAMPLE: dict[str, Any] = {
     "time_out": None,
     "recording_url": "https://s3-ap-southeast-1.amazonaws.com/exotelrecordings/acme1/"
     "b6cb1fa0c1b3d1a7e2d9a4b6f1c2e8pm.mp3",
-    "duration": None,
-    "conversation_duration": None,
+    "duration": 41,
+    "conversation_duration": 32,
+    "on_call_duration": 41,
+    "answered_at": "2024-09-16T15:50:19+05:30",
     "date_updated": "2024-09-16T15:51:00+05:30",
     "error": None,
+    "error_at": None,
     "created_at": "2026-11-27T00:24:41.845594Z",
     "dispatched_at": "2026-11-27T00:24:41.953990Z",
     "updated_at": "2026-11-27T00:24:42.190204Z",
@@ -169,10 +184,17 @@ class CallOut(BaseModel):
     time_limit: int | None
     time_out: int | None
     recording_url: str | None
-    duration: int | None
-    conversation_duration: int | None
+    duration: int | None = Field(description="Seconds, ring time included.")
+    conversation_duration: int | None = Field(description="Seconds the two legs talked.")
+    on_call_duration: int | None = Field(
+        description="Seconds the customer was on the call once they answered."
+    )
+    answered_at: ExotelClock = Field(
+        description="When the customer answered (from Exotel's `answered` event)."
+    )
     date_updated: ExotelClock
     error: CallErrorOut | None
+    error_at: datetime | None = Field(description="When `error` was recorded.")
     created_at: datetime
     dispatched_at: datetime | None
     updated_at: datetime
@@ -202,8 +224,11 @@ class CallOut(BaseModel):
             recording_url=call.recording_url,
             duration=call.duration,
             conversation_duration=call.conversation_duration,
+            on_call_duration=call.on_call_duration,
+            answered_at=call.answered_at,
             date_updated=call.date_updated,
             error=error,
+            error_at=call.error_at,
             created_at=call.created_at,
             dispatched_at=call.dispatched_at,
             updated_at=call.updated_at,
@@ -237,7 +262,9 @@ class EventOut(BaseModel):
             "examples": [
                 {
                     "id": 1,
+                    "receipt_id": "2751a23d-306b-47ec-9735-9527b08858b8",
                     "received_at": "2026-11-27T00:24:42.149051Z",
+                    "method": "POST",
                     "content_type": "multipart/form-data",
                     "outcome": "applied",
                     "status": "completed",
@@ -245,27 +272,27 @@ class EventOut(BaseModel):
                     "recording_url": CALL_EXAMPLE["recording_url"],
                     "date_updated": "2024-09-16T15:51:00+05:30",
                     "date_updated_raw": "2024-09-16 15:51:00",
-                    "payload": {
-                        "CallSid": CALL_EXAMPLE["sid"],
-                        "Status": "completed",
-                        "RecordingUrl": CALL_EXAMPLE["recording_url"],
-                        "DateUpdated": "2024-09-16 15:51:00",
-                    },
+                    "payload": example_fields(CALL_EXAMPLE["sid"], CALL_EXAMPLE["recording_url"]),
                 }
             ]
         },
     )
 
     id: int
+    receipt_id: uuid.UUID | None
     received_at: datetime
-    content_type: str
+    method: str
+    content_type: str | None = Field(description="Null when the fields came in the query.")
     outcome: EventOutcome
     status: str | None
     event_type: str | None
     recording_url: str | None
     date_updated: ExotelClock
     date_updated_raw: str | None
-    payload: dict[str, Any] = Field(description="The callback's fields exactly as received.")
+    payload: dict[str, Any] = Field(
+        description="Exotel's fields as received: the query string's and the body's (the "
+        "body's value where both had one)."
+    )
 
 
 IdempotencyKey = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")]
@@ -300,16 +327,24 @@ class BatchCreate(BaseModel):
     calls: list[BatchCallCreate] = Field(min_length=1, max_length=MAX_BATCH)
 
 
-_QUEUED_EXAMPLE = CALL_EXAMPLE | {
-    "id": "dd212c95-bd81-4dce-993e-f9085132ac82",
+# A call still in the queue (nothing from Exotel yet).
+QUEUED_EXAMPLE = CALL_EXAMPLE | {
     "sid": None,
     "status": "queued",
+    "recording_url": None,
+    "duration": None,
+    "conversation_duration": None,
+    "on_call_duration": None,
+    "answered_at": None,
+    "date_updated": None,
+    "dispatched_at": None,
+    "updated_at": CALL_EXAMPLE["created_at"],
+}
+_BATCHED_EXAMPLE = QUEUED_EXAMPLE | {
+    "id": "dd212c95-bd81-4dce-993e-f9085132ac82",
     "from": "+919052161112",
     "custom_field": None,
-    "recording_url": None,
-    "date_updated": None,
     "created_at": "2026-11-27T00:24:42.103242Z",
-    "dispatched_at": None,
     "updated_at": "2026-11-27T00:24:42.103242Z",
     "batch_id": "2b41daf5-96c3-4f5c-afee-82069c921da7",
 }
@@ -322,7 +357,7 @@ class BatchOut(BaseModel):
                 {
                     "id": "2b41daf5-96c3-4f5c-afee-82069c921da7",
                     "size": 1,
-                    "calls": [_QUEUED_EXAMPLE],
+                    "calls": [_BATCHED_EXAMPLE],
                 }
             ]
         }

@@ -1,0 +1,187 @@
+"""Reading calls: one by id or SID, pages of them, their callbacks, batches, and the figures
+the status page and the metrics show. Nothing here writes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.calls.errors import BatchNotFound, CallNotFound, InvalidField
+from app.db.clock import db_now
+from app.db.models import Batch, Call, CallEvent, CallStatus, ExotelRequest
+
+# Our ids, and Exotel's SIDs (opaque, about 32 characters).
+_PLAUSIBLE_REF = re.compile(r"[\w-]{1,64}")
+
+
+async def batch_summary(session: AsyncSession, batch_id: uuid.UUID) -> tuple[Batch, dict[str, int]]:
+    batch = await session.get(Batch, batch_id)
+    if batch is None:
+        raise BatchNotFound(batch_id)
+    counts = await session.execute(
+        select(Call.status, func.count()).where(Call.batch_id == batch_id).group_by(Call.status)
+    )
+    return batch, {str(status): count for status, count in counts}
+
+
+@dataclass(frozen=True)
+class Overview:
+    """Every call at a glance: what operators watch."""
+
+    calls_by_status: dict[str, int]
+    queue_depth: int
+    oldest_queued_at: datetime | None
+    now: datetime  # the database's time, when these were read
+
+    @property
+    def oldest_queued_age_seconds(self) -> float:
+        """How long the oldest queued call has waited (0 when none waits)."""
+        if self.oldest_queued_at is None:
+            return 0.0
+        return max((self.now - self.oldest_queued_at).total_seconds(), 0.0)
+
+
+async def overview(session: AsyncSession) -> Overview:
+    counts = await session.execute(select(Call.status, func.count()).group_by(Call.status))
+    by_status = {str(status): count for status, count in counts}
+    oldest = await session.scalar(
+        select(func.min(Call.created_at)).where(Call.status == CallStatus.QUEUED)
+    )
+    return Overview(
+        calls_by_status=by_status,
+        queue_depth=by_status.get(CallStatus.QUEUED, 0),
+        oldest_queued_at=oldest,
+        now=await db_now(session),
+    )
+
+
+async def find_call(session: AsyncSession, ref: str) -> Call:
+    """A call by our id or by Exotel's SID."""
+    if not _PLAUSIBLE_REF.fullmatch(ref):
+        raise CallNotFound(ref)  # and the database never sees it (PostgreSQL refuses NULs)
+    condition = Call.sid == ref
+    with contextlib.suppress(ValueError):  # not a UUID: only a SID can match
+        condition = or_(Call.id == uuid.UUID(ref), condition)
+    call = (await session.scalars(select(Call).where(condition))).first()
+    if call is None:
+        raise CallNotFound(ref)
+    return call
+
+
+async def list_calls(
+    session: AsyncSession,
+    *,
+    statuses: Sequence[CallStatus] = (),
+    from_number: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    batch_id: uuid.UUID | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[Call], str | None]:
+    """A page of calls, newest first, and the cursor of the next page (None at the end)."""
+    query = select(Call)
+    if statuses:
+        query = query.where(Call.status.in_(statuses))
+    if from_number:
+        query = query.where(Call.from_number == from_number)
+    if created_after:
+        query = query.where(Call.created_at >= created_after)
+    if created_before:
+        query = query.where(Call.created_at < created_before)
+    if batch_id:
+        query = query.where(Call.batch_id == batch_id)
+    if cursor:
+        after_created, after_id = _decode_cursor(cursor)
+        query = query.where(
+            or_(
+                Call.created_at < after_created,
+                and_(Call.created_at == after_created, Call.id < after_id),
+            )
+        )
+    query = query.order_by(Call.created_at.desc(), Call.id.desc()).limit(limit + 1)
+    calls = list(await session.scalars(query))
+    if len(calls) <= limit:
+        return calls, None
+    last = calls[limit - 1]
+    return calls[:limit], _encode_cursor(last)
+
+
+def _encode_cursor(call: Call) -> str:
+    position = json.dumps([call.created_at.isoformat(), str(call.id)])
+    return base64.urlsafe_b64encode(position.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    invalid = InvalidField("cursor", "not a cursor this service gave out")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, call_id = json.loads(raw)
+        position = datetime.fromisoformat(created_at), uuid.UUID(call_id)
+    except (binascii.Error, ValueError, TypeError, RecursionError) as exc:
+        raise invalid from exc
+    if position[0].tzinfo is None:
+        raise invalid
+    return position
+
+
+async def list_events(session: AsyncSession, *, call_id: uuid.UUID) -> list[CallEvent]:
+    query = select(CallEvent).where(CallEvent.call_id == call_id).order_by(CallEvent.id)
+    return list(await session.scalars(query))
+
+
+# --- the status page -----------------------------------------------------------------------
+
+
+async def count_calls_by_status(
+    session: AsyncSession, *, created_after: datetime
+) -> dict[str, int]:
+    """Calls created since `created_after`, by status."""
+    counts = await session.execute(
+        select(Call.status, func.count())
+        .where(Call.created_at >= created_after)
+        .group_by(Call.status)
+    )
+    return {str(status): count for status, count in counts}
+
+
+async def exotel_requests_granted(
+    session: AsyncSession, *, within_seconds: float
+) -> dict[str, int]:
+    """Requests granted from the account's budget in the last `within_seconds`, by kind
+    (`connect`, `lookup`), on the database's clock: the one the grants are logged at."""
+    since = await db_now(session) - timedelta(seconds=within_seconds)
+    counts = await session.execute(
+        select(ExotelRequest.kind, func.count())
+        .where(ExotelRequest.at > since)
+        .group_by(ExotelRequest.kind)
+    )
+    return {str(kind): count for kind, count in counts}
+
+
+async def recent_batches(
+    session: AsyncSession, *, limit: int
+) -> list[tuple[Batch, dict[str, int]]]:
+    """The newest batches, newest first, each with its calls counted by status."""
+    query = select(Batch).order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit)
+    batches = list(await session.scalars(query))
+    counts: dict[uuid.UUID | None, dict[str, int]] = {batch.id: {} for batch in batches}
+    if batches:
+        rows = await session.execute(
+            select(Call.batch_id, Call.status, func.count())
+            .where(Call.batch_id.in_(list(counts)))
+            .group_by(Call.batch_id, Call.status)
+        )
+        for batch_id, status, count in rows:
+            counts[batch_id][str(status)] = count
+    return [(batch, counts[batch.id]) for batch in batches]

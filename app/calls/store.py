@@ -1,0 +1,298 @@
+"""The one write path: every change to a call's state, and every status callback stored.
+
+Dispatch results, status callbacks, reconciliation, the spool replay and stale claims all go
+through a `CallStore`, one per transaction, set-based whatever the number of calls:
+
+1. `lock()` reads the calls' state (`CallState`) and locks their rows, in one statement and in
+   one lock order for every writer (no deadlocks between replicas);
+2. the caller changes that state through the state machine, in memory: `add_callback()` for a
+   callback, `apply_update()` and `CallState.fail()` for the rest, `learn_sid()` for a SID;
+3. `flush()` writes it all back in a few statements: the callbacks that came for a SID before
+   any call had it are attached to the call that has it now, the new events are inserted, and
+   every call that changed is updated.
+
+Every statement is built once per backend from the table metadata. The events a status change
+produces for subscribers (the outbox) belong in `flush()`, beside the calls' changes, in the same
+transaction: `changes()` lists them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Table, any_, bindparam, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from app.calls.callbacks import Ignored, ReceivedCallback, Unreadable, read
+from app.calls.state import CallState, apply_update
+from app.db.clock import db_now
+from app.db.models import Call, CallEvent, EventOutcome
+from app.logs import about
+
+log = logging.getLogger(__name__)
+
+
+def _table(model: type[Call | CallEvent]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+_CALLS, _EVENTS = _table(Call), _table(CallEvent)
+STATE_COLUMNS = [f.name for f in fields(CallState)]
+_CHANGING = [name for name in STATE_COLUMNS if name != "id"]
+
+
+@dataclass(frozen=True)
+class Change:
+    """A call's state before and after this transaction."""
+
+    before: CallState
+    after: CallState
+
+
+class CallStore:
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._db = connection
+        self._statements = _statements(connection.dialect.name)
+        self._calls: dict[uuid.UUID, CallState] = {}
+        self._as_locked: dict[uuid.UUID, CallState] = {}
+        self._by_sid: dict[str, CallState] = {}
+        self._locked_sids: set[str] = set()
+        self._events: list[dict[str, Any]] = []
+        self._adopting: dict[str, CallState] = {}  # SIDs whose earlier callbacks to attach
+        self._now: datetime | None = None
+        self.attached = 0  # stored callbacks attached to their call by the last flush
+
+    @classmethod
+    async def of(cls, session: AsyncSession) -> CallStore:
+        """A store writing in the session's transaction."""
+        return cls(await session.connection())
+
+    async def now(self) -> datetime:
+        """The database's time, read once per transaction (when it is needed)."""
+        if self._now is None:
+            self._now = await db_now(self._db)
+        return self._now
+
+    async def lock(self, *, ids: Iterable[uuid.UUID] = (), sids: Iterable[str] = ()) -> None:
+        """Lock and read the calls with these ids or SIDs (those that exist)."""
+        wanted_ids = [i for i in set(ids) if i not in self._calls]
+        wanted_sids = [s for s in set(sids) if s not in self._locked_sids]
+        self._locked_sids.update(wanted_sids)
+        if not wanted_ids and not wanted_sids:
+            return
+        rows = await self._db.execute(
+            self._statements.lock, {"ids": wanted_ids, "sids": wanted_sids}
+        )
+        for row in rows.mappings():
+            if row["id"] not in self._calls:
+                call = CallState(**row)
+                self._calls[call.id] = call
+                self._as_locked[call.id] = replace(call)
+                if call.sid:
+                    self._by_sid[call.sid] = call
+
+    def get(self, call_id: uuid.UUID) -> CallState | None:
+        """A locked call."""
+        return self._calls.get(call_id)
+
+    def holding(self, sid: str) -> CallState | None:
+        """The locked call that has this SID."""
+        assert sid in self._locked_sids, "lock(sids=...) first"
+        return self._by_sid.get(sid)
+
+    def learn_sid(self, call: CallState, sid: str) -> bool:
+        """Record Exotel's SID for `call`; the callbacks that came for it before we knew it are
+        applied to the call at `flush()`. False if another call already has that SID."""
+        holder = self.holding(sid)
+        if holder is not None:
+            return holder is call
+        assert call.sid is None, "a call's SID never changes"
+        call.sid = sid
+        self._by_sid[sid] = call
+        self.adopt_orphans(call)
+        return True
+
+    def adopt_orphans(self, call: CallState) -> None:
+        """Apply, at `flush()`, the stored callbacks for the call's SID that no call had yet."""
+        assert call.sid is not None
+        self._adopting[call.sid] = call
+        for event in self._events:  # received in this very transaction
+            if event["sid"] == call.sid and event["call_id"] is None:
+                self._attach(event, call, self._received_of(event))
+
+    def add_callback(self, received: ReceivedCallback) -> dict[str, Any]:
+        """Apply a received callback to its call (if there is one yet) and store it at
+        `flush()`. The call is found by the id in the callback URL, else by `CallSid`: lock
+        both first. Returns the event as it will be stored; its outcome is final after
+        `flush()`."""
+        callback = received.callback
+        sid = callback.call_sid
+        if received.call_id is not None:
+            call = self.get(received.call_id)
+        else:
+            call = self.holding(sid) if sid else None
+        event = _event_row(received)
+        if call is None:
+            outcome = EventOutcome.UNREADABLE if isinstance(read(received), Unreadable) else None
+            event["outcome"] = outcome or EventOutcome.UNKNOWN_SID
+        elif sid and sid != call.sid and (call.sid is not None or not self.learn_sid(call, sid)):
+            log.warning(
+                "callback for call %s carries another call's SID", call.id, extra=about(call.id)
+            )
+            event["call_id"], event["outcome"] = call.id, EventOutcome.SID_MISMATCH
+        else:
+            self._attach(event, call, received)
+        self._events.append(event)
+        return event
+
+    def _attach(self, event: dict[str, Any], call: CallState, received: ReceivedCallback) -> None:
+        reading = read(received)
+        if isinstance(reading, Unreadable):
+            outcome = EventOutcome.UNREADABLE
+        elif isinstance(reading, Ignored):
+            outcome = EventOutcome.IGNORED
+        else:
+            outcome = apply_update(call, reading)
+        event["call_id"], event["outcome"] = call.id, outcome
+
+    @staticmethod
+    def _received_of(event: dict[str, Any]) -> ReceivedCallback:
+        return ReceivedCallback(
+            call_id=None,
+            method=event["method"],
+            content_type=event["content_type"],
+            payload=event["payload"],
+            receipt_id=event["receipt_id"],
+            received_at=event["received_at"],
+        )
+
+    async def stored_receipts(self, receipt_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of these callbacks are stored already (a spool replay after its commit)."""
+        rows = await self._db.execute(self._statements.receipts, {"ids": list(receipt_ids)})
+        return set(rows.scalars())
+
+    def changes(self) -> list[Change]:
+        """The calls this transaction changed."""
+        return [
+            Change(self._as_locked[call.id], call)
+            for call in self._calls.values()
+            if call != self._as_locked[call.id]
+        ]
+
+    async def flush(self) -> None:
+        """Write everything: stored callbacks attached, new events, the calls' changes."""
+        await self._attach_stored_orphans()
+        if self._events:
+            await self._db.execute(self._statements.insert_events, self._events)
+        changes = self.changes()
+        if changes:
+            now = await self.now()
+            rows = [_call_row(change.after, updated_at=now) for change in changes]
+            await self._db.execute(self._statements.update_calls, rows)
+            for change in changes:
+                self._as_locked[change.after.id] = replace(change.after)
+                _log_change(change)
+        self._events = []
+
+    async def _attach_stored_orphans(self) -> None:
+        adopting, self._adopting = self._adopting, {}
+        if not adopting:
+            return
+        rows = await self._db.execute(self._statements.orphans, {"sids": list(adopting)})
+        attached = []
+        for row in rows.mappings():
+            event = dict(row)
+            self._attach(event, adopting[event["sid"]], self._received_of(event))
+            attached.append(
+                {"event_id": event["id"], "call_id": event["call_id"], "outcome": event["outcome"]}
+            )
+        if attached:
+            await self._db.execute(self._statements.attach_events, attached)
+        self.attached += len(attached)
+
+
+def _event_row(received: ReceivedCallback) -> dict[str, Any]:
+    callback = received.callback
+    return {
+        "receipt_id": received.receipt_id,
+        "received_at": received.received_at,
+        "call_id": None,
+        "sid": callback.call_sid,
+        "method": received.method,
+        "content_type": received.content_type,
+        "payload": received.payload,
+        "status": callback.status,
+        "event_type": callback.event_type,
+        "recording_url": callback.recording_url,
+        "date_updated": callback.date_updated,
+        "date_updated_raw": callback.date_updated_raw,
+        "outcome": None,
+    }
+
+
+def _call_row(call: CallState, *, updated_at: datetime) -> dict[str, Any]:
+    row = asdict(call)
+    return row | {"call_id": row.pop("id"), "updated_at": updated_at}
+
+
+def _log_change(change: Change) -> None:
+    before, after = change.before, change.after
+    if before.status != after.status:
+        log.info(
+            "call %s: %s -> %s",
+            after.id,
+            before.status,
+            after.status,
+            extra=about(after.id, after.sid),
+        )
+
+
+@dataclass(frozen=True)
+class _Statements:
+    lock: Any
+    receipts: Any
+    orphans: Any
+    insert_events: Any
+    attach_events: Any
+    update_calls: Any
+
+
+@functools.cache
+def _statements(dialect: str) -> _Statements:
+    """Built once: building a statement costs more than running it for a few rows."""
+
+    def one_of(column: ColumnElement[Any], name: str) -> ColumnElement[bool]:
+        # PostgreSQL takes the list as one array: one prepared statement for any length.
+        if dialect == "postgresql":
+            return column == any_(bindparam(name, type_=ARRAY(column.type)))
+        return column.in_(bindparam(name, expanding=True))
+
+    calls, events = _CALLS.c, _EVENTS.c
+    event_columns = [c for c in events if c.name not in ("id",)]
+    return _Statements(
+        lock=select(*(calls[name] for name in STATE_COLUMNS))
+        .where(or_(one_of(calls.id, "ids"), one_of(calls.sid, "sids")))
+        .order_by(calls.id)
+        .with_for_update(),
+        receipts=select(events.receipt_id).where(one_of(events.receipt_id, "ids")),
+        orphans=select(events.id, *event_columns)
+        .where(one_of(events.sid, "sids"), events.call_id.is_(None))
+        .order_by(events.id)
+        .with_for_update(),
+        insert_events=insert(_EVENTS),
+        attach_events=update(_EVENTS)
+        .where(events.id == bindparam("event_id"))
+        .values(call_id=bindparam("call_id"), outcome=bindparam("outcome")),
+        update_calls=update(_CALLS)
+        .where(calls.id == bindparam("call_id"))
+        .values({name: bindparam(name) for name in [*_CHANGING, "updated_at"]}),
+    )

@@ -1,0 +1,590 @@
+"""The Exotel simulator (app/exotel/simulator.py) over HTTP, as real Exotel behaves on the wire
+(shared/exotel.md): numbers in national form, `Details` only when asked for, bulk details in
+pages, `RestException`s for every refusal, the XML declaration, and two-number calls.
+
+Driven in-process over `httpx.ASGITransport`, raw or through the real `ExotelClient`; its status
+callbacks go to an `httpx.MockTransport`. Nothing reaches the network."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import anyio
+import httpx
+import pytest
+from defusedxml import ElementTree as SafeET
+
+from app.exotel.client import ExotelClient
+from app.exotel.errors import ExotelRateLimited
+from app.exotel.simulator import Simulator, SimulatorConfig
+
+pytestmark = pytest.mark.anyio
+
+ACCOUNT = "sim-account"
+CALLS = f"/v1/Accounts/{ACCOUNT}/Calls"
+CALLER_ID = "08030752400"
+FLOW_URL = f"http://my.exotel.com/{ACCOUNT}/exoml/start_voice/926"
+XML_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>'
+
+
+class CallbackReceiver:
+    """Where the simulator POSTs its status callbacks: records each one and answers 200."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+        self.arrived = anyio.Event()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        self.arrived.set()
+        return httpx.Response(200)
+
+    async def first(self) -> httpx.Request:
+        with anyio.fail_after(5):
+            await self.arrived.wait()
+        return self.requests[0]
+
+
+@pytest.fixture
+def config() -> SimulatorConfig:
+    # Calls end at once, so call details can list them; no test here waits on a timer.
+    return SimulatorConfig(callback_delay=0, rate_limit=1000)
+
+
+@pytest.fixture
+def receiver() -> CallbackReceiver:
+    return CallbackReceiver()
+
+
+@pytest.fixture
+async def simulator(
+    config: SimulatorConfig, receiver: CallbackReceiver
+) -> AsyncIterator[Simulator]:
+    simulator = Simulator(config)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(receiver)) as callbacks:
+        simulator.bind(callbacks)
+        yield simulator
+        await simulator.aclose()
+
+
+@pytest.fixture
+async def exotel(simulator: Simulator) -> AsyncIterator[httpx.AsyncClient]:
+    """Raw HTTP to the simulator, with Basic auth as Exotel requires."""
+    transport = httpx.ASGITransport(app=simulator.app())
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://simulator", auth=("key", "token")
+    ) as http:
+        yield http
+
+
+@pytest.fixture
+def client(exotel: httpx.AsyncClient) -> ExotelClient:
+    """The real client, talking to the simulator."""
+    return ExotelClient(
+        exotel,
+        base_url="http://simulator",
+        account_sid=ACCOUNT,
+        api_key="key",
+        api_token="token",
+        timeout_seconds=5,
+    )
+
+
+async def connect(exotel: httpx.AsyncClient, number: str, **fields: str) -> httpx.Response:
+    form = {"From": number, "CallerId": CALLER_ID, "Url": FLOW_URL, "CallType": "trans"}
+    form |= fields
+    return await exotel.post(f"{CALLS}/connect.json", data={k: v for k, v in form.items() if v})
+
+
+async def place(exotel: httpx.AsyncClient, number: str, **fields: str) -> str:
+    """Place an accepted call; its SID."""
+    response = await connect(exotel, number, **fields)
+    assert response.status_code == 200, response.text
+    return str(response.json()["Call"]["Sid"])
+
+
+async def settle(simulator: Simulator) -> None:
+    """Until every call has ended: Exotel lists only finished calls."""
+    with anyio.fail_after(5):
+        while True:
+            if all(call.end_time is not None for call in simulator.calls.values()):
+                return
+            await anyio.sleep(0.01)
+
+
+async def place_finished(exotel: httpx.AsyncClient, simulator: Simulator, count: int) -> list[str]:
+    """`count` completed calls, from distinct numbers (each ending in 0), in the order placed."""
+    sids = [await place(exotel, f"09{n:08d}0") for n in range(count)]
+    await settle(simulator)
+    return sids
+
+
+def xml(response: httpx.Response) -> Any:
+    assert response.content.startswith(XML_DECLARATION), response.text
+    return SafeET.fromstring(response.content)
+
+
+# --- Numbers in Exotel's national form --------------------------------------------------------
+
+INDIAN_SPELLINGS = ["+919052161110", "9052161110", "09052161110", "919052161110", "+91 90521-61110"]
+
+
+@pytest.mark.parametrize("sent", INDIAN_SPELLINGS)
+async def test_an_indian_from_is_answered_in_national_form(
+    exotel: httpx.AsyncClient, simulator: Simulator, sent: str
+) -> None:
+    response = await connect(exotel, sent)
+    assert response.status_code == 200, response.text
+    call = response.json()["Call"]
+    assert call["From"] == "09052161110"
+    await settle(simulator)
+    details = await exotel.get(f"{CALLS}/{call['Sid']}.json")
+    assert details.json()["Call"]["From"] == "09052161110"
+    xml_details = xml(await exotel.get(f"{CALLS}/{call['Sid']}"))
+    assert xml_details.findtext("Call/From") == "09052161110"
+
+
+async def test_the_log_keeps_from_as_it_was_sent(exotel: httpx.AsyncClient) -> None:
+    # Tests read the log to count dials of the numbers they sent.
+    await connect(exotel, "+919052161110")
+    log = (await exotel.get("/_simulator/log")).json()
+    (entry,) = [e for e in log if e["path"].endswith("/Calls/connect.json")]
+    assert entry["from_number"] == "+919052161110"
+
+
+@pytest.mark.parametrize("sent", ["+14155550100", "+442071838750"])
+async def test_a_number_outside_india_is_left_as_sent(exotel: httpx.AsyncClient, sent: str) -> None:
+    response = await connect(exotel, sent)
+    assert response.status_code == 200, response.text
+    assert response.json()["Call"]["From"] == sent
+
+
+async def test_the_refusal_names_the_number_in_national_form(exotel: httpx.AsyncClient) -> None:
+    response = await connect(exotel, "+919052161115")  # 5: TRAI NDNC
+    assert response.status_code == 403
+    assert response.json()["RestException"]["Message"] == (
+        "Call to [09052161115] cannot be made because of TRAI NDNC regulations; "
+    )
+
+
+@pytest.mark.parametrize(
+    "asked", [*INDIAN_SPELLINGS, " 919052161110", "+919052161110,+919999999990"]
+)
+async def test_the_bulk_from_filter_matches_any_spelling(
+    exotel: httpx.AsyncClient, simulator: Simulator, asked: str
+) -> None:
+    # " 919052161110": an unencoded `+` in a query string arrives as a space.
+    wanted = await place(exotel, "+919052161110")
+    await place(exotel, "09052161111")
+    await settle(simulator)
+    response = await exotel.get(f"{CALLS}.json", params={"From": asked})
+    assert [call["Sid"] for call in response.json()["Calls"]] == [wanted]
+
+
+async def test_the_bulk_from_filter_takes_several_numbers(
+    exotel: httpx.AsyncClient, simulator: Simulator
+) -> None:
+    first = await place(exotel, "+919052161110")
+    second = await place(exotel, "09052161111")
+    await place(exotel, "09052161120")
+    await settle(simulator)
+    response = await exotel.get(f"{CALLS}.json", params={"From": "9052161110,+919052161111"})
+    assert {call["Sid"] for call in response.json()["Calls"]} == {first, second}
+
+
+# --- Details only when asked for --------------------------------------------------------------
+
+
+async def test_details_come_only_with_details_true(
+    exotel: httpx.AsyncClient, simulator: Simulator
+) -> None:
+    connected = (await connect(exotel, "09052161110")).json()["Call"]
+    assert "Details" not in connected
+    await settle(simulator)
+    sid = connected["Sid"]
+    assert "Details" not in (await exotel.get(f"{CALLS}/{sid}.json")).json()["Call"]
+    for falsy in ("false", "0", ""):
+        plain = await exotel.get(f"{CALLS}/{sid}.json", params={"details": falsy})
+        assert "Details" not in plain.json()["Call"]
+    detailed = await exotel.get(f"{CALLS}/{sid}.json", params={"details": "true"})
+    assert detailed.json()["Call"]["Details"] == {
+        "ConversationDuration": 32,
+        "Leg1Status": "completed",
+        "Leg2Status": "completed",
+        "Legs": [
+            {"Id": 1, "OnCallDuration": 41, "Status": "completed"},
+            {"Id": 2, "OnCallDuration": 32, "Status": "completed"},
+        ],
+    }
+
+
+async def test_bulk_details_never_carry_details(
+    exotel: httpx.AsyncClient, simulator: Simulator
+) -> None:
+    await place_finished(exotel, simulator, 2)
+    for params in ({}, {"details": "true"}):
+        calls = (await exotel.get(f"{CALLS}.json", params=params)).json()["Calls"]
+        assert len(calls) == 2
+        assert all("Details" not in call for call in calls)
+
+
+async def test_details_of_a_call_nobody_answered(
+    exotel: httpx.AsyncClient, simulator: Simulator
+) -> None:
+    sid = await place(exotel, "09052161112")  # 2: busy
+    await settle(simulator)
+    response = await exotel.get(f"{CALLS}/{sid}.json", params={"details": "true"})
+    details = response.json()["Call"]["Details"]
+    assert (details["ConversationDuration"], details["Leg1Status"]) == (0, "busy")
+    # Leg 2 was never attempted: no status, as in Exotel's callbacks (`Legs[1][Status]=`).
+    assert details["Leg2Status"] is None
+    assert [leg["Status"] for leg in details["Legs"]] == ["busy", None]
+
+
+async def test_details_in_xml(exotel: httpx.AsyncClient, simulator: Simulator) -> None:
+    sid = await place(exotel, "09052161110")
+    await settle(simulator)
+    root = xml(await exotel.get(f"{CALLS}/{sid}", params={"details": "true"}))
+    assert root.findtext("Call/Details/ConversationDuration") == "32"
+    assert root.findtext("Call/Details/Leg2Status") == "completed"
+    legs = root.findall("Call/Details/Legs/Leg")
+    assert [(leg.findtext("Id"), leg.findtext("OnCallDuration")) for leg in legs] == [
+        ("1", "41"),
+        ("2", "32"),
+    ]
+    assert xml(await exotel.get(f"{CALLS}/{sid}")).find("Call/Details") is None
+
+
+async def test_the_client_reads_details_from_single_lookups_only(
+    client: ExotelClient, exotel: httpx.AsyncClient, simulator: Simulator
+) -> None:
+    sid = await place(exotel, "09052161110")
+    await settle(simulator)
+    call = await client.get_call(sid)  # asks for details=true
+    assert call is not None
+    assert (call.status, call.duration, call.conversation_duration) == ("completed", 41, 32)
+    (listed,) = (await client.list_calls(sids=[sid])).calls
+    assert (listed.sid, listed.duration, listed.conversation_duration) == (sid, 41, None)
+
+
+# --- Bulk details in pages --------------------------------------------------------------------
+
+
+def cursor_of(uri: str, name: str) -> str:
+    (value,) = parse_qs(urlsplit(uri).query)[name]
+    return value
+
+
+async def test_bulk_details_come_in_pages_linked_by_next_page_uri(
+    exotel: httpx.AsyncClient, simulator: Simulator
+) -> None:
+    placed = await place_finished(exotel, simulator, 5)
+    first = await exotel.get(f"{CALLS}.json", params={"PageSize": "2"})
+    assert first.status_code == 200, first.text
+    metadata = first.json()["Metadata"]
+    assert (metadata["Total"], metadata["PageSize"], metadata["PrevPageUri"]) == (5, 2, None)
+    assert metadata["FirstPageUri"] == f"{CALLS}.json?PageSize=2"
+    assert metadata["NextPageUri"].startswith(f"{CALLS}.json?")
+
+    pages = [first.json()]
+    while uri := pages[-1]["Metadata"]["NextPageUri"]:
+        response = await exotel.get(uri)
+        assert response.status_code == 200, response.text
+        pages.append(response.json())
+
+    assert [len(page["Calls"]) for page in pages] == [2, 2, 1]
+    # Every call exactly once, newest first (Exotel's default order).
+    listed = [call["Sid"] for page in pages for call in page["Calls"]]
+    assert listed == placed[::-1]
+    assert pages[-1]["Metadata"]["NextPageUri"] is None
+    # The cursor is opaque: not a SID, nor a position a client could compute.
+    cursors = [cursor_of(page["Metadata"]["NextPageUri"], "After") for page in pages[:-1]]
+    assert not set(cursors) & set(placed)
+    assert not {c for c in cursors if c.isdigit()}
+
+
+async def test_the_order_is_stable_and_can_be_reversed(
+    exotel: httpx.AsyncClient, simulator: Simulator
+) -> None:
+    placed = await place_finished(exotel, simulator, 4)
+    newest_first = [
+        [c["Sid"] for c in (await exotel.get(f"{CALLS}.json")).json()["Calls"]] for _ in range(3)
+    ]
+    assert newest_first == [placed[::-1]] * 3
+    oldest = await exotel.get(f"{CALLS}.json", params={"SortBy": "DateCreated:asc", "PageSize": 3})
+    assert [c["Sid"] for c in oldest.json()["Calls"]] == placed[:3]
+    rest = await exotel.get(oldest.json()["Metadata"]["NextPageUri"])
+    assert [c["Sid"] for c in rest.json()["Calls"]] == placed[3:]
+
+
+async def test_prev_page_uri_leads_back(exotel: httpx.AsyncClient, simulator: Simulator) -> None:
+    await place_finished(exotel, simulator, 6)
+    pages = [(await exotel.get(f"{CALLS}.json", params={"PageSize": "2"})).json()]
+    while uri := pages[-1]["Metadata"]["NextPageUri"]:
+        pages.append((await exotel.get(uri)).json())
+    assert len(pages) == 3
+    assert pages[0]["Metadata"]["PrevPageUri"] is None
+    for earlier, later in itertools.pairwise(pages):
+        prev_uri = later["Metadata"]["PrevPageUri"]
+        assert cursor_of(prev_uri, "Before")
+        back = (await exotel.get(prev_uri)).json()
+        assert back["Calls"] == earlier["Calls"]
+        assert back["Metadata"]["PrevPageUri"] == earlier["Metadata"]["PrevPageUri"]
+
+
+async def test_page_uris_keep_the_filters(exotel: httpx.AsyncClient, simulator: Simulator) -> None:
+    mine = [await place(exotel, "+919052161110") for _ in range(3)]
+    await place(exotel, "09052161120")
+    await settle(simulator)
+    page = (
+        await exotel.get(f"{CALLS}.json", params={"From": "+919052161110", "PageSize": 2})
+    ).json()
+    assert page["Metadata"]["Total"] == 3
+    following = (await exotel.get(page["Metadata"]["NextPageUri"])).json()
+    listed = [c["Sid"] for c in page["Calls"] + following["Calls"]]
+    assert listed == mine[::-1]
+    assert following["Metadata"]["NextPageUri"] is None
+    assert parse_qs(urlsplit(page["Metadata"]["FirstPageUri"]).query)["From"] == ["+919052161110"]
+
+
+@pytest.mark.parametrize(("asked", "size"), [(None, 50), ("100", 100), ("500", 100), ("7", 7)])
+async def test_page_size_defaults_to_50_and_is_at_most_100(
+    exotel: httpx.AsyncClient, simulator: Simulator, asked: str | None, size: int
+) -> None:
+    await place_finished(exotel, simulator, 101)
+    params = {"PageSize": asked} if asked else {}
+    page = (await exotel.get(f"{CALLS}.json", params=params)).json()
+    assert (len(page["Calls"]), page["Metadata"]["PageSize"]) == (size, size)
+    assert page["Metadata"]["Total"] == 101
+    assert page["Metadata"]["NextPageUri"] is not None
+
+
+async def test_a_single_page_has_no_next_page(
+    exotel: httpx.AsyncClient, simulator: Simulator
+) -> None:
+    await place_finished(exotel, simulator, 2)
+    page = (await exotel.get(f"{CALLS}.json")).json()
+    assert len(page["Calls"]) == 2
+    assert (page["Metadata"]["NextPageUri"], page["Metadata"]["PrevPageUri"]) == (None, None)
+
+
+@pytest.mark.parametrize("config", [SimulatorConfig(callback_delay=60)])
+async def test_calls_in_progress_are_never_listed(exotel: httpx.AsyncClient) -> None:
+    sid = await place(exotel, "09052161110")
+    page = (await exotel.get(f"{CALLS}.json", params={"Sid": sid})).json()
+    assert page["Calls"] == []
+    assert (page["Metadata"]["Total"], page["Metadata"]["NextPageUri"]) == (0, None)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"PageSize": "0"},
+        {"PageSize": "many"},
+        {"After": "not-a-cursor"},
+        {"Before": "bm8tc3VjaC1jYWxs"},
+        {"SortBy": "Price:asc"},
+    ],
+)
+async def test_a_bad_page_query_is_a_400_rest_exception(
+    exotel: httpx.AsyncClient, params: dict[str, str]
+) -> None:
+    response = await exotel.get(f"{CALLS}.json", params=params)
+    assert response.status_code == 400
+    assert response.json()["RestException"]["Status"] == 400
+
+
+async def test_xml_pages(exotel: httpx.AsyncClient, simulator: Simulator) -> None:
+    placed = await place_finished(exotel, simulator, 3)
+    root = xml(await exotel.get(CALLS, params={"PageSize": "2"}))
+    assert [e.text for e in root.findall("Calls/Call/Sid")] == placed[:0:-1]
+    assert root.findtext("Metadata/Total") == "3"
+    next_uri = root.findtext("Metadata/NextPageUri")
+    assert next_uri is not None
+    assert next_uri.startswith(f"{CALLS}?")  # XML asked for, XML pages
+    last = xml(await exotel.get(next_uri))
+    assert [e.text for e in last.findall("Calls/Call/Sid")] == placed[:1]
+    assert last.findtext("Metadata/NextPageUri") == ""  # `<NextPageUri/>`: none
+
+
+async def test_the_client_follows_the_pages(
+    client: ExotelClient, exotel: httpx.AsyncClient, simulator: Simulator
+) -> None:
+    placed = await place_finished(exotel, simulator, 5)
+    page = await client.list_calls(page_size=2)
+    listed = [call.sid for call in page.calls]
+    requests = 1
+    while page.next_page_uri:
+        page = await client.next_page(page.next_page_uri)
+        listed += [call.sid for call in page.calls]
+        requests += 1
+    assert listed == placed[::-1]
+    assert requests == 3
+    assert all(call.status == "completed" for call in page.calls)
+
+
+@pytest.mark.parametrize("config", [SimulatorConfig(callback_delay=0, rate_limit=4)])
+async def test_every_page_counts_against_the_rate_limit(
+    client: ExotelClient, exotel: httpx.AsyncClient, simulator: Simulator
+) -> None:
+    await place_finished(exotel, simulator, 3)  # 3 of the 4 requests
+    page = await client.list_calls(page_size=1)  # the 4th
+    assert page.next_page_uri is not None
+    with pytest.raises(ExotelRateLimited):
+        await client.next_page(page.next_page_uri)
+
+
+# --- RestException for everything, XML with its declaration ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", f"/v1/Accounts/{ACCOUNT}/Numbers.json", 404),
+        ("GET", "/v1/nothing-here.json", 404),
+        ("POST", f"{CALLS}.json", 405),
+        ("GET", f"{CALLS}/connect.json", 405),
+        ("DELETE", f"{CALLS}/abc9g.json", 405),
+        ("PUT", f"{CALLS}/connect.json", 405),
+    ],
+)
+async def test_unknown_routes_and_wrong_methods_are_rest_exceptions(
+    exotel: httpx.AsyncClient, method: str, path: str, status: int
+) -> None:
+    response = await exotel.request(method, path)
+    assert response.status_code == status
+    body = response.json()
+    assert set(body) == {"RestException"}
+    assert body["RestException"]["Status"] == status
+    assert body["RestException"]["Message"]
+    if status == 405:
+        assert response.headers["allow"]
+
+    as_xml = await exotel.request(method, path.removesuffix(".json"))
+    assert as_xml.status_code == status
+    assert xml(as_xml).findtext("RestException/Status") == str(status)
+
+
+async def test_an_unknown_call_is_a_rest_exception(exotel: httpx.AsyncClient) -> None:
+    response = await exotel.get(f"{CALLS}/nosuchcall9g.json")
+    assert response.status_code == 404
+    assert response.json()["RestException"]["Status"] == 404
+
+
+async def test_every_xml_answer_starts_with_the_declaration(
+    exotel: httpx.AsyncClient, simulator: Simulator
+) -> None:
+    form = {"From": "09052161110", "CallerId": CALLER_ID, "Url": FLOW_URL}
+    accepted = await exotel.post(f"{CALLS}/connect", data=form)
+    sid = xml(accepted).findtext("Call/Sid")
+    await settle(simulator)
+    answers = [
+        accepted,
+        await exotel.post(f"{CALLS}/connect", data=form | {"From": "09052161115"}),  # 403
+        await exotel.post(f"{CALLS}/connect", data=form | {"From": ""}),  # 400
+        await exotel.get(f"{CALLS}/{sid}"),
+        await exotel.get(f"{CALLS}/{sid}", params={"details": "true"}),
+        await exotel.get(f"{CALLS}/nosuchcall9g"),  # 404
+        await exotel.get(CALLS),
+        await exotel.get(CALLS, params={"PageSize": "0"}),  # 400
+        await exotel.get(CALLS, auth=None),  # 401: the client's auth is replaced by none
+        await exotel.get("/v1/nothing-here"),  # 404 route
+        await exotel.delete(CALLS),  # 405
+    ]
+    statuses = [answer.status_code for answer in answers]
+    assert statuses == [200, 403, 400, 200, 200, 404, 200, 400, 401, 404, 405]
+    for answer in answers:
+        assert answer.headers["content-type"].startswith("application/xml")
+        xml(answer)
+
+
+@pytest.mark.parametrize("config", [SimulatorConfig(rate_limit=1, retry_after=True)])
+async def test_a_429_in_xml_has_the_declaration_too(exotel: httpx.AsyncClient) -> None:
+    await exotel.get(CALLS)
+    limited = await exotel.get(CALLS)
+    assert limited.status_code == 429
+    assert xml(limited).findtext("RestException/Status") == "429"
+    assert limited.headers["retry-after"] == "60"
+
+
+# --- Two-number calls -------------------------------------------------------------------------
+
+
+async def test_connect_with_to_instead_of_url_connects_two_numbers(
+    exotel: httpx.AsyncClient, simulator: Simulator, receiver: CallbackReceiver
+) -> None:
+    response = await connect(
+        exotel,
+        "+919052161110",
+        Url="",
+        To="+919876543210",
+        StatusCallback="https://exocall.test/status-callback",
+        StatusCallbackContentType="application/json",
+        **{"StatusCallbackEvents[0]": "terminal"},
+    )
+    assert response.status_code == 200, response.text
+    call = response.json()["Call"]
+    assert (call["From"], call["To"]) == ("09052161110", "09876543210")
+    await settle(simulator)
+    details = (await exotel.get(f"{CALLS}/{call['Sid']}.json")).json()["Call"]
+    assert (details["To"], details["Status"]) == ("09876543210", "completed")
+    callback = json.loads((await receiver.first()).content)
+    assert (callback["CallSid"], callback["To"]) == (call["Sid"], "09876543210")
+
+
+async def test_a_flow_call_has_no_to(exotel: httpx.AsyncClient) -> None:
+    flow = (await connect(exotel, "09052161110")).json()["Call"]
+    assert flow["To"] is None
+    # With a flow to go to, the flow wins and `To` is not dialled.
+    both = (await connect(exotel, "09052161110", To="09876543210")).json()["Call"]
+    assert both["To"] is None
+
+
+@pytest.mark.parametrize(
+    ("missing", "named"),
+    [
+        ({"Url": "", "To": ""}, "'Url' or 'To'"),
+        ({"CallerId": ""}, "'CallerId'"),
+        ({"From": ""}, "'From'"),
+    ],
+)
+async def test_connect_without_a_required_field_is_400(
+    exotel: httpx.AsyncClient, simulator: Simulator, missing: dict[str, str], named: str
+) -> None:
+    response = await connect(exotel, "09052161110", **missing)
+    assert response.status_code == 400
+    error = response.json()["RestException"]
+    assert error["Status"] == 400
+    assert named in error["Message"]
+    assert simulator.calls == {}
+
+
+# --- What it already did, still done ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("digit", "status"),
+    [("0", "completed"), ("1", "completed"), ("2", "busy"), ("3", "no-answer"), ("4", "failed")],
+)
+async def test_the_last_digit_still_picks_the_outcome(
+    exotel: httpx.AsyncClient, simulator: Simulator, digit: str, status: str
+) -> None:
+    sid = await place(exotel, f"+91905216111{digit}")
+    await settle(simulator)
+    call = (await exotel.get(f"{CALLS}/{sid}.json")).json()["Call"]
+    assert call["Status"] == status
+
+
+async def test_a_multipart_callback_still_arrives(
+    exotel: httpx.AsyncClient, simulator: Simulator, receiver: CallbackReceiver
+) -> None:
+    sid = await place(exotel, "9052161110", StatusCallback="https://exocall.test/cb")
+    await settle(simulator)
+    request = await receiver.first()
+    assert len(receiver.requests) == 1
+    assert request.headers["content-type"].startswith("multipart/form-data")
+    assert sid.encode() in request.content
