@@ -127,10 +127,15 @@ def create_app(
         summary="Place Exotel calls and keep their state.",
         version="0.1.0",
         lifespan=lifespan,
+        # The service's telemetry is its Prometheus metrics and its logs. FastAPI's own
+        # OpenTelemetry looks up the environment on every request otherwise (README,
+        # "Benchmarks").
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     install_error_handlers(app)
     # Each added layer wraps the ones before: the proxy's view of the client comes first.
+    app.add_middleware(callbacks.StatusCallbackReceiver)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestIds)
     if settings.trusted_proxies:
@@ -140,11 +145,17 @@ def create_app(
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = in_the_one_error_shape(FastAPI.openapi(app))
+            schema = in_the_one_error_shape(FastAPI.openapi(app))
+            components = schema["components"]["schemas"]
+            components["CallbackAck"] = callbacks.CallbackAck.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            ack = "#/components/schemas/CallbackAck"
+            schema["paths"][callbacks.PATH] = callbacks.openapi_operations(ack)
+            app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.include_router(callbacks.router)  # first: the busiest route is matched first
     app.include_router(calls.router)
     app.include_router(calls.batches)
     app.include_router(health.router)

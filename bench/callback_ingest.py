@@ -31,6 +31,7 @@ import httpx
 from sqlalchemy import func, select
 
 from app.calls.callback_auth import sign
+from app.db.clock import db_now
 from app.db.models import Call, CallEvent, CallStatus
 from app.db.session import create_engine, create_sessionmaker
 from bench import fresh_database
@@ -70,6 +71,7 @@ async def placed_calls(url: str) -> list[tuple[uuid.UUID, str]]:
     engine = create_engine(url)
     calls = [(uuid.uuid4(), uuid.uuid4().hex[:30] + "9g") for _ in range(CALLS)]
     async with create_sessionmaker(engine)() as session, session.begin():
+        now = await db_now(session)
         session.add_all(
             Call(
                 id=call_id,
@@ -78,6 +80,8 @@ async def placed_calls(url: str) -> list[tuple[uuid.UUID, str]]:
                 from_number=f"+9190{n:08d}",
                 caller_id="08030752400",
                 flow_url="http://my.exotel.com/bench/exoml/start_voice/1",
+                created_at=now,
+                updated_at=now,
             )
             for n, (call_id, sid) in enumerate(calls)
         )

@@ -1,5 +1,5 @@
 """Group commit under concurrent load: every callback answered 200 is stored exactly once and
-applied, whether its batch took the lean path or the general one."""
+applied, in batches that mix calls whose SID is known with SIDs nobody has yet."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ async def test_concurrent_callbacks_are_each_stored_once_and_applied(
         exotel.answer_connect(accepted(new_sid()))
         calls.append((await client.post("/calls", json=place_body(f"90521{n:04d}0"))).json())
     # Each call: answered, its end, and its end again; plus callbacks for SIDs nobody has yet,
-    # which send their batches down the general path.
+    # stored in the same batches.
     sends = [
         (call["id"], form(call["sid"], status, date))
         for call in calls

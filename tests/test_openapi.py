@@ -76,12 +76,44 @@ def test_every_refusal_is_documented_in_the_one_error_shape(openapi: dict[str, A
         ("get", "/calls/{ref}", {"200", "401", "404", "422"}),  # 422: FastAPI's, for any parameter
         ("get", "/healthz", {"200"}),
         ("post", "/status-callback", {"200", "400", "401", "403", "413", "415", "422", "503"}),
+        ("get", "/status-callback", {"200", "400", "401", "403", "413", "415", "422", "503"}),
     ],
 )
 def test_each_operation_documents_the_refusals_it_can_give(
     openapi: dict[str, Any], method: str, path: str, statuses: set[str]
 ) -> None:
     assert set(openapi["paths"][path][method]["responses"]) == statuses
+
+
+def test_the_status_callback_is_documented_with_its_fields_and_its_answer(
+    openapi: dict[str, Any],
+) -> None:
+    """Its receiver is no FastAPI route: its operations are written out, to the same standard."""
+    path = openapi["paths"]["/status-callback"]
+    post, get = path["post"], path["get"]
+    ok = "#/components/schemas/CallbackAck"
+    for operation in (post, get):
+        assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {
+            "$ref": ok
+        }
+        assert {"token", "call_id"} <= {p["name"] for p in operation["parameters"]}
+    assert "CallbackAck" in openapi["components"]["schemas"]
+    assert set(post["requestBody"]["content"]) == {
+        "multipart/form-data",
+        "application/x-www-form-urlencoded",
+        "application/json",
+    }
+    assert {"CallSid", "DialCallStatus", "CallDuration"} <= {p["name"] for p in get["parameters"]}
+
+
+@pytest.mark.anyio
+async def test_a_status_callback_by_another_method_is_refused_in_the_one_shape(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.put("/status-callback")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, POST"
+    assert response.json()["error"]["code"] == "method_not_allowed"
 
 
 @pytest.mark.anyio

@@ -17,55 +17,47 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.api.errors import ApiError
 from app.calls.dispatcher import Dispatcher
-from app.calls.ingest import CallbackWriter
-from app.calls.spool import Spool
 from app.config import Settings
 from app.metrics import Metrics
 from app.runtime import Runtime
 
 
-async def get_settings(request: Request) -> Settings:
+def settings_of(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _runtime(request: Request) -> Runtime:
+def runtime_of(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime  # built by the lifespan
     return runtime
 
 
+async def get_settings(request: Request) -> Settings:
+    return settings_of(request)
+
+
 async def get_engine(request: Request) -> AsyncEngine:
-    return _runtime(request).engine
+    return runtime_of(request).engine
 
 
 async def get_dispatcher(request: Request) -> Dispatcher:
-    return _runtime(request).dispatcher
-
-
-async def get_callback_writer(request: Request) -> CallbackWriter:
-    return _runtime(request).callbacks
-
-
-async def get_spool(request: Request) -> Spool:
-    return _runtime(request).spool
+    return runtime_of(request).dispatcher
 
 
 async def get_metrics(request: Request) -> Metrics:
-    return _runtime(request).metrics
+    return runtime_of(request).metrics
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """A session for the request. Routes that write commit it themselves, before they answer:
     an answer is only given for what is durable."""
-    async with _runtime(request).sessionmaker() as session:
+    async with runtime_of(request).sessionmaker() as session:
         yield session
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
-CallbackWriterDep = Annotated[CallbackWriter, Depends(get_callback_writer)]
-SpoolDep = Annotated[Spool, Depends(get_spool)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 

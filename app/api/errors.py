@@ -136,6 +136,23 @@ def refusals(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+def refusal_responses(*statuses: int) -> dict[str, dict[str, Any]]:
+    """The same, written out as the OpenAPI schema has them (for a route FastAPI does not
+    document itself)."""
+    return {
+        str(status): {
+            "description": description,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": "#/components/schemas/ErrorResponse"},
+                    "example": {"error": example},
+                }
+            },
+        }
+        for status, (description, example) in ((s, _REFUSALS[s]) for s in statuses)
+    }
+
+
 def in_the_one_error_shape(schema: dict[str, Any]) -> dict[str, Any]:
     """The OpenAPI schema with FastAPI's own 422 (which it adds to every operation taking
     parameters, in its `HTTPValidationError` shape) in the shape exocall answers with."""

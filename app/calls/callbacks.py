@@ -29,6 +29,10 @@ class ReceivedCallback:
     def callback(self) -> StatusCallback:
         return parse_status_callback(self.payload)
 
+    @cached_property
+    def reading(self) -> Reading:
+        return read(self)
+
 
 @dataclass(frozen=True)
 class Unreadable:

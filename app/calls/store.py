@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -30,7 +31,7 @@ from sqlalchemy import ColumnElement, Table, any_, bindparam, insert, or_, selec
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from app.calls.callbacks import Ignored, ReceivedCallback, Unreadable, read
+from app.calls.callbacks import Ignored, ReceivedCallback, Unreadable
 from app.calls.state import CallState, apply_update
 from app.db.clock import db_now
 from app.db.models import Call, CallEvent, EventOutcome
@@ -48,6 +49,7 @@ def _table(model: type[Call | CallEvent]) -> Table:
 _CALLS, _EVENTS = _table(Call), _table(CallEvent)
 STATE_COLUMNS = [f.name for f in fields(CallState)]
 _CHANGING = [name for name in STATE_COLUMNS if name != "id"]
+_values_of = operator.attrgetter(*STATE_COLUMNS)  # a call's state as a tuple, in field order
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ class CallStore:
         self._db = connection
         self._statements = _statements(connection.dialect.name)
         self._calls: dict[uuid.UUID, CallState] = {}
-        self._as_locked: dict[uuid.UUID, CallState] = {}
+        self._as_locked: dict[uuid.UUID, tuple[Any, ...]] = {}
         self._by_sid: dict[str, CallState] = {}
         self._locked_sids: set[str] = set()
         self._events: list[dict[str, Any]] = []
@@ -92,11 +94,11 @@ class CallStore:
         rows = await self._db.execute(
             self._statements.lock, {"ids": wanted_ids, "sids": wanted_sids}
         )
-        for row in rows.mappings():
-            if row["id"] not in self._calls:
-                call = CallState(**row)
+        for row in rows:  # the columns of STATE_COLUMNS, in order
+            if row[0] not in self._calls:
+                call = CallState(*row)
                 self._calls[call.id] = call
-                self._as_locked[call.id] = replace(call)
+                self._as_locked[call.id] = _values_of(call)
                 if call.sid:
                     self._by_sid[call.sid] = call
 
@@ -142,7 +144,8 @@ class CallStore:
             call = self.holding(sid) if sid else None
         event = _event_row(received)
         if call is None:
-            outcome = EventOutcome.UNREADABLE if isinstance(read(received), Unreadable) else None
+            unreadable = isinstance(received.reading, Unreadable)
+            outcome = EventOutcome.UNREADABLE if unreadable else None
             event["outcome"] = outcome or EventOutcome.UNKNOWN_SID
         elif sid and sid != call.sid and (call.sid is not None or not self.learn_sid(call, sid)):
             log.warning(
@@ -155,7 +158,7 @@ class CallStore:
         return event
 
     def _attach(self, event: dict[str, Any], call: CallState, received: ReceivedCallback) -> None:
-        reading = read(received)
+        reading = received.reading
         if isinstance(reading, Unreadable):
             outcome = EventOutcome.UNREADABLE
         elif isinstance(reading, Ignored):
@@ -183,9 +186,9 @@ class CallStore:
     def changes(self) -> list[Change]:
         """The calls this transaction changed."""
         return [
-            Change(self._as_locked[call.id], call)
+            Change(CallState(*self._as_locked[call.id]), call)
             for call in self._calls.values()
-            if call != self._as_locked[call.id]
+            if _values_of(call) != self._as_locked[call.id]
         ]
 
     async def flush(self) -> None:
@@ -199,7 +202,7 @@ class CallStore:
             rows = [_call_row(change.after, updated_at=now) for change in changes]
             await self._db.execute(self._statements.update_calls, rows)
             for change in changes:
-                self._as_locked[change.after.id] = replace(change.after)
+                self._as_locked[change.after.id] = _values_of(change.after)
                 _log_change(change)
         self._events = []
 
@@ -240,8 +243,8 @@ def _event_row(received: ReceivedCallback) -> dict[str, Any]:
 
 
 def _call_row(call: CallState, *, updated_at: datetime) -> dict[str, Any]:
-    row = asdict(call)
-    return row | {"call_id": row.pop("id"), "updated_at": updated_at}
+    row = {name: getattr(call, name) for name in _CHANGING}
+    return row | {"call_id": call.id, "updated_at": updated_at}
 
 
 def _log_change(change: Change) -> None:
