@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test check lint fmt migrate bench clean
+.PHONY: run test check lint fmt migrate bench screenshot clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,12 @@ check: lint test  ## everything CI runs
 
 bench: $(VENV)/.installed-dev  ## benchmarks on the local PostgreSQL; they print figures, never pass or fail
 	$(BIN)/python -m bench.callback_ingest
+	$(BIN)/python -m bench.callback_cost
 	$(BIN)/python -m bench.dispatch_rate
+
+screenshot: $(VENV)/.installed-dev  ## docs/ui.png, by the status page's browser test (needs Chromium)
+	UI_SCREENSHOT=$(CURDIR)/docs/ui.png $(BIN)/pytest \
+		'tests/test_ui.py::test_in_chromium_a_person_sees_the_calls_and_a_calls_timeline[sqlite]'
 
 fmt: $(VENV)/.installed-dev
 	$(BIN)/ruff format .

@@ -27,7 +27,7 @@ from app.calls.state import TERMINAL
 from app.client.rows import read_campaign
 from app.client.state import state_path
 from tests.conftest import AUTH, FAKE_INTERNAL_API_KEY
-from tests.processes import EXOCALL, Deployment, free_ports
+from tests.processes import EXOCALL, Deployment, free_ports, with_default_sigint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -61,7 +61,9 @@ class Exocall:
             return await anyio.run_process([EXOCALL, *args], env=self.env, check=False)
 
     async def start(self, *args: str) -> Process:
-        return await anyio.open_process([EXOCALL, *args], env=self.env)
+        """The command left running, for a test to signal: Ctrl-C reaches it as from a terminal,
+        even when the tests themselves run in the background."""
+        return await anyio.open_process(with_default_sigint([EXOCALL, *args]), env=self.env)
 
     async def dialled(self) -> Counter[str]:
         """How often each number was asked for through Calls/connect."""

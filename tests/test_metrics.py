@@ -95,6 +95,13 @@ async def test_a_scrape_counts_what_a_run_did(
         callback_path(a["id"], secret="not-the-secret"), **multipart(callback(sid_a, "failed"))
     )
     assert forged.status_code == 403
+    # One of an event type we do not act on, and one with no status at all.
+    dial = await client.post(
+        callback_path(a["id"]), **multipart(callback(sid_a, "completed") | {"EventType": "Dial"})
+    )
+    assert dial.json()["outcome"] == "ignored"
+    no_status = await client.post(callback_path(a["id"]), **multipart({"CallSid": sid_a}))
+    assert no_status.status_code == 422
 
     # C's callback never comes: reconciliation finds it completed in Exotel's call details.
     async with sessionmaker() as session, session.begin():
@@ -137,6 +144,8 @@ async def test_a_scrape_counts_what_a_run_did(
     assert value(samples, received, outcome="stale") == 1
     assert value(samples, received, outcome="unknown_sid") == 1
     assert value(samples, received, outcome="rejected") == 1
+    assert value(samples, received, outcome="ignored") == 1
+    assert value(samples, received, outcome="unreadable") == 1
 
     requests = "exocall_exotel_requests_total"
     assert value(samples, requests, operation="connect", status="200") == 5

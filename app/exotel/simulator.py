@@ -497,6 +497,8 @@ class Simulator:
 
     def _gate(self, request: Request, account_sid: str, as_json: bool) -> Response | None:
         """Basic auth (any credentials), then the account's rate limit."""
+        # Logged at its arrival, when the rate limit counts it (as Exotel counts).
+        request.state.arrived = time.time()
         if not request.headers.get("authorization", "").startswith("Basic "):
             self._log(request, 401)
             return _render(_rest_exception(401, "Authentication is required"), 401, as_json)
@@ -510,9 +512,8 @@ class Simulator:
         return None
 
     def _log(self, request: Request, status: int, **details: str | None) -> None:
-        self.log.append(
-            LoggedRequest(time.time(), request.method, request.url.path, status, **details)
-        )
+        at = getattr(request.state, "arrived", None) or time.time()
+        self.log.append(LoggedRequest(at, request.method, request.url.path, status, **details))
 
 
 def _now() -> datetime:
