@@ -31,22 +31,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bench import fresh_database
-from bench.callback_ingest import placed_calls
+from bench.callback_ingest import BOUNDARY, four_fields, multipart_body, placed_calls
 
-BOUNDARY = "exotelboundary7MA4YWxkTrZu0gW"
-FIELDS = {
-    "CallSid": "492205107c5fb48f4ac25d1f77759339",
-    "Status": "completed",
-    "RecordingUrl": "https://s3-ap-southeast-1.amazonaws.com/exotelrecordings/b/x.mp3",
-    "DateUpdated": "2024-09-16 15:51:00",
-}
-BODY = (
-    "".join(
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
-        for k, v in FIELDS.items()
-    )
-    + f"--{BOUNDARY}--\r\n"
-).encode()
+FIELDS = four_fields("492205107c5fb48f4ac25d1f77759339")
+BODY = multipart_body(FIELDS).encode()
 CALLS = 200  # of the benchmark's placed calls, used here
 
 
@@ -88,7 +76,7 @@ async def drive_store(url: str, calls_file: str, size: int, n: int) -> None:
     def batch(k: int) -> list[ReceivedCallback]:
         chosen = [calls[(k * size + i) % len(calls)] for i in range(size)]
         return [
-            ReceivedCallback(call_id, "POST", "multipart/form-data", FIELDS | {"CallSid": sid})
+            ReceivedCallback(call_id, "POST", "multipart/form-data", four_fields(sid))
             for call_id, sid in chosen
         ]
 

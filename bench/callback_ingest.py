@@ -89,25 +89,34 @@ async def placed_calls(url: str) -> list[tuple[uuid.UUID, str]]:
     return calls
 
 
+BOUNDARY = "exotelboundary7MA4YWxkTrZu0gW"
+
+
+def four_fields(sid: str) -> dict[str, str]:
+    """The fields Exotel always sends, of a completed call."""
+    return {
+        "CallSid": sid,
+        "Status": "completed",
+        "RecordingUrl": f"https://s3-ap-southeast-1.amazonaws.com/exotelrecordings/b/{sid}.mp3",
+        "DateUpdated": "2024-09-16 15:51:00",
+    }
+
+
+def multipart_body(fields: dict[str, str]) -> str:
+    """`fields` as Exotel posts them: multipart/form-data, text fields only."""
+    parts = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in fields.items()
+    )
+    return "".join(parts) + f"--{BOUNDARY}--\r\n"
+
+
 def wrk_script(calls: list[tuple[uuid.UUID, str]], path: Path) -> None:
     """Each request: one call's callback URL and the four fields Exotel always sends, as
     multipart; `response()` counts the answers by status."""
-    boundary = "exotelboundary7MA4YWxkTrZu0gW"
     entries = []
     for call_id, sid in calls:
-        fields = {
-            "CallSid": sid,
-            "Status": "completed",
-            "RecordingUrl": f"https://s3-ap-southeast-1.amazonaws.com/exotelrecordings/b/{sid}.mp3",
-            "DateUpdated": "2024-09-16 15:51:00",
-        }
-        body = (
-            "".join(
-                f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
-                for k, v in fields.items()
-            )
-            + f"--{boundary}--\r\n"
-        )
+        body = multipart_body(four_fields(sid))
         query = f"call_id={call_id}&token={sign(SECRET.encode(), call_id)}"
         lua_body = body.replace("\\", "\\\\").replace('"', '\\"').replace("\r\n", "\\r\\n")
         entries.append(f'{{"/status-callback?{query}", "{lua_body}"}}')
@@ -124,7 +133,7 @@ def wrk_script(calls: list[tuple[uuid.UUID, str]], path: Path) -> None:
               counter = counter % #calls + 1
               local call = calls[counter]
               return wrk.format("POST", call[1], {{
-                ["Content-Type"] = "multipart/form-data; boundary={boundary}"
+                ["Content-Type"] = "multipart/form-data; boundary={BOUNDARY}"
               }}, call[2])
             end
             function response(status, headers, body)

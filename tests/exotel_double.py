@@ -109,6 +109,10 @@ class ExotelDouble:
         body = {"Metadata": metadata, "Calls": self.listed[start : start + size]}
         return httpx.Response(200, json=body)
 
+    def accept_connects(self) -> None:
+        """Accept every `Calls/connect` from now on, each with a SID of its own."""
+        self.on_connect = self._accept
+
     def answer_connect(self, *responses: httpx.Response | Exception) -> None:
         """Answer `Calls/connect` with these, in turn (raising exceptions, for transport errors);
         the last one answers every request after."""

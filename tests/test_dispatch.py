@@ -80,7 +80,7 @@ async def test_429_holds_back_every_call_not_only_the_refused_one(
     refused = asyncio.Event()
 
     async def refuse_once(_: httpx.Request) -> httpx.Response:
-        exotel.answer_connect(accepted())  # every later request is accepted
+        exotel.accept_connects()  # every later request is accepted
         refused.set()
         return rest_exception(429, "Too Many Requests", headers={"Retry-After": "2"})
 

@@ -117,7 +117,7 @@ async def test_a_scrape_counts_what_a_run_did(
     await eventually(c_repaired)
 
     # Three at once, within a budget of two a second.
-    exotel.answer_connect(accepted())
+    exotel.accept_connects()
     for number in ("+919052161114", "+919052161115", "+919052161116"):
         assert (await client.post("/calls?wait=false", json=place_body(number))).status_code == 202
 

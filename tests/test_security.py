@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from app.config import Settings
 from app.exotel.client import ExotelClient
+from app.main import create_app
 from tests.conftest import FAKE_INTERNAL_API_KEY, make_settings, place_body, serving
 from tests.exotel_double import ExotelDouble
 from tests.processes import EXOCALL, STRAY_ENV
@@ -178,3 +179,19 @@ async def test_callbacks_only_from_allowed_sources(
     assert response.status_code == status, response.text
     if status == 403:
         assert response.json()["error"]["code"] == "callback_source_forbidden"
+
+
+@pytest.mark.anyio
+async def test_an_empty_exotel_key_means_the_simulator_serves(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`EXOTEL_API_KEY=` (as .env.example has it) is no key: the built-in simulator serves,
+    rather than the real Exotel host asked with an empty key."""
+    monkeypatch.setenv("EXOTEL_API_KEY", "")
+    monkeypatch.setenv("EXOTEL_API_TOKEN", " ")
+    settings = Settings(_env_file=None, database_url=db_url, exotel_caller_id="08030752400")  # type: ignore[call-arg]
+    assert settings.uses_simulator
+    async with serving(create_app(settings)) as client:
+        response = await client.post("/calls", json=place_body())
+    assert response.status_code == 201, response.text
+    assert response.json()["flow_url"].startswith("http://my.exotel.com/simulated/")
