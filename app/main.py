@@ -26,6 +26,7 @@ from app.calls.periodic import Periodic
 from app.calls.reconcile import reconcile_if_leading
 from app.calls.spool import Spool
 from app.config import SIMULATOR_API_KEY, SIMULATOR_API_TOKEN, Settings
+from app.db.availability import Availability
 from app.db.session import create_engine, create_sessionmaker
 from app.exotel.client import ExotelClient, Observer
 from app.exotel.simulator import Simulator, SimulatorConfig
@@ -72,6 +73,7 @@ def create_app(
                 stack.push_async_callback(simulator.aclose)
             sessionmaker = create_sessionmaker(engine)
             metrics = Metrics()
+            availability = Availability(metrics)
             exotel = exotel_client(settings, exotel_http, observe=metrics.observe_exotel)
             dispatcher = Dispatcher(
                 sessionmaker=sessionmaker,
@@ -79,6 +81,7 @@ def create_app(
                 settings=settings,
                 replica_id=new_replica_id(),
                 metrics=metrics,
+                availability=availability,
             )
             spool = Spool(settings.spool_dir)
             spool.open()
@@ -106,12 +109,14 @@ def create_app(
                 ),
                 interval=settings.reconcile_interval_seconds,
                 at_start=False,
+                availability=availability,
             )
             replayer = Periodic(
                 "spool replayer",
                 functools.partial(spool.replay, engine),
                 interval=settings.spool_replay_seconds,
                 at_start=True,  # what a previous run spooled goes in first
+                availability=availability,
             )
             dispatcher.start()
             # Calls already sent get the Exotel timeout to be recorded before we exit.

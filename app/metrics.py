@@ -70,6 +70,14 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.database_unreachable = Counter(
+            "exocall_database_unreachable",
+            "Times a background worker (dispatcher, reconciler, spool replayer) found the "
+            "database unreachable; each tries again by itself.",
+            ["worker"],
+            registry=self.registry,
+        )
+
     def observe_exotel(self, operation: str, status: int | None, seconds: float) -> None:
         self.exotel_requests.labels(operation, str(status) if status else "none").inc()
         self.exotel_seconds.labels(operation).observe(seconds)

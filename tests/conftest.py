@@ -27,6 +27,7 @@ from app.db.base import Base
 from app.db.session import create_engine, create_sessionmaker
 from app.main import create_app
 from tests.exotel_double import ExotelDouble
+from tests.pg_proxy import PgProxy
 from tests.processes import STRAY_ENV, Deployment
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
@@ -124,6 +125,15 @@ def deployment(db_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> I
     deployment.stop()
     if request.session.testsfailed > failed_before:
         print(deployment.outputs())
+
+
+@pytest.fixture
+def proxy() -> Iterator[PgProxy]:
+    """A way to the test database that can be cut (tests/pg_proxy.py). Request it before
+    `deployment`, so that the processes are stopped before the proxy is."""
+    with PgProxy() as proxy:
+        yield proxy
+    assert not proxy.alive
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
+from sqlalchemy.engine import make_url
+
 _ACCEPT_POLL_SECONDS = 0.05  # how soon the accepting thread notices a cut
 _CONNECT_TIMEOUT_SECONDS = 5.0
 _JOIN_TIMEOUT_SECONDS = 10.0
@@ -48,6 +50,11 @@ class PgProxy:
         _traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def url_for(self, database_url: str) -> str:
+        """`database_url`, reached through the proxy."""
+        url = make_url(database_url).set(host="127.0.0.1", port=self.port)
+        return url.render_as_string(hide_password=False)
 
     @property
     def alive(self) -> bool:

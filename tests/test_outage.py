@@ -13,7 +13,6 @@ import signal
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import Call, CallEvent, EventOutcome
@@ -36,19 +34,6 @@ CALLS = 30
 
 
 SETTLE_DEADLINE_SECONDS = 30.0  # bounds waiting; never asserted on
-
-
-@pytest.fixture
-def proxy() -> Iterator[PgProxy]:
-    # Requested before `deployment`, so the processes are stopped before the proxy is.
-    with PgProxy() as proxy:
-        yield proxy
-    assert not proxy.alive
-
-
-def through(db_url: str, proxy: PgProxy) -> str:
-    """The test database's URL, with the proxy's port."""
-    return make_url(db_url).set(host="127.0.0.1", port=proxy.port).render_as_string(False)
 
 
 def number(n: int) -> str:
@@ -83,7 +68,7 @@ async def test_no_accepted_callback_is_lost_across_an_outage_and_a_restart(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
     spool = deployment.workdir / "spool"  # the server's working directory is the workdir
-    deployment.env |= {"DATABASE_URL": through(db_url, proxy), "SPOOL_DIR": str(spool)}
+    deployment.env |= {"DATABASE_URL": proxy.url_for(db_url), "SPOOL_DIR": str(spool)}
     deployment.start_simulator("--callback-delay", "600")  # the test sends the callbacks itself
     api_url = deployment.start_server()
 

@@ -32,9 +32,9 @@ from app.api.deps import runtime_of, settings_of
 from app.api.errors import (
     ApiError,
     api_error_response,
-    error_response,
     http_error_response,
     refusal_responses,
+    unexpected_error_response,
 )
 from app.api.forms import boundary_of, parse_text_fields
 from app.api.schemas import CALL_EXAMPLE
@@ -166,9 +166,8 @@ class StatusCallbackReceiver:
             response = api_error_response(exc)
         except HTTPException as exc:  # a body over the limit, malformed multipart
             response = http_error_response(exc)
-        except Exception:
-            log.exception("unhandled error")
-            response = error_response(500, "internal_error", "internal error; it has been logged")
+        except Exception as exc:
+            response = unexpected_error_response(exc)
         await response(scope, receive, send)
 
 

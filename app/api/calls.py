@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Annotated
 
@@ -28,6 +29,9 @@ from app.calls.errors import CallNotPlaced, InvalidField
 from app.calls.phone import InvalidPhoneNumber, to_e164
 from app.calls.placing import create_batch, queue_calls
 from app.db.models import CallStatus
+from app.logs import about
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/calls", tags=["calls"], dependencies=[Depends(require_api_key)])
 
@@ -80,7 +84,18 @@ async def place_call(
     await session.commit()
     dispatcher.wake()
     if wait and call.status == CallStatus.QUEUED:
-        sent = await dispatcher.wait_until_sent(call.id, within=settings.dispatch_wait_seconds)
+        try:
+            sent = await dispatcher.wait_until_sent(call.id, within=settings.dispatch_wait_seconds)
+        except Exception:
+            # The call is placed and goes on: never answer as if it had not been, or a client
+            # retrying the failure would phone the customer twice.
+            log.warning(
+                "call %s: queued, but waiting for its dispatch failed",
+                call.id,
+                exc_info=True,
+                extra=about(call.id),
+            )
+            sent = None
         call = sent or call
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.calls.errors import (
@@ -20,6 +21,7 @@ from app.calls.errors import (
     InvalidField,
 )
 from app.db.models import FailureKind
+from app.db.session import is_database_down
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +203,29 @@ def error_response(
     )
 
 
+# How soon a client may try again while the database is unreachable: a restart takes seconds.
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
+def database_unavailable(exc: BaseException) -> JSONResponse:
+    return error_response(
+        503,
+        "database_unavailable",
+        f"database: {type(exc).__name__}",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
+def unexpected_error_response(exc: Exception) -> JSONResponse:
+    """The answer to an error nothing else handled: 503 while the database is unreachable
+    (the client tries again), 500 otherwise, logged."""
+    if is_database_down(exc):
+        log.warning("the database is unreachable (%s)", type(exc).__name__)
+        return database_unavailable(exc)
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal_error", "internal error; it has been logged")
+
+
 def http_error_response(exc: StarletteHTTPException) -> JSONResponse:
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
@@ -290,7 +315,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return http_error_response(exc)
 
-    @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return error_response(500, "internal_error", "internal error; it has been logged")
+        return unexpected_error_response(exc)
+
+    # The errors a database that went away raises, answered here rather than by the handler of
+    # last resort (`Exception`), which Starlette re-raises to the server after answering: one
+    # outage would log a traceback for every request.
+    for kind in (SQLAlchemyError, OSError, TimeoutError, Exception):
+        app.add_exception_handler(kind, _unexpected)

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.api.deps import EngineDep, MetricsDep, SessionDep, require_metrics_access
-from app.api.errors import error_response, refusals
+from app.api.errors import database_unavailable, error_response, refusals
 from app.calls.queries import Overview, overview
 from app.db.migrate import head_revision
 from app.db.session import is_database_down
@@ -53,7 +53,7 @@ async def readyz(engine: EngineDep) -> JSONResponse:
     except Exception as exc:
         if not is_database_down(exc) and not isinstance(exc, SQLAlchemyError):
             raise
-        return error_response(503, "database_unavailable", f"database: {type(exc).__name__}")
+        return database_unavailable(exc)
     if revision != head_revision():
         return error_response(
             503,

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.calls.dispatch import claim_next, send_claimed
 from app.calls.ratelimit import Budget
 from app.config import Settings
+from app.db.availability import Availability
 from app.db.models import Call, CallStatus
 from app.db.session import is_database_down
 from app.exotel.client import ExotelClient
@@ -46,9 +47,11 @@ class Dispatcher:
         settings: Settings,
         replica_id: str,
         metrics: Metrics,
+        availability: Availability,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._metrics = metrics
+        self._availability = availability
         self._exotel = exotel
         self._settings = settings
         self._budget = budget_of(settings)
@@ -128,10 +131,12 @@ class Dispatcher:
                 raise
             except Exception as exc:  # the loop must outlive any one failure
                 if is_database_down(exc):
-                    log.warning("dispatcher: the database is unreachable (%r)", exc)
+                    self._availability.lost("dispatcher", exc)
                 else:
                     log.exception("dispatcher: claiming failed")
                 claimed = self._settings.dispatch_poll_seconds
+            else:
+                self._availability.reached("dispatcher")
             if isinstance(claimed, uuid.UUID):
                 self._spawn_send(claimed)
                 continue

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from app.db.availability import Availability
 from app.db.session import is_database_down
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,10 @@ class Periodic:
         *,
         interval: float,
         at_start: bool,
+        availability: Availability,
     ) -> None:
         self._name = name
+        self._availability = availability
         self._job = job
         self._interval = interval
         self._at_start = at_start
@@ -49,9 +52,11 @@ class Periodic:
                 await self._job()
             except Exception as exc:
                 if is_database_down(exc):
-                    log.warning("%s: the database is unreachable (%r)", self._name, exc)
+                    self._availability.lost(self._name, exc)
                 else:
                     log.exception("%s failed; trying again in %gs", self._name, self._interval)
+            else:
+                self._availability.reached(self._name)
             if await self._stopped_within(self._interval):
                 return
 

@@ -67,8 +67,8 @@ class Spool:
 
     async def replay(self, engine: AsyncEngine) -> int:
         """Store what is spooled, oldest first; stop at the first sign the database is still
-        down. Returns how many callbacks were stored. Every replica runs it every
-        SPOOL_REPLAY_SECONDS, and at start."""
+        down (raising that error). Returns how many callbacks were stored. Every replica runs it
+        every SPOOL_REPLAY_SECONDS, and at start."""
         stored = 0
         for path in self.pending():
             with contextlib.ExitStack() as stack:
@@ -85,7 +85,7 @@ class Spool:
                         await store_callbacks(connection, [received], replayed=True)
                 except Exception as exc:
                     if is_database_down(exc):
-                        return stored
+                        raise  # still down: the rest waits for the next replay
                     log.exception("spooled callback %s cannot be stored; kept in failed/", path)
                     path.rename(self.failed / path.name)
                     continue

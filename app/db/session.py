@@ -53,19 +53,28 @@ def insert_for(session: AsyncSession) -> Any:
 
 def is_database_down(error: BaseException) -> bool:
     """Whether `error` says the database cannot be reached (as opposed to refusing a statement):
-    refused or dropped connections, time-outs."""
-    if isinstance(error, OSError | TimeoutError):  # asyncpg's connect raises these unwrapped
-        return True
-    if isinstance(error, OperationalError | InterfaceError):
-        return True
-    # The same, raised by asyncpg itself where it is used directly (the callback writer).
-    if isinstance(error, _ASYNCPG_DOWN):
-        return True
-    return isinstance(error, DBAPIError) and error.connection_invalidated
+    refused or dropped connections, time-outs, a server shutting down or starting up. SQLAlchemy
+    wraps the driver's errors (`DBAPIError` from asyncpg's `CannotConnectNowError`, say): the
+    whole chain of causes is read."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, _DOWN):
+            return True
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = seen.__cause__
+    return False
 
 
-_ASYNCPG_DOWN = (
+_DOWN = (
+    OSError,  # refused or reset connections; asyncpg's connect raises these unwrapped
+    TimeoutError,
+    OperationalError,
+    InterfaceError,
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08
     asyncpg.InterfaceError,  # the connection is closed, or was lost
-    asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, cannot connect now
+    # SQLSTATE 57P01-57P03: shutting down, crashed, starting up (not 57014, a cancelled query)
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
 )

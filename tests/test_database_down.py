@@ -1,0 +1,153 @@
+"""While the database cannot be reached, every endpoint says so (`503 database_unavailable`, with
+`Retry-After`), never 500; and a call committed before it went away is never answered as failed.
+
+PostgreSQL is reached through a proxy the tests cut (tests/pg_proxy.py); the server itself keeps
+running for everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy.exc import DBAPIError
+
+from app.db.session import is_database_down
+from app.main import create_app
+from tests.conftest import make_settings, place_body, serving
+from tests.exotel_double import ExotelDouble, accepted
+from tests.pg_proxy import PgProxy
+
+pytestmark = [pytest.mark.postgresql_only, pytest.mark.anyio]
+
+SOME_ID = uuid.UUID("5a1e0000-0000-4000-8000-000000000001")
+
+# Every endpoint that needs the database. Status callbacks are spooled instead (test_outage.py),
+# and /metrics serves this process's own counts: both answer 200 by design.
+ENDPOINTS: list[tuple[str, str, Any]] = [
+    ("POST", "/calls", place_body()),
+    ("POST", "/calls?wait=false", place_body()),
+    ("POST", "/calls/batch", {"calls": [place_body()]}),
+    ("GET", "/calls", None),
+    ("GET", f"/calls/{SOME_ID}", None),
+    ("GET", f"/calls/{SOME_ID}/events", None),
+    ("GET", f"/batches/{SOME_ID}", None),
+    ("GET", "/readyz", None),
+    ("GET", "/ui", None),
+    ("GET", f"/ui/calls/{SOME_ID}", None),
+]
+
+
+@pytest.fixture
+async def client(
+    db_url: str, proxy: PgProxy, exotel: ExotelDouble
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on the test database, through the proxy."""
+    settings = make_settings(proxy.url_for(db_url), dispatch_wait_seconds=10)
+    app = create_app(settings, exotel_transport=httpx.MockTransport(exotel.handle))
+    async with serving(app) as client:
+        yield client
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ENDPOINTS)
+async def test_every_endpoint_answers_503_while_the_database_is_unreachable(
+    client: httpx.AsyncClient, proxy: PgProxy, method: str, path: str, body: Any
+) -> None:
+    await asyncio.to_thread(proxy.cut)
+    response = await client.request(method, path, json=body)
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "database_unavailable"
+    assert int(response.headers["Retry-After"]) > 0
+
+    await asyncio.to_thread(proxy.restore)
+    assert (await client.get("/readyz")).status_code == 200  # and it recovers by itself
+
+
+async def test_a_call_committed_before_the_database_went_away_is_answered_202(
+    client: httpx.AsyncClient, proxy: PgProxy, exotel: ExotelDouble, db_url: str
+) -> None:
+    # Exotel dials, and while it answers the database goes away: neither Exotel's answer can be
+    # recorded, nor can the request waiting for it read the call again.
+    async def cut_then_accept(_: httpx.Request) -> httpx.Response:
+        await asyncio.to_thread(proxy.cut)
+        return accepted()
+
+    exotel.on_connect = cut_then_accept
+    response = await client.post("/calls", json=place_body())
+
+    assert response.status_code == 202, response.text  # placed, not failed: do not retry it
+    call = response.json()
+    assert call["status"] == "queued"
+    assert len(exotel.connects) == 1
+
+    await asyncio.to_thread(proxy.restore)
+    stored = await client.get(f"/calls/{call['id']}")
+    assert stored.status_code == 200
+    # Sent once; its claim stays until reconciliation resolves it, and it is never sent again.
+    await asyncio.sleep(0.5)
+    assert len(exotel.connects) == 1
+
+
+async def test_the_workers_say_when_the_database_goes_and_comes_back(
+    client: httpx.AsyncClient, proxy: PgProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="app.db.availability")
+    await asyncio.to_thread(proxy.cut)
+    await asyncio.sleep(0.5)  # the dispatcher polls every 0.05 s
+    metrics = (await client.get("/metrics")).text  # this process's counts, without a database
+    await asyncio.to_thread(proxy.restore)
+    await asyncio.sleep(0.5)
+
+    assert re.search(r'exocall_database_unreachable_total\{worker="dispatcher"\} [1-9]', metrics)
+    said = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "app.db.availability" and r.getMessage().startswith("dispatcher:")
+    ]
+    # Once when it went, once when it came back: not once a poll.
+    assert len(said) == 2, said
+    assert "unreachable" in said[0]
+    assert "reachable again" in said[1]
+
+
+@pytest.mark.parametrize(
+    "cause",
+    [
+        asyncpg.CannotConnectNowError("the database system is starting up"),
+        asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+        asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+        ConnectionRefusedError(111, "Connect call failed"),
+    ],
+    ids=type,
+)
+def test_a_database_going_away_is_recognised_however_sqlalchemy_wraps_it(
+    cause: Exception,
+) -> None:
+    assert is_database_down(_as_sqlalchemy_raises(cause))
+
+
+def test_a_cancelled_statement_is_not_the_database_going_away() -> None:
+    cause = asyncpg.QueryCanceledError("canceling statement due to statement timeout")
+    assert not is_database_down(_as_sqlalchemy_raises(cause))
+
+
+def _as_sqlalchemy_raises(cause: Exception) -> BaseException:
+    """`cause` as SQLAlchemy's asyncpg dialect raises it: a DBAPIError, from the dialect's own
+    adapted error, from asyncpg's."""
+    try:
+        try:
+            raise cause
+        except Exception as error:
+            raise RuntimeError(str(error)) from error  # the dialect's adapted error
+    except RuntimeError as adapted:
+        try:
+            raise DBAPIError("SELECT 1", None, adapted) from adapted
+        except DBAPIError as wrapped:
+            return wrapped
