@@ -1,9 +1,6 @@
-# syntax=docker/dockerfile:1
 # exocall's image: `docker build -t exocall .`, or the compose stack (docker-compose.yml).
-# tests/test_deploy.py lints this file with hadolint and boots what it installs: it replays the
-# stages in a temporary directory (the RUN lines that install Python, the COPY, ENV and WORKDIR
-# lines, with the paths moved there), runs the CMD and the HEALTHCHECK, and places a call
-# through the simulator. It fails on an instruction it cannot replay: teach it, then.
+# tests/test_deploy.py lints this file with hadolint; tests/test_stack.py builds it on a real
+# engine and runs the stack.
 
 FROM python:3.11-slim-bookworm AS build
 
@@ -12,18 +9,17 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python -m venv /opt/venv
 WORKDIR /app
 
-# The dependencies alone first, read from pyproject.toml: this layer is rebuilt only when
-# pyproject.toml changes, not on every change to the source. pip's cache is a build cache
-# mount, so it speeds up rebuilds without ending up in the image.
-COPY pyproject.toml ./
+# The dependencies alone first, exactly as locked (versions and hashes: what CI tested): this
+# layer is rebuilt only when the lock changes, not on every change to the source. pip's cache is
+# a build cache mount, so it speeds up rebuilds without ending up in the image.
+COPY requirements.lock ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
-    | /opt/venv/bin/pip install --requirement /dev/stdin
+    /opt/venv/bin/pip install --require-hashes --no-deps --requirement requirements.lock
 
 # Then the project itself. Editable, so that the package stays next to migrations/ (which
 # app/db/migrate.py finds as ../../migrations from the package; a wheel would not hold it). The
 # runtime stage copies /app and /opt/venv to the same paths, where the install still points.
-COPY README.md alembic.ini ./
+COPY pyproject.toml README.md alembic.ini ./
 COPY migrations/ migrations/
 COPY app/ app/
 RUN --mount=type=cache,target=/root/.cache/pip \

