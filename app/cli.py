@@ -87,7 +87,8 @@ def _configured() -> Settings:
 @cli.command()
 def migrate() -> None:
     """Bring the database schema to the newest migration."""
-    migrations.upgrade(_configured().database_url)
+    settings = _configured()
+    migrations.upgrade(settings.database_url, pgbouncer=settings.database_pgbouncer)
 
 
 @cli.command()
@@ -126,7 +127,7 @@ def reconcile() -> None:
 async def _reconcile_once(settings: Settings) -> Repairs:
     if settings.uses_simulator:
         raise typer.BadParameter("needs EXOTEL_API_KEY: the built-in simulator lives in `serve`")
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, pgbouncer=settings.database_pgbouncer)
     try:
         async with httpx.AsyncClient() as http:
             return await reconcile_once(

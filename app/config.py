@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
     database_url: str = "sqlite+aiosqlite:///./exocall.db"
+    # PostgreSQL is reached through PgBouncer in transaction pooling (app/db/session.py).
+    database_pgbouncer: bool = False
 
     exotel_account_sid: str | None = None
     exotel_api_key: SecretStr | None = None

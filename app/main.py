@@ -59,7 +59,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _warn_about_development_defaults(settings)
         async with AsyncExitStack() as stack:
-            engine = create_engine(settings.database_url)
+            engine = create_engine(settings.database_url, pgbouncer=settings.database_pgbouncer)
             stack.push_async_callback(engine.dispose)
             # Exotel is always reached over TLS with certificate verification (httpx's default).
             http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))

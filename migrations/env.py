@@ -21,6 +21,12 @@ def _database_url() -> str:
     return str(url) if url else Settings().database_url
 
 
+def _pgbouncer() -> bool:
+    if "database_url" in config.attributes:
+        return bool(config.attributes.get("pgbouncer"))
+    return Settings().database_pgbouncer
+
+
 def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
@@ -33,7 +39,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_online() -> None:
-    engine = create_engine(_database_url())
+    engine = create_engine(_database_url(), pgbouncer=_pgbouncer())
     async with engine.connect() as connection:
         await connection.run_sync(_run)
     await engine.dispose()

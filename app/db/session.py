@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import asyncpg
@@ -16,12 +17,27 @@ from sqlalchemy.ext.asyncio import (
 )
 
 
-def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+def create_engine(url: str, *, pgbouncer: bool = False, **kwargs: Any) -> AsyncEngine:
+    """`pgbouncer`: PostgreSQL is reached through PgBouncer in transaction pooling, which hands
+    each transaction to whichever server connection is free, so nothing may outlive one: no
+    statement is cached (asyncpg's cache and SQLAlchemy's are off) and every prepared statement
+    gets a name of its own (SQLAlchemy's recipe for its asyncpg dialect). Nothing else here
+    keeps session state (no SET, LISTEN or advisory locks)."""
+    if pgbouncer:
+        kwargs["connect_args"] = {
+            "statement_cache_size": 0,
+            "prepared_statement_cache_size": 0,
+            "prepared_statement_name_func": _statement_name,
+        }
     # pre_ping: after the database restarts, pooled connections are dead; test before use.
     engine = create_async_engine(url, pool_pre_ping=True, **kwargs)
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
     return engine
+
+
+def _statement_name() -> str:
+    return f"__asyncpg_{uuid.uuid4().hex}__"
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
