@@ -96,6 +96,9 @@ def simulator(
     host: Host = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8001,
     callback_delay: Annotated[float, typer.Option(help="Seconds until the status callback.")] = 2.0,
+    callback_spread: Annotated[
+        float, typer.Option(help="Calls last up to this much longer, each its own share.")
+    ] = 0.0,
     response_delay: Annotated[
         float, typer.Option(help="Seconds before Calls/connect answers.")
     ] = 0.0,
@@ -105,6 +108,7 @@ def simulator(
     settings = _configured()
     config = SimulatorConfig(
         callback_delay=callback_delay,
+        callback_spread=callback_spread,
         response_delay=response_delay,
         rate_limit=settings.exotel_rate_limit,
         rate_window=settings.exotel_rate_window_seconds,

@@ -91,10 +91,13 @@ class Settings(BaseSettings):
 
     # Reconciliation.
     reconcile_interval_seconds: float = Field(30, gt=0)
-    # Calls still not terminal this long after time_out + time_limit are looked up.
+    # A call Exotel accepted is first looked up this long after, if no callback ended it; then
+    # again after half its age, at most RECONCILE_RECHECK_SECONDS (CallState.look_up_later).
+    reconcile_first_lookup_seconds: float = Field(60, ge=0)
+    reconcile_recheck_seconds: float = Field(240, ge=0)
+    # An `unknown` call Exotel lists nothing for this long after time_out + time_limit was
+    # never dialled (bulk details never list a call in progress, and it has no SID to ask for).
     reconcile_grace_seconds: float = Field(120, ge=0)
-    # A call looked up without an answer is looked up again after this long.
-    reconcile_recheck_seconds: float = Field(300, ge=0)
     # Exotel's own limit when a call names none (shared/exotel.md: TimeLimit at most 4 h).
     default_time_limit_seconds: int = Field(14400, ge=1)
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.db.models import Call
 from app.main import create_app
 from tests.conftest import make_settings, place_body, serving
 from tests.exotel_double import ExotelDouble, accepted, form_of, rest_exception
@@ -306,3 +310,17 @@ async def test_unknown_batch_is_404(client: httpx.AsyncClient) -> None:
     response = await client.get("/batches/3f1c1c1e-0000-4000-8000-000000000000")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "batch_not_found"
+
+
+async def test_a_call_exotel_accepted_is_first_looked_up_a_minute_after(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    response = await client.post("/calls", json=place_body())
+    assert response.status_code == 201
+    async with sessionmaker() as session:
+        call = await session.get(Call, uuid.UUID(response.json()["id"]))
+    assert call is not None
+    assert call.dispatched_at is not None
+    assert call.next_lookup_at is not None
+    # RECONCILE_FIRST_LOOKUP_SECONDS, unless a callback ends it first.
+    assert call.next_lookup_at - call.dispatched_at == timedelta(seconds=60)

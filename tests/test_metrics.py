@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -103,13 +103,14 @@ async def test_a_scrape_counts_what_a_run_did(
     no_status = await client.post(callback_path(a["id"]), **multipart({"CallSid": sid_a}))
     assert no_status.status_code == 422
 
-    # C's callback never comes: reconciliation finds it completed in Exotel's call details.
-    async with sessionmaker() as session, session.begin():
-        long_ago = datetime.now(UTC) - timedelta(days=1)
-        await session.execute(
-            update(Call).where(Call.id == uuid.UUID(c["id"])).values(dispatched_at=long_ago)
-        )
+    # C's callback never comes: at its look-up, reconciliation finds it completed in Exotel's
+    # call details.
     exotel.listed = [call_json(sid_c, "completed", Duration="30")["Call"]]
+    async with sessionmaker() as session, session.begin():
+        due = datetime.now(UTC)
+        await session.execute(
+            update(Call).where(Call.id == uuid.UUID(c["id"])).values(next_lookup_at=due)
+        )
 
     async def c_repaired() -> bool:
         return (await client.get(f"/calls/{c['id']}")).json()["status"] == "completed"

@@ -3,6 +3,7 @@ through Exotel's call details, within the account's budget, and never by diallin
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,6 +18,8 @@ from app.calls.callbacks import ReceivedCallback
 from app.calls.ingest import store_callbacks
 from app.calls.placing import CallRequest, queue_calls
 from app.calls.reconcile import Repairs, reconcile_once
+from app.calls.state import CallState
+from app.calls.store import STATE_COLUMNS
 from app.config import Settings
 from app.db import lease
 from app.db.clock import db_now
@@ -118,21 +121,53 @@ async def test_a_lost_callback_is_repaired_from_call_details(
     assert exotel.connects == []
 
 
-async def test_a_call_still_within_its_time_is_not_looked_up(
+async def test_a_call_is_looked_up_when_due_and_not_before(
     sessionmaker: async_sessionmaker[AsyncSession],
     settings: Settings,
     exotel: ExotelDouble,
     reconcile: Reconcile,
 ) -> None:
-    await stored_call(
+    now = datetime.now(UTC)
+    waiting = await stored_call(
         sessionmaker,
         settings,
         status=CallStatus.IN_PROGRESS,
         sid=new_sid(),
-        dispatched_at=datetime.now(UTC),
+        dispatched_at=now - timedelta(minutes=3),
+        next_lookup_at=now + timedelta(minutes=1),
     )
-    assert (await reconcile()).lookups == 0
-    assert exotel.requests == []
+    due = await stored_call(
+        sessionmaker,
+        settings,
+        status=CallStatus.IN_PROGRESS,
+        sid=new_sid(),
+        dispatched_at=now - timedelta(minutes=3),  # far within its 4 h time limit
+        next_lookup_at=now - timedelta(seconds=1),
+    )
+
+    assert (await reconcile()).lookups == 1
+    (lookup,) = exotel.lookups
+    assert lookup.url.params["Sid"] == due.sid  # and not the other
+    # Not listed: still in progress. Looked up again after half its age (3 min).
+    stored = await reload(sessionmaker, due)
+    assert stored.status == CallStatus.IN_PROGRESS
+    assert stored.next_lookup_at is not None
+    wait = (stored.next_lookup_at - now).total_seconds()
+    assert 85 <= wait <= 95, wait
+    assert (await reload(sessionmaker, waiting)).next_lookup_at == waiting.next_lookup_at
+
+
+def test_the_wait_between_look_ups_grows_with_the_calls_age_up_to_the_recheck() -> None:
+    sent = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    call = CallState(**(dict.fromkeys(STATE_COLUMNS) | {"dispatched_at": sent}))
+    looked_up = [sent]
+    for _ in range(12):
+        call.look_up_later(looked_up[-1], first=60, longest=240)
+        assert call.next_lookup_at is not None
+        looked_up.append(call.next_lookup_at)
+    waits = [(b - a).total_seconds() for a, b in itertools.pairwise(looked_up)]
+    assert waits[:6] == [60, 60, 60, 90, 135, 202.5]
+    assert waits[6:] == [240] * 6  # a lost callback is known within 4 min of the call's end
 
 
 async def test_an_unknown_call_is_found_by_its_number(

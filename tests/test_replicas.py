@@ -50,6 +50,8 @@ async def test_three_replicas_share_one_budget_and_dial_each_call_once(
         # Lost callbacks (numbers ending in 8) are looked up soon after their short calls end.
         "RECONCILE_INTERVAL_SECONDS": "1",
         "RECONCILE_GRACE_SECONDS": "1",
+        "RECONCILE_FIRST_LOOKUP_SECONDS": "1",
+        "RECONCILE_RECHECK_SECONDS": "1",
     }
     simulator_url = deployment.start_simulator("--callback-delay", "0.3")
     apis = [

@@ -41,6 +41,8 @@ async def test_sigterm_under_load_loses_nothing_and_dials_nobody_twice(
         "DISPATCH_CONCURRENCY": "8",
         "RECONCILE_INTERVAL_SECONDS": "1",
         "RECONCILE_GRACE_SECONDS": "1",
+        "RECONCILE_FIRST_LOOKUP_SECONDS": "1",
+        "RECONCILE_RECHECK_SECONDS": "1",
     }
     # Each Calls/connect takes a second: when SIGTERM comes, dispatches are under way.
     simulator_url = deployment.start_simulator(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -86,6 +86,15 @@ def classify(error: ExotelError) -> Verdict:
     return Verdict(CallStatus.UNKNOWN, Failure(FailureKind.EXOTEL_OUTCOME_UNKNOWN, str(error)))
 
 
+def schedule_lookup(call: CallState, now: datetime, settings: Settings) -> None:
+    """The call's next look-up by reconciliation, on the configured schedule."""
+    call.look_up_later(
+        now,
+        first=settings.reconcile_first_lookup_seconds,
+        longest=settings.reconcile_recheck_seconds,
+    )
+
+
 def backoff(attempts: int, *, ceiling: float) -> float:
     """Seconds before trying again after `attempts` attempts: 2, 4, 8, ... up to `ceiling`."""
     return float(min(ceiling, 2 ** min(attempts, 16)))
@@ -121,7 +130,7 @@ async def send_claimed(
         assert state is not None, "calls are never deleted"
         state.claimed_by = state.claimed_at = None
         if isinstance(result, ExotelCall):
-            await _record_accepted(store, state, result)
+            await _record_accepted(store, state, result, settings)
         elif result.status == CallStatus.QUEUED:
             await _retry_later(session, store, state, result, settings)
         else:
@@ -129,10 +138,13 @@ async def send_claimed(
         await store.flush()
 
 
-async def _record_accepted(store: CallStore, call: CallState, exotel_call: ExotelCall) -> None:
+async def _record_accepted(
+    store: CallStore, call: CallState, exotel_call: ExotelCall, settings: Settings
+) -> None:
     now = await store.now()
     call.dispatched_at = now
     call.fail(None, at=now)
+    schedule_lookup(call, now, settings)
     # An early status callback may have told us the SID (and even the end) already.
     if call.sid is None:
         if not store.learn_sid(call, exotel_call.sid):

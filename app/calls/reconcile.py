@@ -4,6 +4,16 @@ Exotel's callbacks can be lost, and a `Calls/connect` that timed out may or may 
 (shared/exotel.md). One replica at a time (a lease) looks such calls up in Exotel's call details,
 drawing on the account's budget at lower priority than placing calls, and applies what it finds
 through the same state machine as callbacks. It never sends a call again.
+
+When, by what Exotel's bulk call details can say (they never list a call still in progress):
+- A call with a SID that is not yet over is looked up a minute after it was sent, then after half
+  its age, at most every RECONCILE_RECHECK_SECONDS (`CallState.look_up_later`), 100 SIDs a
+  request. Not listed means still going on; listed, it is over. A lost callback is repaired
+  within RECONCILE_RECHECK_SECONDS and a round of the call's end.
+- An `unknown` call without a SID (its send was cut short, or Exotel's answer lost) is looked for
+  by its number around its dispatch, on the same schedule, and takes the SID of what is found.
+  That nothing is listed proves nothing while the call could still be going on: it is `rejected`
+  (never dialled) only once its own time_out + time_limit + RECONCILE_GRACE_SECONDS are past.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls import ratelimit
 from app.calls.callbacks import status_from_exotel
-from app.calls.dispatch import record_failure
+from app.calls.dispatch import record_failure, schedule_lookup
 from app.calls.state import CallState, Failure, StatusUpdate, apply_update
 from app.calls.store import CallStore
 from app.config import Settings
@@ -166,13 +176,9 @@ def _overdue(call: Call, settings: Settings, now: datetime) -> bool:
     return now > started + timedelta(seconds=lasts + settings.reconcile_grace_seconds)
 
 
-async def _due(
-    session: AsyncSession, settings: Settings, *, with_sid: bool
-) -> tuple[list[Call], datetime]:
-    """Calls to look up this round, not looked up within the last recheck interval; and the
-    database's time now."""
+async def _due(session: AsyncSession, *, with_sid: bool) -> list[Call]:
+    """Calls due for a look-up this round (`next_lookup_at`), longest due first."""
     now = await db_now(session)
-    recheck = now - timedelta(seconds=settings.reconcile_recheck_seconds)
     if with_sid:
         waiting = or_(
             Call.status == CallStatus.UNKNOWN,
@@ -181,16 +187,15 @@ async def _due(
         query = select(Call).where(waiting, Call.sid.is_not(None))
     else:
         query = select(Call).where(Call.status == CallStatus.UNKNOWN, Call.sid.is_(None))
-    query = query.where(or_(Call.reconciled_at.is_(None), Call.reconciled_at < recheck))
-    calls = await session.scalars(query.order_by(Call.created_at).limit(1000))
-    due = [c for c in calls if c.status == CallStatus.UNKNOWN or _overdue(c, settings, now)]
-    return due, now
+    query = query.where(or_(Call.next_lookup_at.is_(None), Call.next_lookup_at <= now))
+    order = (Call.next_lookup_at.asc().nulls_first(), Call.created_at)
+    return list(await session.scalars(query.order_by(*order).limit(1000)))
 
 
 async def _look_up_by_sid(round_: _Round) -> None:
     """Calls whose SID we know but not their end: bulk call details, 100 SIDs a request."""
     async with round_.sessionmaker() as session:
-        due, _ = await _due(session, round_.settings, with_sid=True)
+        due = await _due(session, with_sid=True)
     for start in range(0, len(due), MAX_SIDS_PER_LOOKUP):
         chunk = due[start : start + MAX_SIDS_PER_LOOKUP]
         await round_.spend_lookup()
@@ -209,6 +214,7 @@ async def _look_up_by_sid(round_: _Round) -> None:
                 call = store.get(due_call.id)
                 assert call is not None
                 call.reconciled_at = now
+                schedule_lookup(call, now, round_.settings)
                 if (exotel_call := by_sid.get(call.sid or "")) is not None:
                     round_.repairs.repaired += _apply_details(call, exotel_call)
             await store.flush()
@@ -217,7 +223,7 @@ async def _look_up_by_sid(round_: _Round) -> None:
 async def _look_up_unknown_by_number(round_: _Round) -> None:
     """`unknown` calls without a SID: Exotel's calls from that number around our dispatch."""
     async with round_.sessionmaker() as session:
-        due, _ = await _due(session, round_.settings, with_sid=False)
+        due = await _due(session, with_sid=False)
     for due_call in due:
         started = due_call.dispatched_at or due_call.created_at
         await round_.spend_lookup()
@@ -238,6 +244,7 @@ async def _look_up_unknown_by_number(round_: _Round) -> None:
             assert call is not None
             now = await store.now()
             call.reconciled_at = now
+            schedule_lookup(call, now, round_.settings)
             match = _first_unclaimed(store, found, near=started)
             if match is not None and store.learn_sid(call, match.sid):
                 round_.repairs.repaired += _apply_details(call, match)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from app.db.models import CallStatus, EventOutcome, FailureKind
 
@@ -81,6 +81,18 @@ class CallState:
     not_before: datetime | None
     attempts: int
     reconciled_at: datetime | None
+    next_lookup_at: datetime | None
+
+    def look_up_later(self, now: datetime, *, first: float, longest: float) -> None:
+        """When reconciliation is to look the call up next in Exotel's call details, if no
+        callback ends it first. Bulk call details never list a call in progress, so a call not
+        listed is still going on: the wait grows with the call's age (half of it), from `first`
+        seconds after it was sent to at most `longest`. A call whose callbacks are all lost is
+        therefore known at most `longest` seconds (and one round) after it ends, at the cost of
+        one request per 100 calls a look-up."""
+        started = self.dispatched_at or now
+        wait = min(max((now - started).total_seconds() / 2, first), longest)
+        self.next_lookup_at = now + timedelta(seconds=wait)
 
     def fail(self, failure: Failure | None, *, at: datetime) -> None:
         """Record why the call is not placed (None: it is, after all)."""

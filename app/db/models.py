@@ -126,6 +126,8 @@ class Call(Base):
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     reconciled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When reconciliation looks the call up next, if nothing ends it first (None: at once).
+    next_lookup_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         # Newest-first listing and its cursor.
@@ -133,6 +135,8 @@ class Call(Base):
         Index("ix_call_from_number_created_at", "from_number", "created_at"),
         # The queue (oldest queued first) and the status filter.
         Index("ix_call_status_created_at", "status", "created_at"),
+        # Reconciliation's calls due for a look-up.
+        Index("ix_call_status_next_lookup_at", "status", "next_lookup_at"),
     )
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import itertools
 import logging
 import re
@@ -96,6 +97,8 @@ OUTCOMES: dict[str, Outcome] = {
 @dataclass
 class SimulatorConfig:
     callback_delay: float = 2.0  # seconds from connect to the terminal callback
+    # Calls last longer by up to this, each its own share (from its SID: the same every run).
+    callback_spread: float = 0.0
     response_delay: float = 0.0  # seconds before `Calls/connect` answers (callback races it)
     rate_limit: int = 200
     rate_window: float = 60.0
@@ -331,7 +334,8 @@ class Simulator:
         task.add_done_callback(self._tasks.discard)
 
     async def _run_call(self, call: SimulatedCall, account_sid: str) -> None:
-        await asyncio.sleep(self.config.callback_delay)
+        share = int(hashlib.sha256(call.sid.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        await asyncio.sleep(self.config.callback_delay + share * self.config.callback_spread)
         answered = call.outcome.status == "completed"
         call.status = call.outcome.status
         call.end_time = call.date_updated = datetime.now(UTC)
