@@ -1,6 +1,6 @@
 """The image built by a real engine and the compose stack run from the project's own
 docker-compose.yml, then broken on purpose: a replica SIGKILLed and PostgreSQL restarted, each
-with calls in flight.
+with calls in flight; last, the api switched to the `pgbouncer` profile.
 
 What the contract promises is asserted: every answer is a call or a refusal in the error shape,
 never a 500; no call the client was told failed is dialled; every call accepted is dialled once
@@ -149,7 +149,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config)
             stack.step("stack up, healthy", started)
             yield stack
         finally:
-            stack.compose("down", "--volumes", "--timeout", "5")
+            stack.compose("--profile", "pgbouncer", "down", "--volumes", "--timeout", "5")
             capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
             with capture.global_and_fixture_disabled():
                 print()
@@ -239,19 +239,25 @@ def client(stack: Stack) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=stack.url, headers=AUTH, timeout=60)
 
 
-# --- The stack, used and broken ------------------------------------------------------------
-
-
-@pytest.mark.anyio
-async def test_calls_placed_through_the_proxy_end(stack: Stack) -> None:
-    started = time.monotonic()
-    calls = [Placed(number(n), uuid.uuid4().hex) for n in range(1, 6)]
+async def placed_and_ended(stack: Stack, numbered: range) -> dict[str, dict[str, Any]]:
+    """Calls to numbers `numbered`, placed at once (201: Exotel accepted each), all completed."""
+    calls = [Placed(number(n), uuid.uuid4().hex) for n in numbered]
     async with client(stack) as api:
         await asyncio.gather(*(place(api, placed, retry=False) for placed in calls))
         assert_contract(calls)
         assert all(placed.answers[-1][0] == 201 for placed in calls), [c.answers for c in calls]
         final = await settle(api, [str(placed.call_id) for placed in calls])
     assert {call["status"] for call in final.values()} == {"completed"}
+    return final
+
+
+# --- The stack, used and broken ------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_calls_placed_through_the_proxy_end(stack: Stack) -> None:
+    started = time.monotonic()
+    final = await placed_and_ended(stack, range(1, 6))
     assert all(call["recording_url"] for call in final.values())  # the callback came back
     stack.step("5 calls placed through the proxy and ended", started)
 
@@ -347,6 +353,28 @@ async def test_postgres_restarted_with_calls_in_flight(stack: Stack) -> None:
     assert not any(dialled[placed.number] for placed in refused), (
         dialled
     )  # told failed: not dialled
+
+
+@pytest.mark.anyio
+async def test_calls_through_the_pgbouncer_profile(stack: Stack) -> None:
+    started = time.monotonic()
+    with stack.env_file.open("a") as file:
+        file.write("DATABASE_ADDRESS=pgbouncer:6432\nDATABASE_PGBOUNCER=true\n")
+    stack.compose("--profile", "pgbouncer", "up", "--detach", "--wait")
+    stack.step("PgBouncer profile up, the api replicas through it", started)
+    started = time.monotonic()
+    await placed_and_ended(stack, range(300, 310))
+    env = stack.engine.docker(
+        "inspect",
+        "--format",
+        "{{range .Config.Env}}{{println .}}{{end}}",
+        stack.containers("api")[0]["Name"],
+    ).stdout
+    assert "@pgbouncer:6432/" in env
+    assert "DATABASE_PGBOUNCER=true" in env
+    (bouncer,) = stack.containers("pgbouncer")
+    assert "login attempt: db=exocall user=exocall" in stack.logs(bouncer["Name"])
+    stack.step("10 calls through PgBouncer, all ended", started)
 
 
 def _scale(stack: Stack, replicas: int) -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stand-ins for the base images the stack names (python:3.11-slim-bookworm, postgres:16-bookworm,
-# nginx:1.27-alpine), built from Debian's packages, for a machine whose engine can reach Debian's
+# nginx:1.27-alpine, debian:bookworm-slim), built from Debian's packages, for a machine whose engine can reach Debian's
 # archive and PyPI but no image registry (shared/docker.md). They are stand-ins, not the images
 # themselves: Debian's python3 (3.11), PostgreSQL 15 for 16, Debian's nginx 1.22 for Alpine's 1.27.
 # An image already present is kept: rerunning costs nothing.
@@ -25,6 +25,9 @@ fi
 # PyPI may be reached through a TLS-intercepting proxy whose CA is in the host's bundle and not in
 # Debian's: the python stand-in trusts what the host trusts.
 cp "${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}" host-ca.crt
+
+# debian:bookworm-slim (the PgBouncer profile's base) is the base itself.
+have debian:bookworm-slim || "$docker" tag "$base" debian:bookworm-slim
 
 for image in python:3.11-slim-bookworm=python postgres:16-bookworm=postgres nginx:1.27-alpine=nginx; do
   name=${image%=*}

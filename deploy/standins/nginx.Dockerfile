@@ -2,6 +2,7 @@
 # /etc/nginx/conf.d as the official image does, with wget for health checks (build.sh).
 ARG BASE
 FROM ${BASE}
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends nginx-light wget \
     && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled/* \

@@ -2,6 +2,7 @@
 # official image's interface as the stack uses it (build.sh, postgres-entrypoint.sh).
 ARG BASE
 FROM ${BASE}
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends postgresql-15 \
     && rm -rf /var/lib/apt/lists/*

@@ -2,6 +2,7 @@
 # cannot be pulled (build.sh).
 ARG BASE
 FROM ${BASE}
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates passwd \
     && rm -rf /var/lib/apt/lists/* \
