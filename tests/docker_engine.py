@@ -117,21 +117,21 @@ def _answers(handle: Engine) -> bool:
 def _start_dockerd(handle: Engine) -> subprocess.Popen[bytes]:
     for directory in (DATA_ROOT, RUN_DIR):
         directory.mkdir(parents=True, exist_ok=True)
-    log = (RUN_DIR / "dockerd.log").open("ab")
-    daemon = subprocess.Popen(
-        [
-            str(DOCKERD),
-            f"--data-root={DATA_ROOT}",
-            f"--exec-root={RUN_DIR / 'exec'}",
-            f"--pidfile={RUN_DIR / 'dockerd.pid'}",
-            f"--host=unix://{SOCKET}",
-            "--ip-forward=false",
-            "--ip-masq=false",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with (RUN_DIR / "dockerd.log").open("ab") as log:  # the daemon holds its own copy
+        daemon = subprocess.Popen(
+            [
+                str(DOCKERD),
+                f"--data-root={DATA_ROOT}",
+                f"--exec-root={RUN_DIR / 'exec'}",
+                f"--pidfile={RUN_DIR / 'dockerd.pid'}",
+                f"--host=unix://{SOCKET}",
+                "--ip-forward=false",
+                "--ip-masq=false",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + START_DEADLINE_SECONDS
     while not _answers(handle):
         if daemon.poll() is not None or time.monotonic() > deadline:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -99,22 +100,35 @@ async def test_the_workers_say_when_the_database_goes_and_comes_back(
     client: httpx.AsyncClient, proxy: PgProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="app.db.availability")
+
+    def said() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "app.db.availability" and r.getMessage().startswith("dispatcher:")
+        ]
+
     await asyncio.to_thread(proxy.cut)
-    await asyncio.sleep(0.5)  # the dispatcher polls every 0.05 s
+    await _eventually(lambda: len(said()) == 1)
+    await asyncio.sleep(0.5)  # the dispatcher polls every 0.05 s: many more failures
     metrics = (await client.get("/metrics")).text  # this process's counts, without a database
     await asyncio.to_thread(proxy.restore)
-    await asyncio.sleep(0.5)
+    await _eventually(lambda: len(said()) == 2)
 
     assert re.search(r'exocall_database_unreachable_total\{worker="dispatcher"\} [1-9]', metrics)
-    said = [
-        r.getMessage()
-        for r in caplog.records
-        if r.name == "app.db.availability" and r.getMessage().startswith("dispatcher:")
-    ]
     # Once when it went, once when it came back: not once a poll.
-    assert len(said) == 2, said
-    assert "unreachable" in said[0]
-    assert "reachable again" in said[1]
+    went, back = said()
+    assert "unreachable" in went
+    assert "reachable again" in back
+    await asyncio.sleep(0.2)
+    assert len(said()) == 2
+
+
+async def _eventually(check: Callable[[], bool], within: float = 15) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "never happened"
+        await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize(
