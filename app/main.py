@@ -20,13 +20,13 @@ from app.api import callbacks, calls, health, ui
 from app.api.errors import in_the_one_error_shape, install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.request_ids import RequestIds
+from app.calls.availability import Availability
 from app.calls.dispatcher import Dispatcher, budget_of, new_replica_id
 from app.calls.ingest import CallbackWriter
 from app.calls.periodic import Periodic
 from app.calls.reconcile import reconcile_if_leading
 from app.calls.spool import Spool
 from app.config import SIMULATOR_API_KEY, SIMULATOR_API_TOKEN, Settings
-from app.db.availability import Availability
 from app.db.session import create_engine, create_sessionmaker
 from app.exotel.client import ExotelClient, Observer
 from app.exotel.simulator import Simulator, SimulatorConfig

@@ -99,13 +99,13 @@ async def test_a_call_committed_before_the_database_went_away_is_answered_202(
 async def test_the_workers_say_when_the_database_goes_and_comes_back(
     client: httpx.AsyncClient, proxy: PgProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="app.db.availability")
+    caplog.set_level(logging.INFO, logger="app.calls.availability")
 
     def said() -> list[str]:
         return [
             r.getMessage()
             for r in caplog.records
-            if r.name == "app.db.availability" and r.getMessage().startswith("dispatcher:")
+            if r.name == "app.calls.availability" and r.getMessage().startswith("dispatcher:")
         ]
 
     await asyncio.to_thread(proxy.cut)

@@ -3,6 +3,7 @@ through Exotel's call details, within the account's budget, and never by diallin
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -322,6 +323,25 @@ async def test_look_ups_give_way_to_a_dispatch_backlog(
             > 0
         )
         assert await ratelimit.acquire(session, budget, kind=ratelimit.RequestKind.CONNECT) == 0
+
+
+async def test_a_look_up_refused_by_a_full_budget_gets_the_next_free_slot(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """A backlog takes every slot as it frees; reconciliation must not starve behind it."""
+    budget = ratelimit.Budget(limit=10, window=0.5, margin=0)
+    connect, lookup = ratelimit.RequestKind.CONNECT, ratelimit.RequestKind.LOOKUP
+
+    async def acquire(kind: ratelimit.RequestKind) -> float:
+        async with sessionmaker() as session, session.begin():
+            return await ratelimit.acquire(session, budget, kind=kind, backlog=True)
+
+    assert [await acquire(connect) for _ in range(10)] == [0] * 10
+    assert await acquire(lookup) > 0  # the window is full
+    await asyncio.sleep(0.6)  # and now empty again
+    assert [await acquire(connect) for _ in range(9)] == [0] * 9
+    assert await acquire(connect) > 0  # the tenth slot is kept for the look-up
+    assert await acquire(lookup) == 0
 
 
 async def test_callbacks_stored_before_their_sid_was_known_are_attached(

@@ -13,10 +13,10 @@ import uuid
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.calls.availability import Availability
 from app.calls.dispatch import claim_next, send_claimed
 from app.calls.ratelimit import Budget
 from app.config import Settings
-from app.db.availability import Availability
 from app.db.models import Call, CallStatus
 from app.db.session import is_database_down
 from app.exotel.client import ExotelClient

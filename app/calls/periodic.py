@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from app.db.availability import Availability
+from app.calls.availability import Availability
 from app.db.session import is_database_down
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,8 @@ class Budget:
     window: float
     margin: float
     # Under a dispatch backlog, look-ups get at most this share of the window: they draw from
-    # the same budget as placing calls, at lower priority, but are never starved.
+    # the same budget as placing calls, at lower priority, but are never starved (a look-up
+    # refused for want of budget gets the next slot that frees: `lookup_wanted_until`).
     lookup_share: float = 0.1
 
     @property
@@ -67,9 +68,13 @@ async def seconds_until_free(
     backlog: bool = False,
 ) -> float:
     """0 if a request of `kind` may be made now, else how long until one may. Call under lock()."""
-    paused_until = await session.scalar(
-        select(Throttle.paused_until).where(Throttle.name == THROTTLE)
-    )
+    paused_until, lookup_wanted_until = (
+        await session.execute(
+            select(Throttle.paused_until, Throttle.lookup_wanted_until).where(
+                Throttle.name == THROTTLE
+            )
+        )
+    ).one()
     if paused_until is not None and paused_until > now:
         return (paused_until - now).total_seconds()
     await session.execute(delete(ExotelRequest).where(ExotelRequest.at <= now - budget.span))
@@ -78,9 +83,18 @@ async def seconds_until_free(
             select(ExotelRequest.at, ExotelRequest.kind).order_by(ExotelRequest.at)
         )
     ).all()
-    if len(recent) >= budget.limit:
+    capacity = budget.limit
+    if (
+        kind == RequestKind.CONNECT
+        and lookup_wanted_until is not None
+        and lookup_wanted_until > now
+    ):
+        # A look-up found the budget spent: the next slot to come free is its, or a backlog
+        # that takes every slot as it frees would starve reconciliation.
+        capacity -= 1
+    if len(recent) >= capacity:
         # Free once the oldest requests leave the window, enough to leave room for one more.
-        oldest_to_leave: datetime = recent[len(recent) - budget.limit].at
+        oldest_to_leave: datetime = recent[len(recent) - capacity].at
         return (oldest_to_leave + budget.span - now).total_seconds()
     if kind == RequestKind.LOOKUP and backlog:
         lookups = [at for at, recorded_kind in recent if recorded_kind == RequestKind.LOOKUP]
@@ -113,6 +127,13 @@ async def acquire(
     wait = await seconds_until_free(session, budget, now=now, kind=kind, backlog=backlog)
     if wait <= 0:
         spend(session, now=now, kind=kind)
+    if kind == RequestKind.LOOKUP:
+        # Refused, the look-up is owed the next slot that frees (for a window after, time for
+        # reconciliation's next round to come for it); granted, it is owed nothing more.
+        throttle = await session.get(Throttle, THROTTLE)
+        assert throttle is not None
+        wanted = now + timedelta(seconds=wait) + budget.span
+        throttle.lookup_wanted_until = wanted if wait > 0 else None
     return max(wait, 0.0)
 
 

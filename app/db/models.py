@@ -182,12 +182,15 @@ class ExotelRequest(Base):
 
 class Throttle(Base):
     """One row per Exotel account. Locking it serialises every grant from the shared budget,
-    across replicas; `paused_until` holds everyone back after Exotel answered 429."""
+    across replicas; `paused_until` holds everyone back after Exotel answered 429, and
+    `lookup_wanted_until` keeps a slot for reconciliation under a dispatch backlog."""
 
     __tablename__ = "exotel_throttle"
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     paused_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A look-up found the budget spent: until then, placing calls leaves it the next free slot.
+    lookup_wanted_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Lease(Base):
