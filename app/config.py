@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     # A call Exotel accepted is first looked up this long after, if no callback ended it; then
     # again after half its age, at most RECONCILE_RECHECK_SECONDS (CallState.look_up_later).
     reconcile_first_lookup_seconds: float = Field(60, ge=0)
-    reconcile_recheck_seconds: float = Field(240, ge=0)
+    reconcile_recheck_seconds: float = Field(180, ge=0)
     # An `unknown` call Exotel lists nothing for this long after time_out + time_limit was
     # never dialled (bulk details never list a call in progress, and it has no SID to ask for).
     reconcile_grace_seconds: float = Field(120, ge=0)

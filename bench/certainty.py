@@ -7,10 +7,10 @@ calls that keeps the dispatcher at the account's limit for the whole run. A lost
 known from the simulator's own log (when its `Calls/connect` arrived, plus the length the
 simulator gave it); when exocall knew is the call's `updated_at` as it turned terminal.
 
-Every interval is divided by --scale (4 by default) so that a run takes minutes, not an hour:
-the reconciler's schedule (RECONCILE_FIRST_LOOKUP_SECONDS 60, RECONCILE_RECHECK_SECONDS 240,
-RECONCILE_INTERVAL_SECONDS 30), the calls' lengths and the rate window (200 per 60 s). The
-figures printed are multiplied back: real seconds.
+Every interval is divided by --scale (4 by default) so that a run takes minutes, not a quarter
+of an hour: the reconciler's schedule (RECONCILE_FIRST_LOOKUP_SECONDS, RECONCILE_RECHECK_SECONDS
+and RECONCILE_INTERVAL_SECONDS, at their defaults), the calls' lengths and the rate window (200
+per 60 s). The figures printed are multiplied back: real seconds.
 
     .venv/bin/python -m bench.certainty
     .venv/bin/python -m bench.certainty --scale 1      # real time: about 16 minutes
@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
+from app.config import Settings
 from app.db.models import Call
 from app.db.session import create_engine, create_sessionmaker
 from bench import fresh_database
@@ -42,6 +43,10 @@ WINDOW = 60.0
 SHORTEST, LONGEST = 30.0, 600.0  # the lost calls' lengths, seconds
 LOST = 100
 TERMINAL = {"completed", "busy", "no-answer", "failed", "canceled", "rejected"}
+
+
+def _default(setting: str) -> float:
+    return float(Settings.model_fields[setting].default)
 
 
 def length(sid: str, scale: float) -> float:
@@ -57,11 +62,17 @@ async def run(scale: float) -> dict[str, Any]:
         "EXOTEL_RATE_LIMIT": str(LIMIT),
         "EXOTEL_RATE_WINDOW_SECONDS": str(window),
         "EXOTEL_RATE_MARGIN_SECONDS": str(1 / scale),
-        "RECONCILE_INTERVAL_SECONDS": str(30 / scale),
-        "RECONCILE_FIRST_LOOKUP_SECONDS": str(60 / scale),
-        "RECONCILE_RECHECK_SECONDS": str(240 / scale),
+        **{
+            name.upper(): str(_default(name) / scale)
+            for name in (
+                "reconcile_interval_seconds",
+                "reconcile_first_lookup_seconds",
+                "reconcile_recheck_seconds",
+            )
+        },
     }
-    run_seconds = (LONGEST + 240 + 120) / scale  # the longest call, a recheck and room
+    # The longest call, a recheck and room.
+    run_seconds = (LONGEST + _default("reconcile_recheck_seconds") + 120) / scale
     backlog = int(LIMIT * run_seconds / window)
     with tempfile.TemporaryDirectory() as workdir:
         deployment = Deployment(database_url=url, workdir=Path(workdir), env=env)

@@ -163,12 +163,12 @@ def test_the_wait_between_look_ups_grows_with_the_calls_age_up_to_the_recheck() 
     call = CallState(**(dict.fromkeys(STATE_COLUMNS) | {"dispatched_at": sent}))
     looked_up = [sent]
     for _ in range(12):
-        call.look_up_later(looked_up[-1], first=60, longest=240)
+        call.look_up_later(looked_up[-1], first=60, longest=180)
         assert call.next_lookup_at is not None
         looked_up.append(call.next_lookup_at)
     waits = [(b - a).total_seconds() for a, b in itertools.pairwise(looked_up)]
-    assert waits[:6] == [60, 60, 60, 90, 135, 202.5]
-    assert waits[6:] == [240] * 6  # a lost callback is known within 4 min of the call's end
+    assert waits[:5] == [60, 60, 60, 90, 135]
+    assert waits[5:] == [180] * 7  # a lost callback is known within 3 min of the call's end
 
 
 async def test_an_unknown_call_is_found_by_its_number(
@@ -342,6 +342,29 @@ async def test_a_look_up_refused_by_a_full_budget_gets_the_next_free_slot(
     assert [await acquire(connect) for _ in range(9)] == [0] * 9
     assert await acquire(connect) > 0  # the tenth slot is kept for the look-up
     assert await acquire(lookup) == 0
+
+
+async def test_a_look_up_waits_for_a_slot_rather_than_give_up_its_round(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    exotel: ExotelDouble,
+    reconcile: Reconcile,
+) -> None:
+    sid = new_sid()
+    call = await stored_call(
+        sessionmaker, settings, status=CallStatus.IN_PROGRESS, sid=sid, dispatched_at=LONG_AGO
+    )
+    await stored_call(sessionmaker, settings)  # queued: a backlog
+    exotel.listed = [details(sid, "completed")]
+    budget = ratelimit.Budget(limit=2, window=0.5, margin=0)
+    async with sessionmaker() as session, session.begin():
+        for _ in range(2):  # the backlog took the whole window
+            await ratelimit.acquire(session, budget, kind=ratelimit.RequestKind.CONNECT)
+
+    repairs = await reconcile(budget)  # a slot frees within the round (0.5 s < 30 s)
+
+    assert (repairs.lookups, repairs.repaired) == (1, 1)
+    assert (await reload(sessionmaker, call)).status == CallStatus.COMPLETED
 
 
 async def test_callbacks_stored_before_their_sid_was_known_are_attached(

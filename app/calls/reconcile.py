@@ -18,6 +18,7 @@ When, by what Exotel's bulk call details can say (they never list a call still i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
@@ -87,13 +88,22 @@ class _Round:
     repairs: Repairs
 
     async def spend_lookup(self) -> None:
-        async with self.sessionmaker() as session, session.begin():
-            backlog = await session.scalar(select(exists().where(Call.status == CallStatus.QUEUED)))
-            wait = await ratelimit.acquire(
-                session, self.budget, kind=ratelimit.RequestKind.LOOKUP, backlog=bool(backlog)
-            )
-        if wait > 0:
-            raise OutOfBudget
+        """A request from the budget, waiting for it while that is shorter than a round (under
+        a backlog the refused look-up is owed the next slot that frees, and one frees every
+        window / limit seconds); else OutOfBudget, and the next round carries on."""
+        while True:
+            async with self.sessionmaker() as session, session.begin():
+                backlog = await session.scalar(
+                    select(exists().where(Call.status == CallStatus.QUEUED))
+                )
+                wait = await ratelimit.acquire(
+                    session, self.budget, kind=ratelimit.RequestKind.LOOKUP, backlog=bool(backlog)
+                )
+            if wait <= 0:
+                break
+            if wait > self.settings.reconcile_interval_seconds:
+                raise OutOfBudget
+            await asyncio.sleep(wait)
         self.repairs.lookups += 1
 
     async def every_page(self, first: CallsPage) -> list[ExotelCall]:
