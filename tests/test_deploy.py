@@ -391,6 +391,21 @@ def test_proxy_spreads_requests_over_every_replica() -> None:
     assert '"code": "payload_too_large"' in config
     for variable in ("$request ", "$request_uri", "$args", "$query_string"):
         assert variable not in config, f"{variable}: a callback token would be logged"
+    # No client chooses its address: nginx writes the header itself, never appending to it.
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in config
+    assert "$proxy_add_x_forwarded_for" not in config
+    # A dead replica costs about a second, not nginx's default 60 s.
+    (connect_timeout,) = re.findall(r"proxy_connect_timeout (\d+)s;", config)
+    assert int(connect_timeout) <= 2
+    assert "proxy_next_upstream error timeout;" in config
+    # Sent on after the request reached a replica: status callbacks alone (a duplicate is
+    # harmless), never POST /calls.
+    assert config.count("non_idempotent") == 1
+    callbacks = config[config.index("location = /status-callback") :]
+    assert "non_idempotent" in callbacks[: callbacks.index("}")]
+    # nginx's own failures in the api's error shape.
+    for status in ("502", "504"):
+        assert re.search(rf"error_page {status} @\w+;", config), status
 
 
 def test_env_example_names_every_variable_with_fake_values() -> None:
