@@ -9,12 +9,13 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python -m venv /opt/venv
 WORKDIR /app
 
-# The dependencies alone first, exactly as locked (versions and hashes: what CI tested): this
+# The dependencies alone first, exactly as locked (versions and hashes: what CI tested), the
+# build backend (setuptools) with them, so that nothing unlocked is fetched: this
 # layer is rebuilt only when the lock changes, not on every change to the source. pip's cache is
 # a build cache mount, so it speeds up rebuilds without ending up in the image.
-COPY requirements.lock ./
+COPY requirements.txt ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    /opt/venv/bin/pip install --require-hashes --no-deps --requirement requirements.lock
+    /opt/venv/bin/pip install --require-hashes --no-deps --requirement requirements.txt
 
 # Then the project itself. Editable, so that the package stays next to migrations/ (which
 # app/db/migrate.py finds as ../../migrations from the package; a wheel would not hold it). The
@@ -23,7 +24,7 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY migrations/ migrations/
 COPY app/ app/
 RUN --mount=type=cache,target=/root/.cache/pip \
-    /opt/venv/bin/pip install --no-deps --editable .
+    /opt/venv/bin/pip install --no-deps --no-build-isolation --editable .
 
 
 FROM python:3.11-slim-bookworm AS runtime

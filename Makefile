@@ -13,20 +13,20 @@ $(BIN)/python:
 
 # Reinstall only when the dependencies change. The service's dependencies come from the lock
 # (exactly what the image ships, hashes checked); the dev tools from pyproject.toml.
-$(VENV)/.installed: pyproject.toml requirements.lock | $(BIN)/python
-	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements.lock
-	$(BIN)/pip install --quiet --no-deps -e .
+$(VENV)/.installed: pyproject.toml requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml requirements.lock | $(BIN)/python
-	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements.lock
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(VENV)/.installed-dev: pyproject.toml requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements.txt
+	$(BIN)/pip install --quiet --no-build-isolation -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
 # After changing the dependencies in pyproject.toml: the lock again, newest versions allowed.
 lock: $(VENV)/.installed-dev
-	$(BIN)/pip-compile --quiet --upgrade --generate-hashes --strip-extras --allow-unsafe \
-		--no-emit-index-url --no-emit-find-links --output-file requirements.lock pyproject.toml
+	$(BIN)/pip-compile --quiet --upgrade --generate-hashes --strip-extras --allow-unsafe --all-build-deps \
+		--no-emit-index-url --no-emit-find-links --output-file requirements.txt pyproject.toml
 
 run: $(VENV)/.installed  ## serve on SQLite with the built-in Exotel simulator
 	$(BIN)/exocall migrate

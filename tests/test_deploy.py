@@ -1,4 +1,4 @@
-"""The Docker image and the compose stack, read: hadolint lints the Dockerfile, and
+"""The Docker image and the compose stack, read: hadolint lints every Dockerfile, and
 docker-compose.yml is validated against the Compose Specification's schema and held to what the
 stack promises (one published port, so the api scales; the api waits for PostgreSQL and the
 migrations; its secrets are required). tests/test_stack.py builds the image and runs the stack
@@ -262,7 +262,7 @@ def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
         assert ignored_by_docker(PurePosixPath(path), patterns), path
     for path in (
         "pyproject.toml",
-        "requirements.lock",
+        "requirements.txt",
         "app/cli.py",
         "migrations/env.py",
         "alembic.ini",

@@ -1,4 +1,4 @@
-"""requirements.lock is what the image installs (hashes required): it covers every dependency in
+"""requirements.txt is what the image installs (hashes required): it covers every dependency in
 pyproject.toml, and the tests run on exactly its versions, so what CI tests is what ships."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def locked() -> dict[str, str]:
-    text = (ROOT / "requirements.lock").read_text()
+    text = (ROOT / "requirements.txt").read_text()
     pins = re.findall(r"^([A-Za-z0-9._-]+)==([^\s\\]+) \\$", text, re.MULTILINE)
     hashed = re.findall(r"^[A-Za-z0-9._-]+==\S+ \\\n    --hash=sha256:", text, re.MULTILINE)
     assert len(hashed) == len(pins), "every pin carries its hashes"

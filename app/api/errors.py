@@ -321,5 +321,5 @@ def install_error_handlers(app: FastAPI) -> None:
     # The errors a database that went away raises, answered here rather than by the handler of
     # last resort (`Exception`), which Starlette re-raises to the server after answering: one
     # outage would log a traceback for every request.
-    for kind in (SQLAlchemyError, OSError, TimeoutError, Exception):
+    for kind in (SQLAlchemyError, OSError, Exception):
         app.add_exception_handler(kind, _unexpected)

@@ -69,7 +69,8 @@ async def readyz(engine: EngineDep) -> JSONResponse:
     summary="Prometheus metrics (text format)",
     description=(
         "This process's counts (callbacks by outcome, Exotel requests by status and latency, "
-        "time spent waiting for the rate limit, reconciliation's repairs) and, read from the "
+        "time spent waiting for the rate limit, reconciliation's repairs, the workers finding "
+        "the database unreachable) and, read from the "
         "database at each scrape, calls by status and the queue. Needs an API key unless "
         "`METRICS_PUBLIC` is set."
     ),

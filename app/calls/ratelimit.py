@@ -68,6 +68,15 @@ async def seconds_until_free(
     backlog: bool = False,
 ) -> float:
     """0 if a request of `kind` may be made now, else how long until one may. Call under lock()."""
+    wait, _ = await _free_in(session, budget, now=now, kind=kind, backlog=backlog)
+    return wait
+
+
+async def _free_in(
+    session: AsyncSession, budget: Budget, *, now: datetime, kind: RequestKind, backlog: bool
+) -> tuple[float, bool]:
+    """The seconds until a request of `kind` may be made (0: now), and whether what holds it
+    back is the window being full (rather than a 429's pause or the look-ups' share)."""
     paused_until, lookup_wanted_until = (
         await session.execute(
             select(Throttle.paused_until, Throttle.lookup_wanted_until).where(
@@ -76,7 +85,7 @@ async def seconds_until_free(
         )
     ).one()
     if paused_until is not None and paused_until > now:
-        return (paused_until - now).total_seconds()
+        return (paused_until - now).total_seconds(), False
     await session.execute(delete(ExotelRequest).where(ExotelRequest.at <= now - budget.span))
     recent = (
         await session.execute(
@@ -84,24 +93,21 @@ async def seconds_until_free(
         )
     ).all()
     capacity = budget.limit
-    if (
-        kind == RequestKind.CONNECT
-        and lookup_wanted_until is not None
-        and lookup_wanted_until > now
-    ):
-        # A look-up found the budget spent: the next slot to come free is its, or a backlog
+    owed = lookup_wanted_until is not None and lookup_wanted_until > now
+    if kind == RequestKind.CONNECT and owed and capacity > 1:
+        # A look-up found the window full: the next slot to come free is its, or a backlog
         # that takes every slot as it frees would starve reconciliation.
         capacity -= 1
     if len(recent) >= capacity:
         # Free once the oldest requests leave the window, enough to leave room for one more.
         oldest_to_leave: datetime = recent[len(recent) - capacity].at
-        return (oldest_to_leave + budget.span - now).total_seconds()
+        return (oldest_to_leave + budget.span - now).total_seconds(), True
     if kind == RequestKind.LOOKUP and backlog:
         lookups = [at for at, recorded_kind in recent if recorded_kind == RequestKind.LOOKUP]
         if len(lookups) >= budget.lookup_limit:
             oldest_lookup = lookups[len(lookups) - budget.lookup_limit]
-            return (oldest_lookup + budget.span - now).total_seconds()
-    return 0.0
+            return (oldest_lookup + budget.span - now).total_seconds(), False
+    return 0.0, False
 
 
 def spend(session: AsyncSession, *, now: datetime, kind: RequestKind) -> None:
@@ -124,16 +130,16 @@ async def acquire(
     """Grant one request of `kind` now if the budget allows: 0.0, and the grant is recorded in
     this transaction; otherwise the seconds to wait."""
     now = await lock(session)
-    wait = await seconds_until_free(session, budget, now=now, kind=kind, backlog=backlog)
+    wait, full = await _free_in(session, budget, now=now, kind=kind, backlog=backlog)
     if wait <= 0:
         spend(session, now=now, kind=kind)
-    if kind == RequestKind.LOOKUP:
-        # Refused, the look-up is owed the next slot that frees (for a window after, time for
-        # reconciliation's next round to come for it); granted, it is owed nothing more.
+    if kind == RequestKind.LOOKUP and (full or wait <= 0):
+        # Refused by a full window, the look-up is owed the next slot that frees (for a window
+        # after it frees, time for reconciliation to come for it); granted, nothing more.
         throttle = await session.get(Throttle, THROTTLE)
         assert throttle is not None
-        wanted = now + timedelta(seconds=wait) + budget.span
-        throttle.lookup_wanted_until = wanted if wait > 0 else None
+        owed_until = now + timedelta(seconds=wait) + budget.span
+        throttle.lookup_wanted_until = owed_until if full else None
     return max(wait, 0.0)
 
 

@@ -9,9 +9,11 @@ When, by what Exotel's bulk call details can say (they never list a call still i
 - A call with a SID that is not yet over is looked up a minute after it was sent, then after half
   its age, at most every RECONCILE_RECHECK_SECONDS (`CallState.look_up_later`), 100 SIDs a
   request. Not listed means still going on; listed, it is over. A lost callback is repaired
-  within RECONCILE_RECHECK_SECONDS and a round of the call's end.
+  within RECONCILE_RECHECK_SECONDS and a round or two of the call's end. A round lasts at most
+  RECONCILE_INTERVAL_SECONDS: it waits for the budget it is owed, not past that.
 - An `unknown` call without a SID (its send was cut short, or Exotel's answer lost) is looked for
-  by its number around its dispatch, on the same schedule, and takes the SID of what is found.
+  by its number around its dispatch, at once and then on the same schedule, and takes the SID
+  of what is found.
   That nothing is listed proves nothing while the call could still be going on: it is `rejected`
   (never dialled) only once its own time_out + time_limit + RECONCILE_GRACE_SECONDS are past.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
@@ -86,10 +89,12 @@ class _Round:
     settings: Settings
     budget: ratelimit.Budget
     repairs: Repairs
+    # A round ends by then (time.monotonic()), well within the lease: the next carries on.
+    deadline: float
 
     async def spend_lookup(self) -> None:
-        """A request from the budget, waiting for it while that is shorter than a round (under
-        a backlog the refused look-up is owed the next slot that frees, and one frees every
+        """A request from the budget, waiting for it if it comes before the round's deadline
+        (under a backlog a refused look-up is owed the next slot that frees, and one frees every
         window / limit seconds); else OutOfBudget, and the next round carries on."""
         while True:
             async with self.sessionmaker() as session, session.begin():
@@ -101,7 +106,7 @@ class _Round:
                 )
             if wait <= 0:
                 break
-            if wait > self.settings.reconcile_interval_seconds:
+            if time.monotonic() + wait > self.deadline:
                 raise OutOfBudget
             await asyncio.sleep(wait)
         self.repairs.lookups += 1
@@ -129,7 +134,8 @@ async def reconcile_once(
     budget: ratelimit.Budget,
 ) -> Repairs:
     """One round of reconciliation. Safe to run anywhere; the runner keeps it to one replica."""
-    round_ = _Round(sessionmaker, exotel, settings, budget, Repairs())
+    deadline = time.monotonic() + settings.reconcile_interval_seconds
+    round_ = _Round(sessionmaker, exotel, settings, budget, Repairs(), deadline)
     async with sessionmaker() as session, session.begin():
         round_.repairs.stale_claims = await _resolve_stale_claims(session, settings)
     async with sessionmaker() as session, session.begin():

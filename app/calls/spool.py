@@ -81,13 +81,16 @@ class Spool:
                     continue  # replayed while we waited for the lock
                 try:
                     received = _read(file.read())
+                except Exception:  # a file of ours, so only damage: nothing a retry mends
+                    self._set_aside(path, "read")
+                    continue
+                try:
                     async with engine.connect() as connection:
                         await store_callbacks(connection, [received], replayed=True)
                 except Exception as exc:
                     if is_database_down(exc):
                         raise  # still down: the rest waits for the next replay
-                    log.exception("spooled callback %s cannot be stored; kept in failed/", path)
-                    path.rename(self.failed / path.name)
+                    self._set_aside(path, "stored")
                     continue
                 path.unlink()
                 _fsync_directory(self.directory)
@@ -95,6 +98,10 @@ class Spool:
         if stored:
             log.info("spool: %d callbacks stored, %d left", stored, len(self.pending()))
         return stored
+
+    def _set_aside(self, path: Path, undone: str) -> None:
+        log.exception("spooled callback %s cannot be %s; kept in failed/", path, undone)
+        path.rename(self.failed / path.name)
 
 
 def _read(text: str) -> ReceivedCallback:

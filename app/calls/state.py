@@ -82,6 +82,7 @@ class CallState:
     attempts: int
     reconciled_at: datetime | None
     next_lookup_at: datetime | None
+    updated_at: datetime  # set by the store when anything but the look-up schedule changed
 
     def look_up_later(self, now: datetime, *, first: float, longest: float) -> None:
         """When reconciliation is to look the call up next in Exotel's call details, if no

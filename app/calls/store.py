@@ -49,6 +49,9 @@ def _table(model: type[Call | CallEvent]) -> Table:
 _CALLS, _EVENTS = _table(Call), _table(CallEvent)
 STATE_COLUMNS = [f.name for f in fields(CallState)]
 _CHANGING = [name for name in STATE_COLUMNS if name != "id"]
+# Reconciliation's bookkeeping: written, but not a change of the call (its `updated_at`).
+_SCHEDULE = ("reconciled_at", "next_lookup_at")
+_OF_THE_CALL = [name for name in _CHANGING if name not in (*_SCHEDULE, "updated_at")]
 _values_of = operator.attrgetter(*STATE_COLUMNS)  # a call's state as a tuple, in field order
 
 
@@ -58,6 +61,11 @@ class Change:
 
     before: CallState
     after: CallState
+
+    @property
+    def of_the_call(self) -> bool:
+        """Whether the call itself changed, not only reconciliation's schedule for it."""
+        return any(getattr(self.before, name) != getattr(self.after, name) for name in _OF_THE_CALL)
 
 
 class CallStore:
@@ -199,7 +207,10 @@ class CallStore:
         changes = self.changes()
         if changes:
             now = await self.now()
-            rows = [_call_row(change.after, updated_at=now) for change in changes]
+            for change in changes:
+                if change.of_the_call:
+                    change.after.updated_at = now
+            rows = [_call_row(change.after) for change in changes]
             await self._db.execute(self._statements.update_calls, rows)
             for change in changes:
                 self._as_locked[change.after.id] = _values_of(change.after)
@@ -242,9 +253,9 @@ def _event_row(received: ReceivedCallback) -> dict[str, Any]:
     }
 
 
-def _call_row(call: CallState, *, updated_at: datetime) -> dict[str, Any]:
+def _call_row(call: CallState) -> dict[str, Any]:
     row = {name: getattr(call, name) for name in _CHANGING}
-    return row | {"call_id": call.id, "updated_at": updated_at}
+    return row | {"call_id": call.id}
 
 
 def _log_change(change: Change) -> None:
@@ -297,5 +308,5 @@ def _statements(dialect: str) -> _Statements:
         .values(call_id=bindparam("call_id"), outcome=bindparam("outcome")),
         update_calls=update(_CALLS)
         .where(calls.id == bindparam("call_id"))
-        .values({name: bindparam(name) for name in [*_CHANGING, "updated_at"]}),
+        .values({name: bindparam(name) for name in _CHANGING}),
     )

@@ -6,15 +6,20 @@ import uuid
 from typing import Any
 
 import asyncpg
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+
+CONNECT_TIMEOUT_SECONDS = 5
+# Waiting for a pooled connection: a request gives up (503) rather than hang for SQLAlchemy's 30 s.
+POOL_TIMEOUT_SECONDS = 10
 
 
 def create_engine(url: str, *, pgbouncer: bool = False, **kwargs: Any) -> AsyncEngine:
@@ -23,14 +28,25 @@ def create_engine(url: str, *, pgbouncer: bool = False, **kwargs: Any) -> AsyncE
     statement is cached (asyncpg's cache and SQLAlchemy's are off) and every prepared statement
     gets a name of its own (SQLAlchemy's recipe for its asyncpg dialect). Nothing else here
     keeps session state (no SET, LISTEN or advisory locks)."""
+    connect_args: dict[str, Any] = {}
+    if make_url(url).get_backend_name() == "postgresql":
+        # A server that drops packets fails a connection in seconds, not asyncpg's 60.
+        connect_args["timeout"] = CONNECT_TIMEOUT_SECONDS
     if pgbouncer:
-        kwargs["connect_args"] = {
+        connect_args |= {
             "statement_cache_size": 0,
             "prepared_statement_cache_size": 0,
             "prepared_statement_name_func": _statement_name,
         }
+    connect_args |= kwargs.pop("connect_args", {})
     # pre_ping: after the database restarts, pooled connections are dead; test before use.
-    engine = create_async_engine(url, pool_pre_ping=True, **kwargs)
+    engine = create_async_engine(
+        url,
+        pool_pre_ping=True,
+        pool_timeout=POOL_TIMEOUT_SECONDS,
+        connect_args=connect_args,
+        **kwargs,
+    )
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
     return engine
@@ -83,8 +99,8 @@ def is_database_down(error: BaseException) -> bool:
 
 
 _DOWN = (
-    OSError,  # refused or reset connections; asyncpg's connect raises these unwrapped
-    TimeoutError,
+    OSError,  # refused or reset connections, time-outs; asyncpg's connect raises them unwrapped
+    PoolTimeout,  # every pooled connection busy or hanging
     OperationalError,
     InterfaceError,
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08

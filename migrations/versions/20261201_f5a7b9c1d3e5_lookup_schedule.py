@@ -20,7 +20,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # Empty for every call already there: due at once, as before.
+    # Empty for every call already there: each is looked up at the first round after this.
     with op.batch_alter_table("call") as batch_op:
         batch_op.add_column(sa.Column("next_lookup_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.create_index("ix_call_status_next_lookup_at", ["status", "next_lookup_at"])
