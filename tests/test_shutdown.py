@@ -87,16 +87,29 @@ async def test_sigterm_under_load_loses_nothing_and_dials_nobody_twice(
     call_ids = [r.json()["id"] for r in (*answered, *queued)]
     async with httpx.AsyncClient(base_url=second_url, timeout=60, headers=AUTH) as api:
         calls = await _wait_until_all_ended(api, call_ids)
-    async with httpx.AsyncClient(base_url=simulator_url, timeout=30) as simulator:
-        log: list[dict[str, Any]] = (await simulator.get("/_simulator/log")).json()
+    # A call can end (its callback) before Exotel's answer to its connect, which the simulator
+    # logs when it answers: wait for those answers too.
+    connects = await _connects_answered(simulator_url, len(numbers))
 
     assert {call["status"] for call in calls} <= ENDED
-    connects = [e for e in log if e["path"].endswith("/Calls/connect.json")]
     assert Counter(e["from_number"] for e in connects) == Counter("0" + n for n in numbers)
     # Nothing was claimed after SIGTERM: the simulator logs a request when it answers, a second
     # after it arrived, so whatever the first replica sent later it claimed after the signal.
     late = [e for e in connects if sigterm_at + RESPONSE_DELAY + 0.5 < e["at"] < exited_at]
     assert late == []
+
+
+async def _connects_answered(simulator_url: str, expected: int) -> list[dict[str, Any]]:
+    """The simulator's log of `Calls/connect`, once it holds `expected` of them (or after a
+    while: the assertions then say what is missing)."""
+    deadline = asyncio.get_running_loop().time() + 10
+    async with httpx.AsyncClient(base_url=simulator_url, timeout=30) as simulator:
+        while True:
+            log: list[dict[str, Any]] = (await simulator.get("/_simulator/log")).json()
+            connects = [e for e in log if e["path"].endswith("/Calls/connect.json")]
+            if len(connects) >= expected or asyncio.get_running_loop().time() > deadline:
+                return connects
+            await asyncio.sleep(0.2)
 
 
 async def _wait_until_all_ended(api: httpx.AsyncClient, ids: list[str]) -> list[dict[str, Any]]:
