@@ -229,7 +229,6 @@ async def _look_up_by_sid(round_: _Round) -> None:
             for due_call in chunk:
                 call = store.get(due_call.id)
                 assert call is not None
-                call.reconciled_at = now
                 schedule_lookup(call, now, round_.settings)
                 if (exotel_call := by_sid.get(call.sid or "")) is not None:
                     round_.repairs.repaired += _apply_details(call, exotel_call)
@@ -259,7 +258,6 @@ async def _look_up_unknown_by_number(round_: _Round) -> None:
             call = store.get(due_call.id)
             assert call is not None
             now = await store.now()
-            call.reconciled_at = now
             schedule_lookup(call, now, round_.settings)
             match = _first_unclaimed(store, found, near=started)
             if match is not None and store.learn_sid(call, match.sid):

@@ -80,7 +80,6 @@ class CallState:
     claimed_at: datetime | None
     not_before: datetime | None
     attempts: int
-    reconciled_at: datetime | None
     next_lookup_at: datetime | None
     updated_at: datetime  # set by the store when anything but the look-up schedule changed
 

@@ -49,9 +49,8 @@ def _table(model: type[Call | CallEvent]) -> Table:
 _CALLS, _EVENTS = _table(Call), _table(CallEvent)
 STATE_COLUMNS = [f.name for f in fields(CallState)]
 _CHANGING = [name for name in STATE_COLUMNS if name != "id"]
-# Reconciliation's bookkeeping: written, but not a change of the call (its `updated_at`).
-_SCHEDULE = ("reconciled_at", "next_lookup_at")
-_OF_THE_CALL = [name for name in _CHANGING if name not in (*_SCHEDULE, "updated_at")]
+# Reconciliation's schedule is written, but is not a change of the call (its `updated_at`).
+_OF_THE_CALL = [name for name in _CHANGING if name not in ("next_lookup_at", "updated_at")]
 _values_of = operator.attrgetter(*STATE_COLUMNS)  # a call's state as a tuple, in field order
 
 

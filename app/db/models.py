@@ -125,7 +125,6 @@ class Call(Base):
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    reconciled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # When reconciliation looks the call up next, if nothing ends it first (None: at once).
     next_lookup_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

@@ -1,4 +1,5 @@
-"""call.next_lookup_at: when reconciliation next looks a call up, on an escalating schedule;
+"""call.next_lookup_at: when reconciliation next looks a call up, on an escalating schedule (in
+place of reconciled_at, when it last did);
 exotel_throttle.lookup_wanted_until: a look-up waiting for a slot under a dispatch backlog
 
 Revision ID: f5a7b9c1d3e5
@@ -24,6 +25,7 @@ def upgrade() -> None:
     with op.batch_alter_table("call") as batch_op:
         batch_op.add_column(sa.Column("next_lookup_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.create_index("ix_call_status_next_lookup_at", ["status", "next_lookup_at"])
+        batch_op.drop_column("reconciled_at")
     with op.batch_alter_table("exotel_throttle") as batch_op:
         batch_op.add_column(
             sa.Column("lookup_wanted_until", sa.DateTime(timezone=True), nullable=True)
@@ -34,5 +36,6 @@ def downgrade() -> None:
     with op.batch_alter_table("exotel_throttle") as batch_op:
         batch_op.drop_column("lookup_wanted_until")
     with op.batch_alter_table("call") as batch_op:
+        batch_op.add_column(sa.Column("reconciled_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.drop_index("ix_call_status_next_lookup_at")
         batch_op.drop_column("next_lookup_at")
