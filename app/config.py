@@ -101,6 +101,29 @@ class Settings(BaseSettings):
     # Exotel's own limit when a call names none (shared/exotel.md: TimeLimit at most 4 h).
     default_time_limit_seconds: int = Field(14400, ge=1)
 
+    # Events and webhooks (CONTRACT.md, "Events").
+    event_retention_days: float = Field(90, gt=0)
+    # Hosts (`hooks.example.com`, `*.internal`) and CIDRs subscribers may be at. Unset: loopback
+    # and private ranges in development, nothing in production.
+    webhook_allowed_targets: Annotated[list[str] | None, NoDecode] = None
+    webhook_timeout_seconds: float = Field(15, gt=0)
+    # Seconds between an event's attempts, after the first (Svix's schedule, about 27.6 h).
+    webhook_retry_schedule: Annotated[list[float], NoDecode] = [
+        5,
+        300,
+        1800,
+        7200,
+        18000,
+        36000,
+        36000,
+    ]
+    webhook_disable_after_seconds: float = Field(432000, gt=0)
+    webhook_secret_overlap_seconds: float = Field(86400, ge=0)
+    webhook_concurrency: int = Field(16, ge=1)  # deliveries in flight per replica
+    # Deliveries in flight to one endpoint, across replicas: a slow one holds back no other.
+    webhook_endpoint_concurrency: int = Field(4, ge=1)
+    webhook_poll_seconds: float = Field(0.5, gt=0)  # how often an idle deliverer looks
+
     # The built-in simulator (used when no Exotel key is set).
     simulator_callback_delay_seconds: float = Field(2.0, ge=0)
 
@@ -110,8 +133,17 @@ class Settings(BaseSettings):
         "exotel_status_callback_events",
         "callback_allowed_ips",
         "trusted_proxies",
+        "webhook_allowed_targets",
+        "webhook_retry_schedule",
         mode="before",
     )(_split_csv)
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _positive_delays(cls, value: list[float]) -> list[float]:
+        if not value or any(delay <= 0 for delay in value):
+            raise ValueError("give one or more positive delays in seconds")
+        return value
 
     @field_validator(
         "exotel_account_sid",

@@ -16,7 +16,7 @@ import httpx
 from fastapi import FastAPI
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from app.api import callbacks, calls, health, ui
+from app.api import callbacks, calls, events, health, ui, webhook_endpoints
 from app.api.errors import in_the_one_error_shape, install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.request_ids import RequestIds
@@ -28,6 +28,9 @@ from app.calls.reconcile import reconcile_if_leading
 from app.calls.spool import Spool
 from app.config import SIMULATOR_API_KEY, SIMULATOR_API_TOKEN, Settings
 from app.db.session import create_engine, create_sessionmaker
+from app.events.deliverer import Deliverer
+from app.events.retention import forget_old_events
+from app.events.targets import GuardedTransport, TargetPolicy
 from app.exotel.client import ExotelClient, Observer
 from app.exotel.simulator import Simulator, SimulatorConfig
 from app.metrics import Metrics
@@ -85,6 +88,28 @@ def create_app(
             )
             spool = Spool(settings.spool_dir)
             spool.open()
+            targets = TargetPolicy.from_settings(
+                settings.webhook_allowed_targets, production=settings.exocall_env == "production"
+            )
+            # Subscribers are reached only at addresses the operator allows, checked at every
+            # connect; redirects are never followed.
+            webhook_http = await stack.enter_async_context(
+                httpx.AsyncClient(
+                    transport=GuardedTransport(
+                        targets, max_connections=settings.webhook_concurrency
+                    ),
+                    follow_redirects=False,
+                    timeout=settings.webhook_timeout_seconds,
+                )
+            )
+            deliverer = Deliverer(
+                sessionmaker=sessionmaker,
+                http=webhook_http,
+                settings=settings,
+                replica_id=dispatcher.replica_id,
+                metrics=metrics,
+                availability=availability,
+            )
             callback_writer = CallbackWriter(engine, writers=settings.callback_writers)
             callback_writer.start()
             stack.push_async_callback(callback_writer.stop)
@@ -95,6 +120,7 @@ def create_app(
                 spool=spool,
                 callbacks=callback_writer,
                 metrics=metrics,
+                targets=targets,
             )
             reconciler = Periodic(
                 "reconciler",
@@ -118,11 +144,28 @@ def create_app(
                 at_start=True,  # what a previous run spooled goes in first
                 availability=availability,
             )
+            retention = Periodic(
+                "event retention",
+                functools.partial(
+                    forget_old_events, sessionmaker, days=settings.event_retention_days
+                ),
+                interval=3600,
+                at_start=True,
+                availability=availability,
+            )
             dispatcher.start()
             # Calls already sent get the Exotel timeout to be recorded before we exit.
             stack.push_async_callback(dispatcher.stop, grace=settings.exotel_timeout_seconds)
-            stack.enter_context(_on_exit_signal(dispatcher.stop_claiming))
-            for job in (reconciler, replayer):
+            deliverer.start()
+            # Unanswered deliveries are given back, to be retried: nothing waits long for them.
+            stack.push_async_callback(deliverer.stop, grace=5)
+
+            def stop_claiming() -> None:
+                dispatcher.stop_claiming()
+                deliverer.stop_claiming()
+
+            stack.enter_context(_on_exit_signal(stop_claiming))
+            for job in (reconciler, replayer, retention):
                 job.start()
                 stack.push_async_callback(job.stop)
             yield
@@ -163,6 +206,8 @@ def create_app(
     app.openapi = openapi  # type: ignore[method-assign]
     app.include_router(calls.router)
     app.include_router(calls.batches)
+    app.include_router(events.router)
+    app.include_router(webhook_endpoints.router)
     app.include_router(health.router)
     app.include_router(ui.router)
     if simulator_app is not None:

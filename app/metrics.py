@@ -30,6 +30,8 @@ class Gauges:
     calls_by_status: Mapping[str, int]
     queue_depth: int
     queue_oldest_age_seconds: float
+    # Per webhook endpoint id: deliveries owed, and the age of the oldest of them.
+    webhook_backlog: Mapping[str, tuple[int, float]]
 
 
 class Metrics:
@@ -70,9 +72,17 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.webhook_deliveries = Counter(
+            "exocall_webhook_deliveries",
+            "Webhook delivery attempts, by outcome: delivered, failed (to be retried), given_up "
+            "(the schedule ran out, or the endpoint answered 410).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.database_unreachable = Counter(
             "exocall_database_unreachable",
-            "Times a background worker (dispatcher, reconciler, spool replayer) found the "
+            "Times a background worker (dispatcher, reconciler, spool replayer, deliverer) "
+            "found the "
             "database unreachable; each tries again by itself.",
             ["worker"],
             registry=self.registry,
@@ -124,3 +134,18 @@ class _SharedCollector(Collector):
             "How long the oldest queued call has waited (0 when none waits).",
             value=self._gauges.queue_oldest_age_seconds,
         )
+        backlog = GaugeMetricFamily(
+            "exocall_webhook_backlog",
+            "Deliveries owed to each webhook endpoint (pending or in flight).",
+            labels=["endpoint"],
+        )
+        oldest = GaugeMetricFamily(
+            "exocall_webhook_oldest_undelivered_age_seconds",
+            "How long the oldest event owed to each webhook endpoint has waited.",
+            labels=["endpoint"],
+        )
+        for endpoint, (count, age) in sorted(self._gauges.webhook_backlog.items()):
+            backlog.add_metric([endpoint], count)
+            oldest.add_metric([endpoint], age)
+        yield backlog
+        yield oldest

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.calls.dispatcher import Dispatcher
 from app.calls.ingest import CallbackWriter
 from app.calls.spool import Spool
+from app.events.targets import TargetPolicy
 from app.metrics import Metrics
 
 
@@ -21,3 +22,4 @@ class Runtime:
     spool: Spool
     callbacks: CallbackWriter
     metrics: Metrics
+    targets: TargetPolicy  # where webhook endpoints may be

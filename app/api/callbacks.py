@@ -37,9 +37,9 @@ from app.api.errors import (
     unexpected_error_response,
 )
 from app.api.forms import boundary_of, parse_text_fields
-from app.api.schemas import CALL_EXAMPLE
 from app.calls.callback_auth import verify
 from app.calls.callbacks import ReceivedCallback, Unreadable
+from app.calls.resource import CALL_EXAMPLE
 from app.calls.spool import Spool
 from app.config import Settings
 from app.db.models import EventOutcome

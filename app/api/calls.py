@@ -18,7 +18,6 @@ from app.api.schemas import (
     BatchOut,
     BatchSummary,
     CallCreate,
-    CallOut,
     CallPage,
     EventOut,
     IdempotencyKey,
@@ -28,6 +27,7 @@ from app.calls import queries
 from app.calls.errors import CallNotPlaced, InvalidField
 from app.calls.phone import InvalidPhoneNumber, to_e164
 from app.calls.placing import create_batch, queue_calls
+from app.calls.resource import CallOut
 from app.db.models import CallStatus
 from app.logs import about
 

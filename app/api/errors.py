@@ -14,11 +14,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.calls.errors import (
-    BatchNotFound,
-    CallNotFound,
     CallNotPlaced,
     IdempotencyConflict,
     InvalidField,
+    NotFound,
 )
 from app.db.models import FailureKind
 from app.db.session import is_database_down
@@ -283,13 +282,9 @@ def install_error_handlers(app: FastAPI) -> None:
         details = [{"field": exc.field, "message": exc.message, "type": "value_error"}]
         return error_response(422, "validation_error", str(exc), details=details)
 
-    @app.exception_handler(CallNotFound)
-    async def _not_found(_: Request, exc: CallNotFound) -> JSONResponse:
-        return error_response(404, "call_not_found", str(exc))
-
-    @app.exception_handler(BatchNotFound)
-    async def _batch_not_found(_: Request, exc: BatchNotFound) -> JSONResponse:
-        return error_response(404, "batch_not_found", str(exc))
+    @app.exception_handler(NotFound)
+    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return error_response(404, exc.code, str(exc))
 
     @app.exception_handler(IdempotencyConflict)
     async def _conflict(_: Request, exc: IdempotencyConflict) -> JSONResponse:

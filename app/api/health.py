@@ -13,8 +13,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.api.deps import EngineDep, MetricsDep, SessionDep, require_metrics_access
 from app.api.errors import database_unavailable, error_response, refusals
 from app.calls.queries import Overview, overview
+from app.db.clock import db_now
 from app.db.migrate import head_revision
 from app.db.session import is_database_down
+from app.events.endpoints import backlogs
 from app.metrics import CONTENT_TYPE, Gauges
 
 log = logging.getLogger(__name__)
@@ -69,10 +71,10 @@ async def readyz(engine: EngineDep) -> JSONResponse:
     summary="Prometheus metrics (text format)",
     description=(
         "This process's counts (callbacks by outcome, Exotel requests by status and latency, "
-        "time spent waiting for the rate limit, reconciliation's repairs, the workers finding "
-        "the database unreachable) and, read from the "
-        "database at each scrape, calls by status and the queue. Needs an API key unless "
-        "`METRICS_PUBLIC` is set."
+        "time spent waiting for the rate limit, reconciliation's repairs, webhook deliveries by "
+        "outcome, the workers finding the database unreachable) and, read from the database at "
+        "each scrape, calls by status, the queue, and each webhook endpoint's backlog. Needs an "
+        "API key unless `METRICS_PUBLIC` is set."
     ),
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE: {}}}, **refusals(401)},
@@ -82,6 +84,8 @@ async def metrics(session: SessionDep, counters: MetricsDep) -> Response:
     shared: Overview | None = None
     try:
         shared = await overview(session)
+        owed = await backlogs(session)
+        now = await db_now(session)
     except Exception as exc:
         if not is_database_down(exc):
             raise
@@ -92,5 +96,12 @@ async def metrics(session: SessionDep, counters: MetricsDep) -> Response:
             calls_by_status=shared.calls_by_status,
             queue_depth=shared.queue_depth,
             queue_oldest_age_seconds=shared.oldest_queued_age_seconds,
+            webhook_backlog={
+                str(endpoint_id): (
+                    backlog.count,
+                    (now - backlog.oldest).total_seconds() if backlog.oldest else 0.0,
+                )
+                for endpoint_id, backlog in owed.items()
+            },
         )
     return Response(counters.render(gauges), media_type=CONTENT_TYPE)

@@ -21,9 +21,9 @@ from pydantic import (
 
 from app.calls.phone import to_e164
 from app.calls.placing import CallRequest
-from app.db.models import Call, CallStatus, EventOutcome
+from app.calls.resource import CALL_EXAMPLE, CallOut, ExotelClock
+from app.db.models import EventOutcome
 from app.exotel.callbacks import example_fields
-from app.exotel.wire import IST
 
 # Exotel documents these bounds for Calls/connect (shared/exotel.md).
 MAX_TIME_LIMIT = 14400
@@ -75,14 +75,6 @@ CallerId = Annotated[
 AppId = Annotated[
     str, BeforeValidator(_int_as_str), _matches(_APP_ID, "must be Exotel's numeric app id")
 ]
-# Exotel's `DateUpdated`, shown on Exotel's own clock.
-ExotelClock = Annotated[
-    datetime | None,
-    AfterValidator(lambda value: value.astimezone(IST) if value else None),
-    Field(description="Exotel's clock (IST), with its offset."),
-]
-
-
 PLACE_EXAMPLE: dict[str, Any] = {
     "from": "+919052161119",
     "app_id": "926",
@@ -130,109 +122,6 @@ class CallCreate(BaseModel):
             time_out=self.time_out,
             custom_field=self.custom_field,
             idempotency_key=idempotency_key,
-        )
-
-
-class CallErrorOut(BaseModel):
-    code: str
-    message: str
-    exotel_status: int | None = None
-    exotel_code: int | None = None
-
-
-# A call as exocall answered with it (GET /calls/{id} after its terminal callback).
-CALL_EXAMPLE: dict[str, Any] = {
-    "id": "452255da-dd51-4bb7-a09f-f8b5addd92f5",
-    "sid": "b6cb1fa0c1b3d1a7e2d9a4b6f1c2e8pm",
-    "status": "completed",
-    "from": "+919052161119",
-    "caller_id": "08030752400",
-    "app_id": "926",
-    "flow_url": "http://my.exotel.com/acme1/exoml/start_voice/926",
-    "custom_field": "order-123",
-    "time_limit": None,
-    "time_out": None,
-    "recording_url": "https://s3-ap-southeast-1.amazonaws.com/exotelrecordings/acme1/"
-    "b6cb1fa0c1b3d1a7e2d9a4b6f1c2e8pm.mp3",
-    "duration": 41,
-    "conversation_duration": 32,
-    "on_call_duration": 41,
-    "answered_at": "2024-09-16T15:50:19+05:30",
-    "date_updated": "2024-09-16T15:51:00+05:30",
-    "error": None,
-    "error_at": None,
-    "created_at": "2026-11-27T00:24:41.845594Z",
-    "dispatched_at": "2026-11-27T00:24:41.953990Z",
-    "updated_at": "2026-11-27T00:24:42.190204Z",
-    "batch_id": None,
-}
-
-
-class CallOut(BaseModel):
-    model_config = ConfigDict(
-        serialize_by_alias=True, json_schema_extra={"examples": [CALL_EXAMPLE]}
-    )
-
-    id: uuid.UUID
-    sid: str | None
-    status: CallStatus
-    from_number: str = Field(serialization_alias="from")
-    caller_id: str
-    app_id: str | None
-    flow_url: str | None
-    custom_field: str | None
-    time_limit: int | None
-    time_out: int | None
-    recording_url: str | None
-    duration: int | None = Field(description="Seconds, ring time included.")
-    conversation_duration: int | None = Field(description="Seconds the two legs talked.")
-    on_call_duration: int | None = Field(
-        description="Seconds the customer was on the call once they answered."
-    )
-    answered_at: ExotelClock = Field(
-        description="When the customer answered (from Exotel's `answered` event)."
-    )
-    date_updated: ExotelClock
-    error: CallErrorOut | None
-    error_at: datetime | None = Field(description="When `error` was recorded.")
-    created_at: datetime
-    dispatched_at: datetime | None
-    updated_at: datetime
-    batch_id: uuid.UUID | None
-
-    @classmethod
-    def of(cls, call: Call) -> CallOut:
-        error = None
-        if call.error_code:
-            error = CallErrorOut(
-                code=call.error_code,
-                message=call.error_message or "",
-                exotel_status=call.error_exotel_status,
-                exotel_code=call.error_exotel_code,
-            )
-        return cls(
-            id=call.id,
-            sid=call.sid,
-            status=call.status,
-            from_number=call.from_number,
-            caller_id=call.caller_id,
-            app_id=call.app_id,
-            flow_url=call.flow_url,
-            custom_field=call.custom_field,
-            time_limit=call.time_limit,
-            time_out=call.time_out,
-            recording_url=call.recording_url,
-            duration=call.duration,
-            conversation_duration=call.conversation_duration,
-            on_call_duration=call.on_call_duration,
-            answered_at=call.answered_at,
-            date_updated=call.date_updated,
-            error=error,
-            error_at=call.error_at,
-            created_at=call.created_at,
-            dispatched_at=call.dispatched_at,
-            updated_at=call.updated_at,
-            batch_id=call.batch_id,
         )
 
 

@@ -11,15 +11,39 @@ class CallError(Exception):
     pass
 
 
-class CallNotFound(CallError):
+class NotFound(CallError):
+    """No such resource: answered 404 with `code`."""
+
+    code = "not_found"
+
+
+class CallNotFound(NotFound):
+    code = "call_not_found"
+
     def __init__(self, ref: str) -> None:
         super().__init__(f"no call with id or sid {ref!r}")
         self.ref = ref
 
 
-class BatchNotFound(CallError):
+class BatchNotFound(NotFound):
+    code = "batch_not_found"
+
     def __init__(self, batch_id: uuid.UUID) -> None:
         super().__init__(f"no batch with id {batch_id}")
+
+
+class EventNotFound(NotFound):
+    code = "event_not_found"
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__(f"no event with id {event_id!r}")
+
+
+class EndpointNotFound(NotFound):
+    code = "webhook_endpoint_not_found"
+
+    def __init__(self, endpoint_id: uuid.UUID) -> None:
+        super().__init__(f"no webhook endpoint with id {endpoint_id}")
 
 
 class IdempotencyConflict(CallError):

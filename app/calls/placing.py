@@ -133,6 +133,7 @@ def _row(request: CallRequest, settings: Settings, now: datetime) -> dict[str, A
         "time_out": request.time_out,
         "idempotency_key": request.idempotency_key,
         "attempts": 0,
+        "event_sequence": 0,
         # Calls queued together share their time; the queue takes them oldest first.
         "created_at": now,
         "updated_at": now,

@@ -3,10 +3,7 @@ the status page and the metrics show. Nothing here writes."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import json
 import re
 import uuid
 from collections.abc import Sequence
@@ -16,6 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.calls import cursors
 from app.calls.errors import BatchNotFound, CallNotFound, InvalidField
 from app.db.clock import db_now
 from app.db.models import Batch, Call, CallEvent, CallStatus, ExotelRequest
@@ -118,20 +116,17 @@ async def list_calls(
 
 
 def _encode_cursor(call: Call) -> str:
-    position = json.dumps([call.created_at.isoformat(), str(call.id)])
-    return base64.urlsafe_b64encode(position.encode()).decode().rstrip("=")
+    return cursors.encode([call.created_at.isoformat(), str(call.id)])
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    invalid = InvalidField("cursor", "not a cursor this service gave out")
+    created_at, call_id = cursors.decode(cursor, field="cursor", length=2)
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, call_id = json.loads(raw)
         position = datetime.fromisoformat(created_at), uuid.UUID(call_id)
-    except (binascii.Error, ValueError, TypeError, RecursionError) as exc:
-        raise invalid from exc
+    except (ValueError, TypeError) as exc:
+        raise InvalidField("cursor", "not a cursor this service gave out") from exc
     if position[0].tzinfo is None:
-        raise invalid
+        raise InvalidField("cursor", "not a cursor this service gave out")
     return position
 
 

@@ -81,6 +81,7 @@ class CallState:
     not_before: datetime | None
     attempts: int
     next_lookup_at: datetime | None
+    event_sequence: int  # the `sequence` of the call's latest event (app.calls.outbox)
     updated_at: datetime  # set by the store when anything but the look-up schedule changed
 
     def look_up_later(self, now: datetime, *, first: float, longest: float) -> None:

@@ -11,9 +11,8 @@ through a `CallStore`, one per transaction, set-based whatever the number of cal
    any call had it are attached to the call that has it now, the new events are inserted, and
    every call that changed is updated.
 
-Every statement is built once per backend from the table metadata. The events a status change
-produces for subscribers (the outbox) belong in `flush()`, beside the calls' changes, in the same
-transaction: `changes()` lists them.
+Every statement is built once per backend from the table metadata. `flush()` also writes the
+events the changes are for subscribers (`app.calls.outbox`), in the same transaction.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from sqlalchemy import ColumnElement, Table, any_, bindparam, insert, or_, selec
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from app.calls import outbox
 from app.calls.callbacks import Ignored, ReceivedCallback, Unreadable
 from app.calls.state import CallState, apply_update
 from app.db.clock import db_now
@@ -50,7 +50,9 @@ _CALLS, _EVENTS = _table(Call), _table(CallEvent)
 STATE_COLUMNS = [f.name for f in fields(CallState)]
 _CHANGING = [name for name in STATE_COLUMNS if name != "id"]
 # Reconciliation's schedule is written, but is not a change of the call (its `updated_at`).
-_OF_THE_CALL = [name for name in _CHANGING if name not in ("next_lookup_at", "updated_at")]
+_OF_THE_CALL = [
+    name for name in _CHANGING if name not in ("next_lookup_at", "updated_at", "event_sequence")
+]
 _values_of = operator.attrgetter(*STATE_COLUMNS)  # a call's state as a tuple, in field order
 
 
@@ -199,7 +201,8 @@ class CallStore:
         ]
 
     async def flush(self) -> None:
-        """Write everything: stored callbacks attached, new events, the calls' changes."""
+        """Write everything: stored callbacks attached, new callbacks, the calls' changes and
+        the events they are."""
         await self._attach_stored_orphans()
         if self._events:
             await self._db.execute(self._statements.insert_events, self._events)
@@ -209,8 +212,11 @@ class CallStore:
             for change in changes:
                 if change.of_the_call:
                     change.after.updated_at = now
+            news = outbox.number_events(changes)
             rows = [_call_row(change.after) for change in changes]
             await self._db.execute(self._statements.update_calls, rows)
+            if news:
+                await outbox.write_events(self._db, news, now=now)
             for change in changes:
                 self._as_locked[change.after.id] = _values_of(change.after)
                 _log_change(change)

@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.schemas import MAX_BATCH, BatchCallCreate, CallErrorOut
+from app.api.schemas import MAX_BATCH, BatchCallCreate
+from app.calls.resource import CallErrorOut
 from app.db.models import CallStatus
 
 DEFAULT_URL = "http://127.0.0.1:8000"

@@ -1,5 +1,7 @@
 """The tables: `call` (one row per call we were asked to place), `call_event` (every status
-callback received, append-only), and what the dispatch queue shares between replicas.
+callback received, append-only), what the dispatch queue shares between replicas, and the
+outbox: `event` (every applied change of a call, for subscribers), `webhook_endpoint`,
+`delivery` (an event owed to an endpoint) and `delivery_attempt`.
 
 Every timestamp is a `timestamptz` (aware UTC datetimes on both backends). Times the replicas
 compare (claims, the rate limit, leases, reconciliation) come from the database's clock
@@ -16,12 +18,14 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Enum,
     ForeignKey,
     Index,
     Integer,
     String,
     Text,
+    UniqueConstraint,
     Uuid,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -127,6 +131,8 @@ class Call(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # When reconciliation looks the call up next, if nothing ends it first (None: at once).
     next_lookup_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The `sequence` of the call's latest event (0: none yet).
+    event_sequence: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (
         # Newest-first listing and its cursor.
@@ -200,3 +206,120 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DeliveryState(enum.StrEnum):
+    PENDING = "pending"  # to be sent at `next_attempt_at`
+    SENDING = "sending"  # claimed by a replica, in flight
+    DELIVERED = "delivered"  # the endpoint answered 2xx
+    FAILED = "failed"  # given up: the retry schedule ran out, or the endpoint answered 410
+
+
+class Event(Base):
+    """An applied change of a call, written in the change's transaction (the outbox). Never
+    changed once written; deleted after EVENT_RETENTION_DAYS."""
+
+    __tablename__ = "event"
+
+    # The position in the feed on SQLite, where transactions commit one at a time in id order.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    # `evt_...`: random, so that a consumer deduplicating by `webhook-id` never mistakes an
+    # event of a rebuilt database for one it has seen.
+    public_id: Mapped[str] = mapped_column(String(40), unique=True)
+    # PostgreSQL: the writing transaction's id, for the feed's watermark (app/events/feed.py).
+    txid: Mapped[int | None] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(32))
+    call_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("call.id", ondelete="CASCADE"))
+    sequence: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # The event as JSON: exactly the bytes signed and sent.
+    body: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        UniqueConstraint("call_id", "sequence"),
+        Index("ix_event_txid_id", "txid", "id"),
+        # Ids only ever grow, even once retention has emptied the table: they are cursors.
+        {"sqlite_autoincrement": True},
+    )
+
+
+class WebhookEndpoint(Base):
+    __tablename__ = "webhook_endpoint"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    url: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    event_types: Mapped[list[str] | None] = mapped_column(JSON)  # None: every type
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(String(100))
+    # Secrets replaced by a rotation that still sign: [{"secret": "whsec_...", "until": ISO}].
+    previous_secrets: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The first failure since the last success: failing for WEBHOOK_DISABLE_AFTER_SECONDS
+    # disables the endpoint.
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Delivery(Base):
+    """An event owed to an endpoint: one row per (event, endpoint), whatever the attempts."""
+
+    __tablename__ = "delivery"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    event_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("event.id", ondelete="CASCADE")
+    )
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("webhook_endpoint.id", ondelete="CASCADE")
+    )
+    # The event's: a call's events go to an endpoint one at a time, in this order.
+    call_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    sequence: Mapped[int] = mapped_column(Integer)
+    state: Mapped[DeliveryState] = mapped_column(_str_enum(DeliveryState))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # What the next attempt is: "scheduled", or "manual" (a redelivery, a recovery).
+    trigger: Mapped[str] = mapped_column(String(16))
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("event_id", "endpoint_id"),
+        # What is due, and what is in flight.
+        Index("ix_delivery_state_next_attempt_at", "state", "next_attempt_at"),
+        # A call's earlier events still owed to the endpoint.
+        Index("ix_delivery_endpoint_id_call_id_sequence", "endpoint_id", "call_id", "sequence"),
+    )
+
+
+class DeliveryAttempt(Base):
+    __tablename__ = "delivery_attempt"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    delivery_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("delivery.id", ondelete="CASCADE"),
+        index=True,
+    )
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("webhook_endpoint.id", ondelete="CASCADE")
+    )
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status_code: Mapped[int | None] = mapped_column(Integer)  # None: no answer
+    error: Mapped[str | None] = mapped_column(Text)  # why it failed, when it did
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[str | None] = mapped_column(Text)  # the first KiB
+    trigger: Mapped[str] = mapped_column(String(16))  # scheduled, manual
+
+    __table_args__ = (Index("ix_delivery_attempt_endpoint_id_id", "endpoint_id", "id"),)

@@ -1,0 +1,177 @@
+"""The bodies of `/events` and `/webhook-endpoints` (CONTRACT.md, "Events")."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field
+
+from app.api.schemas import Instant
+from app.calls.outbox import EVENT_TYPES
+from app.calls.resource import CALL_EXAMPLE, CallOut
+from app.db.models import DeliveryAttempt, WebhookEndpoint
+
+EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
+MAX_URL = 2048
+
+
+def _unique(types: list[str] | None) -> list[str] | None:
+    return list(dict.fromkeys(types)) if types is not None else None
+
+
+def _short(url: AnyHttpUrl) -> str:
+    if len(str(url)) > MAX_URL:
+        raise ValueError(f"at most {MAX_URL} characters")
+    return str(url)
+
+
+EndpointUrl = Annotated[AnyHttpUrl, AfterValidator(_short)]
+EventTypes = Annotated[list[EventType] | None, AfterValidator(_unique), Field(min_length=1)]
+Description = Annotated[str | None, Field(max_length=500)]
+
+EVENT_EXAMPLE: dict[str, Any] = {
+    "id": "evt_5b1e0c0f2f6a4bdfa1d1d0f8e3b2c9a7",
+    "type": "call.completed",
+    "timestamp": "2026-11-27T00:24:42.190204+00:00",
+    "data": {"call": CALL_EXAMPLE, "previous_status": "in-progress", "sequence": 2},
+}
+
+
+class EventData(BaseModel):
+    call: CallOut = Field(description="The call resource after the change.")
+    previous_status: str
+    sequence: int = Field(description="Counts the call's events from 1: drop an older one.")
+
+
+class EventOut(BaseModel):
+    """An event, exactly as delivered (the body webhooks sign)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EVENT_EXAMPLE]})
+
+    id: str
+    type: EventType
+    timestamp: datetime
+    data: EventData
+
+
+class EventPage(BaseModel):
+    items: list[EventOut]
+    next_cursor: str = Field(
+        description="Pass as `after` for the events after these: the same cursor when there "
+        "are none yet, so a consumer polls with it."
+    )
+
+
+class Redeliver(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint_id: uuid.UUID | None = Field(
+        None, description="Only this endpoint; every enabled endpoint taking the type if absent."
+    )
+
+
+class Queued(BaseModel):
+    queued: int = Field(description="Deliveries queued again.")
+
+
+class EndpointCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "http://orders.internal:8080/exocall-events",
+                    "event_types": ["call.completed", "call.busy", "call.no_answer"],
+                    "description": "order service",
+                }
+            ]
+        },
+    )
+
+    url: EndpointUrl
+    event_types: EventTypes = Field(None, description="Every type when absent or null.")
+    description: Description = None
+
+
+class EndpointChange(BaseModel):
+    """Only the fields given change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: EndpointUrl | None = None
+    event_types: EventTypes = None
+    description: Description = None
+    enabled: bool | None = None
+
+
+class EndpointOut(BaseModel):
+    id: uuid.UUID
+    url: str
+    event_types: list[str] | None
+    description: str | None
+    enabled: bool
+    disabled_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    last_success_at: datetime | None
+    failing_since: datetime | None = Field(description="The first failure since the last success.")
+    backlog: int = Field(description="Deliveries owed: pending or in flight.")
+
+    @classmethod
+    def of(cls, endpoint: WebhookEndpoint, *, backlog: int) -> EndpointOut:
+        return cls(
+            id=endpoint.id,
+            url=endpoint.url,
+            event_types=endpoint.event_types,
+            description=endpoint.description,
+            enabled=endpoint.enabled,
+            disabled_reason=endpoint.disabled_reason,
+            created_at=endpoint.created_at,
+            updated_at=endpoint.updated_at,
+            last_success_at=endpoint.last_success_at,
+            failing_since=endpoint.failing_since,
+            backlog=backlog,
+        )
+
+
+class EndpointWithSecret(EndpointOut):
+    """As created or rotated: the only times the secret is shown."""
+
+    secret: str = Field(description="`whsec_...`: verify each delivery's signature with it.")
+
+
+class Recover(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    since: Instant
+
+
+class AttemptOut(BaseModel):
+    id: int
+    event_id: str
+    attempted_at: datetime
+    status_code: int | None = Field(description="Null when no answer came.")
+    error: str | None
+    latency_ms: int | None
+    response_body: str | None = Field(description="The first KiB of the answer.")
+    trigger: str = Field(description="scheduled, or manual (a redelivery, a recovery).")
+
+    @classmethod
+    def of(cls, attempt: DeliveryAttempt, event_id: str) -> AttemptOut:
+        return cls(
+            id=attempt.id,
+            event_id=event_id,
+            attempted_at=attempt.attempted_at,
+            status_code=attempt.status_code,
+            error=attempt.error,
+            latency_ms=attempt.latency_ms,
+            response_body=attempt.response_body,
+            trigger=attempt.trigger,
+        )
+
+
+class AttemptPage(BaseModel):
+    items: list[AttemptOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for older ones; null at the end.")

@@ -1,0 +1,54 @@
+"""`/events`: the feed of every event, one event, and its redelivery."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, status
+
+from app.api.deps import SessionDep, require_api_key
+from app.api.errors import refusals
+from app.api.event_schemas import EventOut, EventPage, EventType, Queued, Redeliver
+from app.events import endpoints, feed
+
+router = APIRouter(prefix="/events", tags=["events"], dependencies=[Depends(require_api_key)])
+
+
+@router.get(
+    "",
+    summary="Every event, in a stable order, for consumers that pull",
+    description="Follow it with `after=<next_cursor>`; `after=now` starts with what commits "
+    "next. No event is ever skipped, whatever commits when.",
+    responses=refusals(401, 422),
+)
+async def list_events(
+    session: SessionDep,
+    after: str | None = None,
+    type_: Annotated[list[EventType], Query(alias="type")] = [],  # noqa: B006
+    call_id: uuid.UUID | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> EventPage:
+    page = await feed.read_feed(session, after=after, types=type_, call_id=call_id, limit=limit)
+    return EventPage.model_validate({"items": page.items, "next_cursor": page.next_cursor})
+
+
+@router.get("/{event_id}", summary="One event", responses=refusals(401, 404))
+async def get_event(event_id: str, session: SessionDep) -> EventOut:
+    _, body = await feed.get_event(session, event_id)
+    return EventOut.model_validate(body)
+
+
+@router.post(
+    "/{event_id}/redeliver",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Send an event again, to one endpoint or to every one that takes it",
+    responses=refusals(401, 404, 422),
+)
+async def redeliver(event_id: str, session: SessionDep, body: Redeliver | None = None) -> Queued:
+    event, _ = await feed.get_event(session, event_id)
+    queued = await endpoints.redeliver(
+        session, event, endpoint_id=body.endpoint_id if body else None
+    )
+    await session.commit()
+    return Queued(queued=queued)

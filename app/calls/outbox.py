@@ -1,0 +1,159 @@
+"""The outbox: the events the one write path writes, in the transaction of the change.
+
+A transaction that changes a call writes at most one event for it, named after where the call
+stands after it (`event_type`): a call that goes from `queued` to `completed` in one transaction
+(its callback came before Exotel's answer to the connect) yields `call.completed`, never a step
+back. A duplicate or stale callback changes nothing, and so writes nothing. Each event carries the
+call resource after the change and the call's `sequence`, and is owed at once to every enabled
+endpoint that takes its type (a `delivery`); `app.events` sends it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import BigInteger, Table, Text, any_, bindparam, cast, func, insert, select
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.calls.resource import CallOut
+from app.calls.state import TERMINAL
+from app.db.models import Call, CallStatus, Delivery, DeliveryState, Event, WebhookEndpoint
+
+if TYPE_CHECKING:
+    from app.calls.store import Change
+
+# CONTRACT.md, "Events".
+EVENT_TYPES = (
+    "call.in_progress",
+    "call.answered",
+    "call.completed",
+    "call.busy",
+    "call.no_answer",
+    "call.failed",
+    "call.canceled",
+    "call.rejected",
+    "call.unknown",
+    "call.updated",
+)
+# What a final call may still learn (a late callback, call details): `call.updated`.
+_LATE_FACTS = ("recording_url", "duration", "conversation_duration", "on_call_duration")
+
+
+def event_type(change: Change) -> str | None:
+    """The event a change of a call is, if any."""
+    before, after = change.before, change.after
+    if after.status != before.status:
+        # A call goes back to `queued` only to wait for its send again: nothing to tell.
+        return (
+            None if after.status == CallStatus.QUEUED else "call." + after.status.replace("-", "_")
+        )
+    if after.answered_at != before.answered_at and after.status not in TERMINAL:
+        return "call.answered"
+    if after.status in TERMINAL and any(
+        getattr(before, name) != getattr(after, name) for name in (*_LATE_FACTS, "answered_at")
+    ):
+        return "call.updated"
+    return None
+
+
+def number_events(changes: Sequence[Change]) -> list[tuple[Change, str]]:
+    """The changes that are events, with their types; each call's `event_sequence` is moved on,
+    to be written with the call."""
+    news = []
+    for change in changes:
+        if kind := event_type(change):
+            change.after.event_sequence += 1
+            news.append((change, kind))
+    return news
+
+
+async def write_events(
+    db: AsyncConnection, news: Sequence[tuple[Change, str]], *, now: datetime
+) -> None:
+    """Insert the events (after the calls' own update) and what each endpoint is owed."""
+    statements = _statements(db.dialect.name)
+    ids = [change.after.id for change, _ in news]
+    calls = {row.id: row for row in await db.execute(statements.calls, {"ids": ids})}
+    events = []
+    for change, kind in news:
+        call = calls[change.after.id]
+        public_id = f"evt_{uuid.uuid4().hex}"
+        body = {
+            "id": public_id,
+            "type": kind,
+            "timestamp": now.isoformat(),
+            "data": {
+                "call": CallOut.of(call).model_dump(mode="json"),
+                "previous_status": change.before.status.value,
+                "sequence": call.event_sequence,
+            },
+        }
+        events.append(
+            {
+                "public_id": public_id,
+                "type": kind,
+                "call_id": call.id,
+                "sequence": call.event_sequence,
+                "created_at": now,
+                "body": json.dumps(body, separators=(",", ":")),
+            }
+        )
+    written = await db.execute(statements.insert_events, events)
+    endpoints = (await db.execute(statements.endpoints)).all()
+    if not endpoints:
+        return
+    event_ids: dict[str, int] = dict(written.tuples().all())  # public_id -> id
+    owed = [
+        {
+            "event_id": event_ids[event["public_id"]],
+            "endpoint_id": endpoint_id,
+            "call_id": event["call_id"],
+            "sequence": event["sequence"],
+            "state": DeliveryState.PENDING,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "trigger": "scheduled",
+            "created_at": now,
+        }
+        for event in events
+        for endpoint_id, types in endpoints
+        if types is None or event["type"] in types
+    ]
+    if owed:
+        await db.execute(statements.insert_deliveries, owed)
+
+
+def _table(model: type[Any]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+class _Statements:
+    def __init__(self, dialect: str) -> None:
+        calls, events = _table(Call), _table(Event)
+        if dialect == "postgresql":
+            wanted = calls.c.id == any_(bindparam("ids", type_=ARRAY(calls.c.id.type)))
+            # The feed's watermark compares these with the oldest transaction in flight.
+            txid: Any = cast(cast(func.pg_current_xact_id(), Text), BigInteger)
+        else:
+            wanted = calls.c.id.in_(bindparam("ids", expanding=True))
+            txid = None  # SQLite commits one transaction at a time: the id is the order
+        self.calls = select(calls).where(wanted)
+        self.insert_events = (
+            insert(events).values(txid=txid).returning(events.c.public_id, events.c.id)
+        )
+        endpoint = _table(WebhookEndpoint).c
+        self.endpoints = select(endpoint.id, endpoint.event_types).where(endpoint.enabled)
+        self.insert_deliveries = insert(_table(Delivery))
+
+
+@functools.cache
+def _statements(dialect: str) -> _Statements:
+    return _Statements(dialect)

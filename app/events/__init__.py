@@ -1,0 +1,1 @@
+"""Telling the services that asked: the event feed, webhook endpoints and delivery."""

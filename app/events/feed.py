@@ -1,0 +1,94 @@
+"""The event feed: every event, in an order that a later commit can never slip in behind.
+
+Ids are taken before commit, so a transaction holding id 7 may commit after one holding id 8: a
+reader that had moved past 8 would never see 7 (shared/webhooks.md). The feed therefore orders
+events by position and shows only those whose position is final:
+- PostgreSQL: the position is (the writing transaction's id, the event's id), and only events of
+  transactions older than the oldest one still in flight (`pg_snapshot_xmin`) are shown. Every
+  event shown sorts before every event not yet committed, whatever the number of replicas. A
+  transaction left open holds the feed back (not the webhooks) until it ends.
+- SQLite: transactions commit one at a time (BEGIN IMMEDIATE), in the order of their ids.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import BigInteger, ColumnElement, Text, cast, func, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.calls import cursors
+from app.calls.errors import EventNotFound, InvalidField
+from app.db.models import Event
+
+NOW = "now"  # `after=now`: only what commits from now on
+
+
+@dataclass(frozen=True)
+class FeedPage:
+    items: list[dict[str, Any]]
+    next_cursor: str
+
+
+async def read_feed(
+    session: AsyncSession,
+    *,
+    after: str | None,
+    types: Sequence[str] = (),
+    call_id: uuid.UUID | None = None,
+    limit: int = 100,
+) -> FeedPage:
+    """The events after the cursor `after` (from the oldest kept when None), and the cursor to
+    ask for the next ones with (the same one when there are none yet)."""
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    if after == NOW:
+        position = await _end(session, postgresql=postgresql)
+    elif after:
+        position = _decode(after)
+    else:
+        position = (0, 0)
+    query = select(Event.txid, Event.id, Event.body).limit(limit)
+    if postgresql:
+        final = Event.txid < _oldest_in_flight()
+        query = query.where(tuple_(Event.txid, Event.id) > tuple_(*position), final)
+        query = query.order_by(Event.txid, Event.id)
+    else:
+        query = query.where(Event.id > position[1]).order_by(Event.id)
+    if types:
+        query = query.where(Event.type.in_(types))
+    if call_id is not None:
+        query = query.where(Event.call_id == call_id)
+    rows = (await session.execute(query)).all()
+    if rows:
+        position = (rows[-1].txid or 0, rows[-1].id)
+    return FeedPage([json.loads(row.body) for row in rows], cursors.encode(list(position)))
+
+
+async def get_event(session: AsyncSession, public_id: str) -> tuple[Event, dict[str, Any]]:
+    event = await session.scalar(select(Event).where(Event.public_id == public_id))
+    if event is None:
+        raise EventNotFound(public_id)
+    return event, json.loads(event.body)
+
+
+async def _end(session: AsyncSession, *, postgresql: bool) -> tuple[int, int]:
+    if postgresql:
+        # Every event of an older transaction is final and behind; any other may come.
+        return (int(await session.scalar(select(_oldest_in_flight())) or 0), 0)
+    return (0, int(await session.scalar(select(func.coalesce(func.max(Event.id), 0))) or 0))
+
+
+def _oldest_in_flight() -> ColumnElement[int]:
+    """The id of the oldest transaction still in flight (or of the next one, when none is)."""
+    return cast(cast(func.pg_snapshot_xmin(func.pg_current_snapshot()), Text), BigInteger)
+
+
+def _decode(cursor: str) -> tuple[int, int]:
+    position = cursors.decode(cursor, field="after", length=2)
+    if not all(isinstance(value, int) and not isinstance(value, bool) for value in position):
+        raise InvalidField("after", "not a cursor this service gave out")
+    return position[0], position[1]
