@@ -143,6 +143,8 @@ STRAY_ENV = (
     "PUBLIC_BASE",
     "DISPATCH_",
     "RECONCILE_",
+    "WEBHOOK_",
+    "EVENT_",
 )
 
 

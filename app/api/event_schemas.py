@@ -17,8 +17,8 @@ EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
 MAX_URL = 2048
 
 
-def _unique(types: list[str] | None) -> list[str] | None:
-    return list(dict.fromkeys(types)) if types is not None else None
+def _unique(types: list[str]) -> list[str]:
+    return list(dict.fromkeys(types))
 
 
 def _short(url: AnyHttpUrl) -> str:
@@ -28,7 +28,7 @@ def _short(url: AnyHttpUrl) -> str:
 
 
 EndpointUrl = Annotated[AnyHttpUrl, AfterValidator(_short)]
-EventTypes = Annotated[list[EventType] | None, AfterValidator(_unique), Field(min_length=1)]
+EventTypes = Annotated[list[EventType], Field(min_length=1), AfterValidator(_unique)] | None
 Description = Annotated[str | None, Field(max_length=500)]
 
 EVENT_EXAMPLE: dict[str, Any] = {

@@ -108,7 +108,7 @@ async def write_events(
     endpoints = (await db.execute(statements.endpoints)).all()
     if not endpoints:
         return
-    event_ids: dict[str, int] = dict(written.tuples().all())  # public_id -> id
+    event_ids: dict[str, int] = dict(written.all())
     owed = [
         {
             "event_id": event_ids[event["public_id"]],

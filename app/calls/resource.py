@@ -60,13 +60,15 @@ CALL_EXAMPLE: dict[str, Any] = {
 
 class CallOut(BaseModel):
     model_config = ConfigDict(
-        serialize_by_alias=True, json_schema_extra={"examples": [CALL_EXAMPLE]}
+        serialize_by_alias=True,
+        validate_by_name=True,
+        json_schema_extra={"examples": [CALL_EXAMPLE]},
     )
 
     id: uuid.UUID
     sid: str | None
     status: CallStatus
-    from_number: str = Field(serialization_alias="from")
+    from_number: str = Field(alias="from")
     caller_id: str
     app_id: str | None
     flow_url: str | None

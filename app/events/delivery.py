@@ -81,17 +81,12 @@ async def claim(
     endpoint's share; first release the claims of replicas that died mid-send."""
     now = await db_now(session)
     await _release(session, now=now, older_than=now - timedelta(seconds=stale_after))
-    in_flight = dict(
-        (
-            await session.execute(
-                select(Delivery.endpoint_id, func.count())
-                .where(Delivery.state == DeliveryState.SENDING)
-                .group_by(Delivery.endpoint_id)
-            )
-        )
-        .tuples()
-        .all()
+    counted = await session.execute(
+        select(Delivery.endpoint_id, func.count())
+        .where(Delivery.state == DeliveryState.SENDING)
+        .group_by(Delivery.endpoint_id)
     )
+    in_flight: dict[uuid.UUID, int] = dict(counted.all())
     earlier = aliased(Delivery)
     waits_on_earlier = (
         select(earlier.id)

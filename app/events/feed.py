@@ -12,11 +12,9 @@ events by position and shows only those whose position is final:
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import BigInteger, ColumnElement, Text, cast, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -30,7 +28,7 @@ NOW = "now"  # `after=now`: only what commits from now on
 
 @dataclass(frozen=True)
 class FeedPage:
-    items: list[dict[str, Any]]
+    items: list[str]  # each event's JSON, exactly as stored (and signed)
     next_cursor: str
 
 
@@ -65,14 +63,14 @@ async def read_feed(
     rows = (await session.execute(query)).all()
     if rows:
         position = (rows[-1].txid or 0, rows[-1].id)
-    return FeedPage([json.loads(row.body) for row in rows], cursors.encode(list(position)))
+    return FeedPage([row.body for row in rows], cursors.encode(list(position)))
 
 
-async def get_event(session: AsyncSession, public_id: str) -> tuple[Event, dict[str, Any]]:
+async def get_event(session: AsyncSession, public_id: str) -> Event:
     event = await session.scalar(select(Event).where(Event.public_id == public_id))
     if event is None:
         raise EventNotFound(public_id)
-    return event, json.loads(event.body)
+    return event
 
 
 async def _end(session: AsyncSession, *, postgresql: bool) -> tuple[int, int]:

@@ -1,0 +1,87 @@
+"""A webhook subscriber for the tests: it keeps every delivery as received (headers and the raw
+body) and answers as it is told. In-process (`Subscriber`) or as a process of its own
+(`python -m tests.subscriber --port N`), for the end-to-end tests.
+
+    GET  /received            every delivery so far, oldest first
+    POST /answer {"status", "headers", "delay"}
+                              answer every later delivery so (200 at once by default)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.processes import free_ports
+
+
+@dataclass
+class Inbox:
+    received: list[dict[str, Any]] = field(default_factory=list)
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every answer
+    delay: float = 0.0  # seconds before answering
+
+    def app(self) -> Starlette:
+        async def hook(request: Request) -> Response:
+            body = await request.body()
+            await asyncio.sleep(self.delay)
+            self.received.append(
+                {"headers": dict(request.headers), "body": body.decode(), "answered": self.status}
+            )
+            return Response(f"answered {self.status}", self.status, headers=self.headers)
+
+        async def received(_: Request) -> Response:
+            return JSONResponse(self.received)
+
+        async def answer(request: Request) -> Response:
+            wanted = await request.json()
+            self.status = int(wanted["status"])
+            self.headers = dict(wanted.get("headers", {}))
+            self.delay = float(wanted.get("delay", 0))
+            return JSONResponse({"status": self.status})
+
+        return Starlette(
+            routes=[
+                Route("/hook", hook, methods=["POST"]),
+                Route("/received", received),
+                Route("/answer", answer, methods=["POST"]),
+            ]
+        )
+
+
+@contextlib.asynccontextmanager
+async def subscriber() -> AsyncIterator[tuple[Inbox, str]]:
+    """An inbox served on a loopback port in this event loop, and its hook's URL."""
+    inbox = Inbox()
+    (port,) = free_ports(1)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            inbox.app(), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield inbox, f"http://127.0.0.1:{port}/hook"
+    finally:
+        server.should_exit = True
+        await task
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    options = parser.parse_args()
+    uvicorn.run(Inbox().app(), host="127.0.0.1", port=options.port, log_level="warning")

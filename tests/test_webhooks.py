@@ -1,0 +1,355 @@
+"""Webhook endpoints and delivery, against a real subscriber on a loopback port. Every signature
+is checked with the `standardwebhooks` package, a verifier nobody here wrote."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from app.events.targets import GuardedTransport, TargetPolicy
+from app.main import create_app
+from tests.conftest import callback_path, make_settings, serving
+from tests.exotel_double import ExotelDouble
+from tests.subscriber import Inbox, subscriber
+from tests.test_status_callbacks import callback, multipart, place
+
+pytestmark = pytest.mark.anyio
+
+FAST = {
+    "webhook_retry_schedule": "0.2,0.2,0.2,0.2,0.2,0.2",
+    "webhook_poll_seconds": 0.05,
+    "webhook_timeout_seconds": 2,
+}
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], within: float = 15) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, "not within the time allowed"
+        await asyncio.sleep(0.05)
+
+
+def app_with(db_url: str, exotel: ExotelDouble, **overrides: Any) -> FastAPI:
+    settings = make_settings(db_url, **(FAST | overrides))
+    return create_app(settings, exotel_transport=httpx.MockTransport(exotel.handle))
+
+
+@pytest.fixture
+async def hooks() -> AsyncIterator[tuple[Inbox, str]]:
+    async with subscriber() as served:
+        yield served
+
+
+@pytest.fixture
+async def client(db_url: str, exotel: ExotelDouble) -> AsyncIterator[httpx.AsyncClient]:
+    async with serving(app_with(db_url, exotel)) as c:
+        yield c
+
+
+async def register(client: httpx.AsyncClient, url: str, **fields: Any) -> dict[str, Any]:
+    response = await client.post("/webhook-endpoints", json={"url": url} | fields)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def verified(delivery: dict[str, Any], secret: str) -> dict[str, Any]:
+    payload = Webhook(secret).verify(delivery["body"], delivery["headers"])
+    assert isinstance(payload, dict)
+    return payload
+
+
+async def complete(
+    client: httpx.AsyncClient, exotel: ExotelDouble, status: str = "completed"
+) -> str:
+    call = await place(client, exotel)
+    fields = callback(call["sid"], status)
+    response = await client.post(callback_path(call["id"]), **multipart(fields))
+    assert response.status_code == 200
+    return str(call["id"])
+
+
+async def test_each_event_is_delivered_signed_exactly_as_the_feed_has_it(
+    client: httpx.AsyncClient, exotel: ExotelDouble, hooks: tuple[Inbox, str]
+) -> None:
+    inbox, url = hooks
+    endpoint = await register(client, url, description="orders")
+    assert endpoint["secret"].startswith("whsec_")
+    assert endpoint["enabled"] is True
+    assert endpoint["event_types"] is None
+
+    call_id = await complete(client, exotel)
+    await eventually(lambda: len(inbox.received) == 2)
+
+    events = (await client.get("/events", params={"call_id": call_id})).json()["items"]
+    for delivery, event in zip(inbox.received, events, strict=True):
+        assert verified(delivery, endpoint["secret"]) == event
+        assert delivery["headers"]["webhook-id"] == event["id"]
+        assert delivery["headers"]["content-type"] == "application/json"
+        assert json.loads(delivery["body"]) == event
+    with pytest.raises(WebhookVerificationError):
+        Webhook("whsec_" + "A" * 44).verify(inbox.received[0]["body"], inbox.received[0]["headers"])
+
+    await eventually(lambda: _is(client, endpoint["id"], "failing_since", None))
+    assert await _get(client, endpoint["id"], "last_success_at") is not None
+    shown = (await client.get(f"/webhook-endpoints/{endpoint['id']}")).json()
+    assert shown["backlog"] == 0
+    assert shown["failing_since"] is None
+    assert "secret" not in shown
+
+
+async def _get(client: httpx.AsyncClient, endpoint_id: str, field: str) -> Any:
+    return (await client.get(f"/webhook-endpoints/{endpoint_id}")).json()[field]
+
+
+async def _is(client: httpx.AsyncClient, endpoint_id: str, field: str, value: Any) -> bool:
+    return bool(await _get(client, endpoint_id, field) == value)
+
+
+async def test_a_failing_subscriber_gets_every_event_in_order_per_call_once_it_is_back(
+    client: httpx.AsyncClient, exotel: ExotelDouble, hooks: tuple[Inbox, str]
+) -> None:
+    inbox, url = hooks
+    endpoint = await register(client, url)
+    inbox.status = 503
+    calls = [await complete(client, exotel, status) for status in ("completed", "busy", "failed")]
+    await eventually(lambda: len(inbox.received) >= 6)
+    failing = (await client.get(f"/webhook-endpoints/{endpoint['id']}")).json()
+    assert failing["failing_since"] is not None
+    assert failing["backlog"] == 6
+    inbox.status = 200
+    await eventually(lambda: _is(client, endpoint["id"], "backlog", 0))
+
+    delivered = [verified(d, endpoint["secret"]) for d in inbox.received if d["answered"] == 200]
+    assert sorted(e["id"] for e in delivered) == sorted(
+        e["id"] for e in (await client.get("/events")).json()["items"]
+    )
+    for call_id in calls:
+        # A call's later event waits until the earlier one is delivered: never out of order.
+        sent = [
+            json.loads(d["body"])["data"]["sequence"]
+            for d in inbox.received
+            if json.loads(d["body"])["data"]["call"]["id"] == call_id
+        ]
+        assert sent == sorted(sent)
+    assert (await client.get(f"/webhook-endpoints/{endpoint['id']}")).json()[
+        "failing_since"
+    ] is None
+
+    attempts = (await client.get(f"/webhook-endpoints/{endpoint['id']}/attempts")).json()["items"]
+    assert {a["status_code"] for a in attempts} == {200, 503}
+    failed = next(a for a in attempts if a["status_code"] == 503)
+    assert failed["response_body"] == "answered 503"
+    assert failed["error"] == "answered 503"
+    assert failed["latency_ms"] >= 0
+
+
+async def test_410_disables_the_endpoint_and_nothing_more_is_sent(
+    client: httpx.AsyncClient, exotel: ExotelDouble, hooks: tuple[Inbox, str]
+) -> None:
+    inbox, url = hooks
+    endpoint = await register(client, url, event_types=["call.completed"])
+    inbox.status = 410
+    await complete(client, exotel)
+    await eventually(lambda: _is(client, endpoint["id"], "enabled", False))
+    assert "410" in await _get(client, endpoint["id"], "disabled_reason")
+
+    await complete(client, exotel)
+    await asyncio.sleep(0.5)
+    assert len(inbox.received) == 1  # only call.completed is subscribed to, and only once
+
+    inbox.status = 200
+    enabled = await client.patch(f"/webhook-endpoints/{endpoint['id']}", json={"enabled": True})
+    assert enabled.json()["disabled_reason"] is None
+    recovered = await client.post(
+        f"/webhook-endpoints/{endpoint['id']}/recover", json={"since": "2000-01-01T00:00:00Z"}
+    )
+    assert recovered.status_code == 202
+    assert recovered.json() == {"queued": 2}
+    await eventually(lambda: len(inbox.received) == 3)
+    assert {json.loads(d["body"])["type"] for d in inbox.received} == {"call.completed"}
+
+
+async def test_after_rotation_both_secrets_verify_until_the_overlap_ends(
+    client: httpx.AsyncClient, exotel: ExotelDouble, hooks: tuple[Inbox, str]
+) -> None:
+    inbox, url = hooks
+    old = await register(client, url)
+    rotated = await client.post(f"/webhook-endpoints/{old['id']}/rotate-secret")
+    assert rotated.status_code == 200
+    new = rotated.json()["secret"]
+    assert new != old["secret"]
+
+    await complete(client, exotel)
+    await eventually(lambda: len(inbox.received) == 2)
+    for delivery in inbox.received:
+        assert len(delivery["headers"]["webhook-signature"].split(" ")) == 2
+        verified(delivery, old["secret"])
+        verified(delivery, new)
+
+
+async def test_without_overlap_only_the_new_secret_signs(
+    db_url: str, exotel: ExotelDouble, hooks: tuple[Inbox, str]
+) -> None:
+    inbox, url = hooks
+    async with serving(app_with(db_url, exotel, webhook_secret_overlap_seconds=0)) as client:
+        old = await register(client, url)
+        new = (await client.post(f"/webhook-endpoints/{old['id']}/rotate-secret")).json()["secret"]
+        await complete(client, exotel)
+        await eventually(lambda: len(inbox.received) == 2)
+    verified(inbox.received[0], new)
+    with pytest.raises(WebhookVerificationError):
+        verified(inbox.received[0], old["secret"])
+
+
+async def test_a_redirect_or_a_timeout_is_a_failure_and_no_redirect_is_followed(
+    client: httpx.AsyncClient, exotel: ExotelDouble, hooks: tuple[Inbox, str]
+) -> None:
+    inbox, url = hooks
+    endpoint = await register(client, url, event_types=["call.completed"])
+    inbox.status, inbox.headers = 307, {"location": url + "?again"}
+    await complete(client, exotel)
+    await eventually(lambda: len(inbox.received) >= 2)
+    assert all("again" not in d["headers"].get("host", "") for d in inbox.received)
+    inbox.status, inbox.headers, inbox.delay = 200, {}, 3  # past WEBHOOK_TIMEOUT_SECONDS (2)
+    await eventually(lambda: _attempt_errors(client, endpoint["id"], "no answer within 2s"))
+    inbox.delay = 0
+    await eventually(lambda: _is(client, endpoint["id"], "backlog", 0))
+    attempts = (await client.get(f"/webhook-endpoints/{endpoint['id']}/attempts")).json()["items"]
+    assert any(a["status_code"] == 307 and "not followed" in a["error"] for a in attempts)
+
+
+async def _attempt_errors(client: httpx.AsyncClient, endpoint_id: str, error: str) -> bool:
+    attempts = (await client.get(f"/webhook-endpoints/{endpoint_id}/attempts")).json()["items"]
+    return any(a["error"] == error for a in attempts)
+
+
+async def test_a_slow_endpoint_holds_back_no_other(
+    db_url: str, exotel: ExotelDouble, hooks: tuple[Inbox, str]
+) -> None:
+    fast_inbox, fast_url = hooks
+    async with (
+        subscriber() as (slow_inbox, slow_url),
+        serving(
+            app_with(db_url, exotel, webhook_concurrency=4, webhook_endpoint_concurrency=2)
+        ) as client,
+    ):
+        slow_inbox.delay = 1.5
+        await register(client, slow_url)
+        await register(client, fast_url)
+        for _ in range(6):
+            await complete(client, exotel)
+        # 12 events: the slow endpoint takes 1.5 s each, two at a time (9 s in all); the fast
+        # one has them all long before.
+        await eventually(lambda: len(fast_inbox.received) == 12, within=6)
+        assert len(slow_inbox.received) < 12
+
+
+async def test_an_endpoint_failing_for_too_long_is_disabled(
+    db_url: str, exotel: ExotelDouble, hooks: tuple[Inbox, str]
+) -> None:
+    inbox, url = hooks
+    async with serving(app_with(db_url, exotel, webhook_disable_after_seconds=0.5)) as client:
+        endpoint = await register(client, url)
+        inbox.status = 500
+        await complete(client, exotel)
+        await eventually(lambda: _is(client, endpoint["id"], "enabled", False))
+        reason = await _get(client, endpoint["id"], "disabled_reason")
+        assert reason.startswith("failing without a success since")
+
+
+async def test_endpoints_are_managed_through_the_api(
+    client: httpx.AsyncClient, hooks: tuple[Inbox, str]
+) -> None:
+    _, url = hooks
+    endpoint = await register(client, url, event_types=["call.busy", "call.busy"])
+    assert endpoint["event_types"] == ["call.busy"]
+    listed = (await client.get("/webhook-endpoints")).json()
+    assert [e["id"] for e in listed] == [endpoint["id"]]
+    changed = await client.patch(
+        f"/webhook-endpoints/{endpoint['id']}",
+        json={"event_types": None, "description": "all of them", "enabled": False},
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["event_types"] is None
+    assert changed.json()["enabled"] is False
+    assert changed.json()["description"] == "all of them"
+    assert (await client.delete(f"/webhook-endpoints/{endpoint['id']}")).status_code == 204
+    gone = await client.get(f"/webhook-endpoints/{endpoint['id']}")
+    assert gone.status_code == 404
+    assert gone.json()["error"]["code"] == "webhook_endpoint_not_found"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"url": "ftp://127.0.0.1/hook"}, "url"),
+        ({"url": "http://127.0.0.1/hook", "event_types": ["call.exploded"]}, "event_types.0"),
+        ({"url": "http://127.0.0.1/hook", "event_types": []}, "event_types"),
+        ({"url": "http://127.0.0.1/hook", "secret": "mine"}, "secret"),
+        ({"url": "http://user:pw@127.0.0.1/hook"}, "url"),
+        ({"url": "http://8.8.8.8/hook"}, "url"),  # outside WEBHOOK_ALLOWED_TARGETS
+        ({"url": "http://no-such-host.invalid/hook"}, "url"),
+    ],
+)
+async def test_a_bad_endpoint_is_refused_naming_the_field(
+    client: httpx.AsyncClient, body: dict[str, Any], field: str
+) -> None:
+    response = await client.post("/webhook-endpoints", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["details"][0]["field"] == field
+
+
+async def test_production_allows_no_target_until_the_operator_names_some(
+    db_url: str, exotel: ExotelDouble
+) -> None:
+    production = TargetPolicy.from_settings(None, production=True)
+    with pytest.raises(Exception, match="WEBHOOK_ALLOWED_TARGETS"):
+        await production.check_url("http://127.0.0.1/hook")
+    named = TargetPolicy.from_settings(["hooks.test", "10.1.0.0/16"], production=True)
+    assert named.refusal("hooks.test", __import__("ipaddress").ip_address("10.9.9.9")) is None
+    link_local = __import__("ipaddress").ip_address("169.254.169.254")
+    assert named.refusal("hooks.test", link_local) is not None  # the metadata service
+
+
+async def test_the_address_is_checked_again_at_every_connect(hooks: tuple[Inbox, str]) -> None:
+    """An endpoint registered while its host was allowed is refused at connect once it is not
+    (as after DNS rebinding): the subscriber never hears of it."""
+    inbox, url = hooks
+    allowed = GuardedTransport(TargetPolicy.of(["127.0.0.0/8"]), max_connections=2)
+    refused = GuardedTransport(TargetPolicy.of(["10.0.0.0/8"]), max_connections=2)
+    async with httpx.AsyncClient(transport=allowed) as http:
+        assert (await http.post(url, content=b"{}")).status_code == 200
+    async with httpx.AsyncClient(transport=refused) as http:
+        with pytest.raises(httpx.ConnectError, match="not in WEBHOOK_ALLOWED_TARGETS"):
+            await http.post(url, content=b"{}")
+    assert len(inbox.received) == 1
+
+
+async def test_one_event_is_redelivered_on_request(
+    client: httpx.AsyncClient, exotel: ExotelDouble, hooks: tuple[Inbox, str]
+) -> None:
+    inbox, url = hooks
+    endpoint = await register(client, url, event_types=["call.completed"])
+    await complete(client, exotel)
+    await eventually(lambda: len(inbox.received) == 1)
+    event_id = inbox.received[0]["headers"]["webhook-id"]
+    again = await client.post(f"/events/{event_id}/redeliver", json={"endpoint_id": endpoint["id"]})
+    assert again.status_code == 202
+    assert again.json() == {"queued": 1}
+    await eventually(lambda: len(inbox.received) == 2)
+    assert inbox.received[1]["headers"]["webhook-id"] == event_id
+    attempts = (await client.get(f"/webhook-endpoints/{endpoint['id']}/attempts")).json()["items"]
+    assert [a["trigger"] for a in attempts] == ["manual", "scheduled"]
