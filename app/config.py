@@ -86,7 +86,8 @@ class Settings(BaseSettings):
     dispatch_concurrency: int = Field(16, ge=1)  # Calls/connect requests in flight per replica
     dispatch_poll_seconds: float = Field(0.5, gt=0)  # how often an idle dispatcher looks
     dispatch_max_attempts: int = Field(8, ge=1)  # connection failures before a call is rejected
-    # A claim older than EXOTEL_TIMEOUT_SECONDS + this means its replica died mid-dispatch.
+    # A claim older than EXOTEL_TIMEOUT_SECONDS + this means its replica died mid-dispatch (and
+    # one older than WEBHOOK_TIMEOUT_SECONDS + this, mid-delivery).
     dispatch_claim_grace_seconds: float = Field(30, ge=0)
 
     # Reconciliation.

@@ -171,6 +171,15 @@ class Deployment:
         self._start("simulator", argv, f"{self.simulator_url}/_simulator/log")
         return self.simulator_url
 
+    def start_subscriber(self) -> str:
+        """A webhook subscriber (tests/subscriber.py); its base URL."""
+        (port,) = free_ports(1)
+        url = f"http://127.0.0.1:{port}"
+        argv = [sys.executable, "-m", "tests.subscriber", "--port", str(port)]
+        root = str(Path(__file__).resolve().parent.parent)
+        self._start("subscriber", argv, f"{url}/received", PYTHONPATH=root)
+        return url
+
     def start_server(self, *, ready_path: str = "/readyz") -> str:
         """A replica; ready once `ready_path` answers 200 (`/healthz` with the database down)."""
         (port,) = free_ports(1)

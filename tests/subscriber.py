@@ -71,7 +71,7 @@ async def subscriber() -> AsyncIterator[tuple[Inbox, str]]:
         )
     )
     task = asyncio.create_task(server.serve())
-    while not server.started:
+    while not server.started:  # noqa: ASYNC110 - uvicorn says so by a flag alone
         await asyncio.sleep(0.01)
     try:
         yield inbox, f"http://127.0.0.1:{port}/hook"

@@ -19,9 +19,6 @@ from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-# A claim older than the request's own time-out and this is a replica that died mid-send.
-_CLAIM_GRACE_SECONDS = 30
-
 
 class Deliverer:
     def __init__(
@@ -83,7 +80,9 @@ class Deliverer:
                         replica_id=self._replica_id,
                         limit=free,
                         per_endpoint=settings.webhook_endpoint_concurrency,
-                        stale_after=settings.webhook_timeout_seconds + _CLAIM_GRACE_SECONDS,
+                        # A claim this old is a replica that died mid-send.
+                        stale_after=settings.webhook_timeout_seconds
+                        + settings.dispatch_claim_grace_seconds,
                     )
             except Exception as exc:  # the loop must outlive any one failure
                 if is_database_down(exc):

@@ -1,0 +1,193 @@
+"""Webhooks end to end: real `exocall serve` replicas, the simulator and a subscriber, each a
+process of its own, driven over HTTP. Signatures are checked with `standardwebhooks`.
+
+One run goes through what production does to a subscriber: it fails for a while and comes back,
+a replica is SIGKILLed with deliveries in flight, the secret is rotated, and at last the
+subscriber answers 410. On PostgreSQL three replicas deliver at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from standardwebhooks.webhooks import Webhook
+
+from app.db.session import create_engine
+from tests.conftest import AUTH
+from tests.processes import Deployment
+
+pytestmark = pytest.mark.anyio
+
+# The simulator's outcome follows the last digit (app/exotel/simulator.py): completed, busy,
+# no-answer, failed, and a completed call whose callback comes twice and then a late answer.
+DIGITS = "012347"
+CALLS = 24
+ENDED = {"completed", "busy", "no-answer", "failed"}
+
+
+async def until(check: Any, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, f"not within {within} s: {what}"
+        await asyncio.sleep(0.2)
+
+
+async def test_every_event_reaches_the_subscriber_once_in_order_through_failures_and_kills(
+    deployment: Deployment, db_url: str
+) -> None:
+    replicas = 3 if db_url.startswith("postgresql") else 1
+    deployment.env |= {
+        "WEBHOOK_RETRY_SCHEDULE": ",".join(["0.5"] * 20),
+        "WEBHOOK_POLL_SECONDS": "0.1",
+        "WEBHOOK_TIMEOUT_SECONDS": "3",
+        # A dead replica's claims are given back after the time-out and this.
+        "DISPATCH_CLAIM_GRACE_SECONDS": "1",
+    }
+    deployment.start_simulator("--callback-delay", "0.3")
+    subscriber_url = deployment.start_subscriber()
+    subscriber = httpx.AsyncClient(base_url=subscriber_url, timeout=30)
+    servers = [deployment.start_server() for _ in range(replicas)]
+    apis = [httpx.AsyncClient(base_url=url, timeout=30, headers=AUTH) for url in servers]
+    engine = create_engine(db_url)
+    try:
+        created = await apis[0].post("/webhook-endpoints", json={"url": f"{subscriber_url}/hook"})
+        assert created.status_code == 201, created.text
+        endpoint = created.json()
+        first_secret = endpoint["secret"]
+
+        # The subscriber is down for a while: every attempt fails.
+        await subscriber.post("/answer", json={"status": 503})
+        call_ids = []
+        for n in range(CALLS):
+            body = {"from": f"90521{n:04d}{DIGITS[n % len(DIGITS)]}", "app_id": "926"}
+            placed = await apis[n % replicas].post("/calls", json=body, params={"wait": "false"})
+            assert placed.status_code == 202, placed.text
+            call_ids.append(placed.json()["id"])
+
+        async def some_failed() -> bool:
+            return len((await subscriber.get("/received")).json()) >= 10
+
+        await until(some_failed, 30, "the subscriber refused ten deliveries")
+        # Back, but slow: deliveries are in flight for a second each.
+        await subscriber.post("/answer", json={"status": 200, "delay": 1})
+
+        # SIGKILL the first replica while it holds a delivery in flight.
+        victim = deployment.processes[-replicas]
+        async with engine.connect() as db:
+
+            async def victim_is_sending() -> bool:
+                claimed = await db.scalar(
+                    text(
+                        "SELECT count(*) FROM delivery"
+                        " WHERE state = 'sending' AND claimed_by LIKE :me"
+                    ),
+                    {"me": f"%:{victim.popen.pid}:%"},
+                )
+                await db.commit()
+                return bool(claimed)
+
+            await until(victim_is_sending, 30, "the replica to be killed is delivering")
+        victim.popen.send_signal(signal.SIGKILL)
+        victim.popen.wait()
+        if replicas == 1:  # SQLite: the one process comes back
+            apis[0] = httpx.AsyncClient(
+                base_url=deployment.start_server(), timeout=30, headers=AUTH
+            )
+        else:
+            apis = apis[1:]
+        await subscriber.post("/answer", json={"status": 200})
+
+        async def all_delivered() -> bool:
+            calls = [(await apis[0].get(f"/calls/{i}")).json()["status"] for i in call_ids]
+            shown = (await apis[0].get(f"/webhook-endpoints/{endpoint['id']}")).json()
+            return set(calls) <= ENDED and shown["backlog"] == 0
+
+        await until(all_delivered, 90, "every call ended and every event delivered")
+
+        # Rotation: during the overlap each delivery verifies with the old and the new secret.
+        rotated = await apis[0].post(f"/webhook-endpoints/{endpoint['id']}/rotate-secret")
+        second_secret = rotated.json()["secret"]
+        received_before = len((await subscriber.get("/received")).json())
+        last = await apis[0].post("/calls", json={"from": "9052161190", "app_id": "926"})
+        call_ids.append(last.json()["id"])
+        await until(all_delivered, 60, "the last call's events delivered")
+
+        # 410: the endpoint is disabled, and says why.
+        await subscriber.post("/answer", json={"status": 410})
+        gone = await apis[0].post("/calls", json={"from": "9052161191", "app_id": "926"})
+        call_ids.append(gone.json()["id"])
+
+        async def disabled() -> bool:
+            shown = (await apis[0].get(f"/webhook-endpoints/{endpoint['id']}")).json()
+            return shown["enabled"] is False
+
+        await until(disabled, 60, "a 410 disables the endpoint")
+        shown = (await apis[0].get(f"/webhook-endpoints/{endpoint['id']}")).json()
+        assert "410" in shown["disabled_reason"]
+
+        received: list[dict[str, Any]] = (await subscriber.get("/received")).json()
+        events = await _feed(apis[0])
+        attempts = await _attempts(apis[0], endpoint["id"])
+    finally:
+        await engine.dispose()
+        await subscriber.aclose()
+        for api in apis:
+            await api.aclose()
+
+    # Every event of the calls before the 410 arrived, verified with the secret of its time.
+    delivered = [r for r in received if r["answered"] == 200]
+    gone_call = call_ids[-1]
+    wanted = {e["id"] for e in events if e["data"]["call"]["id"] != gone_call}
+    assert {r["headers"]["webhook-id"] for r in delivered} == wanted
+    for index, receipt in enumerate(received):
+        secrets = [first_secret] if index < received_before else [first_secret, second_secret]
+        for secret in secrets:
+            assert Webhook(secret).verify(receipt["body"], receipt["headers"])
+    after_rotation = received[received_before:]
+    assert after_rotation
+    assert all(len(r["headers"]["webhook-signature"].split()) == 2 for r in after_rotation)
+
+    # In order per call: a call's events reached the subscriber in their sequence.
+    by_call: dict[str, list[int]] = defaultdict(list)
+    for receipt in delivered:
+        data = json.loads(receipt["body"])["data"]
+        by_call[data["call"]["id"]].append(data["sequence"])
+    for sequences in by_call.values():
+        assert sequences == sorted(sequences)
+
+    # Delivered twice only as a retry: each extra delivery follows a failed attempt.
+    failed: Counter[str] = Counter(
+        a["event_id"] for a in attempts if a["status_code"] is None or a["status_code"] >= 300
+    )
+    for event_id, times in Counter(r["headers"]["webhook-id"] for r in delivered).items():
+        assert times <= 1 + failed[event_id], event_id
+    assert any(a["error"] and a["error"].startswith("interrupted") for a in attempts)
+
+
+async def _feed(api: httpx.AsyncClient) -> list[dict[str, Any]]:
+    events, cursor = [], None
+    while True:
+        page = (await api.get("/events", params={"after": cursor} if cursor else {})).json()
+        events += page["items"]
+        if not page["items"]:
+            return events
+        cursor = page["next_cursor"]
+
+
+async def _attempts(api: httpx.AsyncClient, endpoint_id: str) -> list[dict[str, Any]]:
+    attempts, cursor = [], None
+    while True:
+        params = {"limit": 200} | ({"cursor": cursor} if cursor else {})
+        page = (await api.get(f"/webhook-endpoints/{endpoint_id}/attempts", params=params)).json()
+        attempts += page["items"]
+        if page["next_cursor"] is None:
+            return attempts
+        cursor = page["next_cursor"]
