@@ -6,6 +6,7 @@ import asyncio
 import logging.config
 import os
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +22,7 @@ from app.calls.reconcile import Repairs, reconcile_once
 from app.client.api import API_KEY_ENV, DEFAULT_URL, URL_ENV, ExocallClient
 from app.client.call import place_and_follow
 from app.client.campaign import CampaignOptions, run_campaign
+from app.client.events import tail_events
 from app.client.outcome import plain_console, reporting_failures
 from app.config import Settings
 from app.db import migrate as migrations
@@ -242,6 +244,48 @@ def campaign(
     with ExocallClient(url, api_key) as client:
         code = reporting_failures(
             err, lambda: run_campaign(client, file, options, out=out, err=err)
+        )
+    raise typer.Exit(code)
+
+
+events_cli = typer.Typer(help="The events calls produce.", no_args_is_help=True)
+cli.add_typer(events_cli, name="events")
+
+
+@events_cli.command(
+    epilog="Exit status: 0 at the end (--no-follow); 3 the service unreachable or failing; "
+    "130 interrupted."
+)
+def tail(
+    type_: Annotated[
+        list[str] | None,
+        typer.Option("--type", help="Only this event type (call.completed ...); repeatable."),
+    ] = None,
+    call_id: Annotated[uuid.UUID | None, typer.Option("--call", help="Only this call's.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Each event as a JSON line.")] = False,
+    from_start: Annotated[
+        bool, typer.Option(help="Begin with the oldest event kept, not with what comes next.")
+    ] = False,
+    follow: Annotated[bool, typer.Option(help="Wait for more at the end.")] = True,
+    poll: Annotated[float, typer.Option(min=0.05, help="Seconds between looks.")] = 1.0,
+    url: ServiceUrl = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Follow the event feed of a running exocall."""
+    out, err = plain_console(), plain_console(stderr=True)
+    with ExocallClient(url, api_key) as client:
+        code = reporting_failures(
+            err,
+            lambda: tail_events(
+                client,
+                types=type_ or [],
+                call_id=call_id,
+                as_json=as_json,
+                from_start=from_start,
+                follow=follow,
+                poll_seconds=poll,
+                out=out,
+            ),
         )
     raise typer.Exit(code)
 

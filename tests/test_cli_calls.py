@@ -348,3 +348,33 @@ async def test_a_campaign_interrupted_between_batches_submits_the_rest_on_resume
     results = read_results(results_path)
     assert [row["number"] for row in results] == numbers
     assert all(row["status"] in TERMINAL for row in results), results
+
+
+async def test_events_tail_follows_the_feed_and_filters_it(start_exocall: StartExocall) -> None:
+    exocall = start_exocall()
+    # From the start: it may make its first request after the call's first event.
+    tail = await exocall.start("events", "tail", "--json", "--poll", "0.1", "--from-start")
+    try:
+        placed = await exocall.run("call", number("2"), "--app-id", "926")  # busy
+        assert placed.returncode == 1, err(placed)
+        assert tail.stdout is not None
+        printed = b""
+        with anyio.fail_after(WAIT_DEADLINE_SECONDS):
+            while b"call.busy" not in printed:
+                printed += await tail.stdout.receive()
+        tail.send_signal(signal.SIGINT)  # Ctrl-C
+        assert await tail.wait() == 130
+    finally:
+        if tail.returncode is None:
+            tail.kill()
+            await tail.wait()
+    events = [json.loads(line) for line in printed.decode().splitlines()]
+    assert [e["type"] for e in events] == ["call.in_progress", "call.busy"]
+    call_id = events[0]["data"]["call"]["id"]
+
+    busy = await exocall.run("events", "tail", "--from-start", "--no-follow", "--type", "call.busy")
+    assert busy.returncode == 0, err(busy)
+    (line,) = out(busy).splitlines()
+    assert line.split()[1:8] == ["call.busy", "call", call_id, "#2", "in-progress", "->", "busy"]
+    mine = await exocall.run("events", "tail", "--from-start", "--no-follow", "--call", call_id)
+    assert len(out(mine).splitlines()) == 2

@@ -138,6 +138,18 @@ class ExocallClient:
                 return
             params["cursor"] = page["next_cursor"]
 
+    def events(
+        self, *, after: str | None, types: Sequence[str], call_id: uuid.UUID | None
+    ) -> tuple[list[dict[str, Any]], str]:
+        """The events of the feed after the cursor `after`, and the cursor to go on from."""
+        params: dict[str, Any] = {"limit": 1000, "type": list(types)}
+        if after:
+            params["after"] = after
+        if call_id:
+            params["call_id"] = str(call_id)
+        page = self._request("GET", "/events", params=params)
+        return list(page["items"]), str(page["next_cursor"])
+
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
