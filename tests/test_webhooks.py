@@ -353,3 +353,34 @@ async def test_one_event_is_redelivered_on_request(
     assert inbox.received[1]["headers"]["webhook-id"] == event_id
     attempts = (await client.get(f"/webhook-endpoints/{endpoint['id']}/attempts")).json()["items"]
     assert [a["trigger"] for a in attempts] == ["manual", "scheduled"]
+    # Without a body: to every enabled endpoint that takes it (once the last is recorded).
+    await eventually(lambda: _is(client, endpoint["id"], "backlog", 0))
+    assert (await client.post(f"/events/{event_id}/redeliver")).json() == {"queued": 1}
+    await eventually(lambda: len(inbox.received) == 3)
+
+
+async def test_the_pages_show_endpoints_and_what_each_call_pushed(
+    client: httpx.AsyncClient, exotel: ExotelDouble, hooks: tuple[Inbox, str]
+) -> None:
+    inbox, url = hooks
+    endpoint = await register(client, url, description="orders")
+    inbox.status = 503
+    call_id = await complete(client, exotel)
+    await eventually(lambda: len(inbox.received) >= 2)
+
+    status = (await client.get("/ui")).text
+    row = status.split(f'id="endpoint-{endpoint["id"]}"')[1].split("</tr>")[0]
+    assert url in row
+    assert "orders" in row
+    assert "<td>2</td>" in row  # two events owed
+    assert "enabled" in row
+
+    page = (await client.get(f"/ui/calls/{call_id}")).text
+    events = page.split('id="events"')[1]
+    assert "call.in_progress" in events
+    assert "call.completed" in events
+    assert 'class="chip dl-pending"' in events  # the first is retried, the second waits
+    inbox.status = 200
+    await eventually(lambda: _is(client, endpoint["id"], "backlog", 0))
+    events = (await client.get(f"/ui/calls/{call_id}")).text.split('id="events"')[1]
+    assert events.count('class="chip dl-delivered"') == 2

@@ -39,6 +39,33 @@ EVENT_EXAMPLE: dict[str, Any] = {
 }
 
 
+# Base64 of "fake-secret-for-the-docs-only-0000": no endpoint has it.
+_FAKE_SECRET = "whsec_ZmFrZS1zZWNyZXQtZm9yLXRoZS1kb2NzLW9ubHktMDAwMA=="  # noqa: S105
+ENDPOINT_EXAMPLE: dict[str, Any] = {
+    "id": "0b6f6f2e-3f4c-4a59-9d7e-2b1f3c4d5e6f",
+    "url": "http://orders.internal:8080/exocall-events",
+    "event_types": ["call.completed", "call.busy", "call.no_answer"],
+    "description": "order service",
+    "enabled": True,
+    "disabled_reason": None,
+    "created_at": "2026-12-01T16:34:06.701020Z",
+    "updated_at": "2026-12-01T16:34:06.701020Z",
+    "last_success_at": "2026-12-01T16:34:07.112331Z",
+    "failing_since": None,
+    "backlog": 0,
+}
+ATTEMPT_EXAMPLE: dict[str, Any] = {
+    "id": 41,
+    "event_id": EVENT_EXAMPLE["id"],
+    "attempted_at": "2026-12-01T16:34:06.790112Z",
+    "status_code": 503,
+    "error": "answered 503",
+    "latency_ms": 4,
+    "response_body": "Service Unavailable",
+    "trigger": "scheduled",
+}
+
+
 class EventData(BaseModel):
     call: CallOut = Field(description="The call resource after the change.")
     previous_status: str
@@ -57,6 +84,14 @@ class EventOut(BaseModel):
 
 
 class EventPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"items": [EVENT_EXAMPLE], "next_cursor": "WzgxMzQ1NiwgMTJd"},
+            ]
+        }
+    )
+
     items: list[EventOut]
     next_cursor: str = Field(
         description="Pass as `after` for the events after these: the same cursor when there "
@@ -65,14 +100,22 @@ class EventPage(BaseModel):
 
 
 class Redeliver(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"endpoint_id": ENDPOINT_EXAMPLE["id"]}]}
+    )
 
     endpoint_id: uuid.UUID | None = Field(
         None, description="Only this endpoint; every enabled endpoint taking the type if absent."
     )
 
+    @staticmethod
+    def example() -> dict[str, Any]:
+        return {"endpoint_id": ENDPOINT_EXAMPLE["id"]}
+
 
 class Queued(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"queued": 1}]})
+
     queued: int = Field(description="Deliveries queued again.")
 
 
@@ -98,7 +141,10 @@ class EndpointCreate(BaseModel):
 class EndpointChange(BaseModel):
     """Only the fields given change."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"enabled": True}, {"event_types": None}]},
+    )
 
     url: EndpointUrl | None = None
     event_types: EventTypes = None
@@ -107,6 +153,8 @@ class EndpointChange(BaseModel):
 
 
 class EndpointOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [ENDPOINT_EXAMPLE]})
+
     id: uuid.UUID
     url: str
     event_types: list[str] | None
@@ -139,11 +187,17 @@ class EndpointOut(BaseModel):
 class EndpointWithSecret(EndpointOut):
     """As created or rotated: the only times the secret is shown."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [ENDPOINT_EXAMPLE | {"secret": _FAKE_SECRET}]}
+    )
+
     secret: str = Field(description="`whsec_...`: verify each delivery's signature with it.")
 
 
 class Recover(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"since": "2026-12-01T09:00:00+05:30"}]}
+    )
 
     since: Instant
 
@@ -173,5 +227,9 @@ class AttemptOut(BaseModel):
 
 
 class AttemptPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"items": [ATTEMPT_EXAMPLE], "next_cursor": "WzQxXQ"}]}
+    )
+
     items: list[AttemptOut]
     next_cursor: str | None = Field(description="Pass as `cursor` for older ones; null at the end.")

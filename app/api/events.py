@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Query, Response, status
 
 from app.api.deps import SessionDep, require_api_key
 from app.api.errors import refusals
@@ -51,10 +51,21 @@ async def get_event(event_id: str, session: SessionDep) -> Response:
     summary="Send an event again, to one endpoint or to every one that takes it",
     responses=refusals(401, 404, 422),
 )
-async def redeliver(event_id: str, session: SessionDep, body: Redeliver | None = None) -> Queued:
+async def redeliver(
+    event_id: str,
+    session: SessionDep,
+    body: Annotated[
+        Redeliver,
+        Body(
+            default_factory=Redeliver,  # no body: every endpoint that takes it
+            openapi_examples={
+                "one": {"summary": "To one endpoint", "value": Redeliver.example()},
+                "all": {"summary": "To every endpoint that takes it", "value": {}},
+            },
+        ),
+    ],
+) -> Queued:
     event = await feed.get_event(session, event_id)
-    queued = await endpoints.redeliver(
-        session, event, endpoint_id=body.endpoint_id if body else None
-    )
+    queued = await endpoints.redeliver(session, event, endpoint_id=body.endpoint_id)
     await session.commit()
     return Queued(queued=queued)

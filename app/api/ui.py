@@ -32,6 +32,7 @@ from app.calls.errors import CallNotFound
 from app.calls.state import TERMINAL
 from app.db.clock import db_now
 from app.db.models import Batch, Call, CallEvent, CallStatus
+from app.events import endpoints, feed
 from app.exotel.wire import IST  # India has one zone, Asia/Kolkata: +05:30 all year
 from app.logs import mask
 
@@ -238,6 +239,7 @@ async def status_page(
         session, within_seconds=settings.exotel_rate_window_seconds
     )
     batches = await queries.recent_batches(session, limit=RECENT_BATCHES)
+    owed = await endpoints.backlogs(session)
     calls, _ = await queries.list_calls(session, limit=RECENT_CALLS)
     oldest = overview.oldest_queued_at
     connects = granted.get("connect", 0)
@@ -261,6 +263,10 @@ async def status_page(
         batches=[batch_row(batch, counts) for batch, counts in batches],
         calls=calls,
         recent_calls=RECENT_CALLS,
+        endpoints=[
+            (endpoint, owed.get(endpoint.id, endpoints.Backlog()))
+            for endpoint in await endpoints.list_endpoints(session)
+        ],
     )
 
 
@@ -306,12 +312,14 @@ async def call_page(ref: str, session: SessionDep) -> HTMLResponse:
     except CallNotFound as exc:
         raise ApiError(404, "call_not_found", str(exc), headers=PAGE_HEADERS) from None
     events = await queries.list_events(session, call_id=call.id)
+    pushed = await feed.deliveries_of_call(session, call.id)
     recording = call.recording_url or ""
     return _page(
         "call.html",
         now=await db_now(session),
         call=call,
         entries=timeline(call, events),
+        pushed=pushed,
         # Only while the call can still change.
         refresh=0 if call.status in TERMINAL else REFRESH_SECONDS,
         # Exotel's word; linked only if it is a web address (never `javascript:`).

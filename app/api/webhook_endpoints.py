@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 from app.api.deps import SessionDep, SettingsDep, require_api_key, require_json, runtime_of
 from app.api.errors import refusals
 from app.api.event_schemas import (
+    ENDPOINT_EXAMPLE,
     AttemptOut,
     AttemptPage,
     EndpointChange,
@@ -63,7 +64,14 @@ async def create(
     return EndpointWithSecret(**shown.model_dump(), secret=endpoint.secret)
 
 
-@router.get("", summary="Every endpoint, with its health", responses=refusals(401))
+@router.get(
+    "",
+    summary="Every endpoint, with its health",
+    responses={
+        200: {"content": {"application/json": {"example": [ENDPOINT_EXAMPLE]}}},
+        **refusals(401),
+    },
+)
 async def list_all(session: SessionDep) -> list[EndpointOut]:
     owed = await endpoints.backlogs(session)
     return [

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.calls import cursors
 from app.calls.errors import EventNotFound, InvalidField
-from app.db.models import Event
+from app.db.models import Delivery, Event, WebhookEndpoint
 
 NOW = "now"  # `after=now`: only what commits from now on
 
@@ -90,3 +90,22 @@ def _decode(cursor: str) -> tuple[int, int]:
     if not all(isinstance(value, int) and not isinstance(value, bool) for value in position):
         raise InvalidField("after", "not a cursor this service gave out")
     return position[0], position[1]
+
+
+async def deliveries_of_call(
+    session: AsyncSession, call_id: uuid.UUID
+) -> list[tuple[Event, list[tuple[Delivery, str]]]]:
+    """The call's events, oldest first, each with its deliveries and their endpoints' URLs."""
+    events = list(
+        await session.scalars(select(Event).where(Event.call_id == call_id).order_by(Event.id))
+    )
+    rows = await session.execute(
+        select(Delivery, WebhookEndpoint.url)
+        .join(WebhookEndpoint, WebhookEndpoint.id == Delivery.endpoint_id)
+        .where(Delivery.call_id == call_id)
+        .order_by(Delivery.id)
+    )
+    owed: dict[int, list[tuple[Delivery, str]]] = {}
+    for delivery, url in rows:
+        owed.setdefault(delivery.event_id, []).append((delivery, url))
+    return [(event, owed.get(event.id, [])) for event in events]

@@ -10,8 +10,10 @@ every address, and connects to a checked one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
+import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -155,12 +157,16 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
     checks that a refused address is never connected to."""
 
     def __init__(self, policy: TargetPolicy, *, max_connections: int) -> None:
-        super().__init__(trust_env=False)
-        limits = httpx.Limits(max_connections=max_connections)
+        context = _ssl_context()
+        super().__init__(verify=context, trust_env=False)
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
+            ssl_context=context,
+            max_connections=max_connections,
             network_backend=_GuardedBackend(policy),
         )
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    # Loading the CA bundle takes 25 ms: once per process, not once per app.
+    return httpx.create_ssl_context()
