@@ -30,7 +30,7 @@ from app.config import SIMULATOR_API_KEY, SIMULATOR_API_TOKEN, Settings
 from app.db.session import create_engine, create_sessionmaker
 from app.events.deliverer import Deliverer
 from app.events.retention import forget_old_events
-from app.events.targets import GuardedTransport, TargetPolicy
+from app.events.targets import GuardedTransport, Resolver, TargetPolicy, system_resolver
 from app.exotel.client import ExotelClient, Observer
 from app.exotel.simulator import Simulator, SimulatorConfig
 from app.metrics import Metrics
@@ -42,9 +42,13 @@ SIMULATOR_PREFIX = "/_simulator"
 
 
 def create_app(
-    settings: Settings | None = None, *, exotel_transport: httpx.AsyncBaseTransport | None = None
+    settings: Settings | None = None,
+    *,
+    exotel_transport: httpx.AsyncBaseTransport | None = None,
+    resolver: Resolver = system_resolver,
 ) -> FastAPI:
-    """The service. `exotel_transport` replaces the network to Exotel (tests pass a double)."""
+    """The service. `exotel_transport` replaces the network to Exotel, `resolver` the DNS that
+    finds webhook subscribers (tests pass doubles)."""
     settings = settings or Settings()
     simulator = simulator_app = None
     if settings.uses_simulator and exotel_transport is None:
@@ -89,7 +93,9 @@ def create_app(
             spool = Spool(settings.spool_dir)
             spool.open()
             targets = TargetPolicy.from_settings(
-                settings.webhook_allowed_targets, production=settings.exocall_env == "production"
+                settings.webhook_allowed_targets,
+                production=settings.exocall_env == "production",
+                resolver=resolver,
             )
             # Subscribers are reached only at addresses the operator allows, checked at every
             # connect; redirects are never followed.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -163,9 +164,19 @@ def exotel() -> ExotelDouble:
     return ExotelDouble()
 
 
+async def no_dns(host: str, port: int) -> list[str]:
+    """The resolver the tests give the service: `localhost` is this machine, and no other name
+    resolves, so that no test asks a DNS server (webhook targets are IP literals)."""
+    if host == "localhost":
+        return ["127.0.0.1"]
+    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+
 @pytest.fixture
 def app(settings: Settings, exotel: ExotelDouble) -> FastAPI:
-    return create_app(settings, exotel_transport=httpx.MockTransport(exotel.handle))
+    return create_app(
+        settings, exotel_transport=httpx.MockTransport(exotel.handle), resolver=no_dns
+    )
 
 
 @asynccontextmanager

@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app.main import create_app
-from tests.conftest import make_settings
+from tests.conftest import make_settings, no_dns
 from tests.exotel_double import ExotelDouble
 
 FUZZ_API_KEY = "fake-api-key-for-fuzz"
@@ -64,6 +64,7 @@ def served(db_url: str, anyio_backend: str) -> Iterator[tuple[BlockingPortal, ht
         # A short wait: POST /calls answers 202 rather than block on the rate limit.
         make_settings(db_url, api_keys=FUZZ_API_KEY, dispatch_wait_seconds=0.2),
         exotel_transport=httpx.MockTransport(exotel.handle),
+        resolver=no_dns,
     )
     with (
         start_blocking_portal(anyio_backend) as portal,

@@ -16,7 +16,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from app.events.targets import GuardedTransport, TargetPolicy
 from app.main import create_app
-from tests.conftest import callback_path, make_settings, serving
+from tests.conftest import callback_path, make_settings, no_dns, serving
 from tests.exotel_double import ExotelDouble
 from tests.subscriber import Inbox, subscriber
 from tests.test_status_callbacks import callback, multipart, place
@@ -44,7 +44,8 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], within: float 
 
 def app_with(db_url: str, exotel: ExotelDouble, **overrides: Any) -> FastAPI:
     settings = make_settings(db_url, **(FAST | overrides))
-    return create_app(settings, exotel_transport=httpx.MockTransport(exotel.handle))
+    transport = httpx.MockTransport(exotel.handle)
+    return create_app(settings, exotel_transport=transport, resolver=no_dns)
 
 
 @pytest.fixture
@@ -325,17 +326,22 @@ async def test_production_allows_no_target_until_the_operator_names_some(
 
 
 async def test_the_address_is_checked_again_at_every_connect(hooks: tuple[Inbox, str]) -> None:
-    """An endpoint registered while its host was allowed is refused at connect once it is not
-    (as after DNS rebinding): the subscriber never hears of it."""
+    """A host that resolved to an allowed address at registration and resolves to the metadata
+    service later (DNS rebinding) is refused at connect: nothing is sent there."""
     inbox, url = hooks
-    allowed = GuardedTransport(TargetPolicy.of(["127.0.0.0/8"]), max_connections=2)
-    refused = GuardedTransport(TargetPolicy.of(["10.0.0.0/8"]), max_connections=2)
-    async with httpx.AsyncClient(transport=allowed) as http:
-        assert (await http.post(url, content=b"{}")).status_code == 200
-    async with httpx.AsyncClient(transport=refused) as http:
-        with pytest.raises(httpx.ConnectError, match="not in WEBHOOK_ALLOWED_TARGETS"):
-            await http.post(url, content=b"{}")
-    assert len(inbox.received) == 1
+    answers = [["127.0.0.1"], ["169.254.169.254", "127.0.0.1"]]
+
+    async def rebinding(host: str, port: int) -> list[str]:
+        assert host == "hooks.test"
+        return answers[0] if len(answers) == 1 else answers.pop(0)
+
+    policy = TargetPolicy.of(["127.0.0.0/8"], resolver=rebinding)
+    hook = url.replace("127.0.0.1", "hooks.test")
+    await policy.check_url(hook)  # registration: resolves to 127.0.0.1, allowed
+    async with httpx.AsyncClient(transport=GuardedTransport(policy, max_connections=1)) as http:
+        with pytest.raises(httpx.ConnectError, match=r"169\.254\.169\.254 is not in"):
+            await http.post(hook, content=b"{}")
+    assert inbox.received == []
 
 
 async def test_one_event_is_redelivered_on_request(

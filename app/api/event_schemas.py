@@ -21,10 +21,10 @@ def _unique(types: list[str]) -> list[str]:
     return list(dict.fromkeys(types))
 
 
-def _short(url: AnyHttpUrl) -> str:
+def _short(url: AnyHttpUrl) -> AnyHttpUrl:
     if len(str(url)) > MAX_URL:
         raise ValueError(f"at most {MAX_URL} characters")
-    return str(url)
+    return url
 
 
 EndpointUrl = Annotated[AnyHttpUrl, AfterValidator(_short)]

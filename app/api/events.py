@@ -49,7 +49,7 @@ async def get_event(event_id: str, session: SessionDep) -> Response:
     "/{event_id}/redeliver",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Send an event again, to one endpoint or to every one that takes it",
-    responses=refusals(401, 404, 422),
+    responses=refusals(400, 401, 404, 422),
 )
 async def redeliver(
     event_id: str,

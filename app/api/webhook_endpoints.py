@@ -47,7 +47,7 @@ async def _backlog(session: SessionDep, endpoint_id: uuid.UUID) -> int:
     dependencies=[Depends(require_json)],
     summary="Register an endpoint: events are pushed to it, signed with its secret",
     description="The URL must be at a target WEBHOOK_ALLOWED_TARGETS allows.",
-    responses=refusals(401, 413, 415, 422),
+    responses=refusals(400, 401, 413, 415, 422),
 )
 async def create(
     body: EndpointCreate, session: SessionDep, targets: TargetsDep
@@ -90,7 +90,7 @@ async def get(endpoint_id: uuid.UUID, session: SessionDep) -> EndpointOut:
     "/{endpoint_id}",
     dependencies=[Depends(require_json)],
     summary="Change an endpoint's URL, event types, description, or whether it is enabled",
-    responses=refusals(401, 404, 413, 415, 422),
+    responses=refusals(400, 401, 404, 413, 415, 422),
 )
 async def change(
     endpoint_id: uuid.UUID, body: EndpointChange, session: SessionDep, targets: TargetsDep
@@ -164,7 +164,7 @@ async def attempts(
     dependencies=[Depends(require_json)],
     summary="Send again every event since a time that the endpoint has not received",
     description=f"Oldest first, at most {endpoints.RECOVER_LIMIT}.",
-    responses=refusals(401, 404, 413, 415, 422),
+    responses=refusals(400, 401, 404, 413, 415, 422),
 )
 async def recover(endpoint_id: uuid.UUID, body: Recover, session: SessionDep) -> Queued:
     queued = await endpoints.recover(session, endpoint_id, since=body.since)

@@ -14,8 +14,8 @@ import functools
 import ipaddress
 import socket
 import ssl
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,26 +43,42 @@ class TargetRefused(Exception):
     """A URL or an address WEBHOOK_ALLOWED_TARGETS does not allow."""
 
 
+# A host name's addresses (raising OSError when it has none): the seam to DNS.
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
 @dataclass(frozen=True)
 class TargetPolicy:
     networks: tuple[Network, ...]
     hosts: tuple[str, ...]  # lowercase names; "*.example.com" allows every name under it
+    resolver: Resolver = field(default=system_resolver, compare=False)
 
     @classmethod
-    def of(cls, entries: Iterable[str]) -> TargetPolicy:
+    def of(cls, entries: Iterable[str], *, resolver: Resolver = system_resolver) -> TargetPolicy:
         networks, hosts = [], []
         for entry in entries:
             try:
                 networks.append(ipaddress.ip_network(entry.strip(), strict=False))
             except ValueError:
                 hosts.append(entry.strip().lower().rstrip("."))
-        return cls(tuple(networks), tuple(hosts))
+        return cls(tuple(networks), tuple(hosts), resolver)
 
     @classmethod
-    def from_settings(cls, allowed: Sequence[str] | None, *, production: bool) -> TargetPolicy:
+    def from_settings(
+        cls,
+        allowed: Sequence[str] | None,
+        *,
+        production: bool,
+        resolver: Resolver = system_resolver,
+    ) -> TargetPolicy:
         if allowed:
-            return cls.of(allowed)
-        return cls.of(() if production else DEVELOPMENT_TARGETS)
+            return cls.of(allowed, resolver=resolver)
+        return cls.of(() if production else DEVELOPMENT_TARGETS, resolver=resolver)
 
     def allows_name(self, host: str) -> bool:
         host = host.lower().rstrip(".")
@@ -104,12 +120,12 @@ class TargetPolicy:
             addresses = [literal]
         else:
             try:
-                infos = await asyncio.get_running_loop().getaddrinfo(
-                    host, port, type=socket.SOCK_STREAM
-                )
-            except socket.gaierror as exc:
+                found = await self.resolver(host, port)
+            except OSError as exc:  # socket.gaierror among them
                 raise TargetRefused(f"{host} does not resolve") from exc
-            addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
+            addresses = list(dict.fromkeys(ipaddress.ip_address(a) for a in found))
+            if not addresses:
+                raise TargetRefused(f"{host} does not resolve")
         for address in addresses:
             if reason := self.refusal(host, address):
                 raise TargetRefused(reason)
