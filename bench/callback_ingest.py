@@ -66,10 +66,10 @@ class Load:
     postgres_cpu: float
 
 
-async def placed_calls(url: str) -> list[tuple[uuid.UUID, str]]:
+async def placed_calls(url: str, count: int = CALLS) -> list[tuple[uuid.UUID, str]]:
     """Calls as Exotel accepted them: in progress, SID known."""
     engine = create_engine(url)
-    calls = [(uuid.uuid4(), uuid.uuid4().hex[:30] + "9g") for _ in range(CALLS)]
+    calls = [(uuid.uuid4(), uuid.uuid4().hex[:30] + "9g") for _ in range(count)]
     async with create_sessionmaker(engine)() as session, session.begin():
         now = await db_now(session)
         session.add_all(
@@ -166,13 +166,15 @@ def measure(argv: list[str], env: dict[str, str], script: Path, duration: int) -
             server.wait()
 
 
-def serve(argv: list[str], env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+def serve(
+    argv: list[str], env: dict[str, str], port: int, log: Path, *, ready_path: str = "/docs"
+) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1)
+            httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=1)
             return process
         except httpx.TransportError:
             time.sleep(0.1)

@@ -4,13 +4,16 @@ is checked with the `standardwebhooks` package, a verifier nobody here wrote."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -18,6 +21,7 @@ from app.events.targets import GuardedTransport, TargetPolicy
 from app.main import create_app
 from tests.conftest import callback_path, make_settings, no_dns, serving
 from tests.exotel_double import ExotelDouble
+from tests.processes import free_ports
 from tests.subscriber import Inbox, subscriber
 from tests.test_status_callbacks import callback, multipart, place
 
@@ -390,3 +394,41 @@ async def test_the_pages_show_endpoints_and_what_each_call_pushed(
     await eventually(lambda: _is(client, endpoint["id"], "backlog", 0))
     events = (await client.get(f"/ui/calls/{call_id}")).text.split('id="events"')[1]
     assert events.count('class="chip dl-delivered"') == 2
+
+
+async def test_the_readme_subscriber_verifies_and_takes_each_event_once(
+    client: httpx.AsyncClient,
+    exotel: ExotelDouble,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """examples/subscriber.py, shown in the README, against real deliveries."""
+    example = Path(__file__).parent.parent / "examples" / "subscriber.py"
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert example.read_text() in readme  # the README shows the file as it is
+
+    (port,) = free_ports(1)
+    url = f"http://127.0.0.1:{port}/exocall-events"
+    endpoint = await register(client, url, event_types=["call.completed", "call.busy"])
+    monkeypatch.setenv("EXOCALL_WEBHOOK_SECRET", endpoint["secret"])
+    spec = importlib.util.spec_from_file_location("readme_subscriber", example)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = uvicorn.Config(module.app, host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    serving_task = asyncio.create_task(server.serve())
+    try:
+        await complete(client, exotel, "busy")
+        await eventually(lambda: _is(client, endpoint["id"], "backlog", 0))
+        headers = {"webhook-id": "evt_x", "webhook-timestamp": "1", "webhook-signature": "v1,AA"}
+        async with httpx.AsyncClient() as http:
+            forged = await http.post(url, content=b'{"id": "evt_x"}', headers=headers)
+        assert forged.status_code == 400
+    finally:
+        server.should_exit = True
+        await serving_task
+    attempts = (await client.get(f"/webhook-endpoints/{endpoint['id']}/attempts")).json()["items"]
+    assert [(a["status_code"], a["response_body"]) for a in attempts] == [(200, '{"status":"ok"}')]
+    assert "call again later" in capsys.readouterr().out

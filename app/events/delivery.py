@@ -81,12 +81,6 @@ async def claim(
     endpoint's share; first release the claims of replicas that died mid-send."""
     now = await db_now(session)
     await _release(session, now=now, older_than=now - timedelta(seconds=stale_after))
-    counted = await session.execute(
-        select(Delivery.endpoint_id, func.count())
-        .where(Delivery.state == DeliveryState.SENDING)
-        .group_by(Delivery.endpoint_id)
-    )
-    in_flight: dict[uuid.UUID, int] = dict(counted.all())
     earlier = aliased(Delivery)
     waits_on_earlier = (
         select(earlier.id)
@@ -98,19 +92,42 @@ async def claim(
         )
         .exists()
     )
+    candidates = (
+        await session.execute(
+            select(Delivery.id, Delivery.endpoint_id)
+            .join(WebhookEndpoint, WebhookEndpoint.id == Delivery.endpoint_id)
+            .where(
+                Delivery.state == DeliveryState.PENDING,
+                Delivery.next_attempt_at <= now,
+                WebhookEndpoint.enabled,
+                ~waits_on_earlier,
+            )
+            .order_by(Delivery.next_attempt_at, Delivery.id)
+            .limit(limit * 4)  # room to pass over endpoints at their share
+        )
+    ).all()
+    if not candidates:
+        return []
+    # Every writer locks an endpoint before its deliveries (no deadlock between them), and
+    # each endpoint's share is counted under that lock, so that two replicas claiming at once
+    # cannot both take its last slot.
+    endpoint_ids = sorted({endpoint_id for _, endpoint_id in candidates})
+    await lock_endpoints(session, endpoint_ids)
     due = await session.scalars(
         select(Delivery)
-        .join(WebhookEndpoint, WebhookEndpoint.id == Delivery.endpoint_id)
         .where(
+            Delivery.id.in_([delivery_id for delivery_id, _ in candidates]),
             Delivery.state == DeliveryState.PENDING,
-            Delivery.next_attempt_at <= now,
-            WebhookEndpoint.enabled,
-            ~waits_on_earlier,
         )
         .order_by(Delivery.next_attempt_at, Delivery.id)
-        .limit(limit * 4)  # room to pass over endpoints at their share
-        .with_for_update(of=Delivery, skip_locked=True)
+        .with_for_update(skip_locked=True)
     )
+    counted = await session.execute(
+        select(Delivery.endpoint_id, func.count())
+        .where(Delivery.state == DeliveryState.SENDING, Delivery.endpoint_id.in_(endpoint_ids))
+        .group_by(Delivery.endpoint_id)
+    )
+    in_flight: dict[uuid.UUID, int] = dict(counted.all())
     chosen: list[Delivery] = []
     for delivery in due:
         if len(chosen) == limit:
@@ -188,6 +205,16 @@ async def _release(
     return len(stale)
 
 
+async def lock_endpoints(session: AsyncSession, endpoint_ids: list[uuid.UUID]) -> None:
+    """Lock the endpoints' rows, in one order: before any of their deliveries."""
+    await session.execute(
+        select(WebhookEndpoint.id)
+        .where(WebhookEndpoint.id.in_(endpoint_ids))
+        .order_by(WebhookEndpoint.id)
+        .with_for_update()
+    )
+
+
 def signature(secrets: list[str], *, event_id: str, timestamp: int, body: str) -> str:
     """`webhook-signature`: one `v1,<base64>` per secret, separated by spaces."""
     at = datetime.fromtimestamp(timestamp, UTC)  # sign() takes the time as UTC, whatever its zone
@@ -263,6 +290,7 @@ async def record(
     """Store the attempt and what follows from it: delivered, retried later, or given up; the
     endpoint's health, and whether it is to be disabled."""
     now = await db_now(session)
+    await lock_endpoints(session, [claimed.endpoint_id])
     delivery = await session.get(Delivery, claimed.delivery_id, with_for_update=True)
     if delivery is None:  # the endpoint was deleted meanwhile
         return DeliveryState.FAILED
