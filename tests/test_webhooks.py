@@ -361,6 +361,7 @@ async def test_one_event_is_redelivered_on_request(
     assert again.json() == {"queued": 1}
     await eventually(lambda: len(inbox.received) == 2)
     assert inbox.received[1]["headers"]["webhook-id"] == event_id
+    await eventually(lambda: _is(client, endpoint["id"], "backlog", 0))  # the answer recorded
     attempts = (await client.get(f"/webhook-endpoints/{endpoint['id']}/attempts")).json()["items"]
     assert [a["trigger"] for a in attempts] == ["manual", "scheduled"]
     # Without a body: to every enabled endpoint that takes it (once the last is recorded).

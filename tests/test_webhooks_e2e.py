@@ -97,12 +97,10 @@ async def test_every_event_reaches_the_subscriber_once_in_order_through_failures
             await until(victim_is_sending, 30, "the replica to be killed is delivering")
         victim.popen.send_signal(signal.SIGKILL)
         victim.popen.wait()
+        await apis.pop(0).aclose()
         if replicas == 1:  # SQLite: the one process comes back
-            apis[0] = httpx.AsyncClient(
-                base_url=deployment.start_server(), timeout=30, headers=AUTH
-            )
-        else:
-            apis = apis[1:]
+            restarted = deployment.start_server()
+            apis.append(httpx.AsyncClient(base_url=restarted, timeout=30, headers=AUTH))
         await subscriber.post("/answer", json={"status": 200})
 
         async def all_delivered() -> bool:
