@@ -33,10 +33,10 @@ CALLS = 24
 ENDED = {"completed", "busy", "no-answer", "failed"}
 
 
-async def until(check: Any, within: float, what: str) -> None:
+async def until(check: Any, within: float, what: str, seen: Any = None) -> None:
     deadline = time.monotonic() + within
     while not await check():
-        assert time.monotonic() < deadline, f"not within {within} s: {what}"
+        assert time.monotonic() < deadline, f"not within {within} s: {what} (last seen: {seen})"
         await asyncio.sleep(0.2)
 
 
@@ -50,6 +50,11 @@ async def test_every_event_reaches_the_subscriber_once_in_order_through_failures
         "WEBHOOK_TIMEOUT_SECONDS": "3",
         # A dead replica's claims are given back after the time-out and this.
         "DISPATCH_CLAIM_GRACE_SECONDS": "1",
+        # The killed replica's callbacks are lost: its calls are looked up soon after.
+        "RECONCILE_INTERVAL_SECONDS": "1",
+        "RECONCILE_FIRST_LOOKUP_SECONDS": "1",
+        "RECONCILE_RECHECK_SECONDS": "1",
+        "RECONCILE_GRACE_SECONDS": "1",
     }
     deployment.start_simulator("--callback-delay", "0.3")
     subscriber_url = deployment.start_subscriber()
@@ -76,6 +81,12 @@ async def test_every_event_reaches_the_subscriber_once_in_order_through_failures
             return len((await subscriber.get("/received")).json()) >= 10
 
         await until(some_failed, 30, "the subscriber refused ten deliveries")
+
+        async def all_sent() -> bool:  # the kill is to cut a delivery, not a dispatch
+            calls = [(await apis[0].get(f"/calls/{i}")).json() for i in call_ids]
+            return all(call["sid"] for call in calls)
+
+        await until(all_sent, 30, "Exotel accepted every call")
         # Back, but slow: deliveries are in flight for a second each.
         await subscriber.post("/answer", json={"status": 200, "delay": 1})
 
@@ -103,12 +114,15 @@ async def test_every_event_reaches_the_subscriber_once_in_order_through_failures
             apis.append(httpx.AsyncClient(base_url=restarted, timeout=30, headers=AUTH))
         await subscriber.post("/answer", json={"status": 200})
 
+        seen: dict[str, Any] = {}
+
         async def all_delivered() -> bool:
             calls = [(await apis[0].get(f"/calls/{i}")).json()["status"] for i in call_ids]
             shown = (await apis[0].get(f"/webhook-endpoints/{endpoint['id']}")).json()
+            seen.update(calls=Counter(calls), endpoint=shown)
             return set(calls) <= ENDED and shown["backlog"] == 0
 
-        await until(all_delivered, 90, "every call ended and every event delivered")
+        await until(all_delivered, 90, "every call ended and every event delivered", seen)
 
         # Rotation: during the overlap each delivery verifies with the old and the new secret.
         rotated = await apis[0].post(f"/webhook-endpoints/{endpoint['id']}/rotate-secret")
@@ -116,7 +130,7 @@ async def test_every_event_reaches_the_subscriber_once_in_order_through_failures
         received_before = len((await subscriber.get("/received")).json())
         last = await apis[0].post("/calls", json={"from": "9052161190", "app_id": "926"})
         call_ids.append(last.json()["id"])
-        await until(all_delivered, 60, "the last call's events delivered")
+        await until(all_delivered, 60, "the last call's events delivered", seen)
 
         # 410: the endpoint is disabled, and says why.
         await subscriber.post("/answer", json={"status": 410})
