@@ -119,7 +119,7 @@ async def run(duration: int, backlog: int) -> None:
         env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("EXOTEL_", "CALLBACK", "WEBHOOK_", "API_KEYS"))
+            if not k.startswith(("EXOTEL_", "CALLBACK", "API_KEYS"))
         }
         env |= {
             "DATABASE_URL": url,

@@ -19,6 +19,8 @@ from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+_GATHER_SECONDS = 0.005
+
 
 class Deliverer:
     def __init__(
@@ -73,6 +75,8 @@ class Deliverer:
                 self._freed.clear()
                 await self._pause(settings.webhook_poll_seconds, self._freed)
                 continue
+            # Set by any delivery that ends from here on: it may free an endpoint's share.
+            self._freed.clear()
             try:
                 async with self._sessionmaker() as session, session.begin():
                     claimed = await delivery.claim(
@@ -97,7 +101,11 @@ class Deliverer:
                 self._sending.add(task)
                 task.add_done_callback(self._done)
             if not claimed:
-                await self._pause(settings.webhook_poll_seconds)
+                await self._pause(settings.webhook_poll_seconds, self._freed)
+                if self._freed.is_set():
+                    # Let the deliveries ending about now end too: one claim for them all
+                    # (a claim costs as much for one delivery as for many).
+                    await asyncio.sleep(_GATHER_SECONDS)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)

@@ -38,6 +38,7 @@ from app.events.endpoints import OWED, disable, signing_secrets
 ANSWER_KEPT = 1024  # bytes of each answer recorded with its attempt
 _SLOW_DOWN = frozenset({429, 502, 503, 504})
 _SLOW_DOWN_FLOOR = 60.0
+_HEALTH_RESOLUTION = timedelta(seconds=1)  # how fresh an endpoint's `last_success_at` is
 _INTERRUPTED = "interrupted: the replica sending it stopped before the answer was recorded"
 
 
@@ -102,7 +103,8 @@ async def claim(
                 WebhookEndpoint.enabled,
                 ~waits_on_earlier,
             )
-            .order_by(Delivery.next_attempt_at, Delivery.id)
+            # The index's order, so that the scan stops at the limit (no sort of the backlog).
+            .order_by(Delivery.next_attempt_at)
             .limit(limit * 4)  # room to pass over endpoints at their share
         )
     ).all()
@@ -120,7 +122,7 @@ async def claim(
             Delivery.state == DeliveryState.PENDING,
         )
         .order_by(Delivery.next_attempt_at, Delivery.id)
-        .with_for_update(skip_locked=True)
+        .with_for_update(skip_locked=True, key_share=True)
     )
     counted = await session.execute(
         select(Delivery.endpoint_id, func.count())
@@ -141,26 +143,26 @@ async def claim(
         delivery.state = DeliveryState.SENDING
         delivery.claimed_by, delivery.claimed_at = replica_id, now
         delivery.attempts += 1
-    events = {
-        event.id: event
-        for event in await session.scalars(
-            select(Event).where(Event.id.in_({d.event_id for d in chosen}))
-        )
-    }
     endpoints = {
         endpoint.id: endpoint
         for endpoint in await session.scalars(
             select(WebhookEndpoint).where(WebhookEndpoint.id.in_({d.endpoint_id for d in chosen}))
         )
     }
+    bodies = await session.execute(
+        select(Event.id, Event.public_id, Event.body).where(
+            Event.id.in_({d.event_id for d in chosen})
+        )
+    )
+    events = {event_id: (public_id, body) for event_id, public_id, body in bodies}
     return [
         Claimed(
             delivery_id=delivery.id,
             endpoint_id=delivery.endpoint_id,
             url=endpoints[delivery.endpoint_id].url,
             secrets=signing_secrets(endpoints[delivery.endpoint_id], now),
-            event_id=events[delivery.event_id].public_id,
-            body=events[delivery.event_id].body,
+            event_id=events[delivery.event_id][0],
+            body=events[delivery.event_id][1],
             trigger=delivery.trigger,
         )
         for delivery in chosen
@@ -188,7 +190,7 @@ async def _release(
         query = query.where(Delivery.claimed_at < older_than)
     if replica_id is not None:
         query = query.where(Delivery.claimed_by == replica_id)
-    stale = list(await session.scalars(query.with_for_update(skip_locked=True)))
+    stale = list(await session.scalars(query.with_for_update(skip_locked=True, key_share=True)))
     for delivery in stale:
         session.add(
             DeliveryAttempt(
@@ -206,12 +208,14 @@ async def _release(
 
 
 async def lock_endpoints(session: AsyncSession, endpoint_ids: list[uuid.UUID]) -> None:
-    """Lock the endpoints' rows, in one order: before any of their deliveries."""
+    """Lock the endpoints' rows, in one order: before any of their deliveries. FOR NO KEY
+    UPDATE, as an UPDATE of the row would: a delivery or an attempt inserted meanwhile only
+    shares the key (its foreign key), and does not wait."""
     await session.execute(
         select(WebhookEndpoint.id)
         .where(WebhookEndpoint.id.in_(endpoint_ids))
         .order_by(WebhookEndpoint.id)
-        .with_for_update()
+        .with_for_update(key_share=True)
     )
 
 
@@ -290,8 +294,27 @@ async def record(
     """Store the attempt and what follows from it: delivered, retried later, or given up; the
     endpoint's health, and whether it is to be disabled."""
     now = await db_now(session)
-    await lock_endpoints(session, [claimed.endpoint_id])
-    delivery = await session.get(Delivery, claimed.delivery_id, with_for_update=True)
+    endpoint = WebhookEndpoint.__table__.c
+    health = (
+        await session.execute(
+            select(endpoint.last_success_at, endpoint.failing_since).where(
+                endpoint.id == claimed.endpoint_id
+            )
+        )
+    ).one_or_none()
+    if health is None:  # the endpoint was deleted meanwhile
+        return DeliveryState.FAILED
+    # Every delivery to the endpoint would write its row, one at a time: it is written only
+    # when its health changes, and on success at most once a second.
+    touches_endpoint = (
+        not answer.delivered
+        or health.failing_since is not None
+        or health.last_success_at is None
+        or now - health.last_success_at >= _HEALTH_RESOLUTION
+    )
+    if touches_endpoint:
+        await lock_endpoints(session, [claimed.endpoint_id])  # before the delivery's row
+    delivery = await session.get(Delivery, claimed.delivery_id, with_for_update={"key_share": True})
     if delivery is None:  # the endpoint was deleted meanwhile
         return DeliveryState.FAILED
     await session.execute(
@@ -308,14 +331,14 @@ async def record(
     )
     delivery.claimed_by = delivery.claimed_at = None
     delivery.trigger = "scheduled"
-    endpoint = WebhookEndpoint.__table__.c
     if answer.delivered:
         delivery.state, delivery.finished_at = DeliveryState.DELIVERED, now
-        await session.execute(
-            update(WebhookEndpoint)
-            .where(endpoint.id == delivery.endpoint_id)
-            .values(last_success_at=now, failing_since=None)
-        )
+        if touches_endpoint:
+            await session.execute(
+                update(WebhookEndpoint)
+                .where(endpoint.id == delivery.endpoint_id)
+                .values(last_success_at=now, failing_since=None)
+            )
         return delivery.state
     if answer.status_code == 410:
         delivery.state, delivery.finished_at = DeliveryState.FAILED, now

@@ -76,7 +76,8 @@ async def create_endpoint(
 
 
 async def get_endpoint(session: AsyncSession, endpoint_id: uuid.UUID) -> WebhookEndpoint:
-    endpoint = await session.get(WebhookEndpoint, endpoint_id, with_for_update=True)
+    # FOR NO KEY UPDATE: deliveries inserted meanwhile (their foreign key) do not wait.
+    endpoint = await session.get(WebhookEndpoint, endpoint_id, with_for_update={"key_share": True})
     if endpoint is None:
         raise EndpointNotFound(endpoint_id)
     return endpoint
@@ -182,7 +183,7 @@ async def owe_again(
                 Delivery.event_id.in_([event.id for event in events]),
                 Delivery.endpoint_id.in_([endpoint.id for endpoint in endpoints]),
             )
-            .with_for_update()
+            .with_for_update(key_share=True)
         )
     }
     queued = 0
