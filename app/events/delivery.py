@@ -115,28 +115,30 @@ async def claim(
     # cannot both take its last slot.
     endpoint_ids = sorted({endpoint_id for _, endpoint_id in candidates})
     await lock_endpoints(session, endpoint_ids)
-    due = await session.scalars(
-        select(Delivery)
-        .where(
-            Delivery.id.in_([delivery_id for delivery_id, _ in candidates]),
-            Delivery.state == DeliveryState.PENDING,
-        )
-        .order_by(Delivery.next_attempt_at, Delivery.id)
-        .with_for_update(skip_locked=True, key_share=True)
-    )
     counted = await session.execute(
         select(Delivery.endpoint_id, func.count())
         .where(Delivery.state == DeliveryState.SENDING, Delivery.endpoint_id.in_(endpoint_ids))
         .group_by(Delivery.endpoint_id)
     )
-    in_flight: dict[uuid.UUID, int] = dict(counted.all())
-    chosen: list[Delivery] = []
-    for delivery in due:
-        if len(chosen) == limit:
+    free = dict.fromkeys(endpoint_ids, per_endpoint)
+    for endpoint_id, sending in counted:
+        free[endpoint_id] -= sending
+    wanted: list[int] = []
+    for delivery_id, endpoint_id in candidates:
+        if len(wanted) == limit:
             break
-        if in_flight.get(delivery.endpoint_id, 0) < per_endpoint:
-            in_flight[delivery.endpoint_id] = in_flight.get(delivery.endpoint_id, 0) + 1
-            chosen.append(delivery)
+        if free[endpoint_id] > 0:
+            free[endpoint_id] -= 1
+            wanted.append(delivery_id)
+    if not wanted:
+        return []
+    chosen = list(
+        await session.scalars(
+            select(Delivery)
+            .where(Delivery.id.in_(wanted), Delivery.state == DeliveryState.PENDING)
+            .with_for_update(skip_locked=True, key_share=True)
+        )
+    )
     if not chosen:
         return []
     for delivery in chosen:
