@@ -54,6 +54,7 @@ ENDPOINT_EXAMPLE: dict[str, Any] = {
     "failing_since": None,
     "backlog": 0,
 }
+REDELIVER_EXAMPLE = {"endpoint_id": ENDPOINT_EXAMPLE["id"]}
 ATTEMPT_EXAMPLE: dict[str, Any] = {
     "id": 41,
     "event_id": EVENT_EXAMPLE["id"],
@@ -100,17 +101,11 @@ class EventPage(BaseModel):
 
 
 class Redeliver(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"endpoint_id": ENDPOINT_EXAMPLE["id"]}]}
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [REDELIVER_EXAMPLE]})
 
     endpoint_id: uuid.UUID | None = Field(
         None, description="Only this endpoint; every enabled endpoint taking the type if absent."
     )
-
-    @staticmethod
-    def example() -> dict[str, Any]:
-        return {"endpoint_id": ENDPOINT_EXAMPLE["id"]}
 
 
 class Queued(BaseModel):

@@ -9,7 +9,14 @@ from fastapi import APIRouter, Body, Depends, Query, Response, status
 
 from app.api.deps import SessionDep, require_api_key
 from app.api.errors import refusals
-from app.api.event_schemas import EventOut, EventPage, EventType, Queued, Redeliver
+from app.api.event_schemas import (
+    REDELIVER_EXAMPLE,
+    EventOut,
+    EventPage,
+    EventType,
+    Queued,
+    Redeliver,
+)
 from app.events import endpoints, feed
 
 JSON = "application/json"
@@ -59,7 +66,7 @@ async def redeliver(
         Body(
             default_factory=Redeliver,  # no body: every endpoint that takes it
             openapi_examples={
-                "one": {"summary": "To one endpoint", "value": Redeliver.example()},
+                "one": {"summary": "To one endpoint", "value": REDELIVER_EXAMPLE},
                 "all": {"summary": "To every endpoint that takes it", "value": {}},
             },
         ),

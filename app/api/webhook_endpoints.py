@@ -22,6 +22,7 @@ from app.api.event_schemas import (
 )
 from app.calls import cursors
 from app.calls.errors import InvalidField
+from app.db.models import WebhookEndpoint
 from app.events import endpoints
 from app.events.targets import TargetPolicy
 
@@ -38,7 +39,13 @@ TargetsDep = Annotated[TargetPolicy, Depends(_targets)]
 
 
 async def _backlog(session: SessionDep, endpoint_id: uuid.UUID) -> int:
-    return (await endpoints.backlogs(session)).get(endpoint_id, endpoints.Backlog()).count
+    owed = await endpoints.backlogs(session, of=endpoint_id)
+    return owed.get(endpoint_id, endpoints.Backlog()).count
+
+
+def _with_secret(endpoint: WebhookEndpoint, *, backlog: int) -> EndpointWithSecret:
+    shown = EndpointOut.of(endpoint, backlog=backlog)
+    return EndpointWithSecret(**shown.model_dump(), secret=endpoint.secret)
 
 
 @router.post(
@@ -60,8 +67,7 @@ async def create(
         policy=targets,
     )
     await session.commit()
-    shown = EndpointOut.of(endpoint, backlog=0)
-    return EndpointWithSecret(**shown.model_dump(), secret=endpoint.secret)
+    return _with_secret(endpoint, backlog=0)
 
 
 @router.get(
@@ -132,8 +138,7 @@ async def rotate_secret(
         session, endpoint_id, overlap=settings.webhook_secret_overlap_seconds
     )
     await session.commit()
-    shown = EndpointOut.of(endpoint, backlog=await _backlog(session, endpoint_id))
-    return EndpointWithSecret(**shown.model_dump(), secret=endpoint.secret)
+    return _with_secret(endpoint, backlog=await _backlog(session, endpoint_id))
 
 
 @router.get(

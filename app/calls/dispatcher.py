@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls.availability import Availability
 from app.calls.dispatch import claim_next, send_claimed
+from app.calls.periodic import sleep_until_set
 from app.calls.ratelimit import Budget
 from app.config import Settings
 from app.db.models import Call, CallStatus
@@ -151,10 +152,7 @@ class Dispatcher:
 
     async def _pause(self, seconds: float, *also: asyncio.Event) -> None:
         """Sleep `seconds`, or until stopping or any of `also` is set."""
-        waits = [asyncio.ensure_future(event.wait()) for event in (self._stopping, *also)]
-        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        for wait in waits:
-            wait.cancel()
+        await sleep_until_set(seconds, self._stopping, *also)
 
     def _spawn_send(self, call_id: uuid.UUID) -> None:
         task = asyncio.create_task(self._send(call_id), name=f"send {call_id}")

@@ -17,13 +17,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BigInteger, Table, Text, any_, bindparam, cast, func, insert, select
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import BigInteger, Text, cast, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.calls.resource import CallOut
 from app.calls.state import TERMINAL
 from app.db.models import Call, CallStatus, Delivery, DeliveryState, Event, WebhookEndpoint
+from app.db.statements import one_of, table_of
 
 if TYPE_CHECKING:
     from app.calls.store import Change
@@ -129,29 +129,20 @@ async def write_events(
         await db.execute(statements.insert_deliveries, owed)
 
 
-def _table(model: type[Any]) -> Table:
-    table = model.__table__
-    assert isinstance(table, Table)
-    return table
-
-
 class _Statements:
     def __init__(self, dialect: str) -> None:
-        calls, events = _table(Call), _table(Event)
+        calls, events = table_of(Call), table_of(Event)
+        txid: Any = None  # SQLite commits one transaction at a time: the id is the order
         if dialect == "postgresql":
-            wanted = calls.c.id == any_(bindparam("ids", type_=ARRAY(calls.c.id.type)))
             # The feed's watermark compares these with the oldest transaction in flight.
-            txid: Any = cast(cast(func.pg_current_xact_id(), Text), BigInteger)
-        else:
-            wanted = calls.c.id.in_(bindparam("ids", expanding=True))
-            txid = None  # SQLite commits one transaction at a time: the id is the order
-        self.calls = select(calls).where(wanted)
+            txid = cast(cast(func.pg_current_xact_id(), Text), BigInteger)
+        self.calls = select(calls).where(one_of(calls.c.id, "ids", dialect=dialect))
         self.insert_events = (
             insert(events).values(txid=txid).returning(events.c.public_id, events.c.id)
         )
-        endpoint = _table(WebhookEndpoint).c
+        endpoint = table_of(WebhookEndpoint).c
         self.endpoints = select(endpoint.id, endpoint.event_types).where(endpoint.enabled)
-        self.insert_deliveries = insert(_table(Delivery))
+        self.insert_deliveries = insert(table_of(Delivery))
 
 
 @functools.cache

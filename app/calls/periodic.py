@@ -13,6 +13,14 @@ from app.db.session import is_database_down
 log = logging.getLogger(__name__)
 
 
+async def sleep_until_set(seconds: float, *events: asyncio.Event) -> None:
+    """Sleep `seconds`, or until any of `events` is set."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
+
+
 class Periodic:
     """Runs `job` every `interval` seconds, at once or after a first interval. A failing run is
     logged and the job runs again next time: the loop outlives any one failure."""

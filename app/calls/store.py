@@ -26,27 +26,22 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, any_, bindparam, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import ColumnElement, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.calls import outbox
 from app.calls.callbacks import Ignored, ReceivedCallback, Unreadable
 from app.calls.state import CallState, apply_update
+from app.db import statements
 from app.db.clock import db_now
 from app.db.models import Call, CallEvent, EventOutcome
+from app.db.statements import table_of
 from app.logs import about
 
 log = logging.getLogger(__name__)
 
 
-def _table(model: type[Call | CallEvent]) -> Table:
-    table = model.__table__
-    assert isinstance(table, Table)
-    return table
-
-
-_CALLS, _EVENTS = _table(Call), _table(CallEvent)
+_CALLS, _EVENTS = table_of(Call), table_of(CallEvent)
 STATE_COLUMNS = [f.name for f in fields(CallState)]
 _CHANGING = [name for name in STATE_COLUMNS if name != "id"]
 # Reconciliation's schedule is written, but is not a change of the call (its `updated_at`).
@@ -290,10 +285,7 @@ def _statements(dialect: str) -> _Statements:
     """Built once: building a statement costs more than running it for a few rows."""
 
     def one_of(column: ColumnElement[Any], name: str) -> ColumnElement[bool]:
-        # PostgreSQL takes the list as one array: one prepared statement for any length.
-        if dialect == "postgresql":
-            return column == any_(bindparam(name, type_=ARRAY(column.type)))
-        return column.in_(bindparam(name, expanding=True))
+        return statements.one_of(column, name, dialect=dialect)
 
     calls, events = _CALLS.c, _EVENTS.c
     event_columns = [c for c in events if c.name not in ("id",)]

@@ -11,6 +11,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls.availability import Availability
+from app.calls.periodic import sleep_until_set
 from app.config import Settings
 from app.db.models import DeliveryState
 from app.db.session import is_database_down
@@ -63,9 +64,12 @@ class Deliverer:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
             if pending:
-                with contextlib.suppress(Exception):
+                try:
                     async with self._sessionmaker() as session, session.begin():
                         await delivery.release(session, replica_id=self._replica_id)
+                except Exception:
+                    # The claims go stale instead, and are given back by another replica.
+                    log.warning("deliverer: could not give back its claims", exc_info=True)
 
     async def _run(self) -> None:
         settings = self._settings
@@ -112,10 +116,8 @@ class Deliverer:
         self._freed.set()
 
     async def _pause(self, seconds: float, *also: asyncio.Event) -> None:
-        waits = [asyncio.ensure_future(event.wait()) for event in (self._stopping, *also)]
-        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        for wait in waits:
-            wait.cancel()
+        """Sleep `seconds`, or until stopping or any of `also` is set."""
+        await sleep_until_set(seconds, self._stopping, *also)
 
     async def _deliver(self, claimed: delivery.Claimed) -> None:
         answer = await delivery.attempt(

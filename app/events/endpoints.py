@@ -139,12 +139,18 @@ class Backlog:
     oldest: datetime | None = None
 
 
-async def backlogs(session: AsyncSession) -> dict[uuid.UUID, Backlog]:
-    rows = await session.execute(
+async def backlogs(
+    session: AsyncSession, *, of: uuid.UUID | None = None
+) -> dict[uuid.UUID, Backlog]:
+    """What each endpoint is owed (only endpoint `of`, when given); none owed: not listed."""
+    query = (
         select(Delivery.endpoint_id, func.count(), func.min(Delivery.created_at))
         .where(Delivery.state.in_(OWED))
         .group_by(Delivery.endpoint_id)
     )
+    if of is not None:
+        query = query.where(Delivery.endpoint_id == of)
+    rows = await session.execute(query)
     return {endpoint_id: Backlog(count, oldest) for endpoint_id, count, oldest in rows}
 
 
