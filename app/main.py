@@ -109,7 +109,7 @@ def create_app(
                 )
             )
             deliverer = Deliverer(
-                sessionmaker=sessionmaker,
+                engine=engine,
                 http=webhook_http,
                 settings=settings,
                 replica_id=dispatcher.replica_id,

@@ -90,25 +90,25 @@ async def test_every_event_reaches_the_subscriber_once_in_order_through_failures
         # Back, but slow: deliveries are in flight for a second each.
         await subscriber.post("/answer", json={"status": 200, "delay": 1})
 
-        # SIGKILL the first replica while it holds a delivery in flight.
-        victim = deployment.processes[-replicas]
+        # SIGKILL a replica while it holds a delivery in flight.
+        processes = deployment.processes[-replicas:]
+        victims: list[int] = []
         async with engine.connect() as db:
 
-            async def victim_is_sending() -> bool:
-                claimed = await db.scalar(
-                    text(
-                        "SELECT count(*) FROM delivery"
-                        " WHERE state = 'sending' AND claimed_by LIKE :me"
-                    ),
-                    {"me": f"%:{victim.popen.pid}:%"},
+            async def one_is_sending() -> bool:
+                claims = await db.scalars(
+                    text("SELECT claimed_by FROM delivery WHERE state = 'sending'")
                 )
+                # A replica's id is host:pid:random.
+                victims[:] = [int(claim.split(":")[-2]) for claim in claims]
                 await db.commit()
-                return bool(claimed)
+                return bool(victims)
 
-            await until(victim_is_sending, 30, "the replica to be killed is delivering")
-        victim.popen.send_signal(signal.SIGKILL)
-        victim.popen.wait()
-        await apis.pop(0).aclose()
+            await until(one_is_sending, 30, "a replica is delivering")
+        index = [process.popen.pid for process in processes].index(victims[0])
+        processes[index].popen.send_signal(signal.SIGKILL)
+        processes[index].popen.wait()
+        await apis.pop(index).aclose()
         if replicas == 1:  # SQLite: the one process comes back
             restarted = deployment.start_server()
             apis.append(httpx.AsyncClient(base_url=restarted, timeout=30, headers=AUTH))

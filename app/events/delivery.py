@@ -17,22 +17,26 @@ recording what came of it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import httpx
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
+from sqlalchemy import Boolean, bindparam, case, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 from standardwebhooks.webhooks import Webhook
 
 from app.config import Settings
+from app.db.base import UTCDateTime
 from app.db.clock import db_now
 from app.db.models import Delivery, DeliveryAttempt, DeliveryState, Event, WebhookEndpoint
+from app.db.statements import one_of, table_of
 from app.events.endpoints import OWED, disable, signing_secrets
 
 ANSWER_KEPT = 1024  # bytes of each answer recorded with its attempt
@@ -40,6 +44,7 @@ _SLOW_DOWN = frozenset({429, 502, 503, 504})
 _SLOW_DOWN_FLOOR = 60.0
 _HEALTH_RESOLUTION = timedelta(seconds=1)  # how fresh an endpoint's `last_success_at` is
 _INTERRUPTED = "interrupted: the replica sending it stopped before the answer was recorded"
+_delivery = table_of(Delivery).c
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,8 @@ class Claimed:
     event_id: str  # the public id: `webhook-id`
     body: str
     trigger: str
+    attempt: int  # this attempt's number: the delivery's `attempts` once claimed
+    claimed_at: datetime
 
 
 @dataclass(frozen=True)
@@ -71,154 +78,97 @@ class Answer:
 
 
 async def claim(
-    session: AsyncSession,
-    *,
-    replica_id: str,
-    limit: int,
-    per_endpoint: int,
-    stale_after: float,
+    db: AsyncConnection, *, replica_id: str, limit: int, per_endpoint: int
 ) -> list[Claimed]:
     """Claim up to `limit` deliveries that are due, heads of their call's chain, within each
-    endpoint's share; first release the claims of replicas that died mid-send."""
-    now = await db_now(session)
-    await _release(session, now=now, older_than=now - timedelta(seconds=stale_after))
-    earlier = aliased(Delivery)
-    waits_on_earlier = (
-        select(earlier.id)
-        .where(
-            earlier.endpoint_id == Delivery.endpoint_id,
-            earlier.call_id == Delivery.call_id,
-            earlier.sequence < Delivery.sequence,
-            earlier.state.in_(OWED),
-        )
-        .exists()
-    )
-    candidates = (
-        await session.execute(
-            select(Delivery.id, Delivery.endpoint_id)
-            .join(WebhookEndpoint, WebhookEndpoint.id == Delivery.endpoint_id)
-            .where(
-                Delivery.state == DeliveryState.PENDING,
-                Delivery.next_attempt_at <= now,
-                WebhookEndpoint.enabled,
-                ~waits_on_earlier,
-            )
-            # The index's order, so that the scan stops at the limit (no sort of the backlog).
-            .order_by(Delivery.next_attempt_at)
-            .limit(limit * 4)  # room to pass over endpoints at their share
-        )
-    ).all()
+    endpoint's share."""
+    statements = _statements(db.dialect.name)
+    now = await db_now(db)
+    candidates = (await db.execute(statements.due, {"now": now, "limit": limit * 4})).all()
     if not candidates:
         return []
     # Every writer locks an endpoint before its deliveries (no deadlock between them), and
     # each endpoint's share is counted under that lock, so that two replicas claiming at once
     # cannot both take its last slot.
     endpoint_ids = sorted({endpoint_id for _, endpoint_id in candidates})
-    await lock_endpoints(session, endpoint_ids)
-    counted = await session.execute(
-        select(Delivery.endpoint_id, func.count())
-        .where(Delivery.state == DeliveryState.SENDING, Delivery.endpoint_id.in_(endpoint_ids))
-        .group_by(Delivery.endpoint_id)
-    )
-    free = dict.fromkeys(endpoint_ids, per_endpoint)
-    for endpoint_id, sending in counted:
+    endpoints = {
+        row.id: row for row in await db.execute(statements.lock_endpoints, {"ids": endpoint_ids})
+    }
+    free = dict.fromkeys(endpoints, per_endpoint)
+    for endpoint_id, sending in await db.execute(statements.sending, {"ids": endpoint_ids}):
         free[endpoint_id] -= sending
     wanted: list[int] = []
     for delivery_id, endpoint_id in candidates:
         if len(wanted) == limit:
             break
-        if free[endpoint_id] > 0:
+        if free.get(endpoint_id, 0) > 0:
             free[endpoint_id] -= 1
             wanted.append(delivery_id)
     if not wanted:
         return []
-    chosen = list(
-        await session.scalars(
-            select(Delivery)
-            .where(Delivery.id.in_(wanted), Delivery.state == DeliveryState.PENDING)
-            .with_for_update(skip_locked=True, key_share=True)
-        )
-    )
-    if not chosen:
+    taken = (
+        await db.execute(statements.take, {"ids": wanted, "replica": replica_id, "now": now})
+    ).all()
+    if not taken:
         return []
-    for delivery in chosen:
-        delivery.state = DeliveryState.SENDING
-        delivery.claimed_by, delivery.claimed_at = replica_id, now
-        delivery.attempts += 1
-    endpoints = {
-        endpoint.id: endpoint
-        for endpoint in await session.scalars(
-            select(WebhookEndpoint).where(WebhookEndpoint.id.in_({d.endpoint_id for d in chosen}))
-        )
+    bodies = {
+        row.id: row
+        for row in await db.execute(statements.bodies, {"ids": [row.event_id for row in taken]})
     }
-    bodies = await session.execute(
-        select(Event.id, Event.public_id, Event.body).where(
-            Event.id.in_({d.event_id for d in chosen})
-        )
-    )
-    events = {event_id: (public_id, body) for event_id, public_id, body in bodies}
     return [
         Claimed(
-            delivery_id=delivery.id,
-            endpoint_id=delivery.endpoint_id,
-            url=endpoints[delivery.endpoint_id].url,
-            secrets=signing_secrets(endpoints[delivery.endpoint_id], now),
-            event_id=events[delivery.event_id][0],
-            body=events[delivery.event_id][1],
-            trigger=delivery.trigger,
+            delivery_id=row.id,
+            endpoint_id=row.endpoint_id,
+            url=endpoints[row.endpoint_id].url,
+            secrets=signing_secrets(
+                endpoints[row.endpoint_id].secret, endpoints[row.endpoint_id].previous_secrets, now
+            ),
+            event_id=bodies[row.event_id].public_id,
+            body=bodies[row.event_id].body,
+            trigger=row.trigger,
+            attempt=row.attempts,
+            claimed_at=now,
         )
-        for delivery in chosen
+        for row in taken
     ]
 
 
-async def release(session: AsyncSession, *, replica_id: str) -> int:
-    """Give back this replica's claims (it stops with deliveries unanswered)."""
-    now = await db_now(session)
-    return await _release(session, now=now, replica_id=replica_id)
-
-
-async def _release(
-    session: AsyncSession,
-    *,
-    now: datetime,
-    older_than: datetime | None = None,
-    replica_id: str | None = None,
+async def release(
+    db: AsyncConnection, *, older_than: float | None = None, replica_id: str | None = None
 ) -> int:
     """Claims whose answer will never be recorded go back to the queue, due at once, each after
     an attempt recorded as interrupted: the endpoint may have had the event, so the next send is
-    a retry, never a first delivery twice."""
-    query = select(Delivery).where(Delivery.state == DeliveryState.SENDING)
+    a retry, never a first delivery twice. Those older than `older_than` seconds (their replica
+    died mid-send), or those of `replica_id` (it stops with deliveries unanswered)."""
+    now = await db_now(db)
+    query = select(_delivery.id, _delivery.endpoint_id, _delivery.claimed_at, _delivery.trigger)
+    query = query.where(_delivery.state == DeliveryState.SENDING)
     if older_than is not None:
-        query = query.where(Delivery.claimed_at < older_than)
+        query = query.where(_delivery.claimed_at < now - timedelta(seconds=older_than))
     if replica_id is not None:
-        query = query.where(Delivery.claimed_by == replica_id)
-    stale = list(await session.scalars(query.with_for_update(skip_locked=True, key_share=True)))
-    for delivery in stale:
-        session.add(
-            DeliveryAttempt(
-                delivery_id=delivery.id,
-                endpoint_id=delivery.endpoint_id,
-                attempted_at=delivery.claimed_at or now,
-                error=_INTERRUPTED,
-                trigger=delivery.trigger,
-            )
-        )
-        delivery.state = DeliveryState.PENDING
-        delivery.claimed_by = delivery.claimed_at = None
-        delivery.next_attempt_at = now
-    return len(stale)
-
-
-async def lock_endpoints(session: AsyncSession, endpoint_ids: list[uuid.UUID]) -> None:
-    """Lock the endpoints' rows, in one order: before any of their deliveries. FOR NO KEY
-    UPDATE, as an UPDATE of the row would: a delivery or an attempt inserted meanwhile only
-    shares the key (its foreign key), and does not wait."""
-    await session.execute(
-        select(WebhookEndpoint.id)
-        .where(WebhookEndpoint.id.in_(endpoint_ids))
-        .order_by(WebhookEndpoint.id)
-        .with_for_update(key_share=True)
+        query = query.where(_delivery.claimed_by == replica_id)
+    stale = (await db.execute(query.with_for_update(skip_locked=True, key_share=True))).all()
+    if not stale:
+        return 0
+    await db.execute(
+        insert(table_of(DeliveryAttempt)),
+        [
+            {
+                "delivery_id": row.id,
+                "endpoint_id": row.endpoint_id,
+                "attempted_at": row.claimed_at or now,
+                "error": _INTERRUPTED,
+                "trigger": row.trigger,
+            }
+            for row in stale
+        ],
     )
+    await db.execute(
+        update(table_of(Delivery))
+        .where(_delivery.id.in_([row.id for row in stale]))
+        .values(state=DeliveryState.PENDING, claimed_by=None, claimed_at=None, next_attempt_at=now)
+    )
+    return len(stale)
 
 
 def signature(secrets: list[str], *, event_id: str, timestamp: int, body: str) -> str:
@@ -290,82 +240,114 @@ def next_delay(answer: Answer, *, attempts: int, schedule: list[float]) -> float
     return delay
 
 
+@dataclass
+class _Health:
+    """An endpoint's health as a batch of answers leaves it."""
+
+    last_success_at: datetime | None
+    failing_since: datetime | None
+    succeeded: bool = False  # in this batch
+    failed: bool = False  # the batch's last answer from it was a failure
+
+
 async def record(
-    session: AsyncSession, claimed: Claimed, answer: Answer, *, settings: Settings
-) -> DeliveryState:
-    """Store the attempt and what follows from it: delivered, retried later, or given up; the
-    endpoint's health, and whether it is to be disabled."""
-    now = await db_now(session)
-    endpoint = WebhookEndpoint.__table__.c
-    health = (
-        await session.execute(
-            select(endpoint.last_success_at, endpoint.failing_since).where(
-                endpoint.id == claimed.endpoint_id
+    db: AsyncConnection, answered: Sequence[tuple[Claimed, Answer]], *, settings: Settings
+) -> list[DeliveryState]:
+    """Store a batch of attempts and what follows from each: delivered, retried later, or given
+    up; the endpoints' health, and whether one is to be disabled. A delivery whose claim was
+    given back meanwhile (it went stale) keeps its new state; its attempt is stored all the
+    same."""
+    statements = _statements(db.dialect.name)
+    now = await db_now(db)
+    endpoint_ids = sorted({claimed.endpoint_id for claimed, _ in answered})
+    # FOR KEY SHARE: the endpoints are not deleted under the batch.
+    health = {
+        row.id: _Health(row.last_success_at, row.failing_since)
+        for row in await db.execute(statements.health, {"ids": endpoint_ids})
+    }
+    before = {
+        endpoint_id: (h.last_success_at, h.failing_since) for endpoint_id, h in health.items()
+    }
+    attempts: list[dict[str, Any]] = []
+    deliveries: list[dict[str, Any]] = []
+    states: list[DeliveryState] = []
+    disabling: dict[uuid.UUID, str] = {}
+    for claimed, answer in answered:
+        endpoint = health.get(claimed.endpoint_id)
+        if endpoint is None:  # deleted, with its deliveries
+            states.append(DeliveryState.FAILED)
+            continue
+        state, next_attempt_at = DeliveryState.FAILED, None
+        if answer.delivered:
+            state = DeliveryState.DELIVERED
+            endpoint.succeeded, endpoint.failed = True, False
+        elif answer.status_code == 410:
+            disabling[claimed.endpoint_id] = "the endpoint answered 410 Gone"
+        else:
+            endpoint.failed = True
+            delay = next_delay(
+                answer, attempts=claimed.attempt, schedule=settings.webhook_retry_schedule
             )
+            if delay is not None:
+                state, next_attempt_at = DeliveryState.PENDING, now + timedelta(seconds=delay)
+        states.append(state)
+        attempts.append(
+            {
+                "delivery_id": claimed.delivery_id,
+                "endpoint_id": claimed.endpoint_id,
+                "attempted_at": claimed.claimed_at,
+                "status_code": answer.status_code,
+                "error": answer.error,
+                "latency_ms": answer.latency_ms,
+                "response_body": answer.body,
+                "trigger": claimed.trigger,
+            }
         )
-    ).one_or_none()
-    if health is None:  # the endpoint was deleted meanwhile
-        return DeliveryState.FAILED
-    # Every delivery to the endpoint would write its row, one at a time: it is written only
-    # when its health changes, and on success at most once a second.
-    touches_endpoint = (
-        not answer.delivered
-        or health.failing_since is not None
-        or health.last_success_at is None
-        or now - health.last_success_at >= _HEALTH_RESOLUTION
-    )
-    if touches_endpoint:
-        await lock_endpoints(session, [claimed.endpoint_id])  # before the delivery's row
-    delivery = await session.get(Delivery, claimed.delivery_id, with_for_update={"key_share": True})
-    if delivery is None:  # the endpoint was deleted meanwhile
-        return DeliveryState.FAILED
-    await session.execute(
-        insert(DeliveryAttempt).values(
-            delivery_id=delivery.id,
-            endpoint_id=delivery.endpoint_id,
-            attempted_at=delivery.claimed_at or now,
-            status_code=answer.status_code,
-            error=answer.error,
-            latency_ms=answer.latency_ms,
-            response_body=answer.body,
-            trigger=claimed.trigger,
+        deliveries.append(
+            {
+                "delivery_id": claimed.delivery_id,
+                "attempt": claimed.attempt,
+                "state": state,
+                "next_attempt_at": next_attempt_at,
+                "finished_at": None if state == DeliveryState.PENDING else now,
+            }
         )
-    )
-    delivery.claimed_by = delivery.claimed_at = None
-    delivery.trigger = "scheduled"
-    if answer.delivered:
-        delivery.state, delivery.finished_at = DeliveryState.DELIVERED, now
-        if touches_endpoint:
-            await session.execute(
-                update(WebhookEndpoint)
-                .where(endpoint.id == delivery.endpoint_id)
-                .values(last_success_at=now, failing_since=None)
+    # The endpoints first, in one order, then their deliveries (as a claim locks them). Each
+    # delivery would write its endpoint's row, one at a time: it is written only when its
+    # health changes, and on success at most once a second.
+    for endpoint_id, endpoint in sorted(health.items()):
+        last_success_at, failing_since = before[endpoint_id]
+        if not (
+            endpoint.failed
+            or (endpoint.succeeded and failing_since is not None)
+            or (
+                endpoint.succeeded
+                and (last_success_at is None or now - last_success_at >= _HEALTH_RESOLUTION)
             )
-        return delivery.state
-    if answer.status_code == 410:
-        delivery.state, delivery.finished_at = DeliveryState.FAILED, now
-        await disable(
-            session, delivery.endpoint_id, reason="the endpoint answered 410 Gone", now=now
+        ):
+            continue
+        failing_since = await db.scalar(
+            statements.health_of,
+            {
+                "endpoint_id": endpoint_id,
+                "now": now,
+                "succeeded": endpoint.succeeded,
+                "failed": endpoint.failed,
+            },
         )
-        return delivery.state
-    delay = next_delay(answer, attempts=delivery.attempts, schedule=settings.webhook_retry_schedule)
-    if delay is None:
-        delivery.state, delivery.finished_at = DeliveryState.FAILED, now
-    else:
-        delivery.state = DeliveryState.PENDING
-        delivery.next_attempt_at = now + timedelta(seconds=delay)
-    failing_since = await session.scalar(
-        update(WebhookEndpoint)
-        .where(endpoint.id == delivery.endpoint_id)
-        .values(failing_since=func.coalesce(endpoint.failing_since, now))
-        .returning(endpoint.failing_since)
-    )
-    if failing_since is not None and (now - failing_since).total_seconds() >= (
-        settings.webhook_disable_after_seconds
-    ):
-        reason = f"failing without a success since {failing_since.isoformat()}"
-        await disable(session, delivery.endpoint_id, reason=reason, now=now)
-    return delivery.state
+        if failing_since is not None and (now - failing_since).total_seconds() >= (
+            settings.webhook_disable_after_seconds
+        ):
+            disabling.setdefault(
+                endpoint_id, f"failing without a success since {failing_since.isoformat()}"
+            )
+    for endpoint_id, reason in sorted(disabling.items()):
+        await disable(db, endpoint_id, reason=reason, now=now)
+    if attempts:
+        await db.execute(statements.insert_attempts, attempts)
+        deliveries.sort(key=lambda row: row["delivery_id"])
+        await db.execute(statements.answered, deliveries)
+    return states
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -380,3 +362,119 @@ def _retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max((when - datetime.now(when.tzinfo)).total_seconds(), 0.0)
+
+
+class _Statements:
+    """The deliverer's statements, built once per backend: it runs them many times a second."""
+
+    def __init__(self, dialect: str) -> None:
+        delivery, endpoint = table_of(Delivery), table_of(WebhookEndpoint)
+        d, e = delivery.c, endpoint.c
+        earlier = delivery.alias("earlier").c
+        waits_on_earlier = (
+            select(earlier.id)
+            .where(
+                earlier.endpoint_id == d.endpoint_id,
+                earlier.call_id == d.call_id,
+                earlier.sequence < d.sequence,
+                earlier.state.in_(OWED),
+            )
+            .exists()
+        )
+        self.due = (
+            select(d.id, d.endpoint_id)
+            .join(endpoint, e.id == d.endpoint_id)
+            .where(
+                d.state == DeliveryState.PENDING,
+                d.next_attempt_at <= bindparam("now"),
+                e.enabled,
+                ~waits_on_earlier,
+            )
+            # The index's order, so that the scan stops at the limit (no sort of the backlog).
+            .order_by(d.next_attempt_at)
+            .limit(bindparam("limit"))
+        )
+        # FOR NO KEY UPDATE, as an UPDATE of the row would: a delivery or an attempt inserted
+        # meanwhile only shares the key (its foreign key), and does not wait.
+        self.lock_endpoints = (
+            select(e.id, e.url, e.secret, e.previous_secrets)
+            .where(one_of(e.id, "ids", dialect=dialect))
+            .order_by(e.id)
+            .with_for_update(key_share=True)
+        )
+        self.sending = (
+            select(d.endpoint_id, func.count())
+            .where(d.state == DeliveryState.SENDING, one_of(d.endpoint_id, "ids", dialect=dialect))
+            .group_by(d.endpoint_id)
+        )
+        pending = delivery.alias("pending").c  # not the updated table's row: its own
+        still_pending = (
+            select(pending.id)
+            .where(
+                one_of(pending.id, "ids", dialect=dialect), pending.state == DeliveryState.PENDING
+            )
+            .with_for_update(skip_locked=True, key_share=True)
+        )
+        self.take = (
+            update(delivery)
+            .where(d.id.in_(still_pending))
+            .values(
+                state=DeliveryState.SENDING,
+                claimed_by=bindparam("replica"),
+                claimed_at=bindparam("now"),
+                attempts=d.attempts + 1,
+            )
+            .returning(d.id, d.endpoint_id, d.event_id, d.trigger, d.attempts)
+        )
+        event = table_of(Event).c
+        self.bodies = select(event.id, event.public_id, event.body).where(
+            one_of(event.id, "ids", dialect=dialect)
+        )
+        self.health = (
+            select(e.id, e.last_success_at, e.failing_since)
+            .where(one_of(e.id, "ids", dialect=dialect))
+            .with_for_update(read=True, key_share=True)
+        )
+        succeeded = bindparam("succeeded", type_=Boolean)
+        failed = bindparam("failed", type_=Boolean)
+        now = bindparam("now", type_=UTCDateTime)
+        self.health_of = (
+            update(endpoint)
+            .where(e.id == bindparam("endpoint_id"))
+            .values(
+                last_success_at=case((succeeded, now), else_=e.last_success_at),
+                # Failing since the batch's first failure after its last success.
+                failing_since=case(
+                    (~failed, None),
+                    (succeeded, now),
+                    else_=func.coalesce(e.failing_since, now),
+                ),
+            )
+            .returning(e.failing_since)
+        )
+        self.insert_attempts = insert(table_of(DeliveryAttempt))
+        # Only while the claim that made the attempt still holds: a claim given back (stale)
+        # and taken again has a higher attempt number.
+        self.answered = (
+            update(delivery)
+            .where(
+                d.id == bindparam("delivery_id"),
+                d.state == DeliveryState.SENDING,
+                d.attempts == bindparam("attempt"),
+            )
+            .values(
+                state=bindparam("state"),
+                next_attempt_at=func.coalesce(
+                    bindparam("next_attempt_at", type_=UTCDateTime), d.next_attempt_at
+                ),
+                finished_at=bindparam("finished_at"),
+                claimed_by=None,
+                claimed_at=None,
+                trigger="scheduled",
+            )
+        )
+
+
+@functools.cache
+def _statements(dialect: str) -> _Statements:
+    return _Statements(dialect)

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.calls.errors import EndpointNotFound, InvalidField
 from app.db.clock import db_now
@@ -31,15 +31,17 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def signing_secrets(endpoint: WebhookEndpoint, now: datetime) -> list[str]:
-    """The secrets a delivery is signed with now: the current one, and those a rotation
+def signing_secrets(
+    secret: str, previous_secrets: list[dict[str, str]], now: datetime
+) -> list[str]:
+    """The secrets a delivery is signed with now: the endpoint's `secret`, and those a rotation
     replaced less than WEBHOOK_SECRET_OVERLAP_SECONDS ago."""
     earlier = [
         entry["secret"]
-        for entry in endpoint.previous_secrets
+        for entry in previous_secrets
         if datetime.fromisoformat(entry["until"]) > now
     ]
-    return [endpoint.secret, *earlier]
+    return [secret, *earlier]
 
 
 async def _checked_url(policy: TargetPolicy, url: str) -> str:
@@ -246,7 +248,7 @@ async def redeliver(session: AsyncSession, event: Event, *, endpoint_id: uuid.UU
 
 
 async def disable(
-    session: AsyncSession, endpoint_id: uuid.UUID, *, reason: str, now: datetime
+    session: AsyncSession | AsyncConnection, endpoint_id: uuid.UUID, *, reason: str, now: datetime
 ) -> None:
     await session.execute(
         update(WebhookEndpoint)
