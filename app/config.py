@@ -120,9 +120,9 @@ class Settings(BaseSettings):
     ]
     webhook_disable_after_seconds: float = Field(432000, gt=0)
     webhook_secret_overlap_seconds: float = Field(86400, ge=0)
-    webhook_concurrency: int = Field(16, ge=1)  # deliveries in flight per replica
+    webhook_concurrency: int = Field(64, ge=1)  # deliveries in flight per replica
     # Deliveries in flight to one endpoint, across replicas: a slow one holds back no other.
-    webhook_endpoint_concurrency: int = Field(4, ge=1)
+    webhook_endpoint_concurrency: int = Field(16, ge=1)
     webhook_poll_seconds: float = Field(0.5, gt=0)  # how often an idle deliverer looks
 
     # The built-in simulator (used when no Exotel key is set).
