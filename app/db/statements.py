@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, any_, bindparam
+from sqlalchemy import ColumnElement, Table, any_, bindparam, literal_column, or_
 from sqlalchemy.dialects.postgresql import ARRAY
 
 
@@ -21,3 +21,10 @@ def one_of(column: ColumnElement[Any], name: str, *, dialect: str) -> ColumnElem
     if dialect == "postgresql":
         return column == any_(bindparam(name, type_=ARRAY(column.type)))
     return column.in_(bindparam(name, expanding=True))
+
+
+def written_in(column: ColumnElement[Any], *values: str) -> ColumnElement[bool]:
+    """`column` is one of `values` (the service's own constants), written into the statement,
+    not bound: PostgreSQL uses a partial index only for a literal that matches its predicate,
+    never for a parameter of a generic plan."""
+    return or_(*(column == literal_column(f"'{value}'") for value in values))

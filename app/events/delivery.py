@@ -36,7 +36,7 @@ from app.config import Settings
 from app.db.base import UTCDateTime
 from app.db.clock import db_now
 from app.db.models import Delivery, DeliveryAttempt, DeliveryState, Event, WebhookEndpoint
-from app.db.statements import one_of, table_of
+from app.db.statements import one_of, table_of, written_in
 from app.events.endpoints import disable, signing_secrets
 
 ANSWER_KEPT = 1024  # bytes of each answer recorded with its attempt
@@ -142,7 +142,7 @@ async def release(
     died mid-send), or those of `replica_id` (it stops with deliveries unanswered)."""
     now = await db_now(db)
     query = select(_delivery.id, _delivery.endpoint_id, _delivery.claimed_at, _delivery.trigger)
-    query = query.where(_delivery.state == DeliveryState.SENDING)
+    query = query.where(written_in(_delivery.state, DeliveryState.SENDING))
     if older_than is not None:
         query = query.where(_delivery.claimed_at < now - timedelta(seconds=older_than))
     if replica_id is not None:
@@ -387,7 +387,7 @@ class _Statements:
             select(d.id, d.endpoint_id)
             .join(endpoint, e.id == d.endpoint_id)
             .where(
-                d.state == DeliveryState.PENDING,
+                written_in(d.state, DeliveryState.PENDING),
                 d.next_attempt_at <= bindparam("now"),
                 e.enabled,
                 ~waits_on_earlier,
@@ -406,7 +406,10 @@ class _Statements:
         )
         self.sending = (
             select(d.endpoint_id, func.count())
-            .where(d.state == DeliveryState.SENDING, one_of(d.endpoint_id, "ids", dialect=dialect))
+            .where(
+                written_in(d.state, DeliveryState.SENDING),
+                one_of(d.endpoint_id, "ids", dialect=dialect),
+            )
             .group_by(d.endpoint_id)
         )
         pending = delivery.alias("pending").c  # not the updated table's row: its own
