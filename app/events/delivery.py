@@ -242,7 +242,7 @@ def next_delay(answer: Answer, *, attempts: int, schedule: list[float]) -> float
 
 @dataclass
 class _Health:
-    """An endpoint's health as a batch of answers leaves it."""
+    """An endpoint's health as read before a batch, and what the batch's answers say of it."""
 
     last_success_at: datetime | None
     failing_since: datetime | None
@@ -264,9 +264,6 @@ async def record(
     health = {
         row.id: _Health(row.last_success_at, row.failing_since)
         for row in await db.execute(statements.health, {"ids": endpoint_ids})
-    }
-    before = {
-        endpoint_id: (h.last_success_at, h.failing_since) for endpoint_id, h in health.items()
     }
     attempts: list[dict[str, Any]] = []
     deliveries: list[dict[str, Any]] = []
@@ -316,13 +313,15 @@ async def record(
     # delivery would write its endpoint's row, one at a time: it is written only when its
     # health changes, and on success at most once a second.
     for endpoint_id, endpoint in sorted(health.items()):
-        last_success_at, failing_since = before[endpoint_id]
         if not (
             endpoint.failed
-            or (endpoint.succeeded and failing_since is not None)
+            or (endpoint.succeeded and endpoint.failing_since is not None)
             or (
                 endpoint.succeeded
-                and (last_success_at is None or now - last_success_at >= _HEALTH_RESOLUTION)
+                and (
+                    endpoint.last_success_at is None
+                    or now - endpoint.last_success_at >= _HEALTH_RESOLUTION
+                )
             )
         ):
             continue
