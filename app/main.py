@@ -30,7 +30,7 @@ from app.config import SIMULATOR_API_KEY, SIMULATOR_API_TOKEN, Settings
 from app.db.session import create_engine, create_sessionmaker
 from app.events.deliverer import Deliverer
 from app.events.retention import forget_old_events
-from app.events.targets import GuardedTransport, Resolver, TargetPolicy, system_resolver
+from app.events.targets import Resolver, TargetPolicy, guarded_session, system_resolver
 from app.exotel.client import ExotelClient, Observer
 from app.exotel.simulator import Simulator, SimulatorConfig
 from app.metrics import Metrics
@@ -100,13 +100,7 @@ def create_app(
             # Subscribers are reached only at addresses the operator allows, checked at every
             # connect; redirects are never followed.
             webhook_http = await stack.enter_async_context(
-                httpx.AsyncClient(
-                    transport=GuardedTransport(
-                        targets, max_connections=settings.webhook_concurrency
-                    ),
-                    follow_redirects=False,
-                    timeout=settings.webhook_timeout_seconds,
-                )
+                guarded_session(targets, limit=settings.webhook_concurrency)
             )
             deliverer = Deliverer(
                 engine=engine,

@@ -12,13 +12,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from app.events.targets import GuardedTransport, TargetPolicy, TargetRefused
+from app.events.targets import TargetPolicy, TargetRefused, guarded_session
 from app.main import create_app
 from tests.conftest import callback_path, make_settings, no_dns, serving
 from tests.exotel_double import ExotelDouble
@@ -341,9 +342,14 @@ async def test_the_address_is_checked_again_at_every_connect(hooks: tuple[Inbox,
     policy = TargetPolicy.of(["127.0.0.0/8"], resolver=rebinding)
     hook = url.replace("127.0.0.1", "hooks.test")
     await policy.check_url(hook)  # registration: resolves to 127.0.0.1, allowed
-    async with httpx.AsyncClient(transport=GuardedTransport(policy, max_connections=1)) as http:
-        with pytest.raises(httpx.ConnectError, match=r"169\.254\.169\.254 is not in"):
-            await http.post(hook, content=b"{}")
+    async with guarded_session(policy, limit=1) as http:
+        with pytest.raises(aiohttp.ClientConnectorError, match=r"169\.254\.169\.254 is not in"):
+            await http.post(hook, data=b"{}")
+        # An address in the URL itself is checked as a resolved one is.
+        literal = TargetPolicy.of(["10.0.0.0/8"])
+        async with guarded_session(literal, limit=1) as other:
+            with pytest.raises(aiohttp.ClientConnectorError, match=r"127\.0\.0\.1 is not in"):
+                await other.post(url, data=b"{}")
     assert inbox.received == []
 
 

@@ -9,7 +9,7 @@ import logging
 import math
 import time
 
-import httpx
+import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.calls.availability import Availability
@@ -35,7 +35,7 @@ class Deliverer:
         self,
         *,
         engine: AsyncEngine,
-        http: httpx.AsyncClient,
+        http: aiohttp.ClientSession,
         settings: Settings,
         replica_id: str,
         metrics: Metrics,

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import httpx
+import aiohttp
 from sqlalchemy import Boolean, bindparam, case, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from standardwebhooks.webhooks import Webhook
@@ -41,6 +41,7 @@ from app.events.endpoints import disable, signing_secrets
 
 ANSWER_KEPT = 1024  # bytes of each answer recorded with its attempt
 _SLOW_DOWN = frozenset({429, 502, 503, 504})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _SLOW_DOWN_FLOOR = 60.0
 _HEALTH_RESOLUTION = timedelta(seconds=1)  # how fresh an endpoint's `last_success_at` is
 _INTERRUPTED = "interrupted: the replica sending it stopped before the answer was recorded"
@@ -177,7 +178,7 @@ def signature(secrets: list[str], *, event_id: str, timestamp: int, body: str) -
     return " ".join(Webhook(secret).sign(event_id, at, body) for secret in secrets)
 
 
-async def attempt(http: httpx.AsyncClient, claimed: Claimed, *, within: float) -> Answer:
+async def attempt(http: aiohttp.ClientSession, claimed: Claimed, *, within: float) -> Answer:
     """POST the event once: exactly the stored bytes, signed. Redirects are not followed."""
     timestamp = int(time.time())
     headers = {
@@ -196,26 +197,24 @@ async def attempt(http: httpx.AsyncClient, claimed: Claimed, *, within: float) -
 
     try:
         async with asyncio.timeout(within):
-            async with http.stream(
-                "POST", claimed.url, content=claimed.body.encode(), headers=headers
+            async with http.post(
+                claimed.url, data=claimed.body.encode(), headers=headers, allow_redirects=False
             ) as response:
                 kept = b""
-                async for chunk in response.aiter_raw():
+                while len(kept) < ANSWER_KEPT and (chunk := await response.content.read(1024)):
                     kept += chunk
-                    if len(kept) >= ANSWER_KEPT:
-                        break
     except TimeoutError:
         return Answer(None, f"no answer within {within:g}s", took())
-    except httpx.HTTPError as exc:
+    except aiohttp.ClientError as exc:
         return Answer(None, f"{type(exc).__name__}: {exc}"[:500], took())
     text = kept[:ANSWER_KEPT].decode("utf-8", errors="replace")
     error = None
-    if not 200 <= response.status_code < 300:
-        error = f"answered {response.status_code}"
-        if response.is_redirect:
+    if not 200 <= response.status < 300:
+        error = f"answered {response.status}"
+        if response.status in _REDIRECTS:
             error += " (a redirect: not followed)"
     return Answer(
-        response.status_code,
+        response.status,
         error,
         took(),
         text,
