@@ -75,6 +75,25 @@ def serve(
     )
 
 
+@cli.command()
+def deliver(
+    host: Host = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port for /healthz and /metrics.")] = 8002,
+) -> None:
+    """Deliver webhooks, and nothing else: beside `exocall serve` replicas run with
+    WEBHOOK_DELIVERY_IN_SERVE=false."""
+    settings = load_settings()
+    uvicorn.run(
+        "app.main:create_deliverer_app",
+        factory=True,
+        host=host,
+        port=port,
+        log_config=_logging_config(settings),
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+    )
+
+
 def _logging_config(settings: Settings) -> dict[str, Any]:
     return logging_config(format=settings.logs_as, level=settings.log_level)
 

@@ -124,6 +124,8 @@ class Settings(BaseSettings):
     # Deliveries in flight to one endpoint, across replicas: a slow one holds back no other.
     webhook_endpoint_concurrency: int = Field(16, ge=1)
     webhook_poll_seconds: float = Field(0.5, gt=0)  # how often an idle deliverer looks
+    # false: `exocall serve` sends no webhooks, and `exocall deliver` processes beside it do.
+    webhook_delivery_in_serve: bool = True
 
     # The built-in simulator (used when no Exotel key is set).
     simulator_callback_delay_seconds: float = Field(2.0, ge=0)

@@ -13,10 +13,11 @@ from types import FrameType
 from typing import Any
 
 import httpx
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Response
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.api import callbacks, calls, events, health, ui, webhook_endpoints
+from app.api.deps import require_metrics_access
 from app.api.errors import in_the_one_error_shape, install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.request_ids import RequestIds
@@ -28,12 +29,12 @@ from app.calls.reconcile import reconcile_if_leading
 from app.calls.spool import Spool
 from app.config import SIMULATOR_API_KEY, SIMULATOR_API_TOKEN, Settings
 from app.db.session import create_engine, create_sessionmaker
-from app.events.deliverer import Deliverer
+from app.events.deliverer import start_deliverer
 from app.events.retention import forget_old_events
-from app.events.targets import Resolver, TargetPolicy, guarded_session, system_resolver
+from app.events.targets import Resolver, TargetPolicy, system_resolver
 from app.exotel.client import ExotelClient, Observer
 from app.exotel.simulator import Simulator, SimulatorConfig
-from app.metrics import Metrics
+from app.metrics import CONTENT_TYPE, Metrics
 from app.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -92,24 +93,7 @@ def create_app(
             )
             spool = Spool(settings.spool_dir)
             spool.open()
-            targets = TargetPolicy.from_settings(
-                settings.webhook_allowed_targets,
-                production=settings.exocall_env == "production",
-                resolver=resolver,
-            )
-            # Subscribers are reached only at addresses the operator allows, checked at every
-            # connect; redirects are never followed.
-            webhook_http = await stack.enter_async_context(
-                guarded_session(targets, limit=settings.webhook_concurrency)
-            )
-            deliverer = Deliverer(
-                engine=engine,
-                http=webhook_http,
-                settings=settings,
-                replica_id=dispatcher.replica_id,
-                metrics=metrics,
-                availability=availability,
-            )
+            targets = _targets(settings, resolver)
             callback_writer = CallbackWriter(engine, writers=settings.callback_writers)
             callback_writer.start()
             stack.push_async_callback(callback_writer.stop)
@@ -156,13 +140,22 @@ def create_app(
             dispatcher.start()
             # Calls already sent get the Exotel timeout to be recorded before we exit.
             stack.push_async_callback(dispatcher.stop, grace=settings.exotel_timeout_seconds)
-            deliverer.start()
-            # Unanswered deliveries are given back, to be retried: nothing waits long for them.
-            stack.push_async_callback(deliverer.stop, grace=5)
+            deliverer = None
+            if settings.webhook_delivery_in_serve:
+                deliverer = await start_deliverer(
+                    stack,
+                    engine=engine,
+                    targets=targets,
+                    settings=settings,
+                    replica_id=dispatcher.replica_id,
+                    metrics=metrics,
+                    availability=availability,
+                )
 
             def stop_claiming() -> None:
                 dispatcher.stop_claiming()
-                deliverer.stop_claiming()
+                if deliverer is not None:
+                    deliverer.stop_claiming()
 
             stack.enter_context(_on_exit_signal(stop_claiming))
             for job in (reconciler, replayer, retention):
@@ -214,6 +207,66 @@ def create_app(
         # Reachable by hand too: curl $PUBLIC_BASE_URL/_simulator/v1/Accounts/simulated/Calls.json
         app.mount(SIMULATOR_PREFIX, simulator_app)
     return app
+
+
+def create_deliverer_app(
+    settings: Settings | None = None, *, resolver: Resolver = system_resolver
+) -> FastAPI:
+    """`exocall deliver`: a deliverer and nothing else, beside `exocall serve` replicas run with
+    WEBHOOK_DELIVERY_IN_SERVE=false, so that sending webhooks takes no CPU from the API. Any
+    number may run; they claim from the database as the replicas' own deliverers do. Serves
+    `/healthz` and this process's `/metrics` (deliveries by outcome)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            engine = create_engine(settings.database_url, pgbouncer=settings.database_pgbouncer)
+            stack.push_async_callback(engine.dispose)
+            deliverer = await start_deliverer(
+                stack,
+                engine=engine,
+                targets=_targets(settings, resolver),
+                settings=settings,
+                replica_id=new_replica_id(),
+                metrics=app.state.metrics,
+                availability=Availability(app.state.metrics),
+            )
+            stack.enter_context(_on_exit_signal(deliverer.stop_claiming))
+            yield
+
+    app = FastAPI(
+        title="exocall deliverer",
+        lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    install_error_handlers(app)
+
+    @app.get("/healthz", summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/metrics",
+        summary="This process's counts (Prometheus text)",
+        response_class=Response,
+        dependencies=[Depends(require_metrics_access)],
+    )
+    async def metrics() -> Response:
+        return Response(app.state.metrics.render(None), media_type=CONTENT_TYPE)
+
+    return app
+
+
+def _targets(settings: Settings, resolver: Resolver) -> TargetPolicy:
+    """Where webhooks may go (WEBHOOK_ALLOWED_TARGETS)."""
+    return TargetPolicy.from_settings(
+        settings.webhook_allowed_targets,
+        production=settings.exocall_env == "production",
+        resolver=resolver,
+    )
 
 
 @contextmanager

@@ -188,6 +188,14 @@ class Deployment:
         self._start(f"server-{len(self.processes)}", argv, url + ready_path, PUBLIC_BASE_URL=url)
         return url
 
+    def start_deliverer(self) -> str:
+        """`exocall deliver`; the base URL of its /healthz and /metrics."""
+        (port,) = free_ports(1)
+        url = f"http://127.0.0.1:{port}"
+        argv = [EXOCALL, "deliver", "--host", "127.0.0.1", "--port", str(port)]
+        self._start(f"deliverer-{len(self.processes)}", argv, url + "/healthz")
+        return url
+
     def _start(self, name: str, argv: list[str], ready_url: str, **env: str) -> None:
         self.processes.append(
             start_process(

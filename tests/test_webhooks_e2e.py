@@ -184,6 +184,58 @@ async def test_every_event_reaches_the_subscriber_once_in_order_through_failures
     assert any(a["error"] and a["error"].startswith("interrupted") for a in attempts)
 
 
+@pytest.mark.postgresql_only
+async def test_a_deliverer_process_of_its_own_sends_what_the_api_replicas_leave(
+    deployment: Deployment,
+) -> None:
+    """WEBHOOK_DELIVERY_IN_SERVE=false: the API replica sends nothing; `exocall deliver`
+    beside it sends every event, signed, counts them in its /metrics, and on SIGTERM exits
+    cleanly."""
+    deployment.env |= {"WEBHOOK_DELIVERY_IN_SERVE": "false", "WEBHOOK_POLL_SECONDS": "0.1"}
+    deployment.start_simulator("--callback-delay", "0.3")
+    subscriber_url = deployment.start_subscriber()
+    subscriber = httpx.AsyncClient(base_url=subscriber_url, timeout=30)
+    api = httpx.AsyncClient(base_url=deployment.start_server(), timeout=30, headers=AUTH)
+    try:
+        created = await api.post("/webhook-endpoints", json={"url": f"{subscriber_url}/hook"})
+        endpoint = created.json()
+        call_ids = []
+        for n in range(4):
+            body = {"from": f"90522{n:04d}0", "app_id": "926"}
+            call_ids.append((await api.post("/calls", json=body)).json()["id"])
+
+        async def ended() -> bool:
+            calls = [(await api.get(f"/calls/{i}")).json()["status"] for i in call_ids]
+            return set(calls) == {"completed"}
+
+        await until(ended, 30, "every call completed")
+        await asyncio.sleep(1)  # ten of the replica's polls, had it a deliverer
+        assert (await subscriber.get("/received")).json() == []
+        owed = (await api.get(f"/webhook-endpoints/{endpoint['id']}")).json()["backlog"]
+        assert owed > 0
+
+        deliverer = httpx.AsyncClient(base_url=deployment.start_deliverer(), headers=AUTH)
+
+        async def delivered() -> bool:
+            shown = (await api.get(f"/webhook-endpoints/{endpoint['id']}")).json()
+            return shown["backlog"] == 0
+
+        await until(delivered, 30, "the deliverer sent the backlog")
+        received = (await subscriber.get("/received")).json()
+        metrics = (await deliverer.get("/metrics")).text
+        await deliverer.aclose()
+    finally:
+        await subscriber.aclose()
+        await api.aclose()
+    assert len(received) == owed
+    for receipt in received:
+        assert Webhook(endpoint["secret"]).verify(receipt["body"], receipt["headers"])
+    assert f'exocall_webhook_deliveries_total{{outcome="delivered"}} {owed:.1f}' in metrics
+    deliverer_process = deployment.processes[-1]
+    deliverer_process.stop()  # SIGTERM: it shuts down, then exits by the signal it caught
+    assert deliverer_process.popen.returncode in (0, -signal.SIGTERM), deliverer_process.output()
+
+
 async def _feed(api: httpx.AsyncClient) -> list[dict[str, Any]]:
     events, cursor = [], None
     while True:

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import math
 import time
+from contextlib import AsyncExitStack
 
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,6 +19,7 @@ from app.config import Settings
 from app.db.models import DeliveryState
 from app.db.session import is_database_down
 from app.events import delivery
+from app.events.targets import TargetPolicy, guarded_session
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -157,6 +159,35 @@ class Deliverer:
                     claimed.endpoint_id,
                     answer.error,
                 )
+
+
+async def start_deliverer(
+    stack: AsyncExitStack,
+    *,
+    engine: AsyncEngine,
+    targets: TargetPolicy,
+    settings: Settings,
+    replica_id: str,
+    metrics: Metrics,
+    availability: Availability,
+) -> Deliverer:
+    """A deliverer running until `stack` closes. Subscribers are reached only at addresses
+    `targets` allows, checked at every connect; redirects are never followed. At the close,
+    deliveries still unanswered are given back, to be retried: nothing waits long for them."""
+    http = await stack.enter_async_context(
+        guarded_session(targets, limit=settings.webhook_concurrency)
+    )
+    deliverer = Deliverer(
+        engine=engine,
+        http=http,
+        settings=settings,
+        replica_id=replica_id,
+        metrics=metrics,
+        availability=availability,
+    )
+    deliverer.start()
+    stack.push_async_callback(deliverer.stop, grace=5)
+    return deliverer
 
 
 _OUTCOMES = {
