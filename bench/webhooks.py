@@ -40,6 +40,8 @@ from bench.callback_ingest import (
     CONNECTIONS,
     SECRET,
     Load,
+    cores_used,
+    cpu_seconds,
     four_fields,
     load,
     placed_calls,
@@ -120,7 +122,7 @@ def describe(name: str, run: Load) -> str:
     )
 
 
-async def run(duration: int, backlog: int) -> None:
+async def run(duration: int, backlog: int, *, separate: bool) -> None:
     url = await fresh_database()
     rate_guess = 2000  # callbacks a second at most: enough calls that none is sent twice
     per_run = rate_guess * duration
@@ -158,12 +160,26 @@ async def run(duration: int, backlog: int) -> None:
             work / "subscriber.log",
             ready_path="/count",
         )
+        processes = [subscriber]
+        if separate:  # the API without a deliverer, and `exocall deliver` beside it
+            env["WEBHOOK_DELIVERY_IN_SERVE"] = "false"
+            (deliver_port,) = free_ports(1)
+            processes.append(
+                serve(
+                    [str(bin_dir / "exocall"), "deliver", "--port", str(deliver_port)],
+                    env,
+                    deliver_port,
+                    work / "deliverer.log",
+                    ready_path="/healthz",
+                )
+            )
         server = serve(
             [str(bin_dir / "exocall"), "serve", "--no-access-log", "--port", str(port)],
             env,
             port,
             work / "exocall.log",
         )
+        processes.append(server)
         api = httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}",
             headers={"Authorization": f"Bearer {API_KEY}"},
@@ -178,9 +194,12 @@ async def run(duration: int, backlog: int) -> None:
             )
             endpoint = created.json()["id"]
             events_before, before, _ = await owed(url)
+            others = [process.pid for process in processes if process is not server]
+            others_before = cpu_seconds(others)  # the subscriber's, and the deliverer's
             started = time.monotonic()
             one = await asyncio.to_thread(load, port, subscribed, duration, server)
             ended = time.monotonic()
+            others_cpu = cores_used(others_before, cpu_seconds(others), ended - started)
             events_after, during, left = await owed(url)
             drain = await drained_after(url, since=ended)
 
@@ -199,13 +218,15 @@ async def run(duration: int, backlog: int) -> None:
             stop_analyzing.set()
             await analyzer
             await api.aclose()
-            for process in (server, subscriber):
+            for process in processes:
                 process.terminate()
                 process.wait()
     made = during - before
     ingested = events_after - events_before  # a callback repeated by wrk is no event
     print(describe("no endpoint          ", none))
     print(describe("one endpoint         ", one))
+    deliverer = "exocall deliver and the subscriber" if separate else "the subscriber"
+    print(f"  meanwhile {deliverer}: CPU {others_cpu:.2f} cores")
     print(
         "subscribing costs the callback path "
         f"{1 - one.requests_per_second / none.requests_per_second:.1%} of its throughput; "
@@ -240,16 +261,22 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=15, help="seconds of load per run")
     parser.add_argument("--backlog", type=int, default=5000, help="events for delivery alone")
+    parser.add_argument(
+        "--separate",
+        action="store_true",
+        help="deliver from `exocall deliver` beside an `exocall serve` without a deliverer",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
     print(
         f"machine: {os.cpu_count()} cores, {platform.machine()}, python "
         f"{platform.python_version()}; PostgreSQL on the same host; wrk -t2 -c{CONNECTIONS} "
-        f"-d{args.duration}s; exocall serve with 1 worker and its own deliverer; the "
+        f"-d{args.duration}s; exocall serve with 1 worker and "
+        f"{'exocall deliver beside it' if args.separate else 'its own deliverer'}; the "
         "subscriber on the same host"
     )
-    await run(args.duration, args.backlog)
+    await run(args.duration, args.backlog, separate=args.separate)
 
 
 if __name__ == "__main__":

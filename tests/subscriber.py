@@ -31,11 +31,18 @@ class Inbox:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)  # sent with every answer
     delay: float = 0.0  # seconds before answering
+    in_flight: int = 0
+    most_at_once: int = 0  # the most requests it held at one time
 
     def app(self) -> Starlette:
         async def hook(request: Request) -> Response:
             body = await request.body()
-            await asyncio.sleep(self.delay)
+            self.in_flight += 1
+            self.most_at_once = max(self.most_at_once, self.in_flight)
+            try:
+                await asyncio.sleep(self.delay)
+            finally:
+                self.in_flight -= 1
             self.received.append(
                 {"headers": dict(request.headers), "body": body.decode(), "answered": self.status}
             )

@@ -262,6 +262,8 @@ async def test_a_slow_endpoint_holds_back_no_other(
         # one has them all long before.
         await eventually(lambda: len(fast_inbox.received) == 12, within=6)
         assert len(slow_inbox.received) < 12
+        await eventually(lambda: len(slow_inbox.received) == 12, within=15)
+    assert slow_inbox.most_at_once == 2  # WEBHOOK_ENDPOINT_CONCURRENCY, and no more
 
 
 async def test_an_endpoint_failing_for_too_long_is_disabled(
