@@ -244,9 +244,7 @@ def create_deliverer_app(
     app.state.metrics = Metrics()
     install_error_handlers(app)
 
-    @app.get("/healthz", summary="The process is alive")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    app.add_api_route("/healthz", health.healthz, summary="The process is alive")
 
     @app.get(
         "/metrics",
