@@ -232,6 +232,11 @@ async def run(duration: int, backlog: int, *, separate: bool) -> None:
         f"{1 - one.requests_per_second / none.requests_per_second:.1%} of its throughput; "
         f"p99 {one.p99_ms - none.p99_ms:+.1f} ms"
     )
+    alone_cost, subscribed_cost = (run.server_cpu / run.requests_per_second for run in (none, one))
+    print(
+        f"exocall serve's CPU per durable callback: {alone_cost * 1e6:,.0f} µs with no endpoint, "
+        f"{subscribed_cost * 1e6:,.0f} µs with one ({subscribed_cost / alone_cost - 1:+.1%})"
+    )
     print(
         f"delivery during the load: {made:,} delivered of {ingested:,} events in "
         f"{ended - started:.1f} s ({made / (ended - started):,.0f}/s against "
