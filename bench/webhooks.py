@@ -9,9 +9,11 @@ change and writes an event):
 3. delivery alone: a backlog of events built with the endpoint disabled, then enabled, and the
    time until every one is delivered.
 The queue's tables are analyzed every 5 seconds, as autovacuum would (it is off on this machine).
+Who delivers is `--deliverer`: `exocall serve`'s own deliverer (the default), `exocall deliver`
+beside an `exocall serve` without one, or nobody (what the outbox alone costs; steps 1-2 only).
 
     .venv/bin/python -m bench.webhooks
-    .venv/bin/python -m bench.webhooks --duration 10
+    .venv/bin/python -m bench.webhooks --duration 10 --deliverer separate
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ from bench.callback_ingest import (
 from tests.processes import free_ports
 
 API_KEY = "bench-fake-internal-key"
+DELIVERERS = {
+    "serve": "its own deliverer",
+    "separate": "exocall deliver beside it",
+    "none": "no deliverer anywhere",
+}
 # Answers 200 at once and counts what it got: the subscriber is not what is measured.
 SUBSCRIBER_APP = textwrap.dedent(
     """
@@ -122,7 +129,7 @@ def describe(name: str, run: Load) -> str:
     )
 
 
-async def run(duration: int, backlog: int, *, separate: bool) -> None:
+async def run(duration: int, backlog: int, *, deliverer: str) -> None:
     url = await fresh_database()
     rate_guess = 2000  # callbacks a second at most: enough calls that none is sent twice
     per_run = rate_guess * duration
@@ -161,8 +168,9 @@ async def run(duration: int, backlog: int, *, separate: bool) -> None:
             ready_path="/count",
         )
         processes = [subscriber]
-        if separate:  # the API without a deliverer, and `exocall deliver` beside it
+        if deliverer != "serve":  # the API without a deliverer
             env["WEBHOOK_DELIVERY_IN_SERVE"] = "false"
+        if deliverer == "separate":  # and `exocall deliver` beside it
             (deliver_port,) = free_ports(1)
             processes.append(
                 serve(
@@ -201,6 +209,9 @@ async def run(duration: int, backlog: int, *, separate: bool) -> None:
             ended = time.monotonic()
             others_cpu = cores_used(others_before, cpu_seconds(others), ended - started)
             events_after, during, left = await owed(url)
+            if deliverer == "none":  # nothing delivers: nothing drains
+                _report(none, one, others_cpu, deliverer)
+                return
             drain = await drained_after(url, since=ended)
 
             # Delivery alone: a backlog built while the endpoint is disabled (the callbacks are
@@ -223,20 +234,7 @@ async def run(duration: int, backlog: int, *, separate: bool) -> None:
                 process.wait()
     made = during - before
     ingested = events_after - events_before  # a callback repeated by wrk is no event
-    print(describe("no endpoint          ", none))
-    print(describe("one endpoint         ", one))
-    deliverer = "exocall deliver and the subscriber" if separate else "the subscriber"
-    print(f"  meanwhile {deliverer}: CPU {others_cpu:.2f} cores")
-    print(
-        "subscribing costs the callback path "
-        f"{1 - one.requests_per_second / none.requests_per_second:.1%} of its throughput; "
-        f"p99 {one.p99_ms - none.p99_ms:+.1f} ms"
-    )
-    alone_cost, subscribed_cost = (run.server_cpu / run.requests_per_second for run in (none, one))
-    print(
-        f"exocall serve's CPU per durable callback: {alone_cost * 1e6:,.0f} µs with no endpoint, "
-        f"{subscribed_cost * 1e6:,.0f} µs with one ({subscribed_cost / alone_cost - 1:+.1%})"
-    )
+    _report(none, one, others_cpu, deliverer)
     print(
         f"delivery during the load: {made:,} delivered of {ingested:,} events in "
         f"{ended - started:.1f} s ({made / (ended - started):,.0f}/s against "
@@ -246,6 +244,23 @@ async def run(duration: int, backlog: int, *, separate: bool) -> None:
     print(
         f"delivery alone: a backlog of {waiting:,} delivered in {alone:.1f} s "
         f"({waiting / alone:,.0f}/s)"
+    )
+
+
+def _report(none: Load, one: Load, others_cpu: float, deliverer: str) -> None:
+    print(describe("no endpoint          ", none))
+    print(describe("one endpoint         ", one))
+    others = "exocall deliver and the subscriber" if deliverer == "separate" else "the subscriber"
+    print(f"  meanwhile {others}: CPU {others_cpu:.2f} cores")
+    print(
+        "subscribing costs the callback path "
+        f"{1 - one.requests_per_second / none.requests_per_second:.1%} of its throughput; "
+        f"p99 {one.p99_ms - none.p99_ms:+.1f} ms"
+    )
+    alone_cost, subscribed_cost = (run.server_cpu / run.requests_per_second for run in (none, one))
+    print(
+        f"exocall serve's CPU per durable callback: {alone_cost * 1e6:,.0f} µs with no endpoint, "
+        f"{subscribed_cost * 1e6:,.0f} µs with one ({subscribed_cost / alone_cost - 1:+.1%})"
     )
 
 
@@ -267,9 +282,11 @@ async def main() -> None:
     parser.add_argument("--duration", type=int, default=15, help="seconds of load per run")
     parser.add_argument("--backlog", type=int, default=5000, help="events for delivery alone")
     parser.add_argument(
-        "--separate",
-        action="store_true",
-        help="deliver from `exocall deliver` beside an `exocall serve` without a deliverer",
+        "--deliverer",
+        choices=list(DELIVERERS),
+        default="serve",
+        help="who delivers: serve's own deliverer, `exocall deliver` beside it, or nobody (the "
+        "outbox's cost alone)",
     )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -277,11 +294,10 @@ async def main() -> None:
     print(
         f"machine: {os.cpu_count()} cores, {platform.machine()}, python "
         f"{platform.python_version()}; PostgreSQL on the same host; wrk -t2 -c{CONNECTIONS} "
-        f"-d{args.duration}s; exocall serve with 1 worker and "
-        f"{'exocall deliver beside it' if args.separate else 'its own deliverer'}; the "
-        "subscriber on the same host"
+        f"-d{args.duration}s; exocall serve with 1 worker and {DELIVERERS[args.deliverer]}; "
+        "the subscriber on the same host"
     )
-    await run(args.duration, args.backlog, separate=args.separate)
+    await run(args.duration, args.backlog, deliverer=args.deliverer)
 
 
 if __name__ == "__main__":
