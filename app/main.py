@@ -231,6 +231,8 @@ def create_deliverer_app(
                 replica_id=new_replica_id(),
                 metrics=app.state.metrics,
                 availability=Availability(app.state.metrics),
+                # Nothing else waits on this process: what is in flight gets its whole time.
+                grace=settings.webhook_timeout_seconds,
             )
             stack.enter_context(_on_exit_signal(deliverer.stop_claiming))
             yield

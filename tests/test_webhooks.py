@@ -266,6 +266,52 @@ async def test_a_slow_endpoint_holds_back_no_other(
     assert slow_inbox.most_at_once == 2  # WEBHOOK_ENDPOINT_CONCURRENCY, and no more
 
 
+async def test_one_endpoints_backlog_leaves_another_endpoint_its_turns(
+    db_url: str, exotel: ExotelDouble, hooks: tuple[Inbox, str]
+) -> None:
+    """An endpoint with an old backlog whose slots free up every turn does not fill the turns:
+    an endpoint with something due later is served while that backlog is still delivered."""
+    behind, behind_url = hooks
+    async with (
+        subscriber() as (later, later_url),
+        serving(
+            app_with(db_url, exotel, webhook_concurrency=4, webhook_endpoint_concurrency=2)
+        ) as client,
+    ):
+        behind.delay = 0.02  # its two slots free up together, every turn
+        endpoint = await register(client, behind_url)
+        await client.patch(f"/webhook-endpoints/{endpoint['id']}", json={"enabled": False})
+        for _ in range(40):  # 80 events it is not sent
+            await complete(client, exotel)
+        await register(client, later_url)
+        await client.patch(f"/webhook-endpoints/{endpoint['id']}", json={"enabled": True})
+        recovered = await client.post(
+            f"/webhook-endpoints/{endpoint['id']}/recover", json={"since": "2000-01-01T00:00:00Z"}
+        )
+        assert recovered.json() == {"queued": 80}  # all due now, before what comes next
+        await complete(client, exotel)
+        await eventually(lambda: len(later.received) == 2, within=10)
+        assert len(behind.received) < 60  # of 82: served beside the backlog, not after it
+
+
+async def test_a_retry_after_that_is_no_number_of_seconds_is_ignored(
+    client: httpx.AsyncClient, exotel: ExotelDouble, hooks: tuple[Inbox, str]
+) -> None:
+    inbox, url = hooks
+    endpoint = await register(client, url, event_types=["call.completed"])
+    inbox.status, inbox.headers = 503, {"Retry-After": "nan"}
+    await complete(client, exotel)
+
+    async def failure_recorded() -> bool:
+        attempts = await client.get(f"/webhook-endpoints/{endpoint['id']}/attempts")
+        return any(a["status_code"] == 503 for a in attempts.json()["items"])
+
+    await eventually(failure_recorded, within=5)  # recorded, with the schedule's own delay
+    inbox.status, inbox.headers = 200, {}
+    await eventually(lambda: _is(client, endpoint["id"], "backlog", 0))
+    assert [d["answered"] for d in inbox.received][-1] == 200
+
+
 async def test_an_endpoint_failing_for_too_long_is_disabled(
     db_url: str, exotel: ExotelDouble, hooks: tuple[Inbox, str]
 ) -> None:
@@ -329,6 +375,8 @@ async def test_production_allows_no_target_until_the_operator_names_some() -> No
     assert named.refusal("hooks.test", ipaddress.ip_address("10.9.9.9")) is None
     link_local = ipaddress.ip_address("169.254.169.254")
     assert named.refusal("hooks.test", link_local) is not None  # the metadata service
+    written_as_ipv6 = ipaddress.ip_address("::ffff:169.254.169.254")
+    assert named.refusal("hooks.test", written_as_ipv6) is not None
 
 
 async def test_the_address_is_checked_again_at_every_connect(hooks: tuple[Inbox, str]) -> None:

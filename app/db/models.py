@@ -296,10 +296,12 @@ class Delivery(Base):
 
     __table_args__ = (
         UniqueConstraint("event_id", "endpoint_id"),
-        # What is due, and what is in flight. Partial: a backlog that built up since the
-        # table's statistics were taken still reads in this index's order, never sorted whole.
+        # What is due to each endpoint, and what is in flight. Partial: a backlog that built up
+        # since the table's statistics were taken still reads in this index's order, never
+        # sorted whole.
         Index(
             "ix_delivery_due",
+            "endpoint_id",
             "next_attempt_at",
             postgresql_where=text("state = 'pending'"),
             sqlite_where=text("state = 'pending'"),

@@ -170,10 +170,12 @@ async def start_deliverer(
     replica_id: str,
     metrics: Metrics,
     availability: Availability,
+    grace: float = 5,
 ) -> Deliverer:
     """A deliverer running until `stack` closes. Subscribers are reached only at addresses
     `targets` allows, checked at every connect; redirects are never followed. At the close,
-    deliveries still unanswered are given back, to be retried: nothing waits long for them."""
+    deliveries in flight get `grace` seconds, and those still unanswered are given back, to be
+    retried."""
     http = await stack.enter_async_context(
         guarded_session(targets, limit=settings.webhook_concurrency)
     )
@@ -186,7 +188,7 @@ async def start_deliverer(
         availability=availability,
     )
     deliverer.start()
-    stack.push_async_callback(deliverer.stop, grace=5)
+    stack.push_async_callback(deliverer.stop, grace=grace)
     return deliverer
 
 

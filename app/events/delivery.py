@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import random
 import time
 import uuid
@@ -85,17 +86,22 @@ async def claim(
     endpoint's share."""
     statements = _statements(db.dialect.name)
     now = await db_now(db)
-    # Each enabled endpoint's share left, read without a lock: only that many candidates are
-    # read for it (reading more costs a look-up of the call's earlier deliveries each).
-    shares = {
-        endpoint_id: per_endpoint - sending
+    # Each enabled endpoint's share left, read without a lock; then, endpoint by endpoint (in
+    # a new order each time, so that none is always served last), at most that many of its
+    # due deliveries. Each candidate costs a look-up of its call's earlier deliveries, and one
+    # endpoint's backlog never fills another's turn.
+    shares = [
+        (endpoint_id, per_endpoint - sending)
         for endpoint_id, sending in await db.execute(statements.shares)
         if sending < per_endpoint
-    }
-    if not shares:
-        return []
-    bounds = {"now": now, "limit": min(limit, sum(shares.values())), "open": list(shares)}
-    candidates = (await db.execute(statements.due, bounds)).all()
+    ]
+    random.shuffle(shares)
+    candidates: list[tuple[int, uuid.UUID]] = []
+    for endpoint_id, share in shares:
+        if len(candidates) >= limit:
+            break
+        bounds = {"now": now, "endpoint_id": endpoint_id, "limit": share}
+        candidates += [(row.id, endpoint_id) for row in await db.execute(statements.due, bounds)]
     if not candidates:
         return []
     # Every writer locks an endpoint before its deliveries (no deadlock between them), and
@@ -215,7 +221,7 @@ async def attempt(http: aiohttp.ClientSession, claimed: Claimed, *, within: floa
                     kept += chunk
     except TimeoutError:
         return Answer(None, f"no answer within {within:g}s", took())
-    except aiohttp.ClientError as exc:
+    except Exception as exc:  # aiohttp's ClientError, and whatever else: never a lost answer
         return Answer(None, f"{type(exc).__name__}: {exc}"[:500], took())
     text = kept[:ANSWER_KEPT].decode("utf-8", errors="replace")
     error = None
@@ -359,17 +365,20 @@ async def record(
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Seconds from `Retry-After` (seconds or an HTTP date); None when it says neither."""
     if not value:
         return None
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max((when - datetime.now(when.tzinfo)).total_seconds(), 0.0)
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # `-0000`: UTC, its zone unknown
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return max(seconds, 0.0) if math.isfinite(seconds) else None  # never `nan` or `inf`
 
 
 class _Statements:
@@ -403,11 +412,11 @@ class _Statements:
             .group_by(e.id)
         )
         self.due = (
-            select(d.id, d.endpoint_id)
+            select(d.id)
             .where(
                 written_in(d.state, DeliveryState.PENDING),
+                d.endpoint_id == bindparam("endpoint_id"),
                 d.next_attempt_at <= bindparam("now"),
-                one_of(d.endpoint_id, "open", dialect=dialect),  # enabled, with a share left
                 ~waits_on_earlier,
             )
             # The index's order, so that the scan stops at the limit (no sort of the backlog).

@@ -90,7 +90,10 @@ class TargetPolicy:
         )
 
     def refusal(self, host: str, address: Address) -> str | None:
-        """Why `address`, which `host` resolved to, may not be connected to (None: it may)."""
+        """Why `address`, which `host` resolved to, may not be connected to (None: it may). An
+        IPv4 address written as IPv6 (`::ffff:169.254.169.254`) is judged as the IPv4 one."""
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
         if any(address in network for network in self.networks):
             return None
         if self.allows_name(host) and not any(address in net for net in _LINK_LOCAL):
@@ -123,7 +126,7 @@ class TargetPolicy:
         else:
             try:
                 found = await self.resolver(host, port)
-            except OSError as exc:  # socket.gaierror among them
+            except (OSError, UnicodeError, ValueError) as exc:  # gaierror; a label too long
                 raise TargetRefused(f"{host} does not resolve") from exc
             addresses = list(dict.fromkeys(ipaddress.ip_address(a) for a in found))
             if not addresses:

@@ -1,5 +1,5 @@
-"""Deliveries: partial indexes for what is due and what is in flight, in place of one index on
-(state, next_attempt_at); on PostgreSQL, the queue's statistics kept fresh
+"""Deliveries: partial indexes for what is due (per endpoint) and what is in flight, in place of
+one index on (state, next_attempt_at); on PostgreSQL, the queue's statistics kept fresh
 
 A backlog that builds up between two ANALYZEs (an endpoint down for an hour) had the claim sort
 every pending delivery, and look up a call's earlier deliveries through the state index:
@@ -31,7 +31,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_delivery_due",
         "delivery",
-        ["next_attempt_at"],
+        ["endpoint_id", "next_attempt_at"],
         postgresql_where=_PENDING,
         sqlite_where=_PENDING,
     )
