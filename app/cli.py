@@ -61,17 +61,14 @@ def serve(
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker counts into files here; /metrics adds them up (app/metrics.py).
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="exocall-metrics-")
-    uvicorn.run(
+    _run_app(
         "app.main:create_app",
-        factory=True,
+        settings,
         host=host,
         port=port,
         workers=workers,
-        log_config=_logging_config(settings),  # applied by every worker too
         access_log=access_log,
         proxy_headers=False,  # the app itself trusts TRUSTED_PROXIES, and only those
-        # SIGTERM: requests in flight get this long to be answered; then the app shuts down.
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
 
 
@@ -82,15 +79,23 @@ def deliver(
 ) -> None:
     """Deliver webhooks, and nothing else: beside `exocall serve` replicas run with
     WEBHOOK_DELIVERY_IN_SERVE=false."""
-    settings = load_settings()
+    _run_app(
+        "app.main:create_deliverer_app", load_settings(), host=host, port=port, access_log=False
+    )
+
+
+def _run_app(factory: str, settings: Settings, *, host: str, port: int, **options: Any) -> None:
+    """The app `factory` builds, under uvicorn, logging as configured (in every worker too). On
+    SIGTERM, requests in flight get SHUTDOWN_GRACE_SECONDS to be answered; then the app shuts
+    down."""
     uvicorn.run(
-        "app.main:create_deliverer_app",
+        factory,
         factory=True,
         host=host,
         port=port,
         log_config=_logging_config(settings),
-        access_log=False,
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        **options,
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 from fastapi import Depends, FastAPI, Response
+from fastapi.telemetry import TelemetryConfig
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.api import callbacks, calls, events, health, ui, webhook_endpoints
@@ -40,6 +41,9 @@ from app.runtime import Runtime
 log = logging.getLogger(__name__)
 
 SIMULATOR_PREFIX = "/_simulator"
+# The service's telemetry is its Prometheus metrics and its logs. FastAPI's own OpenTelemetry
+# looks up the environment on every request otherwise (README, "Benchmarks").
+_NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 def create_app(
@@ -168,10 +172,7 @@ def create_app(
         summary="Place Exotel calls and keep their state.",
         version="0.1.0",
         lifespan=lifespan,
-        # The service's telemetry is its Prometheus metrics and its logs. FastAPI's own
-        # OpenTelemetry looks up the environment on every request otherwise (README,
-        # "Benchmarks").
-        telemetry={"tracing": False, "metrics": False, "logs": False},
+        telemetry=_NO_TELEMETRY,
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -240,7 +241,7 @@ def create_deliverer_app(
     app = FastAPI(
         title="exocall deliverer",
         lifespan=lifespan,
-        telemetry={"tracing": False, "metrics": False, "logs": False},
+        telemetry=_NO_TELEMETRY,
     )
     app.state.settings = settings
     app.state.metrics = Metrics()

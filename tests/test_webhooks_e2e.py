@@ -233,7 +233,10 @@ async def test_a_deliverer_process_of_its_own_sends_what_the_api_replicas_leave(
     assert f'exocall_webhook_deliveries_total{{outcome="delivered"}} {owed:.1f}' in metrics
     deliverer_process = deployment.processes[-1]
     deliverer_process.stop()  # SIGTERM: it shuts down, then exits by the signal it caught
-    assert deliverer_process.popen.returncode in (0, -signal.SIGTERM), deliverer_process.output()
+    output = deliverer_process.output()
+    assert deliverer_process.popen.returncode in (0, -signal.SIGTERM), output
+    assert "Application shutdown complete" in output, output
+    assert "Traceback" not in output, output
 
 
 async def _feed(api: httpx.AsyncClient) -> list[dict[str, Any]]:

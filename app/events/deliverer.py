@@ -8,7 +8,6 @@ import contextlib
 import logging
 import math
 import time
-from contextlib import AsyncExitStack
 
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -162,7 +161,7 @@ class Deliverer:
 
 
 async def start_deliverer(
-    stack: AsyncExitStack,
+    stack: contextlib.AsyncExitStack,
     *,
     engine: AsyncEngine,
     targets: TargetPolicy,
