@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import platform
 import shutil
@@ -202,15 +203,22 @@ async def run(duration: int, backlog: int, *, deliverer: str) -> None:
             )
             endpoint = created.json()["id"]
             events_before, before, _ = await owed(url)
-            others = [process.pid for process in processes if process is not server]
-            others_before = cpu_seconds(others)  # the subscriber's, and the deliverer's
+            # The subscriber's CPU and, when it runs apart, the deliverer's.
+            watched = [
+                [subscriber.pid],
+                [p.pid for p in processes if p not in (server, subscriber)],
+            ]
+            cpu_before = [cpu_seconds(pids) for pids in watched]
             started = time.monotonic()
             one = await asyncio.to_thread(load, port, subscribed, duration, server)
             ended = time.monotonic()
-            others_cpu = cores_used(others_before, cpu_seconds(others), ended - started)
+            subscriber_cpu, deliverer_cpu = (
+                cores_used(before, cpu_seconds(pids), ended - started)
+                for pids, before in zip(watched, cpu_before, strict=True)
+            )
             events_after, during, left = await owed(url)
             if deliverer == "none":  # nothing delivers: nothing drains
-                _report(none, one, others_cpu, deliverer)
+                _report(none, one, subscriber_cpu, deliverer_cpu, deliverer)
                 return
             drain = await drained_after(url, since=ended)
 
@@ -234,7 +242,18 @@ async def run(duration: int, backlog: int, *, deliverer: str) -> None:
                 process.wait()
     made = during - before
     ingested = events_after - events_before  # a callback repeated by wrk is no event
-    _report(none, one, others_cpu, deliverer)
+    _report(none, one, subscriber_cpu, deliverer_cpu, deliverer)
+    per_delivery = (ended - started) / made * 1e6 if made else math.nan  # µs per core busy
+    print(
+        "CPU per event delivered during the load: "
+        + (
+            f"exocall deliver {deliverer_cpu * per_delivery:,.0f} µs, "
+            if deliverer == "separate"
+            else ""
+        )
+        + f"the subscriber {subscriber_cpu * per_delivery:,.0f} µs, PostgreSQL's extra "
+        f"{(one.postgres_cpu - none.postgres_cpu) * per_delivery:,.0f} µs"
+    )
     print(
         f"delivery during the load: {made:,} delivered of {ingested:,} events in "
         f"{ended - started:.1f} s ({made / (ended - started):,.0f}/s against "
@@ -247,11 +266,13 @@ async def run(duration: int, backlog: int, *, deliverer: str) -> None:
     )
 
 
-def _report(none: Load, one: Load, others_cpu: float, deliverer: str) -> None:
+def _report(
+    none: Load, one: Load, subscriber_cpu: float, deliverer_cpu: float, deliverer: str
+) -> None:
     print(describe("no endpoint          ", none))
     print(describe("one endpoint         ", one))
-    others = "exocall deliver and the subscriber" if deliverer == "separate" else "the subscriber"
-    print(f"  meanwhile {others}: CPU {others_cpu:.2f} cores")
+    apart = f"exocall deliver {deliverer_cpu:.2f}, " if deliverer == "separate" else ""
+    print(f"  meanwhile, CPU in cores: {apart}the subscriber {subscriber_cpu:.2f}")
     print(
         "subscribing costs the callback path "
         f"{1 - one.requests_per_second / none.requests_per_second:.1%} of its throughput; "

@@ -17,8 +17,12 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy import func, select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from app.db.models import Delivery, DeliveryAttempt, DeliveryState
+from app.db.session import create_engine
+from app.events.delivery import Answer, claim, record, release
 from app.events.targets import TargetPolicy, TargetRefused, guarded_session
 from app.main import create_app
 from tests.conftest import callback_path, make_settings, no_dns, serving
@@ -423,6 +427,42 @@ async def test_one_event_is_redelivered_on_request(
     await eventually(lambda: _is(client, endpoint["id"], "backlog", 0))
     assert (await client.post(f"/events/{event_id}/redeliver")).json() == {"queued": 1}
     await eventually(lambda: len(inbox.received) == 3)
+
+
+async def test_an_answer_to_a_claim_given_back_and_taken_again_changes_nothing(
+    db_url: str, exotel: ExotelDouble, hooks: tuple[Inbox, str]
+) -> None:
+    """A replica that stalls past the claim's time-out answers late: its answer is kept as an
+    attempt, but the delivery is the new claim's to settle."""
+    _, url = hooks
+    async with serving(app_with(db_url, exotel, webhook_delivery_in_serve=False)) as client:
+        await register(client, url, event_types=["call.completed"])
+        await complete(client, exotel)
+    settings = make_settings(db_url, **FAST)
+    engine = create_engine(db_url)
+    ok = Answer(200, None, 5, "ok")
+    try:
+        async with engine.begin() as db:
+            [first] = await claim(db, replica_id="stalled", limit=8, per_endpoint=8)
+        async with engine.begin() as db:
+            assert await release(db, older_than=0) == 1
+        async with engine.begin() as db:
+            [second] = await claim(db, replica_id="other", limit=8, per_endpoint=8)
+        assert (first.delivery_id, first.attempt, second.attempt) == (second.delivery_id, 1, 2)
+        async with engine.begin() as db:
+            await record(db, [(first, ok)], settings=settings)
+        async with engine.connect() as db:
+            row = (await db.execute(select(Delivery).where(Delivery.id == first.delivery_id))).one()
+            assert (row.state, row.claimed_by, row.attempts) == (DeliveryState.SENDING, "other", 2)
+        async with engine.begin() as db:
+            await record(db, [(second, ok)], settings=settings)
+        async with engine.connect() as db:
+            row = (await db.execute(select(Delivery).where(Delivery.id == first.delivery_id))).one()
+            assert (row.state, row.claimed_by) == (DeliveryState.DELIVERED, None)
+            attempts = await db.scalar(select(func.count()).select_from(DeliveryAttempt))
+            assert attempts == 3  # interrupted, the late answer, the retry's answer
+    finally:
+        await engine.dispose()
 
 
 async def test_the_pages_show_endpoints_and_what_each_call_pushed(
