@@ -132,7 +132,7 @@ def describe(name: str, run: Load) -> str:
 
 async def run(duration: int, backlog: int, *, deliverer: str) -> None:
     url = await fresh_database()
-    rate_guess = 2000  # callbacks a second at most: enough calls that none is sent twice
+    rate_guess = 3000  # callbacks a second at most: enough calls that none is sent twice
     per_run = rate_guess * duration
     calls = await placed_calls(url, count=2 * per_run + backlog)
     bin_dir = Path(sys.executable).parent

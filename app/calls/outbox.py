@@ -142,7 +142,10 @@ class _Statements:
         )
         endpoint = table_of(WebhookEndpoint).c
         self.endpoints = select(endpoint.id, endpoint.event_types).where(endpoint.enabled)
-        self.insert_deliveries = insert(table_of(Delivery))
+        # RETURNING, so that the deliveries are one INSERT (SQLAlchemy's "insertmanyvalues"),
+        # not one per row.
+        delivery = table_of(Delivery)
+        self.insert_deliveries = insert(delivery).returning(delivery.c.id)
 
 
 @functools.cache

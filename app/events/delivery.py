@@ -181,7 +181,7 @@ async def release(
     if not stale:
         return 0
     await db.execute(
-        insert(table_of(DeliveryAttempt)),
+        _statements(db.dialect.name).insert_attempts,
         [
             {
                 "delivery_id": row.id,
