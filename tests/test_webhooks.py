@@ -429,6 +429,25 @@ async def test_one_event_is_redelivered_on_request(
     await eventually(lambda: len(inbox.received) == 3)
 
 
+async def test_each_event_is_owed_to_the_enabled_endpoints_that_take_its_type(
+    db_url: str, exotel: ExotelDouble
+) -> None:
+    async with serving(app_with(db_url, exotel, webhook_delivery_in_serve=False)) as client:
+        every = await register(client, "http://127.0.0.1:9/every")
+        busy = await register(client, "http://127.0.0.1:9/busy", event_types=["call.busy"])
+        off = await register(client, "http://127.0.0.1:9/off")
+        disabled = await client.patch(f"/webhook-endpoints/{off['id']}", json={"enabled": False})
+        assert disabled.status_code == 200
+        for status in ("completed", "busy", "busy"):
+            await complete(client, exotel, status)
+        events = (await client.get("/events")).json()["items"]
+        types = [event["type"] for event in events]
+        assert types.count("call.busy") == 2
+        assert "call.completed" in types
+        backlogs = [await _get(client, e["id"], "backlog") for e in (every, busy, off)]
+        assert backlogs == [len(events), 2, 0]
+
+
 async def test_an_answer_to_a_claim_given_back_and_taken_again_changes_nothing(
     db_url: str, exotel: ExotelDouble, hooks: tuple[Inbox, str]
 ) -> None:

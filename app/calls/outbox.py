@@ -17,11 +17,26 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BigInteger, Text, cast, func, insert, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.calls.resource import CallOut
 from app.calls.state import TERMINAL
+from app.db.base import UTCDateTime
 from app.db.models import Call, CallStatus, Delivery, DeliveryState, Event, WebhookEndpoint
 from app.db.statements import one_of, table_of
 
@@ -105,28 +120,9 @@ async def write_events(
             }
         )
     written = await db.execute(statements.insert_events, events)
-    endpoints = (await db.execute(statements.endpoints)).all()
-    if not endpoints:
-        return
-    event_ids: dict[str, int] = dict(written.all())
-    owed = [
-        {
-            "event_id": event_ids[event["public_id"]],
-            "endpoint_id": endpoint_id,
-            "call_id": event["call_id"],
-            "sequence": event["sequence"],
-            "state": DeliveryState.PENDING,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "trigger": "scheduled",
-            "created_at": now,
-        }
-        for event in events
-        for endpoint_id, types in endpoints
-        if types is None or event["type"] in types
-    ]
-    if owed:
-        await db.execute(statements.insert_deliveries, owed)
+    # What each enabled endpoint that takes the type is owed: one statement, whether there are
+    # endpoints or none.
+    await db.execute(statements.owe, {"ids": [event_id for _, event_id in written], "now": now})
 
 
 class _Statements:
@@ -140,12 +136,44 @@ class _Statements:
         self.insert_events = (
             insert(events).values(txid=txid).returning(events.c.public_id, events.c.id)
         )
-        endpoint = table_of(WebhookEndpoint).c
-        self.endpoints = select(endpoint.id, endpoint.event_types).where(endpoint.enabled)
-        # RETURNING, so that the deliveries are one INSERT (SQLAlchemy's "insertmanyvalues"),
-        # not one per row.
-        delivery = table_of(Delivery)
-        self.insert_deliveries = insert(delivery).returning(delivery.c.id)
+        endpoints, deliveries = table_of(WebhookEndpoint), table_of(Delivery)
+        event, endpoint = events.c, endpoints.c
+        takes: ColumnElement[bool]  # the endpoint takes the event's type: `null` takes all
+        if dialect == "postgresql":
+            types = cast(endpoint.event_types, JSONB)
+            takes = or_(types == cast(literal("null"), JSONB), types.has_key(event.type))
+        else:
+            listed = func.json_each(endpoint.event_types).table_valued("value")
+            takes = or_(
+                func.json_type(endpoint.event_types) == "null",
+                exists().select_from(listed).where(listed.c.value == event.type),
+            )
+        now = bindparam("now", type_=UTCDateTime)
+        owed = select(
+            event.id,
+            endpoint.id,
+            event.call_id,
+            event.sequence,
+            literal(DeliveryState.PENDING, deliveries.c.state.type),
+            literal(0),
+            now,
+            literal("scheduled"),
+            now,
+        ).select_from(events.join(endpoints, and_(endpoint.enabled, takes)))
+        self.owe = insert(deliveries).from_select(
+            [
+                "event_id",
+                "endpoint_id",
+                "call_id",
+                "sequence",
+                "state",
+                "attempts",
+                "next_attempt_at",
+                "trigger",
+                "created_at",
+            ],
+            owed.where(one_of(event.id, "ids", dialect=dialect)),
+        )
 
 
 @functools.cache
