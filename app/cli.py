@@ -16,7 +16,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from app.api.schemas import MAX_BATCH
-from app.calls.callback_auth import status_callback_url
+from app.calls.callback_auth import passthru_url, status_callback_url
 from app.calls.dispatcher import budget_of
 from app.calls.reconcile import Repairs, reconcile_once
 from app.client.api import API_KEY_ENV, DEFAULT_URL, URL_ENV, ExocallClient
@@ -175,6 +175,13 @@ def callback_url() -> None:
     """Print the account-wide StatusCallback URL, for callbacks set up in an Exotel flow."""
     settings = load_settings()
     typer.echo(status_callback_url(settings.public_base_url, settings.signing_secrets[0], None))
+
+
+@cli.command("passthru-url")
+def passthru_url_command() -> None:
+    """Print the URL for the Passthru applets of your Exotel flows."""
+    settings = load_settings()
+    typer.echo(passthru_url(settings.public_base_url, settings.signing_secrets[0]))
 
 
 # The options of the commands that are clients of a running service.

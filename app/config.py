@@ -127,6 +127,10 @@ class Settings(BaseSettings):
     # false: `exocall serve` sends no webhooks, and `exocall deliver` processes beside it do.
     webhook_delivery_in_serve: bool = True
 
+    # Passthru (CONTRACT.md, "Passthru"): per Exotel app id, the digits answered 302 (the flow's
+    # other branch), as JSON: {"12345": ["2"]}. Every other Passthru request is answered 200.
+    passthru_redirect_digits: dict[str, list[str]] = {}
+
     # The built-in simulator (used when no Exotel key is set).
     simulator_callback_delay_seconds: float = Field(2.0, ge=0)
 

@@ -193,7 +193,7 @@ def create_app(
                 ref_template="#/components/schemas/{model}"
             )
             ack = "#/components/schemas/CallbackAck"
-            schema["paths"][callbacks.PATH] = callbacks.openapi_operations(ack)
+            schema["paths"].update(callbacks.openapi_paths(ack))
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import anyio
 import httpx
@@ -24,11 +25,13 @@ import pytest
 from playwright.async_api import Browser, async_playwright
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.calls.callback_auth import passthru_url
 from app.calls.ratelimit import THROTTLE
 from app.db.models import Batch, Call, CallStatus, ExotelRequest, Throttle
 from app.main import create_app
 from tests.conftest import (
     AUTH,
+    FAKE_CALLBACK_SECRET,
     FAKE_CALLER_ID,
     FAKE_INTERNAL_API_KEY,
     callback_path,
@@ -389,6 +392,28 @@ async def test_a_calls_page_shows_its_details_and_every_callback_in_order(
     assert received == sorted(received)
     # A call that has ended is not refreshed.
     assert not [m for m in html.all("meta") if m.attrs.get("http-equiv") == "refresh"]
+
+
+async def test_a_calls_page_shows_what_the_customer_keyed_in_its_flow(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    sid = new_sid()
+    exotel.answer_connect(accepted(sid))
+    call_id = (await client.post("/calls", json=place_body())).json()["id"]
+    path = passthru_url("", FAKE_CALLBACK_SECRET.encode())
+    for digits in ('"1"', '""', '"2"'):
+        query = urlencode({"CallSid": sid, "digits": digits})
+        assert (await client.get(f"{path}&{query}")).status_code == 200
+
+    _, html = await page(client, f"/ui/calls/{call_id}")
+
+    assert html.by_id("digits").text() == "2"
+    rows = html.by_id("timeline").rows()
+    assert [row[1] for row in rows[2:]] == [
+        "passthru keyed 1",
+        "passthru nothing keyed",
+        "passthru keyed 2",
+    ]
 
 
 async def test_a_refused_calls_page_shows_its_error(

@@ -10,7 +10,7 @@ ids, the body limit, the trusted proxies), ahead of FastAPI's routing. For a req
 FastAPI's per-request work (its router, its request and response wrappers, resolving
 dependencies) costs more than the handler: serving the route through it took the ingestion
 benchmark from 0.77 to 0.48 of the reference (README, "Benchmarks"). The route is in the OpenAPI
-schema all the same (`openapi_operations`), and answers in the one error shape.
+schema all the same (`openapi_paths`), and answers in the one error shape.
 """
 
 from __future__ import annotations
@@ -39,16 +39,19 @@ from app.api.errors import (
 from app.api.forms import boundary_of, parse_text_fields
 from app.calls.callback_auth import verify
 from app.calls.callbacks import ReceivedCallback, Unreadable
+from app.calls.queries import app_of
 from app.calls.resource import CALL_EXAMPLE
 from app.calls.spool import Spool
 from app.config import Settings
-from app.db.models import EventOutcome
+from app.db.models import EventOutcome, RequestKind
 from app.db.session import is_database_down
 from app.exotel.callbacks import FIELDS_SCHEMA, MAX_LENGTHS, example_fields
+from app.exotel.passthru import MAX_LENGTHS as PASSTHRU_LENGTHS
 
 log = logging.getLogger(__name__)
 
 PATH = "/status-callback"
+PASSTHRU_PATH = "/passthru"
 _OURS = ("call_id", "token")  # in the callback URL we gave Exotel; never Exotel's fields
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
@@ -114,8 +117,53 @@ _QUERY_FIELDS = [
 _REFUSALS = (400, 401, 403, 413, 415, 422, 503)
 
 
-def openapi_operations(ack_schema: str) -> dict[str, Any]:
-    """The route's OpenAPI path item, `ack_schema` naming CallbackAck's component."""
+def openapi_paths(ack_schema: str) -> dict[str, Any]:
+    """The routes' OpenAPI path items, `ack_schema` naming CallbackAck's component."""
+    return {PATH: _status_callback_operations(ack_schema), PASSTHRU_PATH: _passthru(ack_schema)}
+
+
+_PASSTHRU_FIELDS = {
+    "CallSid": "Exotel's call SID: the call is matched by it.",
+    "CustomField": "The `CustomField` given to `Calls/connect`: exocall's call id, unless the "
+    "call was placed with a `custom_field` of its own.",
+    "digits": 'What the caller keyed in the Gather before, in double quotes (`"12"`).',
+    "CurrentTime": "When Exotel made the request, `YYYY-MM-DD HH:MM:SS` (IST).",
+    "From": "The caller's number.",
+    "To": "The number called.",
+    "Direction": "`outbound-api` for a call placed through the API.",
+}
+
+
+def _passthru(ack_schema: str) -> dict[str, Any]:
+    ack = {"application/json": {"schema": {"$ref": ack_schema}}}
+    fields = [
+        {"name": name, "in": "query", "required": False, "description": text, "schema": schema}
+        for name, text in _PASSTHRU_FIELDS.items()
+        for schema in [{"type": "string", "maxLength": PASSTHRU_LENGTHS.get(name, 1000)}]
+    ]
+    return {
+        "get": {
+            "summary": "A flow's Passthru applet: what the customer keyed in",
+            "description": "Authenticated by the `token` of the account-wide URL "
+            "(`exocall passthru-url`). Stored on the call before it is answered; the call's "
+            "`digits` and `flow` take it, and a `call.input` event is sent. 302 (the applet's "
+            "other branch) when `PASSTHRU_REDIRECT_DIGITS` names the digits for the call's "
+            "app, else 200. A request for a SID not known yet is kept, and applied once a "
+            "call has that SID.",
+            "operationId": "passthru",
+            "tags": ["status callbacks"],
+            "parameters": _OUR_PARAMETERS + fields,
+            "responses": {
+                "200": {"description": "Stored: the applet's first branch", "content": ack},
+                "302": {"description": "Stored: the applet's other branch", "content": ack},
+            }
+            | refusal_responses(401, 403, 422, 503),
+        }
+    }
+
+
+def _status_callback_operations(ack_schema: str) -> dict[str, Any]:
+    """The status callback's OpenAPI path item."""
     answers = {
         "description": _DESCRIPTION,
         "tags": ["status callbacks"],
@@ -146,22 +194,27 @@ def openapi_operations(ack_schema: str) -> dict[str, Any]:
 
 
 class StatusCallbackReceiver:
-    """Serves `/status-callback`; hands every other request on to `app`."""
+    """Serves `/status-callback` and `/passthru`; hands every other request on to `app`."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != PATH:
+        if scope["type"] != "http" or scope["path"] not in _ROUTES:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
+        handler, methods = _ROUTES[scope["path"]]
         try:
-            if request.method not in ("GET", "POST"):
+            if request.method not in methods:
+                allowed = ", ".join(methods)
                 raise ApiError(
-                    405, "method_not_allowed", "use POST or GET", headers={"Allow": "GET, POST"}
+                    405,
+                    "method_not_allowed",
+                    f"use {' or '.join(methods)}",
+                    headers={"Allow": allowed},
                 )
-            response = await status_callback(request)
+            response = await handler(request)
         except ApiError as exc:
             response = api_error_response(exc)
         except HTTPException as exc:  # a body over the limit, malformed multipart
@@ -172,18 +225,53 @@ class StatusCallbackReceiver:
 
 
 async def status_callback(request: Request) -> Response:
-    settings, runtime = settings_of(request), runtime_of(request)
-    metrics = runtime.metrics
+    settings, metrics = settings_of(request), runtime_of(request).metrics
     try:
         call_uuid = authenticate_callback(request, settings)
         content_type, fields = await _read_fields(request)
-        _check_fields(fields)
+        _check_fields(fields, MAX_LENGTHS)
     except (ApiError, HTTPException):  # HTTPException: a body over the limit, malformed forms
         metrics.callbacks.labels("rejected").inc()
         raise
     received = ReceivedCallback(
         call_id=call_uuid, method=request.method, content_type=content_type, payload=fields
     )
+    ack = await _store(request, received)
+    return Response(ack.model_dump_json(), media_type="application/json")
+
+
+async def passthru(request: Request) -> Response:
+    """A flow's Passthru request: stored before it is answered, like a status callback; 302
+    when the operator's rule for the call's app names the digits, else 200."""
+    settings, runtime = settings_of(request), runtime_of(request)
+    try:
+        call_uuid = authenticate_callback(request, settings)
+        fields = {k: v for k, v in request.query_params.items() if k not in _OURS}
+        _check_fields(fields, PASSTHRU_LENGTHS)
+    except ApiError:
+        runtime.metrics.callbacks.labels("rejected").inc()
+        raise
+    received = ReceivedCallback(
+        call_id=call_uuid,
+        method=request.method,
+        content_type=None,
+        payload=fields,
+        kind=RequestKind.PASSTHRU,
+    )
+    ack = await _store(request, received)
+    status = 200
+    digits = received.passthru.digits
+    if settings.passthru_redirect_digits and digits is not None and not ack.spooled:
+        app_id = await app_of(runtime.engine, received)
+        if digits in settings.passthru_redirect_digits.get(app_id or "", ()):
+            status = 302
+    return Response(ack.model_dump_json(), status_code=status, media_type="application/json")
+
+
+async def _store(request: Request, received: ReceivedCallback) -> CallbackAck:
+    """Store `received` (or spool it while the database is down); its acknowledgement. Raises
+    422 for one with nothing readable: kept, but never acknowledged as handled."""
+    runtime = runtime_of(request)
     spooled = False
     try:
         outcome: EventOutcome | None = await runtime.callbacks.store(received)  # committed
@@ -192,12 +280,12 @@ async def status_callback(request: Request) -> Response:
             raise
         await _spool(runtime.spool, received)
         outcome, spooled = None, True
-    metrics.callbacks.labels("spooled" if spooled else str(outcome)).inc()
+    runtime.metrics.callbacks.labels("spooled" if spooled else str(outcome)).inc()
     ack = CallbackAck(receipt_id=received.receipt_id, outcome=outcome, spooled=spooled)
     if isinstance(reading := received.reading, Unreadable):
-        # Kept, but never acknowledged as handled: the sender is told what is missing.
+        # The sender is told what is missing.
         raise _unreadable(reading, ack)
-    return Response(ack.model_dump_json(), media_type="application/json")
+    return ack
 
 
 def _unreadable(reading: Unreadable, ack: CallbackAck) -> ApiError:
@@ -303,9 +391,9 @@ def _finite_float(text: str) -> float:
     return number
 
 
-def _check_fields(fields: dict[str, Any]) -> None:
+def _check_fields(fields: dict[str, Any], lengths: dict[str, int]) -> None:
     """What Exotel never sends, and the database could not store."""
-    for field, limit in MAX_LENGTHS.items():
+    for field, limit in lengths.items():
         value = fields.get(field)
         if value is not None and len(str(value)) > limit:
             raise _invalid(field, f"at most {limit} characters", "string_too_long")
@@ -331,3 +419,6 @@ def _has_nul(value: Any) -> bool:
 def _invalid(field: str, message: str, kind: str) -> ApiError:
     details = [{"field": field, "message": message, "type": kind}]
     return ApiError(422, "validation_error", f"{field}: {message}", details=details)
+
+
+_ROUTES = {PATH: (status_callback, ("GET", "POST")), PASSTHRU_PATH: (passthru, ("GET",))}

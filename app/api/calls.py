@@ -136,6 +136,10 @@ async def list_calls(
     created_after: Instant | None = None,
     created_before: Instant | None = None,
     batch_id: uuid.UUID | None = None,
+    digits: Annotated[
+        str | None,
+        Query(max_length=64, description='The latest input keyed in the flow (`""`: none)'),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
 ) -> CallPage:
@@ -150,6 +154,7 @@ async def list_calls(
         created_after=created_after,
         created_before=created_before,
         batch_id=batch_id,
+        digits=digits,
         limit=limit,
         cursor=cursor,
     )

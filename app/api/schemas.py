@@ -22,7 +22,7 @@ from pydantic import (
 from app.calls.phone import to_e164
 from app.calls.placing import CallRequest
 from app.calls.resource import CALL_EXAMPLE, CallOut, ExotelClock
-from app.db.models import EventOutcome
+from app.db.models import EventOutcome, RequestKind
 from app.exotel.callbacks import example_fields
 
 # Exotel documents these bounds for Calls/connect (shared/exotel.md).
@@ -151,6 +151,7 @@ class EventOut(BaseModel):
             "examples": [
                 {
                     "id": 1,
+                    "kind": "status_callback",
                     "receipt_id": "2751a23d-306b-47ec-9735-9527b08858b8",
                     "received_at": "2026-11-27T00:24:42.149051Z",
                     "method": "POST",
@@ -168,6 +169,7 @@ class EventOut(BaseModel):
     )
 
     id: int
+    kind: RequestKind = Field(description="A status callback, or a flow's Passthru request.")
     receipt_id: uuid.UUID | None
     received_at: datetime
     method: str

@@ -275,7 +275,8 @@ async def status_page(
 
 @dataclass(frozen=True)
 class Entry:
-    """A line of a call's timeline: one of the call's milestones, or a status callback."""
+    """A line of a call's timeline: one of the call's milestones, or a request from Exotel (a
+    status callback or a Passthru)."""
 
     at: datetime
     what: str

@@ -6,7 +6,8 @@ TLS-terminating proxy in front of us does not break it. Every secret in CALLBACK
 the first signs: a secret can be rotated without losing calls still in flight.
 
 A URL without a call id (`call_id` absent) is the account-wide one, for status callbacks set up
-in a flow or the dashboard; such callbacks are matched to their call by `CallSid`.
+in a flow or the dashboard; such callbacks are matched to their call by `CallSid`. A flow's
+Passthru URL carries the same account-wide token.
 """
 
 from __future__ import annotations
@@ -37,3 +38,8 @@ def status_callback_url(public_base_url: str, secret: bytes, call_id: uuid.UUID 
     query = {"call_id": str(call_id)} if call_id else {}
     query["token"] = sign(secret, call_id)
     return f"{public_base_url}/status-callback?{urlencode(query)}"
+
+
+def passthru_url(public_base_url: str, secret: bytes) -> str:
+    """The URL for a flow's Passthru applets: account-wide, since a flow is set up once."""
+    return f"{public_base_url}/passthru?{urlencode({'token': sign(secret, None)})}"

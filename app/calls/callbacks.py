@@ -1,5 +1,6 @@
-"""What a status callback says about its call, in the app's terms: a status update, nothing we
-act on, or nothing we can read. Pure: storing it is `app.calls.store`'s job."""
+"""What a request from Exotel says about its call, in the app's terms: a status callback's status
+update, a Passthru request's input, nothing we act on, or nothing we can read. Pure: storing it
+is `app.calls.store`'s job."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
-from app.calls.state import StatusUpdate
-from app.db.models import CallStatus
+from app.calls.state import InputUpdate, StatusUpdate
+from app.db.models import CallStatus, RequestKind
 from app.exotel.callbacks import StatusCallback, parse_status_callback
+from app.exotel.passthru import PassthruRequest, parse_passthru
 
 
 @dataclass(frozen=True)
 class ReceivedCallback:
-    """A status callback as it was received, before it is stored."""
+    """A status callback (or a Passthru request) as it was received, before it is stored."""
 
     call_id: uuid.UUID | None  # from the callback URL, vouched for by its token
     method: str
@@ -24,10 +26,22 @@ class ReceivedCallback:
     payload: dict[str, Any]  # Exotel's fields: the query string's and the body's, merged
     receipt_id: uuid.UUID = field(default_factory=uuid.uuid4)
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    kind: RequestKind = RequestKind.STATUS_CALLBACK
 
     @cached_property
     def callback(self) -> StatusCallback:
         return parse_status_callback(self.payload)
+
+    @cached_property
+    def passthru(self) -> PassthruRequest:
+        return parse_passthru(self.payload)
+
+    @property
+    def named_call_id(self) -> uuid.UUID | None:
+        """The call it names by our id: the callback URL's, or a Passthru's `CustomField`."""
+        if self.call_id is None and self.kind == RequestKind.PASSTHRU:
+            return self.passthru.call_id
+        return self.call_id
 
     @cached_property
     def reading(self) -> Reading:
@@ -46,10 +60,12 @@ class Ignored:
     """Readable, but of an event type we do not act on (shared/exotel.md: ignore those)."""
 
 
-Reading = StatusUpdate | Unreadable | Ignored
+Reading = StatusUpdate | InputUpdate | Unreadable | Ignored
 
 
 def read(received: ReceivedCallback) -> Reading:
+    if received.kind == RequestKind.PASSTHRU:
+        return _read_passthru(received)
     callback = received.callback
     problems = callback.missing(call_named=received.call_id is not None)
     status = status_from_exotel(callback.status)
@@ -74,6 +90,13 @@ def read(received: ReceivedCallback) -> Reading:
         on_call_duration=callback.on_call_duration,
         answered_at=answered_at,
     )
+
+
+def _read_passthru(received: ReceivedCallback) -> Reading:
+    passthru = received.passthru
+    if passthru.call_sid is None and received.named_call_id is None:
+        return Unreadable([("CallSid", "missing: no call can be matched")])
+    return InputUpdate(at=passthru.current_time or received.received_at, digits=passthru.digits)
 
 
 # The statuses Exotel documents for a call: the four a terminal callback carries, `canceled`

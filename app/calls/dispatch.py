@@ -59,7 +59,9 @@ def connect_request(call: Call, settings: Settings) -> ConnectRequest:
         ),
         time_limit=call.time_limit,
         time_out=call.time_out,
-        custom_field=call.custom_field,
+        # The flow's Passthru requests carry it back: our id lets them find the call before its
+        # SID is known (`app.exotel.passthru`).
+        custom_field=call.custom_field or str(call.id),
         status_callback_events=settings.exotel_status_callback_events,
         status_callback_content_type=settings.exotel_status_callback_content_type,
     )

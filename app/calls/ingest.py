@@ -97,7 +97,7 @@ async def store_callbacks(
             stored = await store.stored_receipts([r.receipt_id for r in batch])
             batch = [received for received in batch if received.receipt_id not in stored]
         await store.lock(
-            ids=(r.call_id for r in batch if r.call_id),
+            ids=(r.named_call_id for r in batch if r.named_call_id),
             sids=(r.callback.call_sid for r in batch if r.callback.call_sid),
         )
         events = [store.add_callback(received) for received in batch]

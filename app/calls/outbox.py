@@ -1,11 +1,13 @@
 """The outbox: the events the one write path writes, in the transaction of the change.
 
-A transaction that changes a call writes at most one event for it, named after where the call
-stands after it (`event_type`): a call that goes from `queued` to `completed` in one transaction
-(its callback came before Exotel's answer to the connect) yields `call.completed`, never a step
-back. A duplicate or stale callback changes nothing, and so writes nothing. Each event carries the
-call resource after the change and the call's `sequence`, and is owed at once to every enabled
-endpoint that takes its type (a `delivery`); `app.events` sends it.
+A transaction that changes a call writes at most one event of its status for it, named after
+where the call stands after it (`status_event`): a call that goes from `queued` to `completed`
+in one transaction (its callback came before Exotel's answer to the connect) yields
+`call.completed`, never a step back. Input keyed in the flow (a Passthru request) is a
+`call.input` event of its own, before the status's in the same transaction. A duplicate or
+stale callback changes nothing, and so writes nothing. Each event carries the call resource
+after the change and its `sequence` among the call's events, and is owed at once to every
+enabled endpoint that takes its type (a `delivery`); `app.events` sends it.
 """
 
 from __future__ import annotations
@@ -55,13 +57,22 @@ EVENT_TYPES = (
     "call.rejected",
     "call.unknown",
     "call.updated",
+    "call.input",
 )
 # What a final call may still learn (a late callback, call details): `call.updated`.
 _LATE_FACTS = ("recording_url", "duration", "conversation_duration", "on_call_duration")
 
 
-def event_type(change: Change) -> str | None:
-    """The event a change of a call is, if any."""
+def event_types(change: Change) -> list[str]:
+    """The events a change of a call is, in order."""
+    kinds = ["call.input"] if change.after.flow != change.before.flow else []
+    if kind := status_event(change):
+        kinds.append(kind)
+    return kinds
+
+
+def status_event(change: Change) -> str | None:
+    """The event a change of a call's status (or of what it learnt at its end) is, if any."""
     before, after = change.before, change.after
     if after.status != before.status:
         # A call goes back to `queued` only to wait for its send again: nothing to tell.
@@ -77,26 +88,26 @@ def event_type(change: Change) -> str | None:
     return None
 
 
-def number_events(changes: Sequence[Change]) -> list[tuple[Change, str]]:
-    """The changes that are events, with their types; each call's `event_sequence` is moved on,
-    to be written with the call."""
+def number_events(changes: Sequence[Change]) -> list[tuple[Change, str, int]]:
+    """The events the changes are, with their types and sequences; each call's
+    `event_sequence` is moved on, to be written with the call."""
     news = []
     for change in changes:
-        if kind := event_type(change):
+        for kind in event_types(change):
             change.after.event_sequence += 1
-            news.append((change, kind))
+            news.append((change, kind, change.after.event_sequence))
     return news
 
 
 async def write_events(
-    db: AsyncConnection, news: Sequence[tuple[Change, str]], *, now: datetime
+    db: AsyncConnection, news: Sequence[tuple[Change, str, int]], *, now: datetime
 ) -> None:
     """Insert the events (after the calls' own update) and what each endpoint is owed."""
     statements = _statements(db.dialect.name)
-    ids = [change.after.id for change, _ in news]
+    ids = [change.after.id for change, _, _ in news]
     calls = {row.id: row for row in await db.execute(statements.calls, {"ids": ids})}
     events = []
-    for change, kind in news:
+    for change, kind, sequence in news:
         call = calls[change.after.id]
         public_id = f"evt_{uuid.uuid4().hex}"
         body = {
@@ -106,7 +117,7 @@ async def write_events(
             "data": {
                 "call": CallOut.of(call).model_dump(mode="json"),
                 "previous_status": change.before.status.value,
-                "sequence": call.event_sequence,
+                "sequence": sequence,
             },
         }
         events.append(
@@ -114,7 +125,7 @@ async def write_events(
                 "public_id": public_id,
                 "type": kind,
                 "call_id": call.id,
-                "sequence": call.event_sequence,
+                "sequence": sequence,
                 "created_at": now,
                 "body": json.dumps(body, separators=(",", ":")),
             }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -49,6 +49,8 @@ CALL_EXAMPLE: dict[str, Any] = {
     "on_call_duration": 41,
     "answered_at": "2024-09-16T15:50:19+05:30",
     "date_updated": "2024-09-16T15:51:00+05:30",
+    "digits": "1",
+    "flow": [{"applet": "passthru", "at": "2024-09-16T10:20:41Z", "digits": "1"}],
     "error": None,
     "error_at": None,
     "created_at": "2026-11-27T00:24:41.845594Z",
@@ -56,6 +58,15 @@ CALL_EXAMPLE: dict[str, Any] = {
     "updated_at": "2026-11-27T00:24:42.190204Z",
     "batch_id": None,
 }
+
+
+class FlowStepOut(BaseModel):
+    applet: Literal["passthru"] = Field(description="The applet the flow passed.")
+    at: datetime = Field(description="When (Exotel's `CurrentTime`, else when it reached us).")
+    digits: str | None = Field(
+        description="What the customer keyed in the Gather before it, quotes stripped; "
+        "empty when they keyed nothing, null when the request carried no `digits`."
+    )
 
 
 class CallOut(BaseModel):
@@ -85,6 +96,13 @@ class CallOut(BaseModel):
         description="When the customer answered (from Exotel's `answered` event)."
     )
     date_updated: ExotelClock
+    digits: str | None = Field(
+        description="The latest input the customer keyed in the flow (from its Passthru "
+        "requests), quotes stripped."
+    )
+    flow: list[FlowStepOut] = Field(
+        description="Each Passthru applet the flow passed, in time order, with its input."
+    )
     error: CallErrorOut | None
     error_at: datetime | None = Field(description="When `error` was recorded.")
     created_at: datetime
@@ -120,6 +138,8 @@ class CallOut(BaseModel):
             on_call_duration=call.on_call_duration,
             answered_at=call.answered_at,
             date_updated=call.date_updated,
+            digits=call.digits,
+            flow=call.flow or [],
             error=error,
             error_at=call.error_at,
             created_at=call.created_at,

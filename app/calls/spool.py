@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.calls.callbacks import ReceivedCallback
 from app.calls.ingest import store_callbacks
+from app.db.models import RequestKind
 from app.db.session import is_database_down
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class Spool:
             "content_type": received.content_type,
             "payload": received.payload,
             "received_at": received.received_at.isoformat(),
+            "kind": received.kind,
         }
         name = f"{time.time_ns():020d}-{received.receipt_id}.json"
         partial = self.directory / f".{name}.partial"  # not *.json: never replayed half-written
@@ -113,6 +115,7 @@ def _read(text: str) -> ReceivedCallback:
         content_type=record["content_type"],
         payload=record["payload"],
         received_at=datetime.fromisoformat(record["received_at"]),
+        kind=RequestKind(record.get("kind", RequestKind.STATUS_CALLBACK)),
     )
 
 

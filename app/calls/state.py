@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from app.db.models import CallStatus, EventOutcome, FailureKind
 
@@ -83,6 +84,8 @@ class CallState:
     next_lookup_at: datetime | None
     event_sequence: int  # the `sequence` of the call's latest event (app.calls.outbox)
     updated_at: datetime  # set by the store when anything but the look-up schedule changed
+    digits: str | None  # the latest input keyed in the flow (`apply_input`)
+    flow: list[dict[str, Any]] | None  # each Passthru the flow passed, in time order
 
     def look_up_later(self, now: datetime, *, first: float, longest: float) -> None:
         """When reconciliation is to look the call up next in Exotel's call details, if no
@@ -174,3 +177,32 @@ def _take_answer(call: CallState, update: StatusUpdate) -> bool:
         return False
     call.answered_at = update.answered_at
     return True
+
+
+@dataclass(frozen=True)
+class InputUpdate:
+    """A flow's Passthru request: the flow passed a Passthru applet at `at`, with what the
+    customer keyed in the Gather before it (None: the request said nothing of digits)."""
+
+    at: datetime
+    digits: str | None
+
+
+def apply_input(call: CallState, update: InputUpdate) -> EventOutcome:
+    """Add the Passthru step to the call's flow, in time order, and take the digits of its
+    latest step that carried some (an empty string: the customer keyed nothing). The same
+    step twice (Exotel repeating the request) is a duplicate. A call's status does not
+    matter: what happened in its flow is news whenever it arrives."""
+    step = {
+        "applet": "passthru",
+        "at": update.at.astimezone(UTC).isoformat(),
+        "digits": update.digits,
+    }
+    flow = call.flow or []
+    if step in flow:
+        return EventOutcome.DUPLICATE
+    # A new list, never the old one changed: the store tells a change by comparing the two.
+    call.flow = sorted([*flow, step], key=lambda s: s["at"])
+    keyed = [s["digits"] for s in call.flow if s["digits"] is not None]
+    call.digits = keyed[-1] if keyed else None
+    return EventOutcome.APPLIED

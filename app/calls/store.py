@@ -31,10 +31,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.calls import outbox
 from app.calls.callbacks import Ignored, ReceivedCallback, Unreadable
-from app.calls.state import CallState, apply_update
+from app.calls.state import CallState, InputUpdate, apply_input, apply_update
 from app.db import statements
 from app.db.clock import db_now
-from app.db.models import Call, CallEvent, EventOutcome
+from app.db.models import Call, CallEvent, EventOutcome, RequestKind
 from app.db.statements import table_of
 from app.logs import about
 
@@ -142,9 +142,10 @@ class CallStore:
         `flush()`."""
         callback = received.callback
         sid = callback.call_sid
-        if received.call_id is not None:
-            call = self.get(received.call_id)
-        else:
+        call_id = received.named_call_id
+        call = self.get(call_id) if call_id is not None else None
+        # A Passthru's `CustomField` may be the caller's own value, not our id: then its SID.
+        if call is None and (call_id is None or received.kind == RequestKind.PASSTHRU):
             call = self.holding(sid) if sid else None
         event = _event_row(received)
         if call is None:
@@ -167,6 +168,8 @@ class CallStore:
             outcome = EventOutcome.UNREADABLE
         elif isinstance(reading, Ignored):
             outcome = EventOutcome.IGNORED
+        elif isinstance(reading, InputUpdate):
+            outcome = apply_input(call, reading)
         else:
             outcome = apply_update(call, reading)
         event["call_id"], event["outcome"] = call.id, outcome
@@ -180,6 +183,7 @@ class CallStore:
             payload=event["payload"],
             receipt_id=event["receipt_id"],
             received_at=event["received_at"],
+            kind=event["kind"],
         )
 
     async def stored_receipts(self, receipt_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
@@ -237,6 +241,7 @@ class CallStore:
 def _event_row(received: ReceivedCallback) -> dict[str, Any]:
     callback = received.callback
     return {
+        "kind": received.kind,
         "receipt_id": received.receipt_id,
         "received_at": received.received_at,
         "call_id": None,

@@ -50,6 +50,13 @@ class CallStatus(enum.StrEnum):
     UNKNOWN = "unknown"
 
 
+class RequestKind(enum.StrEnum):
+    """What Exotel sent: a status callback, or a flow's Passthru request."""
+
+    STATUS_CALLBACK = "status_callback"
+    PASSTHRU = "passthru"
+
+
 class EventOutcome(enum.StrEnum):
     """What a received status callback did to its call."""
 
@@ -134,6 +141,12 @@ class Call(Base):
     next_lookup_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The `sequence` of the call's latest event (0: none yet).
     event_sequence: Mapped[int] = mapped_column(Integer, default=0)
+    # What the customer did in the flow, from its Passthru requests: the latest keyed input,
+    # and each Passthru passed (`app.calls.state.apply_input`).
+    digits: Mapped[str | None] = mapped_column(String(64))
+    flow: Mapped[list[dict[str, Any]] | None] = mapped_column(
+        JSON().with_variant(JSONB(), "postgresql")
+    )
 
     __table_args__ = (
         # Newest-first listing and its cursor.
@@ -151,6 +164,9 @@ class CallEvent(Base):
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    kind: Mapped[RequestKind] = mapped_column(
+        _str_enum(RequestKind), server_default=RequestKind.STATUS_CALLBACK.value
     )
     # Given when the callback is received: a callback replayed from the spool is stored once.
     receipt_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, unique=True)

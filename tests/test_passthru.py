@@ -1,0 +1,198 @@
+"""`GET /passthru`: a flow's Passthru requests, in the shapes of shared/exotel.md ("Passthru
+applet"), stored on their call, its `digits` and `flow`, the `call.input` event, and the 302
+rule; on both backends."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from app.calls.callback_auth import passthru_url
+from tests.conftest import FAKE_CALLBACK_SECRET, callback_path, place_body, serving
+from tests.exotel_double import ExotelDouble, accepted, form_of, new_sid
+from tests.test_status_callbacks import callback, events, multipart, place
+from tests.test_webhooks import app_with
+
+pytestmark = pytest.mark.anyio
+
+PASSTHRU = passthru_url("", FAKE_CALLBACK_SECRET.encode())
+
+
+def exotel_passthru(sid: str, **fields: str) -> dict[str, str]:
+    """The query string of a Passthru request (shared/exotel.md), as Exotel sends it."""
+    return {
+        "CallSid": sid,
+        "From": "09052161110",
+        "To": "08030752400",
+        "Direction": "outbound-api",
+        "CurrentTime": "2026-12-02 10:20:41",
+    } | fields
+
+
+async def passthru(client: httpx.AsyncClient, fields: dict[str, str]) -> httpx.Response:
+    return await client.get(f"{PASSTHRU}&{urlencode(fields)}")
+
+
+async def call_of(client: httpx.AsyncClient, call_id: str) -> dict[str, Any]:
+    return dict((await client.get(f"/calls/{call_id}")).json())
+
+
+async def test_quoted_digits_are_the_calls_input_and_a_step_of_its_flow(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    call = await place(client, exotel)
+    response = await passthru(client, exotel_passthru(call["sid"], digits='"12"'))
+    assert response.status_code == 200, response.text
+    assert response.json()["outcome"] == "applied"
+    stored = await call_of(client, call["id"])
+    assert stored["digits"] == "12"
+    # CurrentTime has no zone; Exotel's clock is IST.
+    assert stored["flow"] == [{"applet": "passthru", "at": "2026-12-02T04:50:41Z", "digits": "12"}]
+    (request,) = await events(client, call["id"])
+    assert request["kind"] == "passthru"
+    assert request["method"] == "GET"
+    assert request["payload"]["digits"] == '"12"'  # raw, as received
+
+
+@pytest.mark.parametrize(("given", "digits"), [({"digits": '""'}, ""), ({}, None)])
+async def test_empty_digits_are_no_input_and_missing_ones_say_nothing(
+    client: httpx.AsyncClient, exotel: ExotelDouble, given: dict[str, str], digits: str | None
+) -> None:
+    call = await place(client, exotel)
+    response = await passthru(client, exotel_passthru(call["sid"], **given))
+    assert response.status_code == 200
+    stored = await call_of(client, call["id"])
+    assert stored["digits"] == digits
+    assert [step["digits"] for step in stored["flow"]] == [digits]
+
+
+async def test_a_replayed_request_is_a_duplicate_and_steps_keep_their_time_order(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    call = await place(client, exotel)
+    second = exotel_passthru(call["sid"], digits='"2"', CurrentTime="2026-12-02 10:21:00")
+    first = exotel_passthru(call["sid"], digits='"1"', CurrentTime="2026-12-02 10:20:00")
+    assert (await passthru(client, second)).json()["outcome"] == "applied"
+    assert (await passthru(client, first)).json()["outcome"] == "applied"  # came late
+    assert (await passthru(client, second)).json()["outcome"] == "duplicate"
+    stored = await call_of(client, call["id"])
+    assert [step["digits"] for step in stored["flow"]] == ["1", "2"]
+    assert stored["digits"] == "2"  # the latest keyed, not the latest to arrive
+    assert len(await events(client, call["id"])) == 3  # every request stored
+
+
+async def test_a_passthru_for_an_unknown_sid_is_kept_and_attached_once_the_sid_is_known(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    sid = new_sid()
+    early = await passthru(client, exotel_passthru(sid, digits='"1"', CustomField="order-9"))
+    assert early.status_code == 200
+    assert early.json()["outcome"] == "unknown_sid"
+    call = await place(client, exotel, sid=sid)  # Exotel's answer names the SID
+    stored = await call_of(client, call["id"])
+    assert stored["digits"] == "1"
+    (request,) = await events(client, call["id"])
+    assert request["outcome"] == "applied"
+
+
+async def test_our_call_id_in_custom_field_finds_the_call_before_its_sid_is_known(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    """The flow can run before Exotel's answer to `Calls/connect` reaches us."""
+    answer, sid = asyncio.Event(), new_sid()
+
+    async def late(_: httpx.Request) -> httpx.Response:
+        await answer.wait()
+        return accepted(sid)
+
+    exotel.on_connect = late
+    call = (await client.post("/calls", json=place_body())).json()  # waits, then answers
+    assert call["sid"] is None
+    # What exocall gives Exotel as CustomField when the caller gave none: the call's id.
+    assert form_of(exotel.connects[-1])["CustomField"] == call["id"]
+    response = await passthru(client, exotel_passthru(sid, digits='"1"', CustomField=call["id"]))
+    assert response.json()["outcome"] == "applied"
+    assert (await call_of(client, call["id"]))["digits"] == "1"
+    answer.set()
+    for _ in range(100):
+        if (await call_of(client, call["id"]))["status"] == "in-progress":
+            break
+        await asyncio.sleep(0.05)
+    stored = await call_of(client, call["id"])
+    assert (stored["sid"], stored["status"], stored["digits"]) == (sid, "in-progress", "1")
+
+
+async def test_each_input_is_a_call_input_event_before_the_terminal_one(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    call = await place(client, exotel)
+    await passthru(client, exotel_passthru(call["sid"], digits='"1"'))
+    await passthru(client, exotel_passthru(call["sid"], digits='"1"'))  # a repeat: no event
+    ended = await client.post(
+        callback_path(call["id"]), **multipart(callback(call["sid"], "completed"))
+    )
+    assert ended.status_code == 200
+    feed = (await client.get("/events", params={"call_id": call["id"]})).json()["items"]
+    kinds = [event["type"] for event in feed]
+    assert kinds[-2:] == ["call.input", "call.completed"]
+    assert kinds.count("call.input") == 1
+    inputs = next(e for e in feed if e["type"] == "call.input")
+    assert inputs["data"]["call"]["digits"] == "1"
+    sequences = [event["data"]["sequence"] for event in feed]
+    assert sequences == sorted(set(sequences))
+
+
+async def test_a_rule_on_the_digits_answers_302_for_its_app_only(
+    db_url: str, exotel: ExotelDouble
+) -> None:
+    rules = {"926": ["2"], "other-app": ["1"]}
+    async with serving(app_with(db_url, exotel, passthru_redirect_digits=rules)) as client:
+        call = await place(client, exotel)  # app 926
+        cancel = await passthru(client, exotel_passthru(call["sid"], digits='"2"'))
+        assert cancel.status_code == 302
+        assert cancel.json()["outcome"] == "applied"  # stored all the same
+        confirm = await passthru(
+            client, exotel_passthru(call["sid"], digits='"1"', CurrentTime="2026-12-02 10:25:00")
+        )
+        assert confirm.status_code == 200
+        unknown = await passthru(client, exotel_passthru(new_sid(), digits='"2"'))
+        assert unknown.status_code == 200  # no call, no app: the default branch
+
+
+async def test_a_passthru_is_refused_without_the_token_or_anything_to_match(
+    client: httpx.AsyncClient,
+) -> None:
+    anonymous = await client.get("/passthru", params={"CallSid": new_sid()})
+    assert anonymous.status_code == 401
+    assert anonymous.json()["error"]["code"] == "callback_unauthenticated"
+    forged = await client.get("/passthru", params={"token": "forged", "CallSid": new_sid()})
+    assert forged.status_code == 403
+    nothing = await passthru(client, {"digits": '"1"'})
+    assert nothing.status_code == 422
+    assert nothing.json()["error"]["details"][0]["field"] == "CallSid"
+    posted = await client.post(PASSTHRU)
+    assert posted.status_code == 405
+    too_long = await passthru(client, {"CallSid": "x" * 65})
+    assert too_long.status_code == 422
+    assert too_long.json()["error"]["details"][0]["field"] == "CallSid"
+
+
+async def test_calls_are_listed_by_what_was_keyed(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    confirmed, cancelled, silent = [await place(client, exotel) for _ in range(3)]
+    for call, digits in ((confirmed, '"1"'), (cancelled, '"2"'), (silent, '""')):
+        await passthru(client, exotel_passthru(call["sid"], digits=digits))
+
+    async def listed(digits: str) -> list[str]:
+        page = await client.get("/calls", params={"digits": digits})
+        assert page.status_code == 200
+        return [call["id"] for call in page.json()["items"]]
+
+    assert await listed("2") == [cancelled["id"]]
+    assert await listed("") == [silent["id"]]
+    assert (await client.get("/calls", params={"digits": "9" * 65})).status_code == 422
