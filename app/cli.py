@@ -129,6 +129,15 @@ def simulator(
         float, typer.Option(help="Seconds before Calls/connect answers.")
     ] = 0.0,
     retry_after: Annotated[bool, typer.Option(help="Send Retry-After with 429s.")] = True,
+    passthru: Annotated[
+        str | None,
+        typer.Option(
+            "--passthru-url",
+            help="Where its flows' Passthru applets GET (SIMULATOR_FLOWS); exocall's "
+            "`passthru-url` when absent.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve the Exotel simulator on its own port (rate limit from EXOTEL_RATE_LIMIT/WINDOW)."""
     settings = _configured()
@@ -139,6 +148,9 @@ def simulator(
         rate_limit=settings.exotel_rate_limit,
         rate_window=settings.exotel_rate_window_seconds,
         retry_after=retry_after,
+        flows=settings.simulator_flows,
+        passthru_url=passthru
+        or passthru_url(settings.public_base_url, settings.signing_secrets[0]),
     )
     uvicorn.run(
         Simulator(config).app(owns_http=True),

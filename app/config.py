@@ -21,6 +21,8 @@ DEVELOPMENT_CALLBACK_SECRET = "exocall-development-callback-secret-not-for-produ
 SIMULATOR_ACCOUNT_SID = "simulated"
 SIMULATOR_API_KEY = "simulator-key"
 SIMULATOR_API_TOKEN = "simulator-token"  # noqa: S105
+# The applets the simulator's flows are made of (app.exotel.simulator).
+SimulatedApplet = Literal["play", "gather", "passthru", "passthru_async", "hangup"]
 
 
 def _split_csv(value: object) -> object:
@@ -133,6 +135,11 @@ class Settings(BaseSettings):
 
     # The built-in simulator (used when no Exotel key is set).
     simulator_callback_delay_seconds: float = Field(2.0, ge=0)
+    # Per app id, the flow the simulator runs (`app.exotel.simulator`): app 927 asks to confirm
+    # (1) or cancel (2), and tells exocall's /passthru what was pressed.
+    simulator_flows: dict[str, list[SimulatedApplet]] = {
+        "927": ["play", "gather", "passthru", "hangup"]
+    }
 
     _split = field_validator(
         "callback_secrets",

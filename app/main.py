@@ -23,6 +23,7 @@ from app.api.errors import in_the_one_error_shape, install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.request_ids import RequestIds
 from app.calls.availability import Availability
+from app.calls.callback_auth import passthru_url
 from app.calls.dispatcher import Dispatcher, budget_of, new_replica_id
 from app.calls.ingest import CallbackWriter
 from app.calls.periodic import Periodic
@@ -62,6 +63,8 @@ def create_app(
                 callback_delay=settings.simulator_callback_delay_seconds,
                 rate_limit=settings.exotel_rate_limit,
                 rate_window=settings.exotel_rate_window_seconds,
+                flows=settings.simulator_flows,
+                passthru_url=passthru_url(settings.public_base_url, settings.signing_secrets[0]),
             )
         )
         simulator_app = simulator.app()

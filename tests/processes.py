@@ -180,9 +180,9 @@ class Deployment:
         self._start("subscriber", argv, f"{url}/received", PYTHONPATH=root)
         return url
 
-    def start_server(self, *, ready_path: str = "/readyz") -> str:
+    def start_server(self, *, ready_path: str = "/readyz", port: int | None = None) -> str:
         """A replica; ready once `ready_path` answers 200 (`/healthz` with the database down)."""
-        (port,) = free_ports(1)
+        port = port or free_ports(1)[0]
         url = f"http://127.0.0.1:{port}"
         argv = [EXOCALL, "serve", "--host", "127.0.0.1", "--port", str(port)]
         self._start(f"server-{len(self.processes)}", argv, url + ready_path, PUBLIC_BASE_URL=url)

@@ -48,6 +48,13 @@ class CallbackReceiver:
             await self.arrived.wait()
         return self.requests[0]
 
+    async def at_least(self, count: int) -> list[httpx.Request]:
+        with anyio.fail_after(5):
+            while len(self.requests) < count:
+                self.arrived = anyio.Event()
+                await self.arrived.wait()
+        return self.requests
+
 
 @pytest.fixture
 def config() -> SimulatorConfig:
@@ -588,3 +595,56 @@ async def test_a_multipart_callback_still_arrives(
     assert len(receiver.requests) == 1
     assert request.headers["content-type"].startswith("multipart/form-data")
     assert sid.encode() in request.content
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        SimulatorConfig(
+            callback_delay=0,
+            rate_limit=1000,
+            flows={"926": ["play", "gather", "passthru", "hangup", "passthru"]},
+            passthru_url="http://exocall.test/passthru?token=fake",
+        )
+    ],
+)
+@pytest.mark.parametrize(("number", "keyed"), [("09052161110", "1"), ("09052161120", "2")])
+async def test_a_flow_keys_the_second_to_last_digit_and_passes_it_through_before_the_callback(
+    exotel: httpx.AsyncClient, receiver: CallbackReceiver, number: str, keyed: str
+) -> None:
+    sid = await place(
+        exotel,
+        number,
+        StatusCallback="http://exocall.test/status-callback",
+        CustomField="order-7",
+    )
+    passthru, callback = await receiver.at_least(2)  # the hangup ends the flow: one Passthru
+    assert (passthru.method, passthru.url.path) == ("GET", "/passthru")
+    query = dict(passthru.url.params)
+    assert query["token"] == "fake"
+    assert (query["CallSid"], query["digits"], query["CustomField"]) == (
+        sid,
+        f'"{keyed}"',
+        "order-7",
+    )
+    assert query["From"] == number
+    assert callback.method == "POST"
+    log = (await exotel.get("/_simulator/log")).json()
+    assert [e["status"] for e in log if e["path"] == "/passthru"] == [200]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        SimulatorConfig(
+            callback_delay=0, flows={"926": ["gather", "passthru"]}, passthru_url="http://x/p"
+        )
+    ],
+)
+async def test_a_call_not_answered_runs_no_flow(
+    exotel: httpx.AsyncClient, receiver: CallbackReceiver
+) -> None:
+    await place(exotel, "09052161112", StatusCallback="http://exocall.test/status-callback")
+    await receiver.first()
+    await anyio.sleep(0.05)
+    assert [r.method for r in receiver.requests] == ["POST"]  # busy: the callback alone

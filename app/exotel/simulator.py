@@ -28,6 +28,13 @@ by hand:
 | 7 | completed; the callback is sent twice, then a late `answered` event |
 | 8 | completed; the status callback is lost (never sent) |
 | 9 | dialled, but Exotel answers 504 (the caller cannot tell it dialled) |
+
+An app id can be given a flow (`SimulatorConfig.flows`): its applets, in order, among `play`,
+`gather`, `passthru` (a GET to the Passthru URL, whose answer, 200 or 302, is logged),
+`passthru_async` (the same, its answer not waited for) and `hangup`. An answered call whose
+`Url` ends in that app id runs it before its status callback; its Gather keys the
+second-to-last digit of the number dialled (`09052161120`: 2), so a flow's branches can be
+tried by hand too.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -103,6 +110,8 @@ class SimulatorConfig:
     rate_limit: int = 200
     rate_window: float = 60.0
     retry_after: bool = True  # send `Retry-After` with 429s
+    flows: Mapping[str, Sequence[str]] = field(default_factory=dict)  # app id -> applets
+    passthru_url: str | None = None  # where a flow's Passthru applets send their GET
 
 
 @dataclass
@@ -118,6 +127,7 @@ class SimulatedCall:
     callback_content_type: str
     custom_field: str | None
     date_created: datetime
+    app_id: str | None = None  # the last part of a flow's `Url`
     status: str = "in-progress"
     date_updated: datetime | None = None
     end_time: datetime | None = None
@@ -256,6 +266,7 @@ class Simulator:
             callback_content_type=form.get("StatusCallbackContentType", "multipart/form-data"),
             custom_field=form.get("CustomField"),
             date_created=datetime.now(UTC),
+            app_id=form.get("Url", "").rstrip("/").rpartition("/")[2] or None,
         )
         self.calls[call.sid] = call
         self._spawn(self._run_call(call, account_sid))
@@ -335,8 +346,14 @@ class Simulator:
 
     async def _run_call(self, call: SimulatedCall, account_sid: str) -> None:
         share = int(hashlib.sha256(call.sid.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-        await asyncio.sleep(self.config.callback_delay + share * self.config.callback_spread)
+        lasts = self.config.callback_delay + share * self.config.callback_spread
         answered = call.outcome.status == "completed"
+        flow = self.config.flows.get(call.app_id or "") if answered else None
+        if flow:
+            await asyncio.sleep(lasts / 2)  # the customer hears the flow, keys, and so on
+            await self._run_flow(call, flow)
+            lasts /= 2
+        await asyncio.sleep(lasts)
         call.status = call.outcome.status
         call.end_time = call.date_updated = datetime.now(UTC)
         call.duration = 41 if answered else 0
@@ -355,6 +372,44 @@ class Simulator:
             events.append(self._callback(call, "answered"))
         for payload in events:
             await self._deliver(call, payload)
+
+    async def _run_flow(self, call: SimulatedCall, applets: Sequence[str]) -> None:
+        digits = None
+        for applet in applets:
+            if applet == "gather":
+                digits = call.from_number[-2]
+            elif applet in ("passthru", "passthru_async") and self.config.passthru_url:
+                sent = self._passthru(call, digits)
+                if applet == "passthru":
+                    await sent
+                else:
+                    self._spawn(sent)
+            elif applet == "hangup":
+                return
+
+    async def _passthru(self, call: SimulatedCall, digits: str | None) -> None:
+        assert self._http is not None, "bind() the simulator to an HTTP client first"
+        assert self.config.passthru_url is not None
+        query = {
+            "CallSid": call.sid,
+            "From": call.from_number,
+            "To": call.to_number or call.caller_id,
+            "Direction": "outbound-api",
+            "CurrentTime": format_exotel_time(_now()),
+            "CustomField": call.custom_field or "",
+            "RecordingUrl": "",
+        }
+        if digits is not None:
+            query["digits"] = f'"{digits}"'  # as Exotel sends it: in double quotes
+        separator = "&" if "?" in self.config.passthru_url else "?"
+        url = f"{self.config.passthru_url}{separator}{urlencode(query)}"
+        try:
+            response = await self._http.get(url, follow_redirects=False)
+        except httpx.HTTPError as exc:
+            log.warning("passthru for %s failed: %r", call.sid, exc)
+            return
+        path = httpx.URL(url).path
+        self.log.append(LoggedRequest(time.time(), "GET", path, response.status_code, sid=call.sid))
 
     def _callback(self, call: SimulatedCall, event_type: str) -> dict[str, Any]:
         answered = event_type == "answered"
