@@ -23,10 +23,11 @@ import httpx
 import pytest
 from anyio.abc import Process
 
+from app.calls.callback_auth import passthru_url
 from app.calls.state import TERMINAL
 from app.client.rows import read_campaign
 from app.client.state import state_path
-from tests.conftest import AUTH, FAKE_INTERNAL_API_KEY
+from tests.conftest import AUTH, FAKE_CALLBACK_SECRET, FAKE_INTERNAL_API_KEY
 from tests.processes import EXOCALL, Deployment, free_ports, with_default_sigint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
@@ -89,8 +90,13 @@ StartExocall = Callable[..., Exocall]
 def start_exocall(deployment: Deployment) -> StartExocall:
     def start(callback_delay: float = 0.3, **settings: str) -> Exocall:
         deployment.env |= settings
-        simulator_url = deployment.start_simulator("--callback-delay", str(callback_delay))
-        api_url = deployment.start_server()
+        (port,) = free_ports(1)
+        api_url = f"http://127.0.0.1:{port}"
+        simulator_url = deployment.start_simulator(
+            *("--callback-delay", str(callback_delay)),
+            *("--passthru-url", passthru_url(api_url, FAKE_CALLBACK_SECRET.encode())),
+        )
+        deployment.start_server(port=port)
         env = deployment.env | {"EXOCALL_URL": api_url, "EXOCALL_API_KEY": FAKE_INTERNAL_API_KEY}
         return Exocall(api_url, simulator_url, env)
 
@@ -221,6 +227,29 @@ async def test_a_campaign_with_bad_rows_reports_them_all_and_sends_nothing(
     assert not state_path(path).exists()
     assert await exocall.dialled() == Counter()
     assert await exocall.calls() == []
+
+
+async def test_what_the_customer_keys_in_the_flow_is_printed_and_in_the_results(
+    start_exocall: StartExocall, tmp_path: Path
+) -> None:
+    """App 927 is the simulator's confirm/cancel flow: its Gather keys the second-to-last digit
+    of the number."""
+    exocall = start_exocall(callback_delay=1)
+    followed = await exocall.run("call", "09052161120", "--app-id", "927", "--timeout", "30")
+    assert followed.returncode == 0, err(followed)
+    assert "keyed 2" in out(followed)
+
+    path = write_csv(tmp_path / "calls.csv", ["number"], [["09052161110"], ["09052161140"]])
+    results_path = tmp_path / "results.csv"
+    ran = await exocall.run(
+        "campaign", str(path), "--app-id", "927", "--results", str(results_path)
+    )
+    assert ran.returncode == 0, err(ran)
+    rows = read_results(results_path)
+    assert [(row["status"], row["digits"]) for row in rows] == [
+        ("completed", "1"),
+        ("completed", "4"),
+    ]
 
 
 async def test_a_campaign_shows_its_progress_summary_and_results(

@@ -37,6 +37,7 @@ class CallView(BaseModel):
     from_number: str = Field(alias="from")
     recording_url: str | None = None
     duration: int | None = None
+    digits: str | None = None  # keyed in the flow
     error: CallErrorOut | None = None
     batch_id: uuid.UUID | None = None
 

@@ -50,6 +50,8 @@ def describe_change(previous: CallView | None, call: CallView) -> str:
     news = []
     if call.sid and (previous is None or previous.sid != call.sid):
         news.append(f"sid {call.sid}")
+    if call.digits is not None and (previous is None or previous.digits != call.digits):
+        news.append(f"keyed {call.digits}" if call.digits else "keyed nothing")
     if call.duration is not None and (previous is None or previous.duration != call.duration):
         news.append(f"duration {call.duration} s")
     if call.recording_url and (previous is None or previous.recording_url != call.recording_url):

@@ -46,7 +46,16 @@ from app.client.state import (
 from app.db.models import CallStatus
 
 POLL_SECONDS = 1.0
-RESULT_COLUMNS = ["line", "number", "idempotency_key", "call_id", "sid", "status", "error_code"]
+RESULT_COLUMNS = [
+    "line",
+    "number",
+    "idempotency_key",
+    "call_id",
+    "sid",
+    "status",
+    "error_code",
+    "digits",
+]
 NOT_SUBMITTED = "not-submitted"
 
 
@@ -231,11 +240,14 @@ def write_results(
         writer.writerow(RESULT_COLUMNS)
         for row in campaign.rows:
             if row.line not in submitted:
-                writer.writerow([row.line, row.number, row.key, "", "", NOT_SUBMITTED, ""])
+                writer.writerow([row.line, row.number, row.key, "", "", NOT_SUBMITTED, "", ""])
                 continue
             call_id = submitted[row.line].call_id
             call = calls.get(call_id) or client.get_call(call_id)
             error_code = call.error.code if call.error else ""
             writer.writerow(
-                [row.line, row.number, row.key, call.id, call.sid or "", call.status, error_code]
+                [
+                    *(row.line, row.number, row.key, call.id, call.sid or "", call.status),
+                    *(error_code, "" if call.digits is None else call.digits),
+                ]
             )
