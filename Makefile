@@ -53,6 +53,7 @@ bench: $(VENV)/.installed-dev  ## benchmarks on the local PostgreSQL; they print
 	$(BIN)/python -m bench.certainty
 	$(BIN)/python -m bench.webhooks
 	$(BIN)/python -m bench.http_clients
+	$(BIN)/python -m bench.passthru
 
 screenshot: $(VENV)/.installed-dev  ## docs/ui.png, by the status page's browser test (needs Chromium)
 	UI_SCREENSHOT=$(CURDIR)/docs/ui.png $(BIN)/pytest \

@@ -379,7 +379,7 @@ async def test_callbacks_stored_before_their_sid_was_known_are_attached(
         outcomes = await store_callbacks(
             connection, [ReceivedCallback(None, "POST", "multipart/form-data", payload)]
         )
-    assert outcomes == [EventOutcome.UNKNOWN_SID]
+    assert [stored.outcome for stored in outcomes] == [EventOutcome.UNKNOWN_SID]
     # The dispatch that learnt the SID raced the callback and missed it.
     call = await stored_call(sessionmaker, settings, status=CallStatus.IN_PROGRESS)
     async with sessionmaker() as session, session.begin():

@@ -39,7 +39,6 @@ from app.api.errors import (
 from app.api.forms import boundary_of, parse_text_fields
 from app.calls.callback_auth import verify
 from app.calls.callbacks import ReceivedCallback, Unreadable
-from app.calls.queries import app_of
 from app.calls.resource import CALL_EXAMPLE
 from app.calls.spool import Spool
 from app.config import Settings
@@ -236,7 +235,7 @@ async def status_callback(request: Request) -> Response:
     received = ReceivedCallback(
         call_id=call_uuid, method=request.method, content_type=content_type, payload=fields
     )
-    ack = await _store(request, received)
+    ack, _ = await _store(request, received)
     return Response(ack.model_dump_json(), media_type="application/json")
 
 
@@ -258,34 +257,34 @@ async def passthru(request: Request) -> Response:
         payload=fields,
         kind=RequestKind.PASSTHRU,
     )
-    ack = await _store(request, received)
-    status = 200
-    digits = received.passthru.digits
-    if settings.passthru_redirect_digits and digits is not None and not ack.spooled:
-        app_id = await app_of(runtime.engine, received)
-        if digits in settings.passthru_redirect_digits.get(app_id or "", ()):
-            status = 302
+    ack, app_id = await _store(request, received)
+    redirected = settings.passthru_redirect_digits.get(app_id or "", ())
+    status = 302 if received.passthru.digits in redirected else 200
     return Response(ack.model_dump_json(), status_code=status, media_type="application/json")
 
 
-async def _store(request: Request, received: ReceivedCallback) -> CallbackAck:
-    """Store `received` (or spool it while the database is down); its acknowledgement. Raises
-    422 for one with nothing readable: kept, but never acknowledged as handled."""
+async def _store(request: Request, received: ReceivedCallback) -> tuple[CallbackAck, str | None]:
+    """Store `received` (or spool it while the database is down); its acknowledgement, and the
+    app id of its call (None when spooled, or for no call). Raises 422 for one with nothing
+    readable: kept, but never acknowledged as handled."""
     runtime = runtime_of(request)
     spooled = False
+    outcome: EventOutcome | None = None
+    app_id = None
     try:
-        outcome: EventOutcome | None = await runtime.callbacks.store(received)  # committed
+        stored = await runtime.callbacks.store(received)  # committed
+        outcome, app_id = stored.outcome, stored.app_id
     except Exception as exc:
         if not is_database_down(exc):
             raise
         await _spool(runtime.spool, received)
-        outcome, spooled = None, True
+        spooled = True
     runtime.metrics.callbacks.labels("spooled" if spooled else str(outcome)).inc()
     ack = CallbackAck(receipt_id=received.receipt_id, outcome=outcome, spooled=spooled)
     if isinstance(reading := received.reading, Unreadable):
         # The sender is told what is missing.
         raise _unreadable(reading, ack)
-    return ack
+    return ack, app_id
 
 
 def _unreadable(reading: Unreadable, ack: CallbackAck) -> ApiError:

@@ -25,10 +25,18 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 256
 
 
+@dataclass(frozen=True)
+class Stored:
+    """What storing a callback did, and the app (flow) id of the call it was for, if any."""
+
+    outcome: EventOutcome
+    app_id: str | None = None
+
+
 @dataclass
 class _Pending:
     received: ReceivedCallback
-    done: asyncio.Future[EventOutcome] = field(default_factory=asyncio.Future)
+    done: asyncio.Future[Stored] = field(default_factory=asyncio.Future)
 
 
 class CallbackWriter:
@@ -53,7 +61,7 @@ class CallbackWriter:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def store(self, received: ReceivedCallback) -> EventOutcome:
+    async def store(self, received: ReceivedCallback) -> Stored:
         """Store `received` durably; returns what it did once it is committed. Raises what
         storing it raised (the database unreachable, say)."""
         pending = _Pending(received)
@@ -69,7 +77,7 @@ class CallbackWriter:
                     batch.append(self._queue.get_nowait())
                 try:
                     connection = connection or await self._engine.connect()
-                    outcomes = await store_callbacks(connection, [p.received for p in batch])
+                    stored = await store_callbacks(connection, [p.received for p in batch])
                 except Exception as exc:  # every waiting request learns what went wrong
                     await _discard(connection)
                     connection = None
@@ -77,9 +85,9 @@ class CallbackWriter:
                         if not pending.done.done():
                             pending.done.set_exception(exc)
                     continue
-                for pending, outcome in zip(batch, outcomes, strict=True):
+                for pending, result in zip(batch, stored, strict=True):
                     if not pending.done.done():  # its request may have been cancelled meanwhile
-                        pending.done.set_result(outcome)
+                        pending.done.set_result(result)
         finally:
             if connection is not None:
                 await asyncio.shield(connection.close())
@@ -87,7 +95,7 @@ class CallbackWriter:
 
 async def store_callbacks(
     connection: AsyncConnection, batch: list[ReceivedCallback], *, replayed: bool = False
-) -> list[EventOutcome]:
+) -> list[Stored]:
     """Store the callbacks in one transaction; what each did. `replayed` callbacks (from the
     spool) may have been stored already, by a replay cut short after its commit: those are
     left out."""
@@ -103,7 +111,7 @@ async def store_callbacks(
         events = [store.add_callback(received) for received in batch]
         await store.flush()
     log.debug("stored %d callbacks", len(batch))
-    return [event["outcome"] for event in events]
+    return [Stored(event["outcome"], store.app_id(event["call_id"])) for event in events]
 
 
 async def _discard(connection: AsyncConnection | None) -> None:

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.calls import cursors
-from app.calls.callbacks import ReceivedCallback
 from app.calls.errors import BatchNotFound, CallNotFound, InvalidField
 from app.db.clock import db_now
 from app.db.models import Batch, Call, CallEvent, CallStatus, ExotelRequest
@@ -184,18 +183,3 @@ async def recent_batches(
         for batch_id, status, count in rows:
             counts[batch_id][str(status)] = count
     return [(batch, counts[batch.id]) for batch in batches]
-
-
-async def app_of(engine: AsyncEngine, received: ReceivedCallback) -> str | None:
-    """The Exotel app id of the call a request names: by our id, else by its SID."""
-    wanted = []
-    if call_id := received.named_call_id:
-        wanted.append(Call.id == call_id)
-    if sid := received.callback.call_sid:
-        wanted.append(Call.sid == sid)
-    if not wanted:
-        return None
-    async with engine.connect() as db:
-        rows = (await db.execute(select(Call.id, Call.app_id).where(or_(*wanted)))).all()
-    by_id = [app_id for found, app_id in rows if found == received.named_call_id]
-    return next(iter(by_id or [app_id for _, app_id in rows]), None)

@@ -69,6 +69,7 @@ class CallStore:
         self._db = connection
         self._statements = _statements(connection.dialect.name)
         self._calls: dict[uuid.UUID, CallState] = {}
+        self._app_ids: dict[uuid.UUID, str | None] = {}  # read with the calls, never changed
         self._as_locked: dict[uuid.UUID, tuple[Any, ...]] = {}
         self._by_sid: dict[str, CallState] = {}
         self._locked_sids: set[str] = set()
@@ -98,10 +99,11 @@ class CallStore:
         rows = await self._db.execute(
             self._statements.lock, {"ids": wanted_ids, "sids": wanted_sids}
         )
-        for row in rows:  # the columns of STATE_COLUMNS, in order
-            if row[0] not in self._calls:
-                call = CallState(*row)
+        for *state, app_id in rows:  # the columns of STATE_COLUMNS, in order, and the app's
+            if state[0] not in self._calls:
+                call = CallState(*state)
                 self._calls[call.id] = call
+                self._app_ids[call.id] = app_id
                 self._as_locked[call.id] = _values_of(call)
                 if call.sid:
                     self._by_sid[call.sid] = call
@@ -109,6 +111,10 @@ class CallStore:
     def get(self, call_id: uuid.UUID) -> CallState | None:
         """A locked call."""
         return self._calls.get(call_id)
+
+    def app_id(self, call_id: uuid.UUID | None) -> str | None:
+        """The Exotel app (flow) id of a locked call."""
+        return self._app_ids.get(call_id) if call_id else None
 
     def holding(self, sid: str) -> CallState | None:
         """The locked call that has this SID."""
@@ -295,7 +301,7 @@ def _statements(dialect: str) -> _Statements:
     calls, events = _CALLS.c, _EVENTS.c
     event_columns = [c for c in events if c.name not in ("id",)]
     return _Statements(
-        lock=select(*(calls[name] for name in STATE_COLUMNS))
+        lock=select(*(calls[name] for name in STATE_COLUMNS), calls.app_id)
         .where(or_(one_of(calls.id, "ids"), one_of(calls.sid, "sids")))
         .order_by(calls.id)
         .with_for_update(),
