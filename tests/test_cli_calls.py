@@ -238,6 +238,12 @@ async def test_what_the_customer_keys_in_the_flow_is_printed_and_in_the_results(
     followed = await exocall.run("call", "09052161120", "--app-id", "927", "--timeout", "30")
     assert followed.returncode == 0, err(followed)
     assert "keyed 2" in out(followed)
+    inputs = await exocall.run(
+        "events", "tail", "--from-start", "--no-follow", "--type", "call.input"
+    )
+    (line,) = out(inputs).splitlines()
+    fields = line.split()
+    assert (fields[1], fields[4], fields[5], fields[6]) == ("call.input", "#2", "keyed", "2")
 
     path = write_csv(tmp_path / "calls.csv", ["number"], [["09052161110"], ["09052161140"]])
     results_path = tmp_path / "results.csv"

@@ -18,10 +18,14 @@ def line_of(event: dict[str, Any]) -> str:
     """One event, for people: when, what, which call, and where it stands."""
     data = event["data"]
     call = data["call"]
+    if event["type"] == "call.input":  # what the customer keyed, not a move of the status
+        keyed = call.get("digits")
+        where = f"keyed {keyed}" if keyed else "keyed nothing"
+    else:
+        where = f"{data['previous_status']} -> {call['status']}"
     return (
         f"{event['timestamp']}  {event['type']:<17} call {call['id']}  "
-        f"#{data['sequence']}  {data['previous_status']} -> {call['status']}  "
-        f"sid {call['sid'] or '-'}  {event['id']}"
+        f"#{data['sequence']}  {where}  sid {call['sid'] or '-'}  {event['id']}"
     )
 
 
