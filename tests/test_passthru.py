@@ -97,6 +97,9 @@ async def test_a_passthru_for_an_unknown_sid_is_kept_and_attached_once_the_sid_i
     assert stored["digits"] == "1"
     (request,) = await events(client, call["id"])
     assert request["outcome"] == "applied"
+    # Applied with Exotel's answer, in one transaction: under way, then what was keyed.
+    feed = (await client.get("/events", params={"call_id": call["id"]})).json()["items"]
+    assert [event["type"] for event in feed] == ["call.in_progress", "call.input"]
 
 
 async def test_our_call_id_in_custom_field_finds_the_call_before_its_sid_is_known(

@@ -4,7 +4,8 @@ A transaction that changes a call writes at most one event of its status for it,
 where the call stands after it (`status_event`): a call that goes from `queued` to `completed`
 in one transaction (its callback came before Exotel's answer to the connect) yields
 `call.completed`, never a step back. Input keyed in the flow (a Passthru request) is a
-`call.input` event of its own, before the status's in the same transaction. A duplicate or
+`call.input` event of its own: in the same transaction, after `call.in_progress` or
+`call.answered`, before the event of the call's end. A duplicate or
 stale callback changes nothing, and so writes nothing. Each event carries the call resource
 after the change and its `sequence` among the call's events, and is owed at once to every
 enabled endpoint that takes its type (a `delivery`); `app.events` sends it.
@@ -64,11 +65,15 @@ _LATE_FACTS = ("recording_url", "duration", "conversation_duration", "on_call_du
 
 
 def event_types(change: Change) -> list[str]:
-    """The events a change of a call is, in order."""
-    kinds = ["call.input"] if change.after.flow != change.before.flow else []
-    if kind := status_event(change):
-        kinds.append(kind)
-    return kinds
+    """The events a change of a call is, in the order they happened: input keyed in the flow
+    comes after the call was under way (or answered), and before it ended."""
+    status = status_event(change)
+    if change.after.flow == change.before.flow:
+        return [status] if status else []
+    if status is None:
+        return ["call.input"]
+    ended = change.after.status in TERMINAL
+    return ["call.input", status] if ended else [status, "call.input"]
 
 
 def status_event(change: Change) -> str | None:
