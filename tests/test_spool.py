@@ -7,17 +7,25 @@ import asyncio
 import json
 import uuid
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.calls.callback_auth import passthru_url
 from app.calls.callbacks import ReceivedCallback
 from app.calls.spool import Spool
 from app.db.models import CallEvent
 from app.main import create_app
-from tests.conftest import callback_path, make_settings, place_body, serving
+from tests.conftest import (
+    FAKE_CALLBACK_SECRET,
+    callback_path,
+    make_settings,
+    place_body,
+    serving,
+)
 from tests.exotel_double import ExotelDouble, accepted, new_sid
 from tests.processes import free_ports
 
@@ -147,3 +155,32 @@ def test_spool_files_hold_what_was_received(tmp_path: Path) -> None:
     assert (record["method"], record["content_type"]) == ("GET", None)
     assert path.name.endswith(f"-{received.receipt_id}.json")
     assert list(tmp_path.glob(".*.partial")) == []
+
+
+async def test_a_passthru_during_an_outage_is_answered_200_spooled_and_applied_once_back(
+    db_url: str, tmp_path: Path, exotel: ExotelDouble
+) -> None:
+    """Exotel's flow cannot wait for the database: the default branch, and nothing lost."""
+    (call,) = await placed_calls(db_url, exotel, 1)
+    spool_dir = tmp_path / "spool"
+    query = urlencode({"CallSid": call["sid"], "digits": '"2"'})
+    path = f"{passthru_url('', FAKE_CALLBACK_SECRET.encode())}&{query}"
+    rules = {"926": ["2"]}
+    down = make_settings(unreachable(db_url, tmp_path), spool_dir=spool_dir)
+    async with serving(
+        create_app(down.model_copy(update={"passthru_redirect_digits": rules}))
+    ) as c:
+        response = await c.get(path)
+    assert response.status_code == 200
+    assert response.json()["spooled"] is True
+
+    back = create_app(make_settings(db_url, spool_dir=spool_dir, spool_replay_seconds=0.05))
+    async with serving(back) as client:
+        for _ in range(200):  # up to 10 s
+            if not list(spool_dir.glob("*.json")):
+                break
+            await asyncio.sleep(0.05)
+        stored = (await client.get(f"/calls/{call['id']}")).json()
+        (request,) = (await client.get(f"/calls/{call['id']}/events")).json()
+    assert stored["digits"] == "2"
+    assert (request["kind"], request["outcome"]) == ("passthru", "applied")
