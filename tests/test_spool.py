@@ -165,12 +165,13 @@ async def test_a_passthru_during_an_outage_is_answered_200_spooled_and_applied_o
     spool_dir = tmp_path / "spool"
     query = urlencode({"CallSid": call["sid"], "digits": '"2"'})
     path = f"{passthru_url('', FAKE_CALLBACK_SECRET.encode())}&{query}"
-    rules = {"926": ["2"]}
-    down = make_settings(unreachable(db_url, tmp_path), spool_dir=spool_dir)
-    async with serving(
-        create_app(down.model_copy(update={"passthru_redirect_digits": rules}))
-    ) as c:
-        response = await c.get(path)
+    down = make_settings(
+        unreachable(db_url, tmp_path),
+        spool_dir=spool_dir,
+        passthru_redirect_digits={"926": ["2"]},  # not applied: the call cannot be read
+    )
+    async with serving(create_app(down)) as client:
+        response = await client.get(path)
     assert response.status_code == 200
     assert response.json()["spooled"] is True
 
