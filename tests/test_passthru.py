@@ -199,3 +199,51 @@ async def test_calls_are_listed_by_what_was_keyed(
     assert await listed("2") == [cancelled["id"]]
     assert await listed("") == [silent["id"]]
     assert (await client.get("/calls", params={"digits": "9" * 65})).status_code == 422
+
+
+async def test_a_time_no_clock_can_name_is_when_it_arrived_and_a_repeat_without_one_is_known(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    call = await place(client, exotel)
+    year_one = exotel_passthru(call["sid"], digits='"1"', CurrentTime="0001-01-01 00:00:00")
+    assert (await passthru(client, year_one)).json()["outcome"] == "applied"
+    no_time = exotel_passthru(call["sid"], digits='"2"')
+    del no_time["CurrentTime"]
+    assert (await passthru(client, no_time)).json()["outcome"] == "applied"
+    assert (await passthru(client, no_time)).json()["outcome"] == "duplicate"
+    stored = await call_of(client, call["id"])
+    assert [step["digits"] for step in stored["flow"]] == ["1", "2"]
+    assert not stored["flow"][0]["at"].startswith("0001")
+    # The same year in a status callback's DateUpdated: read as none, never a failure.
+    fields = callback(call["sid"], "completed", date="0001-01-01 00:00:00")
+    ended = await client.post(callback_path(call["id"]), **multipart(fields))
+    assert ended.status_code == 200
+    assert (await call_of(client, call["id"]))["status"] == "completed"
+
+
+async def test_a_callers_own_custom_field_naming_another_call_is_not_taken_for_ours(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    first = await place(client, exotel)
+    exotel.answer_connect(accepted(new_sid()))
+    follow_up = await client.post("/calls", json=place_body(custom_field=first["id"]))
+    second = follow_up.json()
+    response = await passthru(
+        client, exotel_passthru(second["sid"], digits='"1"', CustomField=first["id"])
+    )
+    assert response.json()["outcome"] == "applied"
+    assert (await call_of(client, second["id"]))["digits"] == "1"
+    assert (await call_of(client, first["id"]))["digits"] is None
+
+
+async def test_status_fields_on_a_passthru_are_kept_raw_and_read_as_nothing(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    call = await place(client, exotel)
+    odd = exotel_passthru(call["sid"], digits='"' + "1" * 64 + '"', Status="x" * 100)
+    response = await passthru(client, odd)
+    assert response.status_code == 200, response.text
+    (request,) = await events(client, call["id"])
+    assert (request["status"], request["payload"]["Status"]) == (None, "x" * 100)
+    stored = await call_of(client, call["id"])
+    assert (stored["status"], stored["digits"]) == ("in-progress", "1" * 64)

@@ -245,7 +245,7 @@ async def passthru(request: Request) -> Response:
     settings, runtime = settings_of(request), runtime_of(request)
     try:
         call_uuid = authenticate_callback(request, settings)
-        fields = {k: v for k, v in request.query_params.items() if k not in _OURS}
+        fields = _query_fields(request)
         _check_fields(fields, PASSTHRU_LENGTHS)
     except ApiError:
         runtime.metrics.callbacks.labels("rejected").inc()
@@ -342,13 +342,18 @@ def _from_any(host: str | None, networks: Sequence[IPv4Network | IPv6Network]) -
 async def _read_fields(request: Request) -> tuple[str | None, dict[str, Any]]:
     """The media type of the body (None without one), and Exotel's fields: the query
     string's, and the body's over them."""
-    query = {k: v for k, v in request.query_params.items() if k not in _OURS}
+    query = _query_fields(request)
     body = await request.body()
     if not body:
         return None, query
     content_type = request.headers.get("content-type", "")
     media_type = content_type.partition(";")[0].strip().lower()
     return media_type, query | await _body_fields(request, media_type, content_type, body)
+
+
+def _query_fields(request: Request) -> dict[str, Any]:
+    """Exotel's fields in the query string: all but our own."""
+    return {k: v for k, v in request.query_params.items() if k not in _OURS}
 
 
 async def _body_fields(

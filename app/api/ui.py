@@ -31,8 +31,9 @@ from app.calls import queries, ratelimit
 from app.calls.errors import CallNotFound
 from app.calls.state import TERMINAL
 from app.db.clock import db_now
-from app.db.models import Batch, Call, CallEvent, CallStatus
+from app.db.models import Batch, Call, CallEvent, CallStatus, RequestKind
 from app.events import endpoints, feed
+from app.exotel.passthru import parse_passthru
 from app.exotel.wire import IST  # India has one zone, Asia/Kolkata: +05:30 all year
 from app.logs import mask
 
@@ -282,6 +283,7 @@ class Entry:
     what: str
     detail: str = ""
     event: CallEvent | None = None
+    keyed: str | None = None  # a Passthru's digits, quotes stripped
 
 
 def timeline(call: Call, events: Sequence[CallEvent]) -> list[Entry]:
@@ -299,7 +301,12 @@ def timeline(call: Call, events: Sequence[CallEvent]) -> list[Entry]:
         )
     milestones.sort(key=lambda entry: entry.at)
     callbacks: Iterable[Entry] = (
-        Entry(event.received_at, "status callback", event=event) for event in events
+        Entry(
+            event.received_at, "passthru", event=event, keyed=parse_passthru(event.payload).digits
+        )
+        if event.kind == RequestKind.PASSTHRU
+        else Entry(event.received_at, "status callback", event=event)
+        for event in events
     )
     return list(heapq.merge(milestones, callbacks, key=lambda entry: entry.at))
 

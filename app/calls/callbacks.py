@@ -4,6 +4,8 @@ is `app.calls.store`'s job."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -96,7 +98,11 @@ def _read_passthru(received: ReceivedCallback) -> Reading:
     passthru = received.passthru
     if passthru.call_sid is None and received.named_call_id is None:
         return Unreadable([("CallSid", "missing: no call can be matched")])
-    return InputUpdate(at=passthru.current_time or received.received_at, digits=passthru.digits)
+    return InputUpdate(
+        at=passthru.current_time or received.received_at,
+        digits=passthru.digits,
+        request=hashlib.sha256(json.dumps(received.payload, sort_keys=True).encode()).hexdigest(),
+    )
 
 
 # The statuses Exotel documents for a call: the four a terminal callback carries, `canceled`

@@ -182,25 +182,28 @@ def _take_answer(call: CallState, update: StatusUpdate) -> bool:
 @dataclass(frozen=True)
 class InputUpdate:
     """A flow's Passthru request: the flow passed a Passthru applet at `at`, with what the
-    customer keyed in the Gather before it (None: the request said nothing of digits)."""
+    customer keyed in the Gather before it (None: the request said nothing of digits).
+    `request` tells the same request, repeated, from another."""
 
     at: datetime
     digits: str | None
+    request: str
 
 
 def apply_input(call: CallState, update: InputUpdate) -> EventOutcome:
     """Add the Passthru step to the call's flow, in time order, and take the digits of its
     latest step that carried some (an empty string: the customer keyed nothing). The same
-    step twice (Exotel repeating the request) is a duplicate. A call's status does not
-    matter: what happened in its flow is news whenever it arrives."""
+    request twice (Exotel repeating it) is a duplicate. A call's status does not matter: what
+    happened in its flow is news whenever it arrives."""
+    flow = call.flow or []
+    if any(step.get("request") == update.request for step in flow):
+        return EventOutcome.DUPLICATE
     step = {
         "applet": "passthru",
         "at": update.at.astimezone(UTC).isoformat(),
         "digits": update.digits,
+        "request": update.request,  # kept with the call, not shown in its resource
     }
-    flow = call.flow or []
-    if step in flow:
-        return EventOutcome.DUPLICATE
     # A new list, never the old one changed: the store tells a change by comparing the two.
     call.flow = sorted([*flow, step], key=lambda s: s["at"])
     keyed = [s["digits"] for s in call.flow if s["digits"] is not None]

@@ -69,7 +69,8 @@ class CallStore:
         self._db = connection
         self._statements = _statements(connection.dialect.name)
         self._calls: dict[uuid.UUID, CallState] = {}
-        self._app_ids: dict[uuid.UUID, str | None] = {}  # read with the calls, never changed
+        # Read with the calls, never changed: each one's app id, and its own `custom_field`.
+        self._fixed: dict[uuid.UUID, tuple[str | None, str | None]] = {}
         self._as_locked: dict[uuid.UUID, tuple[Any, ...]] = {}
         self._by_sid: dict[str, CallState] = {}
         self._locked_sids: set[str] = set()
@@ -99,11 +100,11 @@ class CallStore:
         rows = await self._db.execute(
             self._statements.lock, {"ids": wanted_ids, "sids": wanted_sids}
         )
-        for *state, app_id in rows:  # the columns of STATE_COLUMNS, in order, and the app's
+        for *state, app_id, custom_field in rows:  # STATE_COLUMNS, in order, then the fixed
             if state[0] not in self._calls:
                 call = CallState(*state)
                 self._calls[call.id] = call
-                self._app_ids[call.id] = app_id
+                self._fixed[call.id] = (app_id, custom_field)
                 self._as_locked[call.id] = _values_of(call)
                 if call.sid:
                     self._by_sid[call.sid] = call
@@ -114,7 +115,7 @@ class CallStore:
 
     def app_id(self, call_id: uuid.UUID | None) -> str | None:
         """The Exotel app (flow) id of a locked call."""
-        return self._app_ids.get(call_id) if call_id else None
+        return self._fixed.get(call_id, (None, None))[0] if call_id else None
 
     def holding(self, sid: str) -> CallState | None:
         """The locked call that has this SID."""
@@ -148,10 +149,11 @@ class CallStore:
         `flush()`."""
         callback = received.callback
         sid = callback.call_sid
-        call_id = received.named_call_id
-        call = self.get(call_id) if call_id is not None else None
-        # A Passthru's `CustomField` may be the caller's own value, not our id: then its SID.
-        if call is None and (call_id is None or received.kind == RequestKind.PASSTHRU):
+        if received.kind == RequestKind.PASSTHRU:
+            call = self._passthru_call(received)
+        elif received.call_id is not None:
+            call = self.get(received.call_id)
+        else:
             call = self.holding(sid) if sid else None
         event = _event_row(received)
         if call is None:
@@ -167,6 +169,20 @@ class CallStore:
             self._attach(event, call, received)
         self._events.append(event)
         return event
+
+    def _passthru_call(self, received: ReceivedCallback) -> CallState | None:
+        """A Passthru's call: by its SID; else by our id in `CustomField`, which is ours only
+        for a call placed without a `custom_field` of its own (we sent the id then)."""
+        if received.call_id is not None:  # a URL of the call's own, vouched for by its token
+            return self.get(received.call_id)
+        sid = received.callback.call_sid
+        if sid and (call := self.holding(sid)):
+            return call
+        call_id = received.named_call_id
+        call = self.get(call_id) if call_id else None
+        if call is not None and self._fixed[call.id][1] is None:
+            return call
+        return None
 
     def _attach(self, event: dict[str, Any], call: CallState, received: ReceivedCallback) -> None:
         reading = received.reading
@@ -246,7 +262,7 @@ class CallStore:
 
 def _event_row(received: ReceivedCallback) -> dict[str, Any]:
     callback = received.callback
-    return {
+    row = {
         "kind": received.kind,
         "receipt_id": received.receipt_id,
         "received_at": received.received_at,
@@ -255,13 +271,22 @@ def _event_row(received: ReceivedCallback) -> dict[str, Any]:
         "method": received.method,
         "content_type": received.content_type,
         "payload": received.payload,
-        "status": callback.status,
-        "event_type": callback.event_type,
-        "recording_url": callback.recording_url,
-        "date_updated": callback.date_updated,
-        "date_updated_raw": callback.date_updated_raw,
+        "status": None,
+        "event_type": None,
+        "recording_url": None,
+        "date_updated": None,
+        "date_updated_raw": None,
         "outcome": None,
     }
+    if received.kind == RequestKind.STATUS_CALLBACK:  # what it said, parsed
+        row |= {
+            "status": callback.status,
+            "event_type": callback.event_type,
+            "recording_url": callback.recording_url,
+            "date_updated": callback.date_updated,
+            "date_updated_raw": callback.date_updated_raw,
+        }
+    return row
 
 
 def _call_row(call: CallState) -> dict[str, Any]:
@@ -301,7 +326,7 @@ def _statements(dialect: str) -> _Statements:
     calls, events = _CALLS.c, _EVENTS.c
     event_columns = [c for c in events if c.name not in ("id",)]
     return _Statements(
-        lock=select(*(calls[name] for name in STATE_COLUMNS), calls.app_id)
+        lock=select(*(calls[name] for name in STATE_COLUMNS), calls.app_id, calls.custom_field)
         .where(or_(one_of(calls.id, "ids"), one_of(calls.sid, "sids")))
         .order_by(calls.id)
         .with_for_update(),

@@ -144,8 +144,8 @@ class Call(Base):
     # What the customer did in the flow, from its Passthru requests: the latest keyed input,
     # and each Passthru passed (`app.calls.state.apply_input`).
     digits: Mapped[str | None] = mapped_column(String(64))
-    flow: Mapped[list[dict[str, Any]] | None] = mapped_column(
-        JSON().with_variant(JSONB(), "postgresql")
+    flow: Mapped[list[dict[str, Any]] | None] = mapped_column(  # None: SQL NULL, not `null`
+        JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
     )
 
     __table_args__ = (

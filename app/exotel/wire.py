@@ -11,7 +11,7 @@ import json
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from defusedxml import ElementTree as SafeET
@@ -50,9 +50,11 @@ def parse_exotel_time(raw: str | None) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(raw.strip())
-    except ValueError:
+        parsed = parsed.replace(tzinfo=IST) if parsed.tzinfo is None else parsed
+        parsed.astimezone(UTC)  # an instant every clock can name (not year 1 in IST)
+    except (ValueError, OverflowError):
         return None
-    return parsed.replace(tzinfo=IST) if parsed.tzinfo is None else parsed
+    return parsed
 
 
 def format_exotel_time(instant: datetime) -> str:
