@@ -5,7 +5,8 @@ is answered. On PostgreSQL, with calls in progress (their app has a 302 rule, so
 request also looks the call's app up), wrk replays Exotel-shaped Passthru GETs, each for a call
 and a `CurrentTime` of its own (no request is a repeat):
 1. alone, at the ingestion benchmark's concurrency (32 connections);
-2. a few connections of them (`--beside`, 4) while 32 connections replay status callbacks as
+2. alone, on a few connections (`--beside`, 4): a load that leaves the machine room;
+3. on those few connections while 32 connections replay status callbacks as
    `bench.callback_ingest` does.
 
     .venv/bin/python -m bench.passthru
@@ -125,6 +126,7 @@ async def run(duration: int, beside: int) -> None:
         server = serve(argv, env, port, work / "exocall.log")
         try:
             alone = wrk(port, passthrus, CONNECTIONS, duration)
+            light = wrk(port, passthrus, beside, duration)
             with ThreadPoolExecutor(2) as pool:
                 ingest = pool.submit(wrk, port, callbacks, CONNECTIONS, duration)
                 flows = pool.submit(wrk, port, passthrus, beside, duration)
@@ -135,6 +137,10 @@ async def run(duration: int, beside: int) -> None:
     print(
         f"Passthru alone, {CONNECTIONS} connections: {alone['rate']:,.0f}/s, p50 "
         f"{alone['p50_ms']:.1f} ms, p99 {alone['p99_ms']:.1f} ms, non-2xx/3xx {alone['errors']:.0f}"
+    )
+    print(
+        f"Passthru alone, {beside} connections: {light['rate']:,.0f}/s, p50 "
+        f"{light['p50_ms']:.1f} ms, p99 {light['p99_ms']:.1f} ms, non-2xx/3xx {light['errors']:.0f}"
     )
     print(
         f"Passthru on {beside} connections beside {CONNECTIONS} of status callbacks: "
