@@ -154,6 +154,22 @@ def wrk_script(calls: list[tuple[uuid.UUID, str]], path: Path) -> None:
     )
 
 
+def server_env(url: str, work: Path, **settings: str) -> dict[str, str]:
+    """The environment of an `exocall serve` under load: this one's, without any Exotel
+    credentials, callback secrets or API keys of the shell, and fake ones in their place."""
+    ours = ("EXOTEL_", "CALLBACK", "API_KEYS")
+    return {k: v for k, v in os.environ.items() if not k.startswith(ours)} | {
+        "DATABASE_URL": url,
+        "CALLBACK_SECRETS": SECRET,
+        "EXOTEL_ACCOUNT_SID": "bench-account",
+        "EXOTEL_API_KEY": "bench-fake-key",
+        "EXOTEL_API_TOKEN": "bench-fake-token",
+        "EXOTEL_API_BASE_URL": "http://127.0.0.1:9",  # nothing is dialled: no queued calls
+        "SPOOL_DIR": str(work / "spool"),
+        **settings,
+    }
+
+
 def measure(argv: list[str], env: dict[str, str], script: Path, duration: int) -> Load:
     """Start the server `argv` on a free port, load it with wrk, stop it."""
     (port,) = free_ports(1)
@@ -300,16 +316,7 @@ async def run(workers: int, duration: int) -> None:
         script = work / "callbacks.lua"
         wrk_script(calls, script)
         (work / "reference.py").write_text(REFERENCE_APP)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("EXOTEL_", "CALLBACK"))}
-        env |= {
-            "DATABASE_URL": url,
-            "CALLBACK_SECRETS": SECRET,
-            "EXOTEL_ACCOUNT_SID": "bench-account",
-            "EXOTEL_API_KEY": "bench-fake-key",
-            "EXOTEL_API_TOKEN": "bench-fake-token",
-            "EXOTEL_API_BASE_URL": "http://127.0.0.1:9",  # nothing is dialled: no queued calls
-            "SPOOL_DIR": str(work / "spool"),
-        }
+        env = server_env(url, work)
         server_options = ["--workers", str(workers), "--no-access-log"]
         uvicorn = [str(bin_dir / "uvicorn"), "reference:app", "--log-level", "warning"]
         ref = measure(

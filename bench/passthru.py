@@ -36,7 +36,7 @@ from app.calls.callback_auth import sign
 from app.db.models import Call
 from app.db.session import create_engine
 from bench import fresh_database
-from bench.callback_ingest import CONNECTIONS, SECRET, placed_calls, serve, wrk_script
+from bench.callback_ingest import CONNECTIONS, SECRET, placed_calls, serve, server_env, wrk_script
 from tests.processes import free_ports
 
 APP_ID = "926"
@@ -110,17 +110,7 @@ async def run(duration: int, beside: int) -> None:
         callbacks, passthrus = work / "callbacks.lua", work / "passthru.lua"
         wrk_script(calls, callbacks)
         passthru_script(calls, passthrus)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("EXOTEL_", "CALLBACK"))}
-        env |= {
-            "DATABASE_URL": url,
-            "CALLBACK_SECRETS": SECRET,
-            "EXOTEL_ACCOUNT_SID": "bench-account",
-            "EXOTEL_API_KEY": "bench-fake-key",
-            "EXOTEL_API_TOKEN": "bench-fake-token",
-            "EXOTEL_API_BASE_URL": "http://127.0.0.1:9",  # nothing is dialled: no queued calls
-            "SPOOL_DIR": str(work / "spool"),
-            "PASSTHRU_REDIRECT_DIGITS": json.dumps({APP_ID: ["2"]}),
-        }
+        env = server_env(url, work, PASSTHRU_REDIRECT_DIGITS=json.dumps({APP_ID: ["2"]}))
         (port,) = free_ports(1)
         argv = [str(bin_dir / "exocall"), "serve", "--no-access-log", "--port", str(port)]
         server = serve(argv, env, port, work / "exocall.log")

@@ -49,6 +49,7 @@ from bench.callback_ingest import (
     load,
     placed_calls,
     serve,
+    server_env,
     wrk_script,
 )
 from tests.processes import free_ports
@@ -142,21 +143,7 @@ async def run(duration: int, backlog: int, *, deliverer: str) -> None:
         plain, subscribed = work / "plain.lua", work / "subscribed.lua"
         wrk_script(calls[:per_run], plain)
         wrk_script(calls[per_run : 2 * per_run], subscribed)
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("EXOTEL_", "CALLBACK", "API_KEYS"))
-        }
-        env |= {
-            "DATABASE_URL": url,
-            "CALLBACK_SECRETS": SECRET,
-            "API_KEYS": API_KEY,
-            "EXOTEL_ACCOUNT_SID": "bench-account",
-            "EXOTEL_API_KEY": "bench-fake-key",
-            "EXOTEL_API_TOKEN": "bench-fake-token",
-            "EXOTEL_API_BASE_URL": "http://127.0.0.1:9",  # nothing is dialled: no queued calls
-            "SPOOL_DIR": str(work / "spool"),
-        }
+        env = server_env(url, work, API_KEYS=API_KEY)
         sub_port, port = free_ports(2)
         subscriber = serve(
             [

@@ -59,6 +59,18 @@ async def placed_calls(db_url: str, exotel: ExotelDouble, count: int) -> list[di
     return calls
 
 
+def spooled(spool_dir: Path) -> list[Path]:
+    return list(spool_dir.glob("*.json"))
+
+
+async def replayed(spool_dir: Path) -> None:
+    """Until the spool is empty (up to 10 s)."""
+    for _ in range(200):
+        if not spooled(spool_dir):
+            return
+        await asyncio.sleep(0.05)
+
+
 async def events_of(sessionmaker: async_sessionmaker[AsyncSession]) -> list[CallEvent]:
     async with sessionmaker() as session:
         return list(await session.scalars(select(CallEvent).order_by(CallEvent.id)))
@@ -86,10 +98,7 @@ async def test_callbacks_during_an_outage_are_spooled_then_stored_once(
     # The database is back (a new process, as after a restart): the spool is replayed.
     back = create_app(make_settings(db_url, spool_dir=spool_dir, spool_replay_seconds=0.05))
     async with serving(back) as client:
-        for _ in range(200):  # up to 10 s
-            if not list(spool_dir.glob("*.json")):
-                break
-            await asyncio.sleep(0.05)
+        await replayed(spool_dir)
         statuses = [(await client.get(f"/calls/{call['id']}")).json()["status"] for call in calls]
 
     assert statuses == ["completed"] * 3
@@ -177,10 +186,7 @@ async def test_a_passthru_during_an_outage_is_answered_200_spooled_and_applied_o
 
     back = create_app(make_settings(db_url, spool_dir=spool_dir, spool_replay_seconds=0.05))
     async with serving(back) as client:
-        for _ in range(200):  # up to 10 s
-            if not list(spool_dir.glob("*.json")):
-                break
-            await asyncio.sleep(0.05)
+        await replayed(spool_dir)
         stored = (await client.get(f"/calls/{call['id']}")).json()
         (request,) = (await client.get(f"/calls/{call['id']}/events")).json()
     assert stored["digits"] == "2"
