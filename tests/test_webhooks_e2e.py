@@ -223,6 +223,8 @@ async def test_a_deliverer_process_of_its_own_sends_what_the_api_replicas_leave(
         await until(delivered, 30, "the deliverer sent the backlog")
         received = (await subscriber.get("/received")).json()
         metrics = (await deliverer.get("/metrics")).text
+        # Its /metrics is guarded by the API keys, as every replica's is.
+        anonymous = await deliverer.get("/metrics", headers={"Authorization": ""})
         await deliverer.aclose()
     finally:
         await subscriber.aclose()
@@ -231,6 +233,8 @@ async def test_a_deliverer_process_of_its_own_sends_what_the_api_replicas_leave(
     for receipt in received:
         assert Webhook(endpoint["secret"]).verify(receipt["body"], receipt["headers"])
     assert f'exocall_webhook_deliveries_total{{outcome="delivered"}} {owed:.1f}' in metrics
+    assert anonymous.status_code == 401
+    assert anonymous.json()["error"]["code"] == "unauthenticated"
     deliverer_process = deployment.processes[-1]
     deliverer_process.stop()  # SIGTERM: it shuts down, then exits by the signal it caught
     output = deliverer_process.output()
