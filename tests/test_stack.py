@@ -354,14 +354,24 @@ async def test_postgres_restarted_with_calls_in_flight(stack: Stack) -> None:
             assert status == 503, body
             assert body["error"]["code"] == "database_unavailable", body
         final = await settle(api, [str(placed.call_id) for placed in accepted])
+    cut_short = sum(call["status"] == "rejected" for call in final.values())
     stack.step(
-        f"40 calls through a PostgreSQL restart ({len(refused)} answered 503): all accepted "
-        "ones ended",
+        f"40 calls through a PostgreSQL restart ({len(refused)} answered 503, {cut_short} "
+        "never sent): all accepted ones ended",
         started,
     )
-    assert {call["status"] for call in final.values()} == {"completed"}
+    # The restart can land between a claim's commit and the send's read of the call: that
+    # call was never dialled, and reconciliation finds so (as after a SIGKILL, above); every
+    # other accepted call was dialled once and completed.
     dialled = stack.dialled()
-    assert all(dialled[placed.number] == 1 for placed in accepted), dialled
+    for placed in accepted:
+        call = final[str(placed.call_id)]
+        if call["status"] == "rejected":
+            assert call["error"]["code"] == "exotel_no_record", call
+            assert dialled[placed.number] == 0, (placed.number, dialled)
+        else:
+            assert call["status"] == "completed", call
+            assert dialled[placed.number] == 1, (placed.number, dialled)  # never twice
     assert not any(dialled[placed.number] for placed in refused), (
         dialled
     )  # told failed: not dialled
