@@ -138,8 +138,13 @@ def simulator(
             show_default=False,
         ),
     ] = None,
+    recording_seconds: Annotated[
+        float, typer.Option(help="How long each completed call's recording lasts (16 KB/s).")
+    ] = 3.0,
 ) -> None:
-    """Serve the Exotel simulator on its own port (rate limit from EXOTEL_RATE_LIMIT/WINDOW)."""
+    """Serve the Exotel simulator on its own port (rate limit from EXOTEL_RATE_LIMIT/WINDOW).
+    Recordings are served only with EXOTEL_API_KEY and EXOTEL_API_TOKEN as Basic credentials
+    (the simulator's own when unset)."""
     settings = _configured()
     config = SimulatorConfig(
         callback_delay=callback_delay,
@@ -151,6 +156,8 @@ def simulator(
         flows=settings.simulator_flows,
         passthru_url=passthru
         or passthru_url(settings.public_base_url, settings.signing_secrets[0]),
+        recording_seconds=recording_seconds,
+        credentials=settings.exotel_credentials,
     )
     uvicorn.run(
         Simulator(config).app(owns_http=True),

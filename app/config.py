@@ -133,6 +133,34 @@ class Settings(BaseSettings):
     # other branch), as JSON: {"12345": ["2"]}. Every other Passthru request is answered 200.
     passthru_redirect_digits: dict[str, list[str]] = {}
 
+    # Recordings (README, "Recordings"): where they are kept, a directory or an S3-compatible
+    # bucket (`s3://bucket/prefix`), with that store's endpoint, region and keys (unset keys:
+    # the store's own chain, AWS_* variables and instance roles).
+    recording_store: str = "./recordings"
+    recording_s3_endpoint: str | None = None
+    recording_s3_region: str = "ap-south-1"
+    recording_s3_access_key_id: str | None = None
+    recording_s3_secret_access_key: SecretStr | None = None
+    # GET /calls/{id}/recording streams the audio, or redirects to a URL the store signs for
+    # RECORDING_PRESIGN_SECONDS (an S3 store only; a directory is always streamed).
+    recording_serve: Literal["stream", "redirect"] = "stream"
+    recording_presign_seconds: int = Field(300, ge=1, le=604800)
+    # Where recording URLs are fetched with the Exotel credentials, over HTTPS: hosts (`*.`
+    # takes subdomains), each maybe with a path prefix. The API's own origin always is (the
+    # simulator's); any other URL fails unfetched: the credentials never go there.
+    recording_url_hosts: Annotated[list[str], NoDecode] = [
+        "*.exotel.com",
+        "*.exotel.in",
+        "s3-ap-southeast-1.amazonaws.com/exotelrecordings/",  # shared/exotel.md
+    ]
+    # Archived audio is deleted after this many days (unset: kept); the call keeps the fact.
+    recording_retention_days: float | None = Field(None, gt=0)
+    recording_concurrency: int = Field(2, ge=1)  # recordings fetched at once per replica
+    recording_max_attempts: int = Field(8, ge=1)  # fetches that failed, then `failed`
+    recording_poll_seconds: float = Field(5, gt=0)
+    # After Exotel refuses the credentials (401/403), nothing is fetched for this long.
+    recording_auth_pause_seconds: float = Field(600, gt=0)
+
     # The built-in simulator (used when no Exotel key is set).
     simulator_callback_delay_seconds: float = Field(2.0, ge=0)
     # Per app id, the flow the simulator runs (`app.exotel.simulator`): app 927 asks to confirm
@@ -149,6 +177,7 @@ class Settings(BaseSettings):
         "trusted_proxies",
         "webhook_allowed_targets",
         "webhook_retry_schedule",
+        "recording_url_hosts",
         mode="before",
     )(_split_csv)
 
@@ -165,6 +194,9 @@ class Settings(BaseSettings):
         "exotel_api_token",
         "exotel_api_base_url",
         "exotel_caller_id",
+        "recording_s3_endpoint",
+        "recording_s3_access_key_id",
+        "recording_s3_secret_access_key",
         mode="before",
     )
     @classmethod
@@ -209,6 +241,14 @@ class Settings(BaseSettings):
     @property
     def exotel_base_url(self) -> str:
         return self.exotel_api_base_url or REGION_HOSTS[self.exotel_region]
+
+    @property
+    def exotel_credentials(self) -> tuple[str, str]:
+        """The API key and token exocall sends: the simulator's without EXOTEL_API_KEY."""
+        if self.exotel_api_key is None:
+            return SIMULATOR_API_KEY, SIMULATOR_API_TOKEN
+        token = self.exotel_api_token.get_secret_value() if self.exotel_api_token else ""
+        return self.exotel_api_key.get_secret_value(), token
 
     @property
     def account_sid(self) -> str:

@@ -17,7 +17,7 @@ from fastapi import Depends, FastAPI, Response
 from fastapi.telemetry import TelemetryConfig
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from app.api import callbacks, calls, events, health, ui, webhook_endpoints
+from app.api import callbacks, calls, events, health, recordings, ui, webhook_endpoints
 from app.api.deps import require_metrics_access
 from app.api.errors import in_the_one_error_shape, install_error_handlers
 from app.api.limits import BodySizeLimit
@@ -29,7 +29,7 @@ from app.calls.ingest import CallbackWriter
 from app.calls.periodic import Periodic
 from app.calls.reconcile import reconcile_if_leading
 from app.calls.spool import Spool
-from app.config import SIMULATOR_API_KEY, SIMULATOR_API_TOKEN, Settings
+from app.config import Settings
 from app.db.session import create_engine, create_sessionmaker
 from app.events.deliverer import start_deliverer
 from app.events.retention import forget_old_events
@@ -37,6 +37,9 @@ from app.events.targets import Resolver, TargetPolicy, system_resolver
 from app.exotel.client import ExotelClient, Observer
 from app.exotel.simulator import Simulator, SimulatorConfig
 from app.metrics import CONTENT_TYPE, Metrics
+from app.recordings.archive import Archive
+from app.recordings.retention import forget_old_recordings
+from app.recordings.store import RecordingStore
 from app.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,7 @@ def create_app(
                 rate_window=settings.exotel_rate_window_seconds,
                 flows=settings.simulator_flows,
                 passthru_url=passthru_url(settings.public_base_url, settings.signing_secrets[0]),
+                credentials=settings.exotel_credentials,
             )
         )
         simulator_app = simulator.app()
@@ -101,6 +105,7 @@ def create_app(
             spool = Spool(settings.spool_dir)
             spool.open()
             targets = _targets(settings, resolver)
+            recording_store = RecordingStore.from_settings(settings)
             callback_writer = CallbackWriter(engine, writers=settings.callback_writers)
             callback_writer.start()
             stack.push_async_callback(callback_writer.stop)
@@ -112,6 +117,7 @@ def create_app(
                 callbacks=callback_writer,
                 metrics=metrics,
                 targets=targets,
+                recordings=recording_store,
             )
             reconciler = Periodic(
                 "reconciler",
@@ -144,6 +150,39 @@ def create_app(
                 at_start=True,
                 availability=availability,
             )
+            archive = Archive(
+                sessionmaker=sessionmaker,
+                exotel=exotel,
+                store=recording_store,
+                settings=settings,
+                replica_id=dispatcher.replica_id,
+                metrics=metrics,
+            )
+            jobs = [reconciler, replayer, retention]
+            jobs.append(
+                Periodic(
+                    "recording archive",
+                    archive.run_due,
+                    interval=settings.recording_poll_seconds,
+                    at_start=True,
+                    availability=availability,
+                )
+            )
+            if settings.recording_retention_days is not None:
+                jobs.append(
+                    Periodic(
+                        "recording retention",
+                        functools.partial(
+                            forget_old_recordings,
+                            sessionmaker,
+                            recording_store,
+                            days=settings.recording_retention_days,
+                        ),
+                        interval=3600,
+                        at_start=True,
+                        availability=availability,
+                    )
+                )
             dispatcher.start()
             # Calls already sent get the Exotel timeout to be recorded before we exit.
             stack.push_async_callback(dispatcher.stop, grace=settings.exotel_timeout_seconds)
@@ -165,7 +204,7 @@ def create_app(
                     deliverer.stop_claiming()
 
             stack.enter_context(_on_exit_signal(stop_claiming))
-            for job in (reconciler, replayer, retention):
+            for job in jobs:
                 job.start()
                 stack.push_async_callback(job.stop)
             yield
@@ -202,6 +241,7 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.include_router(calls.router)
+    app.include_router(recordings.router)
     app.include_router(calls.batches)
     app.include_router(events.router)
     app.include_router(webhook_endpoints.router)
@@ -305,15 +345,8 @@ def _on_exit_signal(callback: Callable[[], None]) -> Iterator[None]:
 def exotel_client(
     settings: Settings, http: httpx.AsyncClient, *, observe: Observer | None = None
 ) -> ExotelClient:
-    if settings.uses_simulator:
-        base_url, api_key, api_token = "http://simulator", SIMULATOR_API_KEY, SIMULATOR_API_TOKEN
-    else:
-        assert settings.exotel_api_key is not None
-        base_url = settings.exotel_base_url
-        api_key = settings.exotel_api_key.get_secret_value()
-        api_token = (
-            settings.exotel_api_token.get_secret_value() if settings.exotel_api_token else ""
-        )
+    base_url = "http://simulator" if settings.uses_simulator else settings.exotel_base_url
+    api_key, api_token = settings.exotel_credentials
     return ExotelClient(
         http,
         base_url=base_url,
@@ -321,6 +354,7 @@ def exotel_client(
         api_key=api_key,
         api_token=api_token,
         timeout_seconds=settings.exotel_timeout_seconds,
+        recording_hosts=settings.recording_url_hosts,
         observe=observe,
     )
 

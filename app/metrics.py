@@ -79,6 +79,14 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.recording_fetches = Counter(
+            "exocall_recording_archive",
+            "Recordings the archive worked on, by what came of it: archived, retried (a fetch "
+            "to try again), store_down (fetched, the store to try again), refused (Exotel "
+            "refused the credentials: the archive pauses), expired, failed.",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.database_unreachable = Counter(
             "exocall_database_unreachable",
             "Times a background worker (dispatcher, reconciler, spool replayer, deliverer) "

@@ -12,6 +12,7 @@ from app.calls.ingest import CallbackWriter
 from app.calls.spool import Spool
 from app.events.targets import TargetPolicy
 from app.metrics import Metrics
+from app.recordings.store import RecordingStore
 
 
 @dataclass(frozen=True)
@@ -23,3 +24,4 @@ class Runtime:
     callbacks: CallbackWriter
     metrics: Metrics
     targets: TargetPolicy  # where webhook endpoints may be
+    recordings: RecordingStore

@@ -19,6 +19,7 @@ from app.api.errors import ApiError
 from app.calls.dispatcher import Dispatcher
 from app.config import Settings
 from app.metrics import Metrics
+from app.recordings.store import RecordingStore
 from app.runtime import Runtime
 
 
@@ -48,6 +49,10 @@ async def get_metrics(request: Request) -> Metrics:
     return runtime_of(request).metrics
 
 
+async def get_recordings(request: Request) -> RecordingStore:
+    return runtime_of(request).recordings
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """A session for the request. Routes that write commit it themselves, before they answer:
     an answer is only given for what is durable."""
@@ -59,6 +64,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+RecordingsDep = Annotated[RecordingStore, Depends(get_recordings)]
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]

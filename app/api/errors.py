@@ -94,6 +94,10 @@ _REFUSALS: dict[int, tuple[str, dict[str, Any]]] = {
         "Unsupported content type",
         {"code": "unsupported_media_type", "message": "send the body as application/json"},
     ),
+    416: (
+        "The `Range` asked for lies beyond the recording",
+        {"code": "range_not_satisfiable", "message": "the recording has 48044 bytes"},
+    ),
     422: (
         "Invalid input (`details` names each field), or Exotel refused the number itself",
         {

@@ -25,6 +25,16 @@ class CallNotFound(NotFound):
         self.ref = ref
 
 
+class RecordingNotArchived(NotFound):
+    code = "recording_not_archived"
+
+    def __init__(self, call: Call) -> None:
+        status = call.recording_status
+        said = f"is {status}" if status else "has none"
+        super().__init__(f"call {call.id} has no recording to serve: its recording {said}")
+        self.call_id = call.id
+
+
 class BatchNotFound(NotFound):
     code = "batch_not_found"
 

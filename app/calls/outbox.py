@@ -60,8 +60,15 @@ EVENT_TYPES = (
     "call.updated",
     "call.input",
 )
-# What a final call may still learn (a late callback, call details): `call.updated`.
-_LATE_FACTS = ("recording_url", "duration", "conversation_duration", "on_call_duration")
+# What a final call may still learn (a late callback, call details, the recording's archive):
+# `call.updated`. A recording's attempts are not news; where it stands is.
+_LATE_FACTS = (
+    "recording_url",
+    "duration",
+    "conversation_duration",
+    "on_call_duration",
+    "recording_status",
+)
 
 
 def event_types(change: Change) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from app.db.models import Call, CallStatus
+from app.db.models import Call, CallStatus, RecordingStatus
 from app.exotel.wire import IST
 
 # Exotel's `DateUpdated`, shown on Exotel's own clock.
@@ -51,6 +51,16 @@ CALL_EXAMPLE: dict[str, Any] = {
     "date_updated": "2024-09-16T15:51:00+05:30",
     "digits": "1",
     "flow": [{"applet": "passthru", "at": "2024-09-16T10:20:41Z", "digits": "1"}],
+    "recording": {
+        "status": "archived",
+        "size": 1144044,
+        "content_type": "audio/mpeg",
+        "sha256": "9f2c1a4e0b6d83e57a1c2f9b04d6e8a3c5b7d9e1f3a5c7e9b1d3f5a7c9e1b3d5",
+        "attempts": 1,
+        "error": None,
+        "archived_at": "2026-11-27T00:24:44.310021Z",
+        "deleted_at": None,
+    },
     "error": None,
     "error_at": None,
     "created_at": "2026-11-27T00:24:41.845594Z",
@@ -67,6 +77,21 @@ class FlowStepOut(BaseModel):
         description="What the customer keyed in the Gather before it, quotes stripped; "
         "empty when they keyed nothing, null when the request carried no `digits`."
     )
+
+
+class RecordingOut(BaseModel):
+    status: RecordingStatus = Field(
+        description="pending (to be archived), archived (GET /calls/{id}/recording serves "
+        "it), failed (given up), expired (Exotel's copy was gone), deleted (archived, then "
+        "deleted after RECORDING_RETENTION_DAYS)."
+    )
+    size: int | None = Field(description="Bytes, as fetched from Exotel.")
+    content_type: str | None
+    sha256: str | None = Field(description="Of the bytes Exotel served, hex.")
+    attempts: int = Field(description="Attempts to fetch and store it so far.")
+    error: str | None = Field(description="Why the last attempt failed, when it did.")
+    archived_at: datetime | None
+    deleted_at: datetime | None
 
 
 class CallOut(BaseModel):
@@ -103,6 +128,9 @@ class CallOut(BaseModel):
     flow: list[FlowStepOut] = Field(
         description="Each Passthru applet the flow passed, in time order, with its input."
     )
+    recording: RecordingOut | None = Field(
+        description="The recording's copy in exocall's archive; null when the call has none."
+    )
     error: CallErrorOut | None
     error_at: datetime | None = Field(description="When `error` was recorded.")
     created_at: datetime
@@ -120,6 +148,18 @@ class CallOut(BaseModel):
                 message=call.error_message or "",
                 exotel_status=call.error_exotel_status,
                 exotel_code=call.error_exotel_code,
+            )
+        recording = None
+        if call.recording_status:
+            recording = RecordingOut(
+                status=call.recording_status,
+                size=call.recording_size,
+                content_type=call.recording_content_type,
+                sha256=call.recording_sha256,
+                attempts=call.recording_attempts,
+                error=call.recording_error,
+                archived_at=call.recording_archived_at,
+                deleted_at=call.recording_deleted_at,
             )
         return cls(
             id=call.id,
@@ -140,6 +180,7 @@ class CallOut(BaseModel):
             date_updated=call.date_updated,
             digits=call.digits,
             flow=call.flow or [],
+            recording=recording,
             error=error,
             error_at=call.error_at,
             created_at=call.created_at,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from app.db.models import CallStatus, EventOutcome, FailureKind
+from app.db.models import CallStatus, EventOutcome, FailureKind, RecordingStatus
 
 EXOTEL_TERMINAL = frozenset(
     {
@@ -86,6 +86,15 @@ class CallState:
     updated_at: datetime  # set by the store when anything but the look-up schedule changed
     digits: str | None  # the latest input keyed in the flow (`apply_input`)
     flow: list[dict[str, Any]] | None  # each Passthru the flow passed, in time order
+    # The recording's archive (`apply_recording`).
+    recording_status: RecordingStatus | None
+    recording_size: int | None
+    recording_content_type: str | None
+    recording_sha256: str | None
+    recording_attempts: int
+    recording_error: str | None
+    recording_archived_at: datetime | None
+    recording_deleted_at: datetime | None
 
     def look_up_later(self, now: datetime, *, first: float, longest: float) -> None:
         """When reconciliation is to look the call up next in Exotel's call details, if no
@@ -132,6 +141,9 @@ def apply_update(call: CallState, update: StatusUpdate) -> EventOutcome:
     moved = call.status != update.status
     call.status = update.status
     changed = _merge(call, update, overwrite=moved)
+    if call.status in TERMINAL and call.recording_url and call.recording_status is None:
+        # A call that ended with a recording: the archive keeps it (`apply_recording`).
+        call.recording_status = RecordingStatus.PENDING
     return EventOutcome.APPLIED if moved or changed else EventOutcome.DUPLICATE
 
 
@@ -208,4 +220,55 @@ def apply_input(call: CallState, update: InputUpdate) -> EventOutcome:
     call.flow = sorted([*flow, step], key=lambda s: s["at"])
     keyed = [s["digits"] for s in call.flow if s["digits"] is not None]
     call.digits = keyed[-1] if keyed else None
+    return EventOutcome.APPLIED
+
+
+@dataclass(frozen=True)
+class RecordingUpdate:
+    """What the archive did with a call's recording (`app.recordings.archive`): the bytes'
+    facts come with the fetch that got them, `attempted` counts an attempt to archive."""
+
+    status: RecordingStatus
+    at: datetime
+    attempted: bool = False
+    error: str | None = None
+    size: int | None = None
+    content_type: str | None = None
+    sha256: str | None = None
+
+
+# Where a recording may go from each status: `failed` may be tried again (a backfill);
+# `expired` and `deleted` are final.
+_RECORDING_MOVES: dict[RecordingStatus | None, frozenset[RecordingStatus]] = {
+    None: frozenset({RecordingStatus.PENDING}),
+    RecordingStatus.PENDING: frozenset(
+        {
+            RecordingStatus.PENDING,
+            RecordingStatus.ARCHIVED,
+            RecordingStatus.FAILED,
+            RecordingStatus.EXPIRED,
+        }
+    ),
+    RecordingStatus.FAILED: frozenset({RecordingStatus.PENDING}),
+    RecordingStatus.ARCHIVED: frozenset({RecordingStatus.DELETED}),
+    RecordingStatus.EXPIRED: frozenset(),
+    RecordingStatus.DELETED: frozenset(),
+}
+
+
+def apply_recording(call: CallState, update: RecordingUpdate) -> EventOutcome:
+    """Move the call's recording to `update.status`, if it may go there from where it is."""
+    if call.recording_url is None or update.status not in _RECORDING_MOVES[call.recording_status]:
+        return EventOutcome.STALE
+    call.recording_status = update.status
+    call.recording_attempts += update.attempted
+    call.recording_error = update.error
+    if update.sha256 is not None:
+        call.recording_size = update.size
+        call.recording_content_type = update.content_type
+        call.recording_sha256 = update.sha256
+    if update.status == RecordingStatus.ARCHIVED:
+        call.recording_archived_at = update.at
+    elif update.status == RecordingStatus.DELETED:
+        call.recording_deleted_at = update.at
     return EventOutcome.APPLIED

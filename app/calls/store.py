@@ -26,7 +26,8 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, insert, or_, select, update
+from sqlalchemy import ColumnElement, bindparam, delete, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.calls import outbox
@@ -34,14 +35,14 @@ from app.calls.callbacks import Ignored, ReceivedCallback, Unreadable
 from app.calls.state import CallState, InputUpdate, apply_input, apply_update
 from app.db import statements
 from app.db.clock import db_now
-from app.db.models import Call, CallEvent, EventOutcome, RequestKind
+from app.db.models import Call, CallEvent, EventOutcome, RecordingJob, RecordingStatus, RequestKind
 from app.db.statements import table_of
 from app.logs import about
 
 log = logging.getLogger(__name__)
 
 
-_CALLS, _EVENTS = table_of(Call), table_of(CallEvent)
+_CALLS, _EVENTS, _JOBS = table_of(Call), table_of(CallEvent), table_of(RecordingJob)
 STATE_COLUMNS = [f.name for f in fields(CallState)]
 _CHANGING = [name for name in STATE_COLUMNS if name != "id"]
 # Reconciliation's schedule is written, but is not a change of the call (its `updated_at`).
@@ -236,12 +237,29 @@ class CallStore:
             news = outbox.number_events(changes)
             rows = [_call_row(change.after) for change in changes]
             await self._db.execute(self._statements.update_calls, rows)
+            await self._queue_recordings(changes, now=now)
             if news:
                 await outbox.write_events(self._db, news, now=now)
             for change in changes:
                 self._as_locked[change.after.id] = _values_of(change.after)
                 _log_change(change)
         self._events = []
+
+    async def _queue_recordings(self, changes: Sequence[Change], *, now: datetime) -> None:
+        """The archive's queue follows the recordings' status: a recording that became
+        `pending` is due now, one that left it is no longer queued."""
+        pending = RecordingStatus.PENDING
+        moved = [c for c in changes if c.before.recording_status != c.after.recording_status]
+        queued = [
+            {"call_id": c.after.id, "due_at": now}
+            for c in moved
+            if c.after.recording_status == pending
+        ]
+        done = [c.after.id for c in moved if c.before.recording_status == pending]
+        if queued:
+            await self._db.execute(self._statements.queue_recordings, queued)
+        if done:
+            await self._db.execute(self._statements.unqueue_recordings, {"ids": done})
 
     async def _attach_stored_orphans(self) -> None:
         adopting, self._adopting = self._adopting, {}
@@ -314,6 +332,8 @@ class _Statements:
     insert_events: Any
     attach_events: Any
     update_calls: Any
+    queue_recordings: Any
+    unqueue_recordings: Any
 
 
 @functools.cache
@@ -324,6 +344,7 @@ def _statements(dialect: str) -> _Statements:
         return statements.one_of(column, name, dialect=dialect)
 
     calls, events = _CALLS.c, _EVENTS.c
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     event_columns = [c for c in events if c.name not in ("id",)]
     return _Statements(
         lock=select(*(calls[name] for name in STATE_COLUMNS), calls.app_id, calls.custom_field)
@@ -342,4 +363,6 @@ def _statements(dialect: str) -> _Statements:
         update_calls=update(_CALLS)
         .where(calls.id == bindparam("call_id"))
         .values({name: bindparam(name) for name in _CHANGING}),
+        queue_recordings=dialect_insert(_JOBS).on_conflict_do_nothing(),
+        unqueue_recordings=delete(_JOBS).where(one_of(_JOBS.c.call_id, "ids")),
     )

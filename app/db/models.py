@@ -87,6 +87,16 @@ def _str_enum(cls: type[enum.StrEnum], length: int = 16) -> Enum:
     )
 
 
+class RecordingStatus(enum.StrEnum):
+    """Where a call's recording stands in the archive (`app.recordings`)."""
+
+    PENDING = "pending"  # to be fetched from Exotel and stored (or being)
+    ARCHIVED = "archived"  # in the store, served by GET /calls/{id}/recording
+    FAILED = "failed"  # given up: retries ran out, or the URL is not one to fetch
+    EXPIRED = "expired"  # Exotel answered 404 or 410: its copy is gone
+    DELETED = "deleted"  # archived, then deleted after RECORDING_RETENTION_DAYS
+
+
 class Batch(Base):
     """Calls submitted together with `POST /calls/batch`."""
 
@@ -148,6 +158,16 @@ class Call(Base):
         JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
     )
 
+    # The recording's archive (`app.recordings`); what the job does is in `recording_job`.
+    recording_status: Mapped[RecordingStatus | None] = mapped_column(_str_enum(RecordingStatus))
+    recording_size: Mapped[int | None] = mapped_column(BigInteger)
+    recording_content_type: Mapped[str | None] = mapped_column(String(100))
+    recording_sha256: Mapped[str | None] = mapped_column(String(64))
+    recording_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    recording_error: Mapped[str | None] = mapped_column(Text)  # why the last attempt failed
+    recording_archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    recording_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
     __table_args__ = (
         # Newest-first listing and its cursor.
         Index("ix_call_created_at_id", "created_at", "id"),
@@ -156,7 +176,34 @@ class Call(Base):
         Index("ix_call_status_created_at", "status", "created_at"),
         # Reconciliation's calls due for a look-up.
         Index("ix_call_status_next_lookup_at", "status", "next_lookup_at"),
+        # Retention's archived recordings, oldest first.
+        Index(
+            "ix_call_recording_archived_at",
+            "recording_archived_at",
+            postgresql_where=text("recording_status = 'archived'"),
+            sqlite_where=text("recording_status = 'archived'"),
+        ),
     )
+
+
+class RecordingJob(Base):
+    """A call's recording still to be archived: the archive's queue, shared by the replicas.
+    Deleted once the recording is archived or given up."""
+
+    __tablename__ = "recording_job"
+
+    call_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("call.id", ondelete="CASCADE"), primary_key=True
+    )
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    retries: Mapped[int] = mapped_column(Integer, default=0)  # the backoff's: fetch or store
+    # The fetched bytes, waiting on this path of a replica's disk for a store that was down:
+    # the replica that finds them there stores them without fetching again.
+    held_path: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_recording_job_due_at", "due_at"),)
 
 
 class CallEvent(Base):
@@ -213,6 +260,10 @@ class Throttle(Base):
     paused_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # A look-up found the budget spent: until then, placing calls leaves it the next free slot.
     lookup_wanted_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Exotel refused the credentials for a recording (401/403): the archive fetches nothing
+    # until then, and says why (`app.recordings.archive`).
+    recordings_paused_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    recordings_paused_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Lease(Base):

@@ -1,4 +1,4 @@
-"""The Exotel voice v1 client: `Calls/connect` and call details.
+"""The Exotel voice v1 client: `Calls/connect`, call details, and fetching recordings.
 
 The HTTP transport is chosen at construction (a real `httpx.AsyncClient`, one bound to the
 in-process simulator, or a `MockTransport` in tests); nothing here is ever patched.
@@ -10,12 +10,13 @@ minute, look-ups included) per request, so paging through bulk call details is t
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import IO, Any
 from urllib.parse import quote
 
 import httpx
@@ -25,6 +26,7 @@ from app.exotel.errors import (
     ExotelRateLimited,
     ExotelRejected,
     ExotelUnreachable,
+    RecordingCutShort,
 )
 from app.exotel.wire import (
     ExotelCall,
@@ -83,6 +85,20 @@ class CallsPage:
     next_page_uri: str | None
 
 
+# Exotel's recordings are MP3s; a response that names no type is taken for one.
+DEFAULT_RECORDING_TYPE = "audio/mpeg"
+_RECORDING_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class FetchedRecording:
+    """What a recording's fetch wrote: its length, type and SHA-256 (hex)."""
+
+    size: int
+    content_type: str
+    sha256: str
+
+
 # Told of every request: the operation, the HTTP status (None: no answer came), the seconds.
 Observer = Callable[[str, int | None, float], None]
 
@@ -97,9 +113,11 @@ class ExotelClient:
         api_key: str,
         api_token: str,
         timeout_seconds: float,
+        recording_hosts: Sequence[str] = (),
         observe: Observer | None = None,
     ) -> None:
         self._http = http
+        self._recording_hosts = [host.lower() for host in recording_hosts]
         self._observe = observe
         self._root_url = base_url.rstrip("/")
         self._accounts_url = f"{self._root_url}/v1/Accounts/{account_sid}"
@@ -190,6 +208,75 @@ class ExotelClient:
         ):
             raise ValueError(refusal)
         return url.copy_with(fragment=None)
+
+    async def fetch_recording(self, url: str, into: IO[bytes]) -> FetchedRecording:
+        """Stream the recording at `url` into `into`, with the account's credentials (Exotel
+        serves recordings only with them since October 2024), never holding it whole.
+
+        Raises ValueError, before sending anything, for a URL the credentials must not go to
+        (`recording_url_allowed`); ExotelRejected for an error status; ExotelUnreachable or
+        ExotelOutcomeUnknown when no whole answer came; RecordingCutShort when the body ended
+        before its length.
+        """
+        if not self.recording_url_allowed(url):
+            raise ValueError("not a recording URL on a host the credentials may be sent to")
+        started = time.perf_counter()
+        status = None
+        digest, size = hashlib.sha256(), 0
+        try:
+            # A redirect is followed; httpx drops the credentials if it leaves the origin.
+            async with self._http.stream(
+                "GET", url, auth=self._auth, timeout=self._timeout, follow_redirects=True
+            ) as response:
+                status = response.status_code
+                if not response.is_success:
+                    await response.aread()
+                    raise ExotelRejected(status, response.reason_phrase or "error")
+                async for chunk in response.aiter_bytes(_RECORDING_CHUNK):
+                    digest.update(chunk)
+                    into.write(chunk)
+                    size += len(chunk)
+                # The length is of the encoded body: compare only an unencoded one.
+                encoded = "content-encoding" in response.headers
+                expected = None if encoded else response.headers.get("content-length")
+                content_type = response.headers.get("content-type") or DEFAULT_RECORDING_TYPE
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise ExotelUnreachable(f"could not connect: {type(exc).__name__}") from exc
+        except httpx.RemoteProtocolError as exc:
+            raise RecordingCutShort(size, None) from exc  # closed before its length was served
+        except httpx.HTTPError as exc:
+            raise ExotelOutcomeUnknown(f"no whole answer: {type(exc).__name__}") from exc
+        finally:
+            if self._observe:
+                self._observe("recording", status, time.perf_counter() - started)
+        if expected is not None and expected.isdigit() and int(expected) != size:
+            raise RecordingCutShort(size, int(expected))
+        return FetchedRecording(size, content_type[:100], digest.hexdigest())
+
+    def recording_url_allowed(self, url: str) -> bool:
+        """Whether the credentials may go to `url`: over HTTPS to one of the recording hosts,
+        each `host` or `*.domain` (any subdomain) with maybe a path prefix
+        (`s3.example.com/bucket/`); or to the API's own origin."""
+        try:
+            given = httpx.URL(url)
+        except httpx.InvalidURL:
+            return False
+        root = httpx.URL(self._root_url)
+        if given.userinfo or not given.host:
+            return False
+        if (given.scheme, given.host, given.port) == (root.scheme, root.host, root.port):
+            return True
+        host, path = given.host.lower(), given.path
+        if given.scheme != "https" or "/../" in path or "/./" in path:
+            return False
+        for allowed in self._recording_hosts:
+            allowed_host, slash, prefix = allowed.partition("/")
+            on_host = host == allowed_host or (
+                allowed_host.startswith("*.") and host.endswith(allowed_host[1:])
+            )
+            if on_host and path.startswith(slash + prefix):
+                return True
+        return False
 
     async def _page(self, url: httpx.URL) -> CallsPage:
         parsed = await self._request("bulk_call_details", "GET", url)

@@ -36,3 +36,13 @@ class ExotelOutcomeUnknown(ExotelError):
     """The request may have reached Exotel but no usable answer came back (a read timeout, a
     dropped connection, an unreadable body). For `Calls/connect` the customer may have been
     dialled: never send it again."""
+
+
+class RecordingCutShort(ExotelError):
+    """A recording's body ended before its `Content-Length`."""
+
+    def __init__(self, received: int, expected: int | None) -> None:
+        of = f" of {expected}" if expected is not None else ""
+        super().__init__(f"the recording ended after {received}{of} bytes")
+        self.received = received
+        self.expected = expected

@@ -35,6 +35,12 @@ An app id can be given a flow (`SimulatorConfig.flows`): its applets, in order, 
 `Url` ends in that app id runs it before its status callback; its Gather keys the
 second-to-last digit of the number dialled (`09052161120`: 2), so a flow's branches can be
 tried by hand too.
+
+A completed call's `RecordingUrl` is the simulator's own: a real WAV (a tone of
+`SimulatorConfig.recording_seconds`, streamed, never held whole), served only with the account's
+credentials (`SimulatorConfig.credentials`). `POST /_simulator/recording-faults` makes the next
+recording requests fail: `{"status": 500, "times": 2}`, or `{"cut_short": true}` (the body stops
+halfway through its `Content-Length`).
 """
 
 from __future__ import annotations
@@ -45,8 +51,10 @@ import binascii
 import hashlib
 import itertools
 import logging
+import math
 import re
 import secrets
+import struct
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -59,7 +67,8 @@ from xml.sax.saxutils import escape
 
 import httpx
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.exotel.wire import format_exotel_time, parse_exotel_time
@@ -74,6 +83,10 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 
 XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>'
+
+# Recordings: telephone-quality WAV (8 kHz, 16-bit, mono), 16 000 bytes a second.
+RECORDING_RATE = 8000
+RECORDING_TYPE = "audio/wav"
 
 
 @dataclass(frozen=True)
@@ -112,6 +125,17 @@ class SimulatorConfig:
     retry_after: bool = True  # send `Retry-After` with 429s
     flows: Mapping[str, Sequence[str]] = field(default_factory=dict)  # app id -> applets
     passthru_url: str | None = None  # where a flow's Passthru applets send their GET
+    recording_seconds: float = 3.0  # how long each completed call's recording lasts
+    # (API key, token) a recording is served for; None serves it for any Basic credentials.
+    credentials: tuple[str, str] | None = None
+
+
+class RecordingFault(BaseModel):
+    """How the next `times` recording requests fail: with `status`, or cut short."""
+
+    status: int | None = Field(None, ge=400, le=599)
+    cut_short: bool = False
+    times: int = Field(1, ge=1)
 
 
 @dataclass
@@ -213,6 +237,7 @@ class Simulator:
     calls: dict[str, SimulatedCall] = field(default_factory=dict)
     log: list[LoggedRequest] = field(default_factory=list)
     _windows: dict[str, deque[float]] = field(default_factory=dict)
+    recording_faults: deque[RecordingFault] = field(default_factory=deque)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _http: httpx.AsyncClient | None = None
 
@@ -238,8 +263,10 @@ class Simulator:
         return False
 
     async def connect(
-        self, account_sid: str, form: Mapping[str, str]
+        self, account_sid: str, form: Mapping[str, str], *, base_url: str = "http://simulator/"
     ) -> tuple[int, dict[str, Any]]:
+        """Place a call; its recording will be served under `base_url` (where the simulator
+        was reached)."""
         number = national_form(form.get("From", ""))
         if not number:
             return 400, _rest_exception(400, "Invalid Call Parameters: No 'From' specified; ")
@@ -269,7 +296,7 @@ class Simulator:
             app_id=form.get("Url", "").rstrip("/").rpartition("/")[2] or None,
         )
         self.calls[call.sid] = call
-        self._spawn(self._run_call(call, account_sid))
+        self._spawn(self._run_call(call, account_sid, base_url))
         if outcome.connect_status != 200:
             return outcome.connect_status, _rest_exception(
                 outcome.connect_status, "Gateway Timeout; "
@@ -344,7 +371,7 @@ class Simulator:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_call(self, call: SimulatedCall, account_sid: str) -> None:
+    async def _run_call(self, call: SimulatedCall, account_sid: str, base_url: str) -> None:
         share = int(hashlib.sha256(call.sid.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
         lasts = self.config.callback_delay + share * self.config.callback_spread
         answered = call.outcome.status == "completed"
@@ -359,10 +386,7 @@ class Simulator:
         call.duration = 41 if answered else 0
         call.conversation_duration = 32 if answered else 0
         if answered:
-            call.recording_url = (
-                "https://s3-ap-southeast-1.amazonaws.com/exotelrecordings/"
-                f"{account_sid}/{call.sid}.mp3"
-            )
+            call.recording_url = f"{base_url}recordings/{account_sid}/{call.sid}.wav"
         if not call.status_callback:
             return
         events = [self._callback(call, "terminal")] * call.outcome.callbacks
@@ -478,7 +502,13 @@ class Simulator:
             app.add_api_route(f"{calls}/connect{ext}", self._http_connect, methods=["POST"])
             app.add_api_route(f"{calls}{ext}", self._http_bulk, methods=["GET"])
         app.add_api_route(calls + "/{sid}", self._http_call, methods=["GET"])
+        app.add_api_route(
+            "/recordings/{account_sid}/{sid}.wav", self._http_recording, methods=["GET"]
+        )
         app.add_api_route("/_simulator/log", self._http_log, methods=["GET"])
+        app.add_api_route(
+            "/_simulator/recording-faults", self._http_recording_faults, methods=["POST"]
+        )
         return app
 
     async def _http_connect(self, request: Request, account_sid: str) -> Response:
@@ -486,7 +516,7 @@ class Simulator:
         if denied := self._gate(request, account_sid, as_json):
             return denied
         form = {key: str(value) for key, value in (await request.form()).items()}
-        status, body = await self.connect(account_sid, form)
+        status, body = await self.connect(account_sid, form, base_url=str(request.base_url))
         if self.config.response_delay:
             # Exotel retries origination before answering; its callbacks can arrive first.
             await asyncio.sleep(self.config.response_delay)
@@ -540,6 +570,54 @@ class Simulator:
         calls = [call.fields(account_sid) for call in page.calls]
         return _render({"Metadata": metadata, "Calls": calls}, 200, as_json)
 
+    async def _http_recording(self, request: Request, account_sid: str, sid: str) -> Response:
+        call = self.calls.get(sid)
+        fault = self._next_recording_fault()
+        status = 200
+        if not self._has_credentials(request):
+            status = 401
+        elif call is None or call.recording_url is None:
+            status = 404
+        elif fault and fault.status:
+            status = fault.status
+        self._log(request, status, sid=sid)
+        if status != 200:
+            return Response(status_code=status)
+        size = recording_size(self.config.recording_seconds)
+        served = size // 2 if fault and fault.cut_short else size
+        return StreamingResponse(
+            recording_bytes(sid, size, stop_after=served),
+            media_type=RECORDING_TYPE,
+            headers={"Content-Length": str(size)},
+        )
+
+    async def _http_recording_faults(self, fault: RecordingFault) -> dict[str, int]:
+        self.recording_faults.append(fault)
+        return {"queued": sum(f.times for f in self.recording_faults)}
+
+    def _next_recording_fault(self) -> RecordingFault | None:
+        if not self.recording_faults:
+            return None
+        fault = self.recording_faults[0]
+        if fault.times <= 1:
+            self.recording_faults.popleft()
+        else:
+            self.recording_faults[0] = fault.model_copy(update={"times": fault.times - 1})
+        return fault
+
+    def _has_credentials(self, request: Request) -> bool:
+        scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        if self.config.credentials is None:
+            return True
+        try:
+            given = base64.b64decode(encoded, validate=True)
+        except binascii.Error:
+            return False
+        wanted = ":".join(self.config.credentials).encode()
+        return secrets.compare_digest(given, wanted)
+
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         """Unknown routes and wrong methods answer as Exotel does, with a `RestException`."""
         assert isinstance(exc, StarletteHTTPException)
@@ -573,6 +651,38 @@ class Simulator:
     def _log(self, request: Request, status: int, **details: str | None) -> None:
         at = getattr(request.state, "arrived", None) or time.time()
         self.log.append(LoggedRequest(at, request.method, request.url.path, status, **details))
+
+
+def recording_size(seconds: float) -> int:
+    """The bytes of a recording `seconds` long: a 44-byte WAV header and its samples."""
+    return 44 + 2 * int(seconds * RECORDING_RATE)
+
+
+async def recording_bytes(
+    sid: str, size: int, *, stop_after: int | None = None
+) -> AsyncIterator[bytes]:
+    """A WAV of `size` bytes: a tone whose pitch comes from the SID (the same every time),
+    a second of it at a time; only the first `stop_after` bytes (a body cut short)."""
+    samples = (size - 44) // 2
+    header = b"RIFF" + struct.pack("<I4s", 36 + 2 * samples, b"WAVE")
+    header += b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, RECORDING_RATE, 2 * RECORDING_RATE, 2, 16)
+    header += b"data" + struct.pack("<I", 2 * samples)
+    pitch = 300 + int(hashlib.sha256(sid.encode()).hexdigest()[:4], 16) % 600
+    second = struct.pack(
+        f"<{RECORDING_RATE}h",
+        *(
+            int(8000 * math.sin(2 * math.pi * pitch * t / RECORDING_RATE))
+            for t in range(RECORDING_RATE)
+        ),
+    )
+    left = size if stop_after is None else stop_after
+    chunk = header
+    while left > 0:
+        piece = chunk[:left]
+        left -= len(piece)
+        yield piece
+        chunk = second
+        await asyncio.sleep(0)
 
 
 def _now() -> datetime:

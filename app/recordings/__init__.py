@@ -1,0 +1,2 @@
+"""Recordings kept: fetched from Exotel with the account's credentials, stored before Exotel's
+copy expires, served to those allowed (README, "Recordings")."""

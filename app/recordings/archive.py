@@ -1,0 +1,291 @@
+"""The archive: each call's recording fetched from Exotel and stored, queued in `recording_job`.
+
+A call that ends with a `RecordingUrl` gets a `pending` recording and a job in the one write path
+(`app.calls.state.apply_update`, `app.calls.store`). Every replica works the queue: it claims
+due jobs with SKIP LOCKED, so no recording is fetched by two at once, and no transaction is open
+while one is fetched or stored. What came of it goes back through the one write path
+(`apply_recording`); a recording leaving `pending` leaves the queue, and a final one is a
+`call.updated` event.
+
+Failures by kind (shared/exotel.md: recordings need the API credentials since October 2024;
+their URLs last 5 to 60 minutes):
+- 404 or 410: Exotel's copy is gone, `expired`, at once;
+- 401 or 403: the credentials are wrong; the whole archive pauses (no retries burnt) for
+  RECORDING_AUTH_PAUSE_SECONDS, then one recording tries again;
+- 429, 5xx, no connection, a timeout, a body cut short: tried again with backoff, up to
+  RECORDING_MAX_ATTEMPTS fetches, then `failed`; any other refusal is `failed` at once;
+- the store down: the fetched bytes wait on this replica's disk and the store is tried again
+  with backoff, without fetching again, for as long as it takes.
+
+Fetching recordings is not charged to the account's 200-a-minute budget: shared/exotel.md counts
+placing calls and look-ups against it, and a recording is served from storage
+(`s3-ap-southeast-1.amazonaws.com`), not the API. RECORDING_CONCURRENCY bounds the fetches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.calls import ratelimit
+from app.calls.state import RecordingUpdate, apply_recording
+from app.calls.store import CallStore
+from app.config import Settings
+from app.db.clock import db_now
+from app.db.models import Call, RecordingJob, RecordingStatus, Throttle
+from app.exotel.client import ExotelClient, FetchedRecording
+from app.exotel.errors import ExotelError, ExotelRejected
+from app.logs import about
+from app.metrics import Metrics
+from app.recordings.store import RecordingStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+# A claim this old is of a replica that died mid-fetch: the job is due again.
+CLAIM_STALE = timedelta(minutes=15)
+_GONE = (404, 410)
+_REFUSED = (401, 403)
+_LONGEST_WAIT = 600.0
+
+
+@dataclass(frozen=True)
+class Claimed:
+    call_id: uuid.UUID
+    url: str
+    held_path: str | None  # the bytes fetched before, if a store was down then
+    fetched: FetchedRecording | None  # their facts, as recorded then
+    retries: int
+
+
+@dataclass(frozen=True)
+class Archive:
+    """What the archive works with; `run_due` is the job every replica runs."""
+
+    sessionmaker: async_sessionmaker[AsyncSession]
+    exotel: ExotelClient
+    store: RecordingStore
+    settings: Settings
+    replica_id: str
+    metrics: Metrics
+
+    @property
+    def held_dir(self) -> Path:
+        return self.settings.spool_dir / "recordings"
+
+    async def run_due(self) -> int:
+        """Archive the recordings that are due, a few at a time, until none is; how many."""
+        done = 0
+        while claimed := await self.claim(limit=self.settings.recording_concurrency):
+            await asyncio.gather(*(self.archive(job) for job in claimed))
+            done += len(claimed)
+        return done
+
+    async def claim(self, *, limit: int) -> list[Claimed]:
+        """Claim up to `limit` due jobs for this replica: none while the archive is paused,
+        and one only (a probe) while the pause's reason stands after it ended."""
+        async with self.sessionmaker() as session, session.begin():
+            now = await db_now(session)
+            pause = (
+                await session.execute(
+                    select(
+                        Throttle.recordings_paused_until, Throttle.recordings_paused_reason
+                    ).where(Throttle.name == ratelimit.THROTTLE)
+                )
+            ).one_or_none()
+            paused_until, reason = pause or (None, None)
+            if paused_until is not None and paused_until > now:
+                return []
+            job, call = RecordingJob, Call
+            due = (
+                select(
+                    job,
+                    call.recording_url,
+                    call.recording_size,
+                    call.recording_content_type,
+                    call.recording_sha256,
+                )
+                .join(call, call.id == job.call_id)
+                .where(
+                    job.due_at <= now,
+                    or_(job.claimed_at.is_(None), job.claimed_at < now - CLAIM_STALE),
+                )
+                .order_by(job.due_at)
+                .limit(1 if reason else limit)
+                .with_for_update(skip_locked=True, of=job)
+            )
+            claimed = []
+            for row, url, size, content_type, sha256 in (await session.execute(due)).all():
+                row.claimed_by, row.claimed_at = self.replica_id, now
+                fetched = None
+                if size is not None and content_type is not None and sha256 is not None:
+                    fetched = FetchedRecording(size, content_type, sha256)
+                claimed.append(Claimed(row.call_id, url or "", row.held_path, fetched, row.retries))
+            return claimed
+
+    async def archive(self, job: Claimed) -> None:
+        """Fetch (unless held already) and store one claimed recording; record what came of it."""
+        try:
+            await self._conclude(job, await self._archive(job))
+        except Exception:
+            # The claim goes stale and the job is due again: nothing is lost.
+            log.exception(
+                "recording of call %s: archiving failed", job.call_id, extra=about(job.call_id)
+            )
+
+    async def _archive(self, job: Claimed) -> Outcome:
+        held = Path(job.held_path) if job.held_path else self.held_dir / str(job.call_id)
+        held_here = job.held_path is not None and await asyncio.to_thread(held.is_file)
+        fetched = job.fetched if held_here else None
+        fetched_now = fetched is None
+        if fetched is None:
+            try:
+                fetched = await self._fetch(job.url, held)
+            except (ExotelError, ValueError) as exc:
+                return failed_fetch(exc)
+        try:
+            await self.store.put(job.call_id, held, content_type=fetched.content_type)
+        except StoreUnavailable as exc:
+            # The bytes stay where they are: the store is tried again, Exotel is not.
+            error = f"the store is unavailable: {exc}"
+            return Outcome(
+                RecordingStatus.PENDING, "store_down", error, fetched, fetched_now, held=held
+            )
+        await asyncio.to_thread(held.unlink, missing_ok=True)
+        return Outcome(RecordingStatus.ARCHIVED, "archived", None, fetched, fetched_now)
+
+    async def _fetch(self, url: str, held: Path) -> FetchedRecording:
+        held.parent.mkdir(parents=True, exist_ok=True)
+        part = held.with_suffix(".part")
+        try:
+            with part.open("wb") as into:
+                fetched = await self.exotel.fetch_recording(url, into)
+            part.replace(held)  # whole, or not there at all
+        finally:
+            part.unlink(missing_ok=True)
+        return fetched
+
+    async def _conclude(self, job: Claimed, outcome: Outcome) -> None:
+        """Record what came of a job, through the one write path, in one transaction: a
+        recording that leaves `pending` leaves the queue; one that stays is due again."""
+        async with self.sessionmaker() as session, session.begin():
+            pause_until = None
+            if outcome.pause:
+                now = await ratelimit.lock(session)
+                pause_until = now + timedelta(seconds=self.settings.recording_auth_pause_seconds)
+                await session.execute(
+                    _pause.values(
+                        recordings_paused_until=pause_until, recordings_paused_reason=outcome.error
+                    )
+                )
+            elif outcome.status == RecordingStatus.ARCHIVED:
+                await session.execute(
+                    _pause.where(Throttle.recordings_paused_reason.is_not(None)).values(
+                        recordings_paused_until=None, recordings_paused_reason=None
+                    )
+                )
+            store = await CallStore.of(session)
+            await store.lock(ids=[job.call_id])
+            call = store.get(job.call_id)
+            assert call is not None, "a job is deleted with its call"
+            now = await store.now()
+            status = outcome.status
+            if (
+                outcome.retry
+                and call.recording_attempts + 1 >= self.settings.recording_max_attempts
+            ):
+                status = RecordingStatus.FAILED  # the last fetch allowed
+            fetched = outcome.fetched
+            apply_recording(
+                call,
+                RecordingUpdate(
+                    status,
+                    now,
+                    attempted=outcome.attempted,
+                    error=outcome.error,
+                    size=fetched.size if fetched else None,
+                    content_type=fetched.content_type if fetched else None,
+                    sha256=fetched.sha256 if fetched else None,
+                ),
+            )
+            await store.flush()
+            if status == RecordingStatus.PENDING:
+                await session.execute(
+                    update(RecordingJob)
+                    .where(
+                        RecordingJob.call_id == job.call_id,
+                        RecordingJob.claimed_by == self.replica_id,
+                    )
+                    .values(
+                        due_at=pause_until or now + backoff(job.retries),
+                        retries=RecordingJob.retries + 1,
+                        claimed_by=None,
+                        claimed_at=None,
+                        held_path=str(outcome.held) if outcome.held else None,
+                    )
+                )
+        metric = "failed" if status == RecordingStatus.FAILED else outcome.metric
+        self.metrics.recording_fetches.labels(metric).inc()
+        if outcome.pause:
+            log.error(
+                "%s: the archive fetches nothing until %s; check EXOTEL_API_KEY and "
+                "EXOTEL_API_TOKEN",
+                outcome.error,
+                pause_until.isoformat() if pause_until else "",
+                extra=about(job.call_id),
+            )
+        elif status == RecordingStatus.ARCHIVED:
+            log.info("recording of call %s archived", job.call_id, extra=about(job.call_id))
+        else:
+            log.warning(
+                "recording of call %s %s: %s",
+                job.call_id,
+                "will be tried again" if status == RecordingStatus.PENDING else status,
+                outcome.error,
+                extra=about(job.call_id),
+            )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What came of one job, before it is recorded."""
+
+    status: RecordingStatus  # PENDING: to be tried again
+    metric: str  # exocall_recording_fetches' outcome
+    error: str | None
+    fetched: FetchedRecording | None = None  # the bytes' facts, when they were fetched
+    attempted: bool = True  # Exotel was asked (a fetch)
+    held: Path | None = None  # where the bytes wait for the store
+    retry: bool = False  # a fetch that failed but may work later: `failed` after the last
+    pause: bool = False  # the credentials were refused: every replica waits
+
+
+def failed_fetch(exc: ExotelError | ValueError) -> Outcome:
+    """What a failed fetch means, by kind."""
+    if isinstance(exc, ValueError):  # never sent: the URL is not one to send credentials to
+        return Outcome(RecordingStatus.FAILED, "failed", f"not fetched: {exc}", attempted=False)
+    status = exc.status if isinstance(exc, ExotelRejected) else None
+    if status in _GONE:
+        return Outcome(RecordingStatus.EXPIRED, "expired", f"Exotel answered {status}")
+    if status in _REFUSED:
+        error = f"Exotel refused the credentials for a recording ({status})"
+        # Not the recording's fault: no attempt of its own is spent.
+        return Outcome(RecordingStatus.PENDING, "refused", error, attempted=False, pause=True)
+    if status is not None and status < 500 and status != 429:
+        return Outcome(RecordingStatus.FAILED, "failed", f"Exotel answered {status}")
+    return Outcome(RecordingStatus.PENDING, "retried", str(exc), retry=True)
+
+
+def backoff(retries: int) -> timedelta:
+    """5 s, 10 s, 20 s, ... at most 10 minutes: a recording URL lasts 5 to 60 minutes, and
+    RECORDING_MAX_ATTEMPTS (8) fetches span about 21 of them."""
+    return timedelta(seconds=min(_LONGEST_WAIT, 5.0 * 2 ** min(retries, 16)))
+
+
+_pause = update(Throttle).where(Throttle.name == ratelimit.THROTTLE)

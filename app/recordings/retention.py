@@ -1,0 +1,57 @@
+"""Archived audio is deleted after RECORDING_RETENTION_DAYS; the call keeps the fact (`deleted`,
+`deleted_at`) and what was known of the bytes (size, type, SHA-256)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.calls.state import RecordingUpdate, apply_recording
+from app.calls.store import CallStore
+from app.db.clock import db_now
+from app.db.models import Call, RecordingStatus
+from app.recordings.store import RecordingStore
+
+log = logging.getLogger(__name__)
+
+_BATCH = 100  # recordings deleted per transaction
+
+
+async def forget_old_recordings(
+    sessionmaker: async_sessionmaker[AsyncSession], store: RecordingStore, *, days: float
+) -> int:
+    """Delete the audio archived more than `days` ago; says how many. The store's copy goes
+    first: a run cut short in between deletes it again (a no-op) the next time."""
+    forgotten = 0
+    while True:
+        async with sessionmaker() as session, session.begin():
+            before = await db_now(session) - timedelta(days=days)
+            old = (
+                await session.scalars(
+                    select(Call.id)
+                    .where(
+                        Call.recording_status == RecordingStatus.ARCHIVED,
+                        Call.recording_archived_at < before,
+                    )
+                    .order_by(Call.recording_archived_at)
+                    .limit(_BATCH)
+                )
+            ).all()
+            for call_id in old:
+                await store.delete(call_id)
+            calls = await CallStore.of(session)
+            await calls.lock(ids=old)
+            now = await calls.now()
+            for call_id in old:
+                call = calls.get(call_id)
+                assert call is not None
+                apply_recording(call, RecordingUpdate(RecordingStatus.DELETED, now))
+            await calls.flush()
+        forgotten += len(old)
+        if len(old) < _BATCH:
+            if forgotten:
+                log.info("deleted %d recordings archived over %g days ago", forgotten, days)
+            return forgotten
