@@ -7,6 +7,7 @@ import logging.config
 import os
 import tempfile
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,6 +31,7 @@ from app.db.session import create_engine, create_sessionmaker
 from app.exotel.simulator import Simulator, SimulatorConfig
 from app.logs import logging_config
 from app.main import exotel_client
+from app.recordings.backfill import queue_recordings_since
 
 cli = typer.Typer(help="Place Exotel calls and keep their state.", no_args_is_help=True)
 
@@ -338,6 +340,40 @@ def tail(
             ),
         )
     raise typer.Exit(code)
+
+
+recordings_cli = typer.Typer(help="The recordings archive.", no_args_is_help=True)
+cli.add_typer(recordings_cli, name="recordings")
+
+
+@recordings_cli.command()
+def backfill(
+    since: Annotated[
+        datetime,
+        typer.Option(
+            formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
+            help="Calls created since then (UTC).",
+            show_default=False,
+        ),
+    ],
+) -> None:
+    """Queue the recordings of ended calls created since SINCE that have a recording URL and
+    none archived, pending or expired (failed ones are tried again). The running service
+    fetches them; a URL that has expired ends `expired`."""
+    settings = _configured()
+    since = since.replace(tzinfo=UTC)
+    queued = asyncio.run(_backfill(settings, since))
+    typer.echo(
+        f"queued {queued} recordings for the archive (calls since {since:%Y-%m-%d %H:%M} UTC)"
+    )
+
+
+async def _backfill(settings: Settings, since: datetime) -> int:
+    engine = create_engine(settings.database_url, pgbouncer=settings.database_pgbouncer)
+    try:
+        return await queue_recordings_since(create_sessionmaker(engine), since=since)
+    finally:
+        await engine.dispose()
 
 
 def main() -> None:

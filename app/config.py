@@ -155,6 +155,8 @@ class Settings(BaseSettings):
     ]
     # Archived audio is deleted after this many days (unset: kept); the call keeps the fact.
     recording_retention_days: float | None = Field(None, gt=0)
+    # false: this replica fetches no recordings (the others do; it still serves them).
+    recording_archive: bool = True
     recording_concurrency: int = Field(2, ge=1)  # recordings fetched at once per replica
     recording_max_attempts: int = Field(8, ge=1)  # fetches that failed, then `failed`
     recording_poll_seconds: float = Field(5, gt=0)

@@ -159,15 +159,16 @@ def create_app(
                 metrics=metrics,
             )
             jobs = [reconciler, replayer, retention]
-            jobs.append(
-                Periodic(
-                    "recording archive",
-                    archive.run_due,
-                    interval=settings.recording_poll_seconds,
-                    at_start=True,
-                    availability=availability,
+            if settings.recording_archive:
+                jobs.append(
+                    Periodic(
+                        "recording archive",
+                        archive.run_due,
+                        interval=settings.recording_poll_seconds,
+                        at_start=True,
+                        availability=availability,
+                    )
                 )
-            )
             if settings.recording_retention_days is not None:
                 jobs.append(
                     Periodic(

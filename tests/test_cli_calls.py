@@ -169,7 +169,7 @@ async def test_call_follows_each_outcome_and_exits_by_it(start_exocall: StartExo
     changes = [line.split()[1] for line in lines[1:]]
     assert changes == ["queued", "in-progress", "completed"]
     assert " sid " in lines[2]
-    assert "recording https://" in lines[3]
+    assert "recording http://127.0.0.1:" in lines[3]
 
     busy = results["busy"]
     assert busy.returncode == 1, err(busy)
