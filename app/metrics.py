@@ -32,6 +32,11 @@ class Gauges:
     queue_oldest_age_seconds: float
     # Per webhook endpoint id: deliveries owed, and the age of the oldest of them.
     webhook_backlog: Mapping[str, tuple[int, float]]
+    # The recordings archive (app.recordings.status).
+    recordings_by_status: Mapping[str, int]
+    recordings_backlog: int
+    recordings_oldest_due_age_seconds: float
+    recordings_paused: bool
 
 
 class Metrics:
@@ -157,3 +162,27 @@ class _SharedCollector(Collector):
             oldest.add_metric([endpoint], age)
         yield backlog
         yield oldest
+        recordings = GaugeMetricFamily(
+            "exocall_recordings",
+            "Calls' recordings by where they stand in the archive: pending, archived, failed, "
+            "expired, deleted.",
+            labels=["status"],
+        )
+        for status, count in sorted(self._gauges.recordings_by_status.items()):
+            recordings.add_metric([status], count)
+        yield recordings
+        yield GaugeMetricFamily(
+            "exocall_recordings_backlog",
+            "Recordings queued to be fetched or stored.",
+            value=self._gauges.recordings_backlog,
+        )
+        yield GaugeMetricFamily(
+            "exocall_recordings_oldest_due_age_seconds",
+            "How long the recording due the longest has waited past its time (0 when none).",
+            value=self._gauges.recordings_oldest_due_age_seconds,
+        )
+        yield GaugeMetricFamily(
+            "exocall_recordings_paused",
+            "1 while the archive is paused because Exotel refused the credentials (alert on it).",
+            value=int(self._gauges.recordings_paused),
+        )

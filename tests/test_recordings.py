@@ -168,7 +168,7 @@ async def archiving(
             store=runtime.recordings,
             settings=settings,
             replica_id=replica_id,
-            metrics=Metrics(),
+            metrics=runtime.metrics,  # what /metrics counts
         )
         yield Archiving(api, simulator, archive, settings)
 
@@ -362,6 +362,13 @@ async def test_wrong_credentials_pause_the_archive_without_spending_attempts(
             now = await db_now(session)
         assert throttle.recordings_paused_until - now > timedelta(seconds=590)
         assert "refused the credentials" in (throttle.recordings_paused_reason or "")
+        # The alert: a metric to page on, and the status page says it.
+        metrics = (await env.api.get("/metrics")).text
+        assert "exocall_recordings_paused 1.0" in metrics
+        assert 'exocall_recording_archive_total{outcome="refused"} 1.0' in metrics
+        page = (await env.api.get("/ui")).text
+        assert 'id="recordings-paused"' in page
+        assert "Exotel refused the credentials for a recording (401)" in page
         async with env.archive.sessionmaker() as session, session.begin():
             await session.execute(update(RecordingJob).values(due_at=now))
         assert await env.archive.run_due() == 0
@@ -379,6 +386,37 @@ async def test_wrong_credentials_pause_the_archive_without_spending_attempts(
         async with env.archive.sessionmaker() as session:
             throttle = (await session.scalars(select(Throttle))).one()
         assert throttle.recordings_paused_reason is None
+        assert "exocall_recordings_paused 0.0" in (await env.api.get("/metrics")).text
+
+
+async def test_the_call_page_plays_it_and_the_status_page_and_metrics_count(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with archiving(local_settings(db_url, tmp_path)) as env:
+        ids = [await env.completed_call(), await env.completed_call("+919052161111")]
+        metrics = (await env.api.get("/metrics")).text
+        assert 'exocall_recordings{status="pending"} 2.0' in metrics
+        assert "exocall_recordings_backlog 2.0" in metrics
+
+        env.simulator.recording_faults.append(RecordingFault(status=500))
+        await env.archive.run_due()  # one of the two draws the 500: whichever asks first
+        by_status = {(await env.call(c))["recording"]["status"]: c for c in ids}
+        archived, failing = by_status["archived"], by_status["pending"]
+        page = await env.api.get(f"/ui/calls/{archived}")
+        assert f'<audio controls preload="metadata" src="/calls/{archived}/recording">' in page.text
+        assert "media-src 'self'" in page.headers["content-security-policy"]
+        pending = (await env.api.get(f"/ui/calls/{failing}")).text
+        assert "<audio" not in pending
+        assert "Exotel answered 500" in pending
+
+        metrics = (await env.api.get("/metrics")).text
+        assert 'exocall_recordings{status="archived"} 1.0' in metrics
+        assert 'exocall_recordings{status="pending"} 1.0' in metrics
+        assert "exocall_recordings_backlog 1.0" in metrics
+        assert 'exocall_recording_archive_total{outcome="archived"} 1.0' in metrics
+        assert 'exocall_recording_archive_total{outcome="retried"} 1.0' in metrics
+        status_page = (await env.api.get("/ui")).text
+        assert "1 archived · 0 failed · 0 expired · 0 deleted" in status_page
 
 
 async def test_a_403_pauses_as_a_401_does(db_url: str, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from app.db.migrate import head_revision
 from app.db.session import is_database_down
 from app.events.endpoints import backlogs
 from app.metrics import CONTENT_TYPE, Gauges
+from app.recordings.status import archive_status
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,10 @@ async def readyz(engine: EngineDep) -> JSONResponse:
     description=(
         "This process's counts (callbacks by outcome, Exotel requests by status and latency, "
         "time spent waiting for the rate limit, reconciliation's repairs, webhook deliveries by "
-        "outcome, the workers finding the database unreachable) and, read from the database at "
-        "each scrape, calls by status, the queue, and each webhook endpoint's backlog. Needs an "
-        "API key unless `METRICS_PUBLIC` is set."
+        "outcome, the recording archive's work by outcome, the workers finding the database "
+        "unreachable) and, read from the database at each scrape, calls by status, the queue, "
+        "each webhook endpoint's backlog, and the recordings by status, their backlog and the "
+        "archive's pause. Needs an API key unless `METRICS_PUBLIC` is set."
     ),
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE: {}}}, **refusals(401)},
@@ -83,9 +85,11 @@ async def readyz(engine: EngineDep) -> JSONResponse:
 async def metrics(session: SessionDep, counters: MetricsDep) -> Response:
     shared: Overview | None = None
     try:
-        shared = await overview(session)
+        read = await overview(session)
         owed = await backlogs(session)
+        archive = await archive_status(session)
         now = await db_now(session)
+        shared = read  # only once everything was read: the database may go mid-way
     except Exception as exc:
         if not is_database_down(exc):
             raise
@@ -103,5 +107,9 @@ async def metrics(session: SessionDep, counters: MetricsDep) -> Response:
                 )
                 for endpoint_id, backlog in owed.items()
             },
+            recordings_by_status=archive.by_status,
+            recordings_backlog=archive.backlog,
+            recordings_oldest_due_age_seconds=archive.oldest_due_age_seconds,
+            recordings_paused=archive.paused_until is not None,
         )
     return Response(counters.render(gauges), media_type=CONTENT_TYPE)

@@ -36,6 +36,7 @@ from app.events import endpoints, feed
 from app.exotel.passthru import parse_passthru
 from app.exotel.wire import IST  # India has one zone, Asia/Kolkata: +05:30 all year
 from app.logs import mask
+from app.recordings.status import archive_status
 
 RECENT_CALLS = 50
 RECENT_BATCHES = 10
@@ -113,6 +114,8 @@ _CSS_HASH = base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode()
 PAGE_HEADERS = _NO_STORE | {
     "Content-Security-Policy": (
         f"default-src 'none'; style-src 'sha256-{_CSS_HASH}'; img-src data:; "
+        # The call page's player: the archive's recording (or the store's signed URL).
+        "media-src 'self' https:; "
         "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
@@ -261,6 +264,7 @@ async def status_page(
         rate_window=settings.exotel_rate_window_seconds,
         rate_percent=min(100.0, 100.0 * connects / settings.exotel_rate_limit),
         paused_for=await ratelimit.paused_for(session),
+        recordings=await archive_status(session),
         batches=[batch_row(batch, counts) for batch, counts in batches],
         calls=calls,
         recent_calls=RECENT_CALLS,

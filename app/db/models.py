@@ -176,6 +176,8 @@ class Call(Base):
         Index("ix_call_status_created_at", "status", "created_at"),
         # Reconciliation's calls due for a look-up.
         Index("ix_call_status_next_lookup_at", "status", "next_lookup_at"),
+        # The recordings by status (metrics, the status page).
+        Index("ix_call_recording_status", "recording_status"),
         # Retention's archived recordings, oldest first.
         Index(
             "ix_call_recording_archived_at",

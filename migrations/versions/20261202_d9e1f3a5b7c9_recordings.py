@@ -33,6 +33,7 @@ def upgrade() -> None:
         call.add_column(sa.Column("recording_error", sa.Text(), nullable=True))
         call.add_column(sa.Column("recording_archived_at", _AT, nullable=True))
         call.add_column(sa.Column("recording_deleted_at", _AT, nullable=True))
+    op.create_index("ix_call_recording_status", "call", ["recording_status"])
     op.create_index(
         "ix_call_recording_archived_at",
         "call",
@@ -66,6 +67,7 @@ def downgrade() -> None:
     op.drop_index("ix_recording_job_due_at", table_name="recording_job")
     op.drop_table("recording_job")
     op.drop_index("ix_call_recording_archived_at", table_name="call")
+    op.drop_index("ix_call_recording_status", table_name="call")
     with op.batch_alter_table("call") as call:
         for name in (
             "recording_deleted_at",

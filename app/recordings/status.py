@@ -1,0 +1,52 @@
+"""Where the archive stands, for the metrics and the status page: recordings by status, the
+backlog and its oldest, and the pause after Exotel refused the credentials."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.calls import ratelimit
+from app.db.clock import db_now
+from app.db.models import Call, RecordingJob, RecordingStatus, Throttle
+
+
+@dataclass(frozen=True)
+class ArchiveStatus:
+    by_status: dict[str, int]  # every RecordingStatus, 0 for none
+    backlog: int  # recordings queued (pending)
+    oldest_due_age_seconds: float  # how long the longest-waiting one has been due (0: none)
+    paused_until: datetime | None  # set while the credentials' refusal holds every fetch
+    paused_reason: str | None
+
+
+async def archive_status(session: AsyncSession) -> ArchiveStatus:
+    now = await db_now(session)
+    counted = await session.execute(
+        select(Call.recording_status, func.count())
+        .where(Call.recording_status.is_not(None))
+        .group_by(Call.recording_status)
+    )
+    by_status = dict.fromkeys((s.value for s in RecordingStatus), 0)
+    by_status.update({str(status): count for status, count in counted.all()})
+    backlog, oldest = (
+        await session.execute(select(func.count(), func.min(RecordingJob.due_at)))
+    ).one()
+    pause = (
+        await session.execute(
+            select(Throttle.recordings_paused_until, Throttle.recordings_paused_reason).where(
+                Throttle.name == ratelimit.THROTTLE
+            )
+        )
+    ).one_or_none()
+    paused_until, reason = pause or (None, None)
+    return ArchiveStatus(
+        by_status=by_status,
+        backlog=backlog,
+        oldest_due_age_seconds=max(0.0, (now - oldest).total_seconds()) if oldest else 0.0,
+        paused_until=paused_until if paused_until and paused_until > now else None,
+        paused_reason=reason if paused_until and paused_until > now else None,
+    )
