@@ -36,14 +36,17 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     SPOOL_DIR=/var/lib/exocall/spool \
+    RECORDING_STORE=/var/lib/exocall/recordings \
     WEB_CONCURRENCY=1
 
-# A fixed uid/gid, so that volumes and orchestrators (runAsNonRoot) can name it. The spool
-# directory is made and owned here so that a new named volume mounted on it inherits the owner.
+# A fixed uid/gid, so that volumes and orchestrators (runAsNonRoot) can name it. The spool and
+# recordings directories are made and owned here so that a new named volume mounted on one
+# inherits the owner.
 RUN groupadd --system --gid 10001 exocall \
     && useradd --system --uid 10001 --gid exocall --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin exocall \
-    && install --directory --owner=exocall --group=exocall --mode=0750 /var/lib/exocall/spool
+    && install --directory --owner=exocall --group=exocall --mode=0750 \
+        /var/lib/exocall/spool /var/lib/exocall/recordings
 
 WORKDIR /app
 # Owned by root and read-only to the service: it runs as exocall and cannot change its own code.
@@ -51,8 +54,9 @@ COPY --from=build /opt/venv /opt/venv
 COPY --from=build /app /app
 
 USER 10001:10001
-# Status callbacks wait here while the database is unreachable: keep it across restarts.
-VOLUME ["/var/lib/exocall/spool"]
+# Status callbacks wait in the spool while the database is unreachable, and recordings are kept
+# in the other (unless RECORDING_STORE names a bucket): keep both across restarts.
+VOLUME ["/var/lib/exocall/spool", "/var/lib/exocall/recordings"]
 EXPOSE 8000
 
 # Alive, not ready: /readyz would mark the container unhealthy during a database outage, which

@@ -244,7 +244,7 @@ def test_dockerfile_shape() -> None:
     env = final_stage_env()
     assert env["PYTHONUNBUFFERED"] == "1"
     assert env["WEB_CONCURRENCY"].isdigit()
-    assert json.loads(last(runtime, "VOLUME").args) == [env["SPOOL_DIR"]]
+    assert json.loads(last(runtime, "VOLUME").args) == [env["SPOOL_DIR"], env["RECORDING_STORE"]]
     assert last(runtime, "USER").args.split(":")[0] not in ("root", "0")
     assert exposed_port() == 8000
     healthcheck = last(runtime, "HEALTHCHECK").args
@@ -362,6 +362,9 @@ def test_compose_stack_keeps_its_promises() -> None:
     # The spool outlives the container, at the image's SPOOL_DIR.
     spool_dir = final_stage_env()["SPOOL_DIR"]
     assert any(v.endswith(f":{spool_dir}") for v in api["volumes"])
+    # So do the recordings, in one volume every replica serves from.
+    recordings = final_stage_env()["RECORDING_STORE"]
+    assert any(v.endswith(f":{recordings}") for v in api["volumes"])
     # On SIGTERM, requests in flight get their grace, then calls sent to Exotel get
     # EXOTEL_TIMEOUT_SECONDS to be answered: Docker must not SIGKILL the replica before.
     shutdown = [
