@@ -226,3 +226,4 @@ def _no_stray_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.startswith(STRAY_ENV):
             monkeypatch.delenv(name)
     monkeypatch.setenv("SPOOL_DIR", str(tmp_path / "spool"))
+    monkeypatch.setenv("RECORDING_STORE", str(tmp_path / "recordings"))

@@ -144,6 +144,7 @@ STRAY_ENV = (
     "DISPATCH_",
     "RECONCILE_",
     "WEBHOOK_",
+    "RECORDING_",
     "EVENT_",
 )
 

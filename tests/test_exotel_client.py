@@ -4,6 +4,8 @@ what each of Exotel's answers (shared/exotel.md) becomes: a call, or an error ty
 from __future__ import annotations
 
 import base64
+import hashlib
+import io
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -20,6 +22,7 @@ from app.exotel.errors import (
     ExotelRateLimited,
     ExotelRejected,
     ExotelUnreachable,
+    RecordingCutShort,
 )
 from app.exotel.wire import IST, ExotelCall
 from tests.conftest import FAKE_ACCOUNT_SID, FAKE_API_KEY, FAKE_API_TOKEN, FAKE_CALLER_ID
@@ -860,3 +863,121 @@ async def test_next_page_refusals_are_typed(
     with pytest.raises(ExotelRateLimited) as caught:
         await exotel_client.next_page(page_uri(PageSize="2", After="YjJt"))
     assert (caught.value.status, caught.value.retry_after) == (429, 3.0)
+
+
+# --- Recordings ---------------------------------------------------------------------------------
+
+RECORDING_HOSTS = ["*.exotel.com", "s3-ap-southeast-1.amazonaws.com/exotelrecordings/"]
+
+
+def recordings_client(http: httpx.AsyncClient) -> ExotelClient:
+    return ExotelClient(
+        http,
+        base_url=BASE_URL,
+        account_sid=FAKE_ACCOUNT_SID,
+        api_key=FAKE_API_KEY,
+        api_token=FAKE_API_TOKEN,
+        timeout_seconds=TIMEOUT_SECONDS,
+        recording_hosts=RECORDING_HOSTS,
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://s3-ap-southeast-1.amazonaws.com/exotelrecordings/acme1/a.mp3", True),
+        ("https://recordings.exotel.com/acme1/a.mp3", True),
+        ("https://a.b.exotel.com/a.mp3", True),
+        (f"{BASE_URL}/recordings/a.wav", True),  # the API's own origin
+        ("http://s3-ap-southeast-1.amazonaws.com/exotelrecordings/acme1/a.mp3", False),  # no TLS
+        ("https://s3-ap-southeast-1.amazonaws.com/another-bucket/a.mp3", False),
+        ("https://s3-ap-southeast-1.amazonaws.com/exotelrecordings/../evil/a.mp3", False),
+        ("https://exotel.com.evil.example/a.mp3", False),
+        ("https://evilexotel.com/a.mp3", False),
+        ("https://user:pass@recordings.exotel.com/a.mp3", False),
+        ("javascript:alert(1)", False),
+        ("", False),
+    ],
+)
+async def test_credentials_go_only_to_the_recording_hosts(url: str, allowed: bool) -> None:
+    async with httpx.AsyncClient() as http:
+        assert recordings_client(http).recording_url_allowed(url) is allowed
+
+
+async def test_a_recording_is_streamed_to_a_file_with_the_credentials() -> None:
+    body = bytes(range(256)) * 1000
+    seen: list[httpx.Request] = []
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=body, headers={"Content-Type": "audio/mpeg"})
+
+    url = "https://recordings.exotel.com/acme1/a.mp3"
+    async with httpx.AsyncClient(transport=httpx.MockTransport(serve)) as http:
+        into = io.BytesIO()
+        fetched = await recordings_client(http).fetch_recording(url, into)
+    assert into.getvalue() == body
+    assert fetched.size == len(body)
+    assert fetched.sha256 == hashlib.sha256(body).hexdigest()
+    assert fetched.content_type == "audio/mpeg"
+    (request,) = seen
+    expected = base64.b64encode(f"{FAKE_API_KEY}:{FAKE_API_TOKEN}".encode()).decode()
+    assert request.headers["authorization"] == f"Basic {expected}"
+
+
+async def test_a_redirect_elsewhere_is_followed_without_the_credentials() -> None:
+    seen: list[httpx.Request] = []
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.host == "recordings.exotel.com":
+            return httpx.Response(302, headers={"Location": "https://storage.example/a.mp3?sig=x"})
+        return httpx.Response(200, content=b"ID3audio")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(serve)) as http:
+        into = io.BytesIO()
+        await recordings_client(http).fetch_recording(
+            "https://recordings.exotel.com/acme1/a.mp3", into
+        )
+    assert into.getvalue() == b"ID3audio"
+    assert "authorization" in seen[0].headers
+    assert "authorization" not in seen[1].headers
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (httpx.Response(404), ExotelRejected),
+        (httpx.Response(401), ExotelRejected),
+        (httpx.Response(503), ExotelRejected),
+        (httpx.Response(200, content=b"abc", headers={"Content-Length": "10"}), RecordingCutShort),
+        (httpx.ReadTimeout("timed out"), ExotelOutcomeUnknown),
+        (httpx.ConnectError("refused"), ExotelUnreachable),
+    ],
+)
+async def test_a_recording_that_is_not_served_whole_raises_by_kind(
+    answer: httpx.Response | Exception, error: type[Exception]
+) -> None:
+    def serve(request: httpx.Request) -> httpx.Response:
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(serve)) as http:
+        with pytest.raises(error) as raised:
+            await recordings_client(http).fetch_recording(
+                "https://recordings.exotel.com/a.mp3", io.BytesIO()
+            )
+    if isinstance(answer, httpx.Response) and answer.status_code != 200:
+        assert isinstance(raised.value, ExotelRejected)
+        assert raised.value.status == answer.status_code
+
+
+async def test_a_recording_url_off_the_list_is_never_asked() -> None:
+    seen: list[httpx.Request] = []
+    async with httpx.AsyncClient(transport=httpx.MockTransport(seen.append)) as http:  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="not a recording URL"):
+            await recordings_client(http).fetch_recording(
+                "https://evil.example/a.mp3", io.BytesIO()
+            )
+    assert seen == []

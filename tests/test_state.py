@@ -9,8 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.calls.state import EXOTEL_TERMINAL, TERMINAL, StatusUpdate, apply_update
-from app.db.models import Call, CallStatus, EventOutcome
+from app.calls.state import (
+    EXOTEL_TERMINAL,
+    TERMINAL,
+    RecordingUpdate,
+    StatusUpdate,
+    apply_recording,
+    apply_update,
+)
+from app.db.models import Call, CallStatus, EventOutcome, RecordingStatus
 from app.exotel.wire import IST
 
 T0 = datetime(2024, 9, 16, 15, 50, tzinfo=IST)
@@ -27,6 +34,7 @@ def snapshot(call: Call) -> tuple[object, ...]:
         call.recording_url,
         call.duration,
         call.conversation_duration,
+        call.recording_status,
     )
 
 
@@ -129,3 +137,62 @@ def test_transitions(
     call = new_call(current)
     assert apply_update(call, StatusUpdate(new)) == outcome
     assert call.status == final
+
+
+# --- the recording ------------------------------------------------------------------------
+
+RECORDING = "https://s3-ap-southeast-1.amazonaws.com/exotelrecordings/acme1/a.mp3"
+
+
+def test_a_recording_is_pending_once_the_call_has_ended_with_one() -> None:
+    call = new_call(CallStatus.IN_PROGRESS)
+    apply_update(call, StatusUpdate(CallStatus.IN_PROGRESS, recording_url=RECORDING))
+    assert call.recording_status is None  # not while the call goes on
+    apply_update(call, StatusUpdate(CallStatus.COMPLETED))
+    assert call.recording_status == RecordingStatus.PENDING
+
+    without = new_call(CallStatus.IN_PROGRESS)
+    apply_update(without, StatusUpdate(CallStatus.BUSY, recording_url=""))
+    assert without.recording_status is None
+    # A URL learnt after the end (a late callback, call details) is archived too.
+    apply_update(without, StatusUpdate(CallStatus.BUSY, recording_url=RECORDING))
+    assert without.recording_status == RecordingStatus.PENDING
+
+
+@pytest.mark.parametrize(
+    ("start", "to", "moves"),
+    [
+        (None, RecordingStatus.PENDING, True),
+        (None, RecordingStatus.ARCHIVED, False),
+        (RecordingStatus.PENDING, RecordingStatus.PENDING, True),
+        (RecordingStatus.PENDING, RecordingStatus.ARCHIVED, True),
+        (RecordingStatus.PENDING, RecordingStatus.EXPIRED, True),
+        (RecordingStatus.PENDING, RecordingStatus.FAILED, True),
+        (RecordingStatus.PENDING, RecordingStatus.DELETED, False),
+        (RecordingStatus.FAILED, RecordingStatus.PENDING, True),
+        (RecordingStatus.ARCHIVED, RecordingStatus.DELETED, True),
+        (RecordingStatus.ARCHIVED, RecordingStatus.PENDING, False),
+        (RecordingStatus.ARCHIVED, RecordingStatus.FAILED, False),
+        (RecordingStatus.EXPIRED, RecordingStatus.PENDING, False),
+        (RecordingStatus.DELETED, RecordingStatus.ARCHIVED, False),
+        (RecordingStatus.DELETED, RecordingStatus.PENDING, False),
+    ],
+)
+def test_a_recording_moves_only_where_it_may(
+    start: RecordingStatus | None, to: RecordingStatus, moves: bool
+) -> None:
+    call = new_call(CallStatus.COMPLETED)
+    call.recording_url, call.recording_status, call.recording_attempts = RECORDING, start, 0
+    outcome = apply_recording(call, RecordingUpdate(to, T0, attempted=True, sha256="ab", size=1))
+    assert (outcome == EventOutcome.APPLIED) is moves
+    assert call.recording_status == (to if moves else start)
+    assert call.recording_attempts == (1 if moves else 0)
+    assert (call.recording_archived_at == T0) is (moves and to == RecordingStatus.ARCHIVED)
+    assert (call.recording_deleted_at == T0) is (moves and to == RecordingStatus.DELETED)
+
+
+def test_a_call_without_a_recording_url_has_no_recording_to_move() -> None:
+    call = new_call(CallStatus.COMPLETED)
+    call.recording_attempts = 0
+    assert apply_recording(call, RecordingUpdate(RecordingStatus.PENDING, T0)) == EventOutcome.STALE
+    assert call.recording_status is None

@@ -1,0 +1,72 @@
+"""Recordings end to end: the simulator and `exocall serve`, each a process of its own, over HTTP.
+A completed call's recording is fetched with the Exotel credentials, kept in a directory, and
+served (whole and by range) as the simulator served it; a 500 on the way is tried again."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import AUTH, FAKE_API_KEY, FAKE_API_TOKEN
+from tests.processes import Deployment
+
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
+
+
+async def wait_for_recording(api: httpx.AsyncClient, call_id: str, status: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while True:
+        call = (await api.get(f"/calls/{call_id}")).json()
+        if (call.get("recording") or {}).get("status") == status:
+            return dict(call)
+        assert time.monotonic() < deadline, f"recording not {status}: {call}"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_recording_is_fetched_kept_and_served_as_exotel_served_it(
+    deployment: Deployment,
+) -> None:
+    deployment.env |= {"RECORDING_POLL_SECONDS": "0.2"}
+    simulator_url = deployment.start_simulator("--callback-delay", "0.2")
+    api_url = deployment.start_server()
+    async with (
+        httpx.AsyncClient(base_url=api_url, headers=AUTH, timeout=30) as api,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        # The first fetch of a recording answers 500: the archive tries it again.
+        fault = await http.post(
+            f"{simulator_url}/_simulator/recording-faults", json={"status": 500}
+        )
+        assert fault.status_code == 200
+        placed = await api.post("/calls", json={"from": "09052161110", "app_id": "926"})
+        assert placed.status_code == 201, placed.text
+        call = await wait_for_recording(api, placed.json()["id"], "archived")
+
+        # What Exotel (the simulator) serves: only with the account's credentials.
+        url = call["recording_url"]
+        assert url.startswith(f"{simulator_url}/recordings/")
+        assert (await http.get(url)).status_code == 401
+        assert (await http.get(url, auth=("someone", "else"))).status_code == 401
+        exotel = await http.get(url, auth=(FAKE_API_KEY, FAKE_API_TOKEN))
+        assert exotel.status_code == 200
+
+        served = await api.get(f"/calls/{call['id']}/recording")
+        part = await api.get(f"/calls/{call['id']}/recording", headers={"Range": "bytes=44-"})
+        log = (await http.get(f"{simulator_url}/_simulator/log")).json()
+
+    digest = hashlib.sha256(exotel.content).hexdigest()
+    assert call["recording"]["sha256"] == digest
+    assert call["recording"]["attempts"] == 2
+    assert hashlib.sha256(served.content).hexdigest() == digest
+    assert served.headers["content-type"] == "audio/wav"
+    assert part.status_code == 206
+    assert part.content == exotel.content[44:]
+    fetches = [e["status"] for e in log if e["path"].startswith("/recordings/")]
+    # The archive's two fetches (500, then 200), then this test's three.
+    assert fetches == [500, 200, 401, 401, 200]
+    assert (deployment.workdir / "recordings" / call["id"]).read_bytes() == exotel.content
