@@ -54,6 +54,8 @@ bench: $(VENV)/.installed-dev  ## benchmarks on the local PostgreSQL; they print
 	$(BIN)/python -m bench.webhooks
 	$(BIN)/python -m bench.http_clients
 	$(BIN)/python -m bench.passthru
+	$(BIN)/python -m bench.recordings
+	$(BIN)/python -m bench.recordings --store s3
 
 screenshot: $(VENV)/.installed-dev  ## docs/ui.png, by the status page's browser test (needs Chromium)
 	UI_SCREENSHOT=$(CURDIR)/docs/ui.png $(BIN)/pytest \
