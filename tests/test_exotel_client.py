@@ -31,6 +31,7 @@ from tests.exotel_double import call_json, form_of
 pytestmark = pytest.mark.anyio
 
 BASE_URL = "https://api.exotel.test"
+RECORDING_HOSTS = ["*.exotel.com", "s3-ap-southeast-1.amazonaws.com/exotelrecordings/"]
 CALLS_URL = f"{BASE_URL}/v1/Accounts/{FAKE_ACCOUNT_SID}/Calls"
 BASIC_AUTH = "Basic " + base64.b64encode(f"{FAKE_API_KEY}:{FAKE_API_TOKEN}".encode()).decode()
 TIMEOUT_SECONDS = 30.0
@@ -94,14 +95,7 @@ def server() -> FakeExotel:
 @pytest.fixture
 async def exotel_client(server: FakeExotel) -> AsyncIterator[ExotelClient]:
     async with httpx.AsyncClient(transport=httpx.MockTransport(server)) as http:
-        yield ExotelClient(
-            http,
-            base_url=BASE_URL,
-            account_sid=FAKE_ACCOUNT_SID,
-            api_key=FAKE_API_KEY,
-            api_token=FAKE_API_TOKEN,
-            timeout_seconds=TIMEOUT_SECONDS,
-        )
+        yield client_of(http)
 
 
 Operation = Callable[[ExotelClient], Awaitable[object]]
@@ -712,6 +706,7 @@ def client_of(http: httpx.AsyncClient, base_url: str = BASE_URL, **options: Any)
         api_key=FAKE_API_KEY,
         api_token=FAKE_API_TOKEN,
         timeout_seconds=TIMEOUT_SECONDS,
+        recording_hosts=RECORDING_HOSTS,
         **options,
     )
 
@@ -867,20 +862,6 @@ async def test_next_page_refusals_are_typed(
 
 # --- Recordings ---------------------------------------------------------------------------------
 
-RECORDING_HOSTS = ["*.exotel.com", "s3-ap-southeast-1.amazonaws.com/exotelrecordings/"]
-
-
-def recordings_client(http: httpx.AsyncClient) -> ExotelClient:
-    return ExotelClient(
-        http,
-        base_url=BASE_URL,
-        account_sid=FAKE_ACCOUNT_SID,
-        api_key=FAKE_API_KEY,
-        api_token=FAKE_API_TOKEN,
-        timeout_seconds=TIMEOUT_SECONDS,
-        recording_hosts=RECORDING_HOSTS,
-    )
-
 
 @pytest.mark.parametrize(
     ("url", "allowed"),
@@ -901,7 +882,7 @@ def recordings_client(http: httpx.AsyncClient) -> ExotelClient:
 )
 async def test_credentials_go_only_to_the_recording_hosts(url: str, allowed: bool) -> None:
     async with httpx.AsyncClient() as http:
-        assert recordings_client(http).recording_url_allowed(url) is allowed
+        assert client_of(http).recording_url_allowed(url) is allowed
 
 
 async def test_a_recording_is_streamed_to_a_file_with_the_credentials() -> None:
@@ -915,7 +896,7 @@ async def test_a_recording_is_streamed_to_a_file_with_the_credentials() -> None:
     url = "https://recordings.exotel.com/acme1/a.mp3"
     async with httpx.AsyncClient(transport=httpx.MockTransport(serve)) as http:
         into = io.BytesIO()
-        fetched = await recordings_client(http).fetch_recording(url, into)
+        fetched = await client_of(http).fetch_recording(url, into)
     assert into.getvalue() == body
     assert fetched.size == len(body)
     assert fetched.sha256 == hashlib.sha256(body).hexdigest()
@@ -936,9 +917,7 @@ async def test_a_redirect_elsewhere_is_followed_without_the_credentials() -> Non
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(serve)) as http:
         into = io.BytesIO()
-        await recordings_client(http).fetch_recording(
-            "https://recordings.exotel.com/acme1/a.mp3", into
-        )
+        await client_of(http).fetch_recording("https://recordings.exotel.com/acme1/a.mp3", into)
     assert into.getvalue() == b"ID3audio"
     assert "authorization" in seen[0].headers
     assert "authorization" not in seen[1].headers
@@ -965,7 +944,7 @@ async def test_a_recording_that_is_not_served_whole_raises_by_kind(
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(serve)) as http:
         with pytest.raises(error) as raised:
-            await recordings_client(http).fetch_recording(
+            await client_of(http).fetch_recording(
                 "https://recordings.exotel.com/a.mp3", io.BytesIO()
             )
     if isinstance(answer, httpx.Response) and answer.status_code != 200:
@@ -977,7 +956,5 @@ async def test_a_recording_url_off_the_list_is_never_asked() -> None:
     seen: list[httpx.Request] = []
     async with httpx.AsyncClient(transport=httpx.MockTransport(seen.append)) as http:  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="not a recording URL"):
-            await recordings_client(http).fetch_recording(
-                "https://evil.example/a.mp3", io.BytesIO()
-            )
+            await client_of(http).fetch_recording("https://evil.example/a.mp3", io.BytesIO())
     assert seen == []
