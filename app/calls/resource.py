@@ -53,12 +53,13 @@ CALL_EXAMPLE: dict[str, Any] = {
     "flow": [{"applet": "passthru", "at": "2024-09-16T10:20:41Z", "digits": "1"}],
     "recording": {
         "status": "archived",
-        "size": 1144044,
-        "content_type": "audio/mpeg",
-        "sha256": "9f2c1a4e0b6d83e57a1c2f9b04d6e8a3c5b7d9e1f3a5c7e9b1d3f5a7c9e1b3d5",
+        # As archived from the simulator's recording (a WAV): a real answer's.
+        "size": 48044,
+        "content_type": "audio/wav",
+        "sha256": "41cd1e3e44877a1d2a44163eca42f5f687dd8133c863cd7c6983e5332b7f0058",
         "attempts": 1,
         "error": None,
-        "archived_at": "2026-11-27T00:24:44.310021Z",
+        "archived_at": "2026-12-02T07:24:39.893991Z",
         "deleted_at": None,
     },
     "error": None,
