@@ -117,10 +117,10 @@ async def test_every_event_reaches_the_subscriber_once_in_order_through_failures
         seen: dict[str, Any] = {}
 
         async def all_delivered() -> bool:
-            calls = [(await apis[0].get(f"/calls/{i}")).json()["status"] for i in call_ids]
+            calls = [(await apis[0].get(f"/calls/{i}")).json() for i in call_ids]
             shown = (await apis[0].get(f"/webhook-endpoints/{endpoint['id']}")).json()
-            seen.update(calls=Counter(calls), endpoint=shown)
-            return set(calls) <= ENDED and shown["backlog"] == 0
+            seen.update(calls=Counter(map(_stage, calls)), endpoint=shown)
+            return all(map(_settled, calls)) and shown["backlog"] == 0
 
         await until(all_delivered, 90, "every call ended and every event delivered", seen)
 
@@ -205,10 +205,9 @@ async def test_a_deliverer_process_of_its_own_sends_what_the_api_replicas_leave(
             call_ids.append((await api.post("/calls", json=body)).json()["id"])
 
         async def ended() -> bool:
-            calls = [(await api.get(f"/calls/{i}")).json()["status"] for i in call_ids]
-            return set(calls) == {"completed"}
+            return all([_settled((await api.get(f"/calls/{i}")).json()) for i in call_ids])
 
-        await until(ended, 30, "every call completed")
+        await until(ended, 30, "every call ended and its recording archived")
         await asyncio.sleep(1)  # ten of the replica's polls, had it a deliverer
         assert (await subscriber.get("/received")).json() == []
         owed = (await api.get(f"/webhook-endpoints/{endpoint['id']}")).json()["backlog"]
@@ -241,6 +240,15 @@ async def test_a_deliverer_process_of_its_own_sends_what_the_api_replicas_leave(
     assert deliverer_process.popen.returncode in (0, -signal.SIGTERM), output
     assert "Application shutdown complete" in output, output
     assert "Traceback" not in output, output
+
+
+def _stage(call: dict[str, Any]) -> str:
+    return f"{call['status']}, recording {(call['recording'] or {}).get('status')}"
+
+
+def _settled(call: dict[str, Any]) -> bool:
+    """Ended, and its recording (a later call.updated when archived) no longer pending."""
+    return call["status"] in ENDED and (call["recording"] or {}).get("status") != "pending"
 
 
 async def _feed(api: httpx.AsyncClient) -> list[dict[str, Any]]:
