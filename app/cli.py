@@ -143,10 +143,18 @@ def simulator(
     recording_seconds: Annotated[
         float, typer.Option(help="How long each completed call's recording lasts (16 KB/s).")
     ] = 3.0,
+    recording_url_validity: Annotated[
+        float | None,
+        typer.Option(
+            help="Sign each RecordingUrl to last this many seconds (Exotel's "
+            "RecordingUrlValidity); 403 once expired.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve the Exotel simulator on its own port (rate limit from EXOTEL_RATE_LIMIT/WINDOW).
-    Recordings are served only with EXOTEL_API_KEY and EXOTEL_API_TOKEN as Basic credentials
-    (the simulator's own when unset)."""
+    Its API and recordings answer only to EXOTEL_API_KEY and EXOTEL_API_TOKEN as Basic
+    credentials (the simulator's own when unset)."""
     settings = _configured()
     config = SimulatorConfig(
         callback_delay=callback_delay,
@@ -159,6 +167,7 @@ def simulator(
         passthru_url=passthru
         or passthru_url(settings.public_base_url, settings.signing_secrets[0]),
         recording_seconds=recording_seconds,
+        recording_url_validity=recording_url_validity,
         credentials=settings.exotel_credentials,
     )
     uvicorn.run(

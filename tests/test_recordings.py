@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,15 @@ import httpx
 import pytest
 from sqlalchemy import func, select, update
 
+from app.calls.dispatcher import budget_of
 from app.config import Settings
 from app.db.clock import db_now
-from app.db.models import Call, RecordingJob, Throttle
+from app.db.models import Call, ExotelRequest, RecordingJob, Throttle
 from app.exotel.simulator import RecordingFault, Simulator, SimulatorConfig, recording_bytes
 from app.main import create_app, exotel_client
 from app.metrics import Metrics
 from app.recordings.archive import Archive
+from app.recordings.backfill import queue_recordings_since
 from app.recordings.retention import forget_old_recordings
 from app.recordings.store import RecordingStore
 from tests.conftest import (
@@ -53,6 +55,7 @@ pytestmark = pytest.mark.anyio
 
 SETTLE_SECONDS = 15.0  # bounds waiting; never asserted on
 CREDENTIALS = (FAKE_API_KEY, FAKE_API_TOKEN)
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture(scope="session")
@@ -138,6 +141,12 @@ class Archiving:
             if "/recordings/" in e.path and e.sid == call["sid"]
         ]
 
+    def lookups(self, call: dict[str, Any]) -> list[int]:
+        """The statuses the simulator answered the call's details with, in order."""
+        return [
+            e.status for e in self.simulator.log if e.path.endswith(f"/Calls/{call['sid']}.json")
+        ]
+
     async def make_due(self) -> None:
         """Every queued recording due now (its backoff spent), and no pause."""
         async with self.archive.sessionmaker() as session, session.begin():
@@ -163,13 +172,12 @@ class Archiving:
 async def archiving(
     settings: Settings,
     *,
-    credentials: tuple[str, str] = CREDENTIALS,
     recording_transport: httpx.AsyncBaseTransport | None = None,
     replica_id: str = "replica-a",
 ) -> AsyncIterator[Archiving]:
-    """The app, with the simulator as Exotel (serving recordings only for `credentials`), and
+    """The app, with the simulator as Exotel (answering only to the account's credentials), and
     an archive of its own; `recording_transport` replaces how the archive reaches Exotel."""
-    simulator = Simulator(SimulatorConfig(callback_delay=0, credentials=credentials))
+    simulator = Simulator(SimulatorConfig(callback_delay=0, credentials=CREDENTIALS))
     exotel = httpx.ASGITransport(app=simulator.app())
     app = create_app(settings, exotel_transport=exotel, resolver=no_dns)
     async with (
@@ -185,6 +193,7 @@ async def archiving(
             settings=settings,
             replica_id=replica_id,
             metrics=runtime.metrics,  # what /metrics counts
+            budget=budget_of(settings),
         )
         yield Archiving(api, simulator, archive, settings)
 
@@ -349,8 +358,10 @@ async def test_wrong_credentials_pause_the_archive_without_spending_attempts(
 ) -> None:
     # One fetch at a time: the first refusal holds back the next.
     settings = local_settings(db_url, tmp_path, recording_concurrency=1)
-    async with archiving(settings, credentials=("another-key", "another-token")) as env:
+    async with archiving(settings) as env:
         first, second = await env.completed_call(), await env.completed_call("+919052161111")
+        # The key is revoked at Exotel's end: its API and its recordings refuse it.
+        env.simulator.config.credentials = ("another-key", "another-token")
         await env.archive.run_due()
         calls = [await env.call(first), await env.call(second)]
         # One refusal pauses every fetch: the second recording is never asked for.
@@ -360,6 +371,7 @@ async def test_wrong_credentials_pause_the_archive_without_spending_attempts(
             assert call["recording"]["attempts"] == 0  # no attempt of its own spent
         refused = next(c for c in calls if env.fetches(c))
         assert env.fetches(refused) == [401]
+        assert env.lookups(refused) == [401]  # call details refuse them too
         assert "refused the credentials" in refused["recording"]["error"]
 
         # Paused: nothing is fetched, however often the archive runs, until the pause ends.
@@ -425,15 +437,78 @@ async def test_the_call_page_plays_it_and_the_status_page_and_metrics_count(
         assert "1 archived · 0 failed · 0 expired · 0 deleted" in status_page
 
 
-async def test_a_403_pauses_as_a_401_does(db_url: str, tmp_path: Path) -> None:
+async def test_an_expired_url_is_fetched_again_as_call_details_give_it(
+    db_url: str, tmp_path: Path
+) -> None:
+    """RecordingUrlValidity: the URL of the callback has expired by the time it is fetched
+    (a backlog, a pause). Call details sign it afresh; nothing pauses and nothing is lost."""
+    async with archiving(local_settings(db_url, tmp_path)) as env:
+        env.simulator.config.recording_url_validity = 0.2
+        call_id = await env.completed_call()
+        old_url = (await env.call(call_id))["recording_url"]
+        assert "Signature=" in old_url
+        await asyncio.sleep(0.3)  # expired
+        env.simulator.config.recording_url_validity = 60.0
+        await env.archive.run_due()
+        call = await env.call(call_id)
+        assert env.fetches(call) == [403, 200]
+        assert env.lookups(call) == [200]
+        assert call["recording"]["status"] == "archived"
+        assert call["recording"]["attempts"] == 1
+        assert call["recording"]["sha256"] == await env.exotel_sha256(call)
+        assert call["recording_url"] != old_url  # the URL that worked is kept
+        assert call["recording_url"].split("?")[0] == old_url.split("?")[0]
+        async with env.archive.sessionmaker() as session:
+            throttle = (await session.scalars(select(Throttle))).one()
+            kinds = list(await session.scalars(select(ExotelRequest.kind)))
+        assert throttle.recordings_paused_until is None
+        assert sorted(kinds) == ["connect", "lookup"]  # the look-up is drawn from the budget
+
+
+async def test_a_url_refused_while_call_details_take_the_credentials_is_tried_again(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Refused, though call details take the same credentials and give the same URL: this
+    recording's own failure, retried with backoff; the archive does not pause for it."""
     async with archiving(local_settings(db_url, tmp_path)) as env:
         call_id = await env.completed_call()
         env.simulator.recording_faults.append(RecordingFault(status=403))
         await env.archive.run_due()
         call = await env.call(call_id)
+        assert env.fetches(call) == [403]
+        assert env.lookups(call) == [200]
+        assert call["recording"]["status"] == "pending"
+        assert call["recording"]["attempts"] == 1
+        assert "which its call details took" in call["recording"]["error"]
+        async with env.archive.sessionmaker() as session:
+            throttle = (await session.scalars(select(Throttle))).one()
+        assert throttle.recordings_paused_until is None
+
+        await env.make_due()
+        await env.archive.run_due()
+        call = await env.call(call_id)
+        assert call["recording"]["status"] == "archived"
+        assert env.fetches(call) == [403, 200]
+
+
+async def test_a_refused_url_waits_for_the_budget_before_its_look_up(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The look-up after a refusal is an API request: with the account's window full, the
+    recording waits (no attempt spent) instead of asking Exotel past its limit."""
+    async with archiving(local_settings(db_url, tmp_path, exotel_rate_limit=2)) as env:
+        call_id = await env.completed_call()  # Calls/connect: one of the two
+        async with env.archive.sessionmaker() as session, session.begin():
+            now = await db_now(session)
+            session.add(ExotelRequest(at=now, kind="connect"))
+        env.simulator.recording_faults.append(RecordingFault(status=403))
+        await env.archive.run_due()
+        call = await env.call(call_id)
+        assert env.fetches(call) == [403]
+        assert env.lookups(call) == []
         assert call["recording"]["status"] == "pending"
         assert call["recording"]["attempts"] == 0
-        assert await env.archive.claim(limit=1) == []  # paused
+        assert "wait for the account's budget" in call["recording"]["error"]
 
 
 @pytest.mark.parametrize(
@@ -512,6 +587,21 @@ async def test_retries_run_out_in_failed(db_url: str, tmp_path: Path) -> None:
         events = (await env.api.get("/events", params={"call_id": call_id})).json()["items"]
         assert events[-1]["type"] == "call.updated"
         assert events[-1]["data"]["call"]["recording"]["status"] == "failed"
+
+        # A backfill queues it afresh, with as many fetches again; the count goes on.
+        assert await queue_recordings_since(env.archive.sessionmaker, since=EPOCH) == 1
+        env.simulator.recording_faults.clear()
+        env.simulator.recording_faults.append(RecordingFault(status=502, times=2))
+        for _ in range(2):
+            await env.archive.run_due()
+            await env.make_due()
+        call = await env.call(call_id)
+        assert call["recording"]["status"] == "pending"
+        assert call["recording"]["attempts"] == 5
+        await env.archive.run_due()
+        call = await env.call(call_id)
+        assert call["recording"]["status"] == "archived"
+        assert call["recording"]["attempts"] == 6
 
 
 async def test_the_credentials_never_go_to_a_host_off_the_list(db_url: str, tmp_path: Path) -> None:
@@ -640,6 +730,7 @@ async def test_two_replicas_never_fetch_one_recording_together(db_url: str, tmp_
                     settings=settings,
                     replica_id=f"replica-{n}",
                     metrics=Metrics(),
+                    budget=budget_of(settings),
                 )
                 for n in range(2)
             ]

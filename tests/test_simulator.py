@@ -648,3 +648,45 @@ async def test_a_call_not_answered_runs_no_flow(
     await receiver.first()
     await anyio.sleep(0.05)
     assert [r.method for r in receiver.requests] == ["POST"]  # busy: the callback alone
+
+
+# --- The account's credentials, and recording URLs that expire ---------------------------------
+
+
+async def test_the_api_and_recordings_answer_only_to_the_accounts_credentials(
+    exotel: httpx.AsyncClient, simulator: Simulator
+) -> None:
+    simulator.config.credentials = ("key", "token")
+    sid = await place(exotel, "09052161110")
+    await settle(simulator)
+    url = (await exotel.get(f"{CALLS}/{sid}.json")).json()["Call"]["RecordingUrl"]
+    assert (await exotel.get(url)).status_code == 200
+    for wrong in (("key", "another-token"), ("another-key", "token")):
+        assert (await exotel.get(f"{CALLS}/{sid}.json", auth=wrong)).status_code == 401
+        assert (await exotel.get(url, auth=wrong)).status_code == 401
+        form = {"From": "09052161110", "CallerId": CALLER_ID, "Url": FLOW_URL}
+        refused = await exotel.post(f"{CALLS}/connect.json", data=form, auth=wrong)
+        assert refused.status_code == 401
+
+
+async def test_a_signed_recording_url_lasts_its_validity_and_details_sign_it_afresh(
+    exotel: httpx.AsyncClient, simulator: Simulator, receiver: CallbackReceiver
+) -> None:
+    simulator.config.recording_url_validity = 0.3
+    sid = await place(
+        exotel,
+        "09052161110",
+        StatusCallback="https://exocall.test/cb",
+        StatusCallbackContentType="application/json",
+    )
+    url = json.loads((await receiver.first()).content)["RecordingUrl"]
+    assert urlsplit(url).path == f"/recordings/{ACCOUNT}/{sid}.wav"
+    assert (await exotel.get(url)).status_code == 200
+    tampered = url.replace("Signature=", "Signature=0")
+    assert (await exotel.get(tampered)).status_code == 403
+    assert (await exotel.get(url.split("?")[0])).status_code == 403  # unsigned
+    await anyio.sleep(0.4)
+    assert (await exotel.get(url)).status_code == 403  # expired
+    fresh = (await exotel.get(f"{CALLS}/{sid}.json")).json()["Call"]["RecordingUrl"]
+    assert fresh != url
+    assert (await exotel.get(fresh)).status_code == 200

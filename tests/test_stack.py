@@ -16,6 +16,7 @@ CI=true it fails instead: .ci/run installs one.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -264,6 +265,23 @@ async def test_calls_placed_through_the_proxy_end(stack: Stack) -> None:
     final = await placed_and_ended(stack, range(1, 6))
     assert all(call["recording_url"] for call in final.values())  # the callback came back
     stack.step("5 calls placed through the proxy and ended", started)
+
+    # Their recordings, fetched from the simulator with the account's credentials, are kept
+    # in the recordings volume and served through the proxy as they were fetched.
+    started = time.monotonic()
+    async with client(stack) as api:
+        deadline = time.monotonic() + SETTLE_DEADLINE_SECONDS
+        while True:
+            calls = [(await api.get(f"/calls/{call_id}")).json() for call_id in final]
+            recordings = [call["recording"] for call in calls]
+            if all(r["status"] == "archived" for r in recordings):
+                break
+            assert time.monotonic() < deadline, recordings
+            await asyncio.sleep(1)
+        served = await api.get(f"/calls/{calls[0]['id']}/recording")
+    assert served.status_code == 200
+    assert hashlib.sha256(served.content).hexdigest() == recordings[0]["sha256"]
+    stack.step("their 5 recordings archived and one served", started)
 
 
 @pytest.mark.anyio

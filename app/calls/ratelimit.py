@@ -14,11 +14,11 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.clock import db_now
-from app.db.models import ExotelRequest, Throttle
+from app.db.models import Call, CallStatus, ExotelRequest, Throttle
 from app.db.session import insert_for
 
 THROTTLE = "exotel"
@@ -141,6 +141,12 @@ async def acquire(
         owed_until = now + timedelta(seconds=wait) + budget.span
         throttle.lookup_wanted_until = owed_until if full else None
     return max(wait, 0.0)
+
+
+async def acquire_lookup(session: AsyncSession, budget: Budget) -> float:
+    """acquire() a look-up: at lower priority than placing calls while any wait to be placed."""
+    backlog = await session.scalar(select(exists().where(Call.status == CallStatus.QUEUED)))
+    return await acquire(session, budget, kind=RequestKind.LOOKUP, backlog=bool(backlog))
 
 
 async def paused_for(session: AsyncSession) -> float:

@@ -98,12 +98,7 @@ class _Round:
         window / limit seconds); else OutOfBudget, and the next round carries on."""
         while True:
             async with self.sessionmaker() as session, session.begin():
-                backlog = await session.scalar(
-                    select(exists().where(Call.status == CallStatus.QUEUED))
-                )
-                wait = await ratelimit.acquire(
-                    session, self.budget, kind=ratelimit.RequestKind.LOOKUP, backlog=bool(backlog)
-                )
+                wait = await ratelimit.acquire_lookup(session, self.budget)
             if wait <= 0:
                 break
             if time.monotonic() + wait > self.deadline:

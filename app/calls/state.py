@@ -226,7 +226,8 @@ def apply_input(call: CallState, update: InputUpdate) -> EventOutcome:
 @dataclass(frozen=True)
 class RecordingUpdate:
     """What the archive did with a call's recording (`app.recordings.archive`): the bytes'
-    facts come with the fetch that got them, `attempted` counts an attempt to archive."""
+    facts come with the fetch that got them, `attempted` counts an attempt to archive, and
+    `url` is the recording's URL as call details gave it afresh (its old one refused)."""
 
     status: RecordingStatus
     at: datetime
@@ -235,6 +236,7 @@ class RecordingUpdate:
     size: int | None = None
     content_type: str | None = None
     sha256: str | None = None
+    url: str | None = None
 
 
 # Where a recording may go from each status: `failed` may be tried again (a backfill);
@@ -263,6 +265,8 @@ def apply_recording(call: CallState, update: RecordingUpdate) -> EventOutcome:
     call.recording_status = update.status
     call.recording_attempts += update.attempted
     call.recording_error = update.error
+    if update.url:
+        call.recording_url = update.url
     if update.sha256 is not None:
         call.recording_size = update.size
         call.recording_content_type = update.content_type

@@ -201,6 +201,9 @@ class RecordingJob(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     retries: Mapped[int] = mapped_column(Integer, default=0)  # the backoff's: fetch or store
+    # Fetches since it was queued (a backfill queues a failed one afresh): at most
+    # RECORDING_MAX_ATTEMPTS of them.
+    fetches: Mapped[int] = mapped_column(Integer, default=0)
     # The fetched bytes, waiting on this path of a replica's disk for a store that was down:
     # the replica that finds them there stores them without fetching again.
     held_path: Mapped[str | None] = mapped_column(Text)

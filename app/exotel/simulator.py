@@ -40,7 +40,9 @@ A completed call's `RecordingUrl` is the simulator's own: a real WAV (a tone of
 `SimulatorConfig.recording_seconds`, streamed, never held whole), served only with the account's
 credentials (`SimulatorConfig.credentials`). `POST /_simulator/recording-faults` makes the next
 recording requests fail: `{"status": 500, "times": 2}`, or `{"cut_short": true}` (the body stops
-halfway through its `Content-Length`).
+halfway through its `Content-Length`). With `SimulatorConfig.recording_url_validity`, as with
+Exotel's `RecordingUrlValidity`, each `RecordingUrl` it renders (in a callback, in call details)
+is signed afresh to last that many seconds, and refused with 403 once it has expired.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import hmac
 import itertools
 import logging
 import math
@@ -57,7 +60,7 @@ import secrets
 import struct
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -126,8 +129,10 @@ class SimulatorConfig:
     flows: Mapping[str, Sequence[str]] = field(default_factory=dict)  # app id -> applets
     passthru_url: str | None = None  # where a flow's Passthru applets send their GET
     recording_seconds: float = 3.0  # how long each completed call's recording lasts
-    # (API key, token) a recording is served for; None serves it for any Basic credentials.
+    # (API key, token) the API and recordings answer to; None: any Basic credentials.
     credentials: tuple[str, str] | None = None
+    # Seconds each RecordingUrl lasts from when it is rendered (signed); None: unsigned.
+    recording_url_validity: float | None = None
 
 
 class RecordingFault(BaseModel):
@@ -157,7 +162,13 @@ class SimulatedCall:
     end_time: datetime | None = None
     duration: int | None = None
     conversation_duration: int | None = None
-    recording_url: str | None = None
+    recording_url: str | None = None  # unsigned
+    sign: Callable[[str], str] = field(default=lambda url: url, repr=False)
+
+    @property
+    def rendered_recording_url(self) -> str | None:
+        """The recording's URL as Exotel renders it now: signed afresh, when URLs are signed."""
+        return self.sign(self.recording_url) if self.recording_url else None
 
     def fields(self, account_sid: str, *, details: bool = False) -> dict[str, Any]:
         """The `Call` object as Exotel renders it: empty values as null; `Details` only when
@@ -179,7 +190,7 @@ class SimulatedCall:
             "Direction": "outbound-api",
             "AnsweredBy": None,
             "Uri": f"/v1/Accounts/{account_sid}/Calls/{self.sid}",
-            "RecordingUrl": self.recording_url,
+            "RecordingUrl": self.rendered_recording_url,
         }
         return (call | {"Details": self.details()}) if details else call
 
@@ -240,6 +251,7 @@ class Simulator:
     recording_faults: deque[RecordingFault] = field(default_factory=deque)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _http: httpx.AsyncClient | None = None
+    _url_key: bytes = field(default_factory=lambda: secrets.token_bytes(16))
 
     def bind(self, http: httpx.AsyncClient) -> None:
         """Give the simulator the client it POSTs callbacks with."""
@@ -294,6 +306,7 @@ class Simulator:
             custom_field=form.get("CustomField"),
             date_created=datetime.now(UTC),
             app_id=form.get("Url", "").rstrip("/").rpartition("/")[2] or None,
+            sign=self._signed,
         )
         self.calls[call.sid] = call
         self._spawn(self._run_call(call, account_sid, base_url))
@@ -440,7 +453,7 @@ class Simulator:
         payload: dict[str, Any] = {
             "CallSid": call.sid,
             "Status": "in-progress" if answered else call.status,
-            "RecordingUrl": "" if answered else (call.recording_url or ""),
+            "RecordingUrl": "" if answered else (call.rendered_recording_url or ""),
             "DateUpdated": format_exotel_time(
                 call.date_created + timedelta(seconds=1) if answered else call.end_time or _now()
             ),
@@ -578,6 +591,8 @@ class Simulator:
             status = 401
         elif call is None or call.recording_url is None:
             status = 404
+        elif not self._signature_valid(request):
+            status = 403  # as S3 answers a presigned URL that has expired
         elif fault and fault.status:
             status = fault.status
         self._log(request, status, sid=sid)
@@ -604,6 +619,29 @@ class Simulator:
         else:
             self.recording_faults[0] = fault.model_copy(update={"times": fault.times - 1})
         return fault
+
+    def _signed(self, url: str) -> str:
+        validity = self.config.recording_url_validity
+        if validity is None:
+            return url
+        expires = f"{time.time() + validity:.3f}"
+        query = {"Expires": expires, "Signature": self._signature(httpx.URL(url).path, expires)}
+        return f"{url}?{urlencode(query)}"
+
+    def _signature(self, path: str, expires: str) -> str:
+        return hmac.new(self._url_key, f"{path}\n{expires}".encode(), "sha256").hexdigest()
+
+    def _signature_valid(self, request: Request) -> bool:
+        if self.config.recording_url_validity is None:
+            return True
+        expires = request.query_params.get("Expires", "")
+        given = request.query_params.get("Signature", "")
+        try:
+            expired = float(expires) <= time.time()
+        except ValueError:
+            return False
+        signature = self._signature(request.url.path, expires)
+        return not expired and hmac.compare_digest(given, signature)
 
     def _has_credentials(self, request: Request) -> bool:
         scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
@@ -633,10 +671,10 @@ class Simulator:
         return [asdict(entry) for entry in self.log]
 
     def _gate(self, request: Request, account_sid: str, as_json: bool) -> Response | None:
-        """Basic auth (any credentials), then the account's rate limit."""
+        """Basic auth (the account's credentials, if configured), then its rate limit."""
         # Logged at its arrival, when the rate limit counts it (as Exotel counts).
         request.state.arrived = time.time()
-        if not request.headers.get("authorization", "").startswith("Basic "):
+        if not self._has_credentials(request):
             self._log(request, 401)
             return _render(_rest_exception(401, "Authentication is required"), 401, as_json)
         if self._rate_limited(account_sid):

@@ -10,16 +10,23 @@ while one is fetched or stored. What came of it goes back through the one write 
 Failures by kind (shared/exotel.md: recordings need the API credentials since October 2024;
 their URLs last 5 to 60 minutes):
 - 404 or 410: Exotel's copy is gone, `expired`, at once;
-- 401 or 403: the credentials are wrong; the whole archive pauses (no retries burnt) for
-  RECORDING_AUTH_PAUSE_SECONDS, then one recording tries again;
+- 401 or 403: the credentials are wrong, or the URL's signature has expired (RecordingUrlValidity:
+  a backlog older than that, a pause, a backfill). Call details, asked with the same credentials,
+  tell which: refused too, the credentials are wrong, and the whole archive pauses (no retries
+  burnt) for RECORDING_AUTH_PAUSE_SECONDS, then one recording tries again; answered, their
+  `RecordingUrl` (signed afresh) is fetched at once, and kept; answered with the same URL, it is
+  this recording's own refusal, tried again with backoff;
 - 429, 5xx, no connection, a timeout, a body cut short: tried again with backoff, up to
-  RECORDING_MAX_ATTEMPTS fetches, then `failed`; any other refusal is `failed` at once;
+  RECORDING_MAX_ATTEMPTS fetches since it was queued (a backfill queues a failed one afresh),
+  then `failed`; any other refusal is `failed` at once;
 - the store down: the fetched bytes wait on this replica's disk and the store is tried again
   with backoff, without fetching again, for as long as it takes.
 
 Fetching recordings is not charged to the account's 200-a-minute budget: shared/exotel.md counts
 placing calls and look-ups against it, and a recording is served from storage
-(`s3-ap-southeast-1.amazonaws.com`), not the API. RECORDING_CONCURRENCY bounds the fetches.
+(`s3-ap-southeast-1.amazonaws.com`), not the API. RECORDING_CONCURRENCY bounds the fetches. A
+look-up after a refusal is an API request: it is drawn from the budget, at the look-ups'
+priority (below placing calls).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -58,10 +65,12 @@ _LONGEST_WAIT = 600.0
 @dataclass(frozen=True)
 class Claimed:
     call_id: uuid.UUID
+    sid: str | None
     url: str
     held_path: str | None  # the bytes fetched before, if a store was down then
     fetched: FetchedRecording | None  # their facts, as recorded then
     retries: int
+    fetches: int
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,7 @@ class Archive:
     settings: Settings
     replica_id: str
     metrics: Metrics
+    budget: ratelimit.Budget
 
     @property
     def held_dir(self) -> Path:
@@ -106,6 +116,7 @@ class Archive:
             due = (
                 select(
                     job,
+                    call.sid,
                     call.recording_url,
                     call.recording_size,
                     call.recording_content_type,
@@ -121,12 +132,22 @@ class Archive:
                 .with_for_update(skip_locked=True, of=job)
             )
             claimed = []
-            for row, url, size, content_type, sha256 in (await session.execute(due)).all():
+            for row, sid, url, size, content_type, sha256 in (await session.execute(due)).all():
                 row.claimed_by, row.claimed_at = self.replica_id, now
                 fetched = None
                 if size is not None and content_type is not None and sha256 is not None:
                     fetched = FetchedRecording(size, content_type, sha256)
-                claimed.append(Claimed(row.call_id, url or "", row.held_path, fetched, row.retries))
+                claimed.append(
+                    Claimed(
+                        row.call_id,
+                        sid,
+                        url or "",
+                        row.held_path,
+                        fetched,
+                        row.retries,
+                        row.fetches,
+                    )
+                )
             return claimed
 
     async def archive(self, job: Claimed) -> None:
@@ -144,21 +165,83 @@ class Archive:
         held_here = job.held_path is not None and await asyncio.to_thread(held.is_file)
         fetched = job.fetched if held_here else None
         fetched_now = fetched is None
+        fresh_url = None
         if fetched is None:
-            try:
-                fetched = await self._fetch(job.url, held)
-            except (ExotelError, ValueError) as exc:
-                return failed_fetch(exc)
+            got = await self._fetch_job(job, held)
+            if isinstance(got, Outcome):
+                return got
+            fetched, fresh_url = got
         try:
             await self.store.put(job.call_id, held, content_type=fetched.content_type)
         except StoreUnavailable as exc:
             # The bytes stay where they are: the store is tried again, Exotel is not.
             error = f"the store is unavailable: {exc}"
             return Outcome(
-                RecordingStatus.PENDING, "store_down", error, fetched, fetched_now, held=held
+                RecordingStatus.PENDING,
+                "store_down",
+                error,
+                fetched,
+                fetched_now,
+                held=held,
+                url=fresh_url,
             )
         await asyncio.to_thread(held.unlink, missing_ok=True)
-        return Outcome(RecordingStatus.ARCHIVED, "archived", None, fetched, fetched_now)
+        return Outcome(
+            RecordingStatus.ARCHIVED, "archived", None, fetched, fetched_now, url=fresh_url
+        )
+
+    async def _fetch_job(
+        self, job: Claimed, held: Path
+    ) -> tuple[FetchedRecording, str | None] | Outcome:
+        """The recording fetched into `held`, with its URL from call details if the one we had
+        was refused; or what the failure means."""
+        try:
+            return await self._fetch(job.url, held), None
+        except (ExotelError, ValueError) as exc:
+            refused = failed_fetch(exc)
+        if not refused.pause:
+            return refused
+        return await self._fetch_afresh(job, held, refused)
+
+    async def _fetch_afresh(
+        self, job: Claimed, held: Path, refused: Outcome
+    ) -> tuple[FetchedRecording, str] | Outcome:
+        """The recording's URL was refused: the credentials are wrong, or its signature has
+        expired. Call details, asked with the same credentials, tell which, and give its URL
+        signed afresh."""
+        if job.sid is None:  # nothing to look up
+            return refused
+        async with self.sessionmaker() as session, session.begin():
+            wait = await ratelimit.acquire_lookup(session, self.budget)
+        if wait > 0:
+            error = f"{refused.error}; its call details wait for the account's budget"
+            return Outcome(RecordingStatus.PENDING, "retried", error, attempted=False)
+        try:
+            details = await self.exotel.get_call(job.sid)
+        except ExotelRejected as exc:
+            if exc.status in _REFUSED:
+                return refused  # the API refuses the credentials too
+            return _refused_alone(f"{refused.error}; its call details: {exc}")
+        except ExotelError as exc:
+            return _refused_alone(f"{refused.error}; its call details: {exc}")
+        url = details.recording_url if details else None
+        if not url:
+            error = f"{refused.error}; Exotel's call details have no recording"
+            return Outcome(RecordingStatus.EXPIRED, "expired", error)
+        if url == job.url:
+            return _refused_alone(f"{refused.error}, which its call details took")
+        log.info(
+            "recording of call %s: its URL was refused; fetching it as call details gave it",
+            job.call_id,
+            extra=about(job.call_id),
+        )
+        try:
+            return await self._fetch(url, held), url
+        except (ExotelError, ValueError) as exc:
+            again = failed_fetch(exc)
+        if again.pause:
+            again = _refused_alone(f"{again.error}, which its call details took")
+        return replace(again, url=url)
 
     async def _fetch(self, url: str, held: Path) -> FetchedRecording:
         held.parent.mkdir(parents=True, exist_ok=True)
@@ -196,10 +279,7 @@ class Archive:
             assert call is not None, "a job is deleted with its call"
             now = await store.now()
             status = outcome.status
-            if (
-                outcome.retry
-                and call.recording_attempts + 1 >= self.settings.recording_max_attempts
-            ):
+            if outcome.retry and job.fetches + 1 >= self.settings.recording_max_attempts:
                 status = RecordingStatus.FAILED  # the last fetch allowed
             fetched = outcome.fetched
             apply_recording(
@@ -212,6 +292,7 @@ class Archive:
                     size=fetched.size if fetched else None,
                     content_type=fetched.content_type if fetched else None,
                     sha256=fetched.sha256 if fetched else None,
+                    url=outcome.url,
                 ),
             )
             await store.flush()
@@ -225,6 +306,7 @@ class Archive:
                     .values(
                         due_at=pause_until or now + backoff(job.retries),
                         retries=RecordingJob.retries + 1,
+                        fetches=RecordingJob.fetches + int(outcome.attempted),
                         claimed_by=None,
                         claimed_at=None,
                         held_path=str(outcome.held) if outcome.held else None,
@@ -264,6 +346,7 @@ class Outcome:
     held: Path | None = None  # where the bytes wait for the store
     retry: bool = False  # a fetch that failed but may work later: `failed` after the last
     pause: bool = False  # the credentials were refused: every replica waits
+    url: str | None = None  # the recording's URL from call details, the old one refused
 
 
 def failed_fetch(exc: ExotelError | ValueError) -> Outcome:
@@ -280,6 +363,12 @@ def failed_fetch(exc: ExotelError | ValueError) -> Outcome:
     if status is not None and status < 500 and status != 429:
         return Outcome(RecordingStatus.FAILED, "failed", f"Exotel answered {status}")
     return Outcome(RecordingStatus.PENDING, "retried", str(exc), retry=True)
+
+
+def _refused_alone(error: str) -> Outcome:
+    """A recording refused though the API takes the credentials (or could not say): this one
+    recording's failure, tried again with backoff, and no reason to pause the rest."""
+    return Outcome(RecordingStatus.PENDING, "retried", error, retry=True)
 
 
 def backoff(retries: int) -> timedelta:

@@ -48,6 +48,7 @@ def upgrade() -> None:
         sa.Column("claimed_by", sa.String(128), nullable=True),
         sa.Column("claimed_at", _AT, nullable=True),
         sa.Column("retries", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column("fetches", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("held_path", sa.Text(), nullable=True),
         sa.ForeignKeyConstraint(
             ["call_id"], ["call.id"], name=op.f("fk_recording_job_call_id_call"), ondelete="CASCADE"
