@@ -71,7 +71,6 @@ def local_settings(db_url: str, tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "exotel_api_base_url": "http://simulator",  # the simulator reports recordings there
         "recording_store": str(tmp_path / "recordings"),
-        "recording_archive": False,  # the app's own archive does nothing: the tests run one
     }
     return make_settings(db_url, **(values | overrides))
 

@@ -59,14 +59,14 @@ CALL_EXAMPLE: dict[str, Any] = {
         "sha256": "41cd1e3e44877a1d2a44163eca42f5f687dd8133c863cd7c6983e5332b7f0058",
         "attempts": 1,
         "error": None,
-        "archived_at": "2026-12-02T07:24:39.893991Z",
+        "archived_at": "2026-11-27T00:24:48.312407Z",
         "deleted_at": None,
     },
     "error": None,
     "error_at": None,
     "created_at": "2026-11-27T00:24:41.845594Z",
     "dispatched_at": "2026-11-27T00:24:41.953990Z",
-    "updated_at": "2026-11-27T00:24:42.190204Z",
+    "updated_at": "2026-11-27T00:24:48.312407Z",  # the archive, last
     "batch_id": None,
 }
 
