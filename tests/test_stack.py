@@ -34,7 +34,7 @@ import httpx
 import pytest
 
 from tests import docker_engine
-from tests.conftest import AUTH, FAKE_ACCOUNT_SID, FAKE_API_KEY, FAKE_API_TOKEN
+from tests.conftest import AUTH, FAKE_ACCOUNT_SID
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(1800)]
 
@@ -98,9 +98,11 @@ class Stack:
     def dialled(self) -> Counter[str]:
         """How many times the simulator dialled each number, from its call details."""
         script = (
-            "import json, urllib.request, base64\n"
+            "import base64, json, os, urllib.request\n"
             f"url = 'http://127.0.0.1:8001/v1/Accounts/{FAKE_ACCOUNT_SID}/Calls.json?PageSize=100'\n"
-            f"auth = base64.b64encode(b'{FAKE_API_KEY}:{FAKE_API_TOKEN}').decode()\n"
+            # The account's credentials, as compose gives them to the simulator.
+            "key = os.environ['EXOTEL_API_KEY'] + ':' + os.environ['EXOTEL_API_TOKEN']\n"
+            "auth = base64.b64encode(key.encode()).decode()\n"
             "numbers = []\n"
             "while url:\n"
             "    headers = {'Authorization': 'Basic ' + auth}\n"
