@@ -385,6 +385,22 @@ async def test_a_campaign_interrupted_between_batches_submits_the_rest_on_resume
     assert all(row["status"] in TERMINAL for row in results), results
 
 
+async def test_events_tail_says_where_the_recording_stands_when_a_call_is_updated(
+    start_exocall: StartExocall,
+) -> None:
+    exocall = start_exocall(RECORDING_POLL_SECONDS="0.2")
+    placed = await exocall.run("call", number("0"), "--app-id", "926")
+    assert placed.returncode == 0, err(placed)
+    with anyio.fail_after(WAIT_DEADLINE_SECONDS):
+        while True:  # archived: a call.updated
+            args = ("events", "tail", "--from-start", "--no-follow", "--type", "call.updated")
+            if lines := out(await exocall.run(*args)).splitlines():
+                break
+            await anyio.sleep(0.2)
+    (line,) = lines
+    assert line.split()[4:8] == ["#3", "completed,", "recording", "archived"]
+
+
 async def test_events_tail_follows_the_feed_and_filters_it(start_exocall: StartExocall) -> None:
     exocall = start_exocall()
     # From the start: it may make its first request after the call's first event.

@@ -21,6 +21,9 @@ def line_of(event: dict[str, Any]) -> str:
     if event["type"] == "call.input":  # what the customer keyed, not a move of the status
         keyed = call.get("digits")
         where = f"keyed {keyed}" if keyed else "keyed nothing"
+    elif event["type"] == "call.updated":  # a final call learnt more: where its recording is
+        recording = call.get("recording")
+        where = f"{call['status']}, recording {recording['status'] if recording else 'none'}"
     else:
         where = f"{data['previous_status']} -> {call['status']}"
     return (
