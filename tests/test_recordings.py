@@ -153,6 +153,12 @@ class Archiving:
             await session.execute(update(RecordingJob).values(due_at=now))
             await session.execute(update(Throttle).values(recordings_paused_until=now))
 
+    async def run_rounds(self, rounds: int) -> None:
+        """Run the archive, then make what it left due at once, `rounds` times."""
+        for _ in range(rounds):
+            await self.archive.run_due()
+            await self.make_due()
+
     async def queued(self) -> int:
         async with self.archive.sessionmaker() as session:
             return int(await session.scalar(select(func.count()).select_from(RecordingJob)) or 0)
@@ -575,9 +581,7 @@ async def test_retries_run_out_in_failed(db_url: str, tmp_path: Path) -> None:
     async with archiving(settings) as env:
         call_id = await env.completed_call()
         env.simulator.recording_faults.append(RecordingFault(status=502, times=5))
-        for _ in range(5):
-            await env.archive.run_due()
-            await env.make_due()
+        await env.run_rounds(5)
         call = await env.call(call_id)
         assert call["recording"]["status"] == "failed"
         assert call["recording"]["attempts"] == 3
@@ -591,9 +595,7 @@ async def test_retries_run_out_in_failed(db_url: str, tmp_path: Path) -> None:
         assert await queue_recordings_since(env.archive.sessionmaker, since=EPOCH) == 1
         env.simulator.recording_faults.clear()
         env.simulator.recording_faults.append(RecordingFault(status=502, times=2))
-        for _ in range(2):
-            await env.archive.run_due()
-            await env.make_due()
+        await env.run_rounds(2)
         call = await env.call(call_id)
         assert call["recording"]["status"] == "pending"
         assert call["recording"]["attempts"] == 5
