@@ -153,8 +153,8 @@ def simulator(
     ] = None,
 ) -> None:
     """Serve the Exotel simulator on its own port (rate limit from EXOTEL_RATE_LIMIT/WINDOW).
-    Its API and recordings answer only to EXOTEL_API_KEY and EXOTEL_API_TOKEN as Basic
-    credentials (the simulator's own when unset)."""
+    With EXOTEL_API_KEY set, its API and recordings answer only to it and EXOTEL_API_TOKEN as
+    Basic credentials, as Exotel's do; without, to any Basic credentials."""
     settings = _configured()
     config = SimulatorConfig(
         callback_delay=callback_delay,
@@ -168,7 +168,7 @@ def simulator(
         or passthru_url(settings.public_base_url, settings.signing_secrets[0]),
         recording_seconds=recording_seconds,
         recording_url_validity=recording_url_validity,
-        credentials=settings.exotel_credentials,
+        credentials=None if settings.uses_simulator else settings.exotel_credentials,
     )
     uvicorn.run(
         Simulator(config).app(owns_http=True),

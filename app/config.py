@@ -17,7 +17,7 @@ REGION_HOSTS = {
 # Used only in development when CALLBACK_SECRETS is unset, so `make run` works out of the box.
 # Production refuses to start without real secrets.
 DEVELOPMENT_CALLBACK_SECRET = "exocall-development-callback-secret-not-for-production"  # noqa: S105
-# The credentials exocall sends, and the simulator answers to, when no Exotel key is configured.
+# The credentials exocall sends, and its built-in simulator answers to, when no Exotel key is set.
 SIMULATOR_ACCOUNT_SID = "simulated"
 SIMULATOR_API_KEY = "simulator-key"
 SIMULATOR_API_TOKEN = "simulator-token"  # noqa: S105

@@ -70,3 +70,28 @@ async def test_a_recording_is_fetched_kept_and_served_as_exotel_served_it(
     # The archive's two fetches (500, then 200), then this test's three.
     assert fetches == [500, 200, 401, 401, 200]
     assert (deployment.workdir / "recordings" / call["id"]).read_bytes() == exotel.content
+
+
+async def test_a_simulator_started_without_a_key_answers_any_credentials(
+    deployment: Deployment,
+) -> None:
+    """`exocall simulator` on its own, and exocall with any fake key (README): calls are placed
+    and recordings archived through it."""
+    deployment.env |= {"RECORDING_POLL_SECONDS": "0.2"}
+    key = {name: deployment.env.pop(name) for name in ("EXOTEL_API_KEY", "EXOTEL_API_TOKEN")}
+    simulator_url = deployment.start_simulator("--callback-delay", "0.2")
+    deployment.env |= key
+    api_url = deployment.start_server()
+    async with (
+        httpx.AsyncClient(base_url=api_url, headers=AUTH, timeout=30) as api,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        placed = await api.post("/calls", json={"from": "09052161110", "app_id": "926"})
+        assert placed.status_code == 201, placed.text
+        call = await wait_for_recording(api, placed.json()["id"], "archived")
+        anyone = await http.get(call["recording_url"], auth=("anyone", "at-all"))
+        nobody = await http.get(call["recording_url"])  # Basic auth it still needs
+    assert call["recording_url"].startswith(simulator_url)
+    assert anyone.status_code == 200
+    assert hashlib.sha256(anyone.content).hexdigest() == call["recording"]["sha256"]
+    assert nobody.status_code == 401
