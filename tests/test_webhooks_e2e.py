@@ -90,22 +90,34 @@ async def test_every_event_reaches_the_subscriber_once_in_order_through_failures
         # Back, but slow: deliveries are in flight for a second each.
         await subscriber.post("/answer", json={"status": 200, "delay": 1})
 
-        # SIGKILL a replica while it holds a delivery in flight.
+        # SIGKILL a replica while it holds a delivery whose answer is unrecorded: frozen first
+        # (SIGSTOP), it is killed only if it still holds one then, else let go and caught again.
         processes = deployment.processes[-replicas:]
-        victims: list[int] = []
+        pids = [process.popen.pid for process in processes]
+        caught: list[int] = []
         async with engine.connect() as db:
 
-            async def one_is_sending() -> bool:
+            async def sending() -> list[int]:
                 claims = await db.scalars(
                     text("SELECT claimed_by FROM delivery WHERE state = 'sending'")
                 )
-                # A replica's id is host:pid:random.
-                victims[:] = [int(claim.split(":")[-2]) for claim in claims]
                 await db.commit()
-                return bool(victims)
+                # A replica's id is host:pid:random.
+                return [int(claim.split(":")[-2]) for claim in claims]
 
-            await until(one_is_sending, 30, "a replica is delivering")
-        index = [process.popen.pid for process in processes].index(victims[0])
+            async def one_is_caught_sending() -> bool:
+                if not (holders := await sending()):
+                    return False
+                victim = processes[pids.index(holders[0])].popen
+                victim.send_signal(signal.SIGSTOP)
+                if victim.pid in await sending():
+                    caught.append(pids.index(victim.pid))
+                    return True
+                victim.send_signal(signal.SIGCONT)
+                return False
+
+            await until(one_is_caught_sending, 30, "a replica frozen while delivering")
+        index = caught[0]
         processes[index].popen.send_signal(signal.SIGKILL)
         processes[index].popen.wait()
         await apis.pop(index).aclose()
