@@ -157,7 +157,6 @@ def create_app(
                 settings=settings,
                 replica_id=dispatcher.replica_id,
                 metrics=metrics,
-                budget=budget_of(settings),
             )
             jobs = [reconciler, replayer, retention]
             if settings.recording_archive:

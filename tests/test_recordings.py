@@ -27,7 +27,6 @@ import httpx
 import pytest
 from sqlalchemy import func, select, update
 
-from app.calls.dispatcher import budget_of
 from app.config import Settings
 from app.db.clock import db_now
 from app.db.models import Call, ExotelRequest, RecordingJob, Throttle
@@ -198,7 +197,6 @@ async def archiving(
             settings=settings,
             replica_id=replica_id,
             metrics=runtime.metrics,  # what /metrics counts
-            budget=budget_of(settings),
         )
         yield Archiving(api, simulator, archive, settings)
 
@@ -731,7 +729,6 @@ async def test_two_replicas_never_fetch_one_recording_together(db_url: str, tmp_
                     settings=settings,
                     replica_id=f"replica-{n}",
                     metrics=Metrics(),
-                    budget=budget_of(settings),
                 )
                 for n in range(2)
             ]

@@ -42,6 +42,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls import ratelimit
+from app.calls.dispatcher import budget_of
 from app.calls.state import RecordingUpdate, apply_recording
 from app.calls.store import CallStore
 from app.config import Settings
@@ -83,7 +84,11 @@ class Archive:
     settings: Settings
     replica_id: str
     metrics: Metrics
-    budget: ratelimit.Budget
+
+    @property
+    def budget(self) -> ratelimit.Budget:
+        """The account's request budget, which a look-up after a refusal draws on."""
+        return budget_of(self.settings)
 
     @property
     def held_dir(self) -> Path:
