@@ -29,14 +29,14 @@ lock: $(VENV)/.installed-dev
 	$(BIN)/pip-compile --quiet --upgrade --generate-hashes --strip-extras --allow-unsafe --all-build-deps \
 		--no-emit-index-url --no-emit-find-links --output-file requirements.txt pyproject.toml
 
-run: $(VENV)/.installed  ## serve on SQLite with the built-in Exotel simulator
+run: $(VENV)/.installed  ## serve on the embedded PostgreSQL with the built-in Exotel simulator
 	$(BIN)/exocall migrate
 	$(BIN)/exocall serve --host $(HOST) --port $(PORT)
 
 migrate: $(VENV)/.installed
 	$(BIN)/exocall migrate
 
-test: $(VENV)/.installed-dev  ## the whole suite on SQLite, and on PostgreSQL when TEST_DATABASE_URL is set
+test: $(VENV)/.installed-dev  ## the whole suite, on an embedded PostgreSQL (or TEST_DATABASE_URL's)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
@@ -46,7 +46,7 @@ lint: $(VENV)/.installed-dev
 
 check: lint test  ## everything CI runs
 
-bench: $(VENV)/.installed-dev  ## benchmarks on the local PostgreSQL; they print figures, never pass or fail
+bench: $(VENV)/.installed-dev  ## benchmarks on an embedded PostgreSQL (or BENCH_DATABASE_SERVER); figures, never pass or fail
 	$(BIN)/python -m bench.callback_ingest
 	$(BIN)/python -m bench.callback_cost
 	$(BIN)/python -m bench.dispatch_rate
@@ -59,11 +59,11 @@ bench: $(VENV)/.installed-dev  ## benchmarks on the local PostgreSQL; they print
 
 screenshot: $(VENV)/.installed-dev  ## docs/ui.png, by the status page's browser test (needs Chromium)
 	UI_SCREENSHOT=$(CURDIR)/docs/ui.png $(BIN)/pytest \
-		'tests/test_ui.py::test_in_chromium_a_person_sees_the_calls_and_a_calls_timeline[sqlite]'
+		'tests/test_ui.py::test_in_chromium_a_person_sees_the_calls_and_a_calls_timeline'
 
 fmt: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache exocall.db*
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache  # never ./pgdata: the calls are there

@@ -7,6 +7,8 @@ import logging.config
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,6 +29,7 @@ from app.client.events import tail_events
 from app.client.outcome import plain_console, reporting_failures
 from app.config import Settings
 from app.db import migrate as migrations
+from app.db.embedded import DATA_DIR, embedded_server
 from app.db.session import create_engine, create_sessionmaker
 from app.exotel.simulator import Simulator, SimulatorConfig
 from app.logs import logging_config
@@ -51,6 +54,18 @@ def load_settings() -> Settings:
         raise typer.Exit(2) from None
 
 
+@contextmanager
+def _database(settings: Settings) -> Iterator[Settings]:
+    """`settings` with a database: DATABASE_URL's server, or else the embedded one, started
+    here unless another command already runs it (and then stopped here)."""
+    if settings.database_url is not None:
+        yield settings
+        return
+    with embedded_server(DATA_DIR) as url:
+        os.environ["DATABASE_URL"] = url  # uvicorn's workers read the configuration afresh
+        yield settings.model_copy(update={"database_url": url})
+
+
 @cli.command()
 def serve(
     host: Host = "127.0.0.1",
@@ -63,15 +78,16 @@ def serve(
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker counts into files here; /metrics adds them up (app/metrics.py).
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="exocall-metrics-")
-    _run_app(
-        "app.main:create_app",
-        settings,
-        host=host,
-        port=port,
-        workers=workers,
-        access_log=access_log,
-        proxy_headers=False,  # the app itself trusts TRUSTED_PROXIES, and only those
-    )
+    with _database(settings) as settings:
+        _run_app(
+            "app.main:create_app",
+            settings,
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=access_log,
+            proxy_headers=False,  # the app itself trusts TRUSTED_PROXIES, and only those
+        )
 
 
 @cli.command()
@@ -81,9 +97,8 @@ def deliver(
 ) -> None:
     """Deliver webhooks, and nothing else: beside `exocall serve` replicas run with
     WEBHOOK_DELIVERY_IN_SERVE=false."""
-    _run_app(
-        "app.main:create_deliverer_app", load_settings(), host=host, port=port, access_log=False
-    )
+    with _database(load_settings()) as settings:
+        _run_app("app.main:create_deliverer_app", settings, host=host, port=port, access_log=False)
 
 
 def _run_app(factory: str, settings: Settings, *, host: str, port: int, **options: Any) -> None:
@@ -115,8 +130,9 @@ def _configured() -> Settings:
 @cli.command()
 def migrate() -> None:
     """Bring the database schema to the newest migration."""
-    settings = _configured()
-    migrations.upgrade(settings.database_url, pgbouncer=settings.database_pgbouncer)
+    with _database(_configured()) as settings:
+        assert settings.database_url is not None
+        migrations.upgrade(settings.database_url, pgbouncer=settings.database_pgbouncer)
 
 
 @cli.command()
@@ -181,7 +197,8 @@ def simulator(
 @cli.command()
 def reconcile() -> None:
     """Run one round of reconciliation now (the service runs one every interval)."""
-    typer.echo(asyncio.run(_reconcile_once(_configured())))
+    with _database(_configured()) as settings:
+        typer.echo(asyncio.run(_reconcile_once(settings)))
 
 
 async def _reconcile_once(settings: Settings) -> Repairs:
@@ -369,9 +386,9 @@ def backfill(
     """Queue the recordings of ended calls created since SINCE that have a recording URL and
     none archived, pending or expired (failed ones are tried again). The running service
     fetches them; a URL that has expired ends `expired`."""
-    settings = _configured()
     since = since.replace(tzinfo=UTC)
-    queued = asyncio.run(_backfill(settings, since))
+    with _database(_configured()) as settings:
+        queued = asyncio.run(_backfill(settings, since))
     typer.echo(
         f"queued {queued} recordings for the archive (calls since {since:%Y-%m-%d %H:%M} UTC)"
     )

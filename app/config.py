@@ -34,7 +34,8 @@ def _split_csv(value: object) -> object:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
-    database_url: str = "sqlite+aiosqlite:///./exocall.db"
+    # Unset: the embedded server, its data in ./pgdata (app/db/embedded.py).
+    database_url: str | None = None
     # PostgreSQL is reached through PgBouncer in transaction pooling (app/db/session.py).
     database_pgbouncer: bool = False
 

@@ -3,23 +3,48 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import functools
+import os
+import shutil
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 from app.db import migrate
+from app.db.embedded import embedded_server
 from app.db.session import create_engine
+from tests.processes import free_ports
 
-SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"
 DATABASE = "exocall_bench"
 
 
+@functools.cache
+def server() -> str:
+    """The PostgreSQL server the benchmarks run on: BENCH_DATABASE_SERVER's
+    (`postgresql+asyncpg://postgres@127.0.0.1:5432`), or an embedded one on a loopback port,
+    with production's settings, stopped when the benchmark ends."""
+    if named := os.environ.get("BENCH_DATABASE_SERVER"):
+        return named
+    directory = Path(tempfile.mkdtemp(prefix="exocall-bench-"))
+    directory.chmod(0o755)  # under root the server runs as another user
+    stack = ExitStack()
+    atexit.register(stack.close)
+    stack.callback(shutil.rmtree, directory, ignore_errors=True)
+    (port,) = free_ports(1)
+    url = stack.enter_context(embedded_server(directory / "pgdata", port=port))
+    return make_url(url).set(database=None).render_as_string(hide_password=False)
+
+
 async def fresh_database() -> str:
-    """An empty `exocall_bench` database on the local PostgreSQL, migrated; its URL."""
-    admin = create_engine(f"{SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    """An empty `exocall_bench` database on the benchmarks' server, migrated; its URL."""
+    admin = create_engine(f"{server()}/postgres", isolation_level="AUTOCOMMIT")
     async with admin.connect() as connection:
         await connection.execute(text(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))
         await connection.execute(text(f"CREATE DATABASE {DATABASE}"))
     await admin.dispose()
-    url = f"{SERVER}/{DATABASE}"
+    url = f"{server()}/{DATABASE}"
     await asyncio.to_thread(migrate.upgrade, url)
     return url

@@ -1,7 +1,7 @@
 """Memory while recordings are archived and served: it must stay flat, whatever their size.
 
 `exocall simulator` serves each completed call's recording (a WAV of `--recording-seconds`,
-16 000 bytes a second, streamed); `exocall serve` (SQLite, one worker) archives it into a
+16 000 bytes a second, streamed); `exocall serve` (one worker) archives it into a
 directory, or into moto's S3 API with `--store s3`, then serves it back. The serve process's
 resident memory is sampled every 10 ms: before the call, while its recording is fetched and
 stored, and while it is downloaded whole from `GET /calls/{id}/recording` (against what it
@@ -14,6 +14,7 @@ held just before). A fresh `exocall serve` per size, so that no run inherits ano
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import platform
 import subprocess
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from bench import fresh_database
 from bench.callback_ingest import serve, server_env
 from tests.processes import EXOCALL, free_ports
 from tests.s3_server import FAKE_S3_KEY_ID, FAKE_S3_SECRET, new_bucket, start_moto
@@ -142,7 +144,7 @@ def main() -> None:
                 sim_port, api_port = free_ports(2)
                 seconds = mib * 1024 * 1024 / BYTES_PER_SECOND
                 env = server_env(
-                    f"sqlite+aiosqlite:///{work}/exocall-{index}.db",
+                    asyncio.run(fresh_database()),
                     work,
                     API_KEYS=API_KEY,
                     EXOTEL_API_BASE_URL=f"http://127.0.0.1:{sim_port}",

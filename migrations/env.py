@@ -1,4 +1,4 @@
-"""Alembic environment: runs migrations on the app's own async engine (SQLite or PostgreSQL)."""
+"""Alembic environment: runs migrations on the app's own async engine."""
 
 from __future__ import annotations
 
@@ -31,7 +31,6 @@ def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
-        render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters tables by copying
         compare_type=True,
     )
     with context.begin_transaction():

@@ -1,14 +1,17 @@
-"""Test fixtures: real databases built by the real migrations, the app, and an Exotel double.
+"""Test fixtures: a real database built by the real migrations, the app, and an Exotel double.
 
-Every database test runs on SQLite, and again on PostgreSQL when TEST_DATABASE_URL points at one
-(CI always sets it). Each test starts from empty tables.
+The database is PostgreSQL: an embedded server started for the test session (in a temporary
+directory, on a loopback port), unless TEST_DATABASE_URL names one, whose database is then
+emptied and migrated. Each test starts from empty tables.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -18,21 +21,23 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.calls.callback_auth import status_callback_url
 from app.config import Settings
 from app.db import migrate
 from app.db.base import Base
+from app.db.embedded import embedded_server
 from app.db.session import create_engine, create_sessionmaker
 from app.main import create_app
 from tests.exotel_double import ExotelDouble
 from tests.pg_proxy import PgProxy
-from tests.processes import STRAY_ENV, Deployment
+from tests.processes import STRAY_ENV, Deployment, free_ports
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
-BACKENDS = ["sqlite", "postgresql"] if TEST_DATABASE_URL else ["sqlite"]
+# A throwaway server need not survive a crash of the machine.
+_THROWAWAY = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 # Obviously fake credentials: nothing in the tests is real.
 FAKE_ACCOUNT_SID = "fake-account"
@@ -42,21 +47,6 @@ FAKE_CALLBACK_SECRET = "fake-callback-secret"
 FAKE_CALLER_ID = "08030752400"
 FAKE_INTERNAL_API_KEY = "fake-internal-api-key"
 AUTH = {"Authorization": f"Bearer {FAKE_INTERNAL_API_KEY}"}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `postgresql_only` run on PostgreSQL alone (several processes on one
-    database), rather than being reported as skipped on SQLite."""
-    sqlite_only = [
-        item
-        for item in items
-        if item.get_closest_marker("postgresql_only")
-        and getattr(item, "callspec", None) is not None
-        and item.callspec.params.get("database_url") == "sqlite"
-    ]
-    if sqlite_only:
-        config.hook.pytest_deselected(items=sqlite_only)
-        items[:] = [item for item in items if item not in sqlite_only]
 
 
 @pytest.fixture(scope="session")
@@ -75,18 +65,25 @@ def _reset_postgres(url: str) -> None:
     asyncio.run(reset())
 
 
-@pytest.fixture(scope="session", params=BACKENDS)
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """An empty database of one backend, brought to the newest schema by the migrations."""
-    if request.param == "sqlite":
-        path = tmp_path_factory.mktemp("db") / "exocall.db"
-        url = f"sqlite+aiosqlite:///{path}"
-    else:
-        assert TEST_DATABASE_URL is not None
-        url = TEST_DATABASE_URL
-        _reset_postgres(url)
-    migrate.upgrade(url)
-    return url
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """An empty database, brought to the newest schema by the migrations."""
+    if TEST_DATABASE_URL:
+        _reset_postgres(TEST_DATABASE_URL)
+        migrate.upgrade(TEST_DATABASE_URL)
+        yield TEST_DATABASE_URL
+        return
+    # Not under pytest's own temporary directory, which only its owner may enter: under root
+    # the server runs as another user.
+    directory = Path(tempfile.mkdtemp(prefix="exocall-test-"))
+    directory.chmod(0o755)
+    try:
+        (port,) = free_ports(1)
+        with embedded_server(directory / "pgdata", port=port, options=_THROWAWAY) as url:
+            migrate.upgrade(url)
+            yield url
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 async def empty_database(url: str) -> None:
@@ -104,6 +101,9 @@ async def db_url(database_url: str) -> AsyncIterator[str]:
     yield database_url
     await empty_database(database_url)
 
+
+# For an app whose schema is read and whose database is never reached.
+UNUSED_DATABASE = "postgresql+asyncpg://postgres@127.0.0.1:9/unused"
 
 # What every process of an end-to-end test is configured with.
 FAKE_ENV = {
@@ -129,10 +129,11 @@ def deployment(db_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> I
 
 
 @pytest.fixture
-def proxy() -> Iterator[PgProxy]:
+def proxy(database_url: str) -> Iterator[PgProxy]:
     """A way to the test database that can be cut (tests/pg_proxy.py). Request it before
     `deployment`, so that the processes are stopped before the proxy is."""
-    with PgProxy() as proxy:
+    upstream = make_url(database_url)
+    with PgProxy(upstream.port or 5432, upstream.host or "127.0.0.1") as proxy:
         yield proxy
     assert not proxy.alive
 

@@ -26,7 +26,7 @@ from tests.conftest import make_settings, place_body, serving
 from tests.exotel_double import ExotelDouble, accepted
 from tests.pg_proxy import PgProxy
 
-pytestmark = [pytest.mark.postgresql_only, pytest.mark.anyio]
+pytestmark = [pytest.mark.anyio]
 
 SOME_ID = uuid.UUID("5a1e0000-0000-4000-8000-000000000001")
 

@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app.main import create_app
-from tests.conftest import make_settings, no_dns
+from tests.conftest import UNUSED_DATABASE, make_settings, no_dns
 from tests.exotel_double import ExotelDouble
 
 FUZZ_API_KEY = "fake-api-key-for-fuzz"
@@ -40,7 +40,7 @@ CHECKS = [
 # The schema as the app serves it at /openapi.json. Taken from a bare app rather than with
 # `schemathesis.openapi.from_asgi`, which would start the app's lifespan (engine, workers) at
 # import and keep it running until the interpreter exits, in schemathesis's own event loop.
-schema = schemathesis.openapi.from_dict(create_app(make_settings("sqlite+aiosqlite://")).openapi())
+schema = schemathesis.openapi.from_dict(create_app(make_settings(UNUSED_DATABASE)).openapi())
 
 
 @asynccontextmanager

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from app.main import create_app
-from tests.conftest import make_settings
+from tests.conftest import UNUSED_DATABASE, make_settings
 
 Operation = tuple[str, str, dict[str, Any]]
 
@@ -17,7 +17,7 @@ Operation = tuple[str, str, dict[str, Any]]
 @pytest.fixture(scope="module")
 def openapi() -> dict[str, Any]:
     # Building the schema connects to nothing: no database needed.
-    return create_app(make_settings("sqlite+aiosqlite:///:memory:")).openapi()
+    return create_app(make_settings(UNUSED_DATABASE)).openapi()
 
 
 def operations(spec: dict[str, Any]) -> list[Operation]:

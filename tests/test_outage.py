@@ -28,7 +28,7 @@ from tests.conftest import AUTH, callback_path, place_body
 from tests.pg_proxy import PgProxy
 from tests.processes import Deployment
 
-pytestmark = [pytest.mark.e2e, pytest.mark.postgresql_only, pytest.mark.anyio]
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 CALLS = 30
 

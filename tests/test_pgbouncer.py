@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 from tests.conftest import AUTH, place_body
 from tests.processes import Deployment, free_ports
 
-pytestmark = [pytest.mark.e2e, pytest.mark.postgresql_only, pytest.mark.anyio]
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 SERVER_CONNECTIONS = 2  # far fewer than the replicas' pools: every transaction changes hands

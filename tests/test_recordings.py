@@ -714,7 +714,6 @@ class SlowTransport(httpx.AsyncBaseTransport):
             self.in_flight[path] -= 1
 
 
-@pytest.mark.postgresql_only
 async def test_two_replicas_never_fetch_one_recording_together(db_url: str, tmp_path: Path) -> None:
     settings = local_settings(db_url, tmp_path, recording_concurrency=2)
     async with archiving(settings) as env:

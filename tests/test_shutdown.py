@@ -20,7 +20,7 @@ from app.db.models import Call
 from tests.conftest import AUTH
 from tests.processes import Deployment
 
-pytestmark = [pytest.mark.e2e, pytest.mark.postgresql_only, pytest.mark.anyio]
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 CALLS = 60
 WAITING = 4  # requests that wait for their call to be sent (POST /calls without wait=false)

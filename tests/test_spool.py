@@ -34,8 +34,6 @@ pytestmark = pytest.mark.anyio
 
 def unreachable(db_url: str, tmp_path: Path) -> str:
     """A URL of the same kind as `db_url` whose database cannot be reached."""
-    if db_url.startswith("sqlite"):
-        return f"sqlite+aiosqlite:///{tmp_path}/no-such-directory/exocall.db"
     (port,) = free_ports(1)  # nothing listens there
     return f"postgresql+asyncpg://postgres@127.0.0.1:{port}/test"
 

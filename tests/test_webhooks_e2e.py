@@ -43,7 +43,7 @@ async def until(check: Any, within: float, what: str, seen: Any = None) -> None:
 async def test_every_event_reaches_the_subscriber_once_in_order_through_failures_and_kills(
     deployment: Deployment, db_url: str
 ) -> None:
-    replicas = 3 if db_url.startswith("postgresql") else 1
+    replicas = 3
     deployment.env |= {
         "WEBHOOK_RETRY_SCHEDULE": ",".join(["0.5"] * 20),
         "WEBHOOK_POLL_SECONDS": "0.1",
@@ -196,7 +196,6 @@ async def test_every_event_reaches_the_subscriber_once_in_order_through_failures
     assert any(a["error"] and a["error"].startswith("interrupted") for a in attempts)
 
 
-@pytest.mark.postgresql_only
 async def test_a_deliverer_process_of_its_own_sends_what_the_api_replicas_leave(
     deployment: Deployment,
 ) -> None:

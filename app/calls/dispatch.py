@@ -230,8 +230,7 @@ async def claim_next(
     """Claim the oldest ready call for this replica if the account's budget allows.
 
     Returns the claimed call's id; or the seconds to wait for the budget; or None when no call
-    is ready. Claims with SKIP LOCKED on PostgreSQL; SQLite's BEGIN IMMEDIATE lets one writer
-    in at a time, so there one process dispatches at a time.
+    is ready. Claims with SKIP LOCKED, so replicas never wait on each other's claims.
     """
     ready = (
         select(Call)

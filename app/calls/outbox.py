@@ -18,16 +18,14 @@ import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import (
     BigInteger,
-    ColumnElement,
     Text,
     and_,
     bindparam,
     cast,
-    exists,
     func,
     insert,
     literal,
@@ -115,7 +113,7 @@ async def write_events(
     db: AsyncConnection, news: Sequence[tuple[Change, str, int]], *, now: datetime
 ) -> None:
     """Insert the events (after the calls' own update) and what each endpoint is owed."""
-    statements = _statements(db.dialect.name)
+    statements = _statements()
     ids = [change.after.id for change, _, _ in news]
     calls = {row.id: row for row in await db.execute(statements.calls, {"ids": ids})}
     events = []
@@ -149,28 +147,19 @@ async def write_events(
 
 
 class _Statements:
-    def __init__(self, dialect: str) -> None:
+    def __init__(self) -> None:
         calls, events = table_of(Call), table_of(Event)
-        txid: Any = None  # SQLite commits one transaction at a time: the id is the order
-        if dialect == "postgresql":
-            # The feed's watermark compares these with the oldest transaction in flight.
-            txid = cast(cast(func.pg_current_xact_id(), Text), BigInteger)
-        self.calls = select(calls).where(one_of(calls.c.id, "ids", dialect=dialect))
+        # The feed's watermark compares these with the oldest transaction in flight.
+        txid = cast(cast(func.pg_current_xact_id(), Text), BigInteger)
+        self.calls = select(calls).where(one_of(calls.c.id, "ids"))
         self.insert_events = (
             insert(events).values(txid=txid).returning(events.c.public_id, events.c.id)
         )
         endpoints, deliveries = table_of(WebhookEndpoint), table_of(Delivery)
         event, endpoint = events.c, endpoints.c
-        takes: ColumnElement[bool]  # the endpoint takes the event's type: `null` takes all
-        if dialect == "postgresql":
-            types = cast(endpoint.event_types, JSONB)
-            takes = or_(types == cast(literal("null"), JSONB), types.has_key(event.type))
-        else:
-            listed = func.json_each(endpoint.event_types).table_valued("value")
-            takes = or_(
-                func.json_type(endpoint.event_types) == "null",
-                exists().select_from(listed).where(listed.c.value == event.type),
-            )
+        # The endpoint takes the event's type: `null` takes all.
+        types = cast(endpoint.event_types, JSONB)
+        takes = or_(types == cast(literal("null"), JSONB), types.has_key(event.type))
         now = bindparam("now", type_=UTCDateTime)
         owed = select(
             event.id,
@@ -195,10 +184,10 @@ class _Statements:
                 "trigger",
                 "created_at",
             ],
-            owed.where(one_of(event.id, "ids", dialect=dialect)),
+            owed.where(one_of(event.id, "ids")),
         )
 
 
 @functools.cache
-def _statements(dialect: str) -> _Statements:
-    return _Statements(dialect)
+def _statements() -> _Statements:
+    return _Statements()

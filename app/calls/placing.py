@@ -15,13 +15,13 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import or_, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.calls.errors import IdempotencyConflict, InvalidField
 from app.config import Settings
 from app.db.clock import db_now
 from app.db.models import Batch, Call, CallStatus
-from app.db.session import insert_for
 from app.logs import about, mask
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,7 @@ async def queue_calls(
         if key is not None:
             seen[key] = (print_, row["id"])
 
-    statement = insert_for(session)(Call).on_conflict_do_nothing(
-        index_elements=[Call.idempotency_key]
-    )
+    statement = insert(Call).on_conflict_do_nothing(index_elements=[Call.idempotency_key])
     inserted = set(await session.scalars(statement.returning(Call.id), rows)) if rows else set()
     # Keys that were already taken: the stored call stands in for the new one.
     taken = {row["idempotency_key"]: row["id"] for row in rows if row["id"] not in inserted}

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, exists, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.clock import db_now
 from app.db.models import Call, CallStatus, ExotelRequest, Throttle
-from app.db.session import insert_for
 
 THROTTLE = "exotel"
 
@@ -52,9 +52,7 @@ async def lock(session: AsyncSession) -> datetime:
     """Take the account's lock for this transaction; the database's time once it is held."""
     locked = select(Throttle.name).where(Throttle.name == THROTTLE).with_for_update()
     if await session.scalar(locked) is None:  # the migrations make it; an emptied table not
-        await session.execute(
-            insert_for(session)(Throttle).values(name=THROTTLE).on_conflict_do_nothing()
-        )
+        await session.execute(insert(Throttle).values(name=THROTTLE).on_conflict_do_nothing())
         await session.execute(locked)
     return await db_now(session)
 

@@ -26,17 +26,16 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, delete, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import bindparam, delete, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as upsert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.calls import outbox
 from app.calls.callbacks import Ignored, ReceivedCallback, Unreadable
 from app.calls.state import CallState, InputUpdate, apply_input, apply_update
-from app.db import statements
 from app.db.clock import db_now
 from app.db.models import Call, CallEvent, EventOutcome, RecordingJob, RecordingStatus, RequestKind
-from app.db.statements import table_of
+from app.db.statements import one_of, table_of
 from app.logs import about
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ class Change:
 class CallStore:
     def __init__(self, connection: AsyncConnection) -> None:
         self._db = connection
-        self._statements = _statements(connection.dialect.name)
+        self._statements = _statements()
         self._calls: dict[uuid.UUID, CallState] = {}
         # Read with the calls, never changed: each one's app id, and its own `custom_field`.
         self._fixed: dict[uuid.UUID, tuple[str | None, str | None]] = {}
@@ -337,14 +336,9 @@ class _Statements:
 
 
 @functools.cache
-def _statements(dialect: str) -> _Statements:
+def _statements() -> _Statements:
     """Built once: building a statement costs more than running it for a few rows."""
-
-    def one_of(column: ColumnElement[Any], name: str) -> ColumnElement[bool]:
-        return statements.one_of(column, name, dialect=dialect)
-
     calls, events = _CALLS.c, _EVENTS.c
-    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     event_columns = [c for c in events if c.name not in ("id",)]
     return _Statements(
         lock=select(*(calls[name] for name in STATE_COLUMNS), calls.app_id, calls.custom_field)
@@ -363,6 +357,6 @@ def _statements(dialect: str) -> _Statements:
         update_calls=update(_CALLS)
         .where(calls.id == bindparam("call_id"))
         .values({name: bindparam(name) for name in _CHANGING}),
-        queue_recordings=dialect_insert(_JOBS).on_conflict_do_nothing(),
+        queue_recordings=upsert(_JOBS).on_conflict_do_nothing(),
         unqueue_recordings=delete(_JOBS).where(one_of(_JOBS.c.call_id, "ids")),
     )

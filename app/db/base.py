@@ -22,11 +22,8 @@ class Base(DeclarativeBase):
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """A timezone-aware instant on every backend.
-
-    SQLite has no zoned timestamps, so instants are stored there as naive UTC (which also keeps
-    its text comparison in order) and read back as aware UTC datetimes.
-    """
+    """A timezone-aware instant: a naive datetime is refused rather than guessed at, and every
+    instant is read back in UTC."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
@@ -36,8 +33,7 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetimes are not stored; attach a timezone")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None or value.tzinfo is UTC:  # asyncpg's are in UTC already

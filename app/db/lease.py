@@ -6,11 +6,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.clock import db_now
 from app.db.models import Lease
-from app.db.session import insert_for
 
 
 async def try_acquire(session: AsyncSession, *, name: str, holder: str, ttl: float) -> bool:
@@ -18,7 +18,7 @@ async def try_acquire(session: AsyncSession, *, name: str, holder: str, ttl: flo
     now = await db_now(session)
     expires_at = now + timedelta(seconds=ttl)
     created = await session.scalar(
-        insert_for(session)(Lease)
+        insert(Lease)
         .values(name=name, holder=holder, expires_at=expires_at)
         .on_conflict_do_nothing()
         .returning(Lease.name)

@@ -155,7 +155,7 @@ class Call(Base):
     # and each Passthru passed (`app.calls.state.apply_input`).
     digits: Mapped[str | None] = mapped_column(String(64))
     flow: Mapped[list[dict[str, Any]] | None] = mapped_column(  # None: SQL NULL, not `null`
-        JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+        JSONB(none_as_null=True)
     )
 
     # The recording's archive (`app.recordings`); what the job does is in `recording_job`.
@@ -183,7 +183,6 @@ class Call(Base):
             "ix_call_recording_archived_at",
             "recording_archived_at",
             postgresql_where=text("recording_status = 'archived'"),
-            sqlite_where=text("recording_status = 'archived'"),
         ),
     )
 
@@ -214,9 +213,7 @@ class RecordingJob(Base):
 class CallEvent(Base):
     __tablename__ = "call_event"
 
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    )
+    id: Mapped[int] = mapped_column(BigInteger(), primary_key=True, autoincrement=True)
     kind: Mapped[RequestKind] = mapped_column(
         _str_enum(RequestKind), server_default=RequestKind.STATUS_CALLBACK.value
     )
@@ -233,7 +230,7 @@ class CallEvent(Base):
     content_type: Mapped[str | None] = mapped_column(String(100))
     # Exotel's fields as received: the query string's and the body's (the body's value where
     # both had one), without our own `call_id` and `token`.
-    payload: Mapped[dict[str, Any]] = mapped_column(JSON().with_variant(JSONB(), "postgresql"))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB())
     status: Mapped[str | None] = mapped_column(String(32))
     event_type: Mapped[str | None] = mapped_column(String(32))
     recording_url: Mapped[str | None] = mapped_column(Text)
@@ -247,9 +244,7 @@ class ExotelRequest(Base):
 
     __tablename__ = "exotel_request"
 
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    )
+    id: Mapped[int] = mapped_column(BigInteger(), primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     kind: Mapped[str] = mapped_column(String(16))
 
@@ -294,10 +289,8 @@ class Event(Base):
 
     __tablename__ = "event"
 
-    # The position in the feed on SQLite, where transactions commit one at a time in id order.
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    )
+    # With `txid`, the event's position in the feed (app/events/feed.py).
+    id: Mapped[int] = mapped_column(BigInteger(), primary_key=True, autoincrement=True)
     # `evt_...`: random, so that a consumer deduplicating by `webhook-id` never mistakes an
     # event of a rebuilt database for one it has seen.
     public_id: Mapped[str] = mapped_column(String(40), unique=True)
@@ -313,8 +306,6 @@ class Event(Base):
     __table_args__ = (
         UniqueConstraint("call_id", "sequence"),
         Index("ix_event_txid_id", "txid", "id"),
-        # Ids only ever grow, even once retention has emptied the table: they are cursors.
-        {"sqlite_autoincrement": True},
     )
 
 
@@ -343,12 +334,8 @@ class Delivery(Base):
 
     __tablename__ = "delivery"
 
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    )
-    event_id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("event.id", ondelete="CASCADE")
-    )
+    id: Mapped[int] = mapped_column(BigInteger(), primary_key=True, autoincrement=True)
+    event_id: Mapped[int] = mapped_column(BigInteger(), ForeignKey("event.id", ondelete="CASCADE"))
     endpoint_id: Mapped[uuid.UUID] = mapped_column(
         Uuid, ForeignKey("webhook_endpoint.id", ondelete="CASCADE")
     )
@@ -376,13 +363,11 @@ class Delivery(Base):
             "endpoint_id",
             "next_attempt_at",
             postgresql_where=text("state = 'pending'"),
-            sqlite_where=text("state = 'pending'"),
         ),
         Index(
             "ix_delivery_sending",
             "endpoint_id",
             postgresql_where=text("state = 'sending'"),
-            sqlite_where=text("state = 'sending'"),
         ),
         # A call's earlier events still owed to the endpoint.
         Index("ix_delivery_endpoint_id_call_id_sequence", "endpoint_id", "call_id", "sequence"),
@@ -392,11 +377,9 @@ class Delivery(Base):
 class DeliveryAttempt(Base):
     __tablename__ = "delivery_attempt"
 
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    )
+    id: Mapped[int] = mapped_column(BigInteger(), primary_key=True, autoincrement=True)
     delivery_id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"),
+        BigInteger(),
         ForeignKey("delivery.id", ondelete="CASCADE"),
         index=True,
     )

@@ -6,8 +6,6 @@ import uuid
 from typing import Any
 
 import asyncpg
-from sqlalchemy import event, make_url
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
@@ -22,16 +20,18 @@ CONNECT_TIMEOUT_SECONDS = 5
 POOL_TIMEOUT_SECONDS = 10
 
 
-def create_engine(url: str, *, pgbouncer: bool = False, **kwargs: Any) -> AsyncEngine:
-    """`pgbouncer`: PostgreSQL is reached through PgBouncer in transaction pooling, which hands
-    each transaction to whichever server connection is free, so nothing may outlive one: no
+def create_engine(url: str | None, *, pgbouncer: bool = False, **kwargs: Any) -> AsyncEngine:
+    """`url`: None only by mistake, where no command started the embedded server.
+
+    `pgbouncer`: PostgreSQL is reached through PgBouncer in transaction pooling, which hands each
+    transaction to whichever server connection is free, so nothing may outlive one: no
     statement is cached (asyncpg's cache and SQLAlchemy's are off) and every prepared statement
     gets a name of its own (SQLAlchemy's recipe for its asyncpg dialect). Nothing else here
     keeps session state (no SET, LISTEN or advisory locks)."""
-    connect_args: dict[str, Any] = {}
-    if make_url(url).get_backend_name() == "postgresql":
-        # A server that drops packets fails a connection in seconds, not asyncpg's 60.
-        connect_args["timeout"] = CONNECT_TIMEOUT_SECONDS
+    if url is None:
+        raise RuntimeError("DATABASE_URL is unset, and no embedded server was started for it")
+    # A server that drops packets fails a connection in seconds, not asyncpg's 60.
+    connect_args: dict[str, Any] = {"timeout": CONNECT_TIMEOUT_SECONDS}
     if pgbouncer:
         connect_args |= {
             "statement_cache_size": 0,
@@ -40,47 +40,21 @@ def create_engine(url: str, *, pgbouncer: bool = False, **kwargs: Any) -> AsyncE
         }
     connect_args |= kwargs.pop("connect_args", {})
     # pre_ping: after the database restarts, pooled connections are dead; test before use.
-    engine = create_async_engine(
+    return create_async_engine(
         url,
         pool_pre_ping=True,
         pool_timeout=POOL_TIMEOUT_SECONDS,
         connect_args=connect_args,
         **kwargs,
     )
-    if engine.dialect.name == "sqlite":
-        _configure_sqlite(engine)
-    return engine
 
 
 def _statement_name() -> str:
     return f"__asyncpg_{uuid.uuid4().hex}__"
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    # Every transaction here reads a row and then writes it. SQLite's deferred BEGIN would let two
-    # such transactions both read, and then fail one with "database is locked" without waiting;
-    # BEGIN IMMEDIATE takes the write lock up front, so they queue behind busy_timeout instead.
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
-
-
-def insert_for(session: AsyncSession) -> Any:
-    """The dialect's INSERT, which has ON CONFLICT DO NOTHING on both backends."""
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def is_database_down(error: BaseException) -> bool:

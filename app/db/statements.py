@@ -1,4 +1,4 @@
-"""Helpers for statements built from the table metadata, once per backend."""
+"""Helpers for statements built from the table metadata, once."""
 
 from __future__ import annotations
 
@@ -15,12 +15,10 @@ def table_of(model: type[Any]) -> Table:
     return table
 
 
-def one_of(column: ColumnElement[Any], name: str, *, dialect: str) -> ColumnElement[bool]:
-    """`column` is one of the list bound as `name`. PostgreSQL takes the list as one array:
-    one prepared statement for any length."""
-    if dialect == "postgresql":
-        return column == any_(bindparam(name, type_=ARRAY(column.type)))
-    return column.in_(bindparam(name, expanding=True))
+def one_of(column: ColumnElement[Any], name: str) -> ColumnElement[bool]:
+    """`column` is one of the list bound as `name`, taken as one array: one prepared statement
+    for any length."""
+    return column == any_(bindparam(name, type_=ARRAY(column.type)))
 
 
 def written_in(column: ColumnElement[Any], *values: str) -> ColumnElement[bool]:

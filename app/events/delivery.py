@@ -95,9 +95,8 @@ async def claim(
 ) -> list[Claimed]:
     """Claim up to `limit` deliveries that are due, heads of their call's chain, within each
     endpoint's share."""
-    statements = _statements(db.dialect.name)
-    if statements.plan_each_time is not None:
-        await db.execute(statements.plan_each_time)
+    statements = _statements()
+    await db.execute(statements.plan_each_time)
     now = await db_now(db)
     # Each enabled endpoint's share left, read without a lock; then, endpoint by endpoint (in
     # a new order each time, so that none is always served last), at most that many of its
@@ -181,7 +180,7 @@ async def release(
     if not stale:
         return 0
     await db.execute(
-        _statements(db.dialect.name).insert_attempts,
+        _statements().insert_attempts,
         [
             {
                 "delivery_id": row.id,
@@ -285,7 +284,7 @@ async def record(
     up; the endpoints' health, and whether one is to be disabled. A delivery whose claim was
     given back meanwhile (it went stale) keeps its new state; its attempt is stored all the
     same."""
-    statements = _statements(db.dialect.name)
+    statements = _statements()
     now = await db_now(db)
     endpoint_ids = sorted({claimed.endpoint_id for claimed, _ in answered})
     # FOR KEY SHARE: the endpoints are not deleted under the batch.
@@ -401,7 +400,7 @@ def _retry_after(value: str | None) -> float | None:
 class _Statements:
     """The deliverer's statements, built once per backend: it runs them many times a second."""
 
-    def __init__(self, dialect: str) -> None:
+    def __init__(self) -> None:
         delivery, endpoint = table_of(Delivery), table_of(WebhookEndpoint)
         d, e = delivery.c, endpoint.c
         # The claim's statements are planned at every claim, on the tables as they are. A plan
@@ -409,11 +408,7 @@ class _Statements:
         # plan until the next ANALYZE) scans the whole queue once per row when it has grown:
         # in one run of the webhooks bench, the read of what is due took 2.9 ms on average,
         # and 0.2 ms (and its planning) planned afresh.
-        self.plan_each_time = (
-            text("SET LOCAL plan_cache_mode = force_custom_plan")
-            if dialect == "postgresql"
-            else None
-        )
+        self.plan_each_time = text("SET LOCAL plan_cache_mode = force_custom_plan")
         earlier = delivery.alias("earlier").c
         waits_on_earlier = (
             select(earlier.id)
@@ -454,7 +449,7 @@ class _Statements:
         # meanwhile only shares the key (its foreign key), and does not wait.
         self.lock_endpoints = (
             select(e.id, e.url, e.secret, e.previous_secrets)
-            .where(one_of(e.id, "ids", dialect=dialect))
+            .where(one_of(e.id, "ids"))
             .order_by(e.id)
             .with_for_update(key_share=True)
         )
@@ -462,16 +457,14 @@ class _Statements:
             select(d.endpoint_id, func.count())
             .where(
                 written_in(d.state, DeliveryState.SENDING),
-                one_of(d.endpoint_id, "ids", dialect=dialect),
+                one_of(d.endpoint_id, "ids"),
             )
             .group_by(d.endpoint_id)
         )
         pending = delivery.alias("pending").c  # not the updated table's row: its own
         still_pending = (
             select(pending.id)
-            .where(
-                one_of(pending.id, "ids", dialect=dialect), pending.state == DeliveryState.PENDING
-            )
+            .where(one_of(pending.id, "ids"), pending.state == DeliveryState.PENDING)
             .with_for_update(skip_locked=True, key_share=True)
         )
         self.take = (
@@ -486,12 +479,10 @@ class _Statements:
             .returning(d.id, d.endpoint_id, d.event_id, d.trigger, d.attempts)
         )
         event = table_of(Event).c
-        self.bodies = select(event.id, event.public_id, event.body).where(
-            one_of(event.id, "ids", dialect=dialect)
-        )
+        self.bodies = select(event.id, event.public_id, event.body).where(one_of(event.id, "ids"))
         self.health = (
             select(e.id, e.last_success_at, e.failing_since)
-            .where(one_of(e.id, "ids", dialect=dialect))
+            .where(one_of(e.id, "ids"))
             .with_for_update(read=True, key_share=True)
         )
         succeeded = bindparam("succeeded", type_=Boolean)
@@ -537,5 +528,5 @@ class _Statements:
 
 
 @functools.cache
-def _statements(dialect: str) -> _Statements:
-    return _Statements(dialect)
+def _statements() -> _Statements:
+    return _Statements()

@@ -1,13 +1,11 @@
 """The event feed: every event, in an order that a later commit can never slip in behind.
 
 Ids are taken before commit, so a transaction holding id 7 may commit after one holding id 8: a
-reader that had moved past 8 would never see 7 (shared/webhooks.md). The feed therefore orders
-events by position and shows only those whose position is final:
-- PostgreSQL: the position is (the writing transaction's id, the event's id), and only events of
-  transactions older than the oldest one still in flight (`pg_snapshot_xmin`) are shown. Every
-  event shown sorts before every event not yet committed, whatever the number of replicas. A
-  transaction left open holds the feed back (not the webhooks) until it ends.
-- SQLite: transactions commit one at a time (BEGIN IMMEDIATE), in the order of their ids.
+reader that had moved past 8 would never see 7. The feed therefore orders events by position,
+(the writing transaction's id, the event's id), and shows only events of transactions older than
+the oldest one still in flight (`pg_snapshot_xmin`). Every event shown sorts before every event
+not yet committed, whatever the number of replicas. A transaction left open holds the feed back
+(not the webhooks) until it ends.
 """
 
 from __future__ import annotations
@@ -42,20 +40,17 @@ async def read_feed(
 ) -> FeedPage:
     """The events after the cursor `after` (from the oldest kept when None), and the cursor to
     ask for the next ones with (the same one when there are none yet)."""
-    postgresql = session.get_bind().dialect.name == "postgresql"
     if after == NOW:
-        position = await _end(session, postgresql=postgresql)
+        # Every event of an older transaction is final and behind; any other may come.
+        position = (int(await session.scalar(select(_oldest_in_flight())) or 0), 0)
     elif after:
         position = _decode(after)
     else:
         position = (0, 0)
     query = select(Event.txid, Event.id, Event.body).limit(limit)
-    if postgresql:
-        final = Event.txid < _oldest_in_flight()
-        query = query.where(tuple_(Event.txid, Event.id) > tuple_(*position), final)
-        query = query.order_by(Event.txid, Event.id)
-    else:
-        query = query.where(Event.id > position[1]).order_by(Event.id)
+    final = Event.txid < _oldest_in_flight()
+    query = query.where(tuple_(Event.txid, Event.id) > tuple_(*position), final)
+    query = query.order_by(Event.txid, Event.id)
     if types:
         query = query.where(Event.type.in_(types))
     if call_id is not None:
@@ -71,13 +66,6 @@ async def get_event(session: AsyncSession, public_id: str) -> Event:
     if event is None:
         raise EventNotFound(public_id)
     return event
-
-
-async def _end(session: AsyncSession, *, postgresql: bool) -> tuple[int, int]:
-    if postgresql:
-        # Every event of an older transaction is final and behind; any other may come.
-        return (int(await session.scalar(select(_oldest_in_flight())) or 0), 0)
-    return (0, int(await session.scalar(select(func.coalesce(func.max(Event.id), 0))) or 0))
 
 
 def _oldest_in_flight() -> ColumnElement[int]:

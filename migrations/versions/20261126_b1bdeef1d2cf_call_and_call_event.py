@@ -58,7 +58,7 @@ def upgrade() -> None:
         "call_event",
         sa.Column(
             "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            sa.BigInteger(),
             autoincrement=True,
             nullable=False,
         ),
@@ -66,9 +66,7 @@ def upgrade() -> None:
         sa.Column("sid", sa.String(64), nullable=True),
         sa.Column("received_at", Instant, nullable=False),
         sa.Column("content_type", sa.String(100), nullable=False),
-        sa.Column(
-            "payload", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False
-        ),
+        sa.Column("payload", postgresql.JSONB(), nullable=False),
         sa.Column("status", sa.String(32), nullable=True),
         sa.Column("event_type", sa.String(32), nullable=True),
         sa.Column("recording_url", sa.Text(), nullable=True),

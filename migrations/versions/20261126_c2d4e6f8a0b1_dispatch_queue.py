@@ -18,7 +18,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 Instant = sa.DateTime(timezone=True)
-BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+BigId = sa.BigInteger()
 
 
 def upgrade() -> None:

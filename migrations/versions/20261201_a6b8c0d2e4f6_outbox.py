@@ -18,7 +18,7 @@ down_revision: str | None = "f5a7b9c1d3e5"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_ID = sa.BigInteger()
 _AT = sa.DateTime(timezone=True)
 
 
@@ -56,7 +56,6 @@ def upgrade() -> None:
         sa.UniqueConstraint("call_id", "sequence", name=op.f("uq_event_call_id")),
         sa.UniqueConstraint("public_id", name=op.f("uq_event_public_id")),
         # Ids only ever grow, even once retention has emptied the table: they are cursors.
-        sqlite_autoincrement=True,
     )
     op.create_index(op.f("ix_event_created_at"), "event", ["created_at"])
     op.create_index("ix_event_txid_id", "event", ["txid", "id"])

@@ -33,29 +33,25 @@ def upgrade() -> None:
         "delivery",
         ["endpoint_id", "next_attempt_at"],
         postgresql_where=_PENDING,
-        sqlite_where=_PENDING,
     )
     op.create_index(
         "ix_delivery_sending",
         "delivery",
         ["endpoint_id"],
         postgresql_where=_SENDING,
-        sqlite_where=_SENDING,
     )
-    if op.get_context().dialect.name == "postgresql":
-        # A queue table churns (shared/webhooks.md): analyze and vacuum it after 1% changes.
-        op.execute(
-            "ALTER TABLE delivery SET (autovacuum_vacuum_scale_factor = 0.01,"
-            " autovacuum_analyze_scale_factor = 0.01)"
-        )
+    # A queue table churns: analyze and vacuum it after 1% changes.
+    op.execute(
+        "ALTER TABLE delivery SET (autovacuum_vacuum_scale_factor = 0.01,"
+        " autovacuum_analyze_scale_factor = 0.01)"
+    )
 
 
 def downgrade() -> None:
-    if op.get_context().dialect.name == "postgresql":
-        op.execute(
-            "ALTER TABLE delivery RESET (autovacuum_vacuum_scale_factor,"
-            " autovacuum_analyze_scale_factor)"
-        )
+    op.execute(
+        "ALTER TABLE delivery RESET (autovacuum_vacuum_scale_factor,"
+        " autovacuum_analyze_scale_factor)"
+    )
     op.drop_index("ix_delivery_sending", table_name="delivery")
     op.drop_index("ix_delivery_due", table_name="delivery")
     op.create_index("ix_delivery_state_next_attempt_at", "delivery", ["state", "next_attempt_at"])

@@ -60,46 +60,21 @@ def downgrade() -> None:
         batch_op.drop_column("on_call_duration")
 
 
-def _postgresql() -> bool:
-    return op.get_bind().dialect.name == "postgresql"
-
-
 def _seconds_to_instant(table: str, column: str) -> None:
-    if _postgresql():
-        op.alter_column(
-            table,
-            column,
-            type_=Instant,
-            existing_type=sa.Double(),
-            postgresql_using=f"to_timestamp({column})",
-        )
-        return
-    # SQLite keeps the numbers through the change of declared type; then they become the text
-    # that SQLAlchemy stores datetimes as there (naive UTC, microseconds).
-    with op.batch_alter_table(table) as batch_op:
-        batch_op.alter_column(column, type_=Instant, existing_type=sa.Double())
-    micros = f"CAST(round({column} * 1000000) AS INTEGER)"
-    op.execute(
-        f"UPDATE {table} SET {column} = "  # noqa: S608 - fixed names
-        f"strftime('%Y-%m-%d %H:%M:%S', {micros} / 1000000, 'unixepoch') "
-        f"|| printf('.%06d', {micros} % 1000000) "
-        f"WHERE typeof({column}) IN ('integer', 'real')"
+    op.alter_column(
+        table,
+        column,
+        type_=Instant,
+        existing_type=sa.Double(),
+        postgresql_using=f"to_timestamp({column})",
     )
 
 
 def _instant_to_seconds(table: str, column: str) -> None:
-    if _postgresql():
-        op.alter_column(
-            table,
-            column,
-            type_=sa.Double(),
-            existing_type=Instant,
-            postgresql_using=f"extract(epoch from {column})",
-        )
-        return
-    op.execute(
-        f"UPDATE {table} SET {column} = (julianday({column}) - 2440587.5) * 86400.0 "  # noqa: S608 - fixed names
-        f"WHERE typeof({column}) = 'text'"
+    op.alter_column(
+        table,
+        column,
+        type_=sa.Double(),
+        existing_type=Instant,
+        postgresql_using=f"extract(epoch from {column})",
     )
-    with op.batch_alter_table(table) as batch_op:
-        batch_op.alter_column(column, type_=sa.Double(), existing_type=Instant)

@@ -23,9 +23,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("call") as call:
         call.add_column(sa.Column("digits", sa.String(64), nullable=True))
-        call.add_column(
-            sa.Column("flow", sa.JSON().with_variant(JSONB(), "postgresql"), nullable=True)
-        )
+        call.add_column(sa.Column("flow", JSONB(), nullable=True))
     with op.batch_alter_table("call_event") as event:
         event.add_column(
             sa.Column("kind", sa.String(16), nullable=False, server_default="status_callback")

@@ -39,7 +39,6 @@ def upgrade() -> None:
         "call",
         ["recording_archived_at"],
         postgresql_where=sa.text("recording_status = 'archived'"),
-        sqlite_where=sa.text("recording_status = 'archived'"),
     )
     op.create_table(
         "recording_job",
