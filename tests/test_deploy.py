@@ -258,7 +258,7 @@ def test_dockerfile_shape() -> None:
 
 def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
     patterns = dockerignore_patterns()
-    for path in (".env", ".venv/bin/python", "exocall.db", "spool/x.json", ".git/HEAD"):
+    for path in (".env", ".venv/bin/python", "pgdata/PG_VERSION", "spool/x.json", ".git/HEAD"):
         assert ignored_by_docker(PurePosixPath(path), patterns), path
     for path in (
         "pyproject.toml",
