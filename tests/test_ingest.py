@@ -10,9 +10,11 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.db.models import CallEvent
+from app.calls.callbacks import ReceivedCallback
+from app.calls.ingest import CallbackWriter
+from app.db.models import CallEvent, EventOutcome
 from tests.conftest import callback_path, place_body
 from tests.exotel_double import ExotelDouble, accepted, new_sid
 
@@ -97,3 +99,46 @@ async def test_one_callback_no_column_holds_fails_none_sent_with_it(
     for call in calls:
         assert (await client.get(f"/calls/{call['id']}")).json()["status"] == "completed"
     assert (await client.get(f"/calls/{victim['id']}/events")).status_code == 200
+
+
+async def test_a_callback_the_database_refuses_is_kept_unreadable_and_fails_no_other(
+    client: httpx.AsyncClient,
+    exotel: ExotelDouble,
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """Whatever the checks before it miss: the writer finds the callback that fails its batch,
+    keeps it as received, and commits every other."""
+    victim, *calls = await place_calls(client, exotel, 17)
+    ended = {"Status": "completed", "DateUpdated": "2024-09-16 15:51:00"}
+    valid = [
+        ReceivedCallback(uuid.UUID(call["id"]), "POST", "application/json", ended) for call in calls
+    ]
+    # Handed to the writer directly, past the receiver's checks: no integer column holds it.
+    unstorable = ReceivedCallback(
+        uuid.UUID(victim["id"]), "POST", "application/json", ended | {"Duration": 10**25}
+    )
+    writer = CallbackWriter(engine, writers=1)
+    writer.start()
+    try:
+        *stored, kept = await asyncio.gather(*map(writer.store, [*valid, unstorable]))
+    finally:
+        await writer.stop()
+
+    assert {s.outcome for s in stored} == {EventOutcome.APPLIED}
+    assert kept.outcome == EventOutcome.UNREADABLE
+    async with sessionmaker() as session:
+        event = await session.scalar(
+            select(CallEvent).where(CallEvent.receipt_id == unstorable.receipt_id)
+        )
+    assert event is not None
+    assert (event.call_id, event.outcome) == (unstorable.call_id, EventOutcome.UNREADABLE)
+    assert event.problem is not None
+    assert event.problem.startswith("not storable as read")
+    assert event.payload["Duration"] == 10**25  # as received
+    for call in calls:
+        assert (await client.get(f"/calls/{call['id']}")).json()["status"] == "completed"
+    assert (await client.get(f"/calls/{victim['id']}")).json()["status"] == "in-progress"
+    events = await client.get(f"/calls/{victim['id']}/events")
+    assert events.status_code == 200
+    assert [e["outcome"] for e in events.json()] == ["unreadable"]

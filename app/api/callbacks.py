@@ -276,7 +276,7 @@ async def passthru(request: Request) -> Response:
 async def _store(request: Request, received: ReceivedCallback) -> tuple[CallbackAck, str | None]:
     """Store `received` (or spool it while the database is down); its acknowledgement, and the
     app id of its call (None when spooled, or for no call). Raises 422 for one with nothing
-    readable: kept, but never acknowledged as handled."""
+    readable, or that could not be stored as read: kept, but never acknowledged as handled."""
     runtime = runtime_of(request)
     spooled = False
     outcome: EventOutcome | None = None
@@ -293,16 +293,15 @@ async def _store(request: Request, received: ReceivedCallback) -> tuple[Callback
     ack = CallbackAck(receipt_id=received.receipt_id, outcome=outcome, spooled=spooled)
     if isinstance(reading := received.reading, Unreadable):
         # The sender is told what is missing.
-        raise _unreadable(reading, ack)
+        raise _unreadable(reading.problems, "missing", ack)
+    if outcome == EventOutcome.UNREADABLE:  # read, but not storable so (logged, with why)
+        raise _unreadable([("body", "cannot be stored as read")], "value_error", ack)
     return ack, app_id
 
 
-def _unreadable(reading: Unreadable, ack: CallbackAck) -> ApiError:
-    details = [
-        {"field": field, "message": message, "type": "missing"}
-        for field, message in reading.problems
-    ]
-    message = "; ".join(f"{field}: {text}" for field, text in reading.problems)
+def _unreadable(problems: list[tuple[str, str]], kind: str, ack: CallbackAck) -> ApiError:
+    details = [{"field": field, "message": message, "type": kind} for field, message in problems]
+    message = "; ".join(f"{field}: {text}" for field, text in problems)
     return ApiError(
         422,
         "unreadable_callback",

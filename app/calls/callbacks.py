@@ -70,6 +70,11 @@ class Unreadable:
 
     problems: list[tuple[str, str]]  # (field, message)
 
+    @property
+    def reason(self) -> str:
+        """The problems in a line, as stored with the callback."""
+        return "; ".join(f"{field}: {message}" for field, message in self.problems)
+
 
 @dataclass(frozen=True)
 class Ignored:
