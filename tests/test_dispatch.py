@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.db.models import Call
 from app.main import create_app
+from app.retry_after import LONGEST_SECONDS
 from tests.conftest import make_settings, place_body, serving
 from tests.exotel_double import ExotelDouble, accepted, form_of, rest_exception
 
@@ -25,11 +26,14 @@ pytestmark = pytest.mark.anyio
 SETTLE_SECONDS = 15.0  # bounds waiting; never asserted on
 
 
-async def wait_for(client: httpx.AsyncClient, call_id: str, status: str) -> dict[str, Any]:
+async def wait_for(
+    client: httpx.AsyncClient, call_id: str, status: str, *, failed: bool = False
+) -> dict[str, Any]:
+    """The call once it is `status` (and, if `failed`, says why)."""
     deadline = time.monotonic() + SETTLE_SECONDS
     while True:
         call = (await client.get(f"/calls/{call_id}")).json()
-        if call["status"] == status:
+        if call["status"] == status and (call["error"] is not None or not failed):
             return dict(call)
         if time.monotonic() > deadline:
             pytest.fail(f"call {call_id} is {call['status']}, expected {status}")
@@ -76,6 +80,43 @@ async def test_429_puts_the_call_back_in_the_queue(
     assert len(exotel.connects) == 2
     # Retry-After (1 s) is honoured; without it exocall backs off on its own (2 s).
     assert exotel.times[1] - exotel.times[0] >= (1.0 if retry_after else 2.0)
+
+
+async def test_a_retry_after_no_timer_holds_is_the_services_own_backoff(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    # `inf` once overflowed the time it was added to, in the transaction recording the 429:
+    # the call, certainly not dialled, ended `unknown` and was never sent.
+    limited = rest_exception(429, "Too Many Requests", headers={"Retry-After": "inf"})
+    exotel.answer_connect(limited, accepted())
+
+    response = await client.post("/calls", json=place_body(), params={"wait": "false"})
+
+    call = await wait_for(client, response.json()["id"], "in-progress")
+    assert call["error"] is None
+    assert len(exotel.connects) == 2
+
+
+async def test_a_retry_after_beyond_the_longest_wait_leaves_the_call_queued(
+    client: httpx.AsyncClient,
+    exotel: ExotelDouble,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    limited = rest_exception(429, "Too Many Requests", headers={"Retry-After": "1e12"})
+    exotel.answer_connect(limited)
+
+    response = await client.post("/calls", json=place_body(), params={"wait": "false"})
+
+    call = await wait_for(client, response.json()["id"], "queued", failed=True)
+    assert call["error"]["code"] == "exotel_rate_limited"
+    async with sessionmaker() as session:
+        stored = await session.get(Call, uuid.UUID(call["id"]))
+    assert stored is not None
+    assert stored.not_before is not None
+    assert stored.error_at is not None
+    # Held back for the longest wait, from when the 429 was recorded.
+    assert stored.not_before - stored.error_at == timedelta(seconds=LONGEST_SECONDS)
+    assert len(exotel.connects) == 1
 
 
 async def test_429_holds_back_every_call_not_only_the_refused_one(

@@ -29,7 +29,9 @@ def test_json_terminal_callback() -> None:
         recording_url=RECORDING,
         date_updated_raw="2019-04-08 03:18:35",
         duration=None,
+        duration_field=None,
         conversation_duration=32,
+        conversation_duration_field="ConversationDuration",
         legs=[
             Leg(status="completed", on_call_duration=41),
             Leg(status="completed", on_call_duration=32),
@@ -75,7 +77,9 @@ def test_callback_with_only_the_fields_always_sent() -> None:
         recording_url=None,
         date_updated_raw="2019-04-08 03:18:35",
         duration=None,
+        duration_field=None,
         conversation_duration=None,
+        conversation_duration_field=None,
         legs=[],
     )
 
@@ -136,6 +140,10 @@ def test_a_flow_callback_names_its_outcome_and_durations_otherwise() -> None:
     )
     assert (callback.status, callback.status_field) == ("no-answer", "DialCallStatus")
     assert (callback.duration, callback.conversation_duration) == (62, 45)
+    assert (callback.duration_field, callback.conversation_duration_field) == (
+        "CallDuration",
+        "DialCallDuration",
+    )
     assert callback.on_call_duration == 50
 
 

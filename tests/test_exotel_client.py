@@ -25,6 +25,7 @@ from app.exotel.errors import (
     RecordingCutShort,
 )
 from app.exotel.wire import IST, ExotelCall
+from app.retry_after import LONGEST_SECONDS
 from tests.conftest import FAKE_ACCOUNT_SID, FAKE_API_KEY, FAKE_API_TOKEN, FAKE_CALLER_ID
 from tests.exotel_double import call_json, form_of
 
@@ -419,6 +420,12 @@ async def test_a_rest_exception_on_a_2xx_is_still_a_refusal(
         pytest.param({}, None, id="absent"),
         pytest.param({"Retry-After": ""}, None, id="empty"),
         pytest.param({"Retry-After": "soon"}, None, id="garbage"),
+        # No timer can hold these: nothing said, or the longest wait.
+        pytest.param({"Retry-After": "inf"}, None, id="infinite"),
+        pytest.param({"Retry-After": "nan"}, None, id="nan"),
+        pytest.param({"Retry-After": "1e12"}, LONGEST_SECONDS, id="huge"),
+        pytest.param({"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"}, LONGEST_SECONDS, id="far"),
+        pytest.param({"Retry-After": "-5"}, 0.0, id="negative"),
     ],
 )
 @pytest.mark.parametrize("encode", [xml_error, json_error], ids=["xml", "json"])

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 
+from app.calls.callback_auth import passthru_url
 from app.main import create_app
-from tests.conftest import callback_path, make_settings, place_body, serving
-from tests.exotel_double import ExotelDouble
+from tests.conftest import FAKE_CALLBACK_SECRET, callback_path, make_settings, place_body, serving
+from tests.exotel_double import ExotelDouble, accepted, new_sid
+from tests.test_spool import unreachable
 
 pytestmark = pytest.mark.anyio
 
@@ -108,7 +113,7 @@ async def test_values_the_database_or_exotel_cannot_take_are_refused(
         ({"CallSid": "x" * 65, "Status": "completed"}, "CallSid"),
         ({"CallSid": "abc", "Status": "completed" * 5}, "Status"),
         ({"CallSid": "abc", "Status": "completed", "DateUpdated": "9" * 40}, "DateUpdated"),
-        ({"CallSid": "abc", "Status": "completed", "CustomField": "a\x00b"}, "body"),
+        ({"CallSid": "abc", "Status": "completed", "CustomField": "a\x00b"}, "CustomField"),
     ],
 )
 @pytest.mark.parametrize("encoding", ["data", "json"])
@@ -117,6 +122,67 @@ async def test_callbacks_that_are_not_exotels_are_refused_and_not_stored(
 ) -> None:
     response = await client.post(callback_path(None), **{encoding: fields})
     refused(response, 422, "validation_error", field)
+
+
+# Each a value that passes for Exotel's but that no column holds, and the field it is in. Each
+# once failed the transaction storing it (a 500, and every callback committed with it lost), or
+# was stored and made its call's events unreadable for good.
+UNSTORABLE: list[Any] = [
+    pytest.param("form", {"Duration": "1" + "0" * 25}, "Duration", id="duration-1e25"),
+    pytest.param("form", {"Duration": "3000000000"}, "Duration", id="duration-over-int"),
+    pytest.param("form", {"CallDuration": "3000000000"}, "CallDuration", id="flow-duration"),
+    pytest.param("form", {"Legs[0][OnCallDuration]": "3000000000"}, "Legs", id="leg-duration"),
+    # Lower-cased, 20 characters become 40; the column holds 32.
+    pytest.param("form", {"Status": "\u0130" * 20}, "Status", id="status-longer-lowered"),
+    pytest.param("json", b'"CustomField": "\\ud800"', "CustomField", id="lone-surrogate"),
+    pytest.param("json", b'"Extra": ' + b"[" * 300 + b"]" * 300, "Extra", id="nested-300"),
+    pytest.param("passthru", {"digits": "1" * 65}, "digits", id="digits-65"),
+    pytest.param("passthru", {"digits": '"' + "1" * 65}, "digits", id="digits-65-quoted"),
+]
+
+
+async def send(
+    client: httpx.AsyncClient, route: str, value: Any, *, call_id: str | None, sid: str
+) -> httpx.Response:
+    """A status callback (form or JSON) or a Passthru request for the call, carrying `value`."""
+    if route == "passthru":
+        query = urlencode({"CallSid": sid, "CurrentTime": "2026-12-02 10:20:41"} | value)
+        return await client.get(f"{passthru_url('', FAKE_CALLBACK_SECRET.encode())}&{query}")
+    if route == "form":
+        fields = {"CallSid": sid, "Status": "completed"} | value
+        return await client.post(callback_path(call_id), data=fields)
+    body = b'{"CallSid": "%s", "Status": "completed", %s}' % (sid.encode(), value)
+    headers = {"content-type": "application/json"}
+    return await client.post(callback_path(call_id), content=body, headers=headers)
+
+
+@pytest.mark.parametrize(("route", "value", "field"), UNSTORABLE)
+async def test_a_value_no_column_holds_is_refused_naming_it(
+    client: httpx.AsyncClient, exotel: ExotelDouble, route: str, value: Any, field: str
+) -> None:
+    sid = new_sid()
+    exotel.answer_connect(accepted(sid))
+    call = (await client.post("/calls", json=place_body())).json()
+
+    response = await send(client, route, value, call_id=call["id"], sid=sid)
+
+    refused(response, 422, "validation_error", field)
+    events = await client.get(f"/calls/{call['id']}/events")
+    assert events.status_code == 200
+    assert events.json() == []
+
+
+@pytest.mark.parametrize(("route", "value", "field"), UNSTORABLE)
+async def test_a_value_no_column_holds_is_refused_not_spooled_while_the_database_is_down(
+    db_url: str, tmp_path: Path, route: str, value: Any, field: str
+) -> None:
+    spool_dir = tmp_path / "spool"
+    down = create_app(make_settings(unreachable(db_url, tmp_path), spool_dir=spool_dir))
+    async with serving(down) as client:
+        response = await send(client, route, value, call_id=str(uuid.uuid4()), sid=new_sid())
+
+    refused(response, 422, "validation_error", field)
+    assert list(spool_dir.glob("*.json")) == []  # never acknowledged, so never replayed
 
 
 @pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])

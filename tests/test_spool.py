@@ -136,6 +136,32 @@ async def test_a_spooled_file_that_cannot_be_stored_is_set_aside(
     assert [p.name for p in spool.failed.iterdir()] == ["00000000000000000001-broken.json"]
 
 
+async def test_a_spooled_callback_the_database_refuses_is_kept_unreadable_not_set_aside(
+    db_url: str,
+    tmp_path: Path,
+    exotel: ExotelDouble,
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """Acknowledged, so kept: one spooled before the receiver checked what it refuses now, or
+    that fails for a cause nobody foresaw, is stored as received, `unreadable`."""
+    (call,) = await placed_calls(db_url, exotel, 1)
+    spool = Spool(tmp_path / "spool")
+    spool.open()
+    fields = terminal(call["sid"]) | {"Duration": 10**25}  # no integer column holds it
+    received = ReceivedCallback(uuid.UUID(call["id"]), "POST", "application/json", fields)
+    await spool.put(received)
+
+    assert await spool.replay(engine) == 1
+
+    assert spool.pending() == []
+    assert list(spool.failed.iterdir()) == []
+    (event,) = await events_of(sessionmaker)
+    assert (event.receipt_id, event.outcome) == (received.receipt_id, "unreadable")
+    assert event.call_id == received.call_id
+    assert event.problem is not None
+
+
 async def test_with_nowhere_to_keep_it_the_callback_is_refused_so_exotel_retries(
     db_url: str, tmp_path: Path
 ) -> None:

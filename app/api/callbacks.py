@@ -38,14 +38,14 @@ from app.api.errors import (
 )
 from app.api.forms import boundary_of, parse_text_fields
 from app.calls.callback_auth import verify
-from app.calls.callbacks import ReceivedCallback, Unreadable
+from app.calls.callbacks import LONGEST, ReceivedCallback, Unreadable
 from app.calls.resource import CALL_EXAMPLE
 from app.calls.spool import Spool
 from app.config import Settings
 from app.db.models import EventOutcome, RequestKind
 from app.db.session import is_database_down
-from app.exotel.callbacks import FIELDS_SCHEMA, MAX_LENGTHS, example_fields
-from app.exotel.passthru import MAX_LENGTHS as PASSTHRU_LENGTHS
+from app.exotel.callbacks import FIELDS_SCHEMA, example_fields
+from app.exotel.passthru import DIGITS
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,16 @@ _OUR_PARAMETERS = [
     },
 ]
 _CALLBACK_EXAMPLE = example_fields(CALL_EXAMPLE["sid"], CALL_EXAMPLE["recording_url"])
+_FIELDS_SCHEMA = FIELDS_SCHEMA | {
+    "properties": {
+        name: schema | ({"maxLength": LONGEST[name]} if name in LONGEST else {})
+        for name, schema in FIELDS_SCHEMA["properties"].items()
+    }
+}
 _CALLBACK_BODY = {
     "required": False,
     "content": {
-        media_type: {"schema": FIELDS_SCHEMA, "example": _CALLBACK_EXAMPLE}
+        media_type: {"schema": _FIELDS_SCHEMA, "example": _CALLBACK_EXAMPLE}
         for media_type in (*_FORM_TYPES, "application/json")
     },
 }
@@ -106,12 +112,13 @@ _DESCRIPTION = (
     "Authenticated by the `call_id` and `token` of the URL exocall gave Exotel. Exotel's fields "
     "may come in the query string, the body, or both (the body wins). Every accepted callback "
     "is stored before it is answered, whatever it did to its call; one with nothing readable "
-    "(no status, or no call to match) is stored and answered 422."
+    "(no status, or no call to match) is stored and answered 422. One carrying a value no "
+    "column can hold is refused 422 (`validation_error`, naming the field) and not stored."
 )
 # A flow's status callback is a GET: its fields in the query string.
 _QUERY_FIELDS = [
     {"name": name, "in": "query", "required": False, "schema": schema}
-    for name, schema in FIELDS_SCHEMA["properties"].items()
+    for name, schema in _FIELDS_SCHEMA["properties"].items()
 ]
 _REFUSALS = (400, 401, 403, 413, 415, 422, 503)
 
@@ -133,12 +140,16 @@ _PASSTHRU_FIELDS = {
 }
 
 
+# The digits come in quotes: two characters more than their column takes.
+_PASSTHRU_LENGTHS = LONGEST | {DIGITS: LONGEST[DIGITS] + 2}
+
+
 def _passthru(ack_schema: str) -> dict[str, Any]:
     ack = {"application/json": {"schema": {"$ref": ack_schema}}}
     fields = [
         {"name": name, "in": "query", "required": False, "description": text, "schema": schema}
         for name, text in _PASSTHRU_FIELDS.items()
-        for schema in [{"type": "string", "maxLength": PASSTHRU_LENGTHS.get(name, 1000)}]
+        for schema in [{"type": "string", "maxLength": _PASSTHRU_LENGTHS.get(name, 1000)}]
     ]
     return {
         "get": {
@@ -228,13 +239,13 @@ async def status_callback(request: Request) -> Response:
     try:
         call_uuid = authenticate_callback(request, settings)
         content_type, fields = await _read_fields(request)
-        _check_fields(fields, MAX_LENGTHS)
+        received = ReceivedCallback(
+            call_id=call_uuid, method=request.method, content_type=content_type, payload=fields
+        )
+        _refuse_unstorable(received)
     except (ApiError, HTTPException):  # HTTPException: a body over the limit, malformed forms
         metrics.callbacks.labels("rejected").inc()
         raise
-    received = ReceivedCallback(
-        call_id=call_uuid, method=request.method, content_type=content_type, payload=fields
-    )
     ack, _ = await _store(request, received)
     return Response(ack.model_dump_json(), media_type="application/json")
 
@@ -245,18 +256,17 @@ async def passthru(request: Request) -> Response:
     settings, runtime = settings_of(request), runtime_of(request)
     try:
         call_uuid = authenticate_callback(request, settings)
-        fields = _query_fields(request)
-        _check_fields(fields, PASSTHRU_LENGTHS)
+        received = ReceivedCallback(
+            call_id=call_uuid,
+            method=request.method,
+            content_type=None,
+            payload=_query_fields(request),
+            kind=RequestKind.PASSTHRU,
+        )
+        _refuse_unstorable(received)
     except ApiError:
         runtime.metrics.callbacks.labels("rejected").inc()
         raise
-    received = ReceivedCallback(
-        call_id=call_uuid,
-        method=request.method,
-        content_type=None,
-        payload=fields,
-        kind=RequestKind.PASSTHRU,
-    )
     ack, app_id = await _store(request, received)
     redirected = settings.passthru_redirect_digits.get(app_id or "", ())
     status = 302 if received.passthru.digits in redirected else 200
@@ -266,7 +276,7 @@ async def passthru(request: Request) -> Response:
 async def _store(request: Request, received: ReceivedCallback) -> tuple[CallbackAck, str | None]:
     """Store `received` (or spool it while the database is down); its acknowledgement, and the
     app id of its call (None when spooled, or for no call). Raises 422 for one with nothing
-    readable: kept, but never acknowledged as handled."""
+    readable, or that could not be stored as read: kept, but never acknowledged as handled."""
     runtime = runtime_of(request)
     spooled = False
     outcome: EventOutcome | None = None
@@ -283,16 +293,15 @@ async def _store(request: Request, received: ReceivedCallback) -> tuple[Callback
     ack = CallbackAck(receipt_id=received.receipt_id, outcome=outcome, spooled=spooled)
     if isinstance(reading := received.reading, Unreadable):
         # The sender is told what is missing.
-        raise _unreadable(reading, ack)
+        raise _unreadable(reading.problems, "missing", ack)
+    if outcome == EventOutcome.UNREADABLE:  # read, but not storable so (logged, with why)
+        raise _unreadable([("body", "cannot be stored as read")], "value_error", ack)
     return ack, app_id
 
 
-def _unreadable(reading: Unreadable, ack: CallbackAck) -> ApiError:
-    details = [
-        {"field": field, "message": message, "type": "missing"}
-        for field, message in reading.problems
-    ]
-    message = "; ".join(f"{field}: {text}" for field, text in reading.problems)
+def _unreadable(problems: list[tuple[str, str]], kind: str, ack: CallbackAck) -> ApiError:
+    details = [{"field": field, "message": message, "type": kind} for field, message in problems]
+    message = "; ".join(f"{field}: {text}" for field, text in problems)
     return ApiError(
         422,
         "unreadable_callback",
@@ -373,7 +382,7 @@ async def _body_fields(
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
             raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
         if not isinstance(payload, dict):
-            raise _invalid("body", "must be a JSON object", "value_error")
+            raise _invalid([("body", "must be a JSON object")])
         return payload
     raise ApiError(
         415,
@@ -395,34 +404,19 @@ def _finite_float(text: str) -> float:
     return number
 
 
-def _check_fields(fields: dict[str, Any], lengths: dict[str, int]) -> None:
-    """What Exotel never sends, and the database could not store."""
-    for field, limit in lengths.items():
-        value = fields.get(field)
-        if value is not None and len(str(value)) > limit:
-            raise _invalid(field, f"at most {limit} characters", "string_too_long")
-    try:
-        has_nul = _has_nul(fields)
-    except RecursionError:
-        raise _invalid("body", "nested too deeply", "value_error") from None
-    if has_nul:
-        # PostgreSQL stores no NUL character in text or JSON; Exotel never sends one.
-        raise _invalid("body", "NUL characters are not accepted", "value_error")
+def _refuse_unstorable(received: ReceivedCallback) -> None:
+    """Refuse what no column could hold, before it is stored or spooled: acknowledged, it
+    would have to be stored."""
+    if problems := received.unstorable:
+        raise _invalid(problems)
 
 
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(item) for item in value)
-    return False
-
-
-def _invalid(field: str, message: str, kind: str) -> ApiError:
-    details = [{"field": field, "message": message, "type": kind}]
-    return ApiError(422, "validation_error", f"{field}: {message}", details=details)
+def _invalid(problems: list[tuple[str, str]]) -> ApiError:
+    details = [
+        {"field": field, "message": message, "type": "value_error"} for field, message in problems
+    ]
+    message = "; ".join(f"{field}: {text}" for field, text in problems)
+    return ApiError(422, "validation_error", message, details=details)
 
 
 _ROUTES = {PATH: (status_callback, ("GET", "POST")), PASSTHRU_PATH: (passthru, ("GET",))}

@@ -163,6 +163,7 @@ class EventOut(BaseModel):
                     "date_updated": "2024-09-16T15:51:00+05:30",
                     "date_updated_raw": "2024-09-16 15:51:00",
                     "payload": example_fields(CALL_EXAMPLE["sid"], CALL_EXAMPLE["recording_url"]),
+                    "problem": None,
                 }
             ]
         },
@@ -183,6 +184,10 @@ class EventOut(BaseModel):
     payload: dict[str, Any] = Field(
         description="Exotel's fields as received: the query string's and the body's (the "
         "body's value where both had one)."
+    )
+    problem: str | None = Field(
+        description="Why it is `unreadable`: what it lacks, or why it could not be stored as "
+        "read (it is then kept as received, nothing read from it).",
     )
 
 

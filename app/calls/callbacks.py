@@ -1,6 +1,6 @@
 """What a request from Exotel says about its call, in the app's terms: a status callback's status
-update, a Passthru request's input, nothing we act on, or nothing we can read. Pure: storing it
-is `app.calls.store`'s job."""
+update, a Passthru request's input, nothing we act on, or nothing we can read; and what of it no
+column could hold. Pure: storing it is `app.calls.store`'s job."""
 
 from __future__ import annotations
 
@@ -12,10 +12,20 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
+from sqlalchemy import BigInteger, Column, Integer, String
+
 from app.calls.state import InputUpdate, StatusUpdate
-from app.db.models import CallStatus, RequestKind
-from app.exotel.callbacks import StatusCallback, parse_status_callback
-from app.exotel.passthru import PassthruRequest, parse_passthru
+from app.db.models import Call, CallEvent, CallStatus, RequestKind
+from app.db.statements import table_of
+from app.exotel.callbacks import (
+    CALL_SID,
+    CONVERSATION_DURATION_FIELDS,
+    DURATION_FIELDS,
+    STATUS_FIELDS,
+    StatusCallback,
+    parse_status_callback,
+)
+from app.exotel.passthru import DIGITS, PassthruRequest, parse_passthru
 
 
 @dataclass(frozen=True)
@@ -49,12 +59,21 @@ class ReceivedCallback:
     def reading(self) -> Reading:
         return read(self)
 
+    @cached_property
+    def unstorable(self) -> list[tuple[str, str]]:
+        return unstorable(self)
+
 
 @dataclass(frozen=True)
 class Unreadable:
     """Nothing the service can act on: kept, and refused (422) naming what is missing."""
 
     problems: list[tuple[str, str]]  # (field, message)
+
+    @property
+    def reason(self) -> str:
+        """The problems in a line, as stored with the callback."""
+        return "; ".join(f"{field}: {message}" for field, message in self.problems)
 
 
 @dataclass(frozen=True)
@@ -103,6 +122,111 @@ def _read_passthru(received: ReceivedCallback) -> Reading:
         digits=passthru.digits,
         request=hashlib.sha256(json.dumps(received.payload, sort_keys=True).encode()).hexdigest(),
     )
+
+
+# Exotel's deepest JSON is 3 levels (the body, `Legs`, a leg). Far deeper could be stored, but
+# never read back: pydantic, which writes a call's events out, stops at 255 levels.
+DEEPEST = 32
+_TEXT = "holds a NUL or half a UTF-16 surrogate pair, which no column stores"
+_CALLS, _EVENTS = table_of(Call).c, table_of(CallEvent).c
+# The column each field is stored in, once read: what it holds bounds the field.
+_COLUMNS: dict[str, Column[Any]] = {
+    CALL_SID: _EVENTS.sid,
+    **dict.fromkeys(STATUS_FIELDS, _EVENTS.status),
+    "EventType": _EVENTS.event_type,
+    "DateUpdated": _EVENTS.date_updated_raw,
+    **dict.fromkeys(DURATION_FIELDS, _CALLS.duration),
+    **dict.fromkeys(CONVERSATION_DURATION_FIELDS, _CALLS.conversation_duration),
+    "Legs": _CALLS.on_call_duration,  # the first leg's OnCallDuration
+    DIGITS: _CALLS.digits,
+}
+# The longest each text field may be (documented in the OpenAPI schema).
+LONGEST = {
+    field: column.type.length
+    for field, column in _COLUMNS.items()
+    if isinstance(column.type, String) and column.type.length
+}
+
+
+def unstorable(received: ReceivedCallback) -> list[tuple[str, str]]:
+    """What in `received` no column can hold, as (field, message): its payload (kept as
+    received), and each value read from it against the column it is stored in. Exotel sends
+    none of these; one that is sent is refused before anything is stored or spooled."""
+    problems = _unstorable_payload(received.payload)
+    if problems:
+        return problems  # values read from it would repeat the same problems
+    if received.kind == RequestKind.PASSTHRU:
+        passthru = received.passthru
+        values: list[tuple[str | None, str | int | None]] = [
+            (CALL_SID, passthru.call_sid),
+            (DIGITS, passthru.digits),
+        ]
+    else:
+        callback = received.callback
+        values = [
+            (CALL_SID, callback.call_sid),
+            (callback.status_field, callback.status),  # lower-cased, it may have grown
+            ("EventType", callback.event_type),
+            ("DateUpdated", callback.date_updated_raw),
+            (callback.duration_field, callback.duration),
+            (callback.conversation_duration_field, callback.conversation_duration),
+            ("Legs", callback.on_call_duration),
+        ]
+    return [
+        (field, message)
+        for field, value in values
+        if field is not None and value is not None and (message := _misfit(value, _COLUMNS[field]))
+    ]
+
+
+def _misfit(value: str | int, column: Column[Any]) -> str | None:
+    """Why `column` cannot hold `value`; None when it can."""
+    if isinstance(column.type, String) and column.type.length and isinstance(value, str):
+        if len(value) > column.type.length:
+            return f"at most {column.type.length} characters"
+    elif isinstance(column.type, Integer) and isinstance(value, int):
+        bits = 64 if isinstance(column.type, BigInteger) else 32
+        if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+            return f"{value} is beyond a {bits}-bit integer"
+    return None
+
+
+def _unstorable_payload(payload: dict[str, Any]) -> list[tuple[str, str]]:
+    """The payload's fields that no JSON column can hold, each named as sent when its name can
+    be (else `body`)."""
+    problems = []
+    for name, value in payload.items():
+        if not _storable_text(name):
+            problems.append(("body", f"a field's name {_TEXT}"))
+        elif problem := _unstorable_value(value, depth=2):
+            problems.append((name, problem))
+    return problems
+
+
+def _unstorable_value(value: Any, *, depth: int) -> str | None:
+    """Why `value`, `depth` levels into the payload, cannot be stored; None when it can."""
+    if isinstance(value, str):
+        return None if _storable_text(value) else _TEXT
+    if not isinstance(value, dict | list):
+        return None  # numbers were checked as JSON was read; form values are all text
+    if depth > DEEPEST:
+        return f"nested more than {DEEPEST} levels deep"
+    items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+    return next(
+        (p for item in items if (p := _unstorable_value(item, depth=depth + 1)) is not None),
+        None,
+    )
+
+
+def _storable_text(text: str) -> bool:
+    """PostgreSQL stores no NUL in text or JSON, and no lone surrogate (nor can it be UTF-8)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # The statuses Exotel documents for a call: the four a terminal callback carries, `canceled`

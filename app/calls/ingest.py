@@ -6,6 +6,10 @@ callback; here concurrent callbacks share one: every request hands its callback 
 and waits, the writer stores whatever has gathered in one transaction of the one write path
 (`app.calls.store`), and then answers every waiting request. Each request still gets its answer
 only after its own callback is committed.
+
+One callback never fails the others: when a batch fails for any cause but the database being
+down, each of its callbacks is stored in a transaction of its own, and one that still cannot be
+stored as read is kept as received, `unreadable`, with why (`store_alone`).
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.calls.callbacks import ReceivedCallback
 from app.calls.store import CallStore
 from app.db.models import EventOutcome
+from app.db.session import is_database_down
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 256
+_PROBLEM_KEPT = 500  # characters of why a callback could not be stored as read
 
 
 @dataclass(frozen=True)
@@ -75,22 +81,63 @@ class CallbackWriter:
                 batch = [await self._queue.get()]
                 while len(batch) < MAX_BATCH and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
+                results: list[Stored | Exception]
                 try:
                     connection = connection or await self._engine.connect()
-                    stored = await store_callbacks(connection, [p.received for p in batch])
-                except Exception as exc:  # every waiting request learns what went wrong
+                    results = [*await store_callbacks(connection, [p.received for p in batch])]
+                except Exception as exc:
                     await _discard(connection)
                     connection = None
-                    for pending in batch:
-                        if not pending.done.done():
-                            pending.done.set_exception(exc)
-                    continue
-                for pending, result in zip(batch, stored, strict=True):
-                    if not pending.done.done():  # its request may have been cancelled meanwhile
+                    # Down, every waiting request learns it; else one of them is the cause.
+                    down = is_database_down(exc)
+                    results = [exc] * len(batch) if down else await self._one_by_one(batch)
+                for pending, result in zip(batch, results, strict=True):
+                    if pending.done.done():  # its request may have been cancelled meanwhile
+                        continue
+                    if isinstance(result, Exception):
+                        pending.done.set_exception(result)
+                    else:
                         pending.done.set_result(result)
         finally:
             if connection is not None:
                 await asyncio.shield(connection.close())
+
+    async def _one_by_one(self, batch: list[_Pending]) -> list[Stored | Exception]:
+        """Each callback of a batch that failed, in a transaction of its own."""
+        results: list[Stored | Exception] = []
+        try:
+            async with self._engine.connect() as connection:
+                for pending in batch:
+                    try:
+                        (stored,) = await store_alone(connection, pending.received)
+                        results.append(stored)
+                    except Exception as exc:
+                        results.append(exc)
+        except Exception as exc:  # the database went away meanwhile
+            results += [exc] * (len(batch) - len(results))
+        return results
+
+
+async def store_alone(
+    connection: AsyncConnection, received: ReceivedCallback, *, replayed: bool = False
+) -> list[Stored]:
+    """Store one callback in a transaction of its own, as `store_callbacks` does; one that
+    cannot be stored as read, for any cause but the database being down, is kept as received
+    instead, `unreadable`, with why."""
+    try:
+        return await store_callbacks(connection, [received], replayed=replayed)
+    except Exception as exc:
+        if is_database_down(exc):
+            raise
+        cause = getattr(exc, "orig", None) or exc  # the driver's own error, without the SQL
+        problem = f"not storable as read: {type(cause).__name__}: {cause}"[:_PROBLEM_KEPT]
+        log.error("callback %s kept unreadable, %s", received.receipt_id, problem, exc_info=exc)
+    async with connection.begin():
+        store = CallStore(connection)
+        await store.lock(ids=[received.call_id] if received.call_id else [])
+        store.add_unreadable(received, problem)
+        await store.flush()
+    return [Stored(EventOutcome.UNREADABLE)]
 
 
 async def store_callbacks(

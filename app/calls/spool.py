@@ -25,7 +25,7 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.calls.callbacks import ReceivedCallback
-from app.calls.ingest import store_callbacks
+from app.calls.ingest import store_alone
 from app.db.models import RequestKind
 from app.db.session import is_database_down
 
@@ -88,11 +88,12 @@ class Spool:
                     continue
                 try:
                     async with engine.connect() as connection:
-                        await store_callbacks(connection, [received], replayed=True)
+                        # Acknowledged: stored, as read or else as received (`unreadable`).
+                        await store_alone(connection, received, replayed=True)
                 except Exception as exc:
                     if is_database_down(exc):
                         raise  # still down: the rest waits for the next replay
-                    self._set_aside(path, "stored")
+                    self._set_aside(path, "stored")  # not even as received: for a person
                     continue
                 path.unlink()
                 _fsync_directory(self.directory)

@@ -157,9 +157,11 @@ class CallStore:
             call = self.holding(sid) if sid else None
         event = _event_row(received)
         if call is None:
-            unreadable = isinstance(received.reading, Unreadable)
-            outcome = EventOutcome.UNREADABLE if unreadable else None
-            event["outcome"] = outcome or EventOutcome.UNKNOWN_SID
+            reading = received.reading
+            if isinstance(reading, Unreadable):
+                event["outcome"], event["problem"] = EventOutcome.UNREADABLE, reading.reason
+            else:
+                event["outcome"] = EventOutcome.UNKNOWN_SID
         elif sid and sid != call.sid and (call.sid is not None or not self.learn_sid(call, sid)):
             log.warning(
                 "callback for call %s carries another call's SID", call.id, extra=about(call.id)
@@ -169,6 +171,16 @@ class CallStore:
             self._attach(event, call, received)
         self._events.append(event)
         return event
+
+    def add_unreadable(self, received: ReceivedCallback, problem: str) -> None:
+        """Store `received` as it came, `unreadable` for `problem`, and apply it to nothing:
+        what becomes of a callback that cannot be stored as read. It joins the call its URL
+        names (lock it first), if there is one."""
+        call = self.get(received.call_id) if received.call_id else None
+        event = _event_row(received, read=False)
+        event["call_id"] = call.id if call else None
+        event["outcome"], event["problem"] = EventOutcome.UNREADABLE, problem
+        self._events.append(event)
 
     def _passthru_call(self, received: ReceivedCallback) -> CallState | None:
         """A Passthru's call: by its SID; else by our id in `CustomField`, which is ours only
@@ -188,6 +200,7 @@ class CallStore:
         reading = received.reading
         if isinstance(reading, Unreadable):
             outcome = EventOutcome.UNREADABLE
+            event["problem"] = reading.reason
         elif isinstance(reading, Ignored):
             outcome = EventOutcome.IGNORED
         elif isinstance(reading, InputUpdate):
@@ -277,14 +290,14 @@ class CallStore:
         self.attached += len(attached)
 
 
-def _event_row(received: ReceivedCallback) -> dict[str, Any]:
-    callback = received.callback
+def _event_row(received: ReceivedCallback, *, read: bool = True) -> dict[str, Any]:
+    """The callback's row, with what was read from it unless not `read`."""
     row = {
         "kind": received.kind,
         "receipt_id": received.receipt_id,
         "received_at": received.received_at,
         "call_id": None,
-        "sid": callback.call_sid,
+        "sid": None,
         "method": received.method,
         "content_type": received.content_type,
         "payload": received.payload,
@@ -294,7 +307,12 @@ def _event_row(received: ReceivedCallback) -> dict[str, Any]:
         "date_updated": None,
         "date_updated_raw": None,
         "outcome": None,
+        "problem": None,
     }
+    if not read:
+        return row
+    callback = received.callback
+    row["sid"] = callback.call_sid
     if received.kind == RequestKind.STATUS_CALLBACK:  # what it said, parsed
         row |= {
             "status": callback.status,

@@ -66,7 +66,9 @@ class EventOutcome(enum.StrEnum):
     UNKNOWN_SID = "unknown_sid"  # no call known yet; attached once one is
     SID_MISMATCH = "sid_mismatch"  # the URL names a call whose SID differs from the callback's
     IGNORED = "ignored"  # an event type we do not act on (shared/exotel.md: ignore unknown ones)
-    UNREADABLE = "unreadable"  # no status (or no call) we can read: kept, and refused with 422
+    # No status (or no call) we can read, or it could not be stored as read: kept raw, and
+    # refused with 422.
+    UNREADABLE = "unreadable"
 
 
 class FailureKind(enum.StrEnum):
@@ -237,6 +239,8 @@ class CallEvent(Base):
     date_updated: Mapped[datetime | None] = mapped_column(UTCDateTime)
     date_updated_raw: Mapped[str | None] = mapped_column(String(32))
     outcome: Mapped[EventOutcome] = mapped_column(_str_enum(EventOutcome))
+    # Why it is `unreadable`: what it lacks, or why it could not be stored as read.
+    problem: Mapped[str | None] = mapped_column(Text)
 
 
 class ExotelRequest(Base):

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 import random
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -50,6 +48,7 @@ from app.db.clock import db_now
 from app.db.models import Delivery, DeliveryAttempt, DeliveryState, Event, WebhookEndpoint
 from app.db.statements import one_of, table_of, written_in
 from app.events.endpoints import disable, signing_secrets
+from app.retry_after import retry_after_seconds
 
 ANSWER_KEPT = 1024  # bytes of each answer recorded with its attempt
 _SLOW_DOWN = frozenset({429, 502, 503, 504})
@@ -246,7 +245,7 @@ async def attempt(http: aiohttp.ClientSession, claimed: Claimed, *, within: floa
         error,
         took(),
         text,
-        _retry_after(response.headers.get("retry-after")),
+        retry_after_seconds(response.headers.get("retry-after")),
     )
 
 
@@ -378,23 +377,6 @@ async def record(
             },
         )
     return states
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from `Retry-After` (seconds or an HTTP date); None when it says neither."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:  # `-0000`: UTC, its zone unknown
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    return max(seconds, 0.0) if math.isfinite(seconds) else None  # never `nan` or `inf`
 
 
 class _Statements:

@@ -28,11 +28,10 @@ EVENT_TYPES = frozenset({"terminal", "answered"})
 ANSWERED = "answered"
 
 CALL_SID = "CallSid"
-# Where each shape names the call's outcome, in the order they are believed.
+# Where each shape names the call's outcome and its durations, in the order they are believed.
 STATUS_FIELDS = ("Status", "CallStatus", "DialCallStatus")
-
-# Exotel's values are short; anything longer is not Exotel (and would not fit the columns).
-MAX_LENGTHS = {CALL_SID: 64, **dict.fromkeys(STATUS_FIELDS, 32), "EventType": 32, "DateUpdated": 32}
+DURATION_FIELDS = ("Duration", "CallDuration")
+CONVERSATION_DURATION_FIELDS = ("ConversationDuration", "DialCallDuration")
 
 _LEG_KEY = re.compile(r"^Legs\[(\d+)\]\[(\w+)\]$")
 
@@ -62,7 +61,9 @@ class StatusCallback:
     recording_url: str | None
     date_updated_raw: str | None
     duration: int | None
+    duration_field: str | None  # which field it was read from
     conversation_duration: int | None
+    conversation_duration_field: str | None
     legs: list[Leg]
 
     @property
@@ -100,6 +101,8 @@ def parse_status_callback(fields: Mapping[str, Any]) -> StatusCallback:
     it is an array of objects. Both become `legs`."""
     status_field = next((name for name in STATUS_FIELDS if clean_str(fields.get(name))), None)
     status = clean_str(fields.get(status_field)) if status_field else None
+    duration_field, duration = _first_int(fields, DURATION_FIELDS)
+    conversation_field, conversation_duration = _first_int(fields, CONVERSATION_DURATION_FIELDS)
     return StatusCallback(
         call_sid=clean_str(fields.get(CALL_SID)),
         status=status.lower() if status else None,
@@ -107,14 +110,20 @@ def parse_status_callback(fields: Mapping[str, Any]) -> StatusCallback:
         event_type=clean_str(fields.get("EventType")),
         recording_url=clean_str(fields.get("RecordingUrl")),
         date_updated_raw=clean_str(fields.get("DateUpdated")),
-        duration=_first_int(fields, "Duration", "CallDuration"),
-        conversation_duration=_first_int(fields, "ConversationDuration", "DialCallDuration"),
+        duration=duration,
+        duration_field=duration_field,
+        conversation_duration=conversation_duration,
+        conversation_duration_field=conversation_field,
         legs=_legs(fields),
     )
 
 
-def _first_int(fields: Mapping[str, Any], *names: str) -> int | None:
-    return next((n for name in names if (n := clean_int(fields.get(name))) is not None), None)
+def _first_int(fields: Mapping[str, Any], names: tuple[str, ...]) -> tuple[str | None, int | None]:
+    """The first of `names` that holds an integer, and its integer."""
+    for name in names:
+        if (number := clean_int(fields.get(name))) is not None:
+            return name, number
+    return None, None
 
 
 def _legs(fields: Mapping[str, Any]) -> list[Leg]:
@@ -152,7 +161,7 @@ def example_fields(sid: str, recording_url: str) -> dict[str, Any]:
 FIELDS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        CALL_SID: {"type": "string", "maxLength": MAX_LENGTHS[CALL_SID]},
+        CALL_SID: {"type": "string"},
         "Status": {"type": "string", "enum": ["completed", "failed", "busy", "no-answer"]},
         "DialCallStatus": {"type": "string", "description": "A flow callback's Status"},
         "CallStatus": {"type": "string", "description": "Read when Status is absent"},

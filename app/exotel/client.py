@@ -15,8 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from email.utils import parsedate_to_datetime
-from typing import IO, Any
+from typing import IO
 from urllib.parse import quote
 
 import httpx
@@ -35,6 +34,7 @@ from app.exotel.wire import (
     format_exotel_time,
     parse_response,
 )
+from app.retry_after import retry_after_seconds
 
 # Bulk call details take at most 100 SIDs, and pages of at most 100 calls.
 MAX_SIDS_PER_LOOKUP = 100
@@ -328,20 +328,6 @@ def _read(response: httpx.Response) -> ExotelResponse:
     message = error.message if error else response.reason_phrase or "error"
     code = error.code if error else None
     if status == httpx.codes.TOO_MANY_REQUESTS:
-        raise ExotelRateLimited(status, message, code, _retry_after(response.headers))
+        retry_after = retry_after_seconds(response.headers.get("retry-after"))
+        raise ExotelRateLimited(status, message, code, retry_after)
     raise ExotelRejected(status, message, code)
-
-
-def _retry_after(headers: Mapping[str, Any]) -> float | None:
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(when.tzinfo)).total_seconds())

@@ -14,8 +14,6 @@ from typing import Any
 from app.exotel.wire import clean_str, parse_exotel_time
 
 DIGITS = "digits"
-# The call's `digits` column takes 64, and Exotel sends them quoted: 66 as received.
-MAX_LENGTHS = {"CallSid": 64, "CustomField": 128, DIGITS: 66, "CurrentTime": 32}
 
 
 @dataclass(frozen=True)
