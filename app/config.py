@@ -84,14 +84,14 @@ class Settings(BaseSettings):
     # On SIGTERM, how long requests in flight get to be answered before the app shuts down.
     shutdown_grace_seconds: int = Field(20, ge=1)
 
+    # Work done later (`app.jobs`): how often an idle kind looks for work another replica
+    # queued (work queued here wakes it at once).
+    jobs_poll_seconds: float = Field(0.5, gt=0)
+
     # The dispatch queue.
     dispatch_wait_seconds: float = Field(10, ge=0)  # how long POST /calls waits for Exotel
     dispatch_concurrency: int = Field(16, ge=1)  # Calls/connect requests in flight per replica
-    dispatch_poll_seconds: float = Field(0.5, gt=0)  # how often an idle dispatcher looks
     dispatch_max_attempts: int = Field(8, ge=1)  # connection failures before a call is rejected
-    # A claim older than EXOTEL_TIMEOUT_SECONDS + this means its replica died mid-dispatch (and
-    # one older than WEBHOOK_TIMEOUT_SECONDS + this, mid-delivery).
-    dispatch_claim_grace_seconds: float = Field(30, ge=0)
 
     # Reconciliation.
     reconcile_interval_seconds: float = Field(30, gt=0)
@@ -126,7 +126,6 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(64, ge=1)  # deliveries in flight per replica
     # Deliveries in flight to one endpoint, across replicas: a slow one holds back no other.
     webhook_endpoint_concurrency: int = Field(16, ge=1)
-    webhook_poll_seconds: float = Field(0.5, gt=0)  # how often an idle deliverer looks
     # false: `exocall serve` sends no webhooks, and `exocall deliver` processes beside it do.
     webhook_delivery_in_serve: bool = True
 
@@ -160,7 +159,6 @@ class Settings(BaseSettings):
     recording_archive: bool = True
     recording_concurrency: int = Field(2, ge=1)  # recordings fetched at once per replica
     recording_max_attempts: int = Field(8, ge=1)  # fetches that failed, then `failed`
-    recording_poll_seconds: float = Field(5, gt=0)
     # After Exotel refuses the credentials (401/403), nothing is fetched for this long.
     recording_auth_pause_seconds: float = Field(600, gt=0)
 

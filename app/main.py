@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 from fastapi import Depends, FastAPI, Response
 from fastapi.telemetry import TelemetryConfig
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.api import callbacks, calls, events, health, recordings, ui, webhook_endpoints
@@ -24,18 +25,20 @@ from app.api.limits import BodySizeLimit
 from app.api.request_ids import RequestIds
 from app.calls.availability import Availability
 from app.calls.callback_auth import passthru_url
-from app.calls.dispatcher import Dispatcher, budget_of, new_replica_id
+from app.calls.dispatcher import Dispatch, budget_of
 from app.calls.ingest import CallbackWriter
-from app.calls.periodic import Periodic
-from app.calls.reconcile import reconcile_if_leading
+from app.calls.reconcile import reconcile
 from app.calls.spool import Spool
 from app.config import Settings
 from app.db.session import create_engine, create_sessionmaker
-from app.events.deliverer import start_deliverer
+from app.events.deliverer import delivering
 from app.events.retention import forget_old_events
 from app.events.targets import Resolver, TargetPolicy, system_resolver
 from app.exotel.client import ExotelClient, Observer
 from app.exotel.simulator import Simulator, SimulatorConfig
+from app.jobs.periodic import Periodic
+from app.jobs.runner import Kind, Runner
+from app.jobs.worker import BEAT_SECONDS, Worker
 from app.metrics import CONTENT_TYPE, Metrics
 from app.recordings.archive import Archive
 from app.recordings.retention import forget_old_recordings
@@ -94,14 +97,7 @@ def create_app(
             metrics = Metrics()
             availability = Availability(metrics)
             exotel = exotel_client(settings, exotel_http, observe=metrics.observe_exotel)
-            dispatcher = Dispatcher(
-                sessionmaker=sessionmaker,
-                exotel=exotel,
-                settings=settings,
-                replica_id=new_replica_id(),
-                metrics=metrics,
-                availability=availability,
-            )
+            dispatch = Dispatch(sessionmaker=sessionmaker, exotel=exotel, settings=settings)
             spool = Spool(settings.spool_dir)
             spool.open()
             targets = _targets(settings, resolver)
@@ -112,102 +108,82 @@ def create_app(
             app.state.runtime = Runtime(
                 engine=engine,
                 sessionmaker=sessionmaker,
-                dispatcher=dispatcher,
+                dispatch=dispatch,
                 spool=spool,
                 callbacks=callback_writer,
                 metrics=metrics,
                 targets=targets,
                 recordings=recording_store,
             )
-            reconciler = Periodic(
-                "reconciler",
-                functools.partial(
-                    reconcile_if_leading,
+            kinds: list[tuple[Kind[Any, Any], float]] = [
+                # Calls already sent get the Exotel timeout to be recorded before we exit.
+                (dispatch, settings.exotel_timeout_seconds),
+                (
+                    Periodic(
+                        "reconcile",
+                        functools.partial(
+                            reconcile,
+                            sessionmaker=sessionmaker,
+                            exotel=exotel,
+                            settings=settings,
+                            budget=budget_of(settings),
+                            metrics=metrics,
+                        ),
+                        every=settings.reconcile_interval_seconds,
+                        at_start=False,
+                    ),
+                    10,
+                ),
+                (
+                    # What a previous run spooled goes in first.
+                    Periodic(
+                        "spool replay",
+                        functools.partial(spool.replay, engine),
+                        every=settings.spool_replay_seconds,
+                        local=True,
+                    ),
+                    10,
+                ),
+                (
+                    Periodic(
+                        "event retention",
+                        functools.partial(
+                            forget_old_events, sessionmaker, days=settings.event_retention_days
+                        ),
+                        every=3600,
+                    ),
+                    10,
+                ),
+            ]
+            if settings.recording_archive:
+                archive = Archive(
                     sessionmaker=sessionmaker,
                     exotel=exotel,
+                    store=recording_store,
                     settings=settings,
-                    budget=budget_of(settings),
-                    replica_id=dispatcher.replica_id,
                     metrics=metrics,
-                ),
-                interval=settings.reconcile_interval_seconds,
-                at_start=False,
-                availability=availability,
-            )
-            replayer = Periodic(
-                "spool replayer",
-                functools.partial(spool.replay, engine),
-                interval=settings.spool_replay_seconds,
-                at_start=True,  # what a previous run spooled goes in first
-                availability=availability,
-            )
-            retention = Periodic(
-                "event retention",
-                functools.partial(
-                    forget_old_events, sessionmaker, days=settings.event_retention_days
-                ),
-                interval=3600,
-                at_start=True,
-                availability=availability,
-            )
-            archive = Archive(
-                sessionmaker=sessionmaker,
-                exotel=exotel,
-                store=recording_store,
-                settings=settings,
-                replica_id=dispatcher.replica_id,
-                metrics=metrics,
-            )
-            jobs = [reconciler, replayer, retention]
-            if settings.recording_archive:
-                jobs.append(
-                    Periodic(
-                        "recording archive",
-                        archive.run_due,
-                        interval=settings.recording_poll_seconds,
-                        at_start=True,
-                        availability=availability,
-                    )
                 )
+                kinds.append((archive, 10))
             if settings.recording_retention_days is not None:
-                jobs.append(
-                    Periodic(
-                        "recording retention",
-                        functools.partial(
-                            forget_old_recordings,
-                            sessionmaker,
-                            recording_store,
-                            days=settings.recording_retention_days,
-                        ),
-                        interval=3600,
-                        at_start=True,
-                        availability=availability,
-                    )
+                retention = Periodic(
+                    "recording retention",
+                    functools.partial(
+                        forget_old_recordings,
+                        sessionmaker,
+                        recording_store,
+                        days=settings.recording_retention_days,
+                    ),
+                    every=3600,
                 )
-            dispatcher.start()
-            # Calls already sent get the Exotel timeout to be recorded before we exit.
-            stack.push_async_callback(dispatcher.stop, grace=settings.exotel_timeout_seconds)
-            deliverer = None
+                kinds.append((retention, 10))
             if settings.webhook_delivery_in_serve:
-                deliverer = await start_deliverer(
-                    stack,
-                    engine=engine,
-                    targets=targets,
-                    settings=settings,
-                    replica_id=dispatcher.replica_id,
-                    metrics=metrics,
-                    availability=availability,
+                webhooks = await delivering(
+                    stack, targets=targets, settings=settings, metrics=metrics
                 )
-
-            def stop_claiming() -> None:
-                dispatcher.stop_claiming()
-                if deliverer is not None:
-                    deliverer.stop_claiming()
-
-            stack.enter_context(_on_exit_signal(stop_claiming))
-            for job in jobs:
-                job.start()
-                stack.push_async_callback(job.stop)
+                kinds.append((webhooks, 5))
+            await _run_jobs(
+                stack, kinds, sessionmaker, settings, availability, metrics, dispatch.stop_waiting
+            )
             yield
 
     app = FastAPI(
@@ -268,18 +244,16 @@ def create_deliverer_app(
         async with AsyncExitStack() as stack:
             engine = create_engine(settings.database_url, pgbouncer=settings.database_pgbouncer)
             stack.push_async_callback(engine.dispose)
-            deliverer = await start_deliverer(
-                stack,
-                engine=engine,
-                targets=_targets(settings, resolver),
-                settings=settings,
-                replica_id=new_replica_id(),
-                metrics=app.state.metrics,
-                availability=Availability(app.state.metrics),
-                # Nothing else waits on this process: what is in flight gets its whole time.
-                grace=settings.webhook_timeout_seconds,
+            sessionmaker = create_sessionmaker(engine)
+            metrics = app.state.metrics
+            webhooks = await delivering(
+                stack, targets=_targets(settings, resolver), settings=settings, metrics=metrics
             )
-            stack.enter_context(_on_exit_signal(deliverer.stop_claiming))
+            # Nothing else waits on this process: what is in flight gets its whole time.
+            grace = settings.webhook_timeout_seconds
+            await _run_jobs(
+                stack, [(webhooks, grace)], sessionmaker, settings, Availability(metrics), metrics
+            )
             yield
 
     app = FastAPI(
@@ -303,6 +277,52 @@ def create_deliverer_app(
         return Response(app.state.metrics.render(None), media_type=CONTENT_TYPE)
 
     return app
+
+
+async def _run_jobs(
+    stack: AsyncExitStack,
+    kinds: list[tuple[Kind[Any, Any], float]],
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    availability: Availability,
+    metrics: Metrics,
+    *also_on_exit: Callable[[], None],
+) -> None:
+    """A runner for each kind (with its grace at shutdown), and this process's worker, until
+    `stack` closes. On SIGTERM every runner stops claiming at once; at the close they stop
+    together, and the worker last."""
+    worker = Worker(sessionmaker)
+    await worker.start()
+    stack.push_async_callback(worker.stop)
+    runners = [
+        Runner(
+            kind,
+            sessionmaker=sessionmaker,
+            worker=worker,
+            poll=min(kind.every, BEAT_SECONDS)
+            if isinstance(kind, Periodic)
+            else settings.jobs_poll_seconds,
+            grace=grace,
+            availability=availability,
+            metrics=metrics,
+        )
+        for kind, grace in kinds
+    ]
+    for runner in runners:
+        runner.start()
+
+    async def stop() -> None:
+        await asyncio.gather(*(runner.stop() for runner in runners))
+
+    stack.push_async_callback(stop)
+
+    def stop_claiming() -> None:
+        for runner in runners:
+            runner.stop_claiming()
+        for callback in also_on_exit:
+            callback()
+
+    stack.enter_context(_on_exit_signal(stop_claiming))
 
 
 def _targets(settings: Settings, resolver: Resolver) -> TargetPolicy:

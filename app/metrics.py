@@ -65,14 +65,24 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry,
         )
-        self.rate_limit_wait = Counter(
-            "exocall_rate_limit_wait_seconds",
-            "Time the dispatcher held calls back because the account's budget was spent.",
+        self.jobs = Counter(
+            "exocall_jobs",
+            "Jobs run (app.jobs), by kind (dispatch, delivery, archive, reconcile, ...) and "
+            "outcome: done (what came of it recorded) or lost (its outcome never recorded: the "
+            "kind decides what that means).",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.job_wait = Counter(
+            "exocall_jobs_wait_seconds",
+            "Time a kind of job held back work that was ready, by kind: dispatch while the "
+            "account's budget was spent.",
+            ["kind"],
             registry=self.registry,
         )
         self.reconcile_repairs = Counter(
             "exocall_reconcile_repairs",
-            "What reconciliation did, by kind (stale_claims, repaired, not_dialled, attached).",
+            "What reconciliation did, by kind (repaired, not_dialled, attached).",
             ["kind"],
             registry=self.registry,
         )
@@ -94,9 +104,8 @@ class Metrics:
         )
         self.database_unreachable = Counter(
             "exocall_database_unreachable",
-            "Times a background worker (dispatcher, reconciler, spool replayer, deliverer) "
-            "found the "
-            "database unreachable; each tries again by itself.",
+            "Times a kind of work (dispatch, delivery, archive, reconcile, spool replay, ...) "
+            "found the database unreachable; each tries again by itself.",
             ["worker"],
             registry=self.registry,
         )

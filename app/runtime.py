@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.calls.dispatcher import Dispatcher
+from app.calls.dispatcher import Dispatch
 from app.calls.ingest import CallbackWriter
 from app.calls.spool import Spool
 from app.events.targets import TargetPolicy
@@ -19,7 +19,7 @@ from app.recordings.store import RecordingStore
 class Runtime:
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
-    dispatcher: Dispatcher
+    dispatch: Dispatch
     spool: Spool
     callbacks: CallbackWriter
     metrics: Metrics

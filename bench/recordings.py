@@ -126,7 +126,7 @@ def main() -> None:
         try:
             settings = {
                 "RECORDING_STORE": str(work / "recordings"),
-                "RECORDING_POLL_SECONDS": "0.2",
+                "JOBS_POLL_SECONDS": "0.2",
                 "SIMULATOR_CALLBACK_DELAY_SECONDS": "0.2",
             }
             if args.store == "s3":

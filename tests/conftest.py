@@ -150,7 +150,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "api_keys": FAKE_INTERNAL_API_KEY,
         # Short, so tests of calls left in the queue do not wait long for them.
         "dispatch_wait_seconds": 2,
-        "dispatch_poll_seconds": 0.05,
+        "jobs_poll_seconds": 0.05,
         # The app's own archive would race a test's callbacks with events of its own, once
         # its poll comes round: tests/test_recordings.py runs an Archive itself.
         "recording_archive": False,

@@ -388,7 +388,7 @@ async def test_a_campaign_interrupted_between_batches_submits_the_rest_on_resume
 async def test_events_tail_says_where_the_recording_stands_when_a_call_is_updated(
     start_exocall: StartExocall,
 ) -> None:
-    exocall = start_exocall(RECORDING_POLL_SECONDS="0.2")
+    exocall = start_exocall(JOBS_POLL_SECONDS="0.2")
     placed = await exocall.run("call", number("0"), "--app-id", "926")
     assert placed.returncode == 0, err(placed)
     with anyio.fail_after(WAIT_DEADLINE_SECONDS):

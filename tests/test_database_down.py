@@ -105,7 +105,7 @@ async def test_the_workers_say_when_the_database_goes_and_comes_back(
         return [
             r.getMessage()
             for r in caplog.records
-            if r.name == "app.calls.availability" and r.getMessage().startswith("dispatcher:")
+            if r.name == "app.calls.availability" and r.getMessage().startswith("dispatch:")
         ]
 
     await asyncio.to_thread(proxy.cut)
@@ -115,7 +115,7 @@ async def test_the_workers_say_when_the_database_goes_and_comes_back(
     await asyncio.to_thread(proxy.restore)
     await _eventually(lambda: len(said()) == 2)
 
-    assert re.search(r'exocall_database_unreachable_total\{worker="dispatcher"\} [1-9]', metrics)
+    assert re.search(r'exocall_database_unreachable_total\{worker="dispatch"\} [1-9]', metrics)
     # Once when it went, once when it came back: not once a poll.
     went, back = said()
     assert "unreachable" in went

@@ -159,7 +159,7 @@ async def test_a_scrape_counts_what_a_run_did(
     duration = "exocall_exotel_request_duration_seconds_count"
     assert value(samples, duration, operation="connect") == 8
 
-    assert value(samples, "exocall_rate_limit_wait_seconds_total") > 0
+    assert value(samples, "exocall_jobs_wait_seconds_total", kind="dispatch") > 0
     assert value(samples, "exocall_reconcile_repairs_total", kind="repaired") == 1
 
     assert value(samples, "exocall_calls", status="completed") == 2

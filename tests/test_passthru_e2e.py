@@ -24,7 +24,7 @@ FLOW_APP = "927"  # the simulator's confirm/cancel flow (SIMULATOR_FLOWS' defaul
 async def test_a_confirm_cancel_flow_end_to_end(deployment: Deployment) -> None:
     deployment.env |= {
         "PASSTHRU_REDIRECT_DIGITS": json.dumps({FLOW_APP: ["2"]}),
-        "WEBHOOK_POLL_SECONDS": "0.1",
+        "JOBS_POLL_SECONDS": "0.1",
     }
     (port,) = free_ports(1)
     api_url = f"http://127.0.0.1:{port}"

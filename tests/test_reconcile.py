@@ -22,8 +22,6 @@ from app.calls.reconcile import Repairs, reconcile_once
 from app.calls.state import CallState
 from app.calls.store import STATE_COLUMNS
 from app.config import Settings
-from app.db import lease
-from app.db.clock import db_now
 from app.db.models import Call, CallEvent, CallStatus, EventOutcome, ExotelRequest
 from app.exotel.client import ExotelClient
 from app.exotel.wire import format_exotel_time
@@ -249,27 +247,6 @@ async def test_every_page_of_call_details_is_read_each_from_the_budget(
     assert kinds == ["lookup", "lookup"]
 
 
-async def test_an_interrupted_dispatch_becomes_unknown_and_is_not_resent(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    exotel: ExotelDouble,
-    reconcile: Reconcile,
-) -> None:
-    async with sessionmaker() as session:
-        long_ago = await db_now(session) - timedelta(hours=1)
-    call = await stored_call(
-        sessionmaker, settings, claimed_by="a-replica-that-died", claimed_at=long_ago
-    )
-
-    repairs = await reconcile()
-
-    assert repairs.stale_claims == 1
-    stored = await reload(sessionmaker, call)
-    assert (stored.status, stored.error_code) == (CallStatus.UNKNOWN, "dispatch_interrupted")
-    assert stored.claimed_by is None
-    assert exotel.connects == []
-
-
 async def test_look_ups_draw_from_the_accounts_budget(
     sessionmaker: async_sessionmaker[AsyncSession],
     settings: Settings,
@@ -392,19 +369,3 @@ async def test_callbacks_stored_before_their_sid_was_known_are_attached(
     async with sessionmaker() as session:
         event = (await session.scalars(select(CallEvent))).one()
     assert (event.call_id, event.outcome) == (call.id, EventOutcome.APPLIED)
-
-
-async def test_one_lease_holder_at_a_time(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
-    async with sessionmaker() as session, session.begin():
-        assert await lease.try_acquire(session, name="job", holder="a", ttl=60)
-    async with sessionmaker() as session, session.begin():
-        assert not await lease.try_acquire(session, name="job", holder="b", ttl=60)
-        assert await lease.try_acquire(session, name="job", holder="a", ttl=-1)  # renew, expired
-    async with sessionmaker() as session, session.begin():
-        assert await lease.try_acquire(session, name="job", holder="b", ttl=60)
-
-
-def test_replica_ids_are_unique() -> None:
-    from app.calls.dispatcher import new_replica_id
-
-    assert len({new_replica_id() for _ in range(100)}) == 100

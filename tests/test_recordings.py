@@ -31,6 +31,7 @@ from app.config import Settings
 from app.db.clock import db_now
 from app.db.models import Call, ExotelRequest, RecordingJob, Throttle
 from app.exotel.simulator import RecordingFault, Simulator, SimulatorConfig, recording_bytes
+from app.jobs.runner import drain
 from app.main import create_app, exotel_client
 from app.metrics import Metrics
 from app.recordings.archive import Archive
@@ -109,6 +110,7 @@ class Archiving:
     simulator: Simulator
     archive: Archive
     settings: Settings
+    worker: str  # whom the archive's claims are for
 
     async def completed_call(self, number: str = "+919052161110") -> str:
         """A call placed and completed, with its recording pending; its id."""
@@ -152,10 +154,14 @@ class Archiving:
             await session.execute(update(RecordingJob).values(due_at=now))
             await session.execute(update(Throttle).values(recordings_paused_until=now))
 
+    async def run_due(self) -> int:
+        """Archive every recording due now, as a worker of its own; how many."""
+        return await drain(self.archive, sessionmaker=self.archive.sessionmaker, worker=self.worker)
+
     async def run_rounds(self, rounds: int) -> None:
         """Run the archive, then make what it left due at once, `rounds` times."""
         for _ in range(rounds):
-            await self.archive.run_due()
+            await self.run_due()
             await self.make_due()
 
     async def queued(self) -> int:
@@ -177,7 +183,7 @@ async def archiving(
     settings: Settings,
     *,
     recording_transport: httpx.AsyncBaseTransport | None = None,
-    replica_id: str = "replica-a",
+    worker: str = "replica-a",
 ) -> AsyncIterator[Archiving]:
     """The app, with the simulator as Exotel (answering only to the account's credentials), and
     an archive of its own; `recording_transport` replaces how the archive reaches Exotel."""
@@ -195,10 +201,9 @@ async def archiving(
             exotel=exotel_client(settings, http),
             store=runtime.recordings,
             settings=settings,
-            replica_id=replica_id,
             metrics=runtime.metrics,  # what /metrics counts
         )
-        yield Archiving(api, simulator, archive, settings)
+        yield Archiving(api, simulator, archive, settings, worker)
 
 
 def sha256(data: bytes) -> str:
@@ -214,7 +219,7 @@ async def test_a_recording_is_archived_once_and_served_byte_for_byte(
     settings = any_store
     async with archiving(settings) as env:
         call_id = await env.completed_call()
-        assert await env.archive.run_due() == 1
+        assert await env.run_due() == 1
         call = await env.call(call_id)
         exotel_sha = await env.exotel_sha256(call)
         recording = call["recording"]
@@ -238,7 +243,7 @@ async def test_a_recording_is_archived_once_and_served_byte_for_byte(
 
         # Nothing more to do: the job left the queue, and nothing fetches it again.
         assert await env.queued() == 0
-        assert await env.archive.run_due() == 0
+        assert await env.run_due() == 0
         assert env.fetches(call) == [200]
 
         # Subscribers are told: the archived recording is a `call.updated`.
@@ -255,7 +260,7 @@ async def test_range_requests_serve_the_bytes_asked_for(
     settings = any_store
     async with archiving(settings) as env:
         call_id = await env.completed_call()
-        await env.archive.run_due()
+        await env.run_due()
         url = f"/calls/{call_id}/recording"
         whole = (await env.api.get(url)).content
         size = len(whole)
@@ -291,7 +296,7 @@ async def test_a_store_that_signs_redirects_to_a_short_lived_url(
     settings = s3_settings(db_url, tmp_path, moto, recording_serve="redirect")
     async with archiving(settings) as env:
         call_id = await env.completed_call()
-        await env.archive.run_due()
+        await env.run_due()
         call = await env.call(call_id)
         answer = await env.api.get(f"/calls/{call_id}/recording")
         assert answer.status_code == 307
@@ -323,7 +328,7 @@ async def test_the_recording_asks_for_the_api_key_and_an_archived_recording(
         assert unknown.json()["error"]["code"] == "call_not_found"
 
         # A browser signed in to /ui sends the key as Basic auth's password.
-        await env.archive.run_due()
+        await env.run_due()
         basic = await env.api.get(url, headers={"Authorization": "Basic " + _basic("any")})
         assert basic.status_code == 200
 
@@ -342,14 +347,14 @@ async def test_a_recording_exotel_no_longer_has_is_expired_at_once(
     async with archiving(local_settings(db_url, tmp_path)) as env:
         call_id = await env.completed_call()
         env.simulator.recording_faults.append(RecordingFault(status=status))
-        await env.archive.run_due()
+        await env.run_due()
         call = await env.call(call_id)
         assert call["recording"]["status"] == "expired"
         assert call["recording"]["attempts"] == 1
         assert call["recording"]["error"] == f"Exotel answered {status}"
         assert await env.queued() == 0
         await env.make_due()
-        await env.archive.run_due()
+        await env.run_due()
         assert env.fetches(call) == [status]  # never tried again
         events = (await env.api.get("/events", params={"call_id": call_id})).json()["items"]
         assert events[-1]["type"] == "call.updated"
@@ -365,7 +370,7 @@ async def test_wrong_credentials_pause_the_archive_without_spending_attempts(
         first, second = await env.completed_call(), await env.completed_call("+919052161111")
         # The key is revoked at Exotel's end: its API and its recordings refuse it.
         env.simulator.config.credentials = ("another-key", "another-token")
-        await env.archive.run_due()
+        await env.run_due()
         calls = [await env.call(first), await env.call(second)]
         # One refusal pauses every fetch: the second recording is never asked for.
         assert sorted(len(env.fetches(c)) for c in calls) == [0, 1]
@@ -392,16 +397,19 @@ async def test_wrong_credentials_pause_the_archive_without_spending_attempts(
         assert "Exotel refused the credentials for a recording (401)" in page
         async with env.archive.sessionmaker() as session, session.begin():
             await session.execute(update(RecordingJob).values(due_at=now))
-        assert await env.archive.run_due() == 0
+        assert await env.run_due() == 0
 
         # The credentials are put right; once the pause is over, one probe goes first, then
         # the rest.
         env.simulator.config.credentials = CREDENTIALS
         await env.make_due()
-        probe = await env.archive.claim(limit=5)
+        async with env.archive.sessionmaker() as session, session.begin():
+            probe = await env.archive.claim(session, worker=env.worker, limit=5)
         assert len(probe) == 1
-        await env.archive.archive(probe[0])
-        assert await env.archive.run_due() == 1
+        outcome = await env.archive.run(probe[0])
+        async with env.archive.sessionmaker() as session, session.begin():
+            await env.archive.record(session, [(probe[0], outcome)])
+        assert await env.run_due() == 1
         for call_id in (first, second):
             assert (await env.call(call_id))["recording"]["status"] == "archived"
         async with env.archive.sessionmaker() as session:
@@ -420,7 +428,7 @@ async def test_the_call_page_plays_it_and_the_status_page_and_metrics_count(
         assert "exocall_recordings_backlog 2.0" in metrics
 
         env.simulator.recording_faults.append(RecordingFault(status=500))
-        await env.archive.run_due()  # one of the two draws the 500: whichever asks first
+        await env.run_due()  # one of the two draws the 500: whichever asks first
         by_status = {(await env.call(c))["recording"]["status"]: c for c in ids}
         archived, failing = by_status["archived"], by_status["pending"]
         page = await env.api.get(f"/ui/calls/{archived}")
@@ -452,7 +460,7 @@ async def test_an_expired_url_is_fetched_again_as_call_details_give_it(
         assert "Signature=" in old_url
         await asyncio.sleep(0.3)  # expired
         env.simulator.config.recording_url_validity = 60.0
-        await env.archive.run_due()
+        await env.run_due()
         call = await env.call(call_id)
         assert env.fetches(call) == [403, 200]
         assert env.lookups(call) == [200]
@@ -476,7 +484,7 @@ async def test_a_url_refused_while_call_details_take_the_credentials_is_tried_ag
     async with archiving(local_settings(db_url, tmp_path)) as env:
         call_id = await env.completed_call()
         env.simulator.recording_faults.append(RecordingFault(status=403))
-        await env.archive.run_due()
+        await env.run_due()
         call = await env.call(call_id)
         assert env.fetches(call) == [403]
         assert env.lookups(call) == [200]
@@ -488,7 +496,7 @@ async def test_a_url_refused_while_call_details_take_the_credentials_is_tried_ag
         assert throttle.recordings_paused_until is None
 
         await env.make_due()
-        await env.archive.run_due()
+        await env.run_due()
         call = await env.call(call_id)
         assert call["recording"]["status"] == "archived"
         assert env.fetches(call) == [403, 200]
@@ -505,7 +513,7 @@ async def test_a_refused_url_waits_for_the_budget_before_its_look_up(
             now = await db_now(session)
             session.add(ExotelRequest(at=now, kind="connect"))
         env.simulator.recording_faults.append(RecordingFault(status=403))
-        await env.archive.run_due()
+        await env.run_due()
         call = await env.call(call_id)
         assert env.fetches(call) == [403]
         assert env.lookups(call) == []
@@ -525,7 +533,7 @@ async def test_a_failed_fetch_is_tried_again_after_a_backoff(
     async with archiving(local_settings(db_url, tmp_path)) as env:
         call_id = await env.completed_call()
         env.simulator.recording_faults.append(fault)
-        await env.archive.run_due()
+        await env.run_due()
         call = await env.call(call_id)
         assert call["recording"]["status"] == "pending"
         assert call["recording"]["attempts"] == 1
@@ -538,10 +546,10 @@ async def test_a_failed_fetch_is_tried_again_after_a_backoff(
             now = await db_now(session)
         assert timedelta(seconds=4) < job.due_at - now <= timedelta(seconds=5)
         assert job.claimed_at is None
-        assert await env.archive.run_due() == 0
+        assert await env.run_due() == 0
 
         await env.make_due()
-        await env.archive.run_due()
+        await env.run_due()
         call = await env.call(call_id)
         assert call["recording"]["status"] == "archived"
         assert call["recording"]["attempts"] == 2
@@ -565,7 +573,7 @@ async def test_a_timeout_is_tried_again(db_url: str, tmp_path: Path) -> None:
     transport = httpx.MockTransport(times_out)
     async with archiving(local_settings(db_url, tmp_path), recording_transport=transport) as env:
         call_id = await env.completed_call()
-        await env.archive.run_due()
+        await env.run_due()
         call = await env.call(call_id)
         assert len(asked) == 1
         assert asked[0] == call["recording_url"]
@@ -597,7 +605,7 @@ async def test_retries_run_out_in_failed(db_url: str, tmp_path: Path) -> None:
         call = await env.call(call_id)
         assert call["recording"]["status"] == "pending"
         assert call["recording"]["attempts"] == 5
-        await env.archive.run_due()
+        await env.run_due()
         call = await env.call(call_id)
         assert call["recording"]["status"] == "archived"
         assert call["recording"]["attempts"] == 6
@@ -617,7 +625,7 @@ async def test_the_credentials_never_go_to_a_host_off_the_list(db_url: str, tmp_
             await session.execute(
                 update(Call).values(recording_url="https://evil.example/exotelrecordings/a.mp3")
             )
-        await env.archive.run_due()
+        await env.run_due()
         call = await env.call(call_id)
         assert asked == []
         assert call["recording"]["status"] == "failed"
@@ -638,7 +646,7 @@ async def test_a_store_that_is_down_is_retried_without_fetching_again(
         async with archiving(settings) as env:
             call_id = await env.completed_call()
             store_proxy.cut()
-            await env.archive.run_due()
+            await env.run_due()
             call = await env.call(call_id)
             exotel_sha = await env.exotel_sha256(call)
             assert call["recording"]["status"] == "pending"
@@ -650,12 +658,12 @@ async def test_a_store_that_is_down_is_retried_without_fetching_again(
 
             # Still down: tried again, still not fetched again.
             await env.make_due()
-            await env.archive.run_due()
+            await env.run_due()
             assert (await env.call(call_id))["recording"]["status"] == "pending"
 
             store_proxy.restore()
             await env.make_due()
-            await env.archive.run_due()
+            await env.run_due()
             call = await env.call(call_id)
             assert call["recording"]["status"] == "archived"
             assert call["recording"]["attempts"] == 1
@@ -681,11 +689,11 @@ async def test_held_bytes_gone_from_disk_are_fetched_again(
         async with archiving(settings) as env:
             call_id = await env.completed_call()
             store_proxy.cut()
-            await env.archive.run_due()
+            await env.run_due()
             (env.archive.held_dir / call_id).unlink()  # the replica that held them is gone
             store_proxy.restore()
             await env.make_due()
-            await env.archive.run_due()
+            await env.run_due()
             call = await env.call(call_id)
             assert call["recording"]["status"] == "archived"
             assert call["recording"]["attempts"] == 2
@@ -726,12 +734,16 @@ async def test_two_replicas_never_fetch_one_recording_together(db_url: str, tmp_
                     exotel=exotel_client(settings, http),
                     store=env.archive.store,
                     settings=settings,
-                    replica_id=f"replica-{n}",
                     metrics=Metrics(),
                 )
-                for n in range(2)
+                for _ in range(2)
             ]
-            done = await asyncio.gather(*(replica.run_due() for replica in replicas))
+            done = await asyncio.gather(
+                *(
+                    drain(replica, sessionmaker=env.archive.sessionmaker, worker=f"replica-{n}")
+                    for n, replica in enumerate(replicas)
+                )
+            )
         assert sum(done) == len(ids)
         assert all(count > 0 for count in done)  # both worked
         assert set(slow.most_at_once.values()) == {1}
@@ -750,7 +762,7 @@ async def test_retention_deletes_old_audio_and_the_call_keeps_the_fact(
     settings = any_store
     async with archiving(settings) as env:
         old, recent = await env.completed_call(), await env.completed_call("+919052161111")
-        await env.archive.run_due()
+        await env.run_due()
         async with env.archive.sessionmaker() as session, session.begin():
             now = await db_now(session)
             await session.execute(
@@ -795,7 +807,7 @@ async def test_backfill_queues_older_calls_that_have_a_recording_url(
         assert result.returncode == 0, result.stderr
         assert "queued 2 recordings" in result.stdout
         assert await env.queued() == 2
-        await env.archive.run_due()
+        await env.run_due()
         for call_id in (before, failed):
             assert (await env.call(call_id))["recording"]["status"] == "archived"
         assert "queued 0 recordings" in (await backfill("2026-01-01", tmp_path, db_url)).stdout

@@ -31,7 +31,7 @@ async def wait_for_recording(api: httpx.AsyncClient, call_id: str, status: str) 
 async def test_a_recording_is_fetched_kept_and_served_as_exotel_served_it(
     deployment: Deployment,
 ) -> None:
-    deployment.env |= {"RECORDING_POLL_SECONDS": "0.2"}
+    deployment.env |= {"JOBS_POLL_SECONDS": "0.2"}
     simulator_url = deployment.start_simulator("--callback-delay", "0.2")
     api_url = deployment.start_server()
     async with (
@@ -77,7 +77,7 @@ async def test_a_simulator_started_without_a_key_answers_any_credentials(
 ) -> None:
     """`exocall simulator` on its own, and exocall with any fake key (README): calls are placed
     and recordings archived through it."""
-    deployment.env |= {"RECORDING_POLL_SECONDS": "0.2"}
+    deployment.env |= {"JOBS_POLL_SECONDS": "0.2"}
     key = {name: deployment.env.pop(name) for name in ("EXOTEL_API_KEY", "EXOTEL_API_TOKEN")}
     simulator_url = deployment.start_simulator("--callback-delay", "0.2")
     deployment.env |= key

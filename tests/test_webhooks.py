@@ -22,7 +22,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from app.db.models import Delivery, DeliveryAttempt, DeliveryState
 from app.db.session import create_engine
-from app.events.delivery import Answer, claim, record, release
+from app.events.delivery import Answer, claim, record, release, retry_policy
 from app.events.targets import TargetPolicy, TargetRefused, guarded_session
 from app.main import create_app
 from tests.conftest import callback_path, make_settings, no_dns, serving
@@ -35,9 +35,10 @@ pytestmark = pytest.mark.anyio
 
 FAST = {
     "webhook_retry_schedule": "0.2,0.2,0.2,0.2,0.2,0.2",
-    "webhook_poll_seconds": 0.05,
+    "jobs_poll_seconds": 0.05,
     "webhook_timeout_seconds": 2,
 }
+RETRIES = retry_policy([0.2])
 
 
 async def eventually(check: Callable[[], Awaitable[bool] | bool], within: float = 15) -> None:
@@ -462,19 +463,19 @@ async def test_an_answer_to_a_claim_given_back_and_taken_again_changes_nothing(
     ok = Answer(200, None, 5, "ok")
     try:
         async with engine.begin() as db:
-            [first] = await claim(db, replica_id="stalled", limit=8, per_endpoint=8)
+            [first] = await claim(db, worker="stalled", limit=8, per_endpoint=8)
         async with engine.begin() as db:
-            assert await release(db, older_than=0) == 1
+            assert await release(db, [first.delivery_id]) == 1
         async with engine.begin() as db:
-            [second] = await claim(db, replica_id="other", limit=8, per_endpoint=8)
+            [second] = await claim(db, worker="other", limit=8, per_endpoint=8)
         assert (first.delivery_id, first.attempt, second.attempt) == (second.delivery_id, 1, 2)
         async with engine.begin() as db:
-            await record(db, [(first, ok)], settings=settings)
+            await record(db, [(first, ok)], settings=settings, retries=RETRIES)
         async with engine.connect() as db:
             row = (await db.execute(select(Delivery).where(Delivery.id == first.delivery_id))).one()
             assert (row.state, row.claimed_by, row.attempts) == (DeliveryState.SENDING, "other", 2)
         async with engine.begin() as db:
-            await record(db, [(second, ok)], settings=settings)
+            await record(db, [(second, ok)], settings=settings, retries=RETRIES)
         async with engine.connect() as db:
             row = (await db.execute(select(Delivery).where(Delivery.id == first.delivery_id))).one()
             assert (row.state, row.claimed_by) == (DeliveryState.DELIVERED, None)

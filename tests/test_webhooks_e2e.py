@@ -46,10 +46,8 @@ async def test_every_event_reaches_the_subscriber_once_in_order_through_failures
     replicas = 3
     deployment.env |= {
         "WEBHOOK_RETRY_SCHEDULE": ",".join(["0.5"] * 20),
-        "WEBHOOK_POLL_SECONDS": "0.1",
+        "JOBS_POLL_SECONDS": "0.1",
         "WEBHOOK_TIMEOUT_SECONDS": "3",
-        # A dead replica's claims are given back after the time-out and this.
-        "DISPATCH_CLAIM_GRACE_SECONDS": "1",
         # The killed replica's callbacks are lost: its calls are looked up soon after.
         "RECONCILE_INTERVAL_SECONDS": "1",
         "RECONCILE_FIRST_LOOKUP_SECONDS": "1",
@@ -199,7 +197,7 @@ async def test_a_deliverer_process_of_its_own_sends_what_the_api_replicas_leave(
     """WEBHOOK_DELIVERY_IN_SERVE=false: the API replica sends nothing; `exocall deliver`
     beside it sends every event, signed, counts them in its /metrics, and on SIGTERM exits
     cleanly."""
-    deployment.env |= {"WEBHOOK_DELIVERY_IN_SERVE": "false", "WEBHOOK_POLL_SECONDS": "0.1"}
+    deployment.env |= {"WEBHOOK_DELIVERY_IN_SERVE": "false", "JOBS_POLL_SECONDS": "0.1"}
     deployment.start_simulator("--callback-delay", "0.3")
     subscriber_url = deployment.start_subscriber()
     subscriber = httpx.AsyncClient(base_url=subscriber_url, timeout=30)

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
 from fastapi.openapi.models import Example
 
-from app.api.deps import DispatcherDep, SessionDep, SettingsDep, require_api_key, require_json
+from app.api.deps import DispatchDep, SessionDep, SettingsDep, require_api_key, require_json
 from app.api.errors import refusals
 from app.api.schemas import (
     PLACE_EXAMPLE,
@@ -67,7 +67,7 @@ async def place_call(
     body: Annotated[CallCreate, Body(openapi_examples=_PLACE_EXAMPLES)],
     session: SessionDep,
     settings: SettingsDep,
-    dispatcher: DispatcherDep,
+    dispatch: DispatchDep,
     response: Response,
     idempotency_key: Annotated[
         IdempotencyKey | None,
@@ -82,10 +82,10 @@ async def place_call(
     )
     # The row is durable before Exotel is asked, so no call goes unaccounted for.
     await session.commit()
-    dispatcher.wake()
+    dispatch.wake()
     if wait and call.status == CallStatus.QUEUED:
         try:
-            sent = await dispatcher.wait_until_sent(call.id, within=settings.dispatch_wait_seconds)
+            sent = await dispatch.wait_until_sent(call.id, within=settings.dispatch_wait_seconds)
         except Exception:
             # The call is placed and goes on: never answer as if it had not been, or a client
             # retrying the failure would phone the customer twice.
@@ -119,12 +119,12 @@ async def place_call(
     ),
 )
 async def place_batch(
-    body: BatchCreate, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep
+    body: BatchCreate, session: SessionDep, settings: SettingsDep, dispatch: DispatchDep
 ) -> BatchOut:
     requests = [item.to_request(item.idempotency_key) for item in body.calls]
     batch, calls = await create_batch(session, requests=requests, settings=settings)
     await session.commit()
-    dispatcher.wake()
+    dispatch.wake()
     return BatchOut(id=batch.id, size=batch.size, calls=[CallOut.of(call) for call, _ in calls])
 
 

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.api.errors import ApiError
-from app.calls.dispatcher import Dispatcher
+from app.calls.dispatcher import Dispatch
 from app.config import Settings
 from app.metrics import Metrics
 from app.recordings.store import RecordingStore
@@ -41,8 +41,8 @@ async def get_engine(request: Request) -> AsyncEngine:
     return runtime_of(request).engine
 
 
-async def get_dispatcher(request: Request) -> Dispatcher:
-    return runtime_of(request).dispatcher
+async def get_dispatch(request: Request) -> Dispatch:
+    return runtime_of(request).dispatch
 
 
 async def get_metrics(request: Request) -> Metrics:
@@ -62,7 +62,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
-DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+DispatchDep = Annotated[Dispatch, Depends(get_dispatch)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 RecordingsDep = Annotated[RecordingStore, Depends(get_recordings)]
 

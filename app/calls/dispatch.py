@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.calls import ratelimit
 from app.calls.callback_auth import status_callback_url
@@ -24,7 +25,7 @@ from app.calls.store import CallStore
 from app.config import Settings
 from app.db.clock import db_now
 from app.db.models import Call, CallStatus, EventOutcome, FailureKind
-from app.exotel.client import ConnectRequest, ExotelClient
+from app.exotel.client import ConnectRequest
 from app.exotel.errors import (
     ExotelError,
     ExotelOutcomeUnknown,
@@ -33,9 +34,15 @@ from app.exotel.errors import (
     ExotelUnreachable,
 )
 from app.exotel.wire import ExotelCall
-from app.logs import about, mask
+from app.jobs.policy import RetryPolicy
+from app.logs import about
 
 log = logging.getLogger(__name__)
+
+_INTERRUPTED = Failure(
+    FailureKind.DISPATCH_INTERRUPTED,
+    "the replica sending this call stopped; Exotel may have dialled",
+)
 
 
 @dataclass(frozen=True)
@@ -97,47 +104,39 @@ def schedule_lookup(call: CallState, now: datetime, settings: Settings) -> None:
     )
 
 
-def backoff(attempts: int, *, ceiling: float) -> float:
-    """Seconds before trying again after `attempts` attempts: 2, 4, 8, ... up to `ceiling`."""
-    return float(min(ceiling, 2 ** min(attempts, 16)))
-
-
-async def send_claimed(
-    *,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    exotel: ExotelClient,
-    settings: Settings,
+async def record_sent(
+    session: AsyncSession,
+    store: CallStore,
     call_id: uuid.UUID,
-    replica_id: str,
+    result: ExotelCall | Verdict,
+    *,
+    settings: Settings,
+    retries: RetryPolicy,
 ) -> None:
-    """Send a call this replica claimed from the queue to Exotel, and record what came of it.
+    """Record what came of sending a claimed call (under `store.lock`), releasing its claim."""
+    state = store.get(call_id)
+    assert state is not None, "calls are never deleted"
+    state.claimed_by = state.claimed_at = None
+    if isinstance(result, ExotelCall):
+        await _record_accepted(store, state, result, settings)
+    elif result.status == CallStatus.QUEUED:
+        await _retry_later(session, store, state, result, retries)
+    else:
+        await record_failure(store, state, result.status, result.failure)
 
-    No transaction is held open while Exotel is asked: its answer can take seconds.
-    """
-    async with sessionmaker() as session:
-        call = await session.get(Call, call_id)
-        if call is None or call.status != CallStatus.QUEUED or call.claimed_by != replica_id:
-            return  # no longer ours: the claim went stale and was resolved without us
-        request = connect_request(call, settings)
-    log.info("dialling %s for call %s", mask(call.from_number), call_id, extra=about(call_id))
-    result: ExotelCall | Verdict
-    try:
-        result = await exotel.connect(request)
-    except ExotelError as exc:
-        result = classify(exc)
-    async with sessionmaker() as session, session.begin():
-        store = await CallStore.of(session)
-        await store.lock(ids=[call_id], sids=[result.sid] if isinstance(result, ExotelCall) else [])
-        state = store.get(call_id)
-        assert state is not None, "calls are never deleted"
-        state.claimed_by = state.claimed_at = None
-        if isinstance(result, ExotelCall):
-            await _record_accepted(store, state, result, settings)
-        elif result.status == CallStatus.QUEUED:
-            await _retry_later(session, store, state, result, settings)
-        else:
-            await record_failure(store, state, result.status, result.failure)
-        await store.flush()
+
+async def record_lost(session: AsyncSession, call_ids: Sequence[uuid.UUID]) -> None:
+    """Calls claimed whose send was cut short (their worker died or stopped mid-send): whether
+    the request reached Exotel cannot be known, so each becomes `unknown`, never sent again."""
+    store = await CallStore.of(session)
+    await store.lock(ids=call_ids)
+    for call_id in call_ids:
+        call = store.get(call_id)
+        assert call is not None
+        call.claimed_by = call.claimed_at = None
+        if call.status == CallStatus.QUEUED:  # else a callback told its end meanwhile
+            await record_failure(store, call, CallStatus.UNKNOWN, _INTERRUPTED)
+    await store.flush()
 
 
 async def _record_accepted(
@@ -177,18 +176,16 @@ async def _record_accepted(
 
 
 async def _retry_later(
-    session: AsyncSession, store: CallStore, call: CallState, verdict: Verdict, settings: Settings
+    session: AsyncSession, store: CallStore, call: CallState, verdict: Verdict, retries: RetryPolicy
 ) -> None:
     if call.status != CallStatus.QUEUED:
         return  # declared `unknown` while we waited; reconciliation resolves it
     kind = verdict.failure.kind
-    if kind == FailureKind.EXOTEL_UNREACHABLE and call.attempts >= settings.dispatch_max_attempts:
+    if kind == FailureKind.EXOTEL_UNREACHABLE and retries.gives_up(call.attempts):
         await record_failure(store, call, CallStatus.REJECTED, verdict.failure)
         return
     now = await store.now()
-    delay = verdict.retry_after
-    if delay is None:
-        delay = backoff(call.attempts, ceiling=settings.exotel_rate_window_seconds)
+    delay = retries.delay(call.attempts, retry_after=verdict.retry_after)
     call.not_before = now + timedelta(seconds=delay)
     call.fail(verdict.failure, at=now)  # says why the call is still queued
     if kind == FailureKind.EXOTEL_RATE_LIMITED:
@@ -225,12 +222,12 @@ async def record_failure(
 
 
 async def claim_next(
-    session: AsyncSession, *, budget: ratelimit.Budget, replica_id: str
-) -> uuid.UUID | float | None:
-    """Claim the oldest ready call for this replica if the account's budget allows.
+    session: AsyncSession, *, budget: ratelimit.Budget, worker: str
+) -> Call | float | None:
+    """Claim the oldest ready call for `worker` if the account's budget allows.
 
-    Returns the claimed call's id; or the seconds to wait for the budget; or None when no call
-    is ready. Claims with SKIP LOCKED, so replicas never wait on each other's claims.
+    Returns the claimed call; or the seconds to wait for the budget; or None when no call is
+    ready. Claims with SKIP LOCKED, so replicas never wait on each other's claims.
     """
     ready = (
         select(Call)
@@ -252,7 +249,7 @@ async def claim_next(
     )
     if wait > 0:
         return wait
-    call.claimed_by, call.claimed_at = replica_id, now
+    call.claimed_by, call.claimed_at = worker, now
     call.attempts += 1
     ratelimit.spend(session, now=now, kind=ratelimit.RequestKind.CONNECT)
-    return call.id
+    return call

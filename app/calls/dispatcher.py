@@ -1,34 +1,41 @@
-"""The dispatcher that runs inside every replica: it claims queued calls within the account's
-shared budget and sends each to Exotel, several at a time."""
+"""Dispatch as a kind of job (`app.jobs`): every replica claims queued calls within the
+account's shared budget and sends each to Exotel, several at a time."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import os
-import socket
-import time
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.calls.availability import Availability
-from app.calls.dispatch import claim_next, send_claimed
-from app.calls.periodic import sleep_until_set
+from app.calls.dispatch import (
+    Verdict,
+    claim_next,
+    classify,
+    connect_request,
+    record_lost,
+    record_sent,
+)
 from app.calls.ratelimit import Budget
+from app.calls.store import CallStore
 from app.config import Settings
 from app.db.models import Call, CallStatus
-from app.db.session import is_database_down
-from app.exotel.client import ExotelClient
-from app.logs import about
-from app.metrics import Metrics
+from app.db.statements import table_of
+from app.exotel.client import ConnectRequest, ExotelClient
+from app.exotel.errors import ExotelError
+from app.exotel.wire import ExotelCall
+from app.jobs.policy import RetryPolicy
+from app.jobs.runner import Kind
+from app.jobs.worker import Queue
+from app.logs import about, mask
 
 log = logging.getLogger(__name__)
 
-
-def new_replica_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+_CALLS = table_of(Call).c
 
 
 def budget_of(settings: Settings) -> Budget:
@@ -39,55 +46,91 @@ def budget_of(settings: Settings) -> Budget:
     )
 
 
-class Dispatcher:
+@dataclass(frozen=True)
+class Claimed:
+    call_id: uuid.UUID
+    number: str
+    request: ConnectRequest
+
+
+class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
+    """A claim is a queued call's `claimed_by`; one claimed is sent at once. Nothing that may
+    have reached Exotel is sent again: a claim lost mid-send makes the call `unknown`. What
+    certainly did not dial (a 429, no connection made) goes back to the queue, on the retry
+    policy: 2, 4, 8 s ... up to the rate window, and `rejected` after DISPATCH_MAX_ATTEMPTS
+    connections never made."""
+
+    name = "dispatch"
+    queue = Queue(key=_CALLS.id, claimed_by=_CALLS.claimed_by)
+
     def __init__(
         self,
         *,
         sessionmaker: async_sessionmaker[AsyncSession],
         exotel: ExotelClient,
         settings: Settings,
-        replica_id: str,
-        metrics: Metrics,
-        availability: Availability,
     ) -> None:
+        self.concurrency = settings.dispatch_concurrency
         self._sessionmaker = sessionmaker
-        self._metrics = metrics
-        self._availability = availability
         self._exotel = exotel
         self._settings = settings
         self._budget = budget_of(settings)
-        self.replica_id = replica_id
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._slots = asyncio.Semaphore(settings.dispatch_concurrency)
-        self._sending: set[asyncio.Task[None]] = set()
+        self._retries = RetryPolicy.doubling(
+            2, settings.exotel_rate_window_seconds, max_attempts=settings.dispatch_max_attempts
+        )
         self._finished: dict[uuid.UUID, asyncio.Event] = {}
-        self._loop: asyncio.Task[None] | None = None
+        self._stopping = False
 
-    def start(self) -> None:
-        self._loop = asyncio.create_task(self._run(), name="dispatcher")
+    async def claim(
+        self, session: AsyncSession, *, worker: str, limit: int
+    ) -> list[Claimed] | float:
+        claimed = await claim_next(session, budget=self._budget, worker=worker)
+        if claimed is None:
+            return []
+        if isinstance(claimed, float):
+            return claimed
+        return [Claimed(claimed.id, claimed.from_number, connect_request(claimed, self._settings))]
 
-    def stop_claiming(self) -> None:
-        """Claim nothing more; calls already claimed are still sent (see `stop`)."""
-        self._stopping.set()
+    async def run(self, job: Claimed) -> ExotelCall | Verdict:
+        log.info("dialling %s for call %s", mask(job.number), job.call_id, extra=about(job.call_id))
+        try:
+            return await self._exotel.connect(job.request)
+        except ExotelError as exc:
+            return classify(exc)
 
-    async def stop(self, *, grace: float) -> None:
-        """Stop claiming; give calls already sent up to `grace` seconds to be recorded. A send
-        cut short leaves its claim, which reconciliation resolves without sending again."""
-        self._stopping.set()
-        if self._loop is not None:
-            # Let a claim under way finish rather than cancel it mid-transaction.
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._loop, timeout=5)
-        if self._sending:
-            _, pending = await asyncio.wait(self._sending, timeout=grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+    async def record(
+        self, session: AsyncSession, done: Sequence[tuple[Claimed, ExotelCall | Verdict]]
+    ) -> None:
+        store = await CallStore.of(session)
+        sids = [result.sid for _, result in done if isinstance(result, ExotelCall)]
+        await store.lock(ids=[job.call_id for job, _ in done], sids=sids)
+        for job, result in done:
+            await record_sent(
+                session,
+                store,
+                job.call_id,
+                result,
+                settings=self._settings,
+                retries=self._retries,
+            )
+        await store.flush()
 
-    def wake(self) -> None:
-        """New work was queued here: look now rather than at the next poll."""
-        self._wake.set()
+    def recorded(self, done: Sequence[tuple[Claimed, ExotelCall | Verdict]]) -> None:
+        for job, _ in done:
+            if finished := self._finished.get(job.call_id):
+                finished.set()
+
+    def key(self, job: Claimed) -> uuid.UUID:
+        return job.call_id
+
+    async def lost(self, session: AsyncSession, keys: Sequence[uuid.UUID]) -> None:
+        await record_lost(session, keys)
+
+    def stop_waiting(self) -> None:
+        """The replica is shutting down: requests waiting for their call to be sent answer now."""
+        self._stopping = True
+        for finished in self._finished.values():
+            finished.set()
 
     async def wait_until_sent(self, call_id: uuid.UUID, *, within: float) -> Call | None:
         """Wait up to `within` seconds for the call to leave the queue; the call as stored.
@@ -102,6 +145,7 @@ class Dispatcher:
         pause = 0.05
         try:
             while True:
+                finished.clear()  # set from here on: recorded since this read
                 async with self._sessionmaker() as session:
                     call = await session.get(Call, call_id)
                 # Done when Exotel's answer is recorded: a callback may have ended the call
@@ -109,73 +153,10 @@ class Dispatcher:
                 if call is None or (call.status != CallStatus.QUEUED and call.claimed_at is None):
                     return call
                 remaining = deadline - loop.time()
-                if remaining <= 0 or self._stopping.is_set():
+                if remaining <= 0 or self._stopping:
                     return call
-                await self._pause(min(pause, remaining), finished)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(finished.wait(), min(pause, remaining))
                 pause = min(pause * 2, 1.0)
         finally:
             self._finished.pop(call_id, None)
-
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            await self._slots.acquire()
-            if self._stopping.is_set():  # while it waited for a free slot
-                self._slots.release()
-                return
-            try:
-                async with self._sessionmaker() as session, session.begin():
-                    claimed = await claim_next(
-                        session, budget=self._budget, replica_id=self.replica_id
-                    )
-            except asyncio.CancelledError:
-                self._slots.release()
-                raise
-            except Exception as exc:  # the loop must outlive any one failure
-                if is_database_down(exc):
-                    self._availability.lost("dispatcher", exc)
-                else:
-                    log.exception("dispatcher: claiming failed")
-                claimed = self._settings.dispatch_poll_seconds
-            else:
-                self._availability.reached("dispatcher")
-            if isinstance(claimed, uuid.UUID):
-                self._spawn_send(claimed)
-                continue
-            self._slots.release()
-            if claimed is None:  # nothing ready: sleep until woken or the next poll
-                self._wake.clear()
-                await self._pause(self._settings.dispatch_poll_seconds, self._wake)
-            else:  # the budget is spent: new work does not change that
-                started = time.monotonic()
-                await self._pause(claimed)
-                self._metrics.rate_limit_wait.inc(time.monotonic() - started)
-
-    async def _pause(self, seconds: float, *also: asyncio.Event) -> None:
-        """Sleep `seconds`, or until stopping or any of `also` is set."""
-        await sleep_until_set(seconds, self._stopping, *also)
-
-    def _spawn_send(self, call_id: uuid.UUID) -> None:
-        task = asyncio.create_task(self._send(call_id), name=f"send {call_id}")
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-
-    async def _send(self, call_id: uuid.UUID) -> None:
-        try:
-            await send_claimed(
-                sessionmaker=self._sessionmaker,
-                exotel=self._exotel,
-                settings=self._settings,
-                call_id=call_id,
-                replica_id=self.replica_id,
-            )
-        except Exception:
-            # The claim stays; reconciliation resolves the call without sending it again.
-            log.exception(
-                "dispatcher: call %s was sent but its outcome was not recorded",
-                call_id,
-                extra=about(call_id),
-            )
-        finally:
-            self._slots.release()
-            if finished := self._finished.get(call_id):
-                finished.set()

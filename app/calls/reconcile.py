@@ -37,7 +37,6 @@ from app.calls.dispatch import record_failure, schedule_lookup
 from app.calls.state import CallState, Failure, StatusUpdate, apply_update
 from app.calls.store import CallStore
 from app.config import Settings
-from app.db import lease
 from app.db.clock import db_now
 from app.db.models import Call, CallEvent, CallStatus, EventOutcome, FailureKind
 from app.exotel.client import MAX_SIDS_PER_LOOKUP, CallsPage, ExotelClient
@@ -48,13 +47,8 @@ from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-LEASE = "reconcile"
 # How far around our dispatch time Exotel's DateCreated of an `unknown` call may be.
 MATCH_WINDOW = timedelta(minutes=5)
-_INTERRUPTED = Failure(
-    FailureKind.DISPATCH_INTERRUPTED,
-    "the replica sending this call stopped; Exotel may have dialled",
-)
 _NO_RECORD = Failure(
     FailureKind.EXOTEL_NO_RECORD, "Exotel has no record of this call: it was not dialled"
 )
@@ -64,7 +58,6 @@ _NO_RECORD = Failure(
 class Repairs:
     """What one round did: the figures operators watch."""
 
-    stale_claims: int = 0  # sends cut short (a replica died): made `unknown`, never resent
     lookups: int = 0  # requests to Exotel's call details
     repaired: int = 0  # calls whose state a look-up changed
     not_dialled: int = 0  # `unknown` calls Exotel has no record of, long after: `rejected`
@@ -132,35 +125,11 @@ async def reconcile_once(
     deadline = time.monotonic() + settings.reconcile_interval_seconds
     round_ = _Round(sessionmaker, exotel, settings, budget, Repairs(), deadline)
     async with sessionmaker() as session, session.begin():
-        round_.repairs.stale_claims = await _resolve_stale_claims(session, settings)
-    async with sessionmaker() as session, session.begin():
         round_.repairs.attached = await _attach_orphan_events(session)
     with contextlib.suppress(OutOfBudget):
         await _look_up_by_sid(round_)
         await _look_up_unknown_by_number(round_)
     return round_.repairs
-
-
-async def _resolve_stale_claims(session: AsyncSession, settings: Settings) -> int:
-    """A claim older than any send could take means its replica died mid-dispatch. Whether the
-    request reached Exotel cannot be known: the call becomes `unknown`, never sent again."""
-    limit = timedelta(
-        seconds=settings.exotel_timeout_seconds + settings.dispatch_claim_grace_seconds
-    )
-    cutoff = await db_now(session) - limit
-    stale = select(Call.id).where(
-        Call.status == CallStatus.QUEUED, Call.claimed_at.is_not(None), Call.claimed_at < cutoff
-    )
-    ids = list(await session.scalars(stale.with_for_update(skip_locked=True)))
-    store = await CallStore.of(session)
-    await store.lock(ids=ids)
-    for call_id in ids:
-        call = store.get(call_id)
-        assert call is not None
-        call.claimed_by = call.claimed_at = None
-        await record_failure(store, call, CallStatus.UNKNOWN, _INTERRUPTED)
-    await store.flush()
-    return len(ids)
 
 
 async def _attach_orphan_events(session: AsyncSession) -> int:
@@ -292,23 +261,17 @@ def _apply_details(call: CallState, details: ExotelCall) -> int:
     return 0
 
 
-async def reconcile_if_leading(
+async def reconcile(
     *,
     sessionmaker: async_sessionmaker[AsyncSession],
     exotel: ExotelClient,
     settings: Settings,
     budget: ratelimit.Budget,
-    replica_id: str,
     metrics: Metrics,
 ) -> None:
-    """One round, if this replica holds the reconciliation lease (or can take it)."""
-    async with sessionmaker() as session, session.begin():
-        held = await lease.try_acquire(
-            session, name=LEASE, holder=replica_id, ttl=settings.reconcile_interval_seconds * 3
-        )
-    if held:
-        repairs = await reconcile_once(
-            sessionmaker=sessionmaker, exotel=exotel, settings=settings, budget=budget
-        )
-        log.info("reconcile: %s", repairs)
-        metrics.count_repairs(repairs.changes())
+    """One round, logged and counted: the periodic job one replica at a time runs."""
+    repairs = await reconcile_once(
+        sessionmaker=sessionmaker, exotel=exotel, settings=settings, budget=budget
+    )
+    log.info("reconcile: %s", repairs)
+    metrics.count_repairs(repairs.changes())

@@ -173,6 +173,8 @@ class Call(Base):
     __table_args__ = (
         # Newest-first listing and its cursor.
         Index("ix_call_created_at_id", "created_at", "id"),
+        # The calls being sent, for the sweep of lost claims (app.jobs).
+        Index("ix_call_claimed_by", "claimed_by", postgresql_where=text("claimed_by IS NOT NULL")),
         Index("ix_call_from_number_created_at", "from_number", "created_at"),
         # The queue (oldest queued first) and the status filter.
         Index("ix_call_status_created_at", "status", "created_at"),
@@ -270,14 +272,26 @@ class Throttle(Base):
     recordings_paused_reason: Mapped[str | None] = mapped_column(Text)
 
 
-class Lease(Base):
-    """A named lease, so that one replica at a time runs a job (reconciliation)."""
+class Worker(Base):
+    """A process that claims work (`app.jobs`): its claims live while it beats."""
 
-    __tablename__ = "lease"
+    __tablename__ = "worker"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Periodic(Base):
+    """A job run every so often by one worker at a time across replicas (`app.jobs.periodic`):
+    reconciliation, the retentions."""
+
+    __tablename__ = "periodic"
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    holder: Mapped[str] = mapped_column(String(128))
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class DeliveryState(enum.StrEnum):

@@ -48,6 +48,7 @@ from app.db.clock import db_now
 from app.db.models import Delivery, DeliveryAttempt, DeliveryState, Event, WebhookEndpoint
 from app.db.statements import one_of, table_of, written_in
 from app.events.endpoints import disable, signing_secrets
+from app.jobs.policy import RetryPolicy
 from app.retry_after import retry_after_seconds
 
 ANSWER_KEPT = 1024  # bytes of each answer recorded with its attempt
@@ -90,7 +91,7 @@ class Answer:
 
 
 async def claim(
-    db: AsyncConnection, *, replica_id: str, limit: int, per_endpoint: int
+    db: AsyncConnection, *, worker: str, limit: int, per_endpoint: int
 ) -> list[Claimed]:
     """Claim up to `limit` deliveries that are due, heads of their call's chain, within each
     endpoint's share."""
@@ -135,7 +136,7 @@ async def claim(
     if not wanted:
         return []
     taken = (
-        await db.execute(statements.take, {"ids": wanted, "replica": replica_id, "now": now})
+        await db.execute(statements.take, {"ids": wanted, "replica": worker, "now": now})
     ).all()
     if not taken:
         return []
@@ -161,20 +162,15 @@ async def claim(
     ]
 
 
-async def release(
-    db: AsyncConnection, *, older_than: float | None = None, replica_id: str | None = None
-) -> int:
-    """Claims whose answer will never be recorded go back to the queue, due at once, each after
-    an attempt recorded as interrupted: the endpoint may have had the event, so the next send is
-    a retry, never a first delivery twice. Those older than `older_than` seconds (their replica
-    died mid-send), or those of `replica_id` (it stops with deliveries unanswered)."""
+async def release(db: AsyncConnection, delivery_ids: Sequence[int]) -> int:
+    """Claims whose answer will never be recorded (their worker died or stopped mid-send) go back
+    to the queue, due at once, each after an attempt recorded as interrupted: the endpoint may
+    have had the event, so the next send is a retry, never a first delivery twice."""
     now = await db_now(db)
     query = select(_delivery.id, _delivery.endpoint_id, _delivery.claimed_at, _delivery.trigger)
-    query = query.where(written_in(_delivery.state, DeliveryState.SENDING))
-    if older_than is not None:
-        query = query.where(_delivery.claimed_at < now - timedelta(seconds=older_than))
-    if replica_id is not None:
-        query = query.where(_delivery.claimed_by == replica_id)
+    query = query.where(
+        written_in(_delivery.state, DeliveryState.SENDING), _delivery.id.in_(delivery_ids)
+    )
     stale = (await db.execute(query.with_for_update(skip_locked=True, key_share=True))).all()
     if not stale:
         return 0
@@ -249,21 +245,25 @@ async def attempt(http: aiohttp.ClientSession, claimed: Claimed, *, within: floa
     )
 
 
-def next_delay(answer: Answer, *, attempts: int, schedule: list[float]) -> float | None:
+def retry_policy(schedule: Sequence[float]) -> RetryPolicy:
+    """WEBHOOK_RETRY_SCHEDULE with ±20% jitter, given up once it has run out; a "slow down"
+    waits at least a minute; Retry-After is honoured between one and two scheduled delays."""
+    return RetryPolicy(
+        schedule,
+        max_attempts=len(schedule) + 1,
+        jitter=0.2,
+        slow_down_floor=_SLOW_DOWN_FLOOR,
+        retry_after_within_schedule=True,
+    )
+
+
+def next_delay(answer: Answer, *, attempts: int, retries: RetryPolicy) -> float | None:
     """Seconds until the next attempt after `attempts` failed ones; None: give up."""
-    if attempts > len(schedule):
+    if retries.gives_up(attempts):
         return None
-    scheduled = schedule[attempts - 1]
-    delay = scheduled * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not a secret
-    if answer.status_code is None and answer.error and answer.error.startswith("no answer"):
-        slow_down = True
-    else:
-        slow_down = answer.status_code in _SLOW_DOWN
-    if slow_down:
-        delay = max(delay, min(_SLOW_DOWN_FLOOR, max(schedule)))
-    if answer.retry_after is not None:
-        delay = min(max(answer.retry_after, scheduled), 2 * scheduled)
-    return delay
+    no_answer = answer.status_code is None and (answer.error or "").startswith("no answer")
+    slow_down = no_answer or answer.status_code in _SLOW_DOWN
+    return retries.delay(attempts, retry_after=answer.retry_after, slow_down=slow_down)
 
 
 @dataclass
@@ -277,7 +277,11 @@ class _Health:
 
 
 async def record(
-    db: AsyncConnection, answered: Sequence[tuple[Claimed, Answer]], *, settings: Settings
+    db: AsyncConnection,
+    answered: Sequence[tuple[Claimed, Answer]],
+    *,
+    settings: Settings,
+    retries: RetryPolicy,
 ) -> list[DeliveryState]:
     """Store a batch of attempts and what follows from each: delivered, retried later, or given
     up; the endpoints' health, and whether one is to be disabled. A delivery whose claim was
@@ -311,9 +315,7 @@ async def record(
             disabling[claimed.endpoint_id] = "the endpoint answered 410 Gone"
         else:
             endpoint.failed = True
-            delay = next_delay(
-                answer, attempts=claimed.attempt, schedule=settings.webhook_retry_schedule
-            )
+            delay = next_delay(answer, attempts=claimed.attempt, retries=retries)
             if delay is not None:
                 state, next_attempt_at = DeliveryState.PENDING, now + timedelta(seconds=delay)
         states.append(state)

@@ -40,7 +40,8 @@ A completed call's `RecordingUrl` is the simulator's own: a real WAV (a tone of
 `SimulatorConfig.recording_seconds`, streamed, never held whole), served only with the account's
 credentials (`SimulatorConfig.credentials`). `POST /_simulator/recording-faults` makes the next
 recording requests fail: `{"status": 500, "times": 2}`, or `{"cut_short": true}` (the body stops
-halfway through its `Content-Length`). With `SimulatorConfig.recording_url_validity`, as with
+halfway through its `Content-Length`), or answer slowly: `{"delay": 30}` (seconds before it
+answers). With `SimulatorConfig.recording_url_validity`, as with
 Exotel's `RecordingUrlValidity`, each `RecordingUrl` it renders (in a callback, in call details)
 is signed afresh to last that many seconds, and refused with 403 once it has expired.
 """
@@ -136,10 +137,12 @@ class SimulatorConfig:
 
 
 class RecordingFault(BaseModel):
-    """How the next `times` recording requests fail: with `status`, or cut short."""
+    """How the next `times` recording requests fail: with `status`, or cut short; after
+    `delay` seconds."""
 
     status: int | None = Field(None, ge=400, le=599)
     cut_short: bool = False
+    delay: float = Field(0, ge=0, le=600)
     times: int = Field(1, ge=1)
 
 
@@ -586,6 +589,8 @@ class Simulator:
     async def _http_recording(self, request: Request, account_sid: str, sid: str) -> Response:
         call = self.calls.get(sid)
         fault = self._next_recording_fault()
+        if fault and fault.delay:
+            await asyncio.sleep(fault.delay)
         status = 200
         if not self._has_credentials(request):
             status = 401

@@ -34,11 +34,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls import ratelimit
@@ -48,19 +49,24 @@ from app.calls.store import CallStore
 from app.config import Settings
 from app.db.clock import db_now
 from app.db.models import Call, RecordingJob, RecordingStatus, Throttle
+from app.db.statements import table_of
 from app.exotel.client import ExotelClient, FetchedRecording
 from app.exotel.errors import ExotelError, ExotelRejected
+from app.jobs.policy import RetryPolicy
+from app.jobs.runner import Kind
+from app.jobs.worker import Queue
 from app.logs import about
 from app.metrics import Metrics
 from app.recordings.store import RecordingStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-# A claim this old is of a replica that died mid-fetch: the job is due again.
-CLAIM_STALE = timedelta(minutes=15)
 _GONE = (404, 410)
 _REFUSED = (401, 403)
+# 5 s, 10 s, 20 s, ... at most 10 minutes between fetches: a recording URL lasts 5 to 60
+# minutes, and RECORDING_MAX_ATTEMPTS (8) fetches span about 21 of them.
 _LONGEST_WAIT = 600.0
+_JOBS = table_of(RecordingJob).c
 
 
 @dataclass(frozen=True)
@@ -72,98 +78,104 @@ class Claimed:
     fetched: FetchedRecording | None  # their facts, as recorded then
     retries: int
     fetches: int
+    worker: str
 
 
-@dataclass(frozen=True)
-class Archive:
-    """What the archive works with; `run_due` is the job every replica runs."""
+class Archive(Kind[Claimed, "Outcome"]):
+    """The archive as a kind of job: a claim is a `recording_job`'s, and a claim lost (its
+    worker died or stopped mid-fetch) is due again at once."""
 
-    sessionmaker: async_sessionmaker[AsyncSession]
-    exotel: ExotelClient
-    store: RecordingStore
-    settings: Settings
-    replica_id: str
-    metrics: Metrics
+    name = "archive"
+    queue = Queue(key=_JOBS.call_id, claimed_by=_JOBS.claimed_by)
 
-    @property
-    def budget(self) -> ratelimit.Budget:
-        """The account's request budget, which a look-up after a refusal draws on."""
-        return budget_of(self.settings)
+    def __init__(
+        self,
+        *,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        exotel: ExotelClient,
+        store: RecordingStore,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> None:
+        self.concurrency = settings.recording_concurrency
+        self.sessionmaker = sessionmaker
+        self.exotel = exotel
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self.budget = budget_of(settings)  # a look-up after a refusal draws on it
+        self.held_dir = settings.spool_dir / "recordings"
+        self._retries = RetryPolicy.doubling(
+            5, _LONGEST_WAIT, max_attempts=settings.recording_max_attempts
+        )
 
-    @property
-    def held_dir(self) -> Path:
-        return self.settings.spool_dir / "recordings"
-
-    async def run_due(self) -> int:
-        """Archive the recordings that are due, a few at a time, until none is; how many."""
-        done = 0
-        while claimed := await self.claim(limit=self.settings.recording_concurrency):
-            await asyncio.gather(*(self.archive(job) for job in claimed))
-            done += len(claimed)
-        return done
-
-    async def claim(self, *, limit: int) -> list[Claimed]:
-        """Claim up to `limit` due jobs for this replica: none while the archive is paused,
-        and one only (a probe) while the pause's reason stands after it ended."""
-        async with self.sessionmaker() as session, session.begin():
-            now = await db_now(session)
-            pause = (
-                await session.execute(
-                    select(
-                        Throttle.recordings_paused_until, Throttle.recordings_paused_reason
-                    ).where(Throttle.name == ratelimit.THROTTLE)
+    async def claim(self, session: AsyncSession, *, worker: str, limit: int) -> list[Claimed]:
+        """Up to `limit` due jobs: none while the archive is paused, and one only (a probe)
+        while the pause's reason stands after it ended."""
+        now = await db_now(session)
+        pause = (
+            await session.execute(
+                select(Throttle.recordings_paused_until, Throttle.recordings_paused_reason).where(
+                    Throttle.name == ratelimit.THROTTLE
                 )
-            ).one_or_none()
-            paused_until, reason = pause or (None, None)
-            if paused_until is not None and paused_until > now:
-                return []
-            job, call = RecordingJob, Call
-            due = (
-                select(
-                    job,
-                    call.sid,
-                    call.recording_url,
-                    call.recording_size,
-                    call.recording_content_type,
-                    call.recording_sha256,
-                )
-                .join(call, call.id == job.call_id)
-                .where(
-                    job.due_at <= now,
-                    or_(job.claimed_at.is_(None), job.claimed_at < now - CLAIM_STALE),
-                )
-                .order_by(job.due_at)
-                .limit(1 if reason else limit)
-                .with_for_update(skip_locked=True, of=job)
             )
-            claimed = []
-            for row, sid, url, size, content_type, sha256 in (await session.execute(due)).all():
-                row.claimed_by, row.claimed_at = self.replica_id, now
-                fetched = None
-                if size is not None and content_type is not None and sha256 is not None:
-                    fetched = FetchedRecording(size, content_type, sha256)
-                claimed.append(
-                    Claimed(
-                        row.call_id,
-                        sid,
-                        url or "",
-                        row.held_path,
-                        fetched,
-                        row.retries,
-                        row.fetches,
-                    )
-                )
-            return claimed
-
-    async def archive(self, job: Claimed) -> None:
-        """Fetch (unless held already) and store one claimed recording; record what came of it."""
-        try:
-            await self._conclude(job, await self._archive(job))
-        except Exception:
-            # The claim goes stale and the job is due again: nothing is lost.
-            log.exception(
-                "recording of call %s: archiving failed", job.call_id, extra=about(job.call_id)
+        ).one_or_none()
+        paused_until, reason = pause or (None, None)
+        if paused_until is not None and paused_until > now:
+            return []
+        job, call = RecordingJob, Call
+        due = (
+            select(
+                job,
+                call.sid,
+                call.recording_url,
+                call.recording_size,
+                call.recording_content_type,
+                call.recording_sha256,
             )
+            .join(call, call.id == job.call_id)
+            .where(job.due_at <= now, job.claimed_at.is_(None))
+            .order_by(job.due_at)
+            .limit(1 if reason else limit)
+            .with_for_update(skip_locked=True, of=job)
+        )
+        claimed = []
+        for row, sid, url, size, content_type, sha256 in (await session.execute(due)).all():
+            row.claimed_by, row.claimed_at = worker, now
+            fetched = None
+            if size is not None and content_type is not None and sha256 is not None:
+                fetched = FetchedRecording(size, content_type, sha256)
+            claimed.append(
+                Claimed(
+                    row.call_id,
+                    sid,
+                    url or "",
+                    row.held_path,
+                    fetched,
+                    row.retries,
+                    row.fetches,
+                    worker,
+                )
+            )
+        return claimed
+
+    def key(self, job: Claimed) -> uuid.UUID:
+        return job.call_id
+
+    async def lost(self, session: AsyncSession, keys: Sequence[uuid.UUID]) -> None:
+        await session.execute(
+            update(RecordingJob)
+            .where(RecordingJob.call_id.in_(keys))
+            .values(claimed_by=None, claimed_at=None, due_at=await db_now(session))
+        )
+
+    async def run(self, job: Claimed) -> Outcome:
+        """Fetch (unless held already) and store one claimed recording."""
+        return await self._archive(job)
+
+    async def record(self, session: AsyncSession, done: Sequence[tuple[Claimed, Outcome]]) -> None:
+        for job, outcome in done:
+            await self._conclude(session, job, outcome)
 
     async def _archive(self, job: Claimed) -> Outcome:
         held = Path(job.held_path) if job.held_path else self.held_dir / str(job.call_id)
@@ -259,64 +271,64 @@ class Archive:
             part.unlink(missing_ok=True)
         return fetched
 
-    async def _conclude(self, job: Claimed, outcome: Outcome) -> None:
-        """Record what came of a job, through the one write path, in one transaction: a
-        recording that leaves `pending` leaves the queue; one that stays is due again."""
-        async with self.sessionmaker() as session, session.begin():
-            pause_until = None
-            if outcome.pause:
-                now = await ratelimit.lock(session)
-                pause_until = now + timedelta(seconds=self.settings.recording_auth_pause_seconds)
-                await session.execute(
-                    _pause.values(
-                        recordings_paused_until=pause_until, recordings_paused_reason=outcome.error
-                    )
+    async def _conclude(self, session: AsyncSession, job: Claimed, outcome: Outcome) -> None:
+        """Record what came of a job, through the one write path: a recording that leaves
+        `pending` leaves the queue; one that stays is due again."""
+        pause_until = None
+        if outcome.pause:
+            now = await ratelimit.lock(session)
+            pause_until = now + timedelta(seconds=self.settings.recording_auth_pause_seconds)
+            await session.execute(
+                _pause.values(
+                    recordings_paused_until=pause_until, recordings_paused_reason=outcome.error
                 )
-            elif outcome.status == RecordingStatus.ARCHIVED:
-                await session.execute(
-                    _pause.where(Throttle.recordings_paused_reason.is_not(None)).values(
-                        recordings_paused_until=None, recordings_paused_reason=None
-                    )
-                )
-            store = await CallStore.of(session)
-            await store.lock(ids=[job.call_id])
-            call = store.get(job.call_id)
-            assert call is not None, "a job is deleted with its call"
-            now = await store.now()
-            status = outcome.status
-            if outcome.retry and job.fetches + 1 >= self.settings.recording_max_attempts:
-                status = RecordingStatus.FAILED  # the last fetch allowed
-            fetched = outcome.fetched
-            apply_recording(
-                call,
-                RecordingUpdate(
-                    status,
-                    now,
-                    attempted=outcome.attempted,
-                    error=outcome.error,
-                    size=fetched.size if fetched else None,
-                    content_type=fetched.content_type if fetched else None,
-                    sha256=fetched.sha256 if fetched else None,
-                    url=outcome.url,
-                ),
             )
-            await store.flush()
-            if status == RecordingStatus.PENDING:
-                await session.execute(
-                    update(RecordingJob)
-                    .where(
-                        RecordingJob.call_id == job.call_id,
-                        RecordingJob.claimed_by == self.replica_id,
-                    )
-                    .values(
-                        due_at=pause_until or now + backoff(job.retries),
-                        retries=RecordingJob.retries + 1,
-                        fetches=RecordingJob.fetches + int(outcome.attempted),
-                        claimed_by=None,
-                        claimed_at=None,
-                        held_path=str(outcome.held) if outcome.held else None,
-                    )
+        elif outcome.status == RecordingStatus.ARCHIVED:
+            await session.execute(
+                _pause.where(Throttle.recordings_paused_reason.is_not(None)).values(
+                    recordings_paused_until=None, recordings_paused_reason=None
                 )
+            )
+        store = await CallStore.of(session)
+        await store.lock(ids=[job.call_id])
+        call = store.get(job.call_id)
+        assert call is not None, "a job is deleted with its call"
+        now = await store.now()
+        status = outcome.status
+        if outcome.retry and self._retries.gives_up(job.fetches + 1):
+            status = RecordingStatus.FAILED  # the last fetch allowed
+        fetched = outcome.fetched
+        apply_recording(
+            call,
+            RecordingUpdate(
+                status,
+                now,
+                attempted=outcome.attempted,
+                error=outcome.error,
+                size=fetched.size if fetched else None,
+                content_type=fetched.content_type if fetched else None,
+                sha256=fetched.sha256 if fetched else None,
+                url=outcome.url,
+            ),
+        )
+        await store.flush()
+        if status == RecordingStatus.PENDING:
+            await session.execute(
+                update(RecordingJob)
+                .where(
+                    RecordingJob.call_id == job.call_id,
+                    RecordingJob.claimed_by == job.worker,
+                )
+                .values(
+                    due_at=pause_until
+                    or now + timedelta(seconds=self._retries.delay(job.retries + 1)),
+                    retries=RecordingJob.retries + 1,
+                    fetches=RecordingJob.fetches + int(outcome.attempted),
+                    claimed_by=None,
+                    claimed_at=None,
+                    held_path=str(outcome.held) if outcome.held else None,
+                )
+            )
         metric = "failed" if status == RecordingStatus.FAILED else outcome.metric
         self.metrics.recording_fetches.labels(metric).inc()
         if outcome.pause:
@@ -374,12 +386,6 @@ def _refused_alone(error: str) -> Outcome:
     """A recording refused though the API takes the credentials (or could not say): this one
     recording's failure, tried again with backoff, and no reason to pause the rest."""
     return Outcome(RecordingStatus.PENDING, "retried", error, retry=True)
-
-
-def backoff(retries: int) -> timedelta:
-    """5 s, 10 s, 20 s, ... at most 10 minutes: a recording URL lasts 5 to 60 minutes, and
-    RECORDING_MAX_ATTEMPTS (8) fetches span about 21 of them."""
-    return timedelta(seconds=min(_LONGEST_WAIT, 5.0 * 2 ** min(retries, 16)))
 
 
 _pause = update(Throttle).where(Throttle.name == ratelimit.THROTTLE)

@@ -1,0 +1,92 @@
+"""Periodic kinds: a job run every so often, by one worker at a time across replicas (a row of
+`periodic`, claimed like any queue's), or by every process on its own (`local`: the spool's
+replay, whose files are this process's)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.clock import db_now
+from app.db.models import Periodic as Row
+from app.db.session import is_database_down
+from app.db.statements import table_of
+from app.jobs.runner import Kind
+from app.jobs.worker import Queue
+
+log = logging.getLogger(__name__)
+
+_ROWS = Queue(key=table_of(Row).c.name, claimed_by=table_of(Row).c.claimed_by)
+
+
+class Periodic(Kind[str, None]):
+    """`job` every `every` seconds (first at once, or after `every` when not `at_start`). A run
+    that fails is logged, and the next comes at the next interval."""
+
+    concurrency = 1
+
+    def __init__(
+        self,
+        name: str,
+        job: Callable[[], Awaitable[object]],
+        *,
+        every: float,
+        at_start: bool = True,
+        local: bool = False,
+    ) -> None:
+        self.name = name
+        self._job = job
+        self.every = every
+        self._at_start = at_start
+        self.queue = None if local else _ROWS
+        self._due_at = time.monotonic() + (0 if at_start else every)  # when `local`
+
+    async def claim(self, session: AsyncSession, *, worker: str, limit: int) -> list[str]:
+        if self.queue is None:
+            return [self.name] if time.monotonic() >= self._due_at else []
+        now = await db_now(session)
+        first = now if self._at_start else now + timedelta(seconds=self.every)
+        await session.execute(
+            insert(Row).values(name=self.name, due_at=first).on_conflict_do_nothing()
+        )
+        claimed = await session.scalar(
+            update(Row)
+            .where(Row.name == self.name, Row.claimed_by.is_(None), Row.due_at <= now)
+            .values(claimed_by=worker, claimed_at=now)
+            .returning(Row.name)
+        )
+        return [claimed] if claimed else []
+
+    async def run(self, job: str) -> None:
+        try:
+            await self._job()
+        except Exception as exc:
+            if is_database_down(exc):
+                raise  # the runner says so, and the job is run again once it is back
+            log.exception("%s failed; trying again in %gs", self.name, self.every)
+
+    async def record(self, session: AsyncSession, done: Sequence[tuple[str, None]]) -> None:
+        if self.queue is None:
+            self._due_at = time.monotonic() + self.every
+            return
+        now = await db_now(session)
+        await session.execute(
+            update(Row)
+            .where(Row.name == self.name)
+            .values(claimed_by=None, claimed_at=None, due_at=now + timedelta(seconds=self.every))
+        )
+
+    async def lost(self, session: AsyncSession, keys: Sequence[Any]) -> None:
+        """Run it again at once, wherever a worker is free."""
+        await session.execute(
+            update(Row)
+            .where(Row.name.in_(keys))
+            .values(claimed_by=None, claimed_at=None, due_at=await db_now(session))
+        )

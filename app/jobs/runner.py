@@ -1,0 +1,230 @@
+"""The runner: works one kind of job in this process. One loop claims as many jobs as there are
+free slots and records, in one transaction, every outcome that came in since its last turn; each
+job runs in a task of its own, holding no transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.calls.availability import Availability
+from app.db.session import is_database_down
+from app.jobs.worker import Queue, Worker
+from app.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Job = TypeVar("Job")
+Outcome = TypeVar("Outcome")
+_GATHER_SECONDS = 0.005
+
+
+class Kind(ABC, Generic[Job, Outcome]):
+    """A kind of job, and its rules."""
+
+    name: str
+    concurrency: int = 1  # jobs run at once in this process
+    queue: Queue | None = None  # where its claims are kept; None: nothing outlives the process
+
+    @abstractmethod
+    async def claim(self, session: AsyncSession, *, worker: str, limit: int) -> list[Job] | float:
+        """Up to `limit` jobs, claimed for `worker`; or, when ready work is held back (the
+        account's budget spent), the seconds until it may go."""
+
+    @abstractmethod
+    async def run(self, job: Job) -> Outcome:
+        """Do the job, holding no transaction; what came of it (the job's own failures are
+        outcomes too)."""
+
+    @abstractmethod
+    async def record(self, session: AsyncSession, done: Sequence[tuple[Job, Outcome]]) -> None:
+        """Write what came of the jobs, releasing their claims."""
+
+    @cached_property
+    def woken(self) -> asyncio.Event:
+        return asyncio.Event()
+
+    def wake(self) -> None:
+        """New work of this kind was queued here: claim it now rather than at the next poll."""
+        self.woken.set()
+
+    def recorded(self, done: Sequence[tuple[Job, Outcome]]) -> None:
+        """What came of the jobs is committed."""
+
+    def key(self, job: Job) -> Any:
+        """The job's key in its queue."""
+        return job
+
+    async def lost(self, session: AsyncSession, keys: Sequence[Any]) -> object:
+        """Claims whose outcome will never be recorded: their worker died, or stopped with them
+        unfinished, or recording it failed. Each kind says what that means (a dispatch may have
+        dialled; a delivery may have arrived)."""
+        raise NotImplementedError(f"{self.name} keeps no claims")
+
+
+class Runner(Generic[Job, Outcome]):
+    def __init__(
+        self,
+        kind: Kind[Job, Outcome],
+        *,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        worker: Worker,
+        poll: float,
+        grace: float,
+        availability: Availability,
+        metrics: Metrics,
+    ) -> None:
+        self.kind = kind
+        self._sessionmaker = sessionmaker
+        self._worker = worker
+        self._poll = poll
+        self._grace = grace
+        self._availability = availability
+        self._metrics = metrics
+        self._stopping = asyncio.Event()
+        self._done: list[tuple[Job, Outcome | BaseException]] = []
+        self._finished = asyncio.Event()  # set by every job that ends
+        self._running: dict[asyncio.Task[None], Job] = {}
+        self._loop: asyncio.Task[None] | None = None
+        if kind.queue is not None:
+            worker.watch(kind.name, kind.queue, kind.lost)
+
+    def start(self) -> None:
+        self._loop = asyncio.create_task(self._run(), name=self.kind.name)
+
+    def stop_claiming(self) -> None:
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        """Claim nothing more; give the jobs running `grace` seconds, record what came of them,
+        and hand those still unfinished to their kind as lost."""
+        self._stopping.set()
+        if self._loop is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._loop, timeout=self._grace + 5)
+        unfinished: list[Job] = []
+        if self._running:
+            _, pending = await asyncio.wait(self._running, timeout=self._grace)
+            unfinished = [self._running[task] for task in pending]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            await self._record_done()
+            if unfinished and self.kind.queue is not None:
+                async with self._sessionmaker() as session, session.begin():
+                    await self.kind.lost(session, [self.kind.key(job) for job in unfinished])
+        except Exception:
+            # Its claims lapse with the worker instead, and another worker's sweep finds them.
+            log.warning("%s: could not record or give back its jobs", self.kind.name, exc_info=True)
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._finished.clear()
+            free = self.kind.concurrency - len(self._running)
+            claimed: list[Job] | float = []
+            try:
+                await self._record_done()
+                if free > 0 and self._worker.alive:
+                    async with self._sessionmaker() as session, session.begin():
+                        claimed = await self.kind.claim(session, worker=self._worker.id, limit=free)
+            except Exception as exc:  # the loop must outlive any one failure
+                if is_database_down(exc):
+                    self._availability.lost(self.kind.name, exc)
+                else:
+                    log.exception("%s: claiming or recording failed", self.kind.name)
+            else:
+                self._availability.reached(self.kind.name)
+            if isinstance(claimed, float):  # ready work held back: new work changes nothing
+                started = time.monotonic()
+                await self._pause(claimed, self._finished)
+                self._metrics.job_wait.labels(self.kind.name).inc(time.monotonic() - started)
+            elif claimed:
+                for job in claimed:
+                    task = asyncio.create_task(self._work(job), name=f"{self.kind.name} job")
+                    self._running[task] = job
+                    task.add_done_callback(self._running.pop)
+                continue  # there may be more: claim again while slots are free
+            else:
+                await self._pause(self._poll, self.kind.woken, self._finished)
+            self.kind.woken.clear()
+            if self._finished.is_set():
+                # Let the jobs ending about now end too: one transaction records them all.
+                await asyncio.sleep(_GATHER_SECONDS)
+
+    async def _pause(self, seconds: float, *events: asyncio.Event) -> None:
+        waits = [asyncio.ensure_future(e.wait()) for e in (self._stopping, *events)]
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
+
+    async def _work(self, job: Job) -> None:
+        outcome: Outcome | BaseException
+        try:
+            outcome = await self.kind.run(job)
+        except Exception as exc:
+            if is_database_down(exc):
+                self._availability.lost(self.kind.name, exc)
+            else:
+                log.exception("%s: a job failed unexpectedly", self.kind.name)
+            outcome = exc
+        self._done.append((job, outcome))
+        self._finished.set()
+
+    async def _record_done(self) -> None:
+        """Record the outcomes handed back so far in one transaction. While the database is
+        down they wait for the next turn; should it refuse them, or a job have failed
+        unexpectedly, those jobs are lost (their kind says what that means)."""
+        if not self._done:
+            return
+        done, self._done = self._done, []
+        ran = [(job, outcome) for job, outcome in done if not isinstance(outcome, BaseException)]
+        lost = [job for job, outcome in done if isinstance(outcome, BaseException)]
+        try:
+            if ran:
+                async with self._sessionmaker() as session, session.begin():
+                    await self.kind.record(session, ran)
+                self.kind.recorded(ran)
+        except Exception as exc:
+            if is_database_down(exc):
+                self._done[:0] = done
+                raise
+            log.exception("%s: recording what came of %d jobs failed", self.kind.name, len(ran))
+            lost += [job for job, _ in ran]
+            ran = []
+        self._metrics.jobs.labels(self.kind.name, "done").inc(len(ran))
+        if lost and self.kind.queue is not None:
+            try:
+                async with self._sessionmaker() as session, session.begin():
+                    await self.kind.lost(session, [self.kind.key(job) for job in lost])
+            except Exception as exc:
+                self._done[:0] = [(job, exc) for job in lost]
+                raise
+            self._metrics.jobs.labels(self.kind.name, "lost").inc(len(lost))
+
+
+async def drain(
+    kind: Kind[Job, Outcome], *, sessionmaker: async_sessionmaker[AsyncSession], worker: str
+) -> int:
+    """Claim, run and record jobs of `kind` until none is due; how many. For work wanted done
+    now, outside a runner (a command, a test)."""
+    done = 0
+    while True:
+        async with sessionmaker() as session, session.begin():
+            claimed = await kind.claim(session, worker=worker, limit=kind.concurrency)
+        if not isinstance(claimed, list) or not claimed:
+            return done
+        outcomes = await asyncio.gather(*(kind.run(job) for job in claimed))
+        ran = list(zip(claimed, outcomes, strict=True))
+        async with sessionmaker() as session, session.begin():
+            await kind.record(session, ran)
+        kind.recorded(ran)
+        done += len(ran)

@@ -1,0 +1,139 @@
+"""The worker: this process, as the database knows it. Its heartbeat keeps its claims alive; its
+sweep finds the claims of workers that stopped beating and hands them to their kinds as lost."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, delete, exists, func, select, true
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.db.clock import db_now
+from app.db.models import Worker as WorkerRow
+from app.db.session import is_database_down
+
+log = logging.getLogger(__name__)
+
+# Every BEAT seconds a worker says it lives; a claim whose worker has not for LEASE seconds is
+# lost, and found by the next sweep of any worker: at most LEASE + BEAT after a SIGKILL.
+BEAT_SECONDS = 5.0
+LEASE_SECONDS = 15.0
+_SWEPT_AT_ONCE = 500
+
+
+@dataclass(frozen=True)
+class Queue:
+    """Where a kind keeps its claims: rows known by `key`, claimed by the worker in
+    `claimed_by` (where `claimed` holds, when more than that marks a claimed row)."""
+
+    key: ColumnElement[Any]
+    claimed_by: ColumnElement[Any]
+    claimed: ColumnElement[bool] = field(default_factory=true)
+
+
+Lost = Callable[[AsyncSession, Sequence[Any]], Awaitable[object]]
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Worker:
+    """Beats every BEAT_SECONDS and sweeps the queues of the kinds this process runs; `alive`
+    says whether its own claims are still good (a worker cut off from the database for long
+    stops claiming: others take its claims as lost)."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, beat: float = 0) -> None:
+        self.id = new_worker_id()
+        self._sessionmaker = sessionmaker
+        self._beat = beat or BEAT_SECONDS
+        self._queues: list[tuple[str, Queue, Lost]] = []
+        self._beaten_at = -float("inf")  # monotonic time of the last beat the database took
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def watch(self, name: str, queue: Queue, lost: Lost) -> None:
+        """Sweep `queue` for lost claims, handing them to `lost` (in the sweep's transaction)."""
+        self._queues.append((name, queue, lost))
+
+    @property
+    def alive(self) -> bool:
+        return time.monotonic() - self._beaten_at < LEASE_SECONDS / 2
+
+    async def start(self) -> None:
+        """The first beat (so that nothing claimed is ever taken for lost), then the loop."""
+        with contextlib.suppress(Exception):  # the database may be down: the loop beats later
+            await self._beat_once()
+        self._task = asyncio.create_task(self._run(), name="worker heartbeat")
+
+    async def stop(self) -> None:
+        """Stop beating and say so: whatever this worker still holds is lost at once."""
+        self._stopping.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            async with self._sessionmaker() as session, session.begin():
+                await session.execute(delete(WorkerRow).where(WorkerRow.id == self.id))
+        except Exception:
+            log.warning("worker %s: could not say it stopped; its claims lapse", self.id)
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._beat_once()
+                for name, queue, lost in self._queues:
+                    await self.sweep(name, queue, lost)
+            except Exception as exc:
+                if not is_database_down(exc):
+                    log.exception("worker %s: beating or sweeping failed", self.id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._beat)
+
+    async def _beat_once(self) -> None:
+        started = time.monotonic()
+        async with self._sessionmaker() as session, session.begin():
+            now = await db_now(session)
+            await session.execute(
+                insert(WorkerRow)
+                .values(id=self.id, started_at=now, heartbeat_at=now)
+                .on_conflict_do_update(index_elements=[WorkerRow.id], set_={"heartbeat_at": now})
+            )
+            # Workers gone a day are forgotten (their claims were swept long since).
+            await session.execute(
+                delete(WorkerRow).where(WorkerRow.heartbeat_at < now - timedelta(days=1))
+            )
+        self._beaten_at = started
+
+    async def sweep(self, name: str, queue: Queue, lost: Lost) -> int:
+        """Hand the claims of `queue` whose worker has not beaten for LEASE_SECONDS to `lost`;
+        how many."""
+        async with self._sessionmaker() as session, session.begin():
+            keys = list(await session.scalars(_lost_claims(queue)))
+            if keys:
+                log.warning("%s: %d claims of a worker that stopped: lost", name, len(keys))
+                await lost(session, keys)
+        return len(keys)
+
+
+def _lost_claims(queue: Queue) -> Any:
+    alive = exists().where(
+        WorkerRow.id == queue.claimed_by,
+        WorkerRow.heartbeat_at > func.clock_timestamp() - timedelta(seconds=LEASE_SECONDS),
+    )
+    return (
+        select(queue.key)
+        .where(queue.claimed, queue.claimed_by.is_not(None), ~alive)
+        .limit(_SWEPT_AT_ONCE)
+        .with_for_update(skip_locked=True)
+    )

@@ -1,0 +1,188 @@
+"""The one job mechanism (app/jobs): a claim lives as long as its worker beats; a lost one goes to
+its kind, which says what that means; periodic jobs run one at a time across workers; the retry
+policy. Replicas killed while holding each kind of work: tests/test_jobs_e2e.py."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.calls.dispatcher import Dispatch
+from app.calls.placing import CallRequest, queue_calls
+from app.config import Settings
+from app.db.clock import db_now
+from app.db.models import Call, CallStatus
+from app.db.models import Periodic as PeriodicRow
+from app.db.models import Worker as WorkerRow
+from app.jobs.periodic import Periodic
+from app.jobs.policy import RetryPolicy
+from app.jobs.worker import LEASE_SECONDS, Queue, Worker, new_worker_id
+from tests.conftest import FAKE_CALLER_ID
+from tests.exotel_double import ExotelDouble
+
+pytestmark = pytest.mark.anyio
+
+
+async def claimed_call(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, *, by: str
+) -> Call:
+    async with sessionmaker() as session, session.begin():
+        request = CallRequest("+919052161110", app_id="926", caller_id=FAKE_CALLER_ID)
+        ((call, _),) = await queue_calls(session, requests=[request], settings=settings)
+        call.claimed_by, call.claimed_at, call.attempts = by, await db_now(session), 1
+    return call
+
+
+async def beat(sessionmaker: async_sessionmaker[AsyncSession], worker: str, *, ago: float) -> None:
+    """`worker`'s last heartbeat, `ago` seconds ago."""
+    async with sessionmaker() as session, session.begin():
+        at = await db_now(session) - timedelta(seconds=ago)
+        session.add(WorkerRow(id=worker, started_at=at, heartbeat_at=at))
+
+
+class Recorded:
+    """A kind's `lost`, noting what it was handed."""
+
+    def __init__(self) -> None:
+        self.keys: list[Any] = []
+
+    async def __call__(self, session: AsyncSession, keys: Sequence[Any]) -> None:
+        self.keys += keys
+
+
+async def test_a_claim_lives_while_its_worker_beats_and_is_lost_once_it_stops(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    await beat(sessionmaker, "beating", ago=1)
+    await beat(sessionmaker, "stopped", ago=LEASE_SECONDS + 1)
+    alive = await claimed_call(sessionmaker, settings, by="beating")
+    dead = await claimed_call(sessionmaker, settings, by="stopped")
+    never = await claimed_call(sessionmaker, settings, by="never-beat")
+    lost = Recorded()
+
+    swept = await Worker(sessionmaker).sweep("dispatch", Dispatch.queue, lost)
+
+    assert swept == 2
+    assert sorted(lost.keys) == sorted([dead.id, never.id])
+    assert alive.id not in lost.keys
+
+
+async def test_a_dispatch_whose_worker_stopped_mid_send_becomes_unknown_and_is_not_resent(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, exotel: ExotelDouble
+) -> None:
+    await beat(sessionmaker, "stopped", ago=LEASE_SECONDS + 1)
+    call = await claimed_call(sessionmaker, settings, by="stopped")
+    kind = Dispatch(sessionmaker=sessionmaker, exotel=None, settings=settings)  # type: ignore[arg-type]
+
+    assert await Worker(sessionmaker).sweep(kind.name, kind.queue, kind.lost) == 1
+
+    async with sessionmaker() as session:
+        stored = await session.get(Call, call.id)
+        assert stored is not None
+        # Swept once: a second sweep finds nothing, and nothing is queued to be sent again.
+        ready = await session.scalar(select(Call.id).where(Call.status == CallStatus.QUEUED))
+    assert (stored.status, stored.error_code) == (CallStatus.UNKNOWN, "dispatch_interrupted")
+    assert stored.claimed_by is None
+    assert ready is None
+    assert await Worker(sessionmaker).sweep(kind.name, kind.queue, kind.lost) == 0
+    assert exotel.connects == []
+
+
+async def test_a_worker_that_stops_says_so_and_its_claims_are_lost_at_once(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    worker = Worker(sessionmaker)
+    await worker.start()
+    assert worker.alive
+    call = await claimed_call(sessionmaker, settings, by=worker.id)
+    lost = Recorded()
+    assert await Worker(sessionmaker).sweep("dispatch", Dispatch.queue, lost) == 0
+
+    await worker.stop()
+
+    assert await Worker(sessionmaker).sweep("dispatch", Dispatch.queue, lost) == 1
+    assert lost.keys == [call.id]
+
+
+async def test_a_periodic_job_runs_on_one_worker_at_a_time_and_again_when_lost(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    runs: list[str] = []
+
+    async def job() -> None:
+        runs.append("ran")
+
+    kind = Periodic("tidy", job, every=60)
+    async with sessionmaker() as session, session.begin():
+        assert await kind.claim(session, worker="a", limit=1) == ["tidy"]
+    async with sessionmaker() as session, session.begin():
+        assert await kind.claim(session, worker="b", limit=1) == []  # held by a
+    await kind.run("tidy")
+    async with sessionmaker() as session, session.begin():
+        await kind.record(session, [("tidy", None)])
+    async with sessionmaker() as session, session.begin():
+        assert await kind.claim(session, worker="b", limit=1) == []  # next due in a minute
+        # A worker died holding it: it is due again at once.
+        await session.execute(update(PeriodicRow).values(claimed_by="a"))
+        assert kind.queue is not None
+        await kind.lost(session, ["tidy"])
+    async with sessionmaker() as session, session.begin():
+        assert await kind.claim(session, worker="b", limit=1) == ["tidy"]
+    assert runs == ["ran"]
+
+
+async def test_the_periodic_queue_is_swept_like_any_other(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    kind = Periodic("tidy", _nothing, every=60)
+    async with sessionmaker() as session, session.begin():
+        assert await kind.claim(session, worker="gone", limit=1) == ["tidy"]
+    assert isinstance(kind.queue, Queue)
+
+    assert await Worker(sessionmaker).sweep(kind.name, kind.queue, kind.lost) == 1
+
+    async with sessionmaker() as session, session.begin():
+        assert await kind.claim(session, worker="b", limit=1) == ["tidy"]
+
+
+async def _nothing() -> None:
+    return None
+
+
+def test_worker_ids_are_unique() -> None:
+    assert len({new_worker_id() for _ in range(100)}) == 100
+
+
+def test_the_retry_policy_follows_its_schedule_then_gives_up() -> None:
+    policy = RetryPolicy([5, 300, 1800], max_attempts=4)
+    assert [policy.delay(n) for n in (1, 2, 3, 4, 9)] == [5, 300, 1800, 1800, 1800]
+    assert [policy.gives_up(n) for n in (3, 4)] == [False, True]
+    assert not RetryPolicy([1]).gives_up(10**6)
+
+
+def test_doubling_reaches_its_longest_and_stays() -> None:
+    policy = RetryPolicy.doubling(2, 60, max_attempts=None)
+    assert [policy.delay(n) for n in range(1, 9)] == [2, 4, 8, 16, 32, 60, 60, 60]
+
+
+def test_jitter_stays_within_its_share() -> None:
+    policy = RetryPolicy([100], jitter=0.2)
+    delays = {policy.delay(1) for _ in range(200)}
+    assert all(80 <= d <= 120 for d in delays)
+    assert len(delays) > 1
+
+
+def test_retry_after_is_honoured_as_is_or_within_one_to_two_scheduled_delays() -> None:
+    assert RetryPolicy([10]).delay(1, retry_after=3600) == 3600
+    within = RetryPolicy([10], retry_after_within_schedule=True)
+    assert [within.delay(1, retry_after=s) for s in (1, 15, 3600)] == [10, 15, 20]
+
+
+def test_a_slow_down_waits_at_least_its_floor_or_the_longest_delay() -> None:
+    assert RetryPolicy([5, 300], slow_down_floor=60).delay(1, slow_down=True) == 60
+    assert RetryPolicy([5, 30], slow_down_floor=60).delay(1, slow_down=True) == 30
