@@ -20,6 +20,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from app.jobs.worker import Backlog
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -28,14 +30,11 @@ class Gauges:
     """What every replica shares, read from the database at the scrape."""
 
     calls_by_status: Mapping[str, int]
-    queue_depth: int
-    queue_oldest_age_seconds: float
+    jobs: Mapping[str, Backlog]  # by kind
     # Per webhook endpoint id: deliveries owed, and the age of the oldest of them.
     webhook_backlog: Mapping[str, tuple[int, float]]
     # The recordings archive (app.recordings.status).
     recordings_by_status: Mapping[str, int]
-    recordings_backlog: int
-    recordings_oldest_due_age_seconds: float
     recordings_paused: bool
 
 
@@ -146,16 +145,27 @@ class _SharedCollector(Collector):
         for status, count in sorted(self._gauges.calls_by_status.items()):
             calls.add_metric([status], count)
         yield calls
-        yield GaugeMetricFamily(
-            "exocall_queue_depth",
-            "Calls queued and not yet sent to Exotel.",
-            value=self._gauges.queue_depth,
+        due = GaugeMetricFamily(
+            "exocall_jobs_due",
+            "Work due and not claimed, by kind (dispatch: calls ready to be sent; delivery, "
+            "archive, and each periodic job).",
+            labels=["kind"],
         )
-        yield GaugeMetricFamily(
-            "exocall_queue_oldest_age_seconds",
-            "How long the oldest queued call has waited (0 when none waits).",
-            value=self._gauges.queue_oldest_age_seconds,
+        running = GaugeMetricFamily(
+            "exocall_jobs_running", "Work claimed by a worker, by kind.", labels=["kind"]
         )
+        oldest = GaugeMetricFamily(
+            "exocall_jobs_oldest_due_age_seconds",
+            "How long the work due the longest has waited past its time, by kind (0: none).",
+            labels=["kind"],
+        )
+        for kind, work in sorted(self._gauges.jobs.items()):
+            due.add_metric([kind], work.due)
+            running.add_metric([kind], work.running)
+            oldest.add_metric([kind], work.oldest_due_age_seconds)
+        yield due
+        yield running
+        yield oldest
         backlog = GaugeMetricFamily(
             "exocall_webhook_backlog",
             "Deliveries owed to each webhook endpoint (pending or in flight).",
@@ -180,16 +190,6 @@ class _SharedCollector(Collector):
         for status, count in sorted(self._gauges.recordings_by_status.items()):
             recordings.add_metric([status], count)
         yield recordings
-        yield GaugeMetricFamily(
-            "exocall_recordings_backlog",
-            "Recordings queued to be fetched or stored.",
-            value=self._gauges.recordings_backlog,
-        )
-        yield GaugeMetricFamily(
-            "exocall_recordings_oldest_due_age_seconds",
-            "How long the recording due the longest has waited past its time (0 when none).",
-            value=self._gauges.recordings_oldest_due_age_seconds,
-        )
         yield GaugeMetricFamily(
             "exocall_recordings_paused",
             "1 while the archive is paused because Exotel refused the credentials (alert on it).",

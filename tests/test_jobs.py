@@ -21,7 +21,7 @@ from app.db.models import Periodic as PeriodicRow
 from app.db.models import Worker as WorkerRow
 from app.jobs.periodic import Periodic
 from app.jobs.policy import RetryPolicy
-from app.jobs.worker import LEASE_SECONDS, Queue, Worker, new_worker_id
+from app.jobs.worker import LEASE_SECONDS, Queue, Worker, backlog, new_worker_id
 from tests.conftest import FAKE_CALLER_ID
 from tests.exotel_double import ExotelDouble
 
@@ -152,6 +152,30 @@ async def test_the_periodic_queue_is_swept_like_any_other(
 
 async def _nothing() -> None:
     return None
+
+
+async def test_a_backlog_counts_what_is_due_what_runs_and_how_long_the_oldest_waited(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    await claimed_call(sessionmaker, settings, by="someone")
+    waiting = await claimed_call(sessionmaker, settings, by="someone")
+    later = await claimed_call(sessionmaker, settings, by="someone")
+    async with sessionmaker() as session, session.begin():
+        now = await db_now(session)
+        await session.execute(
+            update(Call)
+            .where(Call.id == waiting.id)
+            .values(claimed_by=None, created_at=now - timedelta(seconds=30))
+        )
+        await session.execute(
+            update(Call)
+            .where(Call.id == later.id)
+            .values(claimed_by=None, not_before=now + timedelta(minutes=1))
+        )
+    async with sessionmaker() as session:
+        work = await backlog(session, Dispatch.queue)
+    assert (work.due, work.running) == (1, 1)
+    assert 30 <= work.oldest_due_age_seconds < 90
 
 
 def test_worker_ids_are_unique() -> None:

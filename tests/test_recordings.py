@@ -425,7 +425,7 @@ async def test_the_call_page_plays_it_and_the_status_page_and_metrics_count(
         ids = [await env.completed_call(), await env.completed_call("+919052161111")]
         metrics = (await env.api.get("/metrics")).text
         assert 'exocall_recordings{status="pending"} 2.0' in metrics
-        assert "exocall_recordings_backlog 2.0" in metrics
+        assert 'exocall_jobs_due{kind="archive"} 2.0' in metrics
 
         env.simulator.recording_faults.append(RecordingFault(status=500))
         await env.run_due()  # one of the two draws the 500: whichever asks first
@@ -441,7 +441,7 @@ async def test_the_call_page_plays_it_and_the_status_page_and_metrics_count(
         metrics = (await env.api.get("/metrics")).text
         assert 'exocall_recordings{status="archived"} 1.0' in metrics
         assert 'exocall_recordings{status="pending"} 1.0' in metrics
-        assert "exocall_recordings_backlog 1.0" in metrics
+        assert 'exocall_jobs_due{kind="archive"} 0.0' in metrics  # not before its backoff
         assert 'exocall_recording_archive_total{outcome="archived"} 1.0' in metrics
         assert 'exocall_recording_archive_total{outcome="retried"} 1.0' in metrics
         status_page = (await env.api.get("/ui")).text

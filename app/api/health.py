@@ -7,20 +7,30 @@ import logging
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import EngineDep, MetricsDep, SessionDep, require_metrics_access
 from app.api.errors import database_unavailable, error_response, refusals
+from app.calls.dispatcher import Dispatch
 from app.calls.queries import Overview, overview
 from app.db.clock import db_now
 from app.db.migrate import head_revision
+from app.db.models import Periodic
 from app.db.session import is_database_down
+from app.events.deliverer import Delivering
 from app.events.endpoints import backlogs
+from app.jobs.periodic import queue_of
+from app.jobs.worker import Backlog, backlog
 from app.metrics import CONTENT_TYPE, Gauges
+from app.recordings.archive import Archive
 from app.recordings.status import archive_status
 
 log = logging.getLogger(__name__)
+
+# Every kind's queue, whichever this replica works: every replica answers the same.
+_QUEUES = {kind.name: kind.queue for kind in (Dispatch, Delivering, Archive)}
 
 router = APIRouter(tags=["health"])
 
@@ -88,6 +98,7 @@ async def metrics(session: SessionDep, counters: MetricsDep) -> Response:
         read = await overview(session)
         owed = await backlogs(session)
         archive = await archive_status(session)
+        jobs = await _backlogs(session)
         now = await db_now(session)
         shared = read  # only once everything was read: the database may go mid-way
     except Exception as exc:
@@ -98,8 +109,7 @@ async def metrics(session: SessionDep, counters: MetricsDep) -> Response:
     if shared is not None:
         gauges = Gauges(
             calls_by_status=shared.calls_by_status,
-            queue_depth=shared.queue_depth,
-            queue_oldest_age_seconds=shared.oldest_queued_age_seconds,
+            jobs=jobs,
             webhook_backlog={
                 str(endpoint_id): (
                     backlog.count,
@@ -108,8 +118,12 @@ async def metrics(session: SessionDep, counters: MetricsDep) -> Response:
                 for endpoint_id, backlog in owed.items()
             },
             recordings_by_status=archive.by_status,
-            recordings_backlog=archive.backlog,
-            recordings_oldest_due_age_seconds=archive.oldest_due_age_seconds,
             recordings_paused=archive.paused_until is not None,
         )
     return Response(counters.render(gauges), media_type=CONTENT_TYPE)
+
+
+async def _backlogs(session: AsyncSession) -> dict[str, Backlog]:
+    """Where each kind of work stands: the queues', and each periodic job's."""
+    periodic = {name: queue_of(name) for name in await session.scalars(select(Periodic.name))}
+    return {name: await backlog(session, queue) for name, queue in (_QUEUES | periodic).items()}

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls.dispatch import (
@@ -61,7 +62,12 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
     connections never made."""
 
     name = "dispatch"
-    queue = Queue(key=_CALLS.id, claimed_by=_CALLS.claimed_by)
+    queue = Queue(
+        key=_CALLS.id,
+        claimed_by=_CALLS.claimed_by,
+        due=func.coalesce(_CALLS.not_before, _CALLS.created_at),
+        waiting=_CALLS.status == CallStatus.QUEUED.value,
+    )
 
     def __init__(
         self,

@@ -32,7 +32,9 @@ class Delivering(Kind[delivery.Claimed, delivery.Answer]):
     queue = Queue(
         key=_DELIVERIES.id,
         claimed_by=_DELIVERIES.claimed_by,
+        due=_DELIVERIES.next_attempt_at,
         claimed=written_in(_DELIVERIES.state, DeliveryState.SENDING),
+        waiting=written_in(_DELIVERIES.state, DeliveryState.PENDING, DeliveryState.SENDING),
     )
 
     def __init__(self, *, http: aiohttp.ClientSession, settings: Settings, metrics: Metrics):

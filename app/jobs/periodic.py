@@ -23,7 +23,18 @@ from app.jobs.worker import Queue
 
 log = logging.getLogger(__name__)
 
-_ROWS = Queue(key=table_of(Row).c.name, claimed_by=table_of(Row).c.claimed_by)
+_ROW = table_of(Row).c
+
+
+def queue_of(name: str) -> Queue:
+    """The row of the periodic job `name`."""
+    return Queue(
+        key=_ROW.name,
+        claimed_by=_ROW.claimed_by,
+        due=_ROW.due_at,
+        claimed=_ROW.name == name,
+        waiting=_ROW.name == name,
+    )
 
 
 class Periodic(Kind[str, None]):
@@ -45,7 +56,7 @@ class Periodic(Kind[str, None]):
         self._job = job
         self.every = every
         self._at_start = at_start
-        self.queue = None if local else _ROWS
+        self.queue = None if local else queue_of(name)
         self._due_at = time.monotonic() + (0 if at_start else every)  # when `local`
 
     async def claim(self, session: AsyncSession, *, worker: str, limit: int) -> list[str]:

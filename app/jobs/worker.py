@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, exists, func, select, true
+from sqlalchemy import ColumnElement, and_, delete, exists, func, select, true
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -35,11 +35,37 @@ _SWEPT_AT_ONCE = 500
 @dataclass(frozen=True)
 class Queue:
     """Where a kind keeps its claims: rows known by `key`, claimed by the worker in
-    `claimed_by` (where `claimed` holds, when more than that marks a claimed row)."""
+    `claimed_by` (where `claimed` holds, when more than that marks a claimed row); the rows
+    that are work to do (`waiting`, claimed or not) are due at `due`."""
 
     key: ColumnElement[Any]
     claimed_by: ColumnElement[Any]
+    due: ColumnElement[Any]
     claimed: ColumnElement[bool] = field(default_factory=true)
+    waiting: ColumnElement[bool] = field(default_factory=true)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Where a kind's work stands: due and not claimed, claimed (running), and how long the
+    oldest due has waited past its time."""
+
+    due: int
+    running: int
+    oldest_due_age_seconds: float
+
+
+async def backlog(session: AsyncSession, queue: Queue) -> Backlog:
+    now = await db_now(session)
+    due = and_(queue.claimed_by.is_(None), queue.due <= now)
+    counted = select(
+        func.count().filter(due),
+        func.count().filter(queue.claimed_by.is_not(None)),
+        func.min(queue.due).filter(due),
+    ).where(queue.waiting)
+    waiting, running, oldest = (await session.execute(counted)).one()
+    age = (now - oldest).total_seconds() if oldest is not None else 0.0
+    return Backlog(waiting, running, max(0.0, age))
 
 
 Lost = Callable[[AsyncSession, Sequence[Any]], Awaitable[object]]

@@ -57,6 +57,7 @@ from app.jobs.runner import Kind
 from app.jobs.worker import Queue
 from app.logs import about
 from app.metrics import Metrics
+from app.recordings.status import archive_pause
 from app.recordings.store import RecordingStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class Archive(Kind[Claimed, "Outcome"]):
     worker died or stopped mid-fetch) is due again at once."""
 
     name = "archive"
-    queue = Queue(key=_JOBS.call_id, claimed_by=_JOBS.claimed_by)
+    queue = Queue(key=_JOBS.call_id, claimed_by=_JOBS.claimed_by, due=_JOBS.due_at)
 
     def __init__(
         self,
@@ -113,14 +114,7 @@ class Archive(Kind[Claimed, "Outcome"]):
         """Up to `limit` due jobs: none while the archive is paused, and one only (a probe)
         while the pause's reason stands after it ended."""
         now = await db_now(session)
-        pause = (
-            await session.execute(
-                select(Throttle.recordings_paused_until, Throttle.recordings_paused_reason).where(
-                    Throttle.name == ratelimit.THROTTLE
-                )
-            )
-        ).one_or_none()
-        paused_until, reason = pause or (None, None)
+        paused_until, reason = await archive_pause(session)
         if paused_until is not None and paused_until > now:
             return []
         job, call = RecordingJob, Call

@@ -23,6 +23,19 @@ class ArchiveStatus:
     paused_reason: str | None
 
 
+async def archive_pause(session: AsyncSession) -> tuple[datetime | None, str | None]:
+    """Until when the archive is paused (Exotel refused the credentials), and why; the reason
+    stands after the pause has ended, until a fetch succeeds."""
+    pause = (
+        await session.execute(
+            select(Throttle.recordings_paused_until, Throttle.recordings_paused_reason).where(
+                Throttle.name == ratelimit.THROTTLE
+            )
+        )
+    ).one_or_none()
+    return (pause.recordings_paused_until, pause.recordings_paused_reason) if pause else (None, None)
+
+
 async def archive_status(session: AsyncSession) -> ArchiveStatus:
     now = await db_now(session)
     counted = await session.execute(
@@ -35,14 +48,7 @@ async def archive_status(session: AsyncSession) -> ArchiveStatus:
     backlog, oldest = (
         await session.execute(select(func.count(), func.min(RecordingJob.due_at)))
     ).one()
-    pause = (
-        await session.execute(
-            select(Throttle.recordings_paused_until, Throttle.recordings_paused_reason).where(
-                Throttle.name == ratelimit.THROTTLE
-            )
-        )
-    ).one_or_none()
-    paused_until, reason = pause or (None, None)
+    paused_until, reason = await archive_pause(session)
     return ArchiveStatus(
         by_status=by_status,
         backlog=backlog,
