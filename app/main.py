@@ -291,7 +291,13 @@ async def _run_jobs(
     """A runner for each kind (with its grace at shutdown), and this process's worker, until
     `stack` closes. On SIGTERM every runner stops claiming at once; at the close they stop
     together, and the worker last."""
-    worker = Worker(sessionmaker)
+    # The heartbeat has a connection of its own: a busy pool must not make a live worker look
+    # dead to the others.
+    beats = create_engine(
+        settings.database_url, pgbouncer=settings.database_pgbouncer, pool_size=1, max_overflow=0
+    )
+    stack.push_async_callback(beats.dispose)
+    worker = Worker(create_sessionmaker(beats))
     await worker.start()
     stack.push_async_callback(worker.stop)
     runners = [

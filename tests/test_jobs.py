@@ -4,14 +4,16 @@ policy. Replicas killed while holding each kind of work: tests/test_jobs_e2e.py.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.calls.availability import Availability
 from app.calls.dispatcher import Dispatch
 from app.calls.placing import CallRequest, queue_calls
 from app.config import Settings
@@ -21,7 +23,9 @@ from app.db.models import Periodic as PeriodicRow
 from app.db.models import Worker as WorkerRow
 from app.jobs.periodic import Periodic
 from app.jobs.policy import RetryPolicy
+from app.jobs.runner import Kind, Runner
 from app.jobs.worker import LEASE_SECONDS, Queue, Worker, backlog, new_worker_id
+from app.metrics import Metrics
 from tests.conftest import FAKE_CALLER_ID
 from tests.exotel_double import ExotelDouble
 
@@ -119,21 +123,37 @@ async def test_a_periodic_job_runs_on_one_worker_at_a_time_and_again_when_lost(
 
     kind = Periodic("tidy", job, every=60)
     async with sessionmaker() as session, session.begin():
-        assert await kind.claim(session, worker="a", limit=1) == ["tidy"]
+        assert await kind.claim(session, worker="a", limit=1) == ["a"]
     async with sessionmaker() as session, session.begin():
         assert await kind.claim(session, worker="b", limit=1) == []  # held by a
-    await kind.run("tidy")
+    await kind.run("a")
     async with sessionmaker() as session, session.begin():
-        await kind.record(session, [("tidy", None)])
+        await kind.record(session, [("a", None)])
     async with sessionmaker() as session, session.begin():
         assert await kind.claim(session, worker="b", limit=1) == []  # next due in a minute
         # A worker died holding it: it is due again at once.
         await session.execute(update(PeriodicRow).values(claimed_by="a"))
-        assert kind.queue is not None
-        await kind.lost(session, ["tidy"])
+        await kind.lost(session, [kind.key("a")])
     async with sessionmaker() as session, session.begin():
-        assert await kind.claim(session, worker="b", limit=1) == ["tidy"]
+        assert await kind.claim(session, worker="b", limit=1) == ["b"]
     assert runs == ["ran"]
+
+
+async def test_a_late_record_of_a_periodic_run_taken_for_lost_leaves_the_new_claim(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    kind = Periodic("tidy", _nothing, every=60)
+    async with sessionmaker() as session, session.begin():
+        assert await kind.claim(session, worker="a", limit=1) == ["a"]
+        await kind.lost(session, [kind.key("a")])  # a fell silent
+    async with sessionmaker() as session, session.begin():
+        assert await kind.claim(session, worker="b", limit=1) == ["b"]
+    async with sessionmaker() as session, session.begin():
+        await kind.record(session, [("a", None)])  # a, back, records its old run
+
+    async with sessionmaker() as session:
+        row = (await session.scalars(select(PeriodicRow))).one()
+    assert row.claimed_by == "b"  # c cannot start a third run meanwhile
 
 
 async def test_the_periodic_queue_is_swept_like_any_other(
@@ -141,13 +161,13 @@ async def test_the_periodic_queue_is_swept_like_any_other(
 ) -> None:
     kind = Periodic("tidy", _nothing, every=60)
     async with sessionmaker() as session, session.begin():
-        assert await kind.claim(session, worker="gone", limit=1) == ["tidy"]
+        assert await kind.claim(session, worker="gone", limit=1) == ["gone"]
     assert isinstance(kind.queue, Queue)
 
     assert await Worker(sessionmaker).sweep(kind.name, kind.queue, kind.lost) == 1
 
     async with sessionmaker() as session, session.begin():
-        assert await kind.claim(session, worker="b", limit=1) == ["tidy"]
+        assert await kind.claim(session, worker="b", limit=1) == ["b"]
 
 
 async def _nothing() -> None:
@@ -210,3 +230,55 @@ def test_retry_after_is_honoured_as_is_or_within_one_to_two_scheduled_delays() -
 def test_a_slow_down_waits_at_least_its_floor_or_the_longest_delay() -> None:
     assert RetryPolicy([5, 300], slow_down_floor=60).delay(1, slow_down=True) == 60
     assert RetryPolicy([5, 30], slow_down_floor=60).delay(1, slow_down=True) == 30
+
+
+class _CutAtCommit(Kind[str, None]):
+    """Claims one job, then loses its connection before the claim commits."""
+
+    name = "cut"
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.claims = 0
+        self.runs: list[str] = []
+
+    async def claim(self, session: AsyncSession, *, worker: str, limit: int) -> list[str]:
+        self.claims += 1
+        pid = await session.scalar(text("SELECT pg_backend_pid()"))
+        async with self.engine.connect() as other:
+            await other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        return ["job"]
+
+    async def run(self, job: str) -> None:
+        self.runs.append(job)
+
+    async def record(self, session: AsyncSession, done: Sequence[tuple[str, None]]) -> None:
+        return None
+
+
+async def test_a_claim_whose_commit_fails_runs_nothing(
+    sessionmaker: async_sessionmaker[AsyncSession], engine: AsyncEngine, settings: Settings
+) -> None:
+    kind = _CutAtCommit(engine)
+    metrics = Metrics()
+    worker = Worker(sessionmaker)
+    await worker.start()
+    runner = Runner(
+        kind,
+        sessionmaker=sessionmaker,
+        worker=worker,
+        poll=0.01,
+        grace=1,
+        availability=Availability(metrics),
+        metrics=metrics,
+    )
+    runner.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while kind.claims < 3:  # claimed, and lost at commit, three times
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+    finally:
+        await runner.stop()
+        await worker.stop()
+    assert kind.runs == []

@@ -30,7 +30,7 @@ from app.exotel.client import ConnectRequest, ExotelClient
 from app.exotel.errors import ExotelError
 from app.exotel.wire import ExotelCall
 from app.jobs.policy import RetryPolicy
-from app.jobs.runner import Kind
+from app.jobs.runner import Kind, Wait
 from app.jobs.worker import Queue
 from app.logs import about, mask
 
@@ -89,12 +89,12 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
 
     async def claim(
         self, session: AsyncSession, *, worker: str, limit: int
-    ) -> list[Claimed] | float:
+    ) -> list[Claimed] | Wait:
         claimed = await claim_next(session, budget=self._budget, worker=worker)
         if claimed is None:
             return []
         if isinstance(claimed, float):
-            return claimed
+            return Wait(claimed)
         return [Claimed(claimed.id, claimed.from_number, connect_request(claimed, self._settings))]
 
     async def run(self, job: Claimed) -> ExotelCall | Verdict:

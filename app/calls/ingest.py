@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 256
 _PROBLEM_KEPT = 500  # characters of why a callback could not be stored as read
+_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -124,14 +125,20 @@ async def store_alone(
     """Store one callback in a transaction of its own, as `store_callbacks` does; one that
     cannot be stored as read, for any cause but the database being down, is kept as received
     instead, `unreadable`, with why."""
-    try:
-        return await store_callbacks(connection, [received], replayed=replayed)
-    except Exception as exc:
-        if is_database_down(exc):
-            raise
-        cause = getattr(exc, "orig", None) or exc  # the driver's own error, without the SQL
-        problem = f"not storable as read: {type(cause).__name__}: {cause}"[:_PROBLEM_KEPT]
-        log.error("callback %s kept unreadable, %s", received.receipt_id, problem, exc_info=exc)
+    for tries_left in reversed(range(_TRIES)):
+        try:
+            return await store_callbacks(connection, [received], replayed=replayed)
+        except Exception as exc:
+            if is_database_down(exc):
+                raise
+            cause = getattr(exc, "orig", None) or exc  # the driver's own error, without the SQL
+            # A deadlock or a serialization failure (SQLSTATE class 40) is the moment's, not
+            # the callback's: tried again.
+            if str(getattr(cause, "sqlstate", "")).startswith("40") and tries_left:
+                continue
+            problem = f"not storable as read: {type(cause).__name__}: {cause}"[:_PROBLEM_KEPT]
+            log.error("callback %s kept unreadable, %s", received.receipt_id, problem, exc_info=exc)
+            break
     async with connection.begin():
         store = CallStore(connection)
         await store.lock(ids=[received.call_id] if received.call_id else [])

@@ -1,9 +1,9 @@
 """Reconciliation: accounting for every call Exotel did not tell us the end of.
 
 Exotel's callbacks can be lost, and a `Calls/connect` that timed out may or may not have dialled
-(shared/exotel.md). One replica at a time (a lease) looks such calls up in Exotel's call details,
-drawing on the account's budget at lower priority than placing calls, and applies what it finds
-through the same state machine as callbacks. It never sends a call again.
+(shared/exotel.md). One replica at a time (a periodic job, `app.jobs`) looks such calls up in
+Exotel's call details, drawing on the account's budget at lower priority than placing calls, and
+applies what it finds through the same state machine as callbacks. It never sends a call again.
 
 When, by what Exotel's bulk call details can say (they never list a call still in progress):
 - A call with a SID that is not yet over is looked up a minute after it was sent, then after half
@@ -82,7 +82,7 @@ class _Round:
     settings: Settings
     budget: ratelimit.Budget
     repairs: Repairs
-    # A round ends by then (time.monotonic()), well within the lease: the next carries on.
+    # A round ends by then (time.monotonic()): the next carries on.
     deadline: float
 
     async def spend_lookup(self) -> None:

@@ -1,6 +1,6 @@
 """The one write path: every change to a call's state, and every status callback stored.
 
-Dispatch results, status callbacks, reconciliation, the spool replay and stale claims all go
+Dispatch results, status callbacks, reconciliation, the spool replay and lost claims all go
 through a `CallStore`, one per transaction, set-based whatever the number of calls:
 
 1. `lock()` reads the calls' state (`CallState`) and locks their rows, in one statement and in
@@ -11,7 +11,7 @@ through a `CallStore`, one per transaction, set-based whatever the number of cal
    any call had it are attached to the call that has it now, the new events are inserted, and
    every call that changed is updated.
 
-Every statement is built once per backend from the table metadata. `flush()` also writes the
+Every statement is built once from the table metadata. `flush()` also writes the
 events the changes are for subscribers (`app.calls.outbox`), in the same transaction.
 """
 

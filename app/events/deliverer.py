@@ -79,7 +79,7 @@ class Delivering(Kind[delivery.Claimed, delivery.Answer]):
         return job.delivery_id
 
     async def lost(self, session: AsyncSession, keys: Sequence[int]) -> None:
-        await delivery.release(await session.connection(), keys)
+        await delivery.release(await session.connection(), keys, retries=self._retries)
 
 
 async def delivering(

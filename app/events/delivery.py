@@ -2,7 +2,7 @@
 recording what came of it.
 
 - At least once. A claim is a row in `delivery` (`sending`, by a replica) taken with SKIP
-  LOCKED; a replica that dies mid-send leaves a claim that goes stale, and the event is sent
+  LOCKED; a claim lost mid-send (its replica died: `app.jobs`) is released, and the event is sent
   again as a retry, after an attempt recorded as interrupted.
 - A call's events go to an endpoint one at a time, in order: only the head of each (endpoint,
   call) chain is claimed, the earliest not yet delivered or given up. Other calls go on.
@@ -162,12 +162,19 @@ async def claim(
     ]
 
 
-async def release(db: AsyncConnection, delivery_ids: Sequence[int]) -> int:
-    """Claims whose answer will never be recorded (their worker died or stopped mid-send) go back
-    to the queue, due at once, each after an attempt recorded as interrupted: the endpoint may
-    have had the event, so the next send is a retry, never a first delivery twice."""
+async def release(db: AsyncConnection, delivery_ids: Sequence[int], *, retries: RetryPolicy) -> int:
+    """Claims whose answer will never be recorded (their worker died or stopped mid-send, or
+    the answer could not be stored) go back to the queue, each after an attempt recorded as
+    interrupted, due as the retry policy says after it: the endpoint may have had the event, so
+    the next send is a retry, never a first delivery twice."""
     now = await db_now(db)
-    query = select(_delivery.id, _delivery.endpoint_id, _delivery.claimed_at, _delivery.trigger)
+    query = select(
+        _delivery.id,
+        _delivery.endpoint_id,
+        _delivery.claimed_at,
+        _delivery.trigger,
+        _delivery.attempts,
+    )
     query = query.where(
         written_in(_delivery.state, DeliveryState.SENDING), _delivery.id.in_(delivery_ids)
     )
@@ -189,8 +196,20 @@ async def release(db: AsyncConnection, delivery_ids: Sequence[int]) -> int:
     )
     await db.execute(
         update(table_of(Delivery))
-        .where(_delivery.id.in_([row.id for row in stale]))
-        .values(state=DeliveryState.PENDING, claimed_by=None, claimed_at=None, next_attempt_at=now)
+        .where(_delivery.id == bindparam("delivery_id"))
+        .values(
+            state=DeliveryState.PENDING,
+            claimed_by=None,
+            claimed_at=None,
+            next_attempt_at=bindparam("due"),
+        ),
+        [
+            {
+                "delivery_id": row.id,
+                "due": now + timedelta(seconds=retries.delay(row.attempts)),
+            }
+            for row in stale
+        ],
     )
     return len(stale)
 
@@ -230,7 +249,8 @@ async def attempt(http: aiohttp.ClientSession, claimed: Claimed, *, within: floa
         return Answer(None, f"no answer within {within:g}s", took())
     except Exception as exc:  # aiohttp's ClientError, and whatever else: never a lost answer
         return Answer(None, f"{type(exc).__name__}: {exc}"[:500], took())
-    text = kept[:ANSWER_KEPT].decode("utf-8", errors="replace")
+    # As text a column holds: undecodable bytes, and NUL, as U+FFFD.
+    text = kept[:ANSWER_KEPT].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
     error = None
     if not 200 <= response.status < 300:
         error = f"answered {response.status}"
@@ -285,7 +305,7 @@ async def record(
 ) -> list[DeliveryState]:
     """Store a batch of attempts and what follows from each: delivered, retried later, or given
     up; the endpoints' health, and whether one is to be disabled. A delivery whose claim was
-    given back meanwhile (it went stale) keeps its new state; its attempt is stored all the
+    given back meanwhile (taken for lost) keeps its new state; its attempt is stored all the
     same."""
     statements = _statements()
     now = await db_now(db)
@@ -382,7 +402,7 @@ async def record(
 
 
 class _Statements:
-    """The deliverer's statements, built once per backend: it runs them many times a second."""
+    """The deliverer's statements, built once: it runs them many times a second."""
 
     def __init__(self) -> None:
         delivery, endpoint = table_of(Delivery), table_of(WebhookEndpoint)
@@ -491,7 +511,7 @@ class _Statements:
         attempt = table_of(DeliveryAttempt)
         self.insert_attempts = insert(attempt).returning(attempt.c.id)
         # Each (delivery, attempt number) only while the claim that made the attempt still
-        # holds: a claim given back (stale) and taken again has a higher attempt number.
+        # holds: a claim given back (lost) and taken again has a higher attempt number.
         self.answered = (
             update(delivery)
             .where(

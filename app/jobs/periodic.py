@@ -39,7 +39,8 @@ def queue_of(name: str) -> Queue:
 
 class Periodic(Kind[str, None]):
     """`job` every `every` seconds (first at once, or after `every` when not `at_start`). A run
-    that fails is logged, and the next comes at the next interval."""
+    that fails is logged, and the next comes at the next interval; one that finds the database
+    gone runs again once it is back."""
 
     concurrency = 1
 
@@ -60,8 +61,9 @@ class Periodic(Kind[str, None]):
         self._due_at = time.monotonic() + (0 if at_start else every)  # when `local`
 
     async def claim(self, session: AsyncSession, *, worker: str, limit: int) -> list[str]:
+        """The claiming worker, as the job, when the job is due."""
         if self.queue is None:
-            return [self.name] if time.monotonic() >= self._due_at else []
+            return [worker] if time.monotonic() >= self._due_at else []
         now = await db_now(session)
         first = now if self._at_start else now + timedelta(seconds=self.every)
         await session.execute(
@@ -73,7 +75,7 @@ class Periodic(Kind[str, None]):
             .values(claimed_by=worker, claimed_at=now)
             .returning(Row.name)
         )
-        return [claimed] if claimed else []
+        return [worker] if claimed else []
 
     async def run(self, job: str) -> None:
         try:
@@ -82,17 +84,25 @@ class Periodic(Kind[str, None]):
             if is_database_down(exc):
                 raise  # the runner says so, and the job is run again once it is back
             log.exception("%s failed; trying again in %gs", self.name, self.every)
+        finally:
+            self._due_at = time.monotonic() + self.every  # when `local`
 
     async def record(self, session: AsyncSession, done: Sequence[tuple[str, None]]) -> None:
         if self.queue is None:
-            self._due_at = time.monotonic() + self.every
             return
         now = await db_now(session)
-        await session.execute(
-            update(Row)
-            .where(Row.name == self.name)
-            .values(claimed_by=None, claimed_at=None, due_at=now + timedelta(seconds=self.every))
-        )
+        for worker, _ in done:
+            # Only while the claim is still this worker's (it may have been taken for lost).
+            await session.execute(
+                update(Row)
+                .where(Row.name == self.name, Row.claimed_by == worker)
+                .values(
+                    claimed_by=None, claimed_at=None, due_at=now + timedelta(seconds=self.every)
+                )
+            )
+
+    def key(self, job: str) -> str:
+        return self.name
 
     async def lost(self, session: AsyncSession, keys: Sequence[Any]) -> None:
         """Run it again at once, wherever a worker is free."""

@@ -9,7 +9,8 @@ import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Generic, TypeVar
 
@@ -27,6 +28,13 @@ Outcome = TypeVar("Outcome")
 _GATHER_SECONDS = 0.005
 
 
+@dataclass(frozen=True)
+class Wait:
+    """Ready work is held back this long (the account's budget is spent)."""
+
+    seconds: float
+
+
 class Kind(ABC, Generic[Job, Outcome]):
     """A kind of job, and its rules."""
 
@@ -35,9 +43,9 @@ class Kind(ABC, Generic[Job, Outcome]):
     queue: Queue | None = None  # where its claims are kept; None: nothing outlives the process
 
     @abstractmethod
-    async def claim(self, session: AsyncSession, *, worker: str, limit: int) -> list[Job] | float:
+    async def claim(self, session: AsyncSession, *, worker: str, limit: int) -> list[Job] | Wait:
         """Up to `limit` jobs, claimed for `worker`; or, when ready work is held back (the
-        account's budget spent), the seconds until it may go."""
+        account's budget spent), how long until it may go."""
 
     @abstractmethod
     async def run(self, job: Job) -> Outcome:
@@ -90,6 +98,7 @@ class Runner(Generic[Job, Outcome]):
         self._availability = availability
         self._metrics = metrics
         self._stopping = asyncio.Event()
+        self._claiming = True
         self._done: list[tuple[Job, Outcome | BaseException]] = []
         self._finished = asyncio.Event()  # set by every job that ends
         self._running: dict[asyncio.Task[None], Job] = {}
@@ -101,15 +110,14 @@ class Runner(Generic[Job, Outcome]):
         self._loop = asyncio.create_task(self._run(), name=self.kind.name)
 
     def stop_claiming(self) -> None:
-        self._stopping.set()
+        """Claim nothing more (SIGTERM); what runs is still recorded as it ends."""
+        self._claiming = False
+        self.kind.wake()
 
     async def stop(self) -> None:
         """Claim nothing more; give the jobs running `grace` seconds, record what came of them,
         and hand those still unfinished to their kind as lost."""
-        self._stopping.set()
-        if self._loop is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._loop, timeout=self._grace + 5)
+        self._claiming = False
         unfinished: list[Job] = []
         if self._running:
             _, pending = await asyncio.wait(self._running, timeout=self._grace)
@@ -117,11 +125,14 @@ class Runner(Generic[Job, Outcome]):
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        self._stopping.set()
+        if self._loop is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._loop, timeout=5)
         try:
             await self._record_done()
             if unfinished and self.kind.queue is not None:
-                async with self._sessionmaker() as session, session.begin():
-                    await self.kind.lost(session, [self.kind.key(job) for job in unfinished])
+                await self._lost(unfinished)
         except Exception:
             # Its claims lapse with the worker instead, and another worker's sweep finds them.
             log.warning("%s: could not record or give back its jobs", self.kind.name, exc_info=True)
@@ -129,23 +140,18 @@ class Runner(Generic[Job, Outcome]):
     async def _run(self) -> None:
         while not self._stopping.is_set():
             self._finished.clear()
-            free = self.kind.concurrency - len(self._running)
-            claimed: list[Job] | float = []
-            try:
+            with self._watching_the_database("recording"):
                 await self._record_done()
-                if free > 0 and self._worker.alive:
+            claimed: list[Job] | Wait = []
+            free = self.kind.concurrency - len(self._running)
+            if self._claiming and free > 0 and self._worker.alive:
+                with self._watching_the_database("claiming"):
                     async with self._sessionmaker() as session, session.begin():
-                        claimed = await self.kind.claim(session, worker=self._worker.id, limit=free)
-            except Exception as exc:  # the loop must outlive any one failure
-                if is_database_down(exc):
-                    self._availability.lost(self.kind.name, exc)
-                else:
-                    log.exception("%s: claiming or recording failed", self.kind.name)
-            else:
-                self._availability.reached(self.kind.name)
-            if isinstance(claimed, float):  # ready work held back: new work changes nothing
+                        wanted = await self.kind.claim(session, worker=self._worker.id, limit=free)
+                    claimed = wanted  # only once committed: a claim rolled back is no claim
+            if isinstance(claimed, Wait):  # ready work held back: new work changes nothing
                 started = time.monotonic()
-                await self._pause(claimed, self._finished)
+                await self._pause(claimed.seconds, self._finished)
                 self._metrics.job_wait.labels(self.kind.name).inc(time.monotonic() - started)
             elif claimed:
                 for job in claimed:
@@ -159,6 +165,20 @@ class Runner(Generic[Job, Outcome]):
             if self._finished.is_set():
                 # Let the jobs ending about now end too: one transaction records them all.
                 await asyncio.sleep(_GATHER_SECONDS)
+
+    @contextlib.contextmanager
+    def _watching_the_database(self, doing: str) -> Iterator[None]:
+        """The loop outlives any one failure: an unreachable database is said once (and once
+        when it is back), any other failure logged."""
+        try:
+            yield
+        except Exception as exc:
+            if is_database_down(exc):
+                self._availability.lost(self.kind.name, exc)
+            else:
+                log.exception("%s: %s failed", self.kind.name, doing)
+        else:
+            self._availability.reached(self.kind.name)
 
     async def _pause(self, seconds: float, *events: asyncio.Event) -> None:
         waits = [asyncio.ensure_future(e.wait()) for e in (self._stopping, *events)]
@@ -180,9 +200,10 @@ class Runner(Generic[Job, Outcome]):
         self._finished.set()
 
     async def _record_done(self) -> None:
-        """Record the outcomes handed back so far in one transaction. While the database is
-        down they wait for the next turn; should it refuse them, or a job have failed
-        unexpectedly, those jobs are lost (their kind says what that means)."""
+        """Record the outcomes handed back so far, in one transaction. While the database is
+        down they wait for the next turn. Should it refuse the batch, each is recorded alone;
+        a job whose outcome cannot be recorded, or that failed unexpectedly, is lost (its kind
+        says what that means)."""
         if not self._done:
             return
         done, self._done = self._done, []
@@ -190,25 +211,41 @@ class Runner(Generic[Job, Outcome]):
         lost = [job for job, outcome in done if isinstance(outcome, BaseException)]
         try:
             if ran:
-                async with self._sessionmaker() as session, session.begin():
-                    await self.kind.record(session, ran)
-                self.kind.recorded(ran)
+                await self._record(ran)
         except Exception as exc:
             if is_database_down(exc):
                 self._done[:0] = done
                 raise
-            log.exception("%s: recording what came of %d jobs failed", self.kind.name, len(ran))
-            lost += [job for job, _ in ran]
-            ran = []
-        self._metrics.jobs.labels(self.kind.name, "done").inc(len(ran))
+            log.exception("%s: recording %d outcomes failed; each alone", self.kind.name, len(ran))
+            for one in ran:
+                try:
+                    await self._record([one])
+                except Exception as again:
+                    if is_database_down(again):
+                        self._done.append(one)
+                        raise
+                    log.exception("%s: an outcome cannot be recorded", self.kind.name)
+                    lost.append(one[0])
         if lost and self.kind.queue is not None:
-            try:
-                async with self._sessionmaker() as session, session.begin():
-                    await self.kind.lost(session, [self.kind.key(job) for job in lost])
-            except Exception as exc:
-                self._done[:0] = [(job, exc) for job in lost]
-                raise
-            self._metrics.jobs.labels(self.kind.name, "lost").inc(len(lost))
+            await self._lost(lost)
+
+    async def _record(self, ran: Sequence[tuple[Job, Outcome]]) -> None:
+        async with self._sessionmaker() as session, session.begin():
+            await self.kind.record(session, ran)
+        self.kind.recorded(ran)
+        self._metrics.jobs.labels(self.kind.name, "done").inc(len(ran))
+
+    async def _lost(self, jobs: Sequence[Job]) -> None:
+        """Hand `jobs` to their kind as lost; while the database is down, they wait."""
+        try:
+            async with self._sessionmaker() as session, session.begin():
+                await self.kind.lost(session, [self.kind.key(job) for job in jobs])
+        except Exception as exc:
+            if is_database_down(exc):
+                self._done[:0] = [(job, exc) for job in jobs]
+            # Otherwise the claims stay until this worker stops: said, never retried in a loop.
+            raise
+        self._metrics.jobs.labels(self.kind.name, "lost").inc(len(jobs))
 
 
 async def drain(
@@ -220,7 +257,7 @@ async def drain(
     while True:
         async with sessionmaker() as session, session.begin():
             claimed = await kind.claim(session, worker=worker, limit=kind.concurrency)
-        if not isinstance(claimed, list) or not claimed:
+        if isinstance(claimed, Wait) or not claimed:
             return done
         outcomes = await asyncio.gather(*(kind.run(job) for job in claimed))
         ran = list(zip(claimed, outcomes, strict=True))

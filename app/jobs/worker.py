@@ -80,10 +80,9 @@ class Worker:
     says whether its own claims are still good (a worker cut off from the database for long
     stops claiming: others take its claims as lost)."""
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, beat: float = 0) -> None:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         self.id = new_worker_id()
         self._sessionmaker = sessionmaker
-        self._beat = beat or BEAT_SECONDS
         self._queues: list[tuple[str, Queue, Lost]] = []
         self._beaten_at = -float("inf")  # monotonic time of the last beat the database took
         self._stopping = asyncio.Event()
@@ -124,7 +123,7 @@ class Worker:
                 if not is_database_down(exc):
                     log.exception("worker %s: beating or sweeping failed", self.id)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._beat)
+                await asyncio.wait_for(self._stopping.wait(), BEAT_SECONDS)
 
     async def _beat_once(self) -> None:
         started = time.monotonic()

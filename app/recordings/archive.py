@@ -36,7 +36,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select, update
@@ -80,6 +80,7 @@ class Claimed:
     retries: int
     fetches: int
     worker: str
+    claimed_at: datetime
 
 
 class Archive(Kind[Claimed, "Outcome"]):
@@ -149,6 +150,7 @@ class Archive(Kind[Claimed, "Outcome"]):
                     row.retries,
                     row.fetches,
                     worker,
+                    now,
                 )
             )
         return claimed
@@ -164,10 +166,17 @@ class Archive(Kind[Claimed, "Outcome"]):
         )
 
     async def run(self, job: Claimed) -> Outcome:
-        """Fetch (unless held already) and store one claimed recording."""
-        return await self._archive(job)
+        """Fetch (unless held already) and store one claimed recording. A failure of our own
+        (the spool's disk full, say) is tried again with backoff, with no fetch counted."""
+        try:
+            return await self._archive(job)
+        except Exception as exc:
+            log.exception("recording of call %s: archiving failed", job.call_id)
+            return _refused_alone(f"archiving failed: {type(exc).__name__}: {exc}", fetched=False)
 
     async def record(self, session: AsyncSession, done: Sequence[tuple[Claimed, Outcome]]) -> None:
+        # The calls in one order, as every writer locks them.
+        await (await CallStore.of(session)).lock(ids=sorted(job.call_id for job, _ in done))
         for job, outcome in done:
             await self._conclude(session, job, outcome)
 
@@ -267,7 +276,24 @@ class Archive(Kind[Claimed, "Outcome"]):
 
     async def _conclude(self, session: AsyncSession, job: Claimed, outcome: Outcome) -> None:
         """Record what came of a job, through the one write path: a recording that leaves
-        `pending` leaves the queue; one that stays is due again."""
+        `pending` leaves the queue; one that stays is due again. Only while the job is still
+        this claim's: one taken for lost meanwhile is another worker's to record."""
+        held = await session.scalar(
+            select(RecordingJob.call_id)
+            .where(
+                RecordingJob.call_id == job.call_id,
+                RecordingJob.claimed_by == job.worker,
+                RecordingJob.claimed_at == job.claimed_at,
+            )
+            .with_for_update()
+        )
+        if held is None:
+            log.warning(
+                "recording of call %s: its claim was taken for lost; not recorded here",
+                job.call_id,
+                extra=about(job.call_id),
+            )
+            return
         pause_until = None
         if outcome.pause:
             now = await ratelimit.lock(session)
@@ -376,10 +402,11 @@ def failed_fetch(exc: ExotelError | ValueError) -> Outcome:
     return Outcome(RecordingStatus.PENDING, "retried", str(exc), retry=True)
 
 
-def _refused_alone(error: str) -> Outcome:
+def _refused_alone(error: str, *, fetched: bool = True) -> Outcome:
     """A recording refused though the API takes the credentials (or could not say): this one
-    recording's failure, tried again with backoff, and no reason to pause the rest."""
-    return Outcome(RecordingStatus.PENDING, "retried", error, retry=True)
+    recording's failure, tried again with backoff, and no reason to pause the rest; `fetched`
+    False, a failure of ours, with no fetch counted against the recording."""
+    return Outcome(RecordingStatus.PENDING, "retried", error, attempted=fetched, retry=fetched)
 
 
 _pause = update(Throttle).where(Throttle.name == ratelimit.THROTTLE)
