@@ -110,8 +110,8 @@ async def test_a_delivery_held_by_a_killed_replica_is_sent_again_by_another(
         client(deployment.start_server()) as api,
         httpx.AsyncClient(base_url=subscriber_url) as subscriber,
     ):
-        # The subscriber holds every delivery for a minute: one is in flight at the kill.
-        await subscriber.post("/answer", json={"status": 200, "delay": 60})
+        # The subscriber holds every delivery for half a minute: one is in flight at the kill.
+        await subscriber.post("/answer", json={"status": 200, "delay": 30})
         hook = {"url": f"{subscriber_url}/hook", "event_types": ["call.completed"]}
         assert (await api.post("/webhook-endpoints", json=hook)).status_code == 201
         body = {"from": "09052161110", "app_id": "926"}
@@ -133,7 +133,7 @@ async def test_a_delivery_held_by_a_killed_replica_is_sent_again_by_another(
             attempts = list(await db.scalars(text("SELECT error FROM delivery_attempt")))
         assert any(error and error.startswith("interrupted") for error in attempts), attempts
         # Sent twice, each time the same event: the second a retry (its webhook-id repeats).
-        await until(_received_twice(subscriber), 90, "the killed replica's attempt arrived")
+        await until(_received_twice(subscriber), 60, "the killed replica's attempt arrived")
         received = (await subscriber.get("/received")).json()
         assert len({r["headers"]["webhook-id"] for r in received}) == 1
 
@@ -183,7 +183,7 @@ async def test_reconciliation_held_by_a_killed_replica_runs_on_another(
     deployment.env |= {
         # Two requests a minute: the calls spend them, and the round waits for a look-up's.
         "EXOTEL_RATE_LIMIT": "2",
-        "RECONCILE_INTERVAL_SECONDS": "20",
+        "RECONCILE_INTERVAL_SECONDS": "10",
         "RECONCILE_FIRST_LOOKUP_SECONDS": "0",
     }
     # The calls go on for ten minutes: they are due for look-ups all the while.

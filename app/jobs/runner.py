@@ -140,12 +140,11 @@ class Runner(Generic[Job, Outcome]):
     async def _run(self) -> None:
         while not self._stopping.is_set():
             self._finished.clear()
-            with self._watching_the_database("recording"):
-                await self._record_done()
             claimed: list[Job] | Wait = []
             free = self.kind.concurrency - len(self._running)
-            if self._claiming and free > 0 and self._worker.alive:
-                with self._watching_the_database("claiming"):
+            with self._watching_the_database():
+                await self._record_done()
+                if self._claiming and free > 0 and self._worker.alive:
                     async with self._sessionmaker() as session, session.begin():
                         wanted = await self.kind.claim(session, worker=self._worker.id, limit=free)
                     claimed = wanted  # only once committed: a claim rolled back is no claim
@@ -167,7 +166,7 @@ class Runner(Generic[Job, Outcome]):
                 await asyncio.sleep(_GATHER_SECONDS)
 
     @contextlib.contextmanager
-    def _watching_the_database(self, doing: str) -> Iterator[None]:
+    def _watching_the_database(self) -> Iterator[None]:
         """The loop outlives any one failure: an unreachable database is said once (and once
         when it is back), any other failure logged."""
         try:
@@ -176,7 +175,7 @@ class Runner(Generic[Job, Outcome]):
             if is_database_down(exc):
                 self._availability.lost(self.kind.name, exc)
             else:
-                log.exception("%s: %s failed", self.kind.name, doing)
+                log.exception("%s: recording or claiming failed", self.kind.name)
         else:
             self._availability.reached(self.kind.name)
 
