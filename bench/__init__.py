@@ -11,7 +11,7 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from sqlalchemy import make_url, text
+from sqlalchemy import text
 
 from app.db import migrate
 from app.db.embedded import embedded_server
@@ -35,7 +35,7 @@ def server() -> str:
     stack.callback(shutil.rmtree, directory, ignore_errors=True)
     (port,) = free_ports(1)
     url = stack.enter_context(embedded_server(directory / "pgdata", port=port))
-    return make_url(url).set(database=None).render_as_string(hide_password=False)
+    return url.rsplit("/", 1)[0]  # the server: its databases are named after it
 
 
 async def fresh_database() -> str:
