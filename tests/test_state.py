@@ -144,6 +144,27 @@ def test_transitions(
 RECORDING = "https://s3-ap-southeast-1.amazonaws.com/exotelrecordings/acme1/a.mp3"
 
 
+@pytest.mark.parametrize("status", [CallStatus.IN_PROGRESS, *EXOTEL_TERMINAL])
+def test_exotels_word_that_it_placed_an_unknown_call_clears_why_it_was_unknown(
+    status: CallStatus,
+) -> None:
+    call = new_call(CallStatus.UNKNOWN)
+    call.error_code, call.error_message, call.error_at = "exotel_outcome_unknown", "504", T0
+    call.error_exotel_status = 504
+
+    assert apply_update(call, StatusUpdate(status)) == EventOutcome.APPLIED
+
+    assert (call.error_code, call.error_message, call.error_at) == (None, None, None)
+    assert call.error_exotel_status is None
+
+
+def test_a_rejected_call_keeps_why() -> None:
+    call = new_call(CallStatus.UNKNOWN)
+    call.error_code = "exotel_no_record"
+    apply_update(call, StatusUpdate(CallStatus.REJECTED))
+    assert call.error_code == "exotel_no_record"
+
+
 def test_a_recording_is_pending_once_the_call_has_ended_with_one() -> None:
     call = new_call(CallStatus.IN_PROGRESS)
     apply_update(call, StatusUpdate(CallStatus.IN_PROGRESS, recording_url=RECORDING))

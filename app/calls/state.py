@@ -140,6 +140,11 @@ def apply_update(call: CallState, update: StatusUpdate) -> EventOutcome:
         return EventOutcome.APPLIED if _take_answer(call, update) else EventOutcome.STALE
     moved = call.status != update.status
     call.status = update.status
+    if moved and (call.status == CallStatus.IN_PROGRESS or call.status in EXOTEL_TERMINAL):
+        # Exotel's own word that it placed the call: what kept us from knowing is past (an
+        # `unknown` call's time-out, say), and the call is not shown as failed for it.
+        call.error_code = call.error_message = call.error_at = None
+        call.error_exotel_status = call.error_exotel_code = None
     changed = _merge(call, update, overwrite=moved)
     if call.status in TERMINAL and call.recording_url and call.recording_status is None:
         # A call that ended with a recording: the archive keeps it (`apply_recording`).
