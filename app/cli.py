@@ -75,6 +75,12 @@ def serve(
 ) -> None:
     """Serve the HTTP API."""
     settings = load_settings()  # fail here, with a clear message, rather than in every worker
+    if "public_base_url" not in settings.model_fields_set:
+        # Unset, it is where this serves: the built-in simulator's callbacks reach it on any port.
+        here = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+        url = f"http://{f'[{here}]' if ':' in here else here}:{port}"
+        os.environ["PUBLIC_BASE_URL"] = url  # uvicorn's workers read the configuration afresh
+        settings = settings.model_copy(update={"public_base_url": url})
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker counts into files here; /metrics adds them up (app/metrics.py).
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="exocall-metrics-")

@@ -55,11 +55,12 @@ def serving(workdir: Path, env: dict[str, str], port: int) -> Iterator[httpx.Cli
 
 def test_serve_keeps_its_calls_in_a_postgresql_of_its_own(workdir: Path) -> None:
     (port,) = free_ports(1)
+    # Nothing configured: not even PUBLIC_BASE_URL, which follows the port served on.
     env = {
         name: value
         for name, value in os.environ.items()
         if not name.startswith((*STRAY_ENV, "DATABASE_URL"))
-    } | {"PUBLIC_BASE_URL": f"http://127.0.0.1:{port}"}
+    }
     subprocess.run([EXOCALL, "migrate"], env=env, cwd=workdir, check=True, capture_output=True)
     assert not (workdir / "pgdata" / "postmaster.pid").exists()  # stopped by migrate too
 
