@@ -1,4 +1,4 @@
-"""The `exocall` command. Every subcommand reads the configuration of CONTRACT.md."""
+"""The `exocall` command. Every subcommand reads the configuration of docs/configuration.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Configuration, read from the environment and a `.env` file (names fixed by CONTRACT.md)."""
+"""Configuration, read from the environment and a `.env` file (docs/configuration.md: names
+other programs rely on)."""
 
 from __future__ import annotations
 
@@ -102,10 +103,10 @@ class Settings(BaseSettings):
     # An `unknown` call Exotel lists nothing for this long after time_out + time_limit was
     # never dialled (bulk details never list a call in progress, and it has no SID to ask for).
     reconcile_grace_seconds: float = Field(120, ge=0)
-    # Exotel's own limit when a call names none (shared/exotel.md: TimeLimit at most 4 h).
+    # Exotel's own limit when a call names none (docs/exotel.md: TimeLimit at most 4 h).
     default_time_limit_seconds: int = Field(14400, ge=1)
 
-    # Events and webhooks (CONTRACT.md, "Events").
+    # Events and webhooks (docs/events.md).
     event_retention_days: float = Field(90, gt=0)
     # Hosts (`hooks.example.com`, `*.internal`) and CIDRs subscribers may be at. Unset: loopback
     # and private ranges in development, nothing in production.
@@ -129,11 +130,11 @@ class Settings(BaseSettings):
     # false: `exocall serve` sends no webhooks, and `exocall deliver` processes beside it do.
     webhook_delivery_in_serve: bool = True
 
-    # Passthru (CONTRACT.md, "Passthru"): per Exotel app id, the digits answered 302 (the flow's
+    # Passthru (docs/api.md, "Passthru"): per Exotel app id, the digits answered 302 (the flow's
     # other branch), as JSON: {"12345": ["2"]}. Every other Passthru request is answered 200.
     passthru_redirect_digits: dict[str, list[str]] = {}
 
-    # Recordings (README, "Recordings"): where they are kept, a directory or an S3-compatible
+    # Recordings (docs/recordings.md): where they are kept, a directory or an S3-compatible
     # bucket (`s3://bucket/prefix`), with that store's endpoint, region and keys (unset keys:
     # the store's own chain, AWS_* variables and instance roles).
     recording_store: str = "./recordings"
@@ -151,7 +152,7 @@ class Settings(BaseSettings):
     recording_url_hosts: Annotated[list[str], NoDecode] = [
         "*.exotel.com",
         "*.exotel.in",
-        "s3-ap-southeast-1.amazonaws.com/exotelrecordings/",  # shared/exotel.md
+        "s3-ap-southeast-1.amazonaws.com/exotelrecordings/",  # where Exotel keeps them
     ]
     # Archived audio is deleted after this many days (unset: kept); the call keeps the fact.
     recording_retention_days: float | None = Field(None, gt=0)

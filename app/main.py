@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 SIMULATOR_PREFIX = "/_simulator"
 # The service's telemetry is its Prometheus metrics and its logs. FastAPI's own OpenTelemetry
-# looks up the environment on every request otherwise (README, "Benchmarks").
+# looks up the environment on every request otherwise (bench/README.md).
 _NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 

@@ -1,5 +1,5 @@
 """A stand-in for Exotel's API, used as an `httpx.MockTransport` handler: it records every request
-exocall sends and answers as Exotel does (shared/exotel.md), or as a test tells it to."""
+exocall sends and answers as Exotel does (docs/exotel.md), or as a test tells it to."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import httpx
 
 Responder = Callable[[httpx.Request], Awaitable[httpx.Response]]
 
-# The terminal status callback example of shared/exotel.md, verbatim (JSON).
+# Exotel's documented terminal status callback, verbatim (JSON).
 TERMINAL_CALLBACK_EXAMPLE: dict[str, Any] = {
     "CallSid": "492205107c5fb48f4ac25d1f77759339",
     "EventType": "terminal",

@@ -1,4 +1,4 @@
-"""Every shape in which Exotel sends a status callback (shared/exotel.md, "StatusCallback"),
+"""Every shape in which Exotel sends a status callback (docs/exotel.md, "StatusCallback"),
 through real HTTP to a real `exocall serve`, on both backends: the POST given to Calls/connect
 in its three encodings, fields in the query string with an empty body, a flow's GET with
 `DialCallStatus`, `CallStatus`, the durations, `answered` events, and what cannot be read.
@@ -132,7 +132,7 @@ async def test_the_connect_callback_in_each_encoding(api: httpx.AsyncClient, liv
 async def test_the_documented_terminal_example_with_its_legs(
     api: httpx.AsyncClient, live: Live
 ) -> None:
-    """shared/exotel.md's terminal JSON: ConversationDuration, and Legs as an array; and the
+    """Exotel's documented terminal JSON: ConversationDuration, and Legs as an array; and the
     same in multipart, Legs flattened."""
     for encoding in ("json", "multipart"):
         call = await place(api, live)

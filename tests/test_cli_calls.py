@@ -1,8 +1,8 @@
 """`exocall call` and `exocall campaign`, as a user runs them: the real commands as processes,
 against a real `exocall serve` and the standalone simulator, on every database backend.
 
-The simulator's outcome follows the last digit of the number dialled (README): the numbers here
-are chosen by it, and the simulator's own log says who was dialled, and how often.
+The simulator's outcome follows the last digit of the number dialled (docs/simulator.md): the
+numbers here are chosen by it, and the simulator's own log says who was dialled, and how often.
 """
 
 from __future__ import annotations

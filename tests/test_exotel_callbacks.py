@@ -1,4 +1,4 @@
-"""Exotel's StatusCallback (app/exotel/callbacks.py) in each shape shared/exotel.md describes:
+"""Exotel's StatusCallback (app/exotel/callbacks.py) in each shape docs/exotel.md describes:
 the connect callback's three encodings, Legs as an array or flattened, and a flow's callback
 with `DialCallStatus`, `CallStatus`, `CallDuration` and `DialCallDuration`."""
 

@@ -1,5 +1,5 @@
 """ExotelClient (app/exotel/client.py) over an `httpx.MockTransport`: what it sends to Exotel, and
-what each of Exotel's answers (shared/exotel.md) becomes: a call, or an error type with fields."""
+what each of Exotel's answers (docs/exotel.md) becomes: a call, or an error type with fields."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Exotel's wire formats (app/exotel/wire.py), parsed from bodies shaped like the real ones in
-shared/exotel.md: XML or JSON whatever was asked for, empty values as `null`, `""` or empty
+docs/exotel.md: XML or JSON whatever was asked for, empty values as `null`, `""` or empty
 elements, numbers as `11` or `"11"`, SIDs that are not hex."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from app.exotel.wire import (
 
 PLUS_0530 = timezone(timedelta(hours=5, minutes=30))
 
-# The success body of shared/exotel.md, as Exotel sends it (root `TwilioResponse`).
+# Exotel's documented success body, as Exotel sends it (root `TwilioResponse`).
 CONNECT_XML = b"""<TwilioResponse>
  <Call>
   <Sid>55cd271a8e90cf3f3d9d85e06f56189g</Sid><ParentCallSid/>
@@ -31,7 +31,7 @@ CONNECT_XML = b"""<TwilioResponse>
   <Direction>outbound-api</Direction><AnsweredBy/><ForwardedFrom/><CallerName/>
   <Uri>/v1/Accounts/acme1/Calls/55cd271a8e90cf3f3d9d85e06f56189g</Uri><RecordingUrl/>
  </Call>
-</TwilioResponse>"""  # noqa: E501 (verbatim from shared/exotel.md)
+</TwilioResponse>"""  # noqa: E501 (verbatim from Exotel's documentation)
 
 CONNECT_CALL = ExotelCall(
     sid="55cd271a8e90cf3f3d9d85e06f56189g",

@@ -1,4 +1,4 @@
-"""`GET /passthru`: a flow's Passthru requests, in the shapes of shared/exotel.md ("Passthru
+"""`GET /passthru`: a flow's Passthru requests, in the shapes of docs/exotel.md ("Passthru
 applet"), stored on their call, its `digits` and `flow`, the `call.input` event, and the 302
 rule; on both backends."""
 
@@ -23,7 +23,7 @@ PASSTHRU = passthru_url("", FAKE_CALLBACK_SECRET.encode())
 
 
 def exotel_passthru(sid: str, **fields: str) -> dict[str, str]:
-    """The query string of a Passthru request (shared/exotel.md), as Exotel sends it."""
+    """The query string of a Passthru request (docs/exotel.md), as Exotel sends it."""
     return {
         "CallSid": sid,
         "From": "09052161110",

@@ -75,8 +75,8 @@ async def test_a_recording_is_fetched_kept_and_served_as_exotel_served_it(
 async def test_a_simulator_started_without_a_key_answers_any_credentials(
     deployment: Deployment,
 ) -> None:
-    """`exocall simulator` on its own, and exocall with any fake key (README): calls are placed
-    and recordings archived through it."""
+    """`exocall simulator` on its own, and exocall with any fake key (docs/simulator.md): calls
+    are placed and recordings archived through it."""
     deployment.env |= {"JOBS_POLL_SECONDS": "0.2"}
     key = {name: deployment.env.pop(name) for name in ("EXOTEL_API_KEY", "EXOTEL_API_TOKEN")}
     simulator_url = deployment.start_simulator("--callback-delay", "0.2")

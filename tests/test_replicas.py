@@ -89,8 +89,8 @@ async def test_three_replicas_share_one_budget_and_dial_each_call_once(
     assert {call["status"] for call in calls} <= ENDED
     dialled = Counter(e["from_number"] for e in log if e["path"].endswith("/Calls/connect.json"))
     assert dialled == Counter("0" + number for number in numbers)  # each once, none twice
-    # The account's budget is of API requests: fetching recordings is not charged to it (README,
-    # "Recordings"), so the replicas' recording fetches are left out of the count.
+    # The account's budget is of API requests: fetching recordings is not charged to it
+    # (docs/recordings.md), so the replicas' recording fetches are left out of the count.
     api_requests = [e for e in log if not e["path"].startswith("/recordings/")]
     assert [e for e in api_requests if e["status"] == 429] == []
     assert busiest_window([e["at"] for e in api_requests], WINDOW) <= LIMIT

@@ -1,5 +1,5 @@
 """The Exotel simulator (app/exotel/simulator.py) over HTTP, as real Exotel behaves on the wire
-(shared/exotel.md): numbers in national form, `Details` only when asked for, bulk details in
+(docs/exotel.md): numbers in national form, `Details` only when asked for, bulk details in
 pages, `RestException`s for every refusal, the XML declaration, and two-number calls.
 
 Driven in-process over `httpx.ASGITransport`, raw or through the real `ExotelClient`; its status

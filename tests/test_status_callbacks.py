@@ -1,5 +1,5 @@
 """`POST /status-callback`: authentication, the three encodings, and how each callback moves its
-call (shared/exotel.md: callbacks come early, twice, out of order, or for SIDs we do not know)."""
+call (docs/exotel.md: callbacks come early, twice, out of order, or for SIDs we do not know)."""
 
 from __future__ import annotations
 

@@ -518,10 +518,10 @@ async def test_the_readme_subscriber_verifies_and_takes_each_event_once(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """examples/subscriber.py, shown in the README, against real deliveries."""
+    """examples/subscriber.py, shown in docs/events.md, against real deliveries."""
     example = Path(__file__).parent.parent / "examples" / "subscriber.py"
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    assert example.read_text() in readme  # the README shows the file as it is
+    shown = (Path(__file__).parent.parent / "docs" / "events.md").read_text()
+    assert example.read_text() in shown  # the manual shows the file as it is
 
     (port,) = free_ports(1)
     url = f"http://127.0.0.1:{port}/exocall-events"

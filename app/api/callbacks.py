@@ -9,7 +9,7 @@ The receiver is the route's one entrance: an ASGI layer inside the app's own mid
 ids, the body limit, the trusted proxies), ahead of FastAPI's routing. For a request this small,
 FastAPI's per-request work (its router, its request and response wrappers, resolving
 dependencies) costs more than the handler: serving the route through it took the ingestion
-benchmark from 0.77 to 0.48 of the reference (README, "Benchmarks"). The route is in the OpenAPI
+benchmark from 0.77 to 0.48 of the reference (bench/README.md). The route is in the OpenAPI
 schema all the same (`openapi_paths`), and answers in the one error shape.
 """
 

@@ -1,4 +1,4 @@
-"""The bodies of `/events` and `/webhook-endpoints` (CONTRACT.md, "Events")."""
+"""The bodies of `/events` and `/webhook-endpoints` (docs/events.md)."""
 
 from __future__ import annotations
 

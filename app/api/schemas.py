@@ -25,7 +25,7 @@ from app.calls.resource import CALL_EXAMPLE, CallOut, ExotelClock
 from app.db.models import EventOutcome, RequestKind
 from app.exotel.callbacks import example_fields
 
-# Exotel documents these bounds for Calls/connect (shared/exotel.md).
+# Exotel documents these bounds for Calls/connect (docs/exotel.md).
 MAX_TIME_LIMIT = 14400
 MAX_TIME_OUT = 60
 MAX_CUSTOM_FIELD = 128

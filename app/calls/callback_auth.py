@@ -1,6 +1,6 @@
 """The StatusCallback URL we give Exotel, and how a callback proves it came from that URL.
 
-Exotel signs nothing and publishes no source addresses (shared/exotel.md), so the URL carries
+Exotel signs nothing and publishes no source addresses (docs/exotel.md), so the URL carries
 our call id and an HMAC of it. The HMAC covers only the call id, not the host or the path, so a
 TLS-terminating proxy in front of us does not break it. Every secret in CALLBACK_SECRETS verifies,
 the first signs: a secret can be rotated without losing calls still in flight.

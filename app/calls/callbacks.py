@@ -78,7 +78,7 @@ class Unreadable:
 
 @dataclass(frozen=True)
 class Ignored:
-    """Readable, but of an event type we do not act on (shared/exotel.md: ignore those)."""
+    """Readable, but of an event type we do not act on (docs/exotel.md: ignore those)."""
 
 
 Reading = StatusUpdate | InputUpdate | Unreadable | Ignored

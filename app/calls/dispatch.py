@@ -1,7 +1,7 @@
 """The dispatch queue: claiming a queued call within the account's budget, sending it to
 Exotel, and recording what came of it.
 
-Exotel has no idempotency key (shared/exotel.md): a `Calls/connect` that may have reached it is
+Exotel has no idempotency key (docs/exotel.md): a `Calls/connect` that may have reached it is
 never sent again. Whatever cannot be told apart from "Exotel dialled" (a read timeout, a dropped
 connection, a 5xx) makes the call `unknown`, for reconciliation to resolve.
 """

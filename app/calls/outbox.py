@@ -44,7 +44,7 @@ from app.db.statements import one_of, table_of
 if TYPE_CHECKING:
     from app.calls.store import Change
 
-# CONTRACT.md, "Events".
+# docs/events.md.
 EVENT_TYPES = (
     "call.in_progress",
     "call.answered",

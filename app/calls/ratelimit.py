@@ -1,5 +1,5 @@
 """The account's request budget, shared by every replica: Exotel allows 200 requests a minute
-per account, look-ups included, and answers 429 beyond (shared/exotel.md).
+per account, look-ups included, and answers 429 beyond (docs/exotel.md).
 
 Every request is logged in `exotel_request` at the database's time. A grant happens inside a
 transaction that holds the lock on the account's `exotel_throttle` row, so grants are serialised

@@ -1,7 +1,7 @@
 """Reconciliation: accounting for every call Exotel did not tell us the end of.
 
 Exotel's callbacks can be lost, and a `Calls/connect` that timed out may or may not have dialled
-(shared/exotel.md). One replica at a time (a periodic job, `app.jobs`) looks such calls up in
+(docs/exotel.md). One replica at a time (a periodic job, `app.jobs`) looks such calls up in
 Exotel's call details, drawing on the account's budget at lower priority than placing calls, and
 applies what it finds through the same state machine as callbacks. It never sends a call again.
 

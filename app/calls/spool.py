@@ -1,6 +1,6 @@
 """The callback spool: where a status callback goes when the database cannot take it.
 
-Exotel retries a callback at most twice (shared/exotel.md), so a database outage longer than its
+Exotel retries a callback at most twice (docs/exotel.md), so a database outage longer than its
 retries would lose callbacks if we answered 503. Instead a callback that cannot be stored is
 written to a local file, fsync'd, before the 200 is sent; a replayer stores the spooled
 callbacks once the database is back, in the order they came, and only then deletes each file.

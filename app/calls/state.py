@@ -6,7 +6,7 @@
       ├──> rejected   (Exotel refused the request; nothing was dialled)
       └──> unknown    (we cannot tell whether Exotel dialled) ──> any status above but queued
 
-Exotel delivers callbacks late, twice and out of order (shared/exotel.md), so:
+Exotel delivers callbacks late, twice and out of order (docs/exotel.md), so:
 - a terminal status is absorbing: nothing changes it, and a later `in-progress` is stale;
 - repeating an update changes nothing;
 - an empty value (a blank `RecordingUrl`) never blanks a known one;

@@ -65,7 +65,7 @@ class EventOutcome(enum.StrEnum):
     STALE = "stale"  # older than what we know (e.g. a status after the call's end)
     UNKNOWN_SID = "unknown_sid"  # no call known yet; attached once one is
     SID_MISMATCH = "sid_mismatch"  # the URL names a call whose SID differs from the callback's
-    IGNORED = "ignored"  # an event type we do not act on (shared/exotel.md: ignore unknown ones)
+    IGNORED = "ignored"  # an event type we do not act on (docs/exotel.md: ignore unknown ones)
     # No status (or no call) we can read, or it could not be stored as read: kept raw, and
     # refused with 422.
     UNREADABLE = "unreadable"

@@ -1,7 +1,7 @@
 """Where webhooks may go: the operator's WEBHOOK_ALLOWED_TARGETS, checked when an endpoint is
 registered and again on the resolved address at every connect.
 
-Checking only the URL at registration leaves DNS rebinding open (shared/webhooks.md): a name
+Checking only the URL at registration leaves DNS rebinding open (docs/events.md): a name
 that resolved to a public address then may resolve to the metadata service later. So the
 deliverer's connections go through `guarded_session`, whose connector resolves the host itself,
 checks every address, and connects to a checked one.

@@ -1,4 +1,4 @@
-"""Exotel's StatusCallback, in every shape it arrives in (shared/exotel.md, "StatusCallback").
+"""Exotel's StatusCallback, in every shape it arrives in (docs/exotel.md, "StatusCallback").
 
 - The callback given to `Calls/connect` is a POST: multipart (the default), JSON when asked
   for, or urlencoded.

@@ -1,4 +1,4 @@
-"""A flow's Passthru request, as Exotel sends it (shared/exotel.md, "Passthru applet"): a GET
+"""A flow's Passthru request, as Exotel sends it (docs/exotel.md, "Passthru applet"): a GET
 whose query string carries `CallSid`, the numbers, `CurrentTime`, the `CustomField` given to
 `Calls/connect`, and `digits`, what the caller keyed in the Gather before it, wrapped in double
 quotes. Answering 200 takes the flow down one branch, 302 down the other."""

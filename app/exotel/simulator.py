@@ -1,4 +1,4 @@
-"""An Exotel simulator that speaks Exotel's wire format (shared/exotel.md).
+"""An Exotel simulator that speaks Exotel's wire format (docs/exotel.md).
 
 It serves `Calls/connect` and call details (single and bulk) in XML (with its declaration) or JSON
 (paths ending in `.json`), refuses with `RestException`s (unknown routes and wrong methods too),

@@ -1,6 +1,6 @@
 """Exotel's wire formats, parsed leniently.
 
-Real bodies differ from the documentation (shared/exotel.md): empty values come as `null`, `""` or
+Real bodies differ from the documentation (docs/exotel.md): empty values come as `null`, `""` or
 empty XML elements; numbers as `11` or `"11"`; SIDs are opaque, not hex. Everything here accepts
 all of those and turns them into the app's own names.
 """

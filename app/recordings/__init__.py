@@ -1,2 +1,2 @@
 """Recordings kept: fetched from Exotel with the account's credentials, stored before Exotel's
-copy expires, served to those allowed (README, "Recordings")."""
+copy expires, served to those allowed (docs/recordings.md)."""

@@ -7,7 +7,7 @@ while one is fetched or stored. What came of it goes back through the one write 
 (`apply_recording`); a recording leaving `pending` leaves the queue, and a final one is a
 `call.updated` event.
 
-Failures by kind (shared/exotel.md: recordings need the API credentials since October 2024;
+Failures by kind (docs/exotel.md: recordings need the API credentials since October 2024;
 their URLs last 5 to 60 minutes):
 - 404 or 410: Exotel's copy is gone, `expired`, at once;
 - 401 or 403: the credentials are wrong, or the URL's signature has expired (RecordingUrlValidity:
@@ -22,7 +22,7 @@ their URLs last 5 to 60 minutes):
 - the store down: the fetched bytes wait on this replica's disk and the store is tried again
   with backoff, without fetching again, for as long as it takes.
 
-Fetching recordings is not charged to the account's 200-a-minute budget: shared/exotel.md counts
+Fetching recordings is not charged to the account's 200-a-minute budget: Exotel counts
 placing calls and look-ups against it, and a recording is served from storage
 (`s3-ap-southeast-1.amazonaws.com`), not the API. RECORDING_CONCURRENCY bounds the fetches. A
 look-up after a refusal is an API request: it is drawn from the budget, at the look-ups'

@@ -1,7 +1,7 @@
 """Where archived recordings are kept: a local directory (the default, so that `make run` keeps
 them with no setup) or an S3-compatible bucket (S3, R2, MinIO, GCS's interoperability API).
 
-Both go through obstore (README, "Recordings", says why): one interface for the two, uploads
+Both go through obstore (docs/recordings.md says why): one interface for the two, uploads
 streamed from a file in bounded multipart chunks, ranged reads streamed in chunks, and presigned
 URLs for S3. A recording's key is its call's id.
 

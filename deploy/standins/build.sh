@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stand-ins for the base images the stack names (python:3.11-slim-bookworm, postgres:16-bookworm,
 # nginx:1.27-alpine, debian:bookworm-slim), built from Debian's packages, for a machine whose engine can reach Debian's
-# archive and PyPI but no image registry (shared/docker.md). They are stand-ins, not the images
+# archive and PyPI but no image registry (docs/deployment.md). They are stand-ins, not the images
 # themselves: Debian's python3 (3.11), PostgreSQL 15 for 16, Debian's nginx 1.22 for Alpine's 1.27.
 # An image already present is kept: rerunning costs nothing.
 #
