@@ -31,7 +31,6 @@ from app.config import Settings
 from app.db.clock import db_now
 from app.db.models import Call, ExotelRequest, RecordingJob, Throttle
 from app.exotel.simulator import RecordingFault, Simulator, SimulatorConfig, recording_bytes
-from app.jobs.runner import drain
 from app.main import create_app, exotel_client
 from app.metrics import Metrics
 from app.recordings.archive import Archive
@@ -104,6 +103,21 @@ def stored_keys(settings: Settings, moto: str, tmp_path: Path) -> list[str]:
     return sorted(path.name for path in (tmp_path / "recordings").iterdir())
 
 
+async def drain(archive: Archive, *, worker: str) -> int:
+    """Archive every recording due now, as the worker `worker` would, at once rather than on a
+    runner's turns; how many."""
+    done = 0
+    while True:
+        async with archive.sessionmaker() as session, session.begin():
+            claimed = await archive.claim(session, worker=worker, limit=archive.concurrency)
+        if not claimed:
+            return done
+        outcomes = await asyncio.gather(*(archive.run(job) for job in claimed))
+        async with archive.sessionmaker() as session, session.begin():
+            await archive.record(session, list(zip(claimed, outcomes, strict=True)))
+        done += len(claimed)
+
+
 @dataclass
 class Archiving:
     api: httpx.AsyncClient
@@ -156,7 +170,7 @@ class Archiving:
 
     async def run_due(self) -> int:
         """Archive every recording due now, as a worker of its own; how many."""
-        return await drain(self.archive, sessionmaker=self.archive.sessionmaker, worker=self.worker)
+        return await drain(self.archive, worker=self.worker)
 
     async def run_rounds(self, rounds: int) -> None:
         """Run the archive, then make what it left due at once, `rounds` times."""
@@ -739,10 +753,7 @@ async def test_two_replicas_never_fetch_one_recording_together(db_url: str, tmp_
                 for _ in range(2)
             ]
             done = await asyncio.gather(
-                *(
-                    drain(replica, sessionmaker=env.archive.sessionmaker, worker=f"replica-{n}")
-                    for n, replica in enumerate(replicas)
-                )
+                *(drain(replica, worker=f"replica-{n}") for n, replica in enumerate(replicas))
             )
         assert sum(done) == len(ids)
         assert all(count > 0 for count in done)  # both worked

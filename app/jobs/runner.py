@@ -245,22 +245,3 @@ class Runner(Generic[Job, Outcome]):
             # Otherwise the claims stay until this worker stops: said, never retried in a loop.
             raise
         self._metrics.jobs.labels(self.kind.name, "lost").inc(len(jobs))
-
-
-async def drain(
-    kind: Kind[Job, Outcome], *, sessionmaker: async_sessionmaker[AsyncSession], worker: str
-) -> int:
-    """Claim, run and record jobs of `kind` until none is due; how many. For work wanted done
-    now, outside a runner (a command, a test)."""
-    done = 0
-    while True:
-        async with sessionmaker() as session, session.begin():
-            claimed = await kind.claim(session, worker=worker, limit=kind.concurrency)
-        if isinstance(claimed, Wait) or not claimed:
-            return done
-        outcomes = await asyncio.gather(*(kind.run(job) for job in claimed))
-        ran = list(zip(claimed, outcomes, strict=True))
-        async with sessionmaker() as session, session.begin():
-            await kind.record(session, ran)
-        kind.recorded(ran)
-        done += len(ran)
