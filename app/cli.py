@@ -16,7 +16,6 @@ from typing import Annotated, Any
 import httpx
 import typer
 import uvicorn
-from pydantic import ValidationError
 
 from app.api.schemas import MAX_BATCH
 from app.calls.callback_auth import passthru_url, status_callback_url
@@ -27,7 +26,7 @@ from app.client.call import place_and_follow
 from app.client.campaign import CampaignOptions, run_campaign
 from app.client.events import tail_events
 from app.client.outcome import plain_console, reporting_failures
-from app.config import Settings
+from app.config import ConfigurationError, Settings
 from app.db import migrate as migrations
 from app.db.embedded import DATA_DIR, embedded_server
 from app.db.session import create_engine, create_sessionmaker
@@ -45,12 +44,10 @@ def load_settings() -> Settings:
     """The configuration, or a clear message naming what is wrong (never the values: some are
     secrets) and exit status 2."""
     try:
-        return Settings()
-    except ValidationError as exc:
-        for error in exc.errors():
-            field = ".".join(str(part) for part in error["loc"]).upper()
-            message = str(error["msg"]).removeprefix("Value error, ")
-            typer.echo(f"configuration error: {field + ': ' if field else ''}{message}", err=True)
+        return Settings.load()
+    except ConfigurationError as exc:
+        for variable, message in exc.problems:
+            typer.echo(f"configuration error: {variable}: {message}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -58,12 +55,12 @@ def load_settings() -> Settings:
 def _database(settings: Settings) -> Iterator[Settings]:
     """`settings` with a database: DATABASE_URL's server, or else the embedded one, started
     here unless another command already runs it (and then stopped here)."""
-    if settings.database_url is not None:
+    if settings.database.url is not None:
         yield settings
         return
     with embedded_server(DATA_DIR) as url:
         os.environ["DATABASE_URL"] = url  # uvicorn's workers read the configuration afresh
-        yield settings.model_copy(update={"database_url": url})
+        yield settings.replace(DATABASE_URL=url)
 
 
 @cli.command()
@@ -75,12 +72,12 @@ def serve(
 ) -> None:
     """Serve the HTTP API."""
     settings = load_settings()  # fail here, with a clear message, rather than in every worker
-    if "public_base_url" not in settings.model_fields_set:
+    if "public_base_url" not in settings.callbacks.model_fields_set:
         # Unset, it is where this serves: the built-in simulator's callbacks reach it on any port.
         here = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
         url = f"http://{f'[{here}]' if ':' in here else here}:{port}"
         os.environ["PUBLIC_BASE_URL"] = url  # uvicorn's workers read the configuration afresh
-        settings = settings.model_copy(update={"public_base_url": url})
+        settings = settings.replace(PUBLIC_BASE_URL=url)
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker counts into files here; /metrics adds them up (app/metrics.py).
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="exocall-metrics-")
@@ -117,13 +114,13 @@ def _run_app(factory: str, settings: Settings, *, host: str, port: int, **option
         host=host,
         port=port,
         log_config=_logging_config(settings),
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        timeout_graceful_shutdown=settings.service.shutdown_grace_seconds,
         **options,
     )
 
 
 def _logging_config(settings: Settings) -> dict[str, Any]:
-    return logging_config(format=settings.logs_as, level=settings.log_level)
+    return logging_config(format=settings.logs_as, level=settings.logs.level)
 
 
 def _configured() -> Settings:
@@ -137,8 +134,8 @@ def _configured() -> Settings:
 def migrate() -> None:
     """Bring the database schema to the newest migration."""
     with _database(_configured()) as settings:
-        assert settings.database_url is not None
-        migrations.upgrade(settings.database_url, pgbouncer=settings.database_pgbouncer)
+        assert settings.database.url is not None
+        migrations.upgrade(settings.database.url, pgbouncer=settings.database.pgbouncer)
 
 
 @cli.command()
@@ -182,15 +179,15 @@ def simulator(
         callback_delay=callback_delay,
         callback_spread=callback_spread,
         response_delay=response_delay,
-        rate_limit=settings.exotel_rate_limit,
-        rate_window=settings.exotel_rate_window_seconds,
+        rate_limit=settings.exotel.rate_limit,
+        rate_window=settings.exotel.rate_window_seconds,
         retry_after=retry_after,
-        flows=settings.simulator_flows,
+        flows=settings.simulator.flows,
         passthru_url=passthru
-        or passthru_url(settings.public_base_url, settings.signing_secrets[0]),
+        or passthru_url(settings.callbacks.public_base_url, settings.callbacks.signing_secrets[0]),
         recording_seconds=recording_seconds,
         recording_url_validity=recording_url_validity,
-        credentials=None if settings.uses_simulator else settings.exotel_credentials,
+        credentials=None if settings.exotel.simulated else settings.exotel.credentials,
     )
     uvicorn.run(
         Simulator(config).app(owns_http=True),
@@ -208,16 +205,16 @@ def reconcile() -> None:
 
 
 async def _reconcile_once(settings: Settings) -> Repairs:
-    if settings.uses_simulator:
+    if settings.exotel.simulated:
         raise typer.BadParameter("needs EXOTEL_API_KEY: the built-in simulator lives in `serve`")
-    engine = create_engine(settings.database_url, pgbouncer=settings.database_pgbouncer)
+    engine = create_engine(settings.database.url, pgbouncer=settings.database.pgbouncer)
     try:
         async with httpx.AsyncClient() as http:
             return await reconcile_once(
                 sessionmaker=create_sessionmaker(engine),
                 exotel=exotel_client(settings, http),
-                settings=settings,
-                budget=budget_of(settings),
+                settings=settings.reconcile,
+                budget=budget_of(settings.exotel),
             )
     finally:
         await engine.dispose()
@@ -227,14 +224,20 @@ async def _reconcile_once(settings: Settings) -> Repairs:
 def callback_url() -> None:
     """Print the account-wide StatusCallback URL, for callbacks set up in an Exotel flow."""
     settings = load_settings()
-    typer.echo(status_callback_url(settings.public_base_url, settings.signing_secrets[0], None))
+    typer.echo(
+        status_callback_url(
+            settings.callbacks.public_base_url, settings.callbacks.signing_secrets[0], None
+        )
+    )
 
 
 @cli.command("passthru-url")
 def passthru_url_command() -> None:
     """Print the URL for the Passthru applets of your Exotel flows."""
     settings = load_settings()
-    typer.echo(passthru_url(settings.public_base_url, settings.signing_secrets[0]))
+    typer.echo(
+        passthru_url(settings.callbacks.public_base_url, settings.callbacks.signing_secrets[0])
+    )
 
 
 # The options of the commands that are clients of a running service.
@@ -401,7 +404,7 @@ def backfill(
 
 
 async def _backfill(settings: Settings, since: datetime) -> int:
-    engine = create_engine(settings.database_url, pgbouncer=settings.database_pgbouncer)
+    engine = create_engine(settings.database.url, pgbouncer=settings.database.pgbouncer)
     try:
         return await queue_recordings_since(create_sessionmaker(engine), since=since)
     finally:

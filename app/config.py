@@ -1,13 +1,25 @@
-"""Configuration, read from the environment and a `.env` file (docs/configuration.md: names
-other programs rely on)."""
+"""Configuration, read from the environment and a `.env` file, in groups: each part of the app
+receives its own. The names are fixed (other programs set them); docs/configuration.md is made
+from the descriptions here (`python -m app.config docs/configuration.md`)."""
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REGION_HOSTS = {
@@ -32,233 +44,600 @@ def _split_csv(value: object) -> object:
     return value
 
 
-class Settings(BaseSettings):
+def _empty_is_unset(value: object) -> object:
+    # `EXOTEL_API_KEY=` in a .env (as .env.example has it) means "not set": without a key the
+    # simulator serves, rather than a real Exotel called with an empty key.
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+class ConfigurationError(ValueError):
+    """Settings that cannot work: each problem as (variable, what is wrong), never the value
+    (some are secrets)."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{name}: {message}" for name, message in problems))
+        self.problems = problems
+
+
+class Group(BaseSettings):
+    """One group of settings. A field's variable is the group's prefix and its name, unless it
+    has an alias (names older than the groups)."""
+
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    title: ClassVar[str]
 
-    # Unset: the embedded server, its data in ./pgdata (app/db/embedded.py).
-    database_url: str | None = None
-    # PostgreSQL is reached through PgBouncer in transaction pooling (app/db/session.py).
-    database_pgbouncer: bool = False
+    @classmethod
+    def variables(cls) -> dict[str, str]:
+        """Each field's variable, by field name."""
+        prefix = cls.model_config.get("env_prefix", "")
+        return {
+            name: str(field.validation_alias or f"{prefix}{name}").upper()
+            for name, field in cls.model_fields.items()
+        }
 
-    exotel_account_sid: str | None = None
-    exotel_api_key: SecretStr | None = None
-    exotel_api_token: SecretStr | None = None
-    exotel_region: Literal["singapore", "mumbai"] = "singapore"
-    exotel_api_base_url: str | None = None
-    exotel_caller_id: str | None = None
-    exotel_flow_url_template: str = "http://my.exotel.com/{account_sid}/exoml/start_voice/{app_id}"
-    exotel_rate_limit: int = Field(200, ge=1)
-    exotel_rate_window_seconds: float = Field(60, gt=0)
-    # Widens the rate window by the most time a request may take between our grant and Exotel
-    # seeing it (scheduling, the network): 1 s costs 1.6% of a 60 s window's throughput.
-    exotel_rate_margin_seconds: float = Field(1.0, ge=0)
-    exotel_timeout_seconds: float = Field(30, gt=0)
-    # Off by default: some accounts answer 400 when StatusCallbackEvents is sent with Url.
-    exotel_status_callback_events: Annotated[list[Literal["terminal", "answered"]], NoDecode] = []
-    exotel_status_callback_content_type: Literal["multipart/form-data", "application/json"] = (
-        "multipart/form-data"
+    @classmethod
+    def load(cls, env_file: str | None, values: dict[str, Any]) -> Group:
+        """The group from the environment, `env_file` and `values` (by variable; those of
+        this group are taken out of it), over the defaults."""
+        given = {}
+        for name, variable in cls.variables().items():
+            if variable in values:
+                key = variable if cls.model_fields[name].validation_alias else name
+                given[key] = values.pop(variable)
+        try:
+            return cls(_env_file=env_file, **given)
+        except ValidationError as exc:
+            variables = cls.variables() | {v: v for v in cls.variables().values()}
+            raise ConfigurationError(
+                [
+                    (
+                        variables.get(str(error["loc"][0]), str(error["loc"][0]).upper())
+                        if error["loc"]
+                        else cls.title,
+                        str(error["msg"]).removeprefix("Value error, "),
+                    )
+                    for error in exc.errors()
+                ]
+            ) from None
+
+
+def _alias(variable: str, default: Any = ..., **options: Any) -> Any:
+    return Field(default, validation_alias=variable, **options)
+
+
+class ServiceSettings(Group):
+    title = "The service"
+
+    env: Literal["development", "production"] = _alias(
+        "EXOCALL_ENV",
+        "development",
+        description="`production` refuses to start without `API_KEYS`, `CALLBACK_SECRETS` and "
+        "Exotel credentials",
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = _alias(
+        "API_KEYS", [], description="comma-separated bearer tokens for the internal API"
+    )
+    metrics_public: bool = _alias(
+        "METRICS_PUBLIC",
+        False,
+        description="`true` serves `/metrics` without an API key (for a Prometheus on a "
+        "private network)",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = _alias(
+        "TRUSTED_PROXIES",
+        [],
+        description="addresses or CIDRs of proxies whose `X-Forwarded-For` and "
+        "`X-Forwarded-Proto` are believed; nobody else's are",
+    )
+    max_body_bytes: int = _alias(
+        "MAX_BODY_BYTES",
+        1_048_576,
+        ge=1024,
+        description="larger request bodies are refused with 413 (a batch of 1000 calls is "
+        "about 150 KB)",
+    )
+    shutdown_grace_seconds: int = _alias(
+        "SHUTDOWN_GRACE_SECONDS",
+        20,
+        ge=1,
+        description="on SIGTERM, how long requests in flight get to be answered",
     )
 
-    public_base_url: str = "http://127.0.0.1:8000"
-    # Transactions storing status callbacks at once, each committing a batch (group commit).
-    callback_writers: int = Field(3, ge=1)
-    # Callbacks received while the database is unreachable wait here (a volume in Docker).
-    spool_dir: Path = Path("./spool")
-    spool_replay_seconds: float = Field(2, gt=0)
-    # Bodies over this are refused with 413 (a batch of 1000 calls is about 150 KB).
-    max_body_bytes: int = Field(1_048_576, ge=1024)
-    callback_secrets: Annotated[list[SecretStr], NoDecode] = []
-    # Where status callbacks may come from (CIDRs); empty accepts any source. Exotel publishes
-    # no addresses, so this is for deployments that know theirs (an egress proxy, a VPN).
-    callback_allowed_ips: Annotated[list[IPvAnyNetwork], NoDecode] = []
-    # Proxies in front of the service (addresses or CIDRs) whose X-Forwarded-For and
-    # X-Forwarded-Proto are believed; nobody else's are.
-    trusted_proxies: Annotated[list[str], NoDecode] = []
-    api_keys: Annotated[list[SecretStr], NoDecode] = []
-    # `/metrics` asks for an API key like the internal API, unless this says it is open (for a
-    # Prometheus that can only reach it on a private network).
-    metrics_public: bool = False
-    exocall_env: Literal["development", "production"] = "development"
-    # Log lines: JSON objects, one per line (the default in production), or text for people.
-    log_format: Literal["json", "text"] | None = None
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    # On SIGTERM, how long requests in flight get to be answered before the app shuts down.
-    shutdown_grace_seconds: int = Field(20, ge=1)
+    _split = field_validator("api_keys", "trusted_proxies", mode="before")(_split_csv)
 
-    # Work done later (`app.jobs`): how often an idle kind looks for work another replica
-    # queued (work queued here wakes it at once).
-    jobs_poll_seconds: float = Field(0.5, gt=0)
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
 
-    # The dispatch queue.
-    dispatch_wait_seconds: float = Field(10, ge=0)  # how long POST /calls waits for Exotel
-    dispatch_concurrency: int = Field(16, ge=1)  # Calls/connect requests in flight per replica
-    dispatch_max_attempts: int = Field(8, ge=1)  # connection failures before a call is rejected
 
-    # Reconciliation.
-    reconcile_interval_seconds: float = Field(30, gt=0)
-    # A call Exotel accepted is first looked up this long after, if no callback ended it; then
-    # again after half its age, at most RECONCILE_RECHECK_SECONDS (CallState.look_up_later).
-    reconcile_first_lookup_seconds: float = Field(60, ge=0)
-    reconcile_recheck_seconds: float = Field(180, ge=0)
-    # An `unknown` call Exotel lists nothing for this long after time_out + time_limit was
-    # never dialled (bulk details never list a call in progress, and it has no SID to ask for).
-    reconcile_grace_seconds: float = Field(120, ge=0)
-    # Exotel's own limit when a call names none (docs/exotel.md: TimeLimit at most 4 h).
-    default_time_limit_seconds: int = Field(14400, ge=1)
+class LogSettings(Group):
+    model_config = SettingsConfigDict(env_prefix="LOG_")
+    title = "Logs"
 
-    # Events and webhooks (docs/events.md).
-    event_retention_days: float = Field(90, gt=0)
-    # Hosts (`hooks.example.com`, `*.internal`) and CIDRs subscribers may be at. Unset: loopback
-    # and private ranges in development, nothing in production.
-    webhook_allowed_targets: Annotated[list[str] | None, NoDecode] = None
-    webhook_timeout_seconds: float = Field(15, gt=0)
-    # Seconds between an event's attempts, after the first (Svix's schedule, about 27.6 h).
-    webhook_retry_schedule: Annotated[list[float], NoDecode] = [
-        5,
-        300,
-        1800,
-        7200,
-        18000,
-        36000,
-        36000,
-    ]
-    webhook_disable_after_seconds: float = Field(432000, gt=0)
-    webhook_secret_overlap_seconds: float = Field(86400, ge=0)
-    webhook_concurrency: int = Field(64, ge=1)  # deliveries in flight per replica
-    # Deliveries in flight to one endpoint, across replicas: a slow one holds back no other.
-    webhook_endpoint_concurrency: int = Field(16, ge=1)
-    # false: `exocall serve` sends no webhooks, and `exocall deliver` processes beside it do.
-    webhook_delivery_in_serve: bool = True
+    format: Literal["json", "text"] | None = Field(
+        None,
+        description="`json`: one JSON object per line, for a log aggregator (the default in "
+        "production); `text`: for people (the default otherwise)",
+    )
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="`DEBUG`, `INFO`, `WARNING` or `ERROR`"
+    )
 
-    # Passthru (docs/api.md, "Passthru"): per Exotel app id, the digits answered 302 (the flow's
-    # other branch), as JSON: {"12345": ["2"]}. Every other Passthru request is answered 200.
-    passthru_redirect_digits: dict[str, list[str]] = {}
 
-    # Recordings (docs/recordings.md): where they are kept, a directory or an S3-compatible
-    # bucket (`s3://bucket/prefix`), with that store's endpoint, region and keys (unset keys:
-    # the store's own chain, AWS_* variables and instance roles).
-    recording_store: str = "./recordings"
-    recording_s3_endpoint: str | None = None
-    recording_s3_region: str = "ap-south-1"
-    recording_s3_access_key_id: str | None = None
-    recording_s3_secret_access_key: SecretStr | None = None
-    # GET /calls/{id}/recording streams the audio, or redirects to a URL the store signs for
-    # RECORDING_PRESIGN_SECONDS (an S3 store only; a directory is always streamed).
-    recording_serve: Literal["stream", "redirect"] = "stream"
-    recording_presign_seconds: int = Field(300, ge=1, le=604800)
-    # Where recording URLs are fetched with the Exotel credentials, over HTTPS: hosts (`*.`
-    # takes subdomains), each maybe with a path prefix. The API's own origin always is (the
-    # simulator's); any other URL fails unfetched: the credentials never go there.
-    recording_url_hosts: Annotated[list[str], NoDecode] = [
-        "*.exotel.com",
-        "*.exotel.in",
-        "s3-ap-southeast-1.amazonaws.com/exotelrecordings/",  # where Exotel keeps them
-    ]
-    # Archived audio is deleted after this many days (unset: kept); the call keeps the fact.
-    recording_retention_days: float | None = Field(None, gt=0)
-    # false: this replica fetches no recordings (the others do; it still serves them).
-    recording_archive: bool = True
-    recording_concurrency: int = Field(2, ge=1)  # recordings fetched at once per replica
-    recording_max_attempts: int = Field(8, ge=1)  # fetches that failed, then `failed`
-    # After Exotel refuses the credentials (401/403), nothing is fetched for this long.
-    recording_auth_pause_seconds: float = Field(600, gt=0)
+class DatabaseSettings(Group):
+    model_config = SettingsConfigDict(env_prefix="DATABASE_")
+    title = "The database"
 
-    # The built-in simulator (used when no Exotel key is set).
-    simulator_callback_delay_seconds: float = Field(2.0, ge=0)
-    # Per app id, the flow the simulator runs (`app.exotel.simulator`): app 927 asks to confirm
-    # (1) or cancel (2), and tells exocall's /passthru what was pressed.
-    simulator_flows: dict[str, list[SimulatedApplet]] = {
-        "927": ["play", "gather", "passthru", "hangup"]
-    }
+    url: str | None = Field(
+        None,
+        description="`postgresql+asyncpg://user@host/db`: any PostgreSQL server. Unset: the "
+        "embedded server, its data in `./pgdata` (docs/database.md)",
+    )
+    pgbouncer: bool = Field(
+        False,
+        description="`true` when PostgreSQL is reached through PgBouncer in transaction pooling "
+        "(no statement caches)",
+    )
 
-    _split = field_validator(
-        "callback_secrets",
-        "api_keys",
-        "exotel_status_callback_events",
-        "callback_allowed_ips",
-        "trusted_proxies",
-        "webhook_allowed_targets",
-        "webhook_retry_schedule",
-        "recording_url_hosts",
-        mode="before",
-    )(_split_csv)
 
-    @field_validator("webhook_retry_schedule")
+class ExotelSettings(Group):
+    model_config = SettingsConfigDict(env_prefix="EXOTEL_")
+    title = "Exotel"
+
+    account_sid: str | None = Field(None, description="the account; unset: the simulator's")
+    api_key: SecretStr | None = Field(
+        None, description="unset: the built-in simulator serves, and nobody is phoned"
+    )
+    api_token: SecretStr | None = Field(None, description="the key's token")
+    region: Literal["singapore", "mumbai"] = Field(
+        "singapore",
+        description="`singapore` → `https://api.exotel.com`, `mumbai` → "
+        "`https://api.in.exotel.com`",
+    )
+    api_base_url: str | None = Field(
+        None, description="another host, overriding the region's: a simulator, a proxy"
+    )
+    caller_id: str | None = Field(
+        None, description="the ExoPhone (`CallerId`) used when a request names none"
+    )
+    flow_url_template: str = Field(
+        "http://my.exotel.com/{account_sid}/exoml/start_voice/{app_id}",
+        description="how `app_id` becomes Exotel's `Url`",
+    )
+    rate_limit: int = Field(
+        200,
+        ge=1,
+        description="requests per window: the account's budget, shared by every replica (the "
+        "simulator enforces it too)",
+    )
+    rate_window_seconds: float = Field(60, gt=0, description="the budget's window")
+    rate_margin_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="added to the window, for the time between a grant and Exotel seeing the "
+        "request (1 s costs 1.6% of a 60 s window)",
+    )
+    timeout_seconds: float = Field(30, gt=0, description="read timeout of one Exotel request")
+    status_callback_events: Annotated[list[Literal["terminal", "answered"]], NoDecode] = Field(
+        [],
+        description="`terminal,answered` to ask for those events (off by default: some accounts "
+        "answer 400 to it)",
+    )
+    status_callback_content_type: Literal["multipart/form-data", "application/json"] = Field(
+        "multipart/form-data", description="how Exotel is asked to send status callbacks"
+    )
+
+    _split = field_validator("status_callback_events", mode="before")(_split_csv)
+    _unset = field_validator(
+        "account_sid", "api_key", "api_token", "api_base_url", "caller_id", mode="before"
+    )(_empty_is_unset)
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    @property
+    def simulated(self) -> bool:
+        return self.api_key is None
+
+    @property
+    def base_url(self) -> str:
+        return self.api_base_url or REGION_HOSTS[self.region]
+
+    @property
+    def credentials(self) -> tuple[str, str]:
+        """The API key and token exocall sends: the simulator's without EXOTEL_API_KEY."""
+        if self.api_key is None:
+            return SIMULATOR_API_KEY, SIMULATOR_API_TOKEN
+        token = self.api_token.get_secret_value() if self.api_token else ""
+        return self.api_key.get_secret_value(), token
+
+    @property
+    def account(self) -> str:
+        """The account SID in use: the simulator's without EXOTEL_ACCOUNT_SID."""
+        return self.account_sid or SIMULATOR_ACCOUNT_SID
+
+
+class CallbackSettings(Group):
+    model_config = SettingsConfigDict(env_prefix="CALLBACK_")
+    title = "Status callbacks and Passthru requests"
+
+    public_base_url: str = _alias(
+        "PUBLIC_BASE_URL",
+        "http://127.0.0.1:8000",
+        description="how Exotel reaches this service; callback and Passthru URLs are built on "
+        "it. Unset: where `exocall serve` listens",
+    )
+    secrets: Annotated[list[SecretStr], NoDecode] = Field(
+        [],
+        description="comma-separated; the first signs new callback URLs, every one is accepted "
+        "(rotation). Unset in development: a published development secret, with a warning",
+    )
+    allowed_ips: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
+        [],
+        description="comma-separated CIDRs callbacks may come from; empty: any (Exotel "
+        "publishes no addresses: for deployments that know theirs)",
+    )
+    writers: int = Field(
+        3,
+        ge=1,
+        description="transactions storing status callbacks at once, each committing a batch "
+        "(group commit)",
+    )
+    spool_dir: Path = _alias(
+        "SPOOL_DIR",
+        Path("./spool"),
+        description="where callbacks wait while the database is unreachable (a volume in Docker)",
+    )
+    spool_replay_seconds: float = _alias(
+        "SPOOL_REPLAY_SECONDS",
+        2,
+        gt=0,
+        description="how often the spool is replayed while it is not empty",
+    )
+    passthru_redirect_digits: dict[str, list[str]] = _alias(
+        "PASSTHRU_REDIRECT_DIGITS",
+        {},
+        description="JSON: per Exotel app id, the digits a Passthru request is answered `302` "
+        'for (the applet\'s other branch), `{"926": ["2"]}`; every other one is answered `200`',
+    )
+
+    _split = field_validator("secrets", "allowed_ips", mode="before")(_split_csv)
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @cached_property  # read on every status callback
+    def signing_secrets(self) -> list[bytes]:
+        """The secrets as bytes; the first signs, all verify."""
+        if self.secrets:
+            return [secret.get_secret_value().encode() for secret in self.secrets]
+        return [DEVELOPMENT_CALLBACK_SECRET.encode()]
+
+
+class JobSettings(Group):
+    model_config = SettingsConfigDict(env_prefix="JOBS_")
+    title = "Work done later"
+
+    poll_seconds: float = Field(
+        0.5,
+        gt=0,
+        description="how often an idle kind of work (dispatch, delivery, the archive) looks for "
+        "work other replicas queued; work queued here is taken at once",
+    )
+
+
+class DispatchSettings(Group):
+    model_config = SettingsConfigDict(env_prefix="DISPATCH_")
+    title = "Placing calls"
+
+    wait_seconds: float = Field(
+        10, ge=0, description="how long `POST /calls` waits for Exotel before answering 202"
+    )
+    concurrency: int = Field(16, ge=1, description="`Calls/connect` requests in flight per replica")
+    max_attempts: int = Field(
+        8, ge=1, description="connection failures before a call is `rejected`"
+    )
+
+
+class ReconcileSettings(Group):
+    model_config = SettingsConfigDict(env_prefix="RECONCILE_")
+    title = "Reconciliation"
+
+    interval_seconds: float = Field(30, gt=0, description="how often reconciliation runs")
+    first_lookup_seconds: float = Field(
+        60,
+        ge=0,
+        description="a call Exotel accepted is first looked up this long after, if no callback "
+        "ended it",
+    )
+    recheck_seconds: float = Field(
+        180,
+        ge=0,
+        description="the longest wait between two look-ups of a call not yet over (the wait is "
+        "half the call's age, from the first)",
+    )
+    grace_seconds: float = Field(
+        120,
+        ge=0,
+        description="an `unknown` call Exotel lists nothing for this long after its `time_out "
+        "+ time_limit` was never dialled",
+    )
+    default_time_limit_seconds: int = _alias(
+        "DEFAULT_TIME_LIMIT_SECONDS",
+        14400,
+        ge=1,
+        description="the time limit assumed for calls that give none (Exotel's maximum, 4 h)",
+    )
+
+
+class WebhookSettings(Group):
+    model_config = SettingsConfigDict(env_prefix="WEBHOOK_")
+    title = "Events and webhooks"
+
+    event_retention_days: float = _alias(
+        "EVENT_RETENTION_DAYS",
+        90,
+        gt=0,
+        description="events (and their deliveries) older than this are deleted",
+    )
+    allowed_targets: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="comma-separated hosts (`*.internal` allowed) and CIDRs webhook endpoints "
+        "may be at. Unset: loopback and private ranges in development, nothing in production",
+    )
+    timeout_seconds: float = Field(
+        15, gt=0, description="the longest one delivery attempt may take"
+    )
+    retry_schedule: Annotated[list[float], NoDecode] = Field(
+        [5, 300, 1800, 7200, 18000, 36000, 36000],
+        description="seconds between an event's attempts, after the first, each ±20% (Svix's "
+        "schedule, about 27.6 h)",
+    )
+    disable_after_seconds: float = Field(
+        432000, gt=0, description="an endpoint failing without a success this long is disabled"
+    )
+    secret_overlap_seconds: float = Field(
+        86400, ge=0, description="after a rotation, how long the old secret signs beside the new"
+    )
+    concurrency: int = Field(64, ge=1, description="deliveries in flight per replica")
+    endpoint_concurrency: int = Field(
+        16,
+        ge=1,
+        description="deliveries in flight to one endpoint, across replicas: a slow one holds "
+        "back no other",
+    )
+    delivery_in_serve: bool = Field(
+        True,
+        description="`false`: `exocall serve` sends no webhooks; `exocall deliver` processes "
+        "beside it do",
+    )
+
+    _split = field_validator("allowed_targets", "retry_schedule", mode="before")(_split_csv)
+
+    @field_validator("retry_schedule")
     @classmethod
     def _positive_delays(cls, value: list[float]) -> list[float]:
         if not value or any(delay <= 0 for delay in value):
             raise ValueError("give one or more positive delays in seconds")
         return value
 
-    @field_validator(
-        "exotel_account_sid",
-        "exotel_api_key",
-        "exotel_api_token",
-        "exotel_api_base_url",
-        "exotel_caller_id",
-        "recording_s3_endpoint",
-        "recording_s3_access_key_id",
-        "recording_s3_secret_access_key",
-        mode="before",
+
+class RecordingSettings(Group):
+    model_config = SettingsConfigDict(env_prefix="RECORDING_")
+    title = "Recordings"
+
+    store: str = Field(
+        "./recordings",
+        description="where recordings are kept: a directory, or `s3://bucket/prefix` "
+        "(docs/recordings.md)",
     )
-    @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        # `EXOTEL_API_KEY=` in a .env (as .env.example has it) means "not set": without a key
-        # the simulator serves, rather than a real Exotel called with an empty key.
-        return None if isinstance(value, str) and not value.strip() else value
+    s3_endpoint: str | None = Field(
+        None, description="an S3-compatible store's endpoint; unset: AWS"
+    )
+    s3_region: str = Field("ap-south-1", description="the S3 store's region")
+    s3_access_key_id: str | None = Field(
+        None, description="the bucket's key; unset: `AWS_*` variables, instance roles"
+    )
+    s3_secret_access_key: SecretStr | None = Field(None, description="the key's secret")
+    serve: Literal["stream", "redirect"] = Field(
+        "stream",
+        description="`redirect`: `GET /calls/{id}/recording` answers `307` to a URL an S3 store "
+        "signs (a directory is always streamed)",
+    )
+    presign_seconds: int = Field(300, ge=1, le=604800, description="how long a signed URL serves")
+    url_hosts: Annotated[list[str], NoDecode] = Field(
+        [
+            "*.exotel.com",
+            "*.exotel.in",
+            "s3-ap-southeast-1.amazonaws.com/exotelrecordings/",  # where Exotel keeps them
+        ],
+        description="where recordings are fetched with the Exotel credentials, over HTTPS "
+        "(hosts, `*.` for subdomains, each maybe with a path prefix); the API's own origin "
+        "always is; any other URL fails unfetched",
+    )
+    retention_days: float | None = Field(
+        None,
+        gt=0,
+        description="archived audio older than this is deleted; the call keeps the fact. "
+        "Unset: kept",
+    )
+    archive: bool = Field(True, description="`false`: this replica fetches no recordings")
+    concurrency: int = Field(2, ge=1, description="recordings fetched at once per replica")
+    max_attempts: int = Field(
+        8,
+        ge=1,
+        description="fetches that failed (5xx, timeouts, bodies cut short) before a recording "
+        "is `failed`, counted from when it was queued (a backfill queues it afresh)",
+    )
+    auth_pause_seconds: float = Field(
+        600,
+        gt=0,
+        description="after Exotel refuses the credentials (401/403), how long nothing is fetched",
+    )
 
-    @field_validator("public_base_url", "exotel_api_base_url")
-    @classmethod
-    def _strip_slash(cls, value: str | None) -> str | None:
-        return value.rstrip("/") if value else value
+    _split = field_validator("url_hosts", mode="before")(_split_csv)
+    _unset = field_validator(
+        "s3_endpoint", "s3_access_key_id", "s3_secret_access_key", mode="before"
+    )(_empty_is_unset)
 
-    @model_validator(mode="after")
-    def _production_needs_secrets(self) -> Settings:
-        if self.exocall_env != "production":
-            return self
+
+class SimulatorSettings(Group):
+    model_config = SettingsConfigDict(env_prefix="SIMULATOR_")
+    title = "The built-in simulator (without EXOTEL_API_KEY)"
+
+    callback_delay_seconds: float = Field(
+        2.0, ge=0, description="the delay before the simulator's status callback"
+    )
+    flows: dict[str, list[SimulatedApplet]] = Field(
+        {"927": ["play", "gather", "passthru", "hangup"]},
+        description="JSON: the flow the simulator runs, per app id (docs/simulator.md)",
+    )
+
+
+class Settings(BaseModel):
+    """Every group. `Settings.load()` reads them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    service: ServiceSettings
+    logs: LogSettings
+    database: DatabaseSettings
+    exotel: ExotelSettings
+    callbacks: CallbackSettings
+    jobs: JobSettings
+    dispatch: DispatchSettings
+    reconcile: ReconcileSettings
+    webhooks: WebhookSettings
+    recordings: RecordingSettings
+    simulator: SimulatorSettings
+
+    @classmethod
+    def groups(cls) -> Iterator[tuple[str, type[Group]]]:
+        for name, field in cls.model_fields.items():
+            group = field.annotation
+            assert isinstance(group, type)
+            assert issubclass(group, Group)
+            yield name, group
+
+    @classmethod
+    def load(cls, env_file: str | None = ".env", **values: Any) -> Settings:
+        """The settings from the environment and `env_file`, with `values` (by variable:
+        `DISPATCH_WAIT_SECONDS=2`) over both. Raises ConfigurationError."""
+        values = {name.upper(): value for name, value in values.items()}
+        problems: list[tuple[str, str]] = []
+        groups: dict[str, Group] = {}
+        for name, group in cls.groups():
+            try:
+                groups[name] = group.load(env_file, values)
+            except ConfigurationError as exc:
+                problems += exc.problems
+        if values:
+            raise TypeError(f"no such settings: {', '.join(values)}")
+        if problems:
+            raise ConfigurationError(problems)
+        settings = cls.model_validate(groups)
+        settings.check_production()
+        return settings
+
+    def check_production(self) -> None:
+        if not self.service.production:
+            return
         required = {
-            "API_KEYS": self.api_keys,
-            "CALLBACK_SECRETS": self.callback_secrets,
-            "EXOTEL_ACCOUNT_SID": self.exotel_account_sid,
-            "EXOTEL_API_KEY": self.exotel_api_key,
-            "EXOTEL_API_TOKEN": self.exotel_api_token,
+            "API_KEYS": self.service.api_keys,
+            "CALLBACK_SECRETS": self.callbacks.secrets,
+            "EXOTEL_ACCOUNT_SID": self.exotel.account_sid,
+            "EXOTEL_API_KEY": self.exotel.api_key,
+            "EXOTEL_API_TOKEN": self.exotel.api_token,
         }
-        missing = [name for name, value in required.items() if not value]
-        if missing:
-            raise ValueError(f"EXOCALL_ENV=production requires {', '.join(missing)}")
-        if not self.exotel_base_url.startswith("https://"):
-            raise ValueError("EXOCALL_ENV=production reaches Exotel over https only")
-        return self
+        if missing := [name for name, value in required.items() if not value]:
+            raise ConfigurationError([("EXOCALL_ENV", f"production requires {', '.join(missing)}")])
+        if not self.exotel.base_url.startswith("https://"):
+            raise ConfigurationError(
+                [("EXOTEL_API_BASE_URL", "production reaches Exotel over https only")]
+            )
+
+    def replace(self, **values: Any) -> Settings:
+        """These settings with `values` (by variable) changed, and nothing read again."""
+        values = {name.upper(): value for name, value in values.items()}
+        groups: dict[str, Group] = {}
+        for name, group in self.groups():
+            current: Group = getattr(self, name)
+            if any(variable in values for variable in group.variables().values()):
+                # Every field given: nothing read from the environment again.
+                kept = {v: getattr(current, f) for f, v in group.variables().items()}
+                current = group.load(
+                    None, kept | {v: values.pop(v) for v in list(values) if v in kept}
+                )
+            groups[name] = current
+        if values:
+            raise TypeError(f"no such settings: {', '.join(values)}")
+        return self.model_copy(update=groups)
 
     @property
     def logs_as(self) -> Literal["json", "text"]:
-        if self.log_format:
-            return self.log_format
-        return "json" if self.exocall_env == "production" else "text"
+        if self.logs.format:
+            return self.logs.format
+        return "json" if self.service.production else "text"
 
-    @property
-    def uses_simulator(self) -> bool:
-        return self.exotel_api_key is None
 
-    @property
-    def exotel_base_url(self) -> str:
-        return self.exotel_api_base_url or REGION_HOSTS[self.exotel_region]
+def variables() -> list[str]:
+    """Every variable the settings read."""
+    return [v for _, group in Settings.groups() for v in group.variables().values()]
 
-    @property
-    def exotel_credentials(self) -> tuple[str, str]:
-        """The API key and token exocall sends: the simulator's without EXOTEL_API_KEY."""
-        if self.exotel_api_key is None:
-            return SIMULATOR_API_KEY, SIMULATOR_API_TOKEN
-        token = self.exotel_api_token.get_secret_value() if self.exotel_api_token else ""
-        return self.exotel_api_key.get_secret_value(), token
 
-    @property
-    def account_sid(self) -> str:
-        return self.exotel_account_sid or SIMULATOR_ACCOUNT_SID
+def default(variable: str) -> Any:
+    """The default of `variable`."""
+    for _, group in Settings.groups():
+        for name, known in group.variables().items():
+            if known == variable:
+                return group.model_fields[name].default
+    raise KeyError(variable)
 
-    @cached_property  # read on every status callback
-    def signing_secrets(self) -> list[bytes]:
-        """Callback secrets as bytes; the first signs, all verify."""
-        if self.callback_secrets:
-            return [s.get_secret_value().encode() for s in self.callback_secrets]
-        return [DEVELOPMENT_CALLBACK_SECRET.encode()]
+
+def reference() -> str:
+    """The settings as Markdown tables, one per group: docs/configuration.md's reference."""
+    lines: list[str] = []
+    for _, group in Settings.groups():
+        lines += ["", f"### {group.title}", "", "| variable | default | meaning |", "|---|---|---|"]
+        for name, variable in group.variables().items():
+            field = group.model_fields[name]
+            lines.append(f"| `{variable}` | {_default(field.default)} | {field.description} |")
+    return "\n".join(lines[1:]) + "\n"
+
+
+def _default(value: object) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, list):
+        return f"`{','.join(_number(item) for item in value)}`" if value else "empty"
+    if isinstance(value, dict):
+        return f"`{json.dumps(value)}`"
+    return f"`{_number(value)}`"
+
+
+def _number(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+BEGIN, END = "<!-- settings: made by `python -m app.config` -->", "<!-- end of settings -->"
+
+
+def with_reference(document: str) -> str:
+    """`document` with the reference between its markers made anew."""
+    head, _, rest = document.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    return f"{head}{BEGIN}\n{reference()}{END}{tail}"
+
+
+if __name__ == "__main__":
+    # python -m app.config docs/configuration.md: the reference there made anew.
+    path = Path(sys.argv[1])
+    path.write_text(with_reference(path.read_text()))

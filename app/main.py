@@ -25,6 +25,7 @@ from app.api.limits import BodySizeLimit
 from app.api.request_ids import RequestIds
 from app.calls.availability import Availability
 from app.calls.callback_auth import passthru_url
+from app.calls.dispatch import connect_request
 from app.calls.dispatcher import Dispatch, budget_of
 from app.calls.ingest import CallbackWriter
 from app.calls.reconcile import reconcile
@@ -61,17 +62,19 @@ def create_app(
 ) -> FastAPI:
     """The service. `exotel_transport` replaces the network to Exotel, `resolver` the DNS that
     finds webhook subscribers (tests pass doubles)."""
-    settings = settings or Settings()
+    settings = settings or Settings.load()
     simulator = simulator_app = None
-    if settings.uses_simulator and exotel_transport is None:
+    if settings.exotel.simulated and exotel_transport is None:
         simulator = Simulator(
             SimulatorConfig(
-                callback_delay=settings.simulator_callback_delay_seconds,
-                rate_limit=settings.exotel_rate_limit,
-                rate_window=settings.exotel_rate_window_seconds,
-                flows=settings.simulator_flows,
-                passthru_url=passthru_url(settings.public_base_url, settings.signing_secrets[0]),
-                credentials=settings.exotel_credentials,
+                callback_delay=settings.simulator.callback_delay_seconds,
+                rate_limit=settings.exotel.rate_limit,
+                rate_window=settings.exotel.rate_window_seconds,
+                flows=settings.simulator.flows,
+                passthru_url=passthru_url(
+                    settings.callbacks.public_base_url, settings.callbacks.signing_secrets[0]
+                ),
+                credentials=settings.exotel.credentials,
             )
         )
         simulator_app = simulator.app()
@@ -81,7 +84,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _warn_about_development_defaults(settings)
         async with AsyncExitStack() as stack:
-            engine = create_engine(settings.database_url, pgbouncer=settings.database_pgbouncer)
+            engine = create_engine(settings.database.url, pgbouncer=settings.database.pgbouncer)
             stack.push_async_callback(engine.dispose)
             # Exotel is always reached over TLS with certificate verification (httpx's default).
             http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))
@@ -97,12 +100,22 @@ def create_app(
             metrics = Metrics()
             availability = Availability(metrics)
             exotel = exotel_client(settings, exotel_http, observe=metrics.observe_exotel)
-            dispatch = Dispatch(sessionmaker=sessionmaker, exotel=exotel, settings=settings)
-            spool = Spool(settings.spool_dir)
+            budget = budget_of(settings.exotel)
+            dispatch = Dispatch(
+                sessionmaker=sessionmaker,
+                exotel=exotel,
+                settings=settings.dispatch,
+                budget=budget,
+                connect=functools.partial(
+                    connect_request, exotel=settings.exotel, callbacks=settings.callbacks
+                ),
+                lookups=settings.reconcile,
+            )
+            spool = Spool(settings.callbacks.spool_dir)
             spool.open()
             targets = _targets(settings, resolver)
-            recording_store = RecordingStore.from_settings(settings)
-            callback_writer = CallbackWriter(engine, writers=settings.callback_writers)
+            recording_store = RecordingStore.from_settings(settings.recordings)
+            callback_writer = CallbackWriter(engine, writers=settings.callbacks.writers)
             callback_writer.start()
             stack.push_async_callback(callback_writer.stop)
             app.state.runtime = Runtime(
@@ -117,7 +130,7 @@ def create_app(
             )
             kinds: list[tuple[Kind[Any, Any], float]] = [
                 # Calls already sent get the Exotel timeout to be recorded before we exit.
-                (dispatch, settings.exotel_timeout_seconds),
+                (dispatch, settings.exotel.timeout_seconds),
                 (
                     Periodic(
                         "reconcile",
@@ -125,11 +138,11 @@ def create_app(
                             reconcile,
                             sessionmaker=sessionmaker,
                             exotel=exotel,
-                            settings=settings,
-                            budget=budget_of(settings),
+                            settings=settings.reconcile,
+                            budget=budget,
                             metrics=metrics,
                         ),
-                        every=settings.reconcile_interval_seconds,
+                        every=settings.reconcile.interval_seconds,
                         at_start=False,
                     ),
                     10,
@@ -139,7 +152,7 @@ def create_app(
                     Periodic(
                         "spool replay",
                         functools.partial(spool.replay, engine),
-                        every=settings.spool_replay_seconds,
+                        every=settings.callbacks.spool_replay_seconds,
                         local=True,
                     ),
                     10,
@@ -148,37 +161,41 @@ def create_app(
                     Periodic(
                         "event retention",
                         functools.partial(
-                            forget_old_events, sessionmaker, days=settings.event_retention_days
+                            forget_old_events,
+                            sessionmaker,
+                            days=settings.webhooks.event_retention_days,
                         ),
                         every=3600,
                     ),
                     10,
                 ),
             ]
-            if settings.recording_archive:
+            if settings.recordings.archive:
                 archive = Archive(
                     sessionmaker=sessionmaker,
                     exotel=exotel,
                     store=recording_store,
-                    settings=settings,
+                    settings=settings.recordings,
+                    budget=budget,
+                    held_dir=settings.callbacks.spool_dir / "recordings",
                     metrics=metrics,
                 )
                 kinds.append((archive, 10))
-            if settings.recording_retention_days is not None:
+            if settings.recordings.retention_days is not None:
                 retention = Periodic(
                     "recording retention",
                     functools.partial(
                         forget_old_recordings,
                         sessionmaker,
                         recording_store,
-                        days=settings.recording_retention_days,
+                        days=settings.recordings.retention_days,
                     ),
                     every=3600,
                 )
                 kinds.append((retention, 10))
-            if settings.webhook_delivery_in_serve:
+            if settings.webhooks.delivery_in_serve:
                 webhooks = await delivering(
-                    stack, targets=targets, settings=settings, metrics=metrics
+                    stack, targets=targets, settings=settings.webhooks, metrics=metrics
                 )
                 kinds.append((webhooks, 5))
             await _run_jobs(
@@ -197,12 +214,12 @@ def create_app(
     install_error_handlers(app)
     # Each added layer wraps the ones before: the proxy's view of the client comes first.
     app.add_middleware(callbacks.StatusCallbackReceiver)
-    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, limit=settings.service.max_body_bytes)
     app.add_middleware(RequestIds)
-    if settings.trusted_proxies:
+    if settings.service.trusted_proxies:
         # The client address (and scheme) as the trusted proxies saw it, for the callback
         # allowlist and the logs. `exocall serve` leaves uvicorn's own proxy handling off.
-        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.service.trusted_proxies)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -237,20 +254,23 @@ def create_deliverer_app(
     WEBHOOK_DELIVERY_IN_SERVE=false, so that sending webhooks takes no CPU from the API. Any
     number may run; they claim from the database as the replicas' own deliverers do. Serves
     `/healthz` and this process's `/metrics` (deliveries by outcome)."""
-    settings = settings or Settings()
+    settings = settings or Settings.load()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            engine = create_engine(settings.database_url, pgbouncer=settings.database_pgbouncer)
+            engine = create_engine(settings.database.url, pgbouncer=settings.database.pgbouncer)
             stack.push_async_callback(engine.dispose)
             sessionmaker = create_sessionmaker(engine)
             metrics = app.state.metrics
             webhooks = await delivering(
-                stack, targets=_targets(settings, resolver), settings=settings, metrics=metrics
+                stack,
+                targets=_targets(settings, resolver),
+                settings=settings.webhooks,
+                metrics=metrics,
             )
             # Nothing else waits on this process: what is in flight gets its whole time.
-            grace = settings.webhook_timeout_seconds
+            grace = settings.webhooks.timeout_seconds
             await _run_jobs(
                 stack, [(webhooks, grace)], sessionmaker, settings, Availability(metrics), metrics
             )
@@ -294,7 +314,7 @@ async def _run_jobs(
     # The heartbeat has a connection of its own: a busy pool must not make a live worker look
     # dead to the others.
     beats = create_engine(
-        settings.database_url, pgbouncer=settings.database_pgbouncer, pool_size=1, max_overflow=0
+        settings.database.url, pgbouncer=settings.database.pgbouncer, pool_size=1, max_overflow=0
     )
     stack.push_async_callback(beats.dispose)
     worker = Worker(create_sessionmaker(beats))
@@ -307,7 +327,7 @@ async def _run_jobs(
             worker=worker,
             poll=min(kind.every, BEAT_SECONDS)
             if isinstance(kind, Periodic)
-            else settings.jobs_poll_seconds,
+            else settings.jobs.poll_seconds,
             grace=grace,
             availability=availability,
             metrics=metrics,
@@ -334,8 +354,8 @@ async def _run_jobs(
 def _targets(settings: Settings, resolver: Resolver) -> TargetPolicy:
     """Where webhooks may go (WEBHOOK_ALLOWED_TARGETS)."""
     return TargetPolicy.from_settings(
-        settings.webhook_allowed_targets,
-        production=settings.exocall_env == "production",
+        settings.webhooks.allowed_targets,
+        production=settings.service.production,
         resolver=resolver,
     )
 
@@ -372,31 +392,31 @@ def _on_exit_signal(callback: Callable[[], None]) -> Iterator[None]:
 def exotel_client(
     settings: Settings, http: httpx.AsyncClient, *, observe: Observer | None = None
 ) -> ExotelClient:
-    base_url = "http://simulator" if settings.uses_simulator else settings.exotel_base_url
-    api_key, api_token = settings.exotel_credentials
+    base_url = "http://simulator" if settings.exotel.simulated else settings.exotel.base_url
+    api_key, api_token = settings.exotel.credentials
     return ExotelClient(
         http,
         base_url=base_url,
-        account_sid=settings.account_sid,
+        account_sid=settings.exotel.account,
         api_key=api_key,
         api_token=api_token,
-        timeout_seconds=settings.exotel_timeout_seconds,
-        recording_hosts=settings.recording_url_hosts,
+        timeout_seconds=settings.exotel.timeout_seconds,
+        recording_hosts=settings.recordings.url_hosts,
         observe=observe,
     )
 
 
 def _warn_about_development_defaults(settings: Settings) -> None:
-    if settings.uses_simulator:
+    if settings.exotel.simulated:
         log.warning(
             "EXOTEL_API_KEY is not set: calls go to the built-in simulator, nobody is phoned"
         )
-    if not settings.api_keys:
+    if not settings.service.api_keys:
         log.warning(
             "API_KEYS is not set: the internal API (/calls, /batches) is open to anyone who can "
             "reach this service; set API_KEYS before exposing it"
         )
-    if not settings.callback_secrets:
+    if not settings.callbacks.secrets:
         log.warning(
             "CALLBACK_SECRETS is not set: status callback URLs are signed with a development "
             "secret that anyone can read; set CALLBACK_SECRETS before exposing this service"

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from app.config import Settings
+from app.config import default
 from app.db.models import Call
 from app.db.session import create_engine, create_sessionmaker
 from bench import fresh_database
@@ -46,7 +46,7 @@ TERMINAL = {"completed", "busy", "no-answer", "failed", "canceled", "rejected"}
 
 
 def _default(setting: str) -> float:
-    return float(Settings.model_fields[setting].default)
+    return float(default(setting.upper()))
 
 
 def length(sid: str, scale: float) -> float:

@@ -155,7 +155,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         # its poll comes round: tests/test_recordings.py runs an Archive itself.
         "recording_archive": False,
     }
-    return Settings(_env_file=None, **(values | overrides))  # type: ignore[call-arg]
+    return Settings.load(env_file=None, **(values | overrides))
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from app.config import variables
+
 # A process ready in 3 s on an idle machine took 18 s on a loaded one.
 READY_DEADLINE_SECONDS = 60.0
 STOP_DEADLINE_SECONDS = 10.0
@@ -134,19 +136,8 @@ def _wait_until_ready(process: Process, url: str, deadline_seconds: float) -> No
 
 
 EXOCALL = str(Path(sys.executable).parent / "exocall")
-# Variables the processes must not inherit from a developer's shell (as in conftest.py).
-STRAY_ENV = (
-    "EXOTEL_",
-    "CALLBACK_",
-    "API_KEYS",
-    "EXOCALL_",
-    "PUBLIC_BASE",
-    "DISPATCH_",
-    "RECONCILE_",
-    "WEBHOOK_",
-    "RECORDING_",
-    "EVENT_",
-)
+# The service's settings, which the processes must not inherit from a developer's shell.
+STRAY_ENV = tuple(variables())
 
 
 class Deployment:

@@ -14,7 +14,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.calls.availability import Availability
-from app.calls.dispatcher import Dispatch
+from app.calls.dispatcher import Dispatch, budget_of
 from app.calls.placing import CallRequest, queue_calls
 from app.config import Settings
 from app.db.clock import db_now
@@ -37,7 +37,7 @@ async def claimed_call(
 ) -> Call:
     async with sessionmaker() as session, session.begin():
         request = CallRequest("+919052161110", app_id="926", caller_id=FAKE_CALLER_ID)
-        ((call, _),) = await queue_calls(session, requests=[request], settings=settings)
+        ((call, _),) = await queue_calls(session, requests=[request], settings=settings.exotel)
         call.claimed_by, call.claimed_at, call.attempts = by, await db_now(session), 1
     return call
 
@@ -81,7 +81,14 @@ async def test_a_dispatch_whose_worker_stopped_mid_send_becomes_unknown_and_is_n
 ) -> None:
     await beat(sessionmaker, "stopped", ago=LEASE_SECONDS + 1)
     call = await claimed_call(sessionmaker, settings, by="stopped")
-    kind = Dispatch(sessionmaker=sessionmaker, exotel=None, settings=settings)  # type: ignore[arg-type]
+    kind = Dispatch(
+        sessionmaker=sessionmaker,
+        exotel=None,  # type: ignore[arg-type]  # nothing is sent
+        settings=settings.dispatch,
+        budget=budget_of(settings.exotel),
+        connect=None,  # type: ignore[arg-type]
+        lookups=settings.reconcile,
+    )
 
     assert await Worker(sessionmaker).sweep(kind.name, kind.queue, kind.lost) == 1
 

@@ -64,7 +64,7 @@ def reconcile(
         return await reconcile_once(
             sessionmaker=sessionmaker,
             exotel=exotel_client,
-            settings=settings,
+            settings=settings.reconcile,
             budget=budget or ratelimit.Budget(limit=10, window=60, margin=0),
         )
 
@@ -77,7 +77,7 @@ async def stored_call(
     """A call as the dispatcher would have left it (no dispatcher runs in these tests)."""
     async with sessionmaker() as session, session.begin():
         request = CallRequest("+919052161110", app_id="926", caller_id=FAKE_CALLER_ID)
-        ((call, _),) = await queue_calls(session, requests=[request], settings=settings)
+        ((call, _),) = await queue_calls(session, requests=[request], settings=settings.exotel)
         for name, value in values.items():
             setattr(call, name, value)
     return call

@@ -27,6 +27,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select, update
 
+from app.calls.dispatcher import budget_of
 from app.config import Settings
 from app.db.clock import db_now
 from app.db.models import Call, ExotelRequest, RecordingJob, Throttle
@@ -97,8 +98,8 @@ def any_store(request: pytest.FixtureRequest, db_url: str, tmp_path: Path) -> Se
 
 def stored_keys(settings: Settings, moto: str, tmp_path: Path) -> list[str]:
     """What the store holds: the bucket's keys, or the directory's files."""
-    if settings.recording_store.startswith("s3://"):
-        bucket = settings.recording_store.removeprefix("s3://").partition("/")[0]
+    if settings.recordings.store.startswith("s3://"):
+        bucket = settings.recordings.store.removeprefix("s3://").partition("/")[0]
         return [key.removeprefix("calls/") for key in objects(moto, bucket)]
     return sorted(path.name for path in (tmp_path / "recordings").iterdir())
 
@@ -214,7 +215,9 @@ async def archiving(
             sessionmaker=runtime.sessionmaker,
             exotel=exotel_client(settings, http),
             store=runtime.recordings,
-            settings=settings,
+            settings=settings.recordings,
+            budget=budget_of(settings.exotel),
+            held_dir=settings.callbacks.spool_dir / "recordings",
             metrics=runtime.metrics,  # what /metrics counts
         )
         yield Archiving(api, simulator, archive, settings, worker)
@@ -747,7 +750,9 @@ async def test_two_replicas_never_fetch_one_recording_together(db_url: str, tmp_
                     sessionmaker=env.archive.sessionmaker,
                     exotel=exotel_client(settings, http),
                     store=env.archive.store,
-                    settings=settings,
+                    settings=settings.recordings,
+                    budget=env.archive.budget,
+                    held_dir=env.archive.held_dir,
                     metrics=Metrics(),
                 )
                 for _ in range(2)
@@ -781,7 +786,7 @@ async def test_retention_deletes_old_audio_and_the_call_keeps_the_fact(
                 .where(Call.id == uuid.UUID(old))
                 .values(recording_archived_at=now - timedelta(days=31))
             )
-        recordings = RecordingStore.from_settings(settings)
+        recordings = RecordingStore.from_settings(settings.recordings)
         assert await forget_old_recordings(env.archive.sessionmaker, recordings, days=30) == 1
 
         gone = await env.call(old)

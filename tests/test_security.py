@@ -9,9 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import ValidationError
 
-from app.config import Settings
+from app.config import ConfigurationError, Settings
 from app.exotel.client import ExotelClient
 from app.main import create_app
 from tests.conftest import FAKE_INTERNAL_API_KEY, make_settings, place_body, serving
@@ -94,15 +93,17 @@ PRODUCTION: dict[str, Any] = {
     ["api_keys", "callback_secrets", "exotel_account_sid", "exotel_api_key", "exotel_api_token"],
 )
 def test_production_names_what_is_missing(missing: str) -> None:
-    with pytest.raises(ValidationError) as raised:
-        Settings(_env_file=None, **(PRODUCTION | {missing: ""}))  # type: ignore[call-arg]
+    with pytest.raises(ConfigurationError) as raised:
+        Settings.load(env_file=None, **(PRODUCTION | {missing: ""}))
     assert missing.upper() in str(raised.value)
 
 
 def test_production_reaches_exotel_over_tls_only() -> None:
-    Settings(_env_file=None, **PRODUCTION)  # type: ignore[call-arg]
-    with pytest.raises(ValidationError, match="https"):
-        Settings(_env_file=None, **(PRODUCTION | {"exotel_api_base_url": "http://api.exotel.com"}))  # type: ignore[call-arg]
+    Settings.load(env_file=None, **PRODUCTION)
+    with pytest.raises(ConfigurationError, match="https"):
+        Settings.load(
+            env_file=None, **(PRODUCTION | {"exotel_api_base_url": "http://api.exotel.com"})
+        )
 
 
 def test_production_refuses_to_start_and_says_why_without_the_secrets(tmp_path: Any) -> None:
@@ -126,7 +127,7 @@ def test_production_refuses_to_start_and_says_why_without_the_secrets(tmp_path: 
 
 
 def test_secrets_stay_out_of_reprs() -> None:
-    settings = Settings(_env_file=None, **PRODUCTION)  # type: ignore[call-arg]
+    settings = Settings.load(env_file=None, **PRODUCTION)
     client = ExotelClient(
         httpx.AsyncClient(),
         base_url="https://api.exotel.com",
@@ -189,8 +190,8 @@ async def test_an_empty_exotel_key_means_the_simulator_serves(
     rather than the real Exotel host asked with an empty key."""
     monkeypatch.setenv("EXOTEL_API_KEY", "")
     monkeypatch.setenv("EXOTEL_API_TOKEN", " ")
-    settings = Settings(_env_file=None, database_url=db_url, exotel_caller_id="08030752400")  # type: ignore[call-arg]
-    assert settings.uses_simulator
+    settings = Settings.load(env_file=None, database_url=db_url, exotel_caller_id="08030752400")
+    assert settings.exotel.simulated
     async with serving(create_app(settings)) as client:
         response = await client.post("/calls", json=place_body())
     assert response.status_code == 201, response.text

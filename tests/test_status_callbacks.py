@@ -123,7 +123,7 @@ async def test_every_configured_secret_is_accepted_during_rotation(
     call = await place(client, exotel)
     # Rotate: a new secret first (signs new URLs), the old one still accepted.
     rotated = make_settings(
-        settings.database_url, callback_secrets="new-fake-secret,fake-callback-secret"
+        settings.database.url, callback_secrets="new-fake-secret,fake-callback-secret"
     )
     app = create_app(rotated, exotel_transport=httpx.MockTransport(exotel.handle))
     async with serving(app) as rotated_client:

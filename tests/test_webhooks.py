@@ -470,12 +470,12 @@ async def test_an_answer_to_a_claim_given_back_and_taken_again_changes_nothing(
             [second] = await claim(db, worker="other", limit=8, per_endpoint=8)
         assert (first.delivery_id, first.attempt, second.attempt) == (second.delivery_id, 1, 2)
         async with engine.begin() as db:
-            await record(db, [(first, ok)], settings=settings, retries=RETRIES)
+            await record(db, [(first, ok)], settings=settings.webhooks, retries=RETRIES)
         async with engine.connect() as db:
             row = (await db.execute(select(Delivery).where(Delivery.id == first.delivery_id))).one()
             assert (row.state, row.claimed_by, row.attempts) == (DeliveryState.SENDING, "other", 2)
         async with engine.begin() as db:
-            await record(db, [(second, ok)], settings=settings, retries=RETRIES)
+            await record(db, [(second, ok)], settings=settings.webhooks, retries=RETRIES)
         async with engine.connect() as db:
             row = (await db.execute(select(Delivery).where(Delivery.id == first.delivery_id))).one()
             assert (row.state, row.claimed_by) == (DeliveryState.DELIVERED, None)

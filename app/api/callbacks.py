@@ -268,7 +268,7 @@ async def passthru(request: Request) -> Response:
         runtime.metrics.callbacks.labels("rejected").inc()
         raise
     ack, app_id = await _store(request, received)
-    redirected = settings.passthru_redirect_digits.get(app_id or "", ())
+    redirected = settings.callbacks.passthru_redirect_digits.get(app_id or "", ())
     status = 302 if received.passthru.digits in redirected else 200
     return Response(ack.model_dump_json(), status_code=status, media_type="application/json")
 
@@ -324,7 +324,7 @@ async def _spool(spool: Spool, received: ReceivedCallback) -> None:
 def authenticate_callback(request: Request, settings: Settings) -> uuid.UUID | None:
     """Check the token that the StatusCallback URL carries; return the call id it vouches for
     (None for the account-wide URL). Checked before the body is read."""
-    allowed = settings.callback_allowed_ips
+    allowed = settings.callbacks.allowed_ips
     if allowed and not _from_any(request.client.host if request.client else None, allowed):
         raise ApiError(403, "callback_source_forbidden", "callbacks are not accepted from there")
     token, call_id = request.query_params.get("token"), request.query_params.get("call_id")
@@ -335,7 +335,7 @@ def authenticate_callback(request: Request, settings: Settings) -> uuid.UUID | N
     except ValueError:
         parsed_id = None
         token = ""  # vouches for nothing
-    if not verify(settings.signing_secrets, parsed_id, token):
+    if not verify(settings.callbacks.signing_secrets, parsed_id, token):
         raise ApiError(403, "callback_forbidden", "the callback token is not valid")
     return parsed_id
 

@@ -78,14 +78,14 @@ async def place_call(
     ] = True,
 ) -> CallOut:
     ((call, created),) = await queue_calls(
-        session, requests=[body.to_request(idempotency_key)], settings=settings
+        session, requests=[body.to_request(idempotency_key)], settings=settings.exotel
     )
     # The row is durable before Exotel is asked, so no call goes unaccounted for.
     await session.commit()
     dispatch.wake()
     if wait and call.status == CallStatus.QUEUED:
         try:
-            sent = await dispatch.wait_until_sent(call.id, within=settings.dispatch_wait_seconds)
+            sent = await dispatch.wait_until_sent(call.id, within=settings.dispatch.wait_seconds)
         except Exception:
             # The call is placed and goes on: never answer as if it had not been, or a client
             # retrying the failure would phone the customer twice.
@@ -122,7 +122,7 @@ async def place_batch(
     body: BatchCreate, session: SessionDep, settings: SettingsDep, dispatch: DispatchDep
 ) -> BatchOut:
     requests = [item.to_request(item.idempotency_key) for item in body.calls]
-    batch, calls = await create_batch(session, requests=requests, settings=settings)
+    batch, calls = await create_batch(session, requests=requests, settings=settings.exotel)
     await session.commit()
     dispatch.wake()
     return BatchOut(id=batch.id, size=batch.size, calls=[CallOut.of(call) for call, _ in calls])

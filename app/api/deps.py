@@ -86,7 +86,7 @@ async def require_api_key(
 ) -> None:
     """The internal API's bearer keys, compared in constant time against every key. Without
     API_KEYS (development only: production refuses to start) the API is open."""
-    keys = settings.api_keys
+    keys = settings.service.api_keys
     if not keys:
         return
     if not is_api_key(keys, credentials.credentials.encode() if credentials else b""):
@@ -110,5 +110,5 @@ async def require_metrics_access(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> None:
     """`/metrics`: an API key, unless METRICS_PUBLIC opens it."""
-    if not settings.metrics_public:
+    if not settings.service.metrics_public:
         await require_api_key(settings, credentials)

@@ -51,8 +51,8 @@ async def get_recording(
     if call.recording_status != RecordingStatus.ARCHIVED or size is None or not content_type:
         raise RecordingNotArchived(call)
     try:
-        if settings.recording_serve == "redirect" and recordings.signs:
-            url = await recordings.sign(call.id, seconds=settings.recording_presign_seconds)
+        if settings.recordings.serve == "redirect" and recordings.signs:
+            url = await recordings.sign(call.id, seconds=settings.recordings.presign_seconds)
             return RedirectResponse(url, status_code=307, headers=_PRIVATE)
         span = requested_span(range_, size)
         headers = _PRIVATE | {

@@ -86,7 +86,7 @@ _NO_STORE = {"Cache-Control": "no-store"}
 async def require_page_access(settings: SettingsDep, request: Request) -> None:
     """One of API_KEYS, as a bearer token or as the password of HTTP Basic auth. Open without
     API_KEYS (development only), as the API is. The challenge makes a browser ask for it."""
-    keys = settings.api_keys
+    keys = settings.service.api_keys
     if not keys:
         return
     if not is_api_key(keys, _presented_key(request.headers.get("authorization", ""))):
@@ -240,7 +240,7 @@ async def status_page(
     now = overview.now
     last_day = await queries.count_calls_by_status(session, created_after=now - timedelta(days=1))
     granted = await queries.exotel_requests_granted(
-        session, within_seconds=settings.exotel_rate_window_seconds
+        session, within_seconds=settings.exotel.rate_window_seconds
     )
     batches = await queries.recent_batches(session, limit=RECENT_BATCHES)
     owed = await endpoints.backlogs(session)
@@ -260,9 +260,9 @@ async def status_page(
         queue_age=overview.oldest_queued_age_seconds if oldest else None,
         connects=connects,
         lookups=granted.get("lookup", 0),
-        rate_limit=settings.exotel_rate_limit,
-        rate_window=settings.exotel_rate_window_seconds,
-        rate_percent=min(100.0, 100.0 * connects / settings.exotel_rate_limit),
+        rate_limit=settings.exotel.rate_limit,
+        rate_window=settings.exotel.rate_window_seconds,
+        rate_percent=min(100.0, 100.0 * connects / settings.exotel.rate_limit),
         paused_for=await ratelimit.paused_for(session),
         recordings=await archive_status(session),
         batches=[batch_row(batch, counts) for batch, counts in batches],

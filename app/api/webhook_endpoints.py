@@ -135,7 +135,7 @@ async def rotate_secret(
     endpoint_id: uuid.UUID, session: SessionDep, settings: SettingsDep
 ) -> EndpointWithSecret:
     endpoint = await endpoints.rotate_secret(
-        session, endpoint_id, overlap=settings.webhook_secret_overlap_seconds
+        session, endpoint_id, overlap=settings.webhooks.secret_overlap_seconds
     )
     await session.commit()
     return _with_secret(endpoint, backlog=await _backlog(session, endpoint_id))

@@ -22,7 +22,7 @@ from app.calls.callback_auth import status_callback_url
 from app.calls.phone import to_exotel_dial_form
 from app.calls.state import CallState, Failure, StatusUpdate, apply_update
 from app.calls.store import CallStore
-from app.config import Settings
+from app.config import CallbackSettings, ExotelSettings, ReconcileSettings
 from app.db.clock import db_now
 from app.db.models import Call, CallStatus, EventOutcome, FailureKind
 from app.exotel.client import ConnectRequest
@@ -56,21 +56,23 @@ class Verdict:
     retry_after: float | None = None  # Exotel's Retry-After, with a 429
 
 
-def connect_request(call: Call, settings: Settings) -> ConnectRequest:
+def connect_request(
+    call: Call, *, exotel: ExotelSettings, callbacks: CallbackSettings
+) -> ConnectRequest:
     return ConnectRequest(
         from_number=to_exotel_dial_form(call.from_number),
         caller_id=call.caller_id,
         flow_url=call.flow_url or "",
         status_callback=status_callback_url(
-            settings.public_base_url, settings.signing_secrets[0], call.id
+            callbacks.public_base_url, callbacks.signing_secrets[0], call.id
         ),
         time_limit=call.time_limit,
         time_out=call.time_out,
         # The flow's Passthru requests carry it back: our id lets them find the call before its
         # SID is known (`app.exotel.passthru`).
         custom_field=call.custom_field or str(call.id),
-        status_callback_events=settings.exotel_status_callback_events,
-        status_callback_content_type=settings.exotel_status_callback_content_type,
+        status_callback_events=exotel.status_callback_events,
+        status_callback_content_type=exotel.status_callback_content_type,
     )
 
 
@@ -95,12 +97,12 @@ def classify(error: ExotelError) -> Verdict:
     return Verdict(CallStatus.UNKNOWN, Failure(FailureKind.EXOTEL_OUTCOME_UNKNOWN, str(error)))
 
 
-def schedule_lookup(call: CallState, now: datetime, settings: Settings) -> None:
+def schedule_lookup(call: CallState, now: datetime, settings: ReconcileSettings) -> None:
     """The call's next look-up by reconciliation, on the configured schedule."""
     call.look_up_later(
         now,
-        first=settings.reconcile_first_lookup_seconds,
-        longest=settings.reconcile_recheck_seconds,
+        first=settings.first_lookup_seconds,
+        longest=settings.recheck_seconds,
     )
 
 
@@ -110,7 +112,7 @@ async def record_sent(
     call_id: uuid.UUID,
     result: ExotelCall | Verdict,
     *,
-    settings: Settings,
+    lookups: ReconcileSettings,
     retries: RetryPolicy,
 ) -> None:
     """Record what came of sending a claimed call (under `store.lock`), releasing its claim."""
@@ -118,7 +120,7 @@ async def record_sent(
     assert state is not None, "calls are never deleted"
     state.claimed_by = state.claimed_at = None
     if isinstance(result, ExotelCall):
-        await _record_accepted(store, state, result, settings)
+        await _record_accepted(store, state, result, lookups)
     elif result.status == CallStatus.QUEUED:
         await _retry_later(session, store, state, result, retries)
     else:
@@ -140,12 +142,12 @@ async def record_lost(session: AsyncSession, call_ids: Sequence[uuid.UUID]) -> N
 
 
 async def _record_accepted(
-    store: CallStore, call: CallState, exotel_call: ExotelCall, settings: Settings
+    store: CallStore, call: CallState, exotel_call: ExotelCall, lookups: ReconcileSettings
 ) -> None:
     now = await store.now()
     call.dispatched_at = now
     call.fail(None, at=now)
-    schedule_lookup(call, now, settings)
+    schedule_lookup(call, now, lookups)
     # An early status callback may have told us the SID (and even the end) already.
     if call.sid is None:
         if not store.learn_sid(call, exotel_call.sid):

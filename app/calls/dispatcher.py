@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func
@@ -17,13 +17,12 @@ from app.calls.dispatch import (
     Verdict,
     claim_next,
     classify,
-    connect_request,
     record_lost,
     record_sent,
 )
 from app.calls.ratelimit import Budget
 from app.calls.store import CallStore
-from app.config import Settings
+from app.config import DispatchSettings, ExotelSettings, ReconcileSettings
 from app.db.models import Call, CallStatus
 from app.db.statements import table_of
 from app.exotel.client import ConnectRequest, ExotelClient
@@ -39,11 +38,11 @@ log = logging.getLogger(__name__)
 _CALLS = table_of(Call).c
 
 
-def budget_of(settings: Settings) -> Budget:
+def budget_of(settings: ExotelSettings) -> Budget:
     return Budget(
-        limit=settings.exotel_rate_limit,
-        window=settings.exotel_rate_window_seconds,
-        margin=settings.exotel_rate_margin_seconds,
+        limit=settings.rate_limit,
+        window=settings.rate_window_seconds,
+        margin=settings.rate_margin_seconds,
     )
 
 
@@ -74,16 +73,18 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
         *,
         sessionmaker: async_sessionmaker[AsyncSession],
         exotel: ExotelClient,
-        settings: Settings,
+        settings: DispatchSettings,
+        budget: Budget,
+        connect: Callable[[Call], ConnectRequest],
+        lookups: ReconcileSettings,
     ) -> None:
-        self.concurrency = settings.dispatch_concurrency
+        self.concurrency = settings.concurrency
         self._sessionmaker = sessionmaker
         self._exotel = exotel
-        self._settings = settings
-        self._budget = budget_of(settings)
-        self._retries = RetryPolicy.doubling(
-            2, settings.exotel_rate_window_seconds, max_attempts=settings.dispatch_max_attempts
-        )
+        self._budget = budget
+        self._connect = connect
+        self._lookups = lookups
+        self._retries = RetryPolicy.doubling(2, budget.window, max_attempts=settings.max_attempts)
         self._finished: dict[uuid.UUID, asyncio.Event] = {}
         self._stopping = False
 
@@ -95,7 +96,7 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
             return []
         if isinstance(claimed, float):
             return Wait(claimed)
-        return [Claimed(claimed.id, claimed.from_number, connect_request(claimed, self._settings))]
+        return [Claimed(claimed.id, claimed.from_number, self._connect(claimed))]
 
     async def run(self, job: Claimed) -> ExotelCall | Verdict:
         log.info("dialling %s for call %s", mask(job.number), job.call_id, extra=about(job.call_id))
@@ -116,7 +117,7 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
                 store,
                 job.call_id,
                 result,
-                settings=self._settings,
+                lookups=self._lookups,
                 retries=self._retries,
             )
         await store.flush()

@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.calls.errors import IdempotencyConflict, InvalidField
-from app.config import Settings
+from app.config import ExotelSettings
 from app.db.clock import db_now
 from app.db.models import Batch, Call, CallStatus
 from app.logs import about, mask
@@ -61,7 +61,7 @@ async def queue_calls(
     session: AsyncSession,
     *,
     requests: Sequence[CallRequest],
-    settings: Settings,
+    settings: ExotelSettings,
     batch_id: uuid.UUID | None = None,
 ) -> list[tuple[Call, bool]]:
     """Store calls as `queued`, in the caller's transaction: the intent is recorded before
@@ -112,12 +112,12 @@ async def queue_calls(
     return [(calls[call_id], call_id in inserted) for call_id in ids]
 
 
-def _row(request: CallRequest, settings: Settings, now: datetime) -> dict[str, Any]:
-    caller_id = request.caller_id or settings.exotel_caller_id
+def _row(request: CallRequest, settings: ExotelSettings, now: datetime) -> dict[str, Any]:
+    caller_id = request.caller_id or settings.caller_id
     if not caller_id:
         raise InvalidField("caller_id", "required when EXOTEL_CALLER_ID is not configured")
-    flow_url = request.flow_url or settings.exotel_flow_url_template.format(
-        account_sid=settings.account_sid, app_id=request.app_id
+    flow_url = request.flow_url or settings.flow_url_template.format(
+        account_sid=settings.account, app_id=request.app_id
     )
     return {
         "id": uuid.uuid4(),
@@ -139,7 +139,7 @@ def _row(request: CallRequest, settings: Settings, now: datetime) -> dict[str, A
 
 
 async def create_batch(
-    session: AsyncSession, *, requests: Sequence[CallRequest], settings: Settings
+    session: AsyncSession, *, requests: Sequence[CallRequest], settings: ExotelSettings
 ) -> tuple[Batch, list[tuple[Call, bool]]]:
     batch = Batch(id=uuid.uuid4(), size=len(requests), created_at=await db_now(session))
     session.add(batch)

@@ -36,7 +36,7 @@ from app.calls.callbacks import status_from_exotel
 from app.calls.dispatch import record_failure, schedule_lookup
 from app.calls.state import CallState, Failure, StatusUpdate, apply_update
 from app.calls.store import CallStore
-from app.config import Settings
+from app.config import ReconcileSettings
 from app.db.clock import db_now
 from app.db.models import Call, CallEvent, CallStatus, EventOutcome, FailureKind
 from app.exotel.client import MAX_SIDS_PER_LOOKUP, CallsPage, ExotelClient
@@ -79,7 +79,7 @@ class OutOfBudget(Exception):
 class _Round:
     sessionmaker: async_sessionmaker[AsyncSession]
     exotel: ExotelClient
-    settings: Settings
+    settings: ReconcileSettings
     budget: ratelimit.Budget
     repairs: Repairs
     # A round ends by then (time.monotonic()): the next carries on.
@@ -118,11 +118,11 @@ async def reconcile_once(
     *,
     sessionmaker: async_sessionmaker[AsyncSession],
     exotel: ExotelClient,
-    settings: Settings,
+    settings: ReconcileSettings,
     budget: ratelimit.Budget,
 ) -> Repairs:
     """One round of reconciliation. Safe to run anywhere; the runner keeps it to one replica."""
-    deadline = time.monotonic() + settings.reconcile_interval_seconds
+    deadline = time.monotonic() + settings.interval_seconds
     round_ = _Round(sessionmaker, exotel, settings, budget, Repairs(), deadline)
     async with sessionmaker() as session, session.begin():
         round_.repairs.attached = await _attach_orphan_events(session)
@@ -149,11 +149,11 @@ async def _attach_orphan_events(session: AsyncSession) -> int:
     return store.attached
 
 
-def _overdue(call: Call, settings: Settings, now: datetime) -> bool:
+def _overdue(call: Call, settings: ReconcileSettings, now: datetime) -> bool:
     """Long enough since dispatch that the call must have ended."""
     started = call.dispatched_at or call.created_at
     lasts = (call.time_out or 60) + (call.time_limit or settings.default_time_limit_seconds)
-    return now > started + timedelta(seconds=lasts + settings.reconcile_grace_seconds)
+    return now > started + timedelta(seconds=lasts + settings.grace_seconds)
 
 
 async def _due(session: AsyncSession, *, with_sid: bool) -> list[Call]:
@@ -265,7 +265,7 @@ async def reconcile(
     *,
     sessionmaker: async_sessionmaker[AsyncSession],
     exotel: ExotelClient,
-    settings: Settings,
+    settings: ReconcileSettings,
     budget: ratelimit.Budget,
     metrics: Metrics,
 ) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.config import Settings
+from app.config import WebhookSettings
 from app.db.models import Delivery, DeliveryState
 from app.db.statements import table_of, written_in
 from app.events import delivery
@@ -37,12 +37,12 @@ class Delivering(Kind[delivery.Claimed, delivery.Answer]):
         waiting=written_in(_DELIVERIES.state, DeliveryState.PENDING, DeliveryState.SENDING),
     )
 
-    def __init__(self, *, http: aiohttp.ClientSession, settings: Settings, metrics: Metrics):
-        self.concurrency = settings.webhook_concurrency
+    def __init__(self, *, http: aiohttp.ClientSession, settings: WebhookSettings, metrics: Metrics):
+        self.concurrency = settings.concurrency
         self._http = http
         self._settings = settings
         self._metrics = metrics
-        self._retries = delivery.retry_policy(settings.webhook_retry_schedule)
+        self._retries = delivery.retry_policy(settings.retry_schedule)
 
     async def claim(
         self, session: AsyncSession, *, worker: str, limit: int
@@ -51,13 +51,11 @@ class Delivering(Kind[delivery.Claimed, delivery.Answer]):
             await session.connection(),
             worker=worker,
             limit=limit,
-            per_endpoint=self._settings.webhook_endpoint_concurrency,
+            per_endpoint=self._settings.endpoint_concurrency,
         )
 
     async def run(self, job: delivery.Claimed) -> delivery.Answer:
-        return await delivery.attempt(
-            self._http, job, within=self._settings.webhook_timeout_seconds
-        )
+        return await delivery.attempt(self._http, job, within=self._settings.timeout_seconds)
 
     async def record(
         self, session: AsyncSession, done: Sequence[tuple[delivery.Claimed, delivery.Answer]]
@@ -83,14 +81,16 @@ class Delivering(Kind[delivery.Claimed, delivery.Answer]):
 
 
 async def delivering(
-    stack: contextlib.AsyncExitStack, *, targets: TargetPolicy, settings: Settings, metrics: Metrics
+    stack: contextlib.AsyncExitStack,
+    *,
+    targets: TargetPolicy,
+    settings: WebhookSettings,
+    metrics: Metrics,
 ) -> Delivering:
     """The delivery kind, its HTTP client open until `stack` closes. Subscribers are reached
     only at addresses `targets` allows, checked at every connect; redirects are never
     followed."""
-    http = await stack.enter_async_context(
-        guarded_session(targets, limit=settings.webhook_concurrency)
-    )
+    http = await stack.enter_async_context(guarded_session(targets, limit=settings.concurrency))
     return Delivering(http=http, settings=settings, metrics=metrics)
 
 

@@ -42,7 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 from standardwebhooks.webhooks import Webhook
 
-from app.config import Settings
+from app.config import WebhookSettings
 from app.db.base import UTCDateTime
 from app.db.clock import db_now
 from app.db.models import Delivery, DeliveryAttempt, DeliveryState, Event, WebhookEndpoint
@@ -300,7 +300,7 @@ async def record(
     db: AsyncConnection,
     answered: Sequence[tuple[Claimed, Answer]],
     *,
-    settings: Settings,
+    settings: WebhookSettings,
     retries: RetryPolicy,
 ) -> list[DeliveryState]:
     """Store a batch of attempts and what follows from each: delivered, retried later, or given
@@ -379,7 +379,7 @@ async def record(
             },
         )
         if failing_since is not None and (now - failing_since).total_seconds() >= (
-            settings.webhook_disable_after_seconds
+            settings.disable_after_seconds
         ):
             disabling.setdefault(
                 endpoint_id, f"failing without a success since {failing_since.isoformat()}"

@@ -43,10 +43,9 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls import ratelimit
-from app.calls.dispatcher import budget_of
 from app.calls.state import RecordingUpdate, apply_recording
 from app.calls.store import CallStore
-from app.config import Settings
+from app.config import RecordingSettings
 from app.db.clock import db_now
 from app.db.models import Call, RecordingJob, RecordingStatus, Throttle
 from app.db.statements import table_of
@@ -96,19 +95,21 @@ class Archive(Kind[Claimed, "Outcome"]):
         sessionmaker: async_sessionmaker[AsyncSession],
         exotel: ExotelClient,
         store: RecordingStore,
-        settings: Settings,
+        settings: RecordingSettings,
+        budget: ratelimit.Budget,
+        held_dir: Path,
         metrics: Metrics,
     ) -> None:
-        self.concurrency = settings.recording_concurrency
+        self.concurrency = settings.concurrency
         self.sessionmaker = sessionmaker
         self.exotel = exotel
         self.store = store
         self.settings = settings
         self.metrics = metrics
-        self.budget = budget_of(settings)  # a look-up after a refusal draws on it
-        self.held_dir = settings.spool_dir / "recordings"
+        self.budget = budget  # a look-up after a refusal draws on it
+        self.held_dir = held_dir  # recordings fetched, waiting for the store
         self._retries = RetryPolicy.doubling(
-            5, _LONGEST_WAIT, max_attempts=settings.recording_max_attempts
+            5, _LONGEST_WAIT, max_attempts=settings.max_attempts
         )
 
     async def claim(self, session: AsyncSession, *, worker: str, limit: int) -> list[Claimed]:
@@ -297,7 +298,7 @@ class Archive(Kind[Claimed, "Outcome"]):
         pause_until = None
         if outcome.pause:
             now = await ratelimit.lock(session)
-            pause_until = now + timedelta(seconds=self.settings.recording_auth_pause_seconds)
+            pause_until = now + timedelta(seconds=self.settings.auth_pause_seconds)
             await session.execute(
                 _pause.values(
                     recordings_paused_until=pause_until, recordings_paused_reason=outcome.error

@@ -25,7 +25,7 @@ from typing import Any
 import obstore
 from obstore.store import LocalStore, S3Store
 
-from app.config import Settings
+from app.config import RecordingSettings
 
 # An upload holds at most this many parts of this size in memory, whatever the recording's size.
 _PART_BYTES = 5 * 1024 * 1024
@@ -61,22 +61,22 @@ class RecordingStore:
         return f"RecordingStore({self._describe})"
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RecordingStore:
+    def from_settings(cls, settings: RecordingSettings) -> RecordingStore:
         """RECORDING_STORE: a directory, or `s3://bucket/prefix` with RECORDING_S3_*."""
-        where = settings.recording_store
+        where = settings.store
         if not where.startswith("s3://"):
             root = Path(where).resolve()
             root.mkdir(parents=True, exist_ok=True)
             return cls(LocalStore(root), describe=str(root), root=root)
         bucket, _, prefix = where.removeprefix("s3://").partition("/")
-        options: dict[str, Any] = {"region": settings.recording_s3_region}
-        if settings.recording_s3_endpoint:
-            options["endpoint"] = settings.recording_s3_endpoint
-        if settings.recording_s3_access_key_id and settings.recording_s3_secret_access_key:
-            options["access_key_id"] = settings.recording_s3_access_key_id
-            secret = settings.recording_s3_secret_access_key.get_secret_value()
+        options: dict[str, Any] = {"region": settings.s3_region}
+        if settings.s3_endpoint:
+            options["endpoint"] = settings.s3_endpoint
+        if settings.s3_access_key_id and settings.s3_secret_access_key:
+            options["access_key_id"] = settings.s3_access_key_id
+            secret = settings.s3_secret_access_key.get_secret_value()
             options["secret_access_key"] = secret
-        endpoint = settings.recording_s3_endpoint or ""
+        endpoint = settings.s3_endpoint or ""
         store = S3Store(
             bucket,
             prefix=prefix.strip("/") or None,
