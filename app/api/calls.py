@@ -29,6 +29,7 @@ from app.calls.phone import InvalidPhoneNumber, to_e164
 from app.calls.placing import create_batch, queue_calls
 from app.calls.resource import CallOut
 from app.db.models import CallStatus
+from app.db.session import after_commit
 from app.logs import about
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ async def place_call(
     ((call, created),) = await queue_calls(
         session, requests=[body.to_request(idempotency_key)], settings=settings.exotel
     )
-    # The row is durable before Exotel is asked, so no call goes unaccounted for.
+    # The one early commit: the row is durable before Exotel is asked, so no call goes
+    # unaccounted for.
     await session.commit()
     dispatch.wake()
     if wait and call.status == CallStatus.QUEUED:
@@ -123,8 +125,7 @@ async def place_batch(
 ) -> BatchOut:
     requests = [item.to_request(item.idempotency_key) for item in body.calls]
     batch, calls = await create_batch(session, requests=requests, settings=settings.exotel)
-    await session.commit()
-    dispatch.wake()
+    after_commit(session, dispatch.wake)
     return BatchOut(id=batch.id, size=batch.size, calls=[CallOut.of(call) for call, _ in calls])
 
 

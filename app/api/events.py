@@ -74,5 +74,4 @@ async def redeliver(
 ) -> Queued:
     event = await feed.get_event(session, event_id)
     queued = await endpoints.redeliver(session, event, endpoint_id=body.endpoint_id)
-    await session.commit()
     return Queued(queued=queued)

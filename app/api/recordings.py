@@ -12,9 +12,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 
-from app.api.deps import RecordingsDep, SessionDep, SettingsDep
+from app.api.deps import RecordingsDep, SessionDep, SettingsDep, require_page_access
 from app.api.errors import ApiError, refusals
-from app.api.ui import require_page_access
 from app.calls import queries
 from app.calls.errors import RecordingNotArchived
 from app.db.models import RecordingStatus

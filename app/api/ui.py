@@ -8,7 +8,6 @@ one of `API_KEYS` as the password. Errors are the service's one JSON shape, as e
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import heapq
 import json
@@ -20,12 +19,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import jinja2
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse
-from fastapi.security.utils import get_authorization_scheme_param
 from markupsafe import Markup
 
-from app.api.deps import SessionDep, SettingsDep, is_api_key
+from app.api.deps import SessionDep, SettingsDep, require_page_access
 from app.api.errors import ApiError
 from app.calls import queries, ratelimit
 from app.calls.errors import CallNotFound
@@ -65,37 +63,7 @@ _BAR_ORDER = [
 # --- access ------------------------------------------------------------------------------
 
 
-def _presented_key(authorization: str) -> bytes:
-    """The key of `Authorization: Bearer <key>`, or the password of `Basic <user:key>`."""
-    scheme, credentials = get_authorization_scheme_param(authorization)
-    if scheme.lower() == "bearer":
-        return credentials.encode()
-    if scheme.lower() == "basic":
-        try:
-            user_and_password = base64.b64decode(credentials, validate=True)
-        except (binascii.Error, ValueError):
-            return b""
-        _user, colon, password = user_and_password.partition(b":")
-        return password if colon else b""
-    return b""
-
-
 _NO_STORE = {"Cache-Control": "no-store"}
-
-
-async def require_page_access(settings: SettingsDep, request: Request) -> None:
-    """One of API_KEYS, as a bearer token or as the password of HTTP Basic auth. Open without
-    API_KEYS (development only), as the API is. The challenge makes a browser ask for it."""
-    keys = settings.service.api_keys
-    if not keys:
-        return
-    if not is_api_key(keys, _presented_key(request.headers.get("authorization", ""))):
-        raise ApiError(
-            401,
-            "unauthenticated",
-            "sign in with any user name and one of the service's API keys as the password",
-            headers={"WWW-Authenticate": 'Basic realm="exocall"'} | _NO_STORE,
-        )
 
 
 router = APIRouter(

@@ -66,7 +66,6 @@ async def create(
         description=body.description,
         policy=targets,
     )
-    await session.commit()
     return _with_secret(endpoint, backlog=0)
 
 
@@ -110,7 +109,6 @@ async def change(
     endpoint = await endpoints.change_endpoint(
         session, endpoint_id, changes=changes, policy=targets
     )
-    await session.commit()
     return EndpointOut.of(endpoint, backlog=await _backlog(session, endpoint_id))
 
 
@@ -122,7 +120,6 @@ async def change(
 )
 async def delete(endpoint_id: uuid.UUID, session: SessionDep) -> Response:
     await endpoints.delete_endpoint(session, endpoint_id)
-    await session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -137,7 +134,6 @@ async def rotate_secret(
     endpoint = await endpoints.rotate_secret(
         session, endpoint_id, overlap=settings.webhooks.secret_overlap_seconds
     )
-    await session.commit()
     return _with_secret(endpoint, backlog=await _backlog(session, endpoint_id))
 
 
@@ -173,5 +169,4 @@ async def attempts(
 )
 async def recover(endpoint_id: uuid.UUID, body: Recover, session: SessionDep) -> Queued:
     queued = await endpoints.recover(session, endpoint_id, since=body.since)
-    await session.commit()
     return Queued(queued=queued)
