@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.errors import error_response
 
 
 class BodyTooLarge(HTTPException):
@@ -29,7 +29,7 @@ class BodySizeLimit:
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
             # Answered before reading anything; the client may stop sending.
-            await _send_413(send, self.limit)
+            await _too_large(self.limit)(scope, receive, send)
             return
         received = 0
 
@@ -45,18 +45,7 @@ class BodySizeLimit:
         await self.app(scope, limited, send)
 
 
-async def _send_413(send: Send, limit: int) -> None:
-    error = {"code": "payload_too_large", "message": BodyTooLarge(limit).detail}
-    body = json.dumps({"error": error}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
+def _too_large(limit: int) -> ASGIApp:
+    return error_response(
+        413, "payload_too_large", BodyTooLarge(limit).detail, headers={"Connection": "close"}
     )
-    await send({"type": "http.response.body", "body": body})
