@@ -66,8 +66,8 @@ async def drive_parse(parser: str, n: int) -> None:
 
 
 async def drive_store(url: str, calls_file: str, size: int, n: int) -> None:
-    from app.calls.callbacks import ReceivedCallback
     from app.calls.ingest import store_callbacks
+    from app.calls.received import ReceivedCallback
     from app.db.session import create_engine
 
     calls = _read_calls(calls_file)[:CALLS]

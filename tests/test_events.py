@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.calls.callbacks import ReceivedCallback
 from app.calls.placing import CallRequest, queue_calls
+from app.calls.received import ReceivedCallback
 from app.calls.store import CallStore
 from app.config import Settings
 from app.db.models import Event

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.calls.callbacks import ReceivedCallback
 from app.calls.ingest import CallbackWriter
+from app.calls.received import ReceivedCallback
 from app.db.models import CallEvent, EventOutcome
 from tests.conftest import callback_path, place_body
 from tests.exotel_double import ExotelDouble, accepted, new_sid

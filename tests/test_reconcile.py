@@ -15,9 +15,9 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.calls import ratelimit
-from app.calls.callbacks import ReceivedCallback
 from app.calls.ingest import store_callbacks
 from app.calls.placing import CallRequest, queue_calls
+from app.calls.received import ReceivedCallback
 from app.calls.reconcile import Repairs, reconcile_once
 from app.calls.state import CallState
 from app.calls.store import STATE_COLUMNS

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.calls.callback_auth import passthru_url
-from app.calls.callbacks import ReceivedCallback
+from app.calls.received import ReceivedCallback
 from app.calls.spool import Spool
 from app.db.models import CallEvent
 from app.main import create_app

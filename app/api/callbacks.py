@@ -38,14 +38,14 @@ from app.api.errors import (
 )
 from app.api.forms import boundary_of, parse_text_fields
 from app.calls.callback_auth import verify
-from app.calls.callbacks import LONGEST, ReceivedCallback, Unreadable
+from app.calls.received import LONGEST, ReceivedCallback, Unreadable
 from app.calls.resource import CALL_EXAMPLE
 from app.calls.spool import Spool
 from app.config import Settings
 from app.db.models import EventOutcome, RequestKind
 from app.db.session import is_database_down
-from app.exotel.callbacks import FIELDS_SCHEMA, example_fields
 from app.exotel.passthru import DIGITS
+from app.exotel.status_callback import FIELDS_SCHEMA, example_fields
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from app.calls.phone import to_e164
 from app.calls.placing import CallRequest
 from app.calls.resource import CALL_EXAMPLE, CallOut, ExotelClock
 from app.db.models import EventOutcome, RequestKind
-from app.exotel.callbacks import example_fields
+from app.exotel.status_callback import example_fields
 
 # Exotel documents these bounds for Calls/connect (docs/exotel.md).
 MAX_TIME_LIMIT = 14400

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.calls.callbacks import ReceivedCallback
+from app.calls.received import ReceivedCallback
 from app.calls.store import CallStore
 from app.db.models import EventOutcome
 from app.db.session import is_database_down

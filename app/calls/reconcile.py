@@ -32,8 +32,8 @@ from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls import ratelimit
-from app.calls.callbacks import status_from_exotel
 from app.calls.dispatch import record_failure, schedule_lookup
+from app.calls.received import status_from_exotel
 from app.calls.state import CallState, Failure, StatusUpdate, apply_update
 from app.calls.store import CallStore
 from app.config import ReconcileSettings

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.calls.callbacks import ReceivedCallback
 from app.calls.ingest import store_alone
+from app.calls.received import ReceivedCallback
 from app.db.models import RequestKind
 from app.db.session import is_database_down
 

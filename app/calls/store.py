@@ -31,7 +31,7 @@ from sqlalchemy.dialects.postgresql import insert as upsert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.calls import outbox
-from app.calls.callbacks import Ignored, ReceivedCallback, Unreadable
+from app.calls.received import Ignored, ReceivedCallback, Unreadable
 from app.calls.state import CallState, InputUpdate, apply_input, apply_update
 from app.db.clock import db_now
 from app.db.models import Call, CallEvent, EventOutcome, RecordingJob, RecordingStatus, RequestKind

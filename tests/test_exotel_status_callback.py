@@ -1,4 +1,4 @@
-"""Exotel's StatusCallback (app/exotel/callbacks.py) in each shape docs/exotel.md describes:
+"""Exotel's StatusCallback (app/exotel/status_callback.py) in each shape docs/exotel.md describes:
 the connect callback's three encodings, Legs as an array or flattened, and a flow's callback
 with `DialCallStatus`, `CallStatus`, `CallDuration` and `DialCallDuration`."""
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app.exotel.callbacks import Leg, StatusCallback, parse_status_callback
+from app.exotel.status_callback import Leg, StatusCallback, parse_status_callback
 from tests.exotel_double import TERMINAL_CALLBACK_EXAMPLE
 
 PLUS_0530 = timezone(timedelta(hours=5, minutes=30))

@@ -17,7 +17,8 @@ from sqlalchemy import BigInteger, Column, Integer, String
 from app.calls.state import InputUpdate, StatusUpdate
 from app.db.models import Call, CallEvent, CallStatus, RequestKind
 from app.db.statements import table_of
-from app.exotel.callbacks import (
+from app.exotel.passthru import DIGITS, PassthruRequest, parse_passthru
+from app.exotel.status_callback import (
     CALL_SID,
     CONVERSATION_DURATION_FIELDS,
     DURATION_FIELDS,
@@ -25,7 +26,6 @@ from app.exotel.callbacks import (
     StatusCallback,
     parse_status_callback,
 )
-from app.exotel.passthru import DIGITS, PassthruRequest, parse_passthru
 
 
 @dataclass(frozen=True)
