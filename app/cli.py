@@ -19,7 +19,7 @@ import uvicorn
 
 from app.api.schemas import MAX_BATCH
 from app.calls.callback_auth import passthru_url, status_callback_url
-from app.calls.dispatcher import budget_of
+from app.calls.dispatch import budget_of
 from app.calls.reconcile import Repairs, reconcile_once
 from app.client.api import API_KEY_ENV, DEFAULT_URL, URL_ENV, ExocallClient
 from app.client.call import place_and_follow

@@ -25,8 +25,7 @@ from app.api.limits import BodySizeLimit
 from app.api.request_ids import RequestIds
 from app.calls.availability import Availability
 from app.calls.callback_auth import passthru_url
-from app.calls.dispatch import connect_request
-from app.calls.dispatcher import Dispatch, budget_of
+from app.calls.dispatch import Dispatch, budget_of, connect_request
 from app.calls.ingest import CallbackWriter
 from app.calls.reconcile import reconcile
 from app.calls.spool import Spool

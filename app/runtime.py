@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.calls.dispatcher import Dispatch
+from app.calls.dispatch import Dispatch
 from app.calls.ingest import CallbackWriter
 from app.calls.spool import Spool
 from app.events.targets import TargetPolicy

@@ -14,7 +14,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.calls.availability import Availability
-from app.calls.dispatcher import Dispatch, budget_of
+from app.calls.dispatch import Dispatch, budget_of
 from app.calls.placing import CallRequest, queue_calls
 from app.config import Settings
 from app.db.clock import db_now

@@ -27,7 +27,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select, update
 
-from app.calls.dispatcher import budget_of
+from app.calls.dispatch import budget_of
 from app.config import Settings
 from app.db.clock import db_now
 from app.db.models import Call, ExotelRequest, RecordingJob, Throttle

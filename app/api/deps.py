@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.api.errors import ApiError
-from app.calls.dispatcher import Dispatch
+from app.calls.dispatch import Dispatch
 from app.config import Settings
 from app.metrics import Metrics
 from app.recordings.store import RecordingStore

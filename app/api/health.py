@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import EngineDep, MetricsDep, SessionDep, require_metrics_access
 from app.api.errors import database_unavailable, error_response, refusals
-from app.calls.dispatcher import Dispatch
+from app.calls.dispatch import Dispatch
 from app.calls.queries import Overview, overview
 from app.db.clock import db_now
 from app.db.migrate import head_revision
