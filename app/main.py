@@ -20,7 +20,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.api import callbacks, calls, events, health, recordings, ui, webhook_endpoints
 from app.api.deps import require_metrics_access
-from app.api.errors import in_the_one_error_shape, install_error_handlers
+from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.request_ids import RequestIds
 from app.calls.availability import Availability
@@ -196,7 +196,6 @@ def create_app(
     app.state.settings = settings
     install_error_handlers(app)
     # Each added layer wraps the ones before: the proxy's view of the client comes first.
-    app.add_middleware(callbacks.StatusCallbackReceiver)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestIds)
     if settings.trusted_proxies:
@@ -204,19 +203,8 @@ def create_app(
         # allowlist and the logs. `exocall serve` leaves uvicorn's own proxy handling off.
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = in_the_one_error_shape(FastAPI.openapi(app))
-            components = schema["components"]["schemas"]
-            components["CallbackAck"] = callbacks.CallbackAck.model_json_schema(
-                ref_template="#/components/schemas/{model}"
-            )
-            ack = "#/components/schemas/CallbackAck"
-            schema["paths"].update(callbacks.openapi_paths(ack))
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    # Exotel's callbacks first: the busiest routes are matched before any other.
+    app.include_router(callbacks.router)
     app.include_router(calls.router)
     app.include_router(recordings.router)
     app.include_router(calls.batches)

@@ -88,7 +88,7 @@ def test_each_operation_documents_the_refusals_it_can_give(
 def test_the_status_callback_is_documented_with_its_fields_and_its_answer(
     openapi: dict[str, Any],
 ) -> None:
-    """Its receiver is no FastAPI route: its operations are written out, to the same standard."""
+    """Its handlers read the request themselves: what they read is documented all the same."""
     path = openapi["paths"]["/status-callback"]
     post, get = path["post"], path["get"]
     ok = "#/components/schemas/CallbackAck"
@@ -113,6 +113,17 @@ async def test_a_status_callback_by_another_method_is_refused_in_the_one_shape(
     response = await client.put("/status-callback")
     assert response.status_code == 405
     assert response.headers["allow"] == "GET, POST"
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.anyio
+async def test_a_refused_method_is_told_every_method_of_the_path(
+    client: httpx.AsyncClient,
+) -> None:
+    """Each method of a path is a route of its own: the Allow header names them all."""
+    response = await client.put("/webhook-endpoints/2751a23d-306b-47ec-9735-9527b08858b8")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, PATCH, DELETE"
     assert response.json()["error"]["code"] == "method_not_allowed"
 
 
