@@ -194,11 +194,6 @@ def unexpected_error_response(exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "internal error; it has been logged")
 
 
-def http_error_response(exc: StarletteHTTPException) -> JSONResponse:
-    code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
-
-
 def api_error_response(exc: ApiError) -> JSONResponse:
     return error_response(exc.status, exc.code, exc.message, exc.headers, **exc.extra)
 
@@ -236,9 +231,9 @@ def not_placed_status(call_error_code: FailureKind | None, exotel_status: int | 
 
 
 def _allowed_methods(request: Request) -> str:
-    """Every method the app routes at the request's path. Starlette's 405 names those of the
-    first route that matched the path alone; a path can have a route for each method (one
-    operation each in the schema, as `/status-callback` has)."""
+    """Every method the app routes at the request's path, for a 405's Allow. The router's own
+    names those of the first route that matched the path alone, and a path can have a route
+    for each method (one operation each in the schema, as `/status-callback` has)."""
     scope = request.scope
 
     def routed(method: str) -> bool:
@@ -296,9 +291,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 405 and exc.headers and "Allow" in exc.headers:  # the router's
-            exc.headers = {**exc.headers, "Allow": _allowed_methods(request)}
-        return http_error_response(exc)
+        headers = exc.headers
+        if exc.status_code == 405 and request.scope.get("route") is not None:
+            # The router's (a route matched the path, not the method), not a mounted app's.
+            headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         return unexpected_error_response(exc)
