@@ -18,7 +18,7 @@ from fastapi.telemetry import TelemetryConfig
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from app.api import callbacks, calls, events, health, recordings, ui, webhook_endpoints
+from app.api import callbacks, calls, docs, events, health, recordings, ui, webhook_endpoints
 from app.api.deps import require_metrics_access
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
@@ -192,6 +192,9 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
         telemetry=_NO_TELEMETRY,
+        # `/docs` is `docs.router`'s, from files of our own: FastAPI's loads them from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -212,6 +215,7 @@ def create_app(
     app.include_router(webhook_endpoints.router)
     app.include_router(health.router)
     app.include_router(ui.router)
+    app.include_router(docs.router)
     if simulator_app is not None:
         # Reachable by hand too: curl $PUBLIC_BASE_URL/_simulator/v1/Accounts/simulated/Calls.json
         app.mount(SIMULATOR_PREFIX, simulator_app)

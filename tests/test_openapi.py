@@ -1,5 +1,6 @@
 """The OpenAPI schema documents every operation for the people who call it: a summary, examples
-of what to send and of what comes back, and each refusal in the one error shape."""
+of what to send and of what comes back, and each refusal in the one error shape; and /docs shows
+it in a real Chromium with nothing fetched from anywhere but the service."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.async_api import Browser, Route, expect
 
 from app.main import create_app
 from tests.conftest import UNUSED_DATABASE, make_settings
+from tests.processes import Deployment
 
 Operation = tuple[str, str, dict[str, Any]]
 
@@ -136,3 +139,37 @@ async def test_a_body_that_is_not_json_is_refused_naming_the_body(
     )
     assert response.status_code == 422
     assert [d["field"] for d in response.json()["error"]["details"]] == ["body"]
+
+
+@pytest.mark.e2e
+@pytest.mark.anyio
+async def test_in_chromium_swagger_ui_shows_the_operations_with_nothing_from_outside(
+    openapi: dict[str, Any], deployment: Deployment, browser: Browser
+) -> None:
+    """Every request for anywhere but the service is refused and recorded, as where the service
+    runs without the internet: the page must draw the operations from the service's own files."""
+    api_url = deployment.start_server()
+    outside: list[str] = []
+    errors: list[str] = []
+
+    async def only_the_service(route: Route) -> None:
+        if route.request.url.startswith(f"{api_url}/"):
+            await route.continue_()
+        else:
+            outside.append(route.request.url)
+            await route.abort()
+
+    tab = await browser.new_page()
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    await tab.route("**/*", only_the_service)
+    response = await tab.goto(f"{api_url}/docs")
+    assert response is not None
+    assert response.status == 200
+    operation = tab.locator("#operations-calls-place_call_calls_post .opblock-summary")
+    await expect(operation).to_be_visible(timeout=30_000)
+    summary = openapi["paths"]["/calls"]["post"]["summary"]
+    assert (await operation.inner_text()).split("\n")[:3] == ["POST", "/calls", summary]
+    # Whatever the drawn page asks for (images, fonts) has been asked for once it is idle.
+    await tab.wait_for_load_state("networkidle")
+    assert outside == []
+    assert errors == []
