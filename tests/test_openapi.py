@@ -1,5 +1,6 @@
 """The OpenAPI schema documents every operation for the people who call it: a summary, examples
-of what to send and of what comes back, and each refusal in the one error shape."""
+of what to send and of what comes back, and each refusal in the one error shape; and /docs shows
+it in a real Chromium with nothing fetched from anywhere but the service."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.async_api import Browser, Route, expect
 
 from app.main import create_app
 from tests.conftest import UNUSED_DATABASE, make_settings
+from tests.processes import Deployment
 
 Operation = tuple[str, str, dict[str, Any]]
 
@@ -88,7 +91,7 @@ def test_each_operation_documents_the_refusals_it_can_give(
 def test_the_status_callback_is_documented_with_its_fields_and_its_answer(
     openapi: dict[str, Any],
 ) -> None:
-    """Its receiver is no FastAPI route: its operations are written out, to the same standard."""
+    """Its handlers read the request themselves: what they read is documented all the same."""
     path = openapi["paths"]["/status-callback"]
     post, get = path["post"], path["get"]
     ok = "#/components/schemas/CallbackAck"
@@ -117,6 +120,17 @@ async def test_a_status_callback_by_another_method_is_refused_in_the_one_shape(
 
 
 @pytest.mark.anyio
+async def test_a_refused_method_is_told_every_method_of_the_path(
+    client: httpx.AsyncClient,
+) -> None:
+    """Each method of a path is a route of its own: the Allow header names them all."""
+    response = await client.put("/webhook-endpoints/2751a23d-306b-47ec-9735-9527b08858b8")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, PATCH, DELETE"
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.anyio
 async def test_a_body_that_is_not_json_is_refused_naming_the_body(
     client: httpx.AsyncClient,
 ) -> None:
@@ -125,3 +139,37 @@ async def test_a_body_that_is_not_json_is_refused_naming_the_body(
     )
     assert response.status_code == 422
     assert [d["field"] for d in response.json()["error"]["details"]] == ["body"]
+
+
+@pytest.mark.e2e
+@pytest.mark.anyio
+async def test_in_chromium_swagger_ui_shows_the_operations_with_nothing_from_outside(
+    openapi: dict[str, Any], deployment: Deployment, browser: Browser
+) -> None:
+    """Every request for anywhere but the service is refused and recorded, as where the service
+    runs without the internet: the page must draw the operations from the service's own files."""
+    api_url = deployment.start_server()
+    outside: list[str] = []
+    errors: list[str] = []
+
+    async def only_the_service(route: Route) -> None:
+        if route.request.url.startswith(f"{api_url}/"):
+            await route.continue_()
+        else:
+            outside.append(route.request.url)
+            await route.abort()
+
+    tab = await browser.new_page()
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    await tab.route("**/*", only_the_service)
+    response = await tab.goto(f"{api_url}/docs")
+    assert response is not None
+    assert response.status == 200
+    operation = tab.locator("#operations-calls-place_call_calls_post .opblock-summary")
+    await expect(operation).to_be_visible(timeout=30_000)
+    summary = openapi["paths"]["/calls"]["post"]["summary"]
+    assert (await operation.inner_text()).split("\n")[:3] == ["POST", "/calls", summary]
+    # Whatever the drawn page asks for (images, fonts) has been asked for once it is idle.
+    await tab.wait_for_load_state("networkidle")
+    assert outside == []
+    assert errors == []

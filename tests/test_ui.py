@@ -8,10 +8,8 @@ import base64
 import json
 import os
 import re
-import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
@@ -22,7 +20,7 @@ from urllib.parse import urlencode
 import anyio
 import httpx
 import pytest
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls.callback_auth import passthru_url
@@ -34,6 +32,7 @@ from tests.conftest import (
     FAKE_CALLBACK_SECRET,
     FAKE_CALLER_ID,
     FAKE_INTERNAL_API_KEY,
+    SCREENSHOT_PATH,
     callback_path,
     make_settings,
     place_body,
@@ -44,9 +43,6 @@ from tests.processes import Deployment
 
 pytestmark = pytest.mark.anyio
 
-HOW_TO_GET_CHROMIUM = "install Debian's chromium (apt-get install chromium)"
-# Where the browser test saves its screenshot; `make screenshot` points it at docs/ui.png.
-SCREENSHOT_PATH = "UI_SCREENSHOT"
 SETTLE_DEADLINE_SECONDS = 20.0
 MASKED = re.compile(r"\+91\*{6}\d{4}")
 
@@ -512,33 +508,6 @@ async def _settle(api: httpx.AsyncClient, call_ids: list[str], events: dict[str,
 def screenshot(tmp_path: Path) -> Path:
     """A path in the test's own directory: a test writes no tracked file."""
     return Path(os.environ.get(SCREENSHOT_PATH) or tmp_path / "ui.png")
-
-
-def _chromium(playwrights_own: str) -> Path:
-    """Debian's Chromium (on PATH, as .ci/run installs it), else Playwright's own download where
-    `playwright install` could fetch it (not on this project's machines: their network refuses
-    it). Without either the browser test is skipped, except where it must run: under CI=true
-    (CI installs Chromium) and for `make screenshot` it fails."""
-    for candidate in (shutil.which("chromium"), playwrights_own):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    missing = f"no Chromium: {HOW_TO_GET_CHROMIUM}"
-    if os.environ.get("CI") == "true" or os.environ.get(SCREENSHOT_PATH):
-        pytest.fail(missing)
-    pytest.skip(missing)
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=_chromium(playwright.chromium.executable_path),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 @pytest.mark.e2e

@@ -1,16 +1,15 @@
-"""`/status-callback`: Exotel's StatusCallback webhook, in every shape Exotel sends it.
+"""`/status-callback` and `/passthru`: Exotel's StatusCallback webhook, in every shape Exotel
+sends it, and a flow's Passthru requests.
 
-One receiver takes them all: POST with a multipart, urlencoded or JSON body, POST with the fields
-in the query string and an empty body, and GET (a status callback set up in a flow). Exotel's
-fields come from the query string and the body merged, the body winning; our own `call_id` and
-`token` are never taken for Exotel's.
+One handler takes every status callback: POST with a multipart, urlencoded or JSON body, POST
+with the fields in the query string and an empty body, and GET (a status callback set up in a
+flow). Exotel's fields come from the query string and the body merged, the body winning; our
+own `call_id` and `token` are never taken for Exotel's.
 
-The receiver is the route's one entrance: an ASGI layer inside the app's own middleware (request
-ids, the body limit, the trusted proxies), ahead of FastAPI's routing. For a request this small,
-FastAPI's per-request work (its router, its request and response wrappers, resolving
-dependencies) costs more than the handler: serving the route through it took the ingestion
-benchmark from 0.77 to 0.48 of the reference (bench/README.md). The route is in the OpenAPI
-schema all the same (`openapi_paths`), and answers in the one error shape.
+They are routes of the app's own router, answered in the one error shape by the app's
+exception handlers. Each handler takes the `Request` and returns its `Response`: FastAPI
+resolves no dependency, reads no body and validates no answer for them, and the schema learns
+what they read from `openapi_extra`.
 """
 
 from __future__ import annotations
@@ -23,19 +22,12 @@ from collections.abc import Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.deps import runtime_of, settings_of
-from app.api.errors import (
-    ApiError,
-    api_error_response,
-    http_error_response,
-    refusal_responses,
-    unexpected_error_response,
-)
+from app.api.errors import ApiError, refusals
 from app.api.forms import boundary_of, parse_text_fields
 from app.calls.callback_auth import verify
 from app.calls.received import LONGEST, ReceivedCallback, Unreadable
@@ -121,11 +113,7 @@ _QUERY_FIELDS = [
     for name, schema in _FIELDS_SCHEMA["properties"].items()
 ]
 _REFUSALS = (400, 401, 403, 413, 415, 422, 503)
-
-
-def openapi_paths(ack_schema: str) -> dict[str, Any]:
-    """The routes' OpenAPI path items, `ack_schema` naming CallbackAck's component."""
-    return {PATH: _status_callback_operations(ack_schema), PASSTHRU_PATH: _passthru(ack_schema)}
+_STORED = "Stored (or spooled), with what it did"
 
 
 _PASSTHRU_FIELDS = {
@@ -138,102 +126,45 @@ _PASSTHRU_FIELDS = {
     "To": "The number called.",
     "Direction": "`outbound-api` for a call placed through the API.",
 }
-
-
 # The digits come in quotes: two characters more than their column takes.
 _PASSTHRU_LENGTHS = LONGEST | {DIGITS: LONGEST[DIGITS] + 2}
-
-
-def _passthru(ack_schema: str) -> dict[str, Any]:
-    ack = {"application/json": {"schema": {"$ref": ack_schema}}}
-    fields = [
-        {"name": name, "in": "query", "required": False, "description": text, "schema": schema}
-        for name, text in _PASSTHRU_FIELDS.items()
-        for schema in [{"type": "string", "maxLength": _PASSTHRU_LENGTHS.get(name, 1000)}]
-    ]
-    return {
-        "get": {
-            "summary": "A flow's Passthru applet: what the customer keyed in",
-            "description": "Authenticated by the `token` of the account-wide URL "
-            "(`exocall passthru-url`). Stored on the call before it is answered; the call's "
-            "`digits` and `flow` take it, and a `call.input` event is sent. 302 (the applet's "
-            "other branch) when `PASSTHRU_REDIRECT_DIGITS` names the digits for the call's "
-            "app, else 200. A request for a SID not known yet is kept, and applied once a "
-            "call has that SID.",
-            "operationId": "passthru",
-            "tags": ["status callbacks"],
-            "parameters": _OUR_PARAMETERS + fields,
-            "responses": {
-                "200": {"description": "Stored: the applet's first branch", "content": ack},
-                "302": {"description": "Stored: the applet's other branch", "content": ack},
-            }
-            | refusal_responses(401, 403, 422, 503),
-        }
+_PASSTHRU_QUERY = [
+    {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": text,
+        "schema": {"type": "string", "maxLength": _PASSTHRU_LENGTHS.get(name, 1000)},
     }
+    for name, text in _PASSTHRU_FIELDS.items()
+]
+
+router = APIRouter(tags=["status callbacks"])
+
+# The handlers take the request and answer it themselves: FastAPI reads no parameter and no
+# body, and validates no response. `openapi_extra` documents what they read.
 
 
-def _status_callback_operations(ack_schema: str) -> dict[str, Any]:
-    """The status callback's OpenAPI path item."""
-    answers = {
-        "description": _DESCRIPTION,
-        "tags": ["status callbacks"],
-        "responses": {
-            "200": {
-                "description": "Stored (or spooled), with what it did",
-                "content": {"application/json": {"schema": {"$ref": ack_schema}}},
-            }
-        }
-        | refusal_responses(*_REFUSALS),
-    }
-    return {
-        "post": answers
-        | {
-            "summary": "Exotel's StatusCallback: a body of any of three encodings, or the query "
-            "string",
-            "operationId": "status_callback_post",
-            "parameters": _OUR_PARAMETERS,
-            "requestBody": _CALLBACK_BODY,
-        },
-        "get": answers
-        | {
-            "summary": "Exotel's StatusCallback from a flow: the fields in the query string",
-            "operationId": "status_callback_get",
-            "parameters": _OUR_PARAMETERS + _QUERY_FIELDS,
-        },
-    }
-
-
-class StatusCallbackReceiver:
-    """Serves `/status-callback` and `/passthru`; hands every other request on to `app`."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in _ROUTES:
-            await self.app(scope, receive, send)
-            return
-        request = Request(scope, receive)
-        handler, methods = _ROUTES[scope["path"]]
-        try:
-            if request.method not in methods:
-                allowed = ", ".join(methods)
-                raise ApiError(
-                    405,
-                    "method_not_allowed",
-                    f"use {' or '.join(methods)}",
-                    headers={"Allow": allowed},
-                )
-            response = await handler(request)
-        except ApiError as exc:
-            response = api_error_response(exc)
-        except HTTPException as exc:  # a body over the limit, malformed multipart
-            response = http_error_response(exc)
-        except Exception as exc:
-            response = unexpected_error_response(exc)
-        await response(scope, receive, send)
-
-
+@router.get(
+    PATH,
+    summary="Exotel's StatusCallback from a flow: the fields in the query string",
+    description=_DESCRIPTION,
+    operation_id="status_callback_get",
+    response_model=CallbackAck,
+    response_description=_STORED,
+    responses=refusals(*_REFUSALS),
+    openapi_extra={"parameters": _OUR_PARAMETERS + _QUERY_FIELDS},
+)
+@router.post(
+    PATH,
+    summary="Exotel's StatusCallback: a body of any of three encodings, or the query string",
+    description=_DESCRIPTION,
+    operation_id="status_callback_post",
+    response_model=CallbackAck,
+    response_description=_STORED,
+    responses=refusals(*_REFUSALS),
+    openapi_extra={"parameters": _OUR_PARAMETERS, "requestBody": _CALLBACK_BODY},
+)
 async def status_callback(request: Request) -> Response:
     settings, metrics = settings_of(request), runtime_of(request).metrics
     try:
@@ -250,6 +181,23 @@ async def status_callback(request: Request) -> Response:
     return Response(ack.model_dump_json(), media_type="application/json")
 
 
+@router.get(
+    PASSTHRU_PATH,
+    summary="A flow's Passthru applet: what the customer keyed in",
+    description="Authenticated by the `token` of the account-wide URL (`exocall passthru-url`). "
+    "Stored on the call before it is answered; the call's `digits` and `flow` take it, and a "
+    "`call.input` event is sent. 302 (the applet's other branch) when "
+    "`PASSTHRU_REDIRECT_DIGITS` names the digits for the call's app, else 200. A request for "
+    "a SID not known yet is kept, and applied once a call has that SID.",
+    operation_id="passthru",
+    response_model=CallbackAck,
+    response_description="Stored: the applet's first branch",
+    responses={
+        302: {"model": CallbackAck, "description": "Stored: the applet's other branch"},
+        **refusals(401, 403, 422, 503),
+    },
+    openapi_extra={"parameters": _OUR_PARAMETERS + _PASSTHRU_QUERY},
+)
 async def passthru(request: Request) -> Response:
     """A flow's Passthru request: stored before it is answered, like a status callback; 302
     when the operator's rule for the call's app names the digits, else 200."""
@@ -417,6 +365,3 @@ def _invalid(problems: list[tuple[str, str]]) -> ApiError:
     ]
     message = "; ".join(f"{field}: {text}" for field, text in problems)
     return ApiError(422, "validation_error", message, details=details)
-
-
-_ROUTES = {PATH: (status_callback, ("GET", "POST")), PASSTHRU_PATH: (passthru, ("GET",))}

@@ -162,7 +162,9 @@ async def list_calls(
     return CallPage(items=[CallOut.of(call) for call in calls], next_cursor=next_cursor)
 
 
-@router.get("/{ref}", summary="One call, by our id or Exotel's SID", responses=refusals(401, 404))
+@router.get(
+    "/{ref}", summary="One call, by our id or Exotel's SID", responses=refusals(401, 404, 422)
+)
 async def get_call(ref: str, session: SessionDep) -> CallOut:
     return CallOut.of(await queries.find_call(session, ref))
 
@@ -170,7 +172,7 @@ async def get_call(ref: str, session: SessionDep) -> CallOut:
 @router.get(
     "/{ref}/events",
     summary="Every status callback received for a call, oldest first",
-    responses=refusals(401, 404),
+    responses=refusals(401, 404, 422),
 )
 async def list_call_events(ref: str, session: SessionDep) -> list[EventOut]:
     call = await queries.find_call(session, ref)

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.calls.errors import (
     CallNotPlaced,
@@ -33,6 +34,8 @@ _HTTP_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 class FieldError(BaseModel):
@@ -141,44 +144,6 @@ def refusals(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def refusal_responses(*statuses: int) -> dict[str, dict[str, Any]]:
-    """The same, written out as the OpenAPI schema has them (for a route FastAPI does not
-    document itself)."""
-    return {
-        str(status): {
-            "description": description,
-            "content": {
-                "application/json": {
-                    "schema": {"$ref": "#/components/schemas/ErrorResponse"},
-                    "example": {"error": example},
-                }
-            },
-        }
-        for status, (description, example) in ((s, _REFUSALS[s]) for s in statuses)
-    }
-
-
-def in_the_one_error_shape(schema: dict[str, Any]) -> dict[str, Any]:
-    """The OpenAPI schema with FastAPI's own 422 (which it adds to every operation taking
-    parameters, in its `HTTPValidationError` shape) in the shape exocall answers with."""
-    ours = refusals(422)[422]
-    for methods in schema.get("paths", {}).values():
-        for operation in methods.values():
-            response = operation.get("responses", {}).get("422")
-            if response and "HTTPValidationError" in str(response):
-                response["content"] = {
-                    "application/json": {
-                        "schema": {"$ref": "#/components/schemas/ErrorResponse"},
-                        **ours["content"]["application/json"],
-                    }
-                }
-                response["description"] = ours["description"]
-    components = schema.get("components", {}).get("schemas", {})
-    for name in ("HTTPValidationError", "ValidationError"):
-        components.pop(name, None)
-    return schema
-
-
 class ApiError(Exception):
     """A refusal decided in the HTTP layer itself (authentication, body encoding)."""
 
@@ -229,11 +194,6 @@ def unexpected_error_response(exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "internal error; it has been logged")
 
 
-def http_error_response(exc: StarletteHTTPException) -> JSONResponse:
-    code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
-
-
 def api_error_response(exc: ApiError) -> JSONResponse:
     return error_response(exc.status, exc.code, exc.message, exc.headers, **exc.extra)
 
@@ -268,6 +228,25 @@ def not_placed_status(call_error_code: FailureKind | None, exotel_status: int | 
     if exotel_status in (400, 403, 404, 409):
         return 422
     return 502
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the app routes at the request's path, for a 405's Allow. The router's own
+    names those of the first route that matched the path alone, and a path can have a route
+    for each method (one operation each in the schema, as `/status-callback` has)."""
+    scope = request.scope
+
+    def routed(method: str) -> bool:
+        probe = {
+            "type": "http",
+            "method": method,
+            "path": scope["path"],
+            "root_path": scope.get("root_path", ""),
+            "headers": scope["headers"],
+        }
+        return any(route.matches(probe)[0] is Match.FULL for route in request.app.router.routes)
+
+    return ", ".join(method for method in _METHODS if routed(method))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -311,8 +290,13 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return http_error_response(exc)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = exc.headers
+        if exc.status_code == 405 and request.scope.get("route") is not None:
+            # The router's (a route matched the path, not the method), not a mounted app's.
+            headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         return unexpected_error_response(exc)

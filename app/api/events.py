@@ -46,7 +46,10 @@ async def list_events(
 
 
 @router.get(
-    "/{event_id}", summary="One event", response_model=EventOut, responses=refusals(401, 404)
+    "/{event_id}",
+    summary="One event",
+    response_model=EventOut,
+    responses=refusals(401, 404, 422),
 )
 async def get_event(event_id: str, session: SessionDep) -> Response:
     return Response((await feed.get_event(session, event_id)).body, media_type=JSON)

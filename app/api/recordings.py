@@ -34,7 +34,7 @@ _PRIVATE = {"Cache-Control": "private, no-store"}
         200: {"description": "The whole recording", "content": {"audio/mpeg": {}}},
         206: {"description": "The bytes the `Range` asked for"},
         307: {"description": "RECORDING_SERVE=redirect: a short-lived URL of the store's"},
-        **refusals(401, 404, 416, 503),
+        **refusals(401, 404, 416, 422, 503),
     },
 )
 async def get_recording(
