@@ -18,9 +18,12 @@ import httpx
 import pytest
 from defusedxml import ElementTree as SafeET
 
+from app.config import Settings
 from app.exotel.client import ExotelClient
 from app.exotel.errors import ExotelRateLimited
 from app.exotel.simulator import Simulator, SimulatorConfig
+from app.main import create_app
+from tests.conftest import serving
 
 pytestmark = pytest.mark.anyio
 
@@ -133,6 +136,40 @@ async def place_finished(exotel: httpx.AsyncClient, simulator: Simulator, count:
 def xml(response: httpx.Response) -> Any:
     assert response.content.startswith(XML_DECLARATION), response.text
     return SafeET.fromstring(response.content)
+
+
+# --- Where its own routes are (docs/simulator.md) ----------------------------------------------
+
+FAULT = {"status": 500, "times": 2}
+
+
+async def test_standalone_its_own_routes_are_under_the_prefix() -> None:
+    """As `exocall simulator` serves it: Exotel's API at the root, its own routes under
+    `/_simulator`."""
+    app = Simulator(SimulatorConfig(callback_delay=0)).app(owns_http=True)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://simulator", auth=("k", "t")
+    ) as http:
+        assert (await http.post("/_simulator/recording-faults", json=FAULT)).json() == {"queued": 2}
+        assert (await http.get(f"{CALLS}.json")).status_code == 200
+        log = (await http.get("/_simulator/log")).json()
+        assert [entry["path"] for entry in log] == [f"{CALLS}.json"]
+        assert (await http.get("/_simulator/_simulator/log")).status_code == 404
+
+
+async def test_in_serve_its_own_routes_answer_at_the_same_paths(db_url: str) -> None:
+    """Mounted at `/_simulator` in `exocall serve` (no EXOTEL_API_KEY): its own routes at the
+    paths the docs give, as standalone, and Exotel's API under the mount."""
+    settings = Settings(_env_file=None, database_url=db_url)  # type: ignore[call-arg]
+    assert settings.uses_simulator
+    async with serving(create_app(settings)) as api:
+        assert (await api.post("/_simulator/recording-faults", json=FAULT)).json() == {"queued": 2}
+        calls = "/_simulator/v1/Accounts/simulated/Calls.json"
+        listed = await api.get(calls, auth=("simulator-key", "simulator-token"))
+        assert listed.status_code == 200, listed.text
+        log = (await api.get("/_simulator/log")).json()
+        assert [(entry["path"], entry["status"]) for entry in log] == [(calls, 200)]
+        assert (await api.get("/_simulator/_simulator/log")).status_code == 404
 
 
 # --- Numbers in Exotel's national form --------------------------------------------------------

@@ -88,6 +88,11 @@ MAX_PAGE_SIZE = 100
 
 XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>'
 
+# The simulator's own routes (`/log`, `/recording-faults`) are under this, beside Exotel's API;
+# `exocall serve` mounts the built-in simulator here too, so they answer at the same paths
+# either way (docs/simulator.md).
+SIMULATOR_PREFIX = "/_simulator"
+
 # Recordings: telephone-quality WAV (8 kHz, 16-bit, mono), 16 000 bytes a second.
 RECORDING_RATE = 8000
 RECORDING_TYPE = "audio/wav"
@@ -497,9 +502,11 @@ class Simulator:
 
     # --- HTTP -----------------------------------------------------------------------------
 
-    def app(self, *, owns_http: bool = False) -> FastAPI:
-        """The simulator as an ASGI app. With `owns_http` it makes its own callback client
-        (standalone); otherwise the host app calls `bind()`."""
+    def app(self, *, owns_http: bool = False, mounted: bool = False) -> FastAPI:
+        """The simulator as an ASGI app: Exotel's API at its root, its own routes under
+        SIMULATOR_PREFIX. With `owns_http` it makes its own callback client (standalone);
+        otherwise the host app calls `bind()`. `mounted`: the host app mounts it at
+        SIMULATOR_PREFIX, so its own routes are at its root (`/_simulator/log` either way)."""
 
         @asynccontextmanager
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -521,10 +528,9 @@ class Simulator:
         app.add_api_route(
             "/recordings/{account_sid}/{sid}.wav", self._http_recording, methods=["GET"]
         )
-        app.add_api_route("/_simulator/log", self._http_log, methods=["GET"])
-        app.add_api_route(
-            "/_simulator/recording-faults", self._http_recording_faults, methods=["POST"]
-        )
+        own = "" if mounted else SIMULATOR_PREFIX
+        app.add_api_route(f"{own}/log", self._http_log, methods=["GET"])
+        app.add_api_route(f"{own}/recording-faults", self._http_recording_faults, methods=["POST"])
         return app
 
     async def _http_connect(self, request: Request, account_sid: str) -> Response:
