@@ -154,15 +154,21 @@ async def test_every_simulated_outcome_over_real_http(start_exocall: StartExocal
         assert completed["sid"] == answers["0"].json()["sid"]
         assert [e["outcome"] for e in await get_events(api, ids["0"])] == ["applied"]
 
-        # 7: the terminal callback twice, then a late `answered`, kept but changing nothing.
-        assert [(e["status"], e["outcome"]) for e in events_7] == [
-            ("completed", "applied"),
-            ("completed", "duplicate"),
-            ("in-progress", "stale"),
+        # 7: the terminal callback twice, then a late `answered` event: the call stays
+        # completed, and learns when the customer answered (docs/simulator.md).
+        assert [(e["status"], e["event_type"], e["outcome"]) for e in events_7] == [
+            ("completed", None, "applied"),
+            ("completed", None, "duplicate"),
+            ("in-progress", "answered", "applied"),
         ]
         assert [e["id"] for e in events_7] == sorted(e["id"] for e in events_7)
         assert all(e["payload"]["CallSid"] == final[ids["7"]]["sid"] for e in events_7)
-        assert (await get_call(api, ids["7"]))["status"] == "completed"
+        call_7 = await get_call(api, ids["7"])
+        assert call_7["status"] == "completed"
+        assert call_7["answered_at"] is not None
+        feed_7 = (await api.get("/events", params={"call_id": ids["7"]})).json()["items"]
+        told_answered = next(e for e in feed_7 if e["data"]["call"]["answered_at"])
+        assert told_answered["type"] == "call.updated"  # a final call's news: docs/events.md
 
         # 9 got its SID from the callback, and Exotel was not asked again.
         assert final[ids["9"]]["sid"]

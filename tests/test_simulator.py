@@ -19,6 +19,7 @@ import pytest
 from defusedxml import ElementTree as SafeET
 
 from app.config import Settings
+from app.exotel.callbacks import parse_status_callback
 from app.exotel.client import ExotelClient
 from app.exotel.errors import ExotelRateLimited
 from app.exotel.simulator import Simulator, SimulatorConfig
@@ -621,6 +622,26 @@ async def test_the_last_digit_still_picks_the_outcome(
     await settle(simulator)
     call = (await exotel.get(f"{CALLS}/{sid}.json")).json()["Call"]
     assert call["Status"] == status
+
+
+async def test_7_sends_its_callback_twice_then_a_late_answered_event(
+    exotel: httpx.AsyncClient, receiver: CallbackReceiver
+) -> None:
+    """docs/simulator.md: a number ending in 7 completes, its callback comes twice, then a late
+    `answered` event, in the shape Exotel sends one (`EventType=answered`), though the call
+    asked for no events (without `EventType` it is a plain `in-progress`)."""
+    sid = await place(
+        exotel,
+        "09052161117",
+        StatusCallback="https://exocall.test/cb",
+        StatusCallbackContentType="application/json",
+    )
+    first, again, late = [json.loads(r.content) for r in await receiver.at_least(3)]
+    assert first == again
+    assert (first["Status"], "EventType" in first) == ("completed", False)
+    assert (late["CallSid"], late["Status"], late["EventType"]) == (sid, "in-progress", "answered")
+    assert late["Legs"] == [{"OnCallDuration": 0, "Status": "in-progress"}]
+    assert parse_status_callback(late).answered
 
 
 async def test_a_multipart_callback_still_arrives(
