@@ -39,6 +39,13 @@ from app.recordings.backfill import queue_recordings_since
 cli = typer.Typer(help="Place Exotel calls and keep their state.", no_args_is_help=True)
 
 Host = Annotated[str, typer.Option(help="Address to listen on.")]
+# Where `exocall serve` listens, for the commands that print its URLs.
+ServedHost = Annotated[
+    str, typer.Option("--host", help="`exocall serve`'s, for PUBLIC_BASE_URL unset.")
+]
+ServedPort = Annotated[
+    int, typer.Option("--port", help="`exocall serve`'s, for PUBLIC_BASE_URL unset.")
+]
 
 
 def load_settings() -> Settings:
@@ -74,13 +81,10 @@ def serve(
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
 ) -> None:
     """Serve the HTTP API."""
-    settings = load_settings()  # fail here, with a clear message, rather than in every worker
-    if "public_base_url" not in settings.model_fields_set:
-        # Unset, it is where this serves: the built-in simulator's callbacks reach it on any port.
-        here = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
-        url = f"http://{f'[{here}]' if ':' in here else here}:{port}"
-        os.environ["PUBLIC_BASE_URL"] = url  # uvicorn's workers read the configuration afresh
-        settings = settings.model_copy(update={"public_base_url": url})
+    # Fail here, with a clear message, rather than in every worker.
+    settings = _served_at(load_settings(), host, port)
+    # uvicorn's workers read the configuration afresh.
+    os.environ["PUBLIC_BASE_URL"] = settings.public_base_url
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker counts into files here; /metrics adds them up (app/metrics.py).
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="exocall-metrics-")
@@ -94,6 +98,17 @@ def serve(
             access_log=access_log,
             proxy_headers=False,  # the app itself trusts TRUSTED_PROXIES, and only those
         )
+
+
+def _served_at(settings: Settings, host: str, port: int) -> Settings:
+    """`settings` with PUBLIC_BASE_URL, when it is unset, where `exocall serve --host --port`
+    serves: the built-in simulator's callbacks reach it on any port, and the URLs the commands
+    print are its own."""
+    if "public_base_url" in settings.model_fields_set:
+        return settings
+    here = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+    url = f"http://{f'[{here}]' if ':' in here else here}:{port}"
+    return settings.model_copy(update={"public_base_url": url})
 
 
 @cli.command()
@@ -224,16 +239,18 @@ async def _reconcile_once(settings: Settings) -> Repairs:
 
 
 @cli.command("callback-url")
-def callback_url() -> None:
-    """Print the account-wide StatusCallback URL, for callbacks set up in an Exotel flow."""
-    settings = load_settings()
+def callback_url(host: ServedHost = "127.0.0.1", port: ServedPort = 8000) -> None:
+    """Print the account-wide StatusCallback URL, for callbacks set up in an Exotel flow: on
+    PUBLIC_BASE_URL, or where `exocall serve --host --port` serves."""
+    settings = _served_at(load_settings(), host, port)
     typer.echo(status_callback_url(settings.public_base_url, settings.signing_secrets[0], None))
 
 
 @cli.command("passthru-url")
-def passthru_url_command() -> None:
-    """Print the URL for the Passthru applets of your Exotel flows."""
-    settings = load_settings()
+def passthru_url_command(host: ServedHost = "127.0.0.1", port: ServedPort = 8000) -> None:
+    """Print the URL for the Passthru applets of your Exotel flows: on PUBLIC_BASE_URL, or where
+    `exocall serve --host --port` serves."""
+    settings = _served_at(load_settings(), host, port)
     typer.echo(passthru_url(settings.public_base_url, settings.signing_secrets[0]))
 
 
