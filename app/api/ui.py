@@ -313,7 +313,7 @@ def timeline(call: Call, events: Sequence[CallEvent]) -> list[Entry]:
             Entry(call.error_at or call.updated_at, "error", detail or call.error_code)
         )
     milestones.sort(key=lambda entry: entry.at)
-    callbacks: Iterable[Entry] = (
+    received: Iterable[Entry] = (
         Entry(
             event.received_at,
             RECEIVED[event.kind],
@@ -324,7 +324,7 @@ def timeline(call: Call, events: Sequence[CallEvent]) -> list[Entry]:
         )
         for event in events
     )
-    return list(heapq.merge(milestones, callbacks, key=lambda entry: entry.at))
+    return list(heapq.merge(milestones, received, key=lambda entry: entry.at))
 
 
 @router.get("/calls/{ref}")
