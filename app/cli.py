@@ -38,6 +38,13 @@ from app.recordings.backfill import queue_recordings_since
 cli = typer.Typer(help="Place Exotel calls and keep their state.", no_args_is_help=True)
 
 Host = Annotated[str, typer.Option(help="Address to listen on.")]
+# Where `exocall serve` listens, for the commands that print its URLs.
+ServedHost = Annotated[
+    str, typer.Option("--host", help="`exocall serve`'s, for PUBLIC_BASE_URL unset.")
+]
+ServedPort = Annotated[
+    int, typer.Option("--port", help="`exocall serve`'s, for PUBLIC_BASE_URL unset.")
+]
 
 
 def load_settings() -> Settings:
@@ -71,13 +78,10 @@ def serve(
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
 ) -> None:
     """Serve the HTTP API."""
-    settings = load_settings()  # fail here, with a clear message, rather than in every worker
-    if "public_base_url" not in settings.callbacks.model_fields_set:
-        # Unset, it is where this serves: the built-in simulator's callbacks reach it on any port.
-        here = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
-        url = f"http://{f'[{here}]' if ':' in here else here}:{port}"
-        os.environ["PUBLIC_BASE_URL"] = url  # uvicorn's workers read the configuration afresh
-        settings = settings.replace(PUBLIC_BASE_URL=url)
+    # Fail here, with a clear message, rather than in every worker.
+    settings = _served_at(load_settings(), host, port)
+    # uvicorn's workers read the configuration afresh.
+    os.environ["PUBLIC_BASE_URL"] = settings.callbacks.public_base_url
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker counts into files here; /metrics adds them up (app/metrics.py).
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="exocall-metrics-")
@@ -91,6 +95,16 @@ def serve(
             access_log=access_log,
             proxy_headers=False,  # the app itself trusts TRUSTED_PROXIES, and only those
         )
+
+
+def _served_at(settings: Settings, host: str, port: int) -> Settings:
+    """`settings` with PUBLIC_BASE_URL, when it is unset, where `exocall serve --host --port`
+    serves: the built-in simulator's callbacks reach it on any port, and the URLs the commands
+    print are its own."""
+    if "public_base_url" in settings.callbacks.model_fields_set:
+        return settings
+    here = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+    return settings.replace(PUBLIC_BASE_URL=f"http://{f'[{here}]' if ':' in here else here}:{port}")
 
 
 @cli.command()
@@ -221,9 +235,10 @@ async def _reconcile_once(settings: Settings) -> Repairs:
 
 
 @cli.command("callback-url")
-def callback_url() -> None:
-    """Print the account-wide StatusCallback URL, for callbacks set up in an Exotel flow."""
-    settings = load_settings()
+def callback_url(host: ServedHost = "127.0.0.1", port: ServedPort = 8000) -> None:
+    """Print the account-wide StatusCallback URL, for callbacks set up in an Exotel flow: on
+    PUBLIC_BASE_URL, or where `exocall serve --host --port` serves."""
+    settings = _served_at(load_settings(), host, port)
     typer.echo(
         status_callback_url(
             settings.callbacks.public_base_url, settings.callbacks.signing_secrets[0], None
@@ -232,9 +247,10 @@ def callback_url() -> None:
 
 
 @cli.command("passthru-url")
-def passthru_url_command() -> None:
-    """Print the URL for the Passthru applets of your Exotel flows."""
-    settings = load_settings()
+def passthru_url_command(host: ServedHost = "127.0.0.1", port: ServedPort = 8000) -> None:
+    """Print the URL for the Passthru applets of your Exotel flows: on PUBLIC_BASE_URL, or where
+    `exocall serve --host --port` serves."""
+    settings = _served_at(load_settings(), host, port)
     typer.echo(
         passthru_url(settings.callbacks.public_base_url, settings.callbacks.signing_secrets[0])
     )

@@ -267,7 +267,8 @@ class CallbackSettings(Group):
         "PUBLIC_BASE_URL",
         "http://127.0.0.1:8000",
         description="how Exotel reaches this service; callback and Passthru URLs are built on "
-        "it. Unset: where `exocall serve` listens",
+        "it. Unset: where `exocall serve` listens (`exocall callback-url` and `passthru-url` "
+        "take `--host`/`--port` as `serve` does)",
     )
     secrets: Annotated[list[SecretStr], NoDecode] = Field(
         [],

@@ -35,7 +35,7 @@ from app.events.deliverer import delivering
 from app.events.retention import forget_old_events
 from app.events.targets import Resolver, TargetPolicy, system_resolver
 from app.exotel.client import ExotelClient, Observer
-from app.exotel.simulator import Simulator, SimulatorConfig
+from app.exotel.simulator import SIMULATOR_PREFIX, Simulator, SimulatorConfig
 from app.jobs.periodic import Periodic
 from app.jobs.runner import Kind, Runner
 from app.jobs.worker import BEAT_SECONDS, Worker
@@ -47,7 +47,6 @@ from app.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-SIMULATOR_PREFIX = "/_simulator"
 # The service's telemetry is its Prometheus metrics and its logs. FastAPI's own OpenTelemetry
 # looks up the environment on every request otherwise (bench/README.md).
 _NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
@@ -76,7 +75,7 @@ def create_app(
                 credentials=settings.exotel.credentials,
             )
         )
-        simulator_app = simulator.app()
+        simulator_app = simulator.app(mounted=True)
         exotel_transport = httpx.ASGITransport(app=simulator_app)
 
     @asynccontextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import uuid
 from datetime import datetime
 from typing import Any
@@ -13,7 +14,14 @@ import httpx
 import pytest
 
 from tests.conftest import FAKE_ACCOUNT_SID, FAKE_API_KEY, FAKE_API_TOKEN, place_body
-from tests.exotel_double import ExotelDouble, accepted, form_of, new_sid, rest_exception
+from tests.exotel_double import (
+    ExotelDouble,
+    accepted,
+    call_json,
+    form_of,
+    new_sid,
+    rest_exception,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -219,6 +227,109 @@ async def test_ambiguous_answers_make_the_call_unknown_not_rejected(
     assert call["error"]["code"] == "exotel_outcome_unknown"
     await asyncio.sleep(0.3)  # the dispatcher polls every 0.05 s in tests: time to resend
     assert len(exotel.connects) == 1
+
+
+# --- how a call's status was learnt: Exotel's answers among what was received for it ---------
+
+
+async def received(client: httpx.AsyncClient, call_id: str) -> list[dict[str, Any]]:
+    response = await client.get(f"/calls/{call_id}/events")
+    assert response.status_code == 200, response.text
+    return list(response.json())
+
+
+async def test_exotels_answer_to_calls_connect_is_kept_with_the_call(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    sid = new_sid()
+    answer = call_json(sid, "in-progress", DateUpdated="2026-12-05 15:30:00")
+    exotel.answer_connect(httpx.Response(200, json=answer))
+
+    call = (await client.post("/calls", json=place_body())).json()
+
+    (dispatch,) = await received(client, call["id"])
+    assert dispatch["kind"] == "dispatch"
+    assert (dispatch["method"], dispatch["content_type"]) == ("POST", None)  # our request
+    assert dispatch["payload"] == answer["Call"]  # as Exotel answered it
+    assert (dispatch["status"], dispatch["outcome"], dispatch["problem"]) == (
+        "in-progress",
+        "applied",
+        None,
+    )
+    assert dispatch["date_updated_raw"] == "2026-12-05 15:30:00"
+    assert dispatch["received_at"] == call["dispatched_at"]  # recorded with its outcome
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "payload", "problem"),
+    [
+        (
+            rest_exception(403, "Call to [09052161110] cannot be made <DND>; "),
+            "rejected",
+            {
+                "Status": 403,
+                "Message": "Call to [09052161110] cannot be made <DND>; ",
+                "Code": None,
+            },
+            "Call to [09052161110] cannot be made <DND>",
+        ),
+        (
+            rest_exception(504, "Gateway Timeout"),
+            "unknown",
+            {"Status": 504, "Message": "Gateway Timeout", "Code": None},
+            "Gateway Timeout",
+        ),
+        (httpx.Response(502, text="<html>Bad Gateway</html>"), "unknown", {}, "Bad Gateway"),
+        (httpx.ReadTimeout("timed out"), "unknown", {}, "no answer from Exotel: ReadTimeout"),
+    ],
+    ids=["refused", "5xx", "not-exotels", "no-answer"],
+)
+async def test_an_answer_that_is_no_call_is_kept_with_what_it_said(
+    client: httpx.AsyncClient,
+    exotel: ExotelDouble,
+    answer: httpx.Response | Exception,
+    status: str,
+    payload: dict[str, Any],
+    problem: str,
+) -> None:
+    """How a call became `rejected` or `unknown`: Exotel's answer, or that none came."""
+    exotel.answer_connect(answer)
+
+    response = (await client.post("/calls", json=place_body())).json()
+    call_id = response.get("id") or response["error"]["call_id"]
+
+    (dispatch,) = await received(client, call_id)
+    assert (await client.get(f"/calls/{call_id}")).json()["status"] == status
+    assert (dispatch["kind"], dispatch["outcome"], dispatch["status"]) == (
+        "dispatch",
+        "applied",
+        None,
+    )
+    assert (dispatch["payload"], dispatch["problem"]) == (payload, problem)
+
+
+async def test_an_answer_no_column_holds_as_sent_is_kept_all_the_same(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    """Exotel's answer is kept whatever it holds: what no column can hold is left unread, and
+    what no JSON column can hold (NUL, half a surrogate pair, NaN, endless nesting) replaced."""
+    sid = new_sid()
+    deep: list[Any] = []
+    for _ in range(39):
+        deep = [deep]
+    fields = {"Sid": sid, "Status": "x" * 40, "DateUpdated": "y" * 40, "To": "a\x00b"}
+    fields |= {"From": "\ud800", "Price": float("nan"), "Details": deep}
+    exotel.answer_connect(httpx.Response(200, text=json.dumps({"Call": fields})))
+
+    call = (await client.post("/calls", json=place_body())).json()
+
+    assert (call["sid"], call["status"]) == (sid, "in-progress")
+    (dispatch,) = await received(client, call["id"])
+    assert (dispatch["status"], dispatch["date_updated_raw"]) == (None, None)
+    payload = dispatch["payload"]
+    assert (payload["Status"], payload["DateUpdated"]) == ("x" * 40, "y" * 40)
+    assert (payload["To"], payload["From"], payload["Price"]) == ("a\ufffdb", "\ufffd", "nan")
+    assert json.dumps(payload["Details"]).count("[") == 31  # DEEPEST levels in the payload
 
 
 async def test_get_call_by_id_and_by_sid(client: httpx.AsyncClient, exotel: ExotelDouble) -> None:

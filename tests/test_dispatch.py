@@ -80,6 +80,15 @@ async def test_429_puts_the_call_back_in_the_queue(
     assert len(exotel.connects) == 2
     # Retry-After (1 s) is honoured; without it exocall backs off on its own (2 s).
     assert exotel.times[1] - exotel.times[0] >= (1.0 if retry_after else 2.0)
+    # Both answers are kept: the 429 sent the call back to the queue, the next placed it.
+    limited, placed = (await client.get(f"/calls/{call['id']}/events")).json()
+    assert (limited["kind"], limited["status"], limited["outcome"]) == ("dispatch", None, "applied")
+    assert (limited["payload"]["Status"], limited["problem"]) == (429, "Too Many Requests")
+    assert (placed["kind"], placed["status"], placed["payload"]["Sid"]) == (
+        "dispatch",
+        "in-progress",
+        call["sid"],
+    )
 
 
 async def test_a_retry_after_no_timer_holds_is_the_services_own_backoff(
@@ -164,6 +173,13 @@ async def test_exotel_unreachable_for_good_rejects_the_call(
     call = await wait_for(tight, response.json()["id"], "rejected")
     assert call["error"]["code"] == "exotel_unreachable"
     assert len(exotel.connects) == 2  # dispatch_max_attempts
+    # No answer either time: what came of each attempt is kept, the last one rejecting it.
+    attempts = (await tight.get(f"/calls/{call['id']}/events")).json()
+    assert [(a["kind"], a["payload"], a["outcome"]) for a in attempts] == [
+        ("dispatch", {}, "applied"),
+        ("dispatch", {}, "applied"),
+    ]
+    assert {a["problem"] for a in attempts} == {"could not connect to Exotel: ConnectTimeout"}
 
 
 async def test_wait_false_answers_202_at_once(client: httpx.AsyncClient) -> None:

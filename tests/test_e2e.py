@@ -134,10 +134,22 @@ async def test_every_simulated_outcome_over_real_http(start_exocall: StartExocal
             assert stored["sid"] is None
             assert stored["error"]["code"] == "exotel_rejected"
             assert stored["error"]["exotel_status"] == exotel_status
+            # How it became `rejected`: Exotel's answer, kept as it came.
+            (refusal,) = await get_events(api, error["call_id"])
+            assert (refusal["kind"], refusal["outcome"]) == ("dispatch", "applied")
+            assert refusal["payload"]["Status"] == exotel_status
+            assert refusal["problem"] == message
         unknown = answers["9"]
         assert unknown.status_code == 202, unknown.text
         assert unknown.json()["status"] == "unknown"
         assert unknown.json()["sid"] is None
+        # (Its callback, 0.3 s later, may come before or after.)
+        received_9 = await get_events(api, unknown.json()["id"])
+        (gateway_timeout,) = [e for e in received_9 if e["kind"] == "dispatch"]
+        assert (gateway_timeout["payload"]["Status"], gateway_timeout["problem"]) == (
+            504,
+            "Gateway Timeout",
+        )
 
         # The status callbacks move each accepted call to its end; the one for 9 tells us the
         # call Exotel dialled despite its 504, which resolves `unknown`.
@@ -145,24 +157,38 @@ async def test_every_simulated_outcome_over_real_http(start_exocall: StartExocal
         expected = {ids[digit]: status for digit, status in ACCEPTED.items()}
         expected[ids["9"]] = "completed"
         final = await wait_for_statuses(api, expected)
-        events_7 = await wait_for_events(api, ids["7"], count=3)
+        # Exotel's answer to its Calls/connect, and its three callbacks.
+        events_7 = await wait_for_events(api, ids["7"], count=4)
 
         completed = final[ids["0"]]
         # The simulator's own recording, which the archive keeps.
         assert "/recordings/" in completed["recording_url"]
         assert completed["recording"]["status"] in ("pending", "archived")
         assert completed["sid"] == answers["0"].json()["sid"]
-        assert [e["outcome"] for e in await get_events(api, ids["0"])] == ["applied"]
+        # Every way its status was learnt: Exotel's answer to Calls/connect (usually first,
+        # unless its callback beat it), then the callback.
+        learnt = {e["kind"]: e for e in await get_events(api, ids["0"])}
+        assert sorted(learnt) == ["dispatch", "status_callback"]
+        assert learnt["dispatch"]["payload"]["Sid"] == completed["sid"]
+        assert learnt["dispatch"]["status"] == "in-progress"
+        assert learnt["status_callback"]["outcome"] == "applied"
 
-        # 7: the terminal callback twice, then a late `answered`, kept but changing nothing.
-        assert [(e["status"], e["outcome"]) for e in events_7] == [
-            ("completed", "applied"),
-            ("completed", "duplicate"),
-            ("in-progress", "stale"),
+        # 7: the terminal callback twice, then a late `answered` event: the call stays
+        # completed, and learns when the customer answered (docs/simulator.md).
+        events_7 = [e for e in events_7 if e["kind"] == "status_callback"]
+        assert [(e["status"], e["event_type"], e["outcome"]) for e in events_7] == [
+            ("completed", None, "applied"),
+            ("completed", None, "duplicate"),
+            ("in-progress", "answered", "applied"),
         ]
         assert [e["id"] for e in events_7] == sorted(e["id"] for e in events_7)
         assert all(e["payload"]["CallSid"] == final[ids["7"]]["sid"] for e in events_7)
-        assert (await get_call(api, ids["7"]))["status"] == "completed"
+        call_7 = await get_call(api, ids["7"])
+        assert call_7["status"] == "completed"
+        assert call_7["answered_at"] is not None
+        feed_7 = (await api.get("/events", params={"call_id": ids["7"]})).json()["items"]
+        told_answered = next(e for e in feed_7 if e["data"]["call"]["answered_at"])
+        assert told_answered["type"] == "call.updated"  # a final call's news: docs/events.md
 
         # 9 got its SID from the callback, and Exotel was not asked again.
         assert final[ids["9"]]["sid"]
@@ -170,7 +196,7 @@ async def test_every_simulated_outcome_over_real_http(start_exocall: StartExocal
         # 8: its callback is lost, so it stays in progress (until reconciliation exists).
         lost = await get_call(api, ids["8"])
         assert lost["status"] == "in-progress"
-        assert await get_events(api, ids["8"]) == []
+        assert [e["kind"] for e in await get_events(api, ids["8"])] == ["dispatch"]
 
         # Found by Exotel's SID; listed by status.
         by_sid = await get_call(api, final[ids["2"]]["sid"])
@@ -200,9 +226,19 @@ async def test_a_callback_that_beats_the_connect_response(start_exocall: StartEx
         assert placed["sid"]
         assert placed["status"] == "completed"
         assert placed["recording_url"]
-        (event,) = await get_events(api, placed["id"])
-        assert (event["status"], event["outcome"]) == ("completed", "applied")
+        event, answer = await get_events(api, placed["id"])
+        assert (event["kind"], event["status"], event["outcome"]) == (
+            "status_callback",
+            "completed",
+            "applied",
+        )
         assert event["payload"]["CallSid"] == placed["sid"]
+        # Exotel's answer is kept too: its `in-progress` came after the end, and is stale.
+        assert (answer["kind"], answer["status"], answer["outcome"]) == (
+            "dispatch",
+            "in-progress",
+            "stale",
+        )
         received, dispatched = event["received_at"], placed["dispatched_at"]
         assert datetime.fromisoformat(received) < datetime.fromisoformat(dispatched)
 

@@ -169,7 +169,7 @@ async def test_a_value_no_column_holds_is_refused_naming_it(
     refused(response, 422, "validation_error", field)
     events = await client.get(f"/calls/{call['id']}/events")
     assert events.status_code == 200
-    assert events.json() == []
+    assert [e["kind"] for e in events.json()] == ["dispatch"]  # Exotel's answer alone
 
 
 @pytest.mark.parametrize(("route", "value", "field"), UNSTORABLE)

@@ -52,7 +52,8 @@ async def test_quoted_digits_are_the_calls_input_and_a_step_of_its_flow(
     assert stored["digits"] == "12"
     # CurrentTime has no zone; Exotel's clock is IST.
     assert stored["flow"] == [{"applet": "passthru", "at": "2026-12-02T04:50:41Z", "digits": "12"}]
-    (request,) = await events(client, call["id"])
+    dispatch, request = await events(client, call["id"])
+    assert dispatch["kind"] == "dispatch"
     assert request["kind"] == "passthru"
     assert request["method"] == "GET"
     assert request["payload"]["digits"] == '"12"'  # raw, as received
@@ -82,7 +83,8 @@ async def test_a_replayed_request_is_a_duplicate_and_steps_keep_their_time_order
     stored = await call_of(client, call["id"])
     assert [step["digits"] for step in stored["flow"]] == ["1", "2"]
     assert stored["digits"] == "2"  # the latest keyed, not the latest to arrive
-    assert len(await events(client, call["id"])) == 3  # every request stored
+    kinds = [e["kind"] for e in await events(client, call["id"])]
+    assert kinds == ["dispatch", "passthru", "passthru", "passthru"]  # every request stored
 
 
 async def test_a_passthru_for_an_unknown_sid_is_kept_and_attached_once_the_sid_is_known(
@@ -95,8 +97,9 @@ async def test_a_passthru_for_an_unknown_sid_is_kept_and_attached_once_the_sid_i
     call = await place(client, exotel, sid=sid)  # Exotel's answer names the SID
     stored = await call_of(client, call["id"])
     assert stored["digits"] == "1"
-    (request,) = await events(client, call["id"])
-    assert request["outcome"] == "applied"
+    request, dispatch = await events(client, call["id"])  # received before Exotel's answer
+    assert (request["kind"], request["outcome"]) == ("passthru", "applied")
+    assert (dispatch["kind"], dispatch["outcome"]) == ("dispatch", "applied")
     # Applied with Exotel's answer, in one transaction: under way, then what was keyed.
     feed = (await client.get("/events", params={"call_id": call["id"]})).json()["items"]
     assert [event["type"] for event in feed] == ["call.in_progress", "call.input"]
@@ -243,7 +246,7 @@ async def test_status_fields_on_a_passthru_are_kept_raw_and_read_as_nothing(
     odd = exotel_passthru(call["sid"], digits='"' + "1" * 64 + '"', Status="x" * 100)
     response = await passthru(client, odd)
     assert response.status_code == 200, response.text
-    (request,) = await events(client, call["id"])
+    _, request = await events(client, call["id"])
     assert (request["status"], request["payload"]["Status"]) == (None, "x" * 100)
     stored = await call_of(client, call["id"])
     assert (stored["status"], stored["digits"]) == ("in-progress", "1" * 64)

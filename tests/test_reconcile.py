@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.calls import ratelimit
+from app.calls import queries, ratelimit
 from app.calls.ingest import store_callbacks
 from app.calls.placing import CallRequest, queue_calls
 from app.calls.received import ReceivedCallback
@@ -83,6 +83,13 @@ async def stored_call(
     return call
 
 
+async def received(sessionmaker: async_sessionmaker[AsyncSession], call: Call) -> list[CallEvent]:
+    """What was kept of what was received for the call, oldest first (as GET /calls/{id}/events
+    lists it)."""
+    async with sessionmaker() as session:
+        return await queries.list_events(session, call_id=call.id)
+
+
 async def reload(sessionmaker: async_sessionmaker[AsyncSession], call: Call) -> Call:
     async with sessionmaker() as session:
         found = await session.get(Call, call.id)
@@ -118,6 +125,16 @@ async def test_a_lost_callback_is_repaired_from_call_details(
     assert (stored.status, stored.duration) == (CallStatus.COMPLETED, 41)
     assert stored.recording_url == "https://rec.test/1.mp3"
     assert exotel.connects == []
+    # How its end was learnt: the look-up, kept as Exotel answered it.
+    (answer,) = await received(sessionmaker, call)
+    assert (answer.kind, answer.method, answer.outcome) == ("lookup", "GET", EventOutcome.APPLIED)
+    assert answer.payload == exotel.listed[0]
+    assert (answer.sid, answer.status, answer.recording_url) == (
+        sid,
+        "completed",
+        "https://rec.test/1.mp3",
+    )
+    assert answer.problem is None
 
 
 async def test_a_call_is_looked_up_when_due_and_not_before(
@@ -193,6 +210,9 @@ async def test_an_unknown_call_is_found_by_its_number(
     assert lookup.url.params["DateCreated"].startswith("gte:")
     stored = await reload(sessionmaker, call)
     assert (stored.status, stored.sid) == (CallStatus.BUSY, sid)
+    (answer,) = await received(sessionmaker, call)
+    assert (answer.kind, answer.sid, answer.status) == ("lookup", sid, "busy")
+    assert answer.payload == exotel.listed[0]
 
 
 async def test_an_unknown_call_exotel_never_heard_of_is_rejected_once_overdue(
@@ -215,6 +235,32 @@ async def test_an_unknown_call_exotel_never_heard_of_is_rejected_once_overdue(
     stored = await reload(sessionmaker, old)
     assert (stored.status, stored.error_code) == (CallStatus.REJECTED, "exotel_no_record")
     assert exotel.connects == []
+    # Learnt from a look-up that found nothing: kept, saying so; the recent call learnt nothing.
+    (answer,) = await received(sessionmaker, old)
+    assert (answer.kind, answer.payload, answer.outcome) == ("lookup", {}, EventOutcome.APPLIED)
+    assert answer.problem == "Exotel has no record of this call: it was not dialled"
+    assert await received(sessionmaker, recent) == []
+
+
+async def test_call_details_with_no_status_we_know_are_kept_and_change_nothing(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    exotel: ExotelDouble,
+    reconcile: Reconcile,
+) -> None:
+    sid = new_sid()
+    call = await stored_call(
+        sessionmaker, settings, status=CallStatus.IN_PROGRESS, sid=sid, dispatched_at=LONG_AGO
+    )
+    exotel.listed = [details(sid, "free")]
+
+    repairs = await reconcile()
+
+    assert repairs.repaired == 0
+    assert (await reload(sessionmaker, call)).status == CallStatus.IN_PROGRESS
+    (answer,) = await received(sessionmaker, call)
+    assert (answer.kind, answer.status, answer.outcome) == ("lookup", "free", "unreadable")
+    assert answer.problem == "'free' is not a call status"
 
 
 async def test_every_page_of_call_details_is_read_each_from_the_budget(

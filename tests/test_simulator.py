@@ -18,9 +18,13 @@ import httpx
 import pytest
 from defusedxml import ElementTree as SafeET
 
+from app.config import Settings
 from app.exotel.client import ExotelClient
 from app.exotel.errors import ExotelRateLimited
 from app.exotel.simulator import Simulator, SimulatorConfig
+from app.exotel.status_callback import parse_status_callback
+from app.main import create_app
+from tests.conftest import serving
 
 pytestmark = pytest.mark.anyio
 
@@ -133,6 +137,40 @@ async def place_finished(exotel: httpx.AsyncClient, simulator: Simulator, count:
 def xml(response: httpx.Response) -> Any:
     assert response.content.startswith(XML_DECLARATION), response.text
     return SafeET.fromstring(response.content)
+
+
+# --- Where its own routes are (docs/simulator.md) ----------------------------------------------
+
+FAULT = {"status": 500, "times": 2}
+
+
+async def test_standalone_its_own_routes_are_under_the_prefix() -> None:
+    """As `exocall simulator` serves it: Exotel's API at the root, its own routes under
+    `/_simulator`."""
+    app = Simulator(SimulatorConfig(callback_delay=0)).app(owns_http=True)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://simulator", auth=("k", "t")
+    ) as http:
+        assert (await http.post("/_simulator/recording-faults", json=FAULT)).json() == {"queued": 2}
+        assert (await http.get(f"{CALLS}.json")).status_code == 200
+        log = (await http.get("/_simulator/log")).json()
+        assert [entry["path"] for entry in log] == [f"{CALLS}.json"]
+        assert (await http.get("/_simulator/_simulator/log")).status_code == 404
+
+
+async def test_in_serve_its_own_routes_answer_at_the_same_paths(db_url: str) -> None:
+    """Mounted at `/_simulator` in `exocall serve` (no EXOTEL_API_KEY): its own routes at the
+    paths the docs give, as standalone, and Exotel's API under the mount."""
+    settings = Settings.load(env_file=None, database_url=db_url)
+    assert settings.exotel.simulated
+    async with serving(create_app(settings)) as api:
+        assert (await api.post("/_simulator/recording-faults", json=FAULT)).json() == {"queued": 2}
+        calls = "/_simulator/v1/Accounts/simulated/Calls.json"
+        listed = await api.get(calls, auth=("simulator-key", "simulator-token"))
+        assert listed.status_code == 200, listed.text
+        log = (await api.get("/_simulator/log")).json()
+        assert [(entry["path"], entry["status"]) for entry in log] == [(calls, 200)]
+        assert (await api.get("/_simulator/_simulator/log")).status_code == 404
 
 
 # --- Numbers in Exotel's national form --------------------------------------------------------
@@ -584,6 +622,26 @@ async def test_the_last_digit_still_picks_the_outcome(
     await settle(simulator)
     call = (await exotel.get(f"{CALLS}/{sid}.json")).json()["Call"]
     assert call["Status"] == status
+
+
+async def test_7_sends_its_callback_twice_then_a_late_answered_event(
+    exotel: httpx.AsyncClient, receiver: CallbackReceiver
+) -> None:
+    """docs/simulator.md: a number ending in 7 completes, its callback comes twice, then a late
+    `answered` event, in the shape Exotel sends one (`EventType=answered`), though the call
+    asked for no events (without `EventType` it is a plain `in-progress`)."""
+    sid = await place(
+        exotel,
+        "09052161117",
+        StatusCallback="https://exocall.test/cb",
+        StatusCallbackContentType="application/json",
+    )
+    first, again, late = [json.loads(r.content) for r in await receiver.at_least(3)]
+    assert first == again
+    assert (first["Status"], "EventType" in first) == ("completed", False)
+    assert (late["CallSid"], late["Status"], late["EventType"]) == (sid, "in-progress", "answered")
+    assert late["Legs"] == [{"OnCallDuration": 0, "Status": "in-progress"}]
+    assert parse_status_callback(late).answered
 
 
 async def test_a_multipart_callback_still_arrives(

@@ -43,6 +43,11 @@ async def events(client: httpx.AsyncClient, call_id: str) -> list[dict[str, Any]
     return list(response.json())
 
 
+async def kept(client: httpx.AsyncClient, call_id: str) -> list[tuple[str, str]]:
+    """What was received about the call, oldest first: (kind, outcome)."""
+    return [(e["kind"], e["outcome"]) for e in await events(client, call_id)]
+
+
 @pytest.mark.parametrize("encoding", ["multipart", "urlencoded", "json"])
 async def test_each_encoding_completes_the_call(
     client: httpx.AsyncClient, exotel: ExotelDouble, encoding: str
@@ -69,7 +74,9 @@ async def test_each_encoding_completes_the_call(
     assert stored["conversation_duration"] == 32
     # DateUpdated has no zone; Exotel's clock is IST.
     assert stored["date_updated"] == "2019-04-08T03:18:35+05:30"
-    (event,) = await events(client, call["id"])
+    dispatch, event = await events(client, call["id"])  # Exotel's answer, then the callback
+    assert dispatch["kind"] == "dispatch"
+    assert event["kind"] == "status_callback"
     assert event["date_updated_raw"] == "2019-04-08 03:18:35"
     assert event["payload"]["CallSid"] == call["sid"]
     assert (
@@ -111,7 +118,7 @@ async def test_unauthenticated_callbacks_change_nothing(
     assert response.status_code == status
     assert response.json()["error"]["code"] == code
     assert (await client.get(f"/calls/{call['id']}")).json()["status"] == "in-progress"
-    assert await events(client, call["id"]) == []
+    assert await kept(client, call["id"]) == [("dispatch", "applied")]  # the callback is not
 
 
 async def test_every_configured_secret_is_accepted_during_rotation(
@@ -155,7 +162,8 @@ async def test_callback_before_the_connect_response(
     assert response.status_code == 201
     call = response.json()
     assert (call["sid"], call["status"]) == (sid, "completed")
-    assert [e["outcome"] for e in await events(client, call["id"])] == ["applied"]
+    # Exotel's answer came after, and is kept: its `in-progress` is behind the callback's end.
+    assert await kept(client, call["id"]) == [("status_callback", "applied"), ("dispatch", "stale")]
 
 
 async def test_repeated_callback_changes_nothing(
@@ -171,7 +179,11 @@ async def test_repeated_callback_changes_nothing(
 
     assert (first.json()["outcome"], second.json()["outcome"]) == ("applied", "duplicate")
     assert after_first == after_second
-    assert len(await events(client, call["id"])) == 2  # every callback received is kept
+    assert [kind for kind, _ in await kept(client, call["id"])] == [
+        "dispatch",
+        "status_callback",
+        "status_callback",  # every callback received is kept
+    ]
 
 
 async def test_late_answered_never_overwrites_a_terminal_status(
@@ -264,7 +276,11 @@ async def test_unknown_sid_is_stored_and_attached_once_the_call_is_known(
     call = await place(client, exotel, sid=sid)
 
     assert call["status"] == "busy"
-    assert [e["outcome"] for e in await events(client, call["id"])] == ["applied"]
+    # The callback was received first, and applied once Exotel's answer told its SID.
+    assert await kept(client, call["id"]) == [
+        ("status_callback", "applied"),
+        ("dispatch", "applied"),
+    ]
 
 
 async def test_callback_for_another_calls_sid_is_kept_but_not_applied(
@@ -291,7 +307,10 @@ async def test_an_unknown_status_is_kept_and_refused(
     assert (error["code"], error["outcome"]) == ("unreadable_callback", "unreadable")
     assert [d["field"] for d in error["details"]] == ["Status"]
     assert (await client.get(f"/calls/{call['id']}")).json()["status"] == "in-progress"
-    assert [e["outcome"] for e in await events(client, call["id"])] == ["unreadable"]
+    assert await kept(client, call["id"]) == [
+        ("dispatch", "applied"),
+        ("status_callback", "unreadable"),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -20,13 +20,18 @@ from urllib.parse import urlencode
 import anyio
 import httpx
 import pytest
+from fastapi import FastAPI
 from playwright.async_api import Browser
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls.callback_auth import passthru_url
+from app.calls.dispatch import budget_of
 from app.calls.ratelimit import THROTTLE
+from app.calls.reconcile import reconcile_once
+from app.config import Settings
 from app.db.models import Batch, Call, CallStatus, ExotelRequest, Throttle
-from app.main import create_app
+from app.main import create_app, exotel_client
 from tests.conftest import (
     AUTH,
     FAKE_CALLBACK_SECRET,
@@ -38,7 +43,7 @@ from tests.conftest import (
     place_body,
     serving,
 )
-from tests.exotel_double import ExotelDouble, accepted, new_sid, rest_exception
+from tests.exotel_double import ExotelDouble, accepted, call_json, new_sid, rest_exception
 from tests.processes import Deployment
 
 pytestmark = pytest.mark.anyio
@@ -371,11 +376,17 @@ async def test_a_calls_page_shows_its_details_and_every_callback_in_order(
     assert [row[1].split(" ")[0] for row in rows] == [
         "created",
         "dispatched",
+        "dispatch",
         "status",
         "status",
         "status",
     ]
-    callbacks = rows[2:]
+    # How it became in-progress: Exotel's answer to Calls/connect, kept as it came.
+    dispatch = rows[2]
+    assert dispatch[1] == "dispatch Exotel's answer to Calls/connect"
+    assert (dispatch[2], dispatch[4]) == ("in-progress", "applied")
+    assert f'"Sid": "{sid}"' in html.by_id("timeline").all("pre")[0].text()
+    callbacks = rows[3:]
     assert [row[2] for row in callbacks] == ["completed", "completed", "in-progress"]
     assert [row[4] for row in callbacks] == ["applied", "duplicate", "stale"]
     assert [row[5] for row in callbacks] == [
@@ -405,7 +416,7 @@ async def test_a_calls_page_shows_what_the_customer_keyed_in_its_flow(
 
     assert html.by_id("digits").text() == "2"
     rows = html.by_id("timeline").rows()
-    assert [row[1] for row in rows[2:]] == [
+    assert [row[1] for row in rows[3:]] == [
         "passthru keyed 1",
         "passthru nothing keyed",
         "passthru keyed 2",
@@ -428,7 +439,50 @@ async def test_a_refused_calls_page_shows_its_error(
     assert "Exotel HTTP 403" in error
     assert "&lt;DND&gt;" in response.text
     rows = html.by_id("timeline").rows()
-    assert [row[1] for row in rows] == ["created", "error"]
+    assert [row[1] for row in rows] == [
+        "created",
+        "error",
+        "dispatch Exotel's answer to Calls/connect: Call to [09052161115] cannot be made <DND>",
+    ]
+    assert [row[4] for row in rows[2:]] == ["applied"]
+
+
+async def test_a_call_ended_by_a_look_up_says_so_in_its_timeline(
+    app: FastAPI, client: httpx.AsyncClient, exotel: ExotelDouble, settings: Settings
+) -> None:
+    """Its callback lost, the call's end was learnt from Exotel's call details: the timeline
+    says so, with what Exotel answered."""
+    sid = new_sid()
+    exotel.answer_connect(accepted(sid))
+    call_id = (await client.post("/calls", json=place_body())).json()["id"]
+    exotel.listed = [call_json(sid, "completed", Duration=41)["Call"]]
+    runtime = app.state.runtime
+    async with runtime.sessionmaker() as session, session.begin():  # due now
+        await session.execute(update(Call).where(Call.id == call_id).values(next_lookup_at=None))
+    async with httpx.AsyncClient(transport=httpx.MockTransport(exotel.handle)) as http:
+        repairs = await reconcile_once(
+            sessionmaker=runtime.sessionmaker,
+            exotel=exotel_client(settings, http),
+            settings=settings.reconcile,
+            budget=budget_of(settings.exotel),
+        )
+    assert repairs.repaired == 1
+
+    _, html = await page(client, f"/ui/calls/{call_id}")
+
+    assert html.by_id("status").text() == "completed"
+    rows = html.by_id("timeline").rows()
+    assert [row[1].split(" ")[0] for row in rows] == [
+        "created",
+        "dispatched",
+        "dispatch",
+        "look-up",
+    ]
+    looked_up = rows[3]
+    assert looked_up[1] == "look-up Exotel's call details (reconciliation)"
+    assert (looked_up[2], looked_up[4]) == ("completed", "applied")
+    answered = html.by_id("timeline").all("pre")[-1].text()
+    assert json.loads(answered) == exotel.listed[0]
 
 
 async def test_a_call_is_found_by_its_sid_too(
@@ -477,7 +531,7 @@ async def test_what_the_page_shows_is_escaped(
     assert "<img" not in response.text
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in response.text
     assert html.by_id("custom-field").text() == HOSTILE
-    (fields_shown,) = html.by_id("timeline").all("pre")  # the payload, as text
+    _, fields_shown = html.by_id("timeline").all("pre")  # the callback's payload, as text
     assert json.loads("".join(str(c) for c in fields_shown.children)) == fields
     # A recording URL that is not http(s) is shown, never linked.
     assert not [a for a in html.all("a") if "javascript" in a.attrs["href"]]
@@ -532,8 +586,9 @@ async def test_in_chromium_a_person_sees_the_calls_and_a_calls_timeline(
         assert batch.status_code == 202, batch.text
         batch_id = batch.json()["id"]
         call_ids = [*singles.values(), *(call["id"] for call in batch.json()["calls"])]
-        # The call to ...7 gets its terminal callback twice, then a late `answered`.
-        await _settle(api, call_ids, {singles["7"]: 3})
+        # The call to ...7 gets its terminal callback twice, then a late `answered`, after
+        # Exotel's answer to its Calls/connect.
+        await _settle(api, call_ids, {singles["7"]: 4})
 
     console: list[str] = []
     context = await browser.new_context(
@@ -581,11 +636,21 @@ async def test_in_chromium_a_person_sees_the_calls_and_a_calls_timeline(
     # On a slow machine the first callback may come in before the answer to
     # Calls/connect is recorded: a callback's place among the milestones is its time.
     assert what[0] == "created"
-    assert sorted(what) == ["created", "dispatched", "status", "status", "status"]
+    # `answered`: when the customer answered, which the late `answered` event told.
+    assert sorted(what) == [
+        "answered",
+        "created",
+        "dispatch",
+        "dispatched",
+        "status",
+        "status",
+        "status",
+    ]
     assert "+919052161117" in await tab.locator("#facts").inner_text()
-    callbacks = tab.locator("#timeline tbody tr.event")
+    callbacks = tab.locator("#timeline tbody tr.event", has_text="status callback")
     outcomes = await callbacks.locator("td:nth-child(5)").all_inner_texts()
-    assert [o.strip() for o in outcomes] == ["applied", "duplicate", "stale"]
+    # The late `answered` event tells when the customer answered (docs/simulator.md).
+    assert [o.strip() for o in outcomes] == ["applied", "duplicate", "applied"]
     statuses = await callbacks.locator("td:nth-child(3)").all_inner_texts()
     assert [s.strip() for s in statuses] == ["completed", "completed", "in-progress"]
     await callbacks.first.locator("summary").click()

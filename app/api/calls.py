@@ -171,7 +171,8 @@ async def get_call(ref: str, session: SessionDep) -> CallOut:
 
 @router.get(
     "/{ref}/events",
-    summary="Every status callback received for a call, oldest first",
+    summary="Everything received about a call, oldest first: callbacks, Passthru requests, "
+    "Exotel's answers",
     responses=refusals(401, 404, 422),
 )
 async def list_call_events(ref: str, session: SessionDep) -> list[EventOut]:

@@ -164,17 +164,47 @@ class EventOut(BaseModel):
                     "date_updated_raw": "2024-09-16 15:51:00",
                     "payload": example_fields(CALL_EXAMPLE["sid"], CALL_EXAMPLE["recording_url"]),
                     "problem": None,
-                }
+                },
+                {
+                    "id": 2,
+                    "kind": "dispatch",
+                    "receipt_id": None,
+                    "received_at": "2026-11-27T00:24:40.911226Z",
+                    "method": "POST",
+                    "content_type": None,
+                    "outcome": "applied",
+                    "status": None,
+                    "event_type": None,
+                    "recording_url": None,
+                    "date_updated": None,
+                    "date_updated_raw": None,
+                    "payload": {
+                        "Status": 403,
+                        "Message": "Call to [09052161115] cannot be made because of TRAI NDNC "
+                        "regulations; ",
+                        "Code": None,
+                    },
+                    "problem": "Call to [09052161115] cannot be made because of TRAI NDNC "
+                    "regulations",
+                },
             ]
         },
     )
 
     id: int
-    kind: RequestKind = Field(description="A status callback, or a flow's Passthru request.")
+    kind: RequestKind = Field(
+        description="How it reached us: a status callback, a flow's Passthru request, or "
+        "Exotel's answer to our request about the call: to its `Calls/connect` (`dispatch`) or "
+        "for its details (`lookup`, reconciliation)."
+    )
     receipt_id: uuid.UUID | None
-    received_at: datetime
-    method: str
-    content_type: str | None = Field(description="Null when the fields came in the query.")
+    received_at: datetime = Field(
+        description="When it was received; an answer of Exotel's, when it was recorded."
+    )
+    method: str = Field(description="The request's; for an answer of Exotel's, our request's.")
+    content_type: str | None = Field(
+        description="Null when the fields came in the query, and for an answer of Exotel's."
+    )
     outcome: EventOutcome
     status: str | None
     event_type: str | None
@@ -183,11 +213,13 @@ class EventOut(BaseModel):
     date_updated_raw: str | None
     payload: dict[str, Any] = Field(
         description="Exotel's fields as received: the query string's and the body's (the "
-        "body's value where both had one)."
+        "body's value where both had one). For an answer of Exotel's, the `Call` it answered "
+        "about this call, or its `RestException`; empty when no readable answer came."
     )
     problem: str | None = Field(
         description="Why it is `unreadable`: what it lacks, or why it could not be stored as "
-        "read (it is then kept as received, nothing read from it).",
+        "read (it is then kept as received, nothing read from it). For an answer of Exotel's "
+        "that is not a call: what Exotel said, or why no answer came.",
     )
 
 

@@ -248,8 +248,8 @@ async def status_page(
 
 @dataclass(frozen=True)
 class Entry:
-    """A line of a call's timeline: one of the call's milestones, or a request from Exotel (a
-    status callback or a Passthru)."""
+    """A line of a call's timeline: one of the call's milestones, or what was received about it
+    (a status callback, a Passthru, Exotel's answer to its `Calls/connect` or to a look-up)."""
 
     at: datetime
     what: str
@@ -258,9 +258,18 @@ class Entry:
     keyed: str | None = None  # a Passthru's digits, quotes stripped
 
 
+# How each kind of received record is named in the timeline.
+RECEIVED = {
+    RequestKind.STATUS_CALLBACK: "status callback",
+    RequestKind.PASSTHRU: "passthru",
+    RequestKind.DISPATCH: "dispatch",
+    RequestKind.LOOKUP: "look-up",
+}
+
+
 def timeline(call: Call, events: Sequence[CallEvent]) -> list[Entry]:
-    """The call's milestones merged by time among its callbacks, which keep the order they
-    were received in."""
+    """The call's milestones merged by time among what was received about it, which keeps the
+    order it was received in."""
     milestones = [Entry(call.created_at, "created", "stored as queued")]
     if call.dispatched_at:
         milestones.append(Entry(call.dispatched_at, "dispatched", "sent to Exotel"))
@@ -272,15 +281,18 @@ def timeline(call: Call, events: Sequence[CallEvent]) -> list[Entry]:
             Entry(call.error_at or call.updated_at, "error", detail or call.error_code)
         )
     milestones.sort(key=lambda entry: entry.at)
-    callbacks: Iterable[Entry] = (
+    received: Iterable[Entry] = (
         Entry(
-            event.received_at, "passthru", event=event, keyed=parse_passthru(event.payload).digits
+            event.received_at,
+            RECEIVED[event.kind],
+            event=event,
+            keyed=parse_passthru(event.payload).digits
+            if event.kind == RequestKind.PASSTHRU
+            else None,
         )
-        if event.kind == RequestKind.PASSTHRU
-        else Entry(event.received_at, "status callback", event=event)
         for event in events
     )
-    return list(heapq.merge(milestones, callbacks, key=lambda entry: entry.at))
+    return list(heapq.merge(milestones, received, key=lambda entry: entry.at))
 
 
 @router.get("/calls/{ref}")

@@ -3,7 +3,8 @@ account's shared budget, sends each to Exotel, several at a time, and records wh
 
 Exotel has no idempotency key (docs/exotel.md): a `Calls/connect` that may have reached it is
 never sent again. Whatever cannot be told apart from "Exotel dialled" (a read timeout, a dropped
-connection, a 5xx) makes the call `unknown`, for reconciliation to resolve.
+connection, a 5xx) makes the call `unknown`, for reconciliation to resolve. Every answer (or its
+absence) is kept among what was received for the call (`dispatch`), with what it did.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -22,11 +24,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.calls import ratelimit
 from app.calls.callback_auth import status_callback_url
 from app.calls.phone import to_exotel_dial_form
+from app.calls.received import ReceivedAnswer
 from app.calls.state import CallState, Failure, StatusUpdate, apply_update
 from app.calls.store import CallStore
 from app.config import CallbackSettings, DispatchSettings, ExotelSettings, ReconcileSettings
 from app.db.clock import db_now
-from app.db.models import Call, CallStatus, EventOutcome, FailureKind
+from app.db.models import Call, CallStatus, EventOutcome, FailureKind, RequestKind
 from app.db.statements import table_of
 from app.exotel.client import ConnectRequest, ExotelClient
 from app.exotel.errors import (
@@ -59,6 +62,7 @@ class Verdict:
     status: CallStatus
     failure: Failure
     retry_after: float | None = None  # Exotel's Retry-After, with a 429
+    answer: Mapping[str, Any] = field(default_factory=dict)  # its `RestException`, as sent
 
 
 def connect_request(
@@ -85,17 +89,17 @@ def classify(error: ExotelError) -> Verdict:
     """Retry only what certainly did not dial; what may have dialled is never sent again."""
     if isinstance(error, ExotelRateLimited):
         failure = Failure(FailureKind.EXOTEL_RATE_LIMITED, error.message, error.status, error.code)
-        return Verdict(CallStatus.QUEUED, failure, error.retry_after)
+        return Verdict(CallStatus.QUEUED, failure, error.retry_after, error.answer)
     if isinstance(error, ExotelRejected) and error.status < 500:
         failure = Failure(FailureKind.EXOTEL_REJECTED, error.message, error.status, error.code)
-        return Verdict(CallStatus.REJECTED, failure)
+        return Verdict(CallStatus.REJECTED, failure, answer=error.answer)
     if isinstance(error, ExotelRejected):
         # Exotel answers 500/504 when it "could not originate", but it also retries origination
         # before answering: a 5xx does not prove that nobody was dialled.
         failure = Failure(
             FailureKind.EXOTEL_OUTCOME_UNKNOWN, error.message, error.status, error.code
         )
-        return Verdict(CallStatus.UNKNOWN, failure)
+        return Verdict(CallStatus.UNKNOWN, failure, answer=error.answer)
     if isinstance(error, ExotelUnreachable):
         return Verdict(CallStatus.QUEUED, Failure(FailureKind.EXOTEL_UNREACHABLE, str(error)))
     assert isinstance(error, ExotelOutcomeUnknown), error
@@ -120,16 +124,23 @@ async def record_sent(
     lookups: ReconcileSettings,
     retries: RetryPolicy,
 ) -> None:
-    """Record what came of sending a claimed call (under `store.lock`), releasing its claim."""
+    """Record what came of sending a claimed call (under `store.lock`), releasing its claim,
+    and keep Exotel's answer with what it did."""
     state = store.get(call_id)
     assert state is not None, "calls are never deleted"
     state.claimed_by = state.claimed_at = None
     if isinstance(result, ExotelCall):
-        await _record_accepted(store, state, result, lookups)
-    elif result.status == CallStatus.QUEUED:
-        await _retry_later(session, store, state, result, retries)
+        outcome = await _record_accepted(store, state, result, lookups)
+        answer = ReceivedAnswer.of(RequestKind.DISPATCH, result)
     else:
-        await record_failure(store, state, result.status, result.failure)
+        if result.status == CallStatus.QUEUED:
+            outcome = await _retry_later(session, store, state, result, retries)
+        else:
+            outcome = await record_failure(store, state, result.status, result.failure)
+        answer = ReceivedAnswer(
+            RequestKind.DISPATCH, raw=result.answer, problem=result.failure.message
+        )
+    await store.add_answer(state, answer, outcome)
 
 
 async def record_lost(session: AsyncSession, call_ids: Sequence[uuid.UUID]) -> None:
@@ -148,7 +159,7 @@ async def record_lost(session: AsyncSession, call_ids: Sequence[uuid.UUID]) -> N
 
 async def _record_accepted(
     store: CallStore, call: CallState, exotel_call: ExotelCall, lookups: ReconcileSettings
-) -> None:
+) -> EventOutcome:
     now = await store.now()
     call.dispatched_at = now
     call.fail(None, at=now)
@@ -169,7 +180,7 @@ async def _record_accepted(
             call.sid,
             extra=about(call.id, call.sid),
         )
-    apply_update(
+    outcome = apply_update(
         call,
         StatusUpdate(
             status=CallStatus.IN_PROGRESS,
@@ -180,17 +191,19 @@ async def _record_accepted(
     log.info(
         "call %s accepted by Exotel as %s", call.id, exotel_call.sid, extra=about(call.id, call.sid)
     )
+    return outcome
 
 
 async def _retry_later(
     session: AsyncSession, store: CallStore, call: CallState, verdict: Verdict, retries: RetryPolicy
-) -> None:
+) -> EventOutcome:
+    """Back to the queue (the call's error says why), or `rejected` once connections were
+    never made too often; `stale` for a call no longer queued."""
     if call.status != CallStatus.QUEUED:
-        return  # declared `unknown` while we waited; reconciliation resolves it
+        return EventOutcome.STALE  # declared `unknown` while we waited; reconciliation resolves it
     kind = verdict.failure.kind
     if kind == FailureKind.EXOTEL_UNREACHABLE and retries.gives_up(call.attempts):
-        await record_failure(store, call, CallStatus.REJECTED, verdict.failure)
-        return
+        return await record_failure(store, call, CallStatus.REJECTED, verdict.failure)
     now = await store.now()
     delay = retries.delay(call.attempts, retry_after=verdict.retry_after)
     call.not_before = now + timedelta(seconds=delay)
@@ -205,15 +218,17 @@ async def _retry_later(
         verdict.failure.message,
         extra=about(call.id),
     )
+    return EventOutcome.APPLIED
 
 
 async def record_failure(
     store: CallStore, call: CallState, status: CallStatus, failure: Failure
-) -> None:
+) -> EventOutcome:
     """The call is `rejected` or `unknown`, for `failure`: unless Exotel's own word about it
     (a callback) got here first, in which case Exotel did dial, whatever its answer said."""
-    if apply_update(call, StatusUpdate(status=status)) == EventOutcome.STALE:
-        return
+    outcome = apply_update(call, StatusUpdate(status=status))
+    if outcome == EventOutcome.STALE:
+        return outcome
     now = await store.now()
     if status == CallStatus.UNKNOWN:
         call.dispatched_at = now
@@ -226,6 +241,7 @@ async def record_failure(
         failure.kind,
         extra=about(call.id, call.sid),
     )
+    return EventOutcome.APPLIED
 
 
 async def claim_next(

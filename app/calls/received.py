@@ -1,16 +1,20 @@
 """What a request from Exotel says about its call, in the app's terms: a status callback's status
 update, a Passthru request's input, nothing we act on, or nothing we can read; and what of it no
-column could hold. Pure: storing it is `app.calls.store`'s job."""
+column could hold. Exotel's answers to our own requests about a call (`ReceivedAnswer`) are kept
+beside them. Pure: storing it is `app.calls.store`'s job."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any
+from typing import Any, Self
 
 from sqlalchemy import BigInteger, Column, Integer, String
 
@@ -26,6 +30,7 @@ from app.exotel.status_callback import (
     StatusCallback,
     parse_status_callback,
 )
+from app.exotel.wire import ExotelCall
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,36 @@ class ReceivedCallback:
     @cached_property
     def unstorable(self) -> list[tuple[str, str]]:
         return unstorable(self)
+
+
+@dataclass(frozen=True)
+class ReceivedAnswer:
+    """Exotel's answer to a request of ours about a call, kept with what was received for the
+    call: to its `Calls/connect` (`dispatch`) or for its details (`lookup`, reconciliation).
+    Every way a call's status is learnt is then among its received records."""
+
+    kind: RequestKind  # DISPATCH or LOOKUP
+    call: ExotelCall | None = None  # the call as Exotel answered it; None: no call came back
+    # Exotel's fields about the call as it answered them: the `Call`, or the `RestException`;
+    # empty when nothing readable came back.
+    raw: Mapping[str, Any] = field(default_factory=dict)
+    problem: str | None = None  # what Exotel said instead of a call, or why nothing came
+
+    @classmethod
+    def of(cls, kind: RequestKind, call: ExotelCall, *, problem: str | None = None) -> Self:
+        return cls(kind, call, call.raw, problem)
+
+    @property
+    def method(self) -> str:
+        """Our request's: `Calls/connect` is a POST, call details a GET."""
+        return "POST" if self.kind == RequestKind.DISPATCH else "GET"
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """`raw` as its JSON column can hold it (Exotel's answers are kept whatever they hold)."""
+        payload = storable(dict(self.raw))
+        assert isinstance(payload, dict)
+        return payload
 
 
 @dataclass(frozen=True)
@@ -179,6 +214,12 @@ def unstorable(received: ReceivedCallback) -> list[tuple[str, str]]:
     ]
 
 
+def fitting(value: str | None, column: Column[Any]) -> str | None:
+    """`value` if `column` holds it, else None: for what is read from Exotel's answers to our
+    requests, which are kept whatever they hold (their payload keeps the value as sent)."""
+    return value if value is None or _misfit(value, column) is None else None
+
+
 def _misfit(value: str | int, column: Column[Any]) -> str | None:
     """Why `column` cannot hold `value`; None when it can."""
     if isinstance(column.type, String) and column.type.length and isinstance(value, str):
@@ -227,6 +268,31 @@ def _storable_text(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def storable(value: Any, *, depth: int = 1) -> Any:
+    """`value`, `depth` levels into a payload, as a JSON column holds it: a NUL or half a
+    surrogate pair becomes U+FFFD, a number JSON cannot write (NaN, infinities) its text, and
+    what is nested deeper than DEEPEST is dropped (None)."""
+    if isinstance(value, str):
+        return value if _storable_text(value) else _replaced(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if not isinstance(value, dict | list):
+        return value
+    if depth > DEEPEST:
+        return None
+    if isinstance(value, list):
+        return [storable(item, depth=depth + 1) for item in value]
+    return {storable(str(k)): storable(v, depth=depth + 1) for k, v in value.items()}
+
+
+# In a Python string every surrogate is a lone one: a pair read from JSON is one code point.
+_UNSTORABLE_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+
+
+def _replaced(text: str) -> str:
+    return _UNSTORABLE_CHARACTER.sub("\ufffd", text)
 
 
 # The statuses Exotel documents for a call: the four a terminal callback carries, `canceled`

@@ -3,7 +3,8 @@
 Exotel's callbacks can be lost, and a `Calls/connect` that timed out may or may not have dialled
 (docs/exotel.md). One replica at a time (a periodic job, `app.jobs`) looks such calls up in
 Exotel's call details, drawing on the account's budget at lower priority than placing calls, and
-applies what it finds through the same state machine as callbacks. It never sends a call again.
+applies what it finds through the same state machine as callbacks, keeping what Exotel answered
+among what was received for the call (`lookup`). It never sends a call again.
 
 When, by what Exotel's bulk call details can say (they never list a call still in progress):
 - A call with a SID that is not yet over is looked up a minute after it was sent, then after half
@@ -33,12 +34,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls import ratelimit
 from app.calls.dispatch import record_failure, schedule_lookup
-from app.calls.received import status_from_exotel
+from app.calls.received import ReceivedAnswer, status_from_exotel
 from app.calls.state import CallState, Failure, StatusUpdate, apply_update
 from app.calls.store import CallStore
 from app.config import ReconcileSettings
 from app.db.clock import db_now
-from app.db.models import Call, CallEvent, CallStatus, EventOutcome, FailureKind
+from app.db.models import Call, CallEvent, CallStatus, EventOutcome, FailureKind, RequestKind
 from app.exotel.client import MAX_SIDS_PER_LOOKUP, CallsPage, ExotelClient
 from app.exotel.errors import ExotelError
 from app.exotel.wire import ExotelCall
@@ -195,7 +196,7 @@ async def _look_up_by_sid(round_: _Round) -> None:
                 assert call is not None
                 schedule_lookup(call, now, round_.settings)
                 if (exotel_call := by_sid.get(call.sid or "")) is not None:
-                    round_.repairs.repaired += _apply_details(call, exotel_call)
+                    round_.repairs.repaired += await _apply_details(store, call, exotel_call)
             await store.flush()
 
 
@@ -225,11 +226,13 @@ async def _look_up_unknown_by_number(round_: _Round) -> None:
             schedule_lookup(call, now, round_.settings)
             match = _first_unclaimed(store, found, near=started)
             if match is not None and store.learn_sid(call, match.sid):
-                round_.repairs.repaired += _apply_details(call, match)
+                round_.repairs.repaired += await _apply_details(store, call, match)
             elif _overdue(due_call, round_.settings, now) and call.status == CallStatus.UNKNOWN:
                 # Exotel lists every call that ended; long after this one would have, it has
                 # none from this number: it was never dialled.
-                await record_failure(store, call, CallStatus.REJECTED, _NO_RECORD)
+                outcome = await record_failure(store, call, CallStatus.REJECTED, _NO_RECORD)
+                nothing = ReceivedAnswer(RequestKind.LOOKUP, problem=_NO_RECORD.message)
+                await store.add_answer(call, nothing, outcome)
                 round_.repairs.not_dialled += 1
             await store.flush()
 
@@ -242,10 +245,14 @@ def _first_unclaimed(
     return min(free, key=lambda c: abs(c.date_created - near), default=None)  # type: ignore[operator]
 
 
-def _apply_details(call: CallState, details: ExotelCall) -> int:
-    """Apply call details through the state machine; 1 if they changed the call."""
+async def _apply_details(store: CallStore, call: CallState, details: ExotelCall) -> int:
+    """Apply call details through the state machine, and keep them with what they did; 1 if
+    they changed the call."""
     status = status_from_exotel(details.status)
     if status is None:
+        problem = f"{details.status!r} is not a call status"
+        answer = ReceivedAnswer.of(RequestKind.LOOKUP, details, problem=problem)
+        await store.add_answer(call, answer, EventOutcome.UNREADABLE)
         return 0
     update = StatusUpdate(
         status=status,
@@ -255,7 +262,9 @@ def _apply_details(call: CallState, details: ExotelCall) -> int:
         duration=details.duration,
         conversation_duration=details.conversation_duration,
     )
-    if apply_update(call, update) == EventOutcome.APPLIED:
+    outcome = apply_update(call, update)
+    await store.add_answer(call, ReceivedAnswer.of(RequestKind.LOOKUP, details), outcome)
+    if outcome == EventOutcome.APPLIED:
         log.info("reconcile: call %s is %s", call.id, call.status, extra=about(call.id, call.sid))
         return 1
     return 0

@@ -1,4 +1,5 @@
-"""The one write path: every change to a call's state, and every status callback stored.
+"""The one write path: every change to a call's state, and everything received about a call
+stored (Exotel's callbacks and Passthru requests, and its answers to our requests).
 
 Dispatch results, status callbacks, reconciliation, the spool replay and lost claims all go
 through a `CallStore`, one per transaction, set-based whatever the number of calls:
@@ -7,6 +8,8 @@ through a `CallStore`, one per transaction, set-based whatever the number of cal
    one lock order for every writer (no deadlocks between replicas);
 2. the caller changes that state through the state machine, in memory: `add_callback()` for a
    callback, `apply_update()` and `CallState.fail()` for the rest, `learn_sid()` for a SID;
+   `add_answer()` keeps Exotel's answer that told it (to `Calls/connect`, or call details)
+   beside the callbacks, so that every way a status was learnt is among the call's records;
 3. `flush()` writes it all back in a few statements: the callbacks that came for a SID before
    any call had it are attached to the call that has it now, the new events are inserted, and
    every call that changed is updated.
@@ -31,7 +34,7 @@ from sqlalchemy.dialects.postgresql import insert as upsert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.calls import outbox
-from app.calls.received import Ignored, ReceivedCallback, Unreadable
+from app.calls.received import Ignored, ReceivedAnswer, ReceivedCallback, Unreadable, fitting
 from app.calls.state import CallState, InputUpdate, apply_input, apply_update
 from app.db.clock import db_now
 from app.db.models import Call, CallEvent, EventOutcome, RecordingJob, RecordingStatus, RequestKind
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 
 
 _CALLS, _EVENTS, _JOBS = table_of(Call), table_of(CallEvent), table_of(RecordingJob)
+_EVENT_COLUMNS = [column.name for column in _EVENTS.c if column.name != "id"]
 STATE_COLUMNS = [f.name for f in fields(CallState)]
 _CHANGING = [name for name in STATE_COLUMNS if name != "id"]
 # Reconciliation's schedule is written, but is not a change of the call (its `updated_at`).
@@ -171,6 +175,32 @@ class CallStore:
             self._attach(event, call, received)
         self._events.append(event)
         return event
+
+    async def add_answer(
+        self, call: CallState, answer: ReceivedAnswer, outcome: EventOutcome
+    ) -> None:
+        """Store, at `flush()`, Exotel's answer to our request about `call` (locked), with
+        what applying it did (the caller applied it): received now, by the database's clock."""
+        details = answer.call
+        row = dict.fromkeys(_EVENT_COLUMNS) | {
+            "kind": answer.kind,
+            "received_at": await self.now(),
+            "call_id": call.id,
+            "sid": call.sid,
+            "method": answer.method,
+            "payload": answer.payload,
+            "outcome": outcome,
+            "problem": answer.problem,
+        }
+        if details is not None:
+            raw_time = fitting(details.date_updated_raw, _EVENTS.c.date_updated_raw)
+            row |= {
+                "status": fitting((details.status or "").lower() or None, _EVENTS.c.status),
+                "recording_url": details.recording_url,
+                "date_updated": details.date_updated if raw_time else None,
+                "date_updated_raw": raw_time,
+            }
+        self._events.append(row)
 
     def add_unreadable(self, received: ReceivedCallback, problem: str) -> None:
         """Store `received` as it came, `unreadable` for `problem`, and apply it to nothing:
@@ -357,7 +387,7 @@ class _Statements:
 def _statements() -> _Statements:
     """Built once: building a statement costs more than running it for a few rows."""
     calls, events = _CALLS.c, _EVENTS.c
-    event_columns = [c for c in events if c.name not in ("id",)]
+    event_columns = [events[name] for name in _EVENT_COLUMNS]
     return _Statements(
         lock=select(*(calls[name] for name in STATE_COLUMNS), calls.app_id, calls.custom_field)
         .where(or_(one_of(calls.id, "ids"), one_of(calls.sid, "sids")))

@@ -1,5 +1,6 @@
-"""The tables: `call` (one row per call we were asked to place), `call_event` (every status
-callback received, append-only), what the dispatch queue shares between replicas, and the
+"""The tables: `call` (one row per call we were asked to place), `call_event` (everything received
+about a call, append-only: Exotel's callbacks and Passthru requests, and its answers to our
+requests), what the dispatch queue shares between replicas, and the
 outbox: `event` (every applied change of a call, for subscribers), `webhook_endpoint`,
 `delivery` (an event owed to an endpoint) and `delivery_attempt`.
 
@@ -51,14 +52,17 @@ class CallStatus(enum.StrEnum):
 
 
 class RequestKind(enum.StrEnum):
-    """What Exotel sent: a status callback, or a flow's Passthru request."""
+    """Where a `call_event` came from: a request of Exotel's (a status callback, a flow's
+    Passthru request), or Exotel's answer to one of ours about the call."""
 
     STATUS_CALLBACK = "status_callback"
     PASSTHRU = "passthru"
+    DISPATCH = "dispatch"  # its answer to the call's `Calls/connect` (or that none came)
+    LOOKUP = "lookup"  # its call details of the call (reconciliation)
 
 
 class EventOutcome(enum.StrEnum):
-    """What a received status callback did to its call."""
+    """What a received status callback (or answer of Exotel's) did to its call."""
 
     APPLIED = "applied"  # changed the call
     DUPLICATE = "duplicate"  # told us nothing new
@@ -228,12 +232,14 @@ class CallEvent(Base):
     )
     sid: Mapped[str | None] = mapped_column(String(64), index=True)
     # When this process read the request, on its own clock: a callback spooled while the
-    # database was down was received before the database could say what time it was.
+    # database was down was received before the database could say what time it was. An
+    # answer of Exotel's: when it was recorded, by the database's clock.
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    method: Mapped[str] = mapped_column(String(8))
+    method: Mapped[str] = mapped_column(String(8))  # an answer's: of our request
     content_type: Mapped[str | None] = mapped_column(String(100))
     # Exotel's fields as received: the query string's and the body's (the body's value where
-    # both had one), without our own `call_id` and `token`.
+    # both had one), without our own `call_id` and `token`. An answer's: the `Call` (or the
+    # `RestException`) Exotel answered about this call.
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB())
     status: Mapped[str | None] = mapped_column(String(32))
     event_type: Mapped[str | None] = mapped_column(String(32))
@@ -241,7 +247,8 @@ class CallEvent(Base):
     date_updated: Mapped[datetime | None] = mapped_column(UTCDateTime)
     date_updated_raw: Mapped[str | None] = mapped_column(String(32))
     outcome: Mapped[EventOutcome] = mapped_column(_str_enum(EventOutcome))
-    # Why it is `unreadable`: what it lacks, or why it could not be stored as read.
+    # Why it is `unreadable`: what it lacks, or why it could not be stored as read. An
+    # answer's: what Exotel said instead of a call, or why no answer came.
     problem: Mapped[str | None] = mapped_column(Text)
 
 

@@ -327,7 +327,8 @@ def _read(response: httpx.Response) -> ExotelResponse:
     status = response.status_code if not response.is_success else (error and error.status) or 500
     message = error.message if error else response.reason_phrase or "error"
     code = error.code if error else None
+    answer = error.raw if error else None
     if status == httpx.codes.TOO_MANY_REQUESTS:
         retry_after = retry_after_seconds(response.headers.get("retry-after"))
-        raise ExotelRateLimited(status, message, code, retry_after)
-    raise ExotelRejected(status, message, code)
+        raise ExotelRateLimited(status, message, code, retry_after, answer=answer)
+    raise ExotelRejected(status, message, code, answer=answer)

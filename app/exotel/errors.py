@@ -3,28 +3,46 @@ never by parsing a message."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 
 class ExotelError(Exception):
     """Base of every Exotel failure."""
 
 
 class ExotelRejected(ExotelError):
-    """Exotel answered with an error (a `RestException`, or a non-2xx status)."""
+    """Exotel answered with an error (a `RestException`, or a non-2xx status). `answer` is the
+    `RestException`'s fields as Exotel sent them; empty when the body held none."""
 
-    def __init__(self, status: int, message: str, code: int | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: int | None = None,
+        *,
+        answer: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(f"Exotel answered {status}: {message}")
         self.status = status
         self.code = code
         self.message = message
+        self.answer: Mapping[str, Any] = answer or {}
 
 
 class ExotelRateLimited(ExotelRejected):
     """HTTP 429. `retry_after` is Exotel's `Retry-After` in seconds, when it sent one."""
 
     def __init__(
-        self, status: int, message: str, code: int | None = None, retry_after: float | None = None
+        self,
+        status: int,
+        message: str,
+        code: int | None = None,
+        retry_after: float | None = None,
+        *,
+        answer: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(status, message, code)
+        super().__init__(status, message, code, answer=answer)
         self.retry_after = retry_after
 
 

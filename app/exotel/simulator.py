@@ -25,7 +25,7 @@ by hand:
 | 4 | failed |
 | 5 | refused: 403, TRAI NDNC (do-not-disturb) |
 | 6 | refused: 400, invalid parameters |
-| 7 | completed; the callback is sent twice, then a late `answered` event |
+| 7 | completed; the callback is sent twice, then a late `answered` event (`EventType=answered`) |
 | 8 | completed; the status callback is lost (never sent) |
 | 9 | dialled, but Exotel answers 504 (the caller cannot tell it dialled) |
 
@@ -87,6 +87,11 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 
 XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>'
+
+# The simulator's own routes (`/log`, `/recording-faults`) are under this, beside Exotel's API;
+# `exocall serve` mounts the built-in simulator here too, so they answer at the same paths
+# either way (docs/simulator.md).
+SIMULATOR_PREFIX = "/_simulator"
 
 # Recordings: telephone-quality WAV (8 kHz, 16-bit, mono), 16 000 bytes a second.
 RECORDING_RATE = 8000
@@ -452,6 +457,10 @@ class Simulator:
         self.log.append(LoggedRequest(time.time(), "GET", path, response.status_code, sid=call.sid))
 
     def _callback(self, call: SimulatedCall, event_type: str) -> dict[str, Any]:
+        """A status callback's fields: the four always sent, and, to a call that asked for
+        events (`StatusCallbackEvents`), `EventType` and the rest. An `answered` event is
+        only ever sent in that shape: without `EventType` it would read as a plain
+        `in-progress` status."""
         answered = event_type == "answered"
         payload: dict[str, Any] = {
             "CallSid": call.sid,
@@ -461,8 +470,9 @@ class Simulator:
                 call.date_created + timedelta(seconds=1) if answered else call.end_time or _now()
             ),
         }
-        if call.callback_events:
-            legs_status = "completed" if call.status == "completed" else call.status
+        if call.callback_events or answered:
+            # As the call stood when the event happened: an answered call has talked for 0 s.
+            talked, on_call = (0, 0) if answered else (call.conversation_duration, call.duration)
             payload |= {
                 "EventType": event_type,
                 "DateCreated": format_exotel_time(call.date_created),
@@ -471,10 +481,10 @@ class Simulator:
                 "PhoneNumberSid": call.caller_id,
                 "StartTime": format_exotel_time(call.date_created),
                 "EndTime": "" if answered else format_exotel_time(call.end_time or _now()),
-                "ConversationDuration": call.conversation_duration or 0,
+                "ConversationDuration": talked or 0,
                 "Direction": "outbound-api",
                 "CustomField": call.custom_field or "",
-                "Legs": [{"OnCallDuration": call.duration or 0, "Status": legs_status}],
+                "Legs": [{"OnCallDuration": on_call or 0, "Status": payload["Status"]}],
             }
         return payload
 
@@ -497,9 +507,11 @@ class Simulator:
 
     # --- HTTP -----------------------------------------------------------------------------
 
-    def app(self, *, owns_http: bool = False) -> FastAPI:
-        """The simulator as an ASGI app. With `owns_http` it makes its own callback client
-        (standalone); otherwise the host app calls `bind()`."""
+    def app(self, *, owns_http: bool = False, mounted: bool = False) -> FastAPI:
+        """The simulator as an ASGI app: Exotel's API at its root, its own routes under
+        SIMULATOR_PREFIX. With `owns_http` it makes its own callback client (standalone);
+        otherwise the host app calls `bind()`. `mounted`: the host app mounts it at
+        SIMULATOR_PREFIX, so its own routes are at its root (`/_simulator/log` either way)."""
 
         @asynccontextmanager
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -521,10 +533,9 @@ class Simulator:
         app.add_api_route(
             "/recordings/{account_sid}/{sid}.wav", self._http_recording, methods=["GET"]
         )
-        app.add_api_route("/_simulator/log", self._http_log, methods=["GET"])
-        app.add_api_route(
-            "/_simulator/recording-faults", self._http_recording_faults, methods=["POST"]
-        )
+        own = "" if mounted else SIMULATOR_PREFIX
+        app.add_api_route(f"{own}/log", self._http_log, methods=["GET"])
+        app.add_api_route(f"{own}/recording-faults", self._http_recording_faults, methods=["POST"])
         return app
 
     async def _http_connect(self, request: Request, account_sid: str) -> Response:

@@ -86,6 +86,9 @@ class ExotelCall:
     price: str | None = None
     recording_url: str | None = None
     direction: str | None = None
+    # The `Call` object's fields as Exotel sent them (XML elements as their text), read no
+    # further: what exocall keeps of the answer beside what it read from it.
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def date_updated(self) -> datetime | None:
@@ -117,6 +120,7 @@ class ExotelCall:
             price=clean_str(fields.get("Price")),
             recording_url=clean_str(fields.get("RecordingUrl")),
             direction=clean_str(fields.get("Direction")),
+            raw=dict(fields),
         )
 
 
@@ -125,6 +129,7 @@ class RestException:
     status: int | None
     message: str
     code: int | None
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)  # as sent
 
 
 @dataclass(frozen=True)
@@ -203,6 +208,7 @@ def _rest_exception(fields: Mapping[str, Any]) -> RestException:
         status=clean_int(fields.get("Status")),
         message=clean_message(fields.get("Message")),
         code=clean_int(fields.get("Code")),
+        raw=dict(fields),
     )
 
 
