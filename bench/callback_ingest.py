@@ -32,7 +32,7 @@ from sqlalchemy import func, select
 
 from app.calls.callback_auth import sign
 from app.db.clock import db_now
-from app.db.models import Call, CallEvent, CallStatus
+from app.db.models import Call, CallStatus, Receipt
 from app.db.session import create_engine, create_sessionmaker
 from bench import fresh_database
 from tests.processes import free_ports
@@ -286,10 +286,10 @@ def load(port: int, script: Path, duration: int, process: subprocess.Popen[bytes
 async def check_database(url: str, calls: list[tuple[uuid.UUID, str]], answered: int) -> str:
     engine = create_engine(url)
     async with create_sessionmaker(engine)() as session:
-        events = await session.scalar(select(func.count()).select_from(CallEvent))
-        receipts = await session.scalar(select(func.count(func.distinct(CallEvent.receipt_id))))
+        events = await session.scalar(select(func.count()).select_from(Receipt))
+        receipts = await session.scalar(select(func.count(func.distinct(Receipt.receipt_id))))
         unattached = await session.scalar(
-            select(func.count()).select_from(CallEvent).where(CallEvent.call_id.is_(None))
+            select(func.count()).select_from(Receipt).where(Receipt.call_id.is_(None))
         )
         completed = await session.scalar(
             select(func.count()).select_from(Call).where(Call.status == CallStatus.COMPLETED)

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from app.db.models import CallEvent
+from app.db.models import Receipt
 from app.db.session import create_engine, create_sessionmaker
 from app.exotel.wire import format_exotel_time
 from tests.conftest import AUTH, FAKE_ENV, callback_path, empty_database
@@ -341,7 +341,7 @@ async def test_an_account_wide_callback_matching_no_call_is_kept_and_refused(
     engine = create_engine(live.database_url)
     async with create_sessionmaker(engine)() as session:
         stored = await session.scalar(
-            select(CallEvent).where(CallEvent.receipt_id == uuid.UUID(error["receipt_id"]))
+            select(Receipt).where(Receipt.receipt_id == uuid.UUID(error["receipt_id"]))
         )
     await engine.dispose()
     assert stored is not None

@@ -14,14 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.calls.ingest import CallbackWriter
 from app.calls.received import ReceivedCallback
-from app.db.models import CallEvent, EventOutcome, RequestKind
+from app.db.models import EventOutcome, Receipt, RequestKind
 from tests.conftest import callback_path, place_body
 from tests.exotel_double import ExotelDouble, accepted, new_sid
 
 pytestmark = pytest.mark.anyio
 
 # The callbacks stored (a call's events also keep Exotel's answer to its dispatch).
-CALLBACKS = select(CallEvent).where(CallEvent.kind == RequestKind.STATUS_CALLBACK)
+CALLBACKS = select(Receipt).where(Receipt.kind == RequestKind.STATUS_CALLBACK)
 
 
 def form(sid: str, status: str, date: str, **extra: str) -> dict[str, Any]:
@@ -132,7 +132,7 @@ async def test_a_callback_the_database_refuses_is_kept_unreadable_and_fails_no_o
     assert kept.outcome == EventOutcome.UNREADABLE
     async with sessionmaker() as session:
         event = await session.scalar(
-            select(CallEvent).where(CallEvent.receipt_id == unstorable.receipt_id)
+            select(Receipt).where(Receipt.receipt_id == unstorable.receipt_id)
         )
     assert event is not None
     assert (event.call_id, event.outcome) == (unstorable.call_id, EventOutcome.UNREADABLE)

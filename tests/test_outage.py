@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.db.models import Call, CallEvent, EventOutcome, RequestKind
+from app.db.models import Call, EventOutcome, Receipt, RequestKind
 from app.exotel.wire import format_exotel_time
 from tests.conftest import AUTH, callback_path, place_body
 from tests.pg_proxy import PgProxy
@@ -132,8 +132,8 @@ async def test_no_accepted_callback_is_lost_across_an_outage_and_a_restart(
     for call in calls:
         assert final[call["id"]]["recording_url"] == recording_url(call["sid"])
     async with sessionmaker() as session:  # straight to the database, not through the proxy
-        sent = CallEvent.kind == RequestKind.STATUS_CALLBACK  # not Exotel's answers
-        events = list(await session.scalars(select(CallEvent).where(sent)))
+        sent = Receipt.kind == RequestKind.STATUS_CALLBACK  # not Exotel's answers
+        events = list(await session.scalars(select(Receipt).where(sent)))
         stored_calls = {c.id: c for c in await session.scalars(select(Call))}
     # Every callback answered 200 is stored exactly once; nothing else is.
     receipts = Counter(event.receipt_id for event in events)

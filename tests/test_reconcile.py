@@ -22,7 +22,7 @@ from app.calls.reconcile import Repairs, reconcile_once
 from app.calls.state import CallState
 from app.calls.store import STATE_COLUMNS
 from app.config import Settings
-from app.db.models import Call, CallEvent, CallStatus, EventOutcome, ExotelRequest
+from app.db.models import Call, CallStatus, EventOutcome, ExotelRequest, Receipt
 from app.exotel.client import ExotelClient
 from app.exotel.wire import format_exotel_time
 from tests.conftest import FAKE_CALLER_ID, make_settings
@@ -83,7 +83,7 @@ async def stored_call(
     return call
 
 
-async def received(sessionmaker: async_sessionmaker[AsyncSession], call: Call) -> list[CallEvent]:
+async def received(sessionmaker: async_sessionmaker[AsyncSession], call: Call) -> list[Receipt]:
     """What was kept of what was received for the call, oldest first (as GET /calls/{id}/events
     lists it)."""
     async with sessionmaker() as session:
@@ -413,5 +413,5 @@ async def test_callbacks_stored_before_their_sid_was_known_are_attached(
     assert repairs.attached == 1
     assert (await reload(sessionmaker, call)).status == CallStatus.NO_ANSWER
     async with sessionmaker() as session:
-        event = (await session.scalars(select(CallEvent))).one()
+        event = (await session.scalars(select(Receipt))).one()
     assert (event.call_id, event.outcome) == (call.id, EventOutcome.APPLIED)

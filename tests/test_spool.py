@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.calls.callback_auth import passthru_url
 from app.calls.received import ReceivedCallback
 from app.calls.spool import Spool
-from app.db.models import CallEvent, RequestKind
+from app.db.models import Receipt, RequestKind
 from app.main import create_app
 from tests.conftest import (
     FAKE_CALLBACK_SECRET,
@@ -69,11 +69,11 @@ async def replayed(spool_dir: Path) -> None:
         await asyncio.sleep(0.05)
 
 
-async def events_of(sessionmaker: async_sessionmaker[AsyncSession]) -> list[CallEvent]:
+async def events_of(sessionmaker: async_sessionmaker[AsyncSession]) -> list[Receipt]:
     """What Exotel sent that was stored (not its answers to the calls' dispatch)."""
-    sent = CallEvent.kind.not_in([RequestKind.DISPATCH, RequestKind.LOOKUP])
+    sent = Receipt.kind.not_in([RequestKind.DISPATCH, RequestKind.LOOKUP])
     async with sessionmaker() as session:
-        return list(await session.scalars(select(CallEvent).where(sent).order_by(CallEvent.id)))
+        return list(await session.scalars(select(Receipt).where(sent).order_by(Receipt.id)))
 
 
 async def test_callbacks_during_an_outage_are_spooled_then_stored_once(
@@ -120,7 +120,7 @@ async def test_a_replay_interrupted_after_its_commit_stores_nothing_twice(
     await spool.replay(engine)
 
     async with sessionmaker() as session:
-        count = await session.scalar(select(func.count()).select_from(CallEvent))
+        count = await session.scalar(select(func.count()).select_from(Receipt))
     assert count == 1
     assert spool.pending() == []
 

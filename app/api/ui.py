@@ -29,7 +29,7 @@ from app.calls import queries, ratelimit
 from app.calls.errors import CallNotFound
 from app.calls.state import TERMINAL
 from app.db.clock import db_now
-from app.db.models import Batch, Call, CallEvent, CallStatus, RequestKind
+from app.db.models import Batch, Call, CallStatus, Receipt, RequestKind
 from app.events import endpoints, feed
 from app.exotel.passthru import parse_passthru
 from app.exotel.wire import IST  # India has one zone, Asia/Kolkata: +05:30 all year
@@ -254,7 +254,7 @@ class Entry:
     at: datetime
     what: str
     detail: str = ""
-    event: CallEvent | None = None
+    event: Receipt | None = None
     keyed: str | None = None  # a Passthru's digits, quotes stripped
 
 
@@ -267,7 +267,7 @@ RECEIVED = {
 }
 
 
-def timeline(call: Call, events: Sequence[CallEvent]) -> list[Entry]:
+def timeline(call: Call, events: Sequence[Receipt]) -> list[Entry]:
     """The call's milestones merged by time among what was received about it, which keeps the
     order it was received in."""
     milestones = [Entry(call.created_at, "created", "stored as queued")]

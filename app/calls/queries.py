@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.calls import cursors
 from app.calls.errors import BatchNotFound, CallNotFound, InvalidField
 from app.db.clock import db_now
-from app.db.models import Batch, Call, CallEvent, CallStatus, ExotelRequest
+from app.db.models import Batch, Call, CallStatus, ExotelRequest, Receipt
 
 # Our ids, and Exotel's SIDs (opaque, about 32 characters).
 _PLAUSIBLE_REF = re.compile(r"[\w-]{1,64}")
@@ -133,8 +133,8 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     return position
 
 
-async def list_events(session: AsyncSession, *, call_id: uuid.UUID) -> list[CallEvent]:
-    query = select(CallEvent).where(CallEvent.call_id == call_id).order_by(CallEvent.id)
+async def list_events(session: AsyncSession, *, call_id: uuid.UUID) -> list[Receipt]:
+    query = select(Receipt).where(Receipt.call_id == call_id).order_by(Receipt.id)
     return list(await session.scalars(query))
 
 

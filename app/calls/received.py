@@ -19,7 +19,7 @@ from typing import Any, Self
 from sqlalchemy import BigInteger, Column, Integer, String
 
 from app.calls.state import InputUpdate, StatusUpdate
-from app.db.models import Call, CallEvent, CallStatus, RequestKind
+from app.db.models import Call, CallStatus, Receipt, RequestKind
 from app.db.statements import table_of
 from app.exotel.passthru import DIGITS, PassthruRequest, parse_passthru
 from app.exotel.status_callback import (
@@ -163,7 +163,7 @@ def _read_passthru(received: ReceivedCallback) -> Reading:
 # never read back: pydantic, which writes a call's events out, stops at 255 levels.
 DEEPEST = 32
 _TEXT = "holds a NUL or half a UTF-16 surrogate pair, which no column stores"
-_CALLS, _EVENTS = table_of(Call).c, table_of(CallEvent).c
+_CALLS, _EVENTS = table_of(Call).c, table_of(Receipt).c
 # The column each field is stored in, once read: what it holds bounds the field.
 _COLUMNS: dict[str, Column[Any]] = {
     CALL_SID: _EVENTS.sid,

@@ -39,7 +39,7 @@ from app.calls.state import CallState, Failure, StatusUpdate, apply_update
 from app.calls.store import CallStore
 from app.config import ReconcileSettings
 from app.db.clock import db_now
-from app.db.models import Call, CallEvent, CallStatus, EventOutcome, FailureKind, RequestKind
+from app.db.models import Call, CallStatus, EventOutcome, FailureKind, Receipt, RequestKind
 from app.exotel.client import MAX_SIDS_PER_LOOKUP, CallsPage, ExotelClient
 from app.exotel.errors import ExotelError
 from app.exotel.wire import ExotelCall
@@ -137,7 +137,7 @@ async def _attach_orphan_events(session: AsyncSession) -> int:
     """Callbacks stored for a SID before any call had it (the dispatch that learnt the SID may
     have raced them)."""
     known = select(Call.id).where(
-        exists().where(CallEvent.sid == Call.sid, CallEvent.call_id.is_(None))
+        exists().where(Receipt.sid == Call.sid, Receipt.call_id.is_(None))
     )
     ids = list(await session.scalars(known))
     store = await CallStore.of(session)

@@ -37,14 +37,14 @@ from app.calls import outbox
 from app.calls.received import Ignored, ReceivedAnswer, ReceivedCallback, Unreadable, fitting
 from app.calls.state import CallState, InputUpdate, apply_input, apply_update
 from app.db.clock import db_now
-from app.db.models import Call, CallEvent, EventOutcome, RecordingJob, RecordingStatus, RequestKind
+from app.db.models import Call, EventOutcome, Receipt, RecordingJob, RecordingStatus, RequestKind
 from app.db.statements import one_of, table_of
 from app.logs import about
 
 log = logging.getLogger(__name__)
 
 
-_CALLS, _EVENTS, _JOBS = table_of(Call), table_of(CallEvent), table_of(RecordingJob)
+_CALLS, _EVENTS, _JOBS = table_of(Call), table_of(Receipt), table_of(RecordingJob)
 _EVENT_COLUMNS = [column.name for column in _EVENTS.c if column.name != "id"]
 STATE_COLUMNS = [f.name for f in fields(CallState)]
 _CHANGING = [name for name in STATE_COLUMNS if name != "id"]

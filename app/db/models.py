@@ -218,7 +218,10 @@ class RecordingJob(Base):
     __table_args__ = (Index("ix_recording_job_due_at", "due_at"),)
 
 
-class CallEvent(Base):
+class Receipt(Base):
+    """What exocall received about a call from Exotel: a status callback, a Passthru request,
+    or Exotel's answer to a request of ours (`kind`). `GET /calls/{id}/events` lists them."""
+
     __tablename__ = "call_event"
 
     id: Mapped[int] = mapped_column(BigInteger(), primary_key=True, autoincrement=True)
