@@ -5,7 +5,7 @@ with calls in flight; last, the api switched to the `pgbouncer` profile.
 What the contract promises is asserted: every answer is a call or a refusal in the error shape,
 never a 500; no call the client was told failed is dialled; every call accepted is dialled once
 and ends; and the proxy believes no client's own X-Forwarded-For. The time each step took is
-printed at the end (docs/deployment.md, "The stack, for real"), never asserted.
+printed at the end (docs/operations.md, "The stack, for real"), never asserted.
 
 The engine is Debian's dockerd, and the base images are stand-ins built from Debian's packages
 (no registry is reachable here): PostgreSQL 15 stands in for 16, Debian's nginx 1.22 for Alpine's
@@ -422,7 +422,7 @@ async def test_calls_through_the_pgbouncer_profile(stack: Stack) -> None:
 
 
 def _scale(stack: Stack, replicas: int) -> None:
-    """As docs/deployment.md says: API_REPLICAS in the env file, and a plain `up`."""
+    """As docs/operations.md says: API_REPLICAS in the env file, and a plain `up`."""
     with stack.env_file.open("a") as file:
         file.write(f"API_REPLICAS={replicas}\n")  # the last assignment wins
     stack.compose("up", "--detach", "--wait")
