@@ -31,9 +31,9 @@ from app.db.base import Base
 from app.db.embedded import embedded_server
 from app.db.session import create_engine, create_sessionmaker
 from app.main import create_app
-from tests.exotel_double import ExotelDouble
-from tests.pg_proxy import PgProxy
-from tests.processes import STRAY_ENV, Deployment, free_ports
+from tests.support.exotel_double import ExotelDouble
+from tests.support.pg_proxy import PgProxy
+from tests.support.processes import STRAY_ENV, Deployment, free_ports
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
 # A throwaway server need not survive a crash of the machine.
@@ -130,7 +130,7 @@ def deployment(db_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> I
 
 @pytest.fixture
 def proxy(database_url: str) -> Iterator[PgProxy]:
-    """A way to the test database that can be cut (tests/pg_proxy.py). Request it before
+    """A way to the test database that can be cut (tests/support/pg_proxy.py). Request it before
     `deployment`, so that the processes are stopped before the proxy is."""
     upstream = make_url(database_url)
     with PgProxy(upstream.port or 5432, upstream.host or "127.0.0.1") as proxy:

@@ -27,7 +27,7 @@ from app.db.models import CallEvent
 from app.db.session import create_engine, create_sessionmaker
 from app.exotel.wire import format_exotel_time
 from tests.conftest import AUTH, FAKE_ENV, callback_path, empty_database
-from tests.processes import Deployment
+from tests.support.processes import Deployment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import FAKE_ACCOUNT_SID, FAKE_API_KEY, FAKE_API_TOKEN, place_body
-from tests.exotel_double import ExotelDouble, accepted, form_of, new_sid, rest_exception
+from tests.support.exotel_double import ExotelDouble, accepted, form_of, new_sid, rest_exception
 
 pytestmark = pytest.mark.anyio
 

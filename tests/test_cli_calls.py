@@ -28,7 +28,7 @@ from app.calls.state import TERMINAL
 from app.client.rows import read_campaign
 from app.client.state import state_path
 from tests.conftest import AUTH, FAKE_CALLBACK_SECRET, FAKE_INTERNAL_API_KEY
-from tests.processes import EXOCALL, Deployment, free_ports, with_default_sigint
+from tests.support.processes import EXOCALL, Deployment, free_ports, with_default_sigint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 

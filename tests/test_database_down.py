@@ -1,8 +1,8 @@
 """While the database cannot be reached, every endpoint says so (`503 database_unavailable`, with
 `Retry-After`), never 500; and a call committed before it went away is never answered as failed.
 
-PostgreSQL is reached through a proxy the tests cut (tests/pg_proxy.py); the server itself keeps
-running for everyone else.
+PostgreSQL is reached through a proxy the tests cut (tests/support/pg_proxy.py); the server itself
+keeps running for everyone else.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from sqlalchemy.exc import DBAPIError
 from app.db.session import is_database_down
 from app.main import create_app
 from tests.conftest import make_settings, place_body, serving
-from tests.exotel_double import ExotelDouble, accepted
-from tests.pg_proxy import PgProxy
+from tests.support.exotel_double import ExotelDouble, accepted
+from tests.support.pg_proxy import PgProxy
 
 pytestmark = [pytest.mark.anyio]
 

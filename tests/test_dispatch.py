@@ -19,7 +19,7 @@ from app.db.models import Call
 from app.main import create_app
 from app.retry_after import LONGEST_SECONDS
 from tests.conftest import make_settings, place_body, serving
-from tests.exotel_double import ExotelDouble, accepted, form_of, rest_exception
+from tests.support.exotel_double import ExotelDouble, accepted, form_of, rest_exception
 
 pytestmark = pytest.mark.anyio
 

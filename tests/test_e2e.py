@@ -29,7 +29,7 @@ from tests.conftest import (
     callback_path,
 )
 from tests.conftest import FAKE_CALLER_ID as CALLER_ID
-from tests.processes import Deployment
+from tests.support.processes import Deployment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 

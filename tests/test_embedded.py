@@ -16,7 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import EXOCALL, STRAY_ENV, free_ports, start_process, with_default_sigint
+from tests.support.processes import (
+    EXOCALL,
+    STRAY_ENV,
+    free_ports,
+    start_process,
+    with_default_sigint,
+)
 
 pytestmark = pytest.mark.e2e
 

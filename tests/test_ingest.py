@@ -16,7 +16,7 @@ from app.calls.callbacks import ReceivedCallback
 from app.calls.ingest import CallbackWriter
 from app.db.models import CallEvent, EventOutcome
 from tests.conftest import callback_path, place_body
-from tests.exotel_double import ExotelDouble, accepted, new_sid
+from tests.support.exotel_double import ExotelDouble, accepted, new_sid
 
 pytestmark = pytest.mark.anyio
 

@@ -27,7 +27,7 @@ from app.jobs.runner import Kind, Runner
 from app.jobs.worker import LEASE_SECONDS, Queue, Worker, backlog, new_worker_id
 from app.metrics import Metrics
 from tests.conftest import FAKE_CALLER_ID
-from tests.exotel_double import ExotelDouble
+from tests.support.exotel_double import ExotelDouble
 
 pytestmark = pytest.mark.anyio
 

@@ -1,9 +1,10 @@
 """PostgreSQL goes away in the middle of a stream of status callbacks, and exocall is restarted
 while it is away: every callback answered 200 is applied once the database is back, exactly once.
 
-The database is reached through a TCP proxy (tests/pg_proxy.py) that the test cuts and restores;
-the real PostgreSQL server keeps running for everyone else. The simulator places the calls but
-sends no callbacks of its own (a long `--callback-delay`): the test sends them, as Exotel would.
+The database is reached through a TCP proxy (tests/support/pg_proxy.py) that the test cuts and
+restores; the real PostgreSQL server keeps running for everyone else. The simulator places the
+calls but sends no callbacks of its own (a long `--callback-delay`): the test sends them, as
+Exotel would.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.db.models import Call, CallEvent, EventOutcome
 from app.exotel.wire import format_exotel_time
 from tests.conftest import AUTH, callback_path, place_body
-from tests.pg_proxy import PgProxy
-from tests.processes import Deployment
+from tests.support.pg_proxy import PgProxy
+from tests.support.processes import Deployment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 

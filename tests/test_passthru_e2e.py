@@ -14,7 +14,7 @@ import pytest
 
 from app.calls.callback_auth import passthru_url
 from tests.conftest import AUTH, FAKE_CALLBACK_SECRET
-from tests.processes import Deployment, free_ports
+from tests.support.processes import Deployment, free_ports
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 

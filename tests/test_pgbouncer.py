@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.conftest import AUTH, place_body
-from tests.processes import Deployment, free_ports
+from tests.support.processes import Deployment, free_ports
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 

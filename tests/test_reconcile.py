@@ -26,7 +26,7 @@ from app.db.models import Call, CallEvent, CallStatus, EventOutcome, ExotelReque
 from app.exotel.client import ExotelClient
 from app.exotel.wire import format_exotel_time
 from tests.conftest import FAKE_CALLER_ID, make_settings
-from tests.exotel_double import ExotelDouble, call_json, new_sid
+from tests.support.exotel_double import ExotelDouble, call_json, new_sid
 
 pytestmark = pytest.mark.anyio
 

@@ -46,9 +46,9 @@ from tests.conftest import (
     place_body,
     serving,
 )
-from tests.pg_proxy import PgProxy
-from tests.processes import EXOCALL, STRAY_ENV, Process
-from tests.s3_server import FAKE_S3_KEY_ID, FAKE_S3_SECRET, new_bucket, objects, start_moto
+from tests.support.pg_proxy import PgProxy
+from tests.support.processes import EXOCALL, STRAY_ENV, Process
+from tests.support.s3_server import FAKE_S3_KEY_ID, FAKE_S3_SECRET, new_bucket, objects, start_moto
 
 pytestmark = pytest.mark.anyio
 

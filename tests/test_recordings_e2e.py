@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import AUTH, FAKE_API_KEY, FAKE_API_TOKEN
-from tests.processes import Deployment
+from tests.support.processes import Deployment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import AUTH
-from tests.processes import READY_DEADLINE_SECONDS, STOP_DEADLINE_SECONDS, Deployment
+from tests.support.processes import READY_DEADLINE_SECONDS, STOP_DEADLINE_SECONDS, Deployment
 
 LIMIT, WINDOW = 20, 5.0
 CALLS = 200  # a backlog of about 60 s: 20 requests per 5 s, counted over 6 s with the margin

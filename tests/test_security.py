@@ -15,8 +15,8 @@ from app.config import Settings
 from app.exotel.client import ExotelClient
 from app.main import create_app
 from tests.conftest import FAKE_INTERNAL_API_KEY, make_settings, place_body, serving
-from tests.exotel_double import ExotelDouble
-from tests.processes import EXOCALL, STRAY_ENV
+from tests.support.exotel_double import ExotelDouble
+from tests.support.processes import EXOCALL, STRAY_ENV
 
 PROTECTED = [
     ("POST", "/calls"),

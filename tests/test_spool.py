@@ -26,8 +26,8 @@ from tests.conftest import (
     place_body,
     serving,
 )
-from tests.exotel_double import ExotelDouble, accepted, new_sid
-from tests.processes import free_ports
+from tests.support.exotel_double import ExotelDouble, accepted, new_sid
+from tests.support.processes import free_ports
 
 pytestmark = pytest.mark.anyio
 

@@ -9,8 +9,8 @@ printed at the end (docs/deployment.md, "The stack, for real"), never asserted.
 
 The engine is Debian's dockerd, and the base images are stand-ins built from Debian's packages
 (no registry is reachable here): PostgreSQL 15 stands in for 16, Debian's nginx 1.22 for Alpine's
-1.27 (tests/docker_engine.py, deploy/standins/). Without an engine the test is skipped, and under
-CI=true it fails instead: .ci/run installs one.
+1.27 (tests/support/docker_engine.py, deploy/standins/). Without an engine the test is skipped,
+and under CI=true it fails instead: .ci/run installs one.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import docker_engine
 from tests.conftest import AUTH, FAKE_ACCOUNT_SID
+from tests.support import docker_engine
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(1800)]
 

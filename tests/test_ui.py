@@ -39,8 +39,8 @@ from tests.conftest import (
     place_body,
     serving,
 )
-from tests.exotel_double import ExotelDouble, accepted, new_sid, rest_exception
-from tests.processes import Deployment
+from tests.support.exotel_double import ExotelDouble, accepted, new_sid, rest_exception
+from tests.support.processes import Deployment
 
 pytestmark = pytest.mark.anyio
 

@@ -26,9 +26,9 @@ from app.events.delivery import Answer, claim, record, release, retry_policy
 from app.events.targets import TargetPolicy, TargetRefused, guarded_session
 from app.main import create_app
 from tests.conftest import callback_path, make_settings, no_dns, serving
-from tests.exotel_double import ExotelDouble
-from tests.processes import free_ports
-from tests.subscriber import Inbox, subscriber
+from tests.support.exotel_double import ExotelDouble
+from tests.support.processes import free_ports
+from tests.support.subscriber import Inbox, subscriber
 from tests.test_status_callbacks import callback, multipart, place
 
 pytestmark = pytest.mark.anyio

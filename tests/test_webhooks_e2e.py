@@ -22,7 +22,7 @@ from standardwebhooks.webhooks import Webhook
 
 from app.db.session import create_engine
 from tests.conftest import AUTH
-from tests.processes import Deployment
+from tests.support.processes import Deployment
 
 pytestmark = pytest.mark.anyio
 

@@ -173,11 +173,11 @@ class Deployment:
         return self.simulator_url
 
     def start_subscriber(self) -> str:
-        """A webhook subscriber (tests/subscriber.py); its base URL."""
+        """A webhook subscriber (tests/support/subscriber.py); its base URL."""
         (port,) = free_ports(1)
         url = f"http://127.0.0.1:{port}"
-        argv = [sys.executable, "-m", "tests.subscriber", "--port", str(port)]
-        root = str(Path(__file__).resolve().parent.parent)
+        argv = [sys.executable, "-m", "tests.support.subscriber", "--port", str(port)]
+        root = str(Path(__file__).resolve().parents[2])
         self._start("subscriber", argv, f"{url}/received", PYTHONPATH=root)
         return url
 

@@ -1,6 +1,6 @@
 """A webhook subscriber for the tests: it keeps every delivery as received (headers and the raw
 body) and answers as it is told. In-process (`Subscriber`) or as a process of its own
-(`python -m tests.subscriber --port N`), for the end-to-end tests.
+(`python -m tests.support.subscriber --port N`), for the end-to-end tests.
 
     GET  /received            every delivery so far, oldest first
     POST /answer {"status", "headers", "delay"}
@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.processes import free_ports
+from tests.support.processes import free_ports
 
 
 @dataclass
