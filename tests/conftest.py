@@ -65,13 +65,35 @@ def _reset_postgres(url: str) -> None:
     asyncio.run(reset())
 
 
+def _database_of_this_worker(url: str) -> str:
+    """`url`; under pytest-xdist, a database of the worker's own on the same server, made
+    afresh (`exocall_gw0` beside `exocall`): each worker empties every table after each test."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return url
+    given = make_url(url)
+    name = f"{given.database}_{worker}"
+
+    async def create() -> None:
+        engine = create_engine(url).execution_options(isolation_level="AUTOCOMMIT")
+        async with engine.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            await connection.execute(text(f'CREATE DATABASE "{name}"'))
+        await engine.dispose()
+
+    asyncio.run(create())
+    return given.set(database=name).render_as_string(hide_password=False)
+
+
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
-    """An empty database, brought to the newest schema by the migrations."""
+    """An empty database, brought to the newest schema by the migrations: on a server of this
+    session's own, or on TEST_DATABASE_URL's."""
     if TEST_DATABASE_URL:
-        _reset_postgres(TEST_DATABASE_URL)
-        migrate.upgrade(TEST_DATABASE_URL)
-        yield TEST_DATABASE_URL
+        url = _database_of_this_worker(TEST_DATABASE_URL)
+        _reset_postgres(url)
+        migrate.upgrade(url)
+        yield url
         return
     # Not under pytest's own temporary directory, which only its owner may enter: under root
     # the server runs as another user.
@@ -102,6 +124,11 @@ async def db_url(database_url: str) -> AsyncIterator[str]:
     await empty_database(database_url)
 
 
+# How long `POST /calls` waits for Exotel's answer (201) before it answers 202: long, so that a
+# test that places a call gets 201 however busy the machine, unless dispatch hangs. A test of the
+# 202 sets its own, or holds Exotel's answer; a test that wants the call queued asks wait=false.
+DISPATCH_WAIT_SECONDS = 20
+
 # For an app whose schema is read and whose database is never reached.
 UNUSED_DATABASE = "postgresql+asyncpg://postgres@127.0.0.1:9/unused"
 
@@ -113,6 +140,7 @@ FAKE_ENV = {
     "CALLBACK_SECRETS": FAKE_CALLBACK_SECRET,
     "EXOTEL_CALLER_ID": FAKE_CALLER_ID,
     "API_KEYS": FAKE_INTERNAL_API_KEY,
+    "DISPATCH_WAIT_SECONDS": str(DISPATCH_WAIT_SECONDS),
 }
 
 
@@ -148,8 +176,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "callback_secrets": FAKE_CALLBACK_SECRET,
         "public_base_url": "http://exocall.test",
         "api_keys": FAKE_INTERNAL_API_KEY,
-        # Short, so tests of calls left in the queue do not wait long for them.
-        "dispatch_wait_seconds": 2,
+        "dispatch_wait_seconds": DISPATCH_WAIT_SECONDS,
         "jobs_poll_seconds": 0.05,
         # The app's own archive would race a test's callbacks with events of its own, once
         # its poll comes round: tests/test_recordings.py runs an Archive itself.

@@ -17,11 +17,12 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.eventually import eventually_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERD = Path("/usr/sbin/dockerd")
@@ -132,10 +133,16 @@ def _start_dockerd(handle: Engine) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    deadline = time.monotonic() + START_DEADLINE_SECONDS
-    while not _answers(handle):
-        if daemon.poll() is not None or time.monotonic() > deadline:
-            daemon.kill()
-            raise RuntimeError(f"dockerd did not start; see {RUN_DIR / 'dockerd.log'}")
-        time.sleep(0.5)
+    try:
+        eventually_sync(
+            lambda: daemon.poll() is not None or _answers(handle),
+            what=f"dockerd answering (its log: {RUN_DIR / 'dockerd.log'})",
+            within=START_DEADLINE_SECONDS,
+            pause=0.5,
+        )
+        if daemon.poll() is not None:
+            raise RuntimeError(f"dockerd exited; see {RUN_DIR / 'dockerd.log'}")
+    except BaseException:
+        daemon.kill()
+        raise
     return daemon
