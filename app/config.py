@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     # Work done later (`app.jobs`): how often an idle kind looks for work another replica
     # queued (work queued here wakes it at once).
     jobs_poll_seconds: float = Field(0.5, gt=0)
+    # Every process says it lives this often; a claim whose process has not said so for the
+    # lease is taken by another as lost (docs/jobs.md). A shorter lease takes a killed
+    # replica's work sooner, and also that of a live one stalled for as long.
+    jobs_beat_seconds: float = Field(5, gt=0)
+    jobs_lease_seconds: float = Field(15, gt=0)
 
     # The dispatch queue.
     dispatch_wait_seconds: float = Field(10, ge=0)  # how long POST /calls waits for Exotel
@@ -211,6 +216,14 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_beats(self) -> Settings:
+        # A process stops claiming once half its lease has passed since its last beat: a lease
+        # of two beats or less would stop it between two beats of a healthy heart.
+        if self.jobs_lease_seconds <= 2 * self.jobs_beat_seconds:
+            raise ValueError("JOBS_LEASE_SECONDS must be more than twice JOBS_BEAT_SECONDS")
+        return self
 
     @model_validator(mode="after")
     def _production_needs_secrets(self) -> Settings:

@@ -38,7 +38,7 @@ from app.exotel.client import ExotelClient, Observer
 from app.exotel.simulator import Simulator, SimulatorConfig
 from app.jobs.periodic import Periodic
 from app.jobs.runner import Kind, Runner
-from app.jobs.worker import BEAT_SECONDS, Worker
+from app.jobs.worker import Worker
 from app.metrics import CONTENT_TYPE, Metrics
 from app.recordings.archive import Archive
 from app.recordings.retention import forget_old_recordings
@@ -297,7 +297,11 @@ async def _run_jobs(
         settings.database_url, pgbouncer=settings.database_pgbouncer, pool_size=1, max_overflow=0
     )
     stack.push_async_callback(beats.dispose)
-    worker = Worker(create_sessionmaker(beats))
+    worker = Worker(
+        create_sessionmaker(beats),
+        beat_seconds=settings.jobs_beat_seconds,
+        lease_seconds=settings.jobs_lease_seconds,
+    )
     await worker.start()
     stack.push_async_callback(worker.stop)
     runners = [
@@ -305,7 +309,7 @@ async def _run_jobs(
             kind,
             sessionmaker=sessionmaker,
             worker=worker,
-            poll=min(kind.every, BEAT_SECONDS)
+            poll=min(kind.every, settings.jobs_beat_seconds)
             if isinstance(kind, Periodic)
             else settings.jobs_poll_seconds,
             grace=grace,

@@ -4,7 +4,6 @@ policy. Replicas killed while holding each kind of work: tests/test_jobs_e2e.py.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -24,12 +23,22 @@ from app.db.models import Worker as WorkerRow
 from app.jobs.periodic import Periodic
 from app.jobs.policy import RetryPolicy
 from app.jobs.runner import Kind, Runner
-from app.jobs.worker import LEASE_SECONDS, Queue, Worker, backlog, new_worker_id
+from app.jobs.worker import Queue, Worker, backlog, new_worker_id
 from app.metrics import Metrics
 from tests.conftest import FAKE_CALLER_ID
+from tests.support.eventually import eventually
 from tests.support.exotel_double import ExotelDouble
 
 pytestmark = pytest.mark.anyio
+
+# The heartbeat's defaults (JOBS_BEAT_SECONDS, JOBS_LEASE_SECONDS), whatever the environment says.
+BEAT_SECONDS = Settings.model_fields["jobs_beat_seconds"].default
+LEASE_SECONDS = Settings.model_fields["jobs_lease_seconds"].default
+
+
+def new_worker(sessionmaker: async_sessionmaker[AsyncSession]) -> Worker:
+    """A worker with the default heartbeat, as a replica runs one."""
+    return Worker(sessionmaker, beat_seconds=BEAT_SECONDS, lease_seconds=LEASE_SECONDS)
 
 
 async def claimed_call(
@@ -69,7 +78,7 @@ async def test_a_claim_lives_while_its_worker_beats_and_is_lost_once_it_stops(
     never = await claimed_call(sessionmaker, settings, by="never-beat")
     lost = Recorded()
 
-    swept = await Worker(sessionmaker).sweep("dispatch", Dispatch.queue, lost)
+    swept = await new_worker(sessionmaker).sweep("dispatch", Dispatch.queue, lost)
 
     assert swept == 2
     assert sorted(lost.keys) == sorted([dead.id, never.id])
@@ -83,7 +92,7 @@ async def test_a_dispatch_whose_worker_stopped_mid_send_becomes_unknown_and_is_n
     call = await claimed_call(sessionmaker, settings, by="stopped")
     kind = Dispatch(sessionmaker=sessionmaker, exotel=None, settings=settings)  # type: ignore[arg-type]
 
-    assert await Worker(sessionmaker).sweep(kind.name, kind.queue, kind.lost) == 1
+    assert await new_worker(sessionmaker).sweep(kind.name, kind.queue, kind.lost) == 1
 
     async with sessionmaker() as session:
         stored = await session.get(Call, call.id)
@@ -93,23 +102,23 @@ async def test_a_dispatch_whose_worker_stopped_mid_send_becomes_unknown_and_is_n
     assert (stored.status, stored.error_code) == (CallStatus.UNKNOWN, "dispatch_interrupted")
     assert stored.claimed_by is None
     assert ready is None
-    assert await Worker(sessionmaker).sweep(kind.name, kind.queue, kind.lost) == 0
+    assert await new_worker(sessionmaker).sweep(kind.name, kind.queue, kind.lost) == 0
     assert exotel.connects == []
 
 
 async def test_a_worker_that_stops_says_so_and_its_claims_are_lost_at_once(
     sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
 ) -> None:
-    worker = Worker(sessionmaker)
+    worker = new_worker(sessionmaker)
     await worker.start()
     assert worker.alive
     call = await claimed_call(sessionmaker, settings, by=worker.id)
     lost = Recorded()
-    assert await Worker(sessionmaker).sweep("dispatch", Dispatch.queue, lost) == 0
+    assert await new_worker(sessionmaker).sweep("dispatch", Dispatch.queue, lost) == 0
 
     await worker.stop()
 
-    assert await Worker(sessionmaker).sweep("dispatch", Dispatch.queue, lost) == 1
+    assert await new_worker(sessionmaker).sweep("dispatch", Dispatch.queue, lost) == 1
     assert lost.keys == [call.id]
 
 
@@ -164,7 +173,7 @@ async def test_the_periodic_queue_is_swept_like_any_other(
         assert await kind.claim(session, worker="gone", limit=1) == ["gone"]
     assert isinstance(kind.queue, Queue)
 
-    assert await Worker(sessionmaker).sweep(kind.name, kind.queue, kind.lost) == 1
+    assert await new_worker(sessionmaker).sweep(kind.name, kind.queue, kind.lost) == 1
 
     async with sessionmaker() as session, session.begin():
         assert await kind.claim(session, worker="b", limit=1) == ["b"]
@@ -261,7 +270,7 @@ async def test_a_claim_whose_commit_fails_runs_nothing(
 ) -> None:
     kind = _CutAtCommit(engine)
     metrics = Metrics()
-    worker = Worker(sessionmaker)
+    worker = new_worker(sessionmaker)
     await worker.start()
     runner = Runner(
         kind,
@@ -274,10 +283,8 @@ async def test_a_claim_whose_commit_fails_runs_nothing(
     )
     runner.start()
     try:
-        deadline = asyncio.get_running_loop().time() + 30
-        while kind.claims < 3:  # claimed, and lost at commit, three times
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.01)
+        # Claimed, and lost at commit, three times.
+        await eventually(lambda: kind.claims, what="three claims", until=lambda n: n >= 3)
     finally:
         await runner.stop()
         await worker.stop()

@@ -125,6 +125,13 @@ def test_production_refuses_to_start_and_says_why_without_the_secrets(tmp_path: 
     assert "fake-exotel-token-value" not in result.stderr + result.stdout
 
 
+def test_a_lease_of_two_beats_or_less_is_refused() -> None:
+    # A worker stops claiming half a lease after its last beat: between two healthy beats.
+    with pytest.raises(ValidationError, match="JOBS_LEASE_SECONDS must be more than twice"):
+        Settings(_env_file=None, jobs_beat_seconds=5, jobs_lease_seconds=10)  # type: ignore[call-arg]
+    Settings(_env_file=None, jobs_beat_seconds=1, jobs_lease_seconds=3)  # type: ignore[call-arg]
+
+
 def test_secrets_stay_out_of_reprs() -> None:
     settings = Settings(_env_file=None, **PRODUCTION)  # type: ignore[call-arg]
     client = ExotelClient(
