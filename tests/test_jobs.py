@@ -4,6 +4,7 @@ policy. Replicas killed while holding each kind of work: tests/test_jobs_e2e.py.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -289,3 +290,66 @@ async def test_a_claim_whose_commit_fails_runs_nothing(
         await runner.stop()
         await worker.stop()
     assert kind.runs == []
+
+
+class _SlowClaim(Kind[str, str]):
+    """Claims one job, once, slowly: the claim is under way until the test lets it commit."""
+
+    name = "slow claim"
+
+    def __init__(self) -> None:
+        self.claiming = asyncio.Event()
+        self.commit = asyncio.Event()
+        self.running = asyncio.Event()
+        self.finish = asyncio.Event()
+        self.outcomes: list[tuple[str, str]] = []
+
+    async def claim(self, session: AsyncSession, *, worker: str, limit: int) -> list[str]:
+        if self.claiming.is_set():
+            return []
+        self.claiming.set()
+        await self.commit.wait()
+        return ["job"]
+
+    async def run(self, job: str) -> str:
+        self.running.set()
+        await self.finish.wait()
+        return f"{job} done"
+
+    async def record(self, session: AsyncSession, done: Sequence[tuple[str, str]]) -> None:
+        self.outcomes += done
+
+
+async def test_a_claim_under_way_when_the_runner_stops_is_run_and_recorded(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """SIGTERM stops claiming, but a claim already under way may still commit: its jobs get
+    their grace and are recorded before the runner's stop returns (they once ran unwatched,
+    their outcome dropped and their claims left to the sweep of another process)."""
+    kind = _SlowClaim()
+    metrics = Metrics()
+    worker = new_worker(sessionmaker)
+    await worker.start()
+    runner = Runner(
+        kind,
+        sessionmaker=sessionmaker,
+        worker=worker,
+        poll=0.01,
+        grace=30,
+        availability=Availability(metrics),
+        metrics=metrics,
+    )
+    runner.start()
+    try:
+        await kind.claiming.wait()
+        runner.stop_claiming()  # SIGTERM
+        stopping = asyncio.create_task(runner.stop())  # the app's shutdown
+        kind.commit.set()
+        await kind.running.wait()
+        kind.finish.set()  # within its grace
+        await stopping
+    finally:
+        kind.commit.set()
+        kind.finish.set()
+        await worker.stop()
+    assert kind.outcomes == [("job", "job done")]
