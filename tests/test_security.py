@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from typing import Any
 
 import httpx
@@ -22,9 +21,9 @@ PROTECTED = [
     ("POST", "/calls"),
     ("POST", "/calls/batch"),
     ("GET", "/calls"),
-    ("GET", f"/calls/{uuid.uuid4()}"),
-    ("GET", f"/calls/{uuid.uuid4()}/events"),
-    ("GET", f"/batches/{uuid.uuid4()}"),
+    ("GET", "/calls/5a1e0000-0000-4000-8000-0000000000b1"),
+    ("GET", "/calls/5a1e0000-0000-4000-8000-0000000000b2/events"),
+    ("GET", "/batches/5a1e0000-0000-4000-8000-0000000000b3"),
 ]
 
 
