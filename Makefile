@@ -36,8 +36,13 @@ run: $(VENV)/.installed  ## serve on the embedded PostgreSQL with the built-in E
 migrate: $(VENV)/.installed
 	$(BIN)/exocall migrate
 
-test: $(VENV)/.installed-dev  ## the whole suite, on an embedded PostgreSQL (or TEST_DATABASE_URL's)
-	$(BIN)/pytest $(PYTEST_ARGS)
+# Workers of pytest-xdist, each with a PostgreSQL of its own: most tests wait (on processes,
+# the database, a deadline) far more than they compute, so more of them than cores; tests that
+# share one stack or one server are grouped onto one worker (xdist_group). docs/testing.md
+TEST_WORKERS ?= 3
+
+test: $(VENV)/.installed-dev  ## the whole suite, on embedded PostgreSQL servers (or TEST_DATABASE_URL's)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -19,6 +19,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -329,6 +330,24 @@ class JobSettings(Group):
         description="how often an idle kind of work (dispatch, delivery, the archive) looks for "
         "work other replicas queued; work queued here is taken at once",
     )
+    beat_seconds: float = Field(
+        5, gt=0, description="how often each process says it lives (docs/jobs.md)"
+    )
+    lease_seconds: float = Field(
+        15,
+        gt=0,
+        description="a claim whose process has not said it lives for this long is taken by "
+        "another as lost: a shorter lease takes a killed replica's work sooner, and also that "
+        "of a live one stalled for as long. More than twice the beat",
+    )
+
+    @model_validator(mode="after")
+    def _lease_outlasts_beats(self) -> JobSettings:
+        # A process stops claiming once half its lease has passed since its last beat: a lease
+        # of two beats or less would stop it between two beats of a healthy heart.
+        if self.lease_seconds <= 2 * self.beat_seconds:
+            raise ValueError("JOBS_LEASE_SECONDS must be more than twice JOBS_BEAT_SECONDS")
+        return self
 
 
 class DispatchSettings(Group):

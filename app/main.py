@@ -38,7 +38,7 @@ from app.exotel.client import ExotelClient, Observer
 from app.exotel.simulator import SIMULATOR_PREFIX, Simulator, SimulatorConfig
 from app.jobs.periodic import Periodic
 from app.jobs.runner import Kind, Runner
-from app.jobs.worker import BEAT_SECONDS, Worker
+from app.jobs.worker import Worker
 from app.metrics import CONTENT_TYPE, Metrics
 from app.recordings.archive import Archive
 from app.recordings.retention import forget_old_recordings
@@ -307,7 +307,11 @@ async def _run_jobs(
         settings.database.url, pgbouncer=settings.database.pgbouncer, pool_size=1, max_overflow=0
     )
     stack.push_async_callback(beats.dispose)
-    worker = Worker(create_sessionmaker(beats))
+    worker = Worker(
+        create_sessionmaker(beats),
+        beat_seconds=settings.jobs.beat_seconds,
+        lease_seconds=settings.jobs.lease_seconds,
+    )
     await worker.start()
     stack.push_async_callback(worker.stop)
     runners = [
@@ -315,7 +319,7 @@ async def _run_jobs(
             kind,
             sessionmaker=sessionmaker,
             worker=worker,
-            poll=min(kind.every, BEAT_SECONDS)
+            poll=min(kind.every, settings.jobs.beat_seconds)
             if isinstance(kind, Periodic)
             else settings.jobs.poll_seconds,
             grace=grace,

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from app.db import migrate
 from app.db.embedded import embedded_server
 from app.db.session import create_engine
-from tests.processes import free_ports
+from tests.support.processes import free_ports
 
 DATABASE = "exocall_bench"
 

@@ -35,7 +35,7 @@ from app.db.clock import db_now
 from app.db.models import Call, CallStatus, Receipt
 from app.db.session import create_engine, create_sessionmaker
 from bench import fresh_database
-from tests.processes import free_ports
+from tests.support.processes import free_ports
 
 SECRET = "bench-fake-callback-secret"
 CALLS = 2000

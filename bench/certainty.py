@@ -36,7 +36,7 @@ from app.db.models import Call
 from app.db.session import create_engine, create_sessionmaker
 from bench import fresh_database
 from bench.dispatch_rate import FAKE_ENV
-from tests.processes import Deployment
+from tests.support.processes import Deployment
 
 LIMIT = 200
 WINDOW = 60.0

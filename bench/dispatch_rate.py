@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from bench import fresh_database
-from tests.processes import Deployment
+from tests.support.processes import Deployment
 
 FAKE_ENV = {
     "EXOTEL_ACCOUNT_SID": "bench-account",

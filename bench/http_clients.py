@@ -25,7 +25,7 @@ import aiohttp
 import httpx
 
 from bench.callback_ingest import serve
-from tests.processes import free_ports
+from tests.support.processes import free_ports
 
 SUBSCRIBER_APP = textwrap.dedent(
     """

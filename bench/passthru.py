@@ -37,7 +37,7 @@ from app.db.models import Call
 from app.db.session import create_engine
 from bench import fresh_database
 from bench.callback_ingest import CONNECTIONS, SECRET, placed_calls, serve, server_env, wrk_script
-from tests.processes import free_ports
+from tests.support.processes import free_ports
 
 APP_ID = "926"
 

@@ -28,8 +28,8 @@ import httpx
 
 from bench import fresh_database
 from bench.callback_ingest import serve, server_env
-from tests.processes import EXOCALL, free_ports
-from tests.s3_server import FAKE_S3_KEY_ID, FAKE_S3_SECRET, new_bucket, start_moto
+from tests.support.processes import EXOCALL, free_ports
+from tests.support.s3_server import FAKE_S3_KEY_ID, FAKE_S3_SECRET, new_bucket, start_moto
 
 API_KEY = "bench-internal-key"
 BYTES_PER_SECOND = 16_000

@@ -52,7 +52,7 @@ from bench.callback_ingest import (
     server_env,
     wrk_script,
 )
-from tests.processes import free_ports
+from tests.support.processes import free_ports
 
 API_KEY = "bench-fake-internal-key"
 DELIVERERS = {

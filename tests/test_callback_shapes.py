@@ -27,9 +27,11 @@ from app.db.models import Receipt
 from app.db.session import create_engine, create_sessionmaker
 from app.exotel.wire import format_exotel_time
 from tests.conftest import AUTH, FAKE_ENV, callback_path, empty_database
-from tests.processes import Deployment
+from tests.support.processes import Deployment
 
-pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
+# One xdist worker runs them all, one after another: the module's server works on the worker's
+# database, and must not while another module's tests use it.
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio, pytest.mark.xdist_group("callback_shapes")]
 
 RECORDING = "https://s3-ap-southeast-1.amazonaws.com/exotelrecordings/acme1/abc.mp3"
 # Exotel's clock (IST, no zone), after the simulator's answers: DateUpdated only moves forward.

@@ -11,24 +11,33 @@ import csv
 import json
 import signal
 import subprocess
-import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
-from anyio.abc import Process
+from anyio.abc import ByteReceiveStream, Process
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from app.calls.callback_auth import passthru_url
 from app.calls.state import TERMINAL
 from app.client.rows import read_campaign
 from app.client.state import state_path
-from tests.conftest import AUTH, FAKE_CALLBACK_SECRET, FAKE_INTERNAL_API_KEY
-from tests.processes import EXOCALL, Deployment, free_ports, with_default_sigint
+from app.exotel.wire import format_exotel_time
+from tests.conftest import (
+    AUTH,
+    FAKE_ACCOUNT_SID,
+    FAKE_CALLBACK_SECRET,
+    FAKE_INTERNAL_API_KEY,
+    callback_path,
+)
+from tests.support.eventually import eventually
+from tests.support.processes import EXOCALL, Deployment, free_ports, with_default_sigint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -130,14 +139,6 @@ def summary(output: str) -> dict[str, int]:
     return {" ".join(cells[:-1]): int(cells[-1]) for cells in rows if cells and cells[-1].isdigit()}
 
 
-async def wait_until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + WAIT_DEADLINE_SECONDS
-    while not await condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
-        await anyio.sleep(0.05)
-
-
 def submitted_batches(csv_path: Path) -> list[dict[str, Any]]:
     try:
         return list(json.loads(state_path(csv_path).read_text())["batches"])
@@ -145,17 +146,69 @@ def submitted_batches(csv_path: Path) -> list[dict[str, Any]]:
         return []
 
 
+async def follow_then_end(
+    exocall: Exocall, number: str, status: str
+) -> subprocess.CompletedProcess[bytes]:
+    """`exocall call number`, and once it has printed the call in progress, the call's end
+    (`status`), sent as Exotel's terminal callback."""
+    process = await exocall.start("call", number, "--app-id", "926", "--timeout", "30")
+    assert process.stdout is not None
+    assert process.stderr is not None
+    printed = BufferedByteReceiveStream(process.stdout)
+    try:
+        with anyio.fail_after(COMMAND_DEADLINE_SECONDS):
+            lines = [await printed.receive_until(b"\n", 65536) + b"\n"]  # call <id> to ...
+            while b" in-progress " not in lines[-1]:
+                lines.append(await printed.receive_until(b"\n", 65536) + b"\n")
+            call_id = lines[0].split()[1].decode()
+            sid = lines[-1].split(b" sid ")[1].split()[0].decode()
+            recording = f"{exocall.simulator_url}/recordings/{FAKE_ACCOUNT_SID}/{sid}.wav"
+            fields = {
+                "CallSid": sid,
+                "Status": status,
+                "RecordingUrl": recording if status == "completed" else "",
+                "DateUpdated": format_exotel_time(datetime.now(UTC)),
+            }
+            async with httpx.AsyncClient(base_url=exocall.api_url) as http:
+                ended = await http.post(
+                    callback_path(call_id),
+                    files={name: (None, value) for name, value in fields.items()},
+                )
+            assert ended.status_code == 200, ended.text
+            stdout = b"".join(lines) + await _rest(printed)
+            stderr = await _rest(process.stderr)
+            returncode = await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return subprocess.CompletedProcess([], returncode, stdout, stderr)
+
+
+async def _rest(stream: ByteReceiveStream) -> bytes:
+    received = b""
+    while True:
+        try:
+            received += await stream.receive()
+        except anyio.EndOfStream:
+            return received
+
+
 async def test_call_follows_each_outcome_and_exits_by_it(start_exocall: StartExocall) -> None:
-    # Time to see the call in progress before its callback ends it.
-    exocall = start_exocall(callback_delay=2)
+    # The simulator sends no callbacks: each accepted call ends once `exocall call` has shown
+    # it in progress, by the test's callback, as Exotel's would.
+    exocall = start_exocall(callback_delay=600)
     results: dict[str, subprocess.CompletedProcess[bytes]] = {}
 
     async def call(name: str, *args: str) -> None:
         results[name] = await exocall.run("call", *args, "--app-id", "926", "--timeout", "30")
 
+    async def ended(name: str, number: str) -> None:
+        results[name] = await follow_then_end(exocall, number, name)
+
     async with anyio.create_task_group() as calls:
-        calls.start_soon(call, "completed", number("0"))
-        calls.start_soon(call, "busy", number("2"))
+        calls.start_soon(ended, "completed", number("0"))
+        calls.start_soon(ended, "busy", number("2"))
         calls.start_soon(call, "rejected", number("5"))
         calls.start_soon(call, "invalid", "12345")
         calls.start_soon(call, "unauthenticated", number("1"), "--api-key", "wrong-key")
@@ -320,7 +373,7 @@ async def test_a_campaign_killed_with_calls_queued_resumes_without_dialling_twic
         async def dialling() -> bool:
             return bool(submitted_batches(path)) and bool(await exocall.dialled())
 
-        await wait_until(dialling, "the batch is submitted and dialling")
+        await eventually(dialling, what="the batch submitted and dialling")
     finally:
         campaign.kill()  # a crash: nothing of the CLI's own runs
         await campaign.wait()
@@ -352,7 +405,7 @@ async def test_a_campaign_interrupted_between_batches_submits_the_rest_on_resume
         async def first_batch_submitted() -> bool:
             return bool(submitted_batches(path))
 
-        await wait_until(first_batch_submitted, "the first batch is submitted")
+        await eventually(first_batch_submitted, what="the first batch submitted")
         campaign.send_signal(signal.SIGINT)  # Ctrl-C
         with anyio.fail_after(WAIT_DEADLINE_SECONDS):
             assert await campaign.wait() == 130
@@ -391,13 +444,12 @@ async def test_events_tail_says_where_the_recording_stands_when_a_call_is_update
     exocall = start_exocall(JOBS_POLL_SECONDS="0.2")
     placed = await exocall.run("call", number("0"), "--app-id", "926")
     assert placed.returncode == 0, err(placed)
-    with anyio.fail_after(WAIT_DEADLINE_SECONDS):
-        while True:  # archived: a call.updated
-            args = ("events", "tail", "--from-start", "--no-follow", "--type", "call.updated")
-            if lines := out(await exocall.run(*args)).splitlines():
-                break
-            await anyio.sleep(0.2)
-    (line,) = lines
+
+    async def updates() -> list[str]:  # archived: a call.updated
+        args = ("events", "tail", "--from-start", "--no-follow", "--type", "call.updated")
+        return out(await exocall.run(*args)).splitlines()
+
+    (line,) = await eventually(updates, what="the call.updated of the recording archived")
     assert line.split()[4:8] == ["#3", "completed,", "recording", "archived"]
 
 

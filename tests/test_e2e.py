@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import base64
 import re
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 
@@ -29,12 +27,10 @@ from tests.conftest import (
     callback_path,
 )
 from tests.conftest import FAKE_CALLER_ID as CALLER_ID
-from tests.processes import Deployment
+from tests.support.eventually import eventually
+from tests.support.processes import Deployment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
-
-# Bounds the wait for callbacks; never asserted on.
-SETTLE_DEADLINE_SECONDS = 15.0
 
 
 def number(digit: str) -> str:
@@ -82,24 +78,24 @@ async def wait_for_statuses(
     api: httpx.AsyncClient, expected: dict[str, str]
 ) -> dict[str, dict[str, Any]]:
     """Poll `GET /calls/{id}` until every call has its expected status; the calls, by id."""
-    deadline = time.monotonic() + SETTLE_DEADLINE_SECONDS
-    while True:
-        calls = {call_id: await get_call(api, call_id) for call_id in expected}
-        seen = {call_id: call["status"] for call_id, call in calls.items()}
-        if seen == expected:
-            return calls
-        if time.monotonic() > deadline:
-            pytest.fail(f"calls did not settle: expected {expected}, have {seen}")
-        await anyio.sleep(0.1)
+
+    async def calls() -> dict[str, dict[str, Any]]:
+        return {call_id: await get_call(api, call_id) for call_id in expected}
+
+    def statuses(calls: dict[str, dict[str, Any]]) -> dict[str, str]:
+        return {call_id: call["status"] for call_id, call in calls.items()}
+
+    return await eventually(
+        calls, what=f"the calls {expected}", until=lambda c: statuses(c) == expected
+    )
 
 
 async def wait_for_events(api: httpx.AsyncClient, call_id: str, count: int) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + SETTLE_DEADLINE_SECONDS
-    while len(events := await get_events(api, call_id)) < count:
-        if time.monotonic() > deadline:
-            pytest.fail(f"call {call_id}: {len(events)} callbacks received, expected {count}")
-        await anyio.sleep(0.1)
-    return events
+    return await eventually(
+        lambda: get_events(api, call_id),
+        what=f"{count} callbacks of call {call_id}",
+        until=lambda events: len(events) >= count,
+    )
 
 
 ACCEPTED = {"0": "completed", "2": "busy", "3": "no-answer", "4": "failed", "7": "completed"}

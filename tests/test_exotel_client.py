@@ -27,7 +27,7 @@ from app.exotel.errors import (
 from app.exotel.wire import IST, ExotelCall
 from app.retry_after import LONGEST_SECONDS
 from tests.conftest import FAKE_ACCOUNT_SID, FAKE_API_KEY, FAKE_API_TOKEN, FAKE_CALLER_ID
-from tests.exotel_double import call_json, form_of
+from tests.support.exotel_double import call_json, form_of
 
 pytestmark = pytest.mark.anyio
 

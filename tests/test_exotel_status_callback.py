@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from app.exotel.status_callback import Leg, StatusCallback, parse_status_callback
-from tests.exotel_double import TERMINAL_CALLBACK_EXAMPLE
+from tests.support.exotel_double import TERMINAL_CALLBACK_EXAMPLE
 
 PLUS_0530 = timezone(timedelta(hours=5, minutes=30))
 

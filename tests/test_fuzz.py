@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
 
 from app.main import create_app
 from tests.conftest import UNUSED_DATABASE, make_settings, no_dns
-from tests.exotel_double import ExotelDouble
+from tests.support.exotel_double import ExotelDouble
 
 FUZZ_API_KEY = "fake-api-key-for-fuzz"
 AUTH = {"Authorization": f"Bearer {FUZZ_API_KEY}"}

@@ -16,7 +16,7 @@ from app.calls.ingest import CallbackWriter
 from app.calls.received import ReceivedCallback
 from app.db.models import EventOutcome, Receipt, RequestKind
 from tests.conftest import callback_path, place_body
-from tests.exotel_double import ExotelDouble, accepted, new_sid
+from tests.support.exotel_double import ExotelDouble, accepted, new_sid
 
 pytestmark = pytest.mark.anyio
 

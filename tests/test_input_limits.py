@@ -17,7 +17,7 @@ import pytest
 from app.calls.callback_auth import passthru_url
 from app.main import create_app
 from tests.conftest import FAKE_CALLBACK_SECRET, callback_path, make_settings, place_body, serving
-from tests.exotel_double import ExotelDouble, accepted, new_sid
+from tests.support.exotel_double import ExotelDouble, accepted, new_sid
 from tests.test_spool import unreachable
 
 pytestmark = pytest.mark.anyio

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.calls.availability import Availability
 from app.calls.dispatch import Dispatch, budget_of
 from app.calls.placing import CallRequest, queue_calls
-from app.config import Settings
+from app.config import Settings, default
 from app.db.clock import db_now
 from app.db.models import Call, CallStatus
 from app.db.models import Periodic as PeriodicRow
@@ -24,12 +24,22 @@ from app.db.models import Worker as WorkerRow
 from app.jobs.periodic import Periodic
 from app.jobs.policy import RetryPolicy
 from app.jobs.runner import Kind, Runner
-from app.jobs.worker import LEASE_SECONDS, Queue, Worker, backlog, new_worker_id
+from app.jobs.worker import Queue, Worker, backlog, new_worker_id
 from app.metrics import Metrics
 from tests.conftest import FAKE_CALLER_ID
-from tests.exotel_double import ExotelDouble
+from tests.support.eventually import eventually
+from tests.support.exotel_double import ExotelDouble
 
 pytestmark = pytest.mark.anyio
+
+# The heartbeat's defaults (JOBS_BEAT_SECONDS, JOBS_LEASE_SECONDS), whatever the environment says.
+BEAT_SECONDS = default("JOBS_BEAT_SECONDS")
+LEASE_SECONDS = default("JOBS_LEASE_SECONDS")
+
+
+def new_worker(sessionmaker: async_sessionmaker[AsyncSession]) -> Worker:
+    """A worker with the default heartbeat, as a replica runs one."""
+    return Worker(sessionmaker, beat_seconds=BEAT_SECONDS, lease_seconds=LEASE_SECONDS)
 
 
 async def claimed_call(
@@ -69,7 +79,7 @@ async def test_a_claim_lives_while_its_worker_beats_and_is_lost_once_it_stops(
     never = await claimed_call(sessionmaker, settings, by="never-beat")
     lost = Recorded()
 
-    swept = await Worker(sessionmaker).sweep("dispatch", Dispatch.queue, lost)
+    swept = await new_worker(sessionmaker).sweep("dispatch", Dispatch.queue, lost)
 
     assert swept == 2
     assert sorted(lost.keys) == sorted([dead.id, never.id])
@@ -90,7 +100,7 @@ async def test_a_dispatch_whose_worker_stopped_mid_send_becomes_unknown_and_is_n
         lookups=settings.reconcile,
     )
 
-    assert await Worker(sessionmaker).sweep(kind.name, kind.queue, kind.lost) == 1
+    assert await new_worker(sessionmaker).sweep(kind.name, kind.queue, kind.lost) == 1
 
     async with sessionmaker() as session:
         stored = await session.get(Call, call.id)
@@ -100,23 +110,23 @@ async def test_a_dispatch_whose_worker_stopped_mid_send_becomes_unknown_and_is_n
     assert (stored.status, stored.error_code) == (CallStatus.UNKNOWN, "dispatch_interrupted")
     assert stored.claimed_by is None
     assert ready is None
-    assert await Worker(sessionmaker).sweep(kind.name, kind.queue, kind.lost) == 0
+    assert await new_worker(sessionmaker).sweep(kind.name, kind.queue, kind.lost) == 0
     assert exotel.connects == []
 
 
 async def test_a_worker_that_stops_says_so_and_its_claims_are_lost_at_once(
     sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
 ) -> None:
-    worker = Worker(sessionmaker)
+    worker = new_worker(sessionmaker)
     await worker.start()
     assert worker.alive
     call = await claimed_call(sessionmaker, settings, by=worker.id)
     lost = Recorded()
-    assert await Worker(sessionmaker).sweep("dispatch", Dispatch.queue, lost) == 0
+    assert await new_worker(sessionmaker).sweep("dispatch", Dispatch.queue, lost) == 0
 
     await worker.stop()
 
-    assert await Worker(sessionmaker).sweep("dispatch", Dispatch.queue, lost) == 1
+    assert await new_worker(sessionmaker).sweep("dispatch", Dispatch.queue, lost) == 1
     assert lost.keys == [call.id]
 
 
@@ -171,7 +181,7 @@ async def test_the_periodic_queue_is_swept_like_any_other(
         assert await kind.claim(session, worker="gone", limit=1) == ["gone"]
     assert isinstance(kind.queue, Queue)
 
-    assert await Worker(sessionmaker).sweep(kind.name, kind.queue, kind.lost) == 1
+    assert await new_worker(sessionmaker).sweep(kind.name, kind.queue, kind.lost) == 1
 
     async with sessionmaker() as session, session.begin():
         assert await kind.claim(session, worker="b", limit=1) == ["b"]
@@ -268,7 +278,7 @@ async def test_a_claim_whose_commit_fails_runs_nothing(
 ) -> None:
     kind = _CutAtCommit(engine)
     metrics = Metrics()
-    worker = Worker(sessionmaker)
+    worker = new_worker(sessionmaker)
     await worker.start()
     runner = Runner(
         kind,
@@ -281,11 +291,72 @@ async def test_a_claim_whose_commit_fails_runs_nothing(
     )
     runner.start()
     try:
-        deadline = asyncio.get_running_loop().time() + 30
-        while kind.claims < 3:  # claimed, and lost at commit, three times
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.01)
+        # Claimed, and lost at commit, three times.
+        await eventually(lambda: kind.claims, what="three claims", until=lambda n: n >= 3)
     finally:
         await runner.stop()
         await worker.stop()
     assert kind.runs == []
+
+
+class _SlowClaim(Kind[str, str]):
+    """Claims one job, once, slowly: the claim is under way until the test lets it commit."""
+
+    name = "slow claim"
+
+    def __init__(self) -> None:
+        self.claiming = asyncio.Event()
+        self.commit = asyncio.Event()
+        self.running = asyncio.Event()
+        self.finish = asyncio.Event()
+        self.outcomes: list[tuple[str, str]] = []
+
+    async def claim(self, session: AsyncSession, *, worker: str, limit: int) -> list[str]:
+        if self.claiming.is_set():
+            return []
+        self.claiming.set()
+        await self.commit.wait()
+        return ["job"]
+
+    async def run(self, job: str) -> str:
+        self.running.set()
+        await self.finish.wait()
+        return f"{job} done"
+
+    async def record(self, session: AsyncSession, done: Sequence[tuple[str, str]]) -> None:
+        self.outcomes += done
+
+
+async def test_a_claim_under_way_when_the_runner_stops_is_run_and_recorded(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """SIGTERM stops claiming, but a claim already under way may still commit: its jobs get
+    their grace and are recorded before the runner's stop returns (they once ran unwatched,
+    their outcome dropped and their claims left to the sweep of another process)."""
+    kind = _SlowClaim()
+    metrics = Metrics()
+    worker = new_worker(sessionmaker)
+    await worker.start()
+    runner = Runner(
+        kind,
+        sessionmaker=sessionmaker,
+        worker=worker,
+        poll=0.01,
+        grace=30,
+        availability=Availability(metrics),
+        metrics=metrics,
+    )
+    runner.start()
+    try:
+        await kind.claiming.wait()
+        runner.stop_claiming()  # SIGTERM
+        stopping = asyncio.create_task(runner.stop())  # the app's shutdown
+        kind.commit.set()
+        await kind.running.wait()
+        kind.finish.set()  # within its grace
+        await stopping
+    finally:
+        kind.commit.set()
+        kind.finish.set()
+        await worker.stop()
+    assert kind.outcomes == [("job", "job done")]

@@ -12,7 +12,7 @@ from playwright.async_api import Browser, Route, expect
 
 from app.main import create_app
 from tests.conftest import UNUSED_DATABASE, make_settings
-from tests.processes import Deployment
+from tests.support.processes import Deployment
 
 Operation = tuple[str, str, dict[str, Any]]
 

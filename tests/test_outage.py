@@ -1,16 +1,16 @@
 """PostgreSQL goes away in the middle of a stream of status callbacks, and exocall is restarted
 while it is away: every callback answered 200 is applied once the database is back, exactly once.
 
-The database is reached through a TCP proxy (tests/pg_proxy.py) that the test cuts and restores;
-the real PostgreSQL server keeps running for everyone else. The simulator places the calls but
-sends no callbacks of its own (a long `--callback-delay`): the test sends them, as Exotel would.
+The database is reached through a TCP proxy (tests/support/pg_proxy.py) that the test cuts and
+restores; the real PostgreSQL server keeps running for everyone else. The simulator places the
+calls but sends no callbacks of its own (a long `--callback-delay`): the test sends them, as
+Exotel would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
-import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
@@ -25,15 +25,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.db.models import Call, EventOutcome, Receipt, RequestKind
 from app.exotel.wire import format_exotel_time
 from tests.conftest import AUTH, callback_path, place_body
-from tests.pg_proxy import PgProxy
-from tests.processes import Deployment
+from tests.support.eventually import eventually
+from tests.support.pg_proxy import PgProxy
+from tests.support.processes import Deployment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 CALLS = 30
-
-
-SETTLE_DEADLINE_SECONDS = 30.0  # bounds waiting; never asserted on
 
 
 def number(n: int) -> str:
@@ -162,8 +160,8 @@ async def _wait_until_settled(
     api: httpx.AsyncClient, call_ids: list[str], spool: Path
 ) -> dict[str, dict[str, Any]]:
     """Every call completed and the spool empty; returns the calls."""
-    deadline = time.monotonic() + SETTLE_DEADLINE_SECONDS
-    while True:
+
+    async def where_things_stand() -> tuple[dict[str, dict[str, Any]], Counter[str], int]:
         calls = {}
         for call_id in call_ids:
             response = await api.get(f"/calls/{call_id}")
@@ -171,8 +169,11 @@ async def _wait_until_settled(
                 calls[call_id] = response.json()
         statuses = Counter(call.get("status") for call in calls.values())
         left = await asyncio.to_thread(spooled_receipts, spool)
-        if statuses == {"completed": len(call_ids)} and not left:
-            return calls
-        if time.monotonic() > deadline:
-            pytest.fail(f"not settled: calls {dict(statuses)}, {len(left)} files still spooled")
-        await asyncio.sleep(0.5)
+        return calls, statuses, len(left)
+
+    calls, _, _ = await eventually(
+        where_things_stand,
+        what="every call completed and nothing left spooled (calls, statuses, files spooled)",
+        until=lambda seen: seen[1] == {"completed": len(call_ids)} and not seen[2],
+    )
+    return calls

@@ -13,7 +13,8 @@ import pytest
 
 from app.calls.callback_auth import passthru_url
 from tests.conftest import FAKE_CALLBACK_SECRET, callback_path, place_body, serving
-from tests.exotel_double import ExotelDouble, accepted, form_of, new_sid
+from tests.support.eventually import eventually
+from tests.support.exotel_double import ExotelDouble, accepted, form_of, new_sid
 from tests.test_status_callbacks import callback, events, multipart, place
 from tests.test_webhooks import app_with
 
@@ -116,19 +117,19 @@ async def test_our_call_id_in_custom_field_finds_the_call_before_its_sid_is_know
         return accepted(sid)
 
     exotel.on_connect = late
-    call = (await client.post("/calls", json=place_body())).json()  # waits, then answers
-    assert call["sid"] is None
+    call = (await client.post("/calls", json=place_body(), params={"wait": "false"})).json()
+    await eventually(lambda: exotel.connects, what="the call sent to Exotel")
     # What exocall gives Exotel as CustomField when the caller gave none: the call's id.
     assert form_of(exotel.connects[-1])["CustomField"] == call["id"]
     response = await passthru(client, exotel_passthru(sid, digits='"1"', CustomField=call["id"]))
     assert response.json()["outcome"] == "applied"
     assert (await call_of(client, call["id"]))["digits"] == "1"
     answer.set()
-    for _ in range(100):
-        if (await call_of(client, call["id"]))["status"] == "in-progress":
-            break
-        await asyncio.sleep(0.05)
-    stored = await call_of(client, call["id"])
+    stored = await eventually(
+        lambda: call_of(client, call["id"]),
+        what="the call in progress",
+        until=lambda c: c["status"] == "in-progress",
+    )
     assert (stored["sid"], stored["status"], stored["digits"]) == (sid, "in-progress", "1")
 
 

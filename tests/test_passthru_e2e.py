@@ -4,9 +4,7 @@ Passthru requests (302 by the operator's rule for "cancel"), and a subscriber re
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from typing import Any
 
 import httpx
@@ -14,7 +12,8 @@ import pytest
 
 from app.calls.callback_auth import passthru_url
 from tests.conftest import AUTH, FAKE_CALLBACK_SECRET
-from tests.processes import Deployment, free_ports
+from tests.support.eventually import eventually
+from tests.support.processes import Deployment, free_ports
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -49,14 +48,13 @@ async def test_a_confirm_cancel_flow_end_to_end(deployment: Deployment) -> None:
             assert placed.status_code == 201, placed.text
             calls[keyed] = placed.json()
 
-        deadline = time.monotonic() + 30
-        while True:
-            received = (await http.get(f"{subscriber_url}/received")).json()
-            ended = [e for e in map(_event, received) if e["type"] == "call.completed"]
-            if len(ended) == 2:
-                break
-            assert time.monotonic() < deadline, f"not delivered: {[_event(r) for r in received]}"
-            await asyncio.sleep(0.2)
+        async def delivered() -> list[dict[str, Any]]:
+            return list((await http.get(f"{subscriber_url}/received")).json())
+
+        def both_ended(received: list[dict[str, Any]]) -> bool:
+            return [e["type"] for e in map(_event, received)].count("call.completed") == 2
+
+        received = await eventually(delivered, what="both calls' call.completed", until=both_ended)
         stored = {k: (await api.get(f"/calls/{c['id']}")).json() for k, c in calls.items()}
         log = (await http.get(f"{simulator_url}/_simulator/log")).json()
 

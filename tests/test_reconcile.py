@@ -3,7 +3,6 @@ through Exotel's call details, within the account's budget, and never by diallin
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -11,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.calls import queries, ratelimit
@@ -22,11 +21,11 @@ from app.calls.reconcile import Repairs, reconcile_once
 from app.calls.state import CallState
 from app.calls.store import STATE_COLUMNS
 from app.config import Settings
-from app.db.models import Call, CallStatus, EventOutcome, ExotelRequest, Receipt
+from app.db.models import Call, CallStatus, EventOutcome, ExotelRequest, Receipt, Throttle
 from app.exotel.client import ExotelClient
 from app.exotel.wire import format_exotel_time
 from tests.conftest import FAKE_CALLER_ID, make_settings
-from tests.exotel_double import ExotelDouble, call_json, new_sid
+from tests.support.exotel_double import ExotelDouble, call_json, new_sid
 
 pytestmark = pytest.mark.anyio
 
@@ -348,11 +347,25 @@ async def test_look_ups_give_way_to_a_dispatch_backlog(
         assert await ratelimit.acquire(session, budget, kind=ratelimit.RequestKind.CONNECT) == 0
 
 
+async def time_passes(sessionmaker: async_sessionmaker[AsyncSession], *, seconds: float) -> None:
+    """For the account's budget, as if `seconds` had passed: every time it keeps (grants, a
+    429's pause, a look-up's claim on the next slot) moved back by as much."""
+    back = func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+    async with sessionmaker() as session, session.begin():
+        await session.execute(update(ExotelRequest).values(at=ExotelRequest.at - back))
+        await session.execute(
+            update(Throttle).values(
+                paused_until=Throttle.paused_until - back,
+                lookup_wanted_until=Throttle.lookup_wanted_until - back,
+            )
+        )
+
+
 async def test_a_look_up_refused_by_a_full_budget_gets_the_next_free_slot(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
     """A backlog takes every slot as it frees; reconciliation must not starve behind it."""
-    budget = ratelimit.Budget(limit=10, window=2, margin=0)  # far longer than 10 grants take
+    budget = ratelimit.Budget(limit=10, window=60, margin=0)  # longer than any grants here take
     connect, lookup = ratelimit.RequestKind.CONNECT, ratelimit.RequestKind.LOOKUP
 
     async def acquire(kind: ratelimit.RequestKind) -> float:
@@ -361,7 +374,7 @@ async def test_a_look_up_refused_by_a_full_budget_gets_the_next_free_slot(
 
     assert [await acquire(connect) for _ in range(10)] == [0] * 10
     assert await acquire(lookup) > 0  # the window is full
-    await asyncio.sleep(2.1)  # and now empty again
+    await time_passes(sessionmaker, seconds=61)  # and now empty again
     assert [await acquire(connect) for _ in range(9)] == [0] * 9
     assert await acquire(connect) > 0  # the tenth slot is kept for the look-up
     assert await acquire(lookup) == 0

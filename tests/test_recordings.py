@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -47,13 +48,13 @@ from tests.conftest import (
     place_body,
     serving,
 )
-from tests.pg_proxy import PgProxy
-from tests.processes import EXOCALL, STRAY_ENV, Process
-from tests.s3_server import FAKE_S3_KEY_ID, FAKE_S3_SECRET, new_bucket, objects, start_moto
+from tests.support.eventually import eventually
+from tests.support.pg_proxy import PgProxy
+from tests.support.processes import EXOCALL, STRAY_ENV, Process
+from tests.support.s3_server import FAKE_S3_KEY_ID, FAKE_S3_SECRET, new_bucket, objects, start_moto
 
 pytestmark = pytest.mark.anyio
 
-SETTLE_SECONDS = 15.0  # bounds waiting; never asserted on
 CREDENTIALS = (FAKE_API_KEY, FAKE_API_TOKEN)
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -141,12 +142,7 @@ class Archiving:
         return dict(answer.json())
 
     async def wait(self, call_id: str, done: Any) -> dict[str, Any]:
-        deadline = time.monotonic() + SETTLE_SECONDS
-        while not done(call := await self.call(call_id)):
-            if time.monotonic() > deadline:
-                pytest.fail(f"call {call_id} did not get there: {call}")
-            await asyncio.sleep(0.02)
-        return call
+        return await eventually(lambda: self.call(call_id), what=f"call {call_id}", until=done)
 
     def fetches(self, call: dict[str, Any]) -> list[int]:
         """The statuses the simulator answered the call's recording with, in order."""
@@ -475,7 +471,8 @@ async def test_an_expired_url_is_fetched_again_as_call_details_give_it(
         call_id = await env.completed_call()
         old_url = (await env.call(call_id))["recording_url"]
         assert "Signature=" in old_url
-        await asyncio.sleep(0.3)  # expired
+        expires = float(parse_qs(urlsplit(old_url).query)["Expires"][0])
+        await eventually(lambda: time.time() > expires, what="the signed URL expired")
         env.simulator.config.recording_url_validity = 60.0
         await env.run_due()
         call = await env.call(call_id)

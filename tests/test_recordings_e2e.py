@@ -4,28 +4,28 @@ served (whole and by range) as the simulator served it; a 500 on the way is trie
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import time
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import AUTH, FAKE_API_KEY, FAKE_API_TOKEN
-from tests.processes import Deployment
+from tests.support.eventually import eventually
+from tests.support.processes import Deployment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 
 async def wait_for_recording(api: httpx.AsyncClient, call_id: str, status: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
-    while True:
-        call = (await api.get(f"/calls/{call_id}")).json()
-        if (call.get("recording") or {}).get("status") == status:
-            return dict(call)
-        assert time.monotonic() < deadline, f"recording not {status}: {call}"
-        await asyncio.sleep(0.1)
+    async def call() -> dict[str, Any]:
+        return dict((await api.get(f"/calls/{call_id}")).json())
+
+    return await eventually(
+        call,
+        what=f"call {call_id}'s recording {status}",
+        until=lambda c: (c.get("recording") or {}).get("status") == status,
+    )
 
 
 async def test_a_recording_is_fetched_kept_and_served_as_exotel_served_it(

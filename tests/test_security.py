@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from typing import Any
 
 import httpx
@@ -14,16 +13,16 @@ from app.config import ConfigurationError, Settings
 from app.exotel.client import ExotelClient
 from app.main import create_app
 from tests.conftest import FAKE_INTERNAL_API_KEY, make_settings, place_body, serving
-from tests.exotel_double import ExotelDouble
-from tests.processes import EXOCALL, STRAY_ENV
+from tests.support.exotel_double import ExotelDouble
+from tests.support.processes import EXOCALL, STRAY_ENV
 
 PROTECTED = [
     ("POST", "/calls"),
     ("POST", "/calls/batch"),
     ("GET", "/calls"),
-    ("GET", f"/calls/{uuid.uuid4()}"),
-    ("GET", f"/calls/{uuid.uuid4()}/events"),
-    ("GET", f"/batches/{uuid.uuid4()}"),
+    ("GET", "/calls/5a1e0000-0000-4000-8000-0000000000b1"),
+    ("GET", "/calls/5a1e0000-0000-4000-8000-0000000000b2/events"),
+    ("GET", "/batches/5a1e0000-0000-4000-8000-0000000000b3"),
 ]
 
 
@@ -124,6 +123,13 @@ def test_production_refuses_to_start_and_says_why_without_the_secrets(tmp_path: 
     assert "API_KEYS, CALLBACK_SECRETS, EXOTEL_ACCOUNT_SID" in result.stderr
     assert "fake-exotel-key-value" not in result.stderr + result.stdout
     assert "fake-exotel-token-value" not in result.stderr + result.stdout
+
+
+def test_a_lease_of_two_beats_or_less_is_refused() -> None:
+    # A worker stops claiming half a lease after its last beat: between two healthy beats.
+    with pytest.raises(ConfigurationError, match="JOBS_LEASE_SECONDS must be more than twice"):
+        Settings.load(env_file=None, JOBS_BEAT_SECONDS=5, JOBS_LEASE_SECONDS=10)
+    Settings.load(env_file=None, JOBS_BEAT_SECONDS=1, JOBS_LEASE_SECONDS=3)
 
 
 def test_secrets_stay_out_of_reprs() -> None:

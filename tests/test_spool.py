@@ -3,7 +3,6 @@ stored exactly once when it is back: nothing accepted is lost."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from pathlib import Path
@@ -26,8 +25,9 @@ from tests.conftest import (
     place_body,
     serving,
 )
-from tests.exotel_double import ExotelDouble, accepted, new_sid
-from tests.processes import free_ports
+from tests.support.eventually import eventually
+from tests.support.exotel_double import ExotelDouble, accepted, new_sid
+from tests.support.processes import free_ports
 
 pytestmark = pytest.mark.anyio
 
@@ -62,11 +62,10 @@ def spooled(spool_dir: Path) -> list[Path]:
 
 
 async def replayed(spool_dir: Path) -> None:
-    """Until the spool is empty (up to 10 s)."""
-    for _ in range(200):
-        if not spooled(spool_dir):
-            return
-        await asyncio.sleep(0.05)
+    """Until the spool is empty."""
+    await eventually(
+        lambda: spooled(spool_dir), what="the spool replayed", until=lambda left: not left
+    )
 
 
 async def events_of(sessionmaker: async_sessionmaker[AsyncSession]) -> list[Receipt]:

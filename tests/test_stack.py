@@ -9,8 +9,8 @@ printed at the end (docs/operations.md, "The stack, for real"), never asserted.
 
 The engine is Debian's dockerd, and the base images are stand-ins built from Debian's packages
 (no registry is reachable here): PostgreSQL 15 stands in for 16, Debian's nginx 1.22 for Alpine's
-1.27 (tests/docker_engine.py, deploy/standins/). Without an engine the test is skipped, and under
-CI=true it fails instead: .ci/run installs one.
+1.27 (tests/support/docker_engine.py, deploy/standins/). Without an engine the test is skipped,
+and under CI=true it fails instead: .ci/run installs one.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import asyncio
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
-import socket
 import time
 import uuid
 from collections import Counter
@@ -33,37 +33,58 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import docker_engine
 from tests.conftest import AUTH, FAKE_ACCOUNT_SID
+from tests.support import docker_engine
+from tests.support.eventually import eventually, eventually_sync
+from tests.support.processes import free_ports
 
-pytestmark = [pytest.mark.stack, pytest.mark.timeout(1800)]
+# One xdist worker runs them all, in turn: they share one stack (a module fixture), on the engine.
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(1800), pytest.mark.xdist_group("docker")]
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = "exocall-stack-test"
+# The engine is the machine's, and another checkout's test run may have a stack on it too: this
+# run's project, image tag and network are its own.
+RUN = uuid.uuid4().hex[:8]
+PROJECT = f"exocall-stack-test-{RUN}"
+SUBNET = f"10.{random.randrange(200, 250)}.{random.randrange(256)}"  # a /24 of its own
 TERMINAL = {"completed", "busy", "no-answer", "failed", "canceled", "rejected"}
 SETTLE_DEADLINE_SECONDS = 180.0  # bounds waiting; never asserted on
 # Every call is placed with these: a send that a SIGKILL cut short before it reached Exotel is
 # `unknown` until its ring and talk time are past, then `rejected` (Exotel has no record of it).
 # Short, so that reconciliation settles such a call well within the deadline.
-LIMITS = {"time_out": 10, "time_limit": 10}
+LIMITS = {"time_out": 5, "time_limit": 5}
 
-# What the stack runs with, besides .env.example: quicker repairs, so that the test need not wait
-# the production defaults out.
-# (The api reads the env file as the stack's own .env would be read: `cp .env.example .env`.)
+# What the stack runs with, besides .env.example: quicker repairs, and health checked every
+# second (each check is the stack's own), so that the test need not wait the production
+# defaults out. (The api reads the env file as the stack's own .env would be read:
+# `cp .env.example .env`.)
 OVERRIDE = """
+x-checked-often: &checked-often
+  healthcheck:
+    interval: 1s
+    retries: 120  # a slow start on a loaded machine is not unhealthy
 services:
+  postgres:
+    <<: *checked-often
+  pgbouncer:
+    <<: *checked-often
+  proxy:
+    <<: *checked-often
+  simulator:
+    <<: *checked-often
+    command: ["exocall", "simulator", "--host", "0.0.0.0", "--port", "8001",
+              "--callback-delay", "1"]
   api:
+    <<: *checked-often
     env_file: ["{env_file}"]
     environment:
       EXOTEL_TIMEOUT_SECONDS: "5"
+      DISPATCH_WAIT_SECONDS: "20"
       RECONCILE_INTERVAL_SECONDS: "2"
       RECONCILE_GRACE_SECONDS: "5"
       RECONCILE_FIRST_LOOKUP_SECONDS: "2"
       RECONCILE_RECHECK_SECONDS: "5"
       SPOOL_REPLAY_SECONDS: "1"
-  simulator:
-    command: ["exocall", "simulator", "--host", "0.0.0.0", "--port", "8001",
-              "--callback-delay", "1"]
 """
 
 
@@ -116,12 +137,6 @@ class Stack:
         return Counter(json.loads(out))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[Stack]:
     lacking = docker_engine.missing()
@@ -132,13 +147,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config)
     workdir = tmp_path_factory.mktemp("stack")
     env_file = workdir / "stack.env"
     shutil.copy(ROOT / ".env.example", env_file)
-    port = _free_port()
+    (port,) = free_ports(1)
     with env_file.open("a") as file:
         # Its own network and port: a stack of the developer's own may be running beside it.
         file.write(
-            f"\nPROXY_PORT={port}\nEXOCALL_SUBNET=10.250.59.0/24\n"
-            "EXOCALL_DYNAMIC_RANGE=10.250.59.0/25\nEXOCALL_PROXY_ADDRESS=10.250.59.250\n"
-            "EXOCALL_IMAGE=exocall:stack-test\n"
+            f"\nPROXY_PORT={port}\nEXOCALL_SUBNET={SUBNET}.0/24\n"
+            f"EXOCALL_DYNAMIC_RANGE={SUBNET}.0/25\nEXOCALL_PROXY_ADDRESS={SUBNET}.250\n"
+            f"EXOCALL_IMAGE=exocall:stack-test-{RUN}\n"
         )
     override = workdir / "override.yml"
     override.write_text(OVERRIDE.format(env_file=env_file))
@@ -156,6 +171,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config)
             yield stack
         finally:
             stack.compose("--profile", "pgbouncer", "down", "--volumes", "--timeout", "5")
+            engine.docker("image", "rm", f"exocall:stack-test-{RUN}", check=False)  # the tag
             capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
             with capture.global_and_fixture_disabled():
                 print()
@@ -224,21 +240,26 @@ def assert_contract(calls: list[Placed]) -> None:
 
 
 async def settle(api: httpx.AsyncClient, call_ids: list[str]) -> dict[str, dict[str, Any]]:
-    deadline = time.monotonic() + SETTLE_DEADLINE_SECONDS
-    while True:
+    async def seen() -> tuple[Counter[str], dict[str, dict[str, Any]]]:
         calls = {}
         for call_id in call_ids:
             response = await api.get(f"/calls/{call_id}")
             if response.status_code == 200:
                 calls[call_id] = response.json()
-        if all(call["status"] in TERMINAL for call in calls.values()) and len(calls) == len(
-            call_ids
-        ):
-            return calls
-        if time.monotonic() > deadline:
-            statuses = Counter(call["status"] for call in calls.values())
-            pytest.fail(f"not settled: {dict(statuses)} of {len(call_ids)}")
-        await asyncio.sleep(1)
+        return Counter(call["status"] for call in calls.values()), calls
+
+    def settled(seen: tuple[Counter[str], dict[str, dict[str, Any]]]) -> bool:
+        statuses, calls = seen
+        return len(calls) == len(call_ids) and set(statuses) <= TERMINAL
+
+    _, calls = await eventually(
+        seen,
+        what=f"all {len(call_ids)} calls ended (their statuses)",
+        until=settled,
+        within=SETTLE_DEADLINE_SECONDS,
+        pause=1,
+    )
+    return calls
 
 
 def client(stack: Stack) -> httpx.AsyncClient:
@@ -271,14 +292,18 @@ async def test_calls_placed_through_the_proxy_end(stack: Stack) -> None:
     # in the recordings volume and served through the proxy as they were fetched.
     started = time.monotonic()
     async with client(stack) as api:
-        deadline = time.monotonic() + SETTLE_DEADLINE_SECONDS
-        while True:
-            calls = [(await api.get(f"/calls/{call_id}")).json() for call_id in final]
-            recordings = [call["recording"] for call in calls]
-            if all(r["status"] == "archived" for r in recordings):
-                break
-            assert time.monotonic() < deadline, recordings
-            await asyncio.sleep(1)
+
+        async def calls_() -> list[dict[str, Any]]:
+            return [(await api.get(f"/calls/{call_id}")).json() for call_id in final]
+
+        calls = await eventually(
+            calls_,
+            what="every recording archived",
+            until=lambda calls: all(c["recording"]["status"] == "archived" for c in calls),
+            within=SETTLE_DEADLINE_SECONDS,
+            pause=1,
+        )
+        recordings = [call["recording"] for call in calls]
         served = await api.get(f"/calls/{calls[0]['id']}/recording")
     assert served.status_code == 200
     assert hashlib.sha256(served.content).hexdigest() == recordings[0]["sha256"]
@@ -322,7 +347,9 @@ async def test_a_replica_sigkilled_with_calls_in_flight(stack: Stack) -> None:
     pid = int(stack.engine.docker("inspect", "--format", "{{.State.Pid}}", victim).stdout)
     async with client(stack) as api:
         sending = [asyncio.create_task(place(api, placed, retry=True)) for placed in calls]
-        await asyncio.sleep(0.5)
+        await eventually(
+            lambda: sum(bool(placed.answers) for placed in calls), what="a first call answered"
+        )
         os.kill(pid, signal.SIGKILL)  # a crash, not a stop: the restart policy brings it back
         killed_at = time.monotonic()
         await asyncio.gather(*sending)
@@ -370,7 +397,7 @@ async def test_postgres_restarted_with_calls_in_flight(stack: Stack) -> None:
                 await asyncio.sleep(0.1)
 
         sending = asyncio.create_task(stream())
-        await asyncio.sleep(0.5)
+        await eventually(lambda: calls[0].answers, what="the first call answered")
         await asyncio.to_thread(stack.compose, "restart", "postgres")
         restarted_at = time.monotonic()
         await sending
@@ -429,12 +456,16 @@ def _scale(stack: Stack, replicas: int) -> None:
 
 
 def _wait_until_running(stack: Stack, container: str, *, since: float) -> None:
-    deadline = since + 120
-    while True:
-        state = stack.engine.docker(
+    def state() -> list[str]:
+        inspected = stack.engine.docker(
             "inspect", "--format", "{{.State.Running}} {{.RestartCount}}", container
-        ).stdout.split()
-        if state[0] == "true" and int(state[1]) > 0:
-            return
-        assert time.monotonic() < deadline, f"{container} not restarted: {state}"
-        time.sleep(1)
+        )
+        return inspected.stdout.split()
+
+    eventually_sync(
+        state,
+        what=f"{container} restarted and running (running, restarts)",
+        until=lambda state: state[0] == "true" and int(state[1]) > 0,
+        within=max(since + 120 - time.monotonic(), 1),
+        pause=1,
+    )

@@ -144,7 +144,7 @@ def test_transitions(
 RECORDING = "https://s3-ap-southeast-1.amazonaws.com/exotelrecordings/acme1/a.mp3"
 
 
-@pytest.mark.parametrize("status", [CallStatus.IN_PROGRESS, *EXOTEL_TERMINAL])
+@pytest.mark.parametrize("status", [CallStatus.IN_PROGRESS, *sorted(EXOTEL_TERMINAL)])
 def test_exotels_word_that_it_placed_an_unknown_call_clears_why_it_was_unknown(
     status: CallStatus,
 ) -> None:

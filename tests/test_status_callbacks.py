@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import callback_path, place_body
-from tests.exotel_double import TERMINAL_CALLBACK_EXAMPLE, ExotelDouble, accepted, new_sid
+from tests.support.exotel_double import TERMINAL_CALLBACK_EXAMPLE, ExotelDouble, accepted, new_sid
 
 pytestmark = pytest.mark.anyio
 
@@ -149,7 +149,7 @@ async def test_callback_before_the_connect_response(
     sid = new_sid()
 
     async def connect_answering_late(request: httpx.Request) -> httpx.Response:
-        from tests.exotel_double import form_of
+        from tests.support.exotel_double import form_of
 
         status_callback = form_of(request)["StatusCallback"].removeprefix("http://exocall.test")
         early = await client.post(status_callback, **multipart(callback(sid, "completed")))

@@ -7,8 +7,8 @@ import asyncio
 import importlib.util
 import ipaddress
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from app.db.models import Delivery, DeliveryAttempt, DeliveryState
@@ -26,9 +27,10 @@ from app.events.delivery import Answer, claim, record, release, retry_policy
 from app.events.targets import TargetPolicy, TargetRefused, guarded_session
 from app.main import create_app
 from tests.conftest import callback_path, make_settings, no_dns, serving
-from tests.exotel_double import ExotelDouble
-from tests.processes import free_ports
-from tests.subscriber import Inbox, subscriber
+from tests.support.eventually import eventually
+from tests.support.exotel_double import ExotelDouble
+from tests.support.processes import free_ports
+from tests.support.subscriber import Inbox, subscriber
 from tests.test_status_callbacks import callback, multipart, place
 
 pytestmark = pytest.mark.anyio
@@ -39,18 +41,6 @@ FAST = {
     "webhook_timeout_seconds": 2,
 }
 RETRIES = retry_policy([0])  # due again at once
-
-
-async def eventually(check: Callable[[], Awaitable[bool] | bool], within: float = 15) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, "not within the time allowed"
-        await asyncio.sleep(0.05)
 
 
 def app_with(db_url: str, exotel: ExotelDouble, **overrides: Any) -> FastAPI:
@@ -103,7 +93,7 @@ async def test_each_event_is_delivered_signed_exactly_as_the_feed_has_it(
     assert endpoint["event_types"] is None
 
     call_id = await complete(client, exotel)
-    await eventually(lambda: len(inbox.received) == 2)
+    await received(inbox, 2)
 
     events = (await client.get("/events", params={"call_id": call_id})).json()["items"]
     for delivery, event in zip(inbox.received, events, strict=True):
@@ -114,7 +104,7 @@ async def test_each_event_is_delivered_signed_exactly_as_the_feed_has_it(
     with pytest.raises(WebhookVerificationError):
         Webhook("whsec_" + "A" * 44).verify(inbox.received[0]["body"], inbox.received[0]["headers"])
 
-    await eventually(lambda: _is(client, endpoint["id"], "backlog", 0))  # the answers recorded
+    await endpoint_shows(client, endpoint["id"], "backlog", 0)  # the answers recorded
     assert await _get(client, endpoint["id"], "last_success_at") is not None
     shown = (await client.get(f"/webhook-endpoints/{endpoint['id']}")).json()
     assert shown["backlog"] == 0
@@ -126,8 +116,24 @@ async def _get(client: httpx.AsyncClient, endpoint_id: str, field: str) -> Any:
     return (await client.get(f"/webhook-endpoints/{endpoint_id}")).json()[field]
 
 
-async def _is(client: httpx.AsyncClient, endpoint_id: str, field: str, value: Any) -> bool:
-    return bool(await _get(client, endpoint_id, field) == value)
+async def endpoint_shows(
+    client: httpx.AsyncClient, endpoint_id: str, field: str, value: Any
+) -> None:
+    """Until the endpoint shows `field` as `value`."""
+    await eventually(
+        lambda: _get(client, endpoint_id, field),
+        what=f"the endpoint's {field} {value!r}",
+        until=lambda shown: shown == value,
+    )
+
+
+async def received(inbox: Inbox, count: int, *, at_least: bool = False) -> None:
+    """Until the subscriber has answered `count` deliveries (or more, `at_least`)."""
+    await eventually(
+        lambda: len(inbox.received),
+        what=f"{'at least ' if at_least else ''}{count} deliveries received",
+        until=lambda n: n >= count if at_least else n == count,
+    )
 
 
 async def test_a_failing_subscriber_gets_every_event_in_order_per_call_once_it_is_back(
@@ -137,12 +143,12 @@ async def test_a_failing_subscriber_gets_every_event_in_order_per_call_once_it_i
     endpoint = await register(client, url)
     inbox.status = 503
     calls = [await complete(client, exotel, status) for status in ("completed", "busy", "failed")]
-    await eventually(lambda: len(inbox.received) >= 6)
+    await received(inbox, 6, at_least=True)
     failing = (await client.get(f"/webhook-endpoints/{endpoint['id']}")).json()
     assert failing["failing_since"] is not None
     assert failing["backlog"] == 6
     inbox.status = 200
-    await eventually(lambda: _is(client, endpoint["id"], "backlog", 0))
+    await endpoint_shows(client, endpoint["id"], "backlog", 0)
 
     delivered = [verified(d, endpoint["secret"]) for d in inbox.received if d["answered"] == 200]
     assert sorted(e["id"] for e in delivered) == sorted(
@@ -169,17 +175,27 @@ async def test_a_failing_subscriber_gets_every_event_in_order_per_call_once_it_i
 
 
 async def test_410_disables_the_endpoint_and_nothing_more_is_sent(
-    client: httpx.AsyncClient, exotel: ExotelDouble, hooks: tuple[Inbox, str]
+    client: httpx.AsyncClient,
+    exotel: ExotelDouble,
+    hooks: tuple[Inbox, str],
+    sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
     inbox, url = hooks
     endpoint = await register(client, url, event_types=["call.completed"])
     inbox.status = 410
     await complete(client, exotel)
-    await eventually(lambda: _is(client, endpoint["id"], "enabled", False))
+    await endpoint_shows(client, endpoint["id"], "enabled", False)
     assert "410" in await _get(client, endpoint["id"], "disabled_reason")
 
     await complete(client, exotel)
-    await asyncio.sleep(0.5)
+    # Nothing is owed a disabled endpoint: the second call's events made no delivery for it.
+    async with sessionmaker() as session:
+        owed = await session.scalar(
+            select(func.count())
+            .select_from(Delivery)
+            .where(Delivery.endpoint_id == uuid.UUID(endpoint["id"]))
+        )
+    assert owed == 1
     assert len(inbox.received) == 1  # only call.completed is subscribed to, and only once
 
     inbox.status = 200
@@ -190,7 +206,7 @@ async def test_410_disables_the_endpoint_and_nothing_more_is_sent(
     )
     assert recovered.status_code == 202
     assert recovered.json() == {"queued": 2}
-    await eventually(lambda: len(inbox.received) == 3)
+    await received(inbox, 3)
     assert {json.loads(d["body"])["type"] for d in inbox.received} == {"call.completed"}
 
 
@@ -205,7 +221,7 @@ async def test_after_rotation_both_secrets_verify_until_the_overlap_ends(
     assert new != old["secret"]
 
     await complete(client, exotel)
-    await eventually(lambda: len(inbox.received) == 2)
+    await received(inbox, 2)
     for delivery in inbox.received:
         assert len(delivery["headers"]["webhook-signature"].split(" ")) == 2
         verified(delivery, old["secret"])
@@ -220,7 +236,7 @@ async def test_without_overlap_only_the_new_secret_signs(
         old = await register(client, url)
         new = (await client.post(f"/webhook-endpoints/{old['id']}/rotate-secret")).json()["secret"]
         await complete(client, exotel)
-        await eventually(lambda: len(inbox.received) == 2)
+        await received(inbox, 2)
     verified(inbox.received[0], new)
     with pytest.raises(WebhookVerificationError):
         verified(inbox.received[0], old["secret"])
@@ -233,12 +249,15 @@ async def test_a_redirect_or_a_timeout_is_a_failure_and_no_redirect_is_followed(
     endpoint = await register(client, url, event_types=["call.completed"])
     inbox.status, inbox.headers = 307, {"location": url + "?again"}
     await complete(client, exotel)
-    await eventually(lambda: len(inbox.received) >= 2)
+    await received(inbox, 2, at_least=True)
     assert all("again" not in d["headers"].get("host", "") for d in inbox.received)
     inbox.status, inbox.headers, inbox.delay = 200, {}, 3  # past WEBHOOK_TIMEOUT_SECONDS (2)
-    await eventually(lambda: _attempt_errors(client, endpoint["id"], "no answer within 2s"))
+    await eventually(
+        lambda: _attempt_errors(client, endpoint["id"], "no answer within 2s"),
+        what="an attempt that timed out",
+    )
     inbox.delay = 0
-    await eventually(lambda: _is(client, endpoint["id"], "backlog", 0))
+    await endpoint_shows(client, endpoint["id"], "backlog", 0)
     attempts = (await client.get(f"/webhook-endpoints/{endpoint['id']}/attempts")).json()["items"]
     assert any(a["status_code"] == 307 and "not followed" in a["error"] for a in attempts)
 
@@ -255,19 +274,26 @@ async def test_a_slow_endpoint_holds_back_no_other(
     async with (
         subscriber() as (slow_inbox, slow_url),
         serving(
-            app_with(db_url, exotel, webhook_concurrency=4, webhook_endpoint_concurrency=2)
+            app_with(
+                db_url,
+                exotel,
+                webhook_concurrency=4,
+                webhook_endpoint_concurrency=2,
+                webhook_timeout_seconds=60,  # the slow one is held, not timed out
+            )
         ) as client,
     ):
-        slow_inbox.delay = 1.5
+        slow_inbox.answering.clear()  # the slow endpoint answers nothing until told
         await register(client, slow_url)
         await register(client, fast_url)
         for _ in range(6):
             await complete(client, exotel)
-        # 12 events: the slow endpoint takes 1.5 s each, two at a time (9 s in all); the fast
-        # one has them all long before.
-        await eventually(lambda: len(fast_inbox.received) == 12, within=6)
-        assert len(slow_inbox.received) < 12
-        await eventually(lambda: len(slow_inbox.received) == 12, within=15)
+        # 12 events each: the fast endpoint has all of its own while the slow one holds two.
+        await eventually(lambda: slow_inbox.in_flight == 2, what="the slow endpoint holding two")
+        await received(fast_inbox, 12)
+        assert (slow_inbox.received, slow_inbox.in_flight) == ([], 2)
+        slow_inbox.answering.set()
+        await received(slow_inbox, 12)
     assert slow_inbox.most_at_once == 2  # WEBHOOK_ENDPOINT_CONCURRENCY, and no more
 
 
@@ -295,8 +321,10 @@ async def test_one_endpoints_backlog_leaves_another_endpoint_its_turns(
         )
         assert recovered.json() == {"queued": 80}  # all due now, before what comes next
         await complete(client, exotel)
-        await eventually(lambda: len(later.received) == 2, within=10)
-        assert len(behind.received) < 60  # of 82: served beside the backlog, not after it
+        await received(later, 2)
+        # Of 82: served beside the backlog, not after it (counted when the later one had both).
+        served_before = [d for d in behind.received if d["order"] < later.received[-1]["order"]]
+        assert len(served_before) < 60
 
 
 async def test_a_retry_after_that_is_no_number_of_seconds_is_ignored(
@@ -311,9 +339,9 @@ async def test_a_retry_after_that_is_no_number_of_seconds_is_ignored(
         attempts = await client.get(f"/webhook-endpoints/{endpoint['id']}/attempts")
         return any(a["status_code"] == 503 for a in attempts.json()["items"])
 
-    await eventually(failure_recorded, within=5)  # recorded, with the schedule's own delay
+    await eventually(failure_recorded, what="the 503 recorded")
     inbox.status, inbox.headers = 200, {}
-    await eventually(lambda: _is(client, endpoint["id"], "backlog", 0))
+    await endpoint_shows(client, endpoint["id"], "backlog", 0)
     assert [d["answered"] for d in inbox.received][-1] == 200
 
 
@@ -325,7 +353,7 @@ async def test_an_endpoint_failing_for_too_long_is_disabled(
         endpoint = await register(client, url)
         inbox.status = 500
         await complete(client, exotel)
-        await eventually(lambda: _is(client, endpoint["id"], "enabled", False))
+        await endpoint_shows(client, endpoint["id"], "enabled", False)
         reason = await _get(client, endpoint["id"], "disabled_reason")
         assert reason.startswith("failing without a success since")
 
@@ -414,20 +442,20 @@ async def test_one_event_is_redelivered_on_request(
     inbox, url = hooks
     endpoint = await register(client, url, event_types=["call.completed"])
     await complete(client, exotel)
-    await eventually(lambda: _is(client, endpoint["id"], "backlog", 0))  # delivered, recorded
+    await endpoint_shows(client, endpoint["id"], "backlog", 0)  # delivered, recorded
     event_id = inbox.received[0]["headers"]["webhook-id"]
     again = await client.post(f"/events/{event_id}/redeliver", json={"endpoint_id": endpoint["id"]})
     assert again.status_code == 202
     assert again.json() == {"queued": 1}
-    await eventually(lambda: len(inbox.received) == 2)
+    await received(inbox, 2)
     assert inbox.received[1]["headers"]["webhook-id"] == event_id
-    await eventually(lambda: _is(client, endpoint["id"], "backlog", 0))  # the answer recorded
+    await endpoint_shows(client, endpoint["id"], "backlog", 0)  # the answer recorded
     attempts = (await client.get(f"/webhook-endpoints/{endpoint['id']}/attempts")).json()["items"]
     assert [a["trigger"] for a in attempts] == ["manual", "scheduled"]
     # Without a body: to every enabled endpoint that takes it (once the last is recorded).
-    await eventually(lambda: _is(client, endpoint["id"], "backlog", 0))
+    await endpoint_shows(client, endpoint["id"], "backlog", 0)
     assert (await client.post(f"/events/{event_id}/redeliver")).json() == {"queued": 1}
-    await eventually(lambda: len(inbox.received) == 3)
+    await received(inbox, 3)
 
 
 async def test_each_event_is_owed_to_the_enabled_endpoints_that_take_its_type(
@@ -492,7 +520,7 @@ async def test_the_pages_show_endpoints_and_what_each_call_pushed(
     endpoint = await register(client, url, description="orders")
     inbox.status = 503
     call_id = await complete(client, exotel)
-    await eventually(lambda: len(inbox.received) >= 2)
+    await received(inbox, 2, at_least=True)
 
     status = (await client.get("/ui")).text
     row = status.split(f'id="endpoint-{endpoint["id"]}"')[1].split("</tr>")[0]
@@ -507,7 +535,7 @@ async def test_the_pages_show_endpoints_and_what_each_call_pushed(
     assert "call.completed" in events
     assert 'class="chip dl-pending"' in events  # the first is retried, the second waits
     inbox.status = 200
-    await eventually(lambda: _is(client, endpoint["id"], "backlog", 0))
+    await endpoint_shows(client, endpoint["id"], "backlog", 0)
     events = (await client.get(f"/ui/calls/{call_id}")).text.split('id="events"')[1]
     assert events.count('class="chip dl-delivered"') == 2
 
@@ -535,9 +563,10 @@ async def test_the_readme_subscriber_verifies_and_takes_each_event_once(
     config = uvicorn.Config(module.app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     serving_task = asyncio.create_task(server.serve())
+    await eventually(lambda: server.started or serving_task.done(), what="the subscriber serving")
     try:
         await complete(client, exotel, "busy")
-        await eventually(lambda: _is(client, endpoint["id"], "backlog", 0))
+        await endpoint_shows(client, endpoint["id"], "backlog", 0)
         headers = {"webhook-id": "evt_x", "webhook-timestamp": "1", "webhook-signature": "v1,AA"}
         async with httpx.AsyncClient() as http:
             forged = await http.post(url, content=b'{"id": "evt_x"}', headers=headers)

@@ -102,6 +102,8 @@ class Runner(Generic[Job, Outcome]):
         self._done: list[tuple[Job, Outcome | BaseException]] = []
         self._finished = asyncio.Event()  # set by every job that ends
         self._running: dict[asyncio.Task[None], Job] = {}
+        # Held from a claim's start until its jobs run: stop() waits for a claim under way.
+        self._claim = asyncio.Lock()
         self._loop: asyncio.Task[None] | None = None
         if kind.queue is not None:
             worker.watch(kind.name, kind.queue, kind.lost)
@@ -118,6 +120,12 @@ class Runner(Generic[Job, Outcome]):
         """Claim nothing more; give the jobs running `grace` seconds, record what came of them,
         and hand those still unfinished to their kind as lost."""
         self._claiming = False
+        # A claim that began before claiming stopped may still commit: its jobs are started
+        # first, so that they get their grace and are recorded or handed back like the rest
+        # (they ran unwatched, and their calls stayed claimed by a process that had exited).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._grace), self._claim:
+                pass
         unfinished: list[Job] = []
         if self._running:
             _, pending = await asyncio.wait(self._running, timeout=self._grace)
@@ -145,18 +153,24 @@ class Runner(Generic[Job, Outcome]):
             with self._watching_the_database():
                 await self._record_done()
                 if self._claiming and free > 0 and self._worker.alive:
-                    async with self._sessionmaker() as session, session.begin():
-                        wanted = await self.kind.claim(session, worker=self._worker.id, limit=free)
-                    claimed = wanted  # only once committed: a claim rolled back is no claim
+                    async with self._claim:
+                        async with self._sessionmaker() as session, session.begin():
+                            wanted = await self.kind.claim(
+                                session, worker=self._worker.id, limit=free
+                            )
+                        claimed = wanted  # only once committed: a claim rolled back is no claim
+                        if not isinstance(claimed, Wait):
+                            for job in claimed:
+                                task = asyncio.create_task(
+                                    self._work(job), name=f"{self.kind.name} job"
+                                )
+                                self._running[task] = job
+                                task.add_done_callback(self._running.pop)
             if isinstance(claimed, Wait):  # ready work held back: new work changes nothing
                 started = time.monotonic()
                 await self._pause(claimed.seconds, self._finished)
                 self._metrics.job_wait.labels(self.kind.name).inc(time.monotonic() - started)
             elif claimed:
-                for job in claimed:
-                    task = asyncio.create_task(self._work(job), name=f"{self.kind.name} job")
-                    self._running[task] = job
-                    task.add_done_callback(self._running.pop)
                 continue  # there may be more: claim again while slots are free
             else:
                 await self._pause(self._poll, self.kind.woken, self._finished)

@@ -25,10 +25,6 @@ from app.db.session import is_database_down
 
 log = logging.getLogger(__name__)
 
-# Every BEAT seconds a worker says it lives; a claim whose worker has not for LEASE seconds is
-# lost, and found by the next sweep of any worker: at most LEASE + BEAT after a SIGKILL.
-BEAT_SECONDS = 5.0
-LEASE_SECONDS = 15.0
 _SWEPT_AT_ONCE = 500
 
 
@@ -76,12 +72,22 @@ def new_worker_id() -> str:
 
 
 class Worker:
-    """Beats every BEAT_SECONDS and sweeps the queues of the kinds this process runs; `alive`
-    says whether its own claims are still good (a worker cut off from the database for long
-    stops claiming: others take its claims as lost)."""
+    """Beats every `beat_seconds` and sweeps the queues of the kinds this process runs; a claim
+    whose worker has not beaten for `lease_seconds` is lost, and found by the next sweep of any
+    worker: at most lease + beat after a SIGKILL. `alive` says whether its own claims are still
+    good (a worker cut off from the database for long stops claiming: others take its claims
+    as lost)."""
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        *,
+        beat_seconds: float,
+        lease_seconds: float,
+    ) -> None:
         self.id = new_worker_id()
+        self.beat_seconds = beat_seconds
+        self.lease_seconds = lease_seconds
         self._sessionmaker = sessionmaker
         self._queues: list[tuple[str, Queue, Lost]] = []
         self._beaten_at = -float("inf")  # monotonic time of the last beat the database took
@@ -94,7 +100,7 @@ class Worker:
 
     @property
     def alive(self) -> bool:
-        return time.monotonic() - self._beaten_at < LEASE_SECONDS / 2
+        return time.monotonic() - self._beaten_at < self.lease_seconds / 2
 
     async def start(self) -> None:
         """The first beat (so that nothing claimed is ever taken for lost), then the loop."""
@@ -123,7 +129,7 @@ class Worker:
                 if not is_database_down(exc):
                     log.exception("worker %s: beating or sweeping failed", self.id)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), BEAT_SECONDS)
+                await asyncio.wait_for(self._stopping.wait(), self.beat_seconds)
 
     async def _beat_once(self) -> None:
         started = time.monotonic()
@@ -141,20 +147,20 @@ class Worker:
         self._beaten_at = started
 
     async def sweep(self, name: str, queue: Queue, lost: Lost) -> int:
-        """Hand the claims of `queue` whose worker has not beaten for LEASE_SECONDS to `lost`;
-        how many."""
+        """Hand the claims of `queue` whose worker has not beaten for the lease to `lost`; how
+        many."""
         async with self._sessionmaker() as session, session.begin():
-            keys = list(await session.scalars(_lost_claims(queue)))
+            keys = list(await session.scalars(_lost_claims(queue, self.lease_seconds)))
             if keys:
                 log.warning("%s: %d claims of a worker that stopped: lost", name, len(keys))
                 await lost(session, keys)
         return len(keys)
 
 
-def _lost_claims(queue: Queue) -> Any:
+def _lost_claims(queue: Queue, lease_seconds: float) -> Any:
     alive = exists().where(
         WorkerRow.id == queue.claimed_by,
-        WorkerRow.heartbeat_at > func.clock_timestamp() - timedelta(seconds=LEASE_SECONDS),
+        WorkerRow.heartbeat_at > func.clock_timestamp() - timedelta(seconds=lease_seconds),
     )
     return (
         select(queue.key)

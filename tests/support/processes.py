@@ -6,19 +6,23 @@ Everything a process writes goes to a log file, so a test can show it when somet
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from app.config import variables
+from tests.support.eventually import NotInTime, eventually_sync
 
 # A process ready in 3 s on an idle machine took 18 s on a loaded one.
 READY_DEADLINE_SECONDS = 60.0
@@ -30,17 +34,49 @@ class ProcessNotReady(RuntimeError):
     """The process exited, or did not answer its readiness URL with 200, before the deadline."""
 
 
+# Ports are picked below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768-60999
+# by default), where a bind to port 0 and every outgoing connection take theirs: a port found free
+# there can be taken by anyone's next connection before the process told to use it binds it.
+# Below it, only a process given the number binds it. Each pytest-xdist worker picks from a block
+# of its own, so that two workers never hand out one port, and goes round its block from a random
+# place, so that a port is not handed out again soon, nor in the same order by another run.
+_PORTS_FROM = 20000
+_PORTS_PER_WORKER = 500
+_ports_lock = threading.Lock()
+
+
+@functools.cache  # one round for the process
+def _worker_ports() -> Iterator[int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # gw0, gw1, ...; unset without xdist
+    first = _PORTS_FROM + int(worker.removeprefix("gw")) * _PORTS_PER_WORKER
+    start = random.randrange(_PORTS_PER_WORKER)
+    return (first + (start + n) % _PORTS_PER_WORKER for n in itertools.count())
+
+
+def _bindable(port: int) -> bool:
+    """Nothing listens on `port` (a closed connection's TIME_WAIT does not count: the servers
+    started here bind with SO_REUSEADDR, as the check does)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_ports(count: int) -> list[int]:
-    """Loopback ports that nothing listens on, chosen by the OS. The sockets are held until all
-    are picked, so the ports differ from each other."""
-    with contextlib.ExitStack() as stack:
-        sockets = [
-            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            for _ in range(count)
-        ]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
+    """Loopback ports that nothing listens on, each handed out once in a while by this process
+    and by no other worker of the test run."""
+    with _ports_lock:
+        ports: list[int] = []
+        for _ in range(_PORTS_PER_WORKER):
+            port = next(_worker_ports())
+            if _bindable(port):
+                ports.append(port)
+                if len(ports) == count:
+                    return ports
+    raise RuntimeError(f"fewer than {count} free ports in this worker's block")
 
 
 @dataclass
@@ -111,10 +147,10 @@ def with_default_sigint(argv: Sequence[str]) -> list[str]:
 
 
 def _wait_until_ready(process: Process, url: str, deadline_seconds: float) -> None:
-    deadline = time.monotonic() + deadline_seconds
-    last = "no answer"
     with httpx.Client(timeout=1.0) as http:
-        while True:
+
+        def ready() -> str:
+            """'ready', or what the URL answered instead."""
             if (code := process.popen.poll()) is not None:
                 raise ProcessNotReady(
                     f"{process.name} exited with {code} before it was ready:\n{process.output()}"
@@ -122,17 +158,21 @@ def _wait_until_ready(process: Process, url: str, deadline_seconds: float) -> No
             try:
                 response = http.get(url)
             except httpx.TransportError as exc:
-                last = repr(exc)
-            else:
-                if response.status_code == httpx.codes.OK:
-                    return
-                last = f"{response.status_code} {response.text}"
-            if time.monotonic() > deadline:
-                raise ProcessNotReady(
-                    f"{process.name} not ready at {url} after {deadline_seconds} s "
-                    f"(last: {last}):\n{process.output()}"
-                )
-            time.sleep(_POLL_INTERVAL_SECONDS)
+                return repr(exc)
+            if response.status_code == httpx.codes.OK:
+                return "ready"
+            return f"{response.status_code} {response.text}"
+
+        try:
+            eventually_sync(
+                ready,
+                what=f"{process.name} ready at {url}",
+                until=lambda answer: answer == "ready",
+                within=deadline_seconds,
+                pause=_POLL_INTERVAL_SECONDS,
+            )
+        except NotInTime as exc:
+            raise ProcessNotReady(f"{exc}:\n{process.output()}") from None
 
 
 EXOCALL = str(Path(sys.executable).parent / "exocall")
@@ -164,11 +204,11 @@ class Deployment:
         return self.simulator_url
 
     def start_subscriber(self) -> str:
-        """A webhook subscriber (tests/subscriber.py); its base URL."""
+        """A webhook subscriber (tests/support/subscriber.py); its base URL."""
         (port,) = free_ports(1)
         url = f"http://127.0.0.1:{port}"
-        argv = [sys.executable, "-m", "tests.subscriber", "--port", str(port)]
-        root = str(Path(__file__).resolve().parent.parent)
+        argv = [sys.executable, "-m", "tests.support.subscriber", "--port", str(port)]
+        root = str(Path(__file__).resolve().parents[2])
         self._start("subscriber", argv, f"{url}/received", PYTHONPATH=root)
         return url
 

@@ -12,23 +12,31 @@ nothing else.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.eventually import NotInTime, eventually_sync
+
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERD = Path("/usr/sbin/dockerd")
 DOCKER = Path("/usr/bin/docker")  # 20.10, BuildKit built in; a newer client on PATH may lack buildx
 DATA_ROOT = Path("/var/lib/exocall-docker")
 RUN_DIR = Path("/run/exocall-docker")
 SOCKET = RUN_DIR / "docker.sock"
+PIDFILE = RUN_DIR / "dockerd.pid"
+USERS = Path("/run/exocall-docker.users")  # the lock of the test runs using the engine
+# The engine this process started, if it did: kept, so that it is reaped once it stops.
+_started: list[subprocess.Popen[bytes]] = []
 START_DEADLINE_SECONDS = 60.0
 
 
@@ -73,7 +81,11 @@ class Engine:
 @contextmanager
 def engine(workdir: Path) -> Iterator[Engine]:
     """A running engine, ready to build the project's image: started here if none answers on
-    SOCKET, and then stopped afterwards."""
+    SOCKET, and stopped afterwards by the last test run using it.
+
+    The engine is the machine's, shared by every test run on it (another checkout's too): each
+    holds a shared lock on USERS while it uses the engine, and only one at a time, holding it
+    alone, starts the engine, builds the stand-ins or stops it."""
     config = workdir / "docker-config"
     (config / "cli-plugins").mkdir(parents=True)
     compose = _compose_binary()
@@ -89,32 +101,68 @@ def engine(workdir: Path) -> Iterator[Engine]:
         "SSL_CERT_FILE": os.environ.get("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt"),
     }
     handle = Engine(env)
-    daemon = None if _answers(handle) else _start_dockerd(handle)
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    with USERS.open("a") as users:
+        fcntl.flock(users, fcntl.LOCK_EX)
+        try:
+            if not _answers(handle):
+                _start_dockerd(handle)
+            subprocess.run(
+                [str(ROOT / "deploy" / "standins" / "build.sh")],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+        except BaseException:
+            _stop_unless_used(users)
+            raise
+        fcntl.flock(users, fcntl.LOCK_SH)  # in use, by this run and maybe others
+        try:
+            yield handle
+        finally:
+            _stop_unless_used(users)
+
+
+def _stop_unless_used(users: IO[str]) -> None:
+    """Stop the engine started here (it has a pidfile) if no other test run uses it."""
     try:
-        subprocess.run(
-            [str(ROOT / "deploy" / "standins" / "build.sh")],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        yield handle
-    finally:
-        if daemon is not None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+        fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return  # another run still uses it: the last one stops it
+    try:
+        pid = int(PIDFILE.read_text())
+    except (FileNotFoundError, ValueError):
+        return  # not one started here (a system engine): left running
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    try:
+        eventually_sync(lambda: not _alive(pid), what="dockerd stopped", pause=0.5)
+    except NotInTime:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for daemon in _started:
+        daemon.wait()
+    _started.clear()
+
+
+def _alive(pid: int) -> bool:
+    for daemon in _started:
+        if daemon.pid == pid:
+            return daemon.poll() is None  # started here: reaped as it exits
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _answers(handle: Engine) -> bool:
     return SOCKET.exists() and handle.docker("info", timeout=30, check=False).returncode == 0
 
 
-def _start_dockerd(handle: Engine) -> subprocess.Popen[bytes]:
+def _start_dockerd(handle: Engine) -> None:
     for directory in (DATA_ROOT, RUN_DIR):
         directory.mkdir(parents=True, exist_ok=True)
     with (RUN_DIR / "dockerd.log").open("ab") as log:  # the daemon holds its own copy
@@ -123,7 +171,7 @@ def _start_dockerd(handle: Engine) -> subprocess.Popen[bytes]:
                 str(DOCKERD),
                 f"--data-root={DATA_ROOT}",
                 f"--exec-root={RUN_DIR / 'exec'}",
-                f"--pidfile={RUN_DIR / 'dockerd.pid'}",
+                f"--pidfile={PIDFILE}",
                 f"--host=unix://{SOCKET}",
                 "--ip-forward=false",
                 "--ip-masq=false",
@@ -132,10 +180,17 @@ def _start_dockerd(handle: Engine) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    deadline = time.monotonic() + START_DEADLINE_SECONDS
-    while not _answers(handle):
-        if daemon.poll() is not None or time.monotonic() > deadline:
-            daemon.kill()
-            raise RuntimeError(f"dockerd did not start; see {RUN_DIR / 'dockerd.log'}")
-        time.sleep(0.5)
-    return daemon
+    try:
+        eventually_sync(
+            lambda: daemon.poll() is not None or _answers(handle),
+            what=f"dockerd answering (its log: {RUN_DIR / 'dockerd.log'})",
+            within=START_DEADLINE_SECONDS,
+            pause=0.5,
+        )
+        if daemon.poll() is not None:
+            raise RuntimeError(f"dockerd exited; see {RUN_DIR / 'dockerd.log'}")
+    except BaseException:
+        daemon.kill()
+        daemon.wait()
+        raise
+    _started.append(daemon)

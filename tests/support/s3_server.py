@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.processes import Process, free_ports, start_process
+from tests.support.processes import Process, free_ports, start_process
 
 FAKE_S3_KEY_ID = "fake-s3-key-id"
 FAKE_S3_SECRET = "fake-s3-secret"

@@ -1,10 +1,11 @@
 """A webhook subscriber for the tests: it keeps every delivery as received (headers and the raw
 body) and answers as it is told. In-process (`Subscriber`) or as a process of its own
-(`python -m tests.subscriber --port N`), for the end-to-end tests.
+(`python -m tests.support.subscriber --port N`), for the end-to-end tests.
 
-    GET  /received            every delivery so far, oldest first
-    POST /answer {"status", "headers", "delay"}
-                              answer every later delivery so (200 at once by default)
+    GET  /received            every delivery so far, in the order answered
+    POST /answer {"status", "headers", "delay", "hold"}
+                              answer every later delivery so (200 at once by default); with
+                              "hold", every delivery waits unanswered until the next /answer
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +24,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.processes import free_ports
+from tests.support.eventually import eventually
+from tests.support.processes import free_ports
+
+_answered = itertools.count()
+
+
+def _set_event() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
 
 
 @dataclass
@@ -31,6 +42,8 @@ class Inbox:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)  # sent with every answer
     delay: float = 0.0  # seconds before answering
+    # Cleared, deliveries are held unanswered until it is set again.
+    answering: asyncio.Event = field(default_factory=_set_event)
     in_flight: int = 0
     most_at_once: int = 0  # the most requests it held at one time
 
@@ -40,11 +53,17 @@ class Inbox:
             self.in_flight += 1
             self.most_at_once = max(self.most_at_once, self.in_flight)
             try:
+                await self.answering.wait()
                 await asyncio.sleep(self.delay)
             finally:
                 self.in_flight -= 1
             self.received.append(
-                {"headers": dict(request.headers), "body": body.decode(), "answered": self.status}
+                {
+                    "headers": dict(request.headers),
+                    "body": body.decode(),
+                    "answered": self.status,
+                    "order": next(_answered),  # across every inbox of the process
+                }
             )
             return Response(f"answered {self.status}", self.status, headers=self.headers)
 
@@ -56,6 +75,10 @@ class Inbox:
             self.status = int(wanted["status"])
             self.headers = dict(wanted.get("headers", {}))
             self.delay = float(wanted.get("delay", 0))
+            if wanted.get("hold"):
+                self.answering.clear()
+            else:
+                self.answering.set()
             return JSONResponse({"status": self.status})
 
         return Starlette(
@@ -78,8 +101,9 @@ async def subscriber() -> AsyncIterator[tuple[Inbox, str]]:
         )
     )
     task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn says so by a flag alone
-        await asyncio.sleep(0.01)
+    await eventually(lambda: server.started or task.done(), what="the subscriber serving")
+    if task.done():  # it could not serve: say why
+        task.result()
     try:
         yield inbox, f"http://127.0.0.1:{port}/hook"
     finally:

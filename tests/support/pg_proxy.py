@@ -19,6 +19,8 @@ from typing import Self
 
 from sqlalchemy.engine import make_url
 
+from tests.support.processes import free_ports
+
 _ACCEPT_POLL_SECONDS = 0.05  # how soon the accepting thread notices a cut
 _CONNECT_TIMEOUT_SECONDS = 5.0
 _JOIN_TIMEOUT_SECONDS = 10.0
@@ -70,9 +72,11 @@ class PgProxy:
         with self._lock:
             if self._listener is not None:
                 return
+            # A port of the tests' own (free_ports): after a cut, no outgoing connection of
+            # anyone's can take it before the restore binds it again.
+            self.port = self.port or free_ports(1)[0]
             listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR on POSIX
             listener.settimeout(_ACCEPT_POLL_SECONDS)
-            self.port = listener.getsockname()[1]
             self._listener = listener
             self._spawn("accept", self._accept, listener, self._generation)
 
