@@ -18,9 +18,10 @@ from pydantic import (
     IPvAnyNetwork,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REGION_HOSTS = {
@@ -88,18 +89,16 @@ class Group(BaseSettings):
         try:
             return cls(_env_file=env_file, **given)
         except ValidationError as exc:
-            variables = cls.variables() | {v: v for v in cls.variables().values()}
-            raise ConfigurationError(
-                [
-                    (
-                        variables.get(str(error["loc"][0]), str(error["loc"][0]).upper())
-                        if error["loc"]
-                        else cls.title,
-                        str(error["msg"]).removeprefix("Value error, "),
-                    )
-                    for error in exc.errors()
-                ]
-            ) from None
+            raise ConfigurationError([cls._problem(error) for error in exc.errors()]) from None
+
+    @classmethod
+    def _problem(cls, error: ErrorDetails) -> tuple[str, str]:
+        """A validation error as (the variable, what is wrong); the group's title for one of
+        several variables together."""
+        by_name = cls.variables()
+        where = str(error["loc"][0]) if error["loc"] else ""
+        variable = by_name.get(where) or (where.upper() if where else cls.title)
+        return variable, str(error["msg"]).removeprefix("Value error, ")
 
 
 def _alias(variable: str, default: Any = ..., **options: Any) -> Any:
@@ -341,13 +340,14 @@ class JobSettings(Group):
         "of a live one stalled for as long. More than twice the beat",
     )
 
-    @model_validator(mode="after")
-    def _lease_outlasts_beats(self) -> JobSettings:
+    @field_validator("lease_seconds")
+    @classmethod
+    def _lease_outlasts_beats(cls, lease: float, info: ValidationInfo) -> float:
         # A process stops claiming once half its lease has passed since its last beat: a lease
         # of two beats or less would stop it between two beats of a healthy heart.
-        if self.lease_seconds <= 2 * self.beat_seconds:
-            raise ValueError("JOBS_LEASE_SECONDS must be more than twice JOBS_BEAT_SECONDS")
-        return self
+        if lease <= 2 * info.data.get("beat_seconds", 0):
+            raise ValueError("must be more than twice JOBS_BEAT_SECONDS")
+        return lease
 
 
 class DispatchSettings(Group):

@@ -127,7 +127,7 @@ def test_production_refuses_to_start_and_says_why_without_the_secrets(tmp_path: 
 
 def test_a_lease_of_two_beats_or_less_is_refused() -> None:
     # A worker stops claiming half a lease after its last beat: between two healthy beats.
-    with pytest.raises(ConfigurationError, match="JOBS_LEASE_SECONDS must be more than twice"):
+    with pytest.raises(ConfigurationError, match="JOBS_LEASE_SECONDS: must be more than twice"):
         Settings.load(env_file=None, JOBS_BEAT_SECONDS=5, JOBS_LEASE_SECONDS=10)
     Settings.load(env_file=None, JOBS_BEAT_SECONDS=1, JOBS_LEASE_SECONDS=3)
 
