@@ -64,7 +64,7 @@ bench: $(VENV)/.installed-dev  ## benchmarks on an embedded PostgreSQL (or BENCH
 
 screenshot: $(VENV)/.installed-dev  ## docs/ui.png, by the status page's browser test (needs Chromium)
 	UI_SCREENSHOT=$(CURDIR)/docs/ui.png $(BIN)/pytest \
-		'tests/test_ui.py::test_in_chromium_a_person_sees_the_calls_and_a_calls_timeline'
+		'tests/api/test_ui.py::test_in_chromium_a_person_sees_the_calls_and_a_calls_timeline'
 
 fmt: $(VENV)/.installed-dev
 	$(BIN)/ruff format .

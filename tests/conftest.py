@@ -153,7 +153,8 @@ async def db_url(database_url: str) -> AsyncIterator[str]:
 # 202 sets its own, or holds Exotel's answer; a test that wants the call queued asks wait=false.
 DISPATCH_WAIT_SECONDS = 20
 
-# For an app whose schema is read and whose database is never reached.
+# A database nobody can reach (nothing listens on port 9): for an app whose schema alone is
+# read, or one that must find its database down.
 UNUSED_DATABASE = "postgresql+asyncpg://postgres@127.0.0.1:9/unused"
 
 # What every process of an end-to-end test is configured with.
@@ -203,7 +204,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "dispatch_wait_seconds": DISPATCH_WAIT_SECONDS,
         "jobs_poll_seconds": 0.05,
         # The app's own archive would race a test's callbacks with events of its own, once
-        # its poll comes round: tests/test_recordings.py runs an Archive itself.
+        # its poll comes round: tests/recordings/test_recordings.py runs an Archive itself.
         "recording_archive": False,
     }
     return Settings.load(env_file=None, **(values | overrides))

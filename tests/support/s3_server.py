@@ -1,4 +1,5 @@
-"""A real S3 API on loopback: moto in server mode, started by the tests (tests/test_recordings.py).
+"""A real S3 API on loopback: moto in server mode, started by the tests
+(tests/recordings/test_recordings.py).
 
 Every test gets a bucket of its own; `PgProxy` (any TCP will do) in front of it makes a store
 that can go down and come back."""

@@ -41,7 +41,7 @@ from tests.support.processes import free_ports
 # One xdist worker runs them all, in turn: they share one stack (a module fixture), on the engine.
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(1800), pytest.mark.xdist_group("docker")]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # The engine is the machine's, and another checkout's test run may have a stack on it too: this
 # run's project, image tag and network are its own.
 RUN = uuid.uuid4().hex[:8]

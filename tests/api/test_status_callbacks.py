@@ -11,41 +11,11 @@ import pytest
 
 from tests.conftest import callback_path, place_body
 from tests.support.exotel_double import TERMINAL_CALLBACK_EXAMPLE, ExotelDouble, accepted, new_sid
+from tests.support.exotel_requests import callback, events, kept, multipart, place
 
 pytestmark = pytest.mark.anyio
 
 TERMINAL_JSON = TERMINAL_CALLBACK_EXAMPLE
-
-
-async def place(
-    client: httpx.AsyncClient, exotel: ExotelDouble, sid: str | None = None
-) -> dict[str, Any]:
-    exotel.answer_connect(accepted(sid or new_sid()))
-    response = await client.post("/calls", json=place_body())
-    assert response.status_code == 201, response.text
-    return dict(response.json())
-
-
-def multipart(fields: dict[str, str]) -> dict[str, Any]:
-    return {"files": {key: (None, value) for key, value in fields.items()}}
-
-
-def callback(
-    sid: str, status: str, date: str = "2019-04-08 03:18:35", recording: str = ""
-) -> dict[str, str]:
-    """The four fields Exotel always sends."""
-    return {"CallSid": sid, "Status": status, "RecordingUrl": recording, "DateUpdated": date}
-
-
-async def events(client: httpx.AsyncClient, call_id: str) -> list[dict[str, Any]]:
-    response = await client.get(f"/calls/{call_id}/events")
-    assert response.status_code == 200
-    return list(response.json())
-
-
-async def kept(client: httpx.AsyncClient, call_id: str) -> list[tuple[str, str]]:
-    """What was received about the call, oldest first: (kind, outcome)."""
-    return [(e["kind"], e["outcome"]) for e in await events(client, call_id)]
 
 
 @pytest.mark.parametrize("encoding", ["multipart", "urlencoded", "json"])

@@ -1,6 +1,6 @@
 """The one job mechanism (app/jobs): a claim lives as long as its worker beats; a lost one goes to
 its kind, which says what that means; periodic jobs run one at a time across workers; the retry
-policy. Replicas killed while holding each kind of work: tests/test_jobs_e2e.py."""
+policy. Replicas killed while holding each kind of work: tests/jobs/test_jobs_e2e.py."""
 
 from __future__ import annotations
 

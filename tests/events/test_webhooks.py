@@ -16,7 +16,6 @@ import aiohttp
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -25,28 +24,17 @@ from app.db.models import Delivery, DeliveryAttempt, DeliveryState
 from app.db.session import create_engine
 from app.events.delivery import Answer, claim, record, release, retry_policy
 from app.events.targets import TargetPolicy, TargetRefused, guarded_session
-from app.main import create_app
-from tests.conftest import callback_path, make_settings, no_dns, serving
+from tests.conftest import callback_path, make_settings, serving
 from tests.support.eventually import eventually
 from tests.support.exotel_double import ExotelDouble
+from tests.support.exotel_requests import callback, multipart, place
 from tests.support.processes import free_ports
 from tests.support.subscriber import Inbox, subscriber
-from tests.test_status_callbacks import callback, multipart, place
+from tests.support.webhooks import FAST, app_with
 
 pytestmark = pytest.mark.anyio
 
-FAST = {
-    "webhook_retry_schedule": "0.2,0.2,0.2,0.2,0.2,0.2",
-    "jobs_poll_seconds": 0.05,
-    "webhook_timeout_seconds": 2,
-}
 RETRIES = retry_policy([0])  # due again at once
-
-
-def app_with(db_url: str, exotel: ExotelDouble, **overrides: Any) -> FastAPI:
-    settings = make_settings(db_url, **(FAST | overrides))
-    transport = httpx.MockTransport(exotel.handle)
-    return create_app(settings, exotel_transport=transport, resolver=no_dns)
 
 
 @pytest.fixture
@@ -547,8 +535,8 @@ async def test_the_readme_subscriber_verifies_and_takes_each_event_once(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """examples/subscriber.py, shown in docs/events.md, against real deliveries."""
-    example = Path(__file__).parent.parent / "examples" / "subscriber.py"
-    shown = (Path(__file__).parent.parent / "docs" / "events.md").read_text()
+    example = Path(__file__).parents[2] / "examples" / "subscriber.py"
+    shown = (Path(__file__).parents[2] / "docs" / "events.md").read_text()
     assert example.read_text() in shown  # the manual shows the file as it is
 
     (port,) = free_ports(1)

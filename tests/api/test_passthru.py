@@ -15,8 +15,8 @@ from app.calls.callback_auth import passthru_url
 from tests.conftest import FAKE_CALLBACK_SECRET, callback_path, place_body, serving
 from tests.support.eventually import eventually
 from tests.support.exotel_double import ExotelDouble, accepted, form_of, new_sid
-from tests.test_status_callbacks import callback, events, multipart, place
-from tests.test_webhooks import app_with
+from tests.support.exotel_requests import callback, events, multipart, place
+from tests.support.webhooks import app_with
 
 pytestmark = pytest.mark.anyio
 

@@ -1,8 +1,8 @@
 """The Docker image and the compose stack, read: hadolint lints every Dockerfile, and
 docker-compose.yml is validated against the Compose Specification's schema and held to what the
 stack promises (one published port, so the api scales; the api waits for PostgreSQL and the
-migrations; its secrets are required). tests/test_stack.py builds the image and runs the stack
-on a real engine.
+migrations; its secrets are required). tests/deploy/test_stack.py builds the image and runs
+the stack on a real engine.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import yaml
 from app.cli import cli
 from app.config import default
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -21,7 +21,7 @@ from app.config import Settings
 from app.db.models import Event
 from app.events.feed import read_feed
 from tests.conftest import callback_path
-from tests.test_status_callbacks import callback, multipart, place
+from tests.support.exotel_requests import callback, multipart, place
 
 pytestmark = pytest.mark.anyio
 

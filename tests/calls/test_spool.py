@@ -20,6 +20,7 @@ from app.db.models import Receipt, RequestKind
 from app.main import create_app
 from tests.conftest import (
     FAKE_CALLBACK_SECRET,
+    UNUSED_DATABASE,
     callback_path,
     make_settings,
     place_body,
@@ -27,15 +28,8 @@ from tests.conftest import (
 )
 from tests.support.eventually import eventually
 from tests.support.exotel_double import ExotelDouble, accepted, new_sid
-from tests.support.processes import free_ports
 
 pytestmark = pytest.mark.anyio
-
-
-def unreachable(db_url: str, tmp_path: Path) -> str:
-    """A URL of the same kind as `db_url` whose database cannot be reached."""
-    (port,) = free_ports(1)  # nothing listens there
-    return f"postgresql+asyncpg://postgres@127.0.0.1:{port}/test"
 
 
 def terminal(sid: str, status: str = "completed") -> dict[str, str]:
@@ -85,7 +79,7 @@ async def test_callbacks_during_an_outage_are_spooled_then_stored_once(
     spool_dir = tmp_path / "spool"
 
     # The database goes away; Exotel keeps calling back.
-    down = create_app(make_settings(unreachable(db_url, tmp_path), spool_dir=spool_dir))
+    down = create_app(make_settings(UNUSED_DATABASE, spool_dir=spool_dir))
     async with serving(down) as client:
         for call in calls:
             response = await client.post(callback_path(call["id"]), data=terminal(call["sid"]))
@@ -167,7 +161,7 @@ async def test_with_nowhere_to_keep_it_the_callback_is_refused_so_exotel_retries
     db_url: str, tmp_path: Path
 ) -> None:
     spool_dir = tmp_path / "spool"
-    app = create_app(make_settings(unreachable(db_url, tmp_path), spool_dir=spool_dir))
+    app = create_app(make_settings(UNUSED_DATABASE, spool_dir=spool_dir))
     async with serving(app) as client:
         spool_dir.chmod(0o500)  # read-only (root ignores modes: replace it with a file)
         spool_dir.rename(tmp_path / "elsewhere")
@@ -200,7 +194,7 @@ async def test_a_passthru_during_an_outage_is_answered_200_spooled_and_applied_o
     query = urlencode({"CallSid": call["sid"], "digits": '"2"'})
     path = f"{passthru_url('', FAKE_CALLBACK_SECRET.encode())}&{query}"
     down = make_settings(
-        unreachable(db_url, tmp_path),
+        UNUSED_DATABASE,
         spool_dir=spool_dir,
         passthru_redirect_digits={"926": ["2"]},  # not applied: the call cannot be read
     )

@@ -16,9 +16,15 @@ import pytest
 
 from app.calls.callback_auth import passthru_url
 from app.main import create_app
-from tests.conftest import FAKE_CALLBACK_SECRET, callback_path, make_settings, place_body, serving
+from tests.conftest import (
+    FAKE_CALLBACK_SECRET,
+    UNUSED_DATABASE,
+    callback_path,
+    make_settings,
+    place_body,
+    serving,
+)
 from tests.support.exotel_double import ExotelDouble, accepted, new_sid
-from tests.test_spool import unreachable
 
 pytestmark = pytest.mark.anyio
 
@@ -177,7 +183,7 @@ async def test_a_value_no_column_holds_is_refused_not_spooled_while_the_database
     db_url: str, tmp_path: Path, route: str, value: Any, field: str
 ) -> None:
     spool_dir = tmp_path / "spool"
-    down = create_app(make_settings(unreachable(db_url, tmp_path), spool_dir=spool_dir))
+    down = create_app(make_settings(UNUSED_DATABASE, spool_dir=spool_dir))
     async with serving(down) as client:
         response = await send(client, route, value, call_id=str(uuid.uuid4()), sid=new_sid())
 
