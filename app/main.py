@@ -207,7 +207,7 @@ def create_app(
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
 
     # Exotel's callbacks first: the busiest routes are matched before any other.
-    app.include_router(callbacks.router)
+    callbacks.add_routes(app.router)
     app.include_router(calls.router)
     app.include_router(recordings.router)
     app.include_router(calls.batches)
