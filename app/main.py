@@ -252,10 +252,13 @@ def create_deliverer_app(
         title="exocall deliverer",
         lifespan=lifespan,
         telemetry=_NO_TELEMETRY,
+        docs_url=None,  # `docs.router`'s, as the API's
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
     install_error_handlers(app)
+    app.include_router(docs.router)
 
     app.add_api_route("/healthz", health.healthz, summary="The process is alive")
 
