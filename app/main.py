@@ -222,7 +222,7 @@ def create_app(
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.service.trusted_proxies)
 
     # Exotel's callbacks first: the busiest routes are matched before any other.
-    app.include_router(callbacks.router)
+    callbacks.add_routes(app.router)
     app.include_router(calls.router)
     app.include_router(recordings.router)
     app.include_router(calls.batches)
@@ -270,10 +270,13 @@ def create_deliverer_app(
         title="exocall deliverer",
         lifespan=lifespan,
         telemetry=_NO_TELEMETRY,
+        docs_url=None,  # `docs.router`'s, as the API's
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
     install_error_handlers(app)
+    app.include_router(docs.router)
 
     app.add_api_route("/healthz", health.healthz, summary="The process is alive")
 

@@ -10,7 +10,10 @@ work, and dividing the difference by the amount of work:
   one write path in transactions of 1 and of 8 callbacks, on PostgreSQL;
 - `transaction`: one transaction of BEGIN, the store's locking SELECT of 8 calls and COMMIT,
   through SQLAlchemy and on asyncpg directly with the same statement compiled: what SQLAlchemy's
-  execution costs.
+  execution costs;
+- `entrance`: one status callback through the whole app as uvicorn hands it over (its
+  middleware, routing, the handler and its answer), with the store a stub that answers at once:
+  what the HTTP entrance costs, apart from the database.
 
     .venv/bin/python -m bench.callback_cost        # needs valgrind: apt-get install valgrind
 """
@@ -30,6 +33,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from app.calls.callback_auth import sign
 from bench import fresh_database
 from bench.callback_ingest import BOUNDARY, four_fields, multipart_body, placed_calls
 
@@ -109,6 +113,67 @@ async def drive_transaction(url: str, calls_file: str, how: str, n: int) -> None
     await engine.dispose()
 
 
+async def drive_entrance(n: int) -> None:
+    import types
+
+    from app.calls.ingest import Stored
+    from app.config import Settings
+    from app.db.models import EventOutcome
+    from app.main import create_app
+    from app.metrics import Metrics
+
+    class Writer:
+        async def store(self, received: object) -> Stored:
+            return Stored(EventOutcome.DUPLICATE)
+
+    secret = "bench-fake-callback-secret"
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url="postgresql+asyncpg://postgres@127.0.0.1:9/unused",  # never connected
+        exotel_account_sid="bench-account",
+        exotel_api_key="bench-fake-key",
+        exotel_api_token="bench-fake-token",
+        callback_secrets=secret,
+    )
+    app = create_app(settings)
+    # What the lifespan would build, as far as the callback route uses it.
+    app.state.runtime = types.SimpleNamespace(metrics=Metrics(), callbacks=Writer(), spool=None)
+    call_id = uuid.uuid4()
+    query = f"call_id={call_id}&token={sign(secret.encode(), call_id)}".encode()
+    headers = [
+        (b"host", b"127.0.0.1:8000"),
+        (b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode()),
+        (b"content-length", str(len(BODY)).encode()),
+    ]
+    statuses = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": BODY, "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    for _ in range(20 + n):
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/status-callback",
+            "raw_path": b"/status-callback",
+            "query_string": query,
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
+            "state": {},
+        }
+        await app(scope, receive, send)  # type: ignore[arg-type]
+    assert statuses == [200] * (20 + n), statuses[:3]
+
+
 # --- measuring --------------------------------------------------------------------------
 
 
@@ -157,6 +222,8 @@ async def main() -> None:
         kind, *rest = args.drive
         if kind == "parse":
             await drive_parse(rest[0], int(rest[1]))
+        elif kind == "entrance":
+            await drive_entrance(int(rest[0]))
         elif kind == "store":
             await drive_store(rest[0], rest[1], int(rest[2]), int(rest[3]))
         else:
@@ -172,6 +239,12 @@ async def main() -> None:
 
         cost = await per_unit(parse, 200, 1)
         print(f"parse Exotel's four-field multipart body, {name}: {cost:,}")
+
+    async def entrance() -> list[str]:
+        return ["entrance"]
+
+    cost = await per_unit(entrance, 200, 1)
+    print(f"one callback through the app, the store a stub: {cost:,}")
     with tempfile.TemporaryDirectory() as work:
         calls_file = Path(work) / "calls.pickle"
         for size, repeats in ((1, 100), (8, 40)):

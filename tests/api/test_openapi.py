@@ -4,13 +4,14 @@ it in a real Chromium with nothing fetched from anywhere but the service."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
 import pytest
 from playwright.async_api import Browser, Route, expect
 
-from app.main import create_app
+from app.main import create_app, create_deliverer_app
 from tests.conftest import UNUSED_DATABASE, make_settings
 from tests.support.processes import Deployment
 
@@ -139,6 +140,25 @@ async def test_a_body_that_is_not_json_is_refused_naming_the_body(
     )
     assert response.status_code == 422
     assert [d["field"] for d in response.json()["error"]["details"]] == ["body"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("build", [create_app, create_deliverer_app])
+async def test_the_docs_pages_name_nothing_outside_the_service(build: Any) -> None:
+    app = build(make_settings(UNUSED_DATABASE))  # the pages connect to nothing
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://exocall.test") as client:
+        page = await client.get("/docs")
+        assert page.status_code == 200
+        assert re.findall(r'(?:src|href)="([^"]+)"', page.text) == [
+            "/docs-assets/swagger-ui.css",
+            "/docs-assets/favicon.png",
+            "/docs-assets/swagger-ui-bundle.js",
+        ]
+        assert "http" not in page.text
+        for asset in ("swagger-ui.css", "favicon.png", "swagger-ui-bundle.js"):
+            assert (await client.get(f"/docs-assets/{asset}")).status_code == 200
+        assert (await client.get("/redoc")).status_code == 404
 
 
 @pytest.mark.e2e
