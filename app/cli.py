@@ -257,7 +257,12 @@ def passthru_url_command(host: ServedHost = "127.0.0.1", port: ServedPort = 8000
 
 
 # The options of the commands that are clients of a running service.
-ServiceUrl = Annotated[str, typer.Option("--url", envvar=URL_ENV, help="The exocall service.")]
+# Without --url or EXOCALL_URL, where PUBLIC_BASE_URL says the service is (`make run` on any
+# port sets both alike).
+ServiceUrl = Annotated[
+    str,
+    typer.Option("--url", envvar=[URL_ENV, "PUBLIC_BASE_URL"], help="The exocall service."),
+]
 ApiKey = Annotated[
     str | None,
     typer.Option(envvar=API_KEY_ENV, help="One of the service's API_KEYS.", show_default=False),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 from collections import Counter
@@ -251,6 +252,17 @@ async def test_call_names_the_url_it_could_not_reach() -> None:
     url = f"http://127.0.0.1:{port}"
     result = await anyio.run_process(
         [EXOCALL, "call", number("0"), "--app-id", "926", "--url", url], check=False
+    )
+    assert result.returncode == 3
+    assert f"exocall at {url}: cannot connect" in err(result)
+
+
+async def test_without_url_the_commands_go_where_public_base_url_says() -> None:
+    (port,) = free_ports(1)
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k != "EXOCALL_URL"} | {"PUBLIC_BASE_URL": url}
+    result = await anyio.run_process(
+        [EXOCALL, "call", number("0"), "--app-id", "926"], check=False, env=env
     )
     assert result.returncode == 3
     assert f"exocall at {url}: cannot connect" in err(result)
