@@ -12,6 +12,7 @@ from fastapi.openapi.models import Example
 from app.api.deps import DispatchDep, SessionDep, SettingsDep, require_api_key, require_json
 from app.api.errors import refusals
 from app.api.schemas import (
+    NO_NUL,
     PLACE_EXAMPLE,
     QUEUED_EXAMPLE,
     BatchCreate,
@@ -139,7 +140,11 @@ async def list_calls(
     batch_id: uuid.UUID | None = None,
     digits: Annotated[
         str | None,
-        Query(max_length=64, description='The latest input keyed in the flow (`""`: none)'),
+        Query(
+            max_length=64,
+            pattern=NO_NUL,
+            description='The latest input keyed in the flow (`""`: none)',
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field
 
-from app.api.schemas import Instant
+from app.api.schemas import NO_NUL, Instant
 from app.calls.outbox import EVENT_TYPES
 from app.calls.resource import CALL_EXAMPLE, CallOut
 from app.db.models import DeliveryAttempt, WebhookEndpoint
@@ -29,7 +29,7 @@ def _short(url: AnyHttpUrl) -> AnyHttpUrl:
 
 EndpointUrl = Annotated[AnyHttpUrl, AfterValidator(_short)]
 EventTypes = Annotated[list[EventType], Field(min_length=1), AfterValidator(_unique)] | None
-Description = Annotated[str | None, Field(max_length=500)]
+Description = Annotated[str | None, Field(max_length=500, pattern=NO_NUL)]
 
 EVENT_EXAMPLE: dict[str, Any] = {
     "id": "evt_5b1e0c0f2f6a4bdfa1d1d0f8e3b2c9a7",

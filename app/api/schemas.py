@@ -62,6 +62,8 @@ def _short_url(value: AnyHttpUrl) -> AnyHttpUrl:
     return value
 
 
+# Text a column can hold: PostgreSQL stores no NUL (a query or row with one fails whole).
+NO_NUL = r"^[^\x00]*$"
 # A timestamp with its offset (a naive one is ambiguous), in UTC.
 Instant = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 PhoneNumber = Annotated[str, AfterValidator(to_e164)]

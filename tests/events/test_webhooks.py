@@ -378,6 +378,7 @@ async def test_endpoints_are_managed_through_the_api(
         ({"url": "http://user:pw@127.0.0.1/hook"}, "url"),
         ({"url": "http://8.8.8.8/hook"}, "url"),  # outside WEBHOOK_ALLOWED_TARGETS
         ({"url": "http://no-such-host.invalid/hook"}, "url"),
+        ({"url": "http://127.0.0.1/hook", "description": "a\x00b"}, "description"),  # no column
     ],
 )
 async def test_a_bad_endpoint_is_refused_naming_the_field(
