@@ -116,6 +116,8 @@ async def test_a_delivery_held_by_a_killed_replica_is_sent_again_by_another(
         assert (await api.post("/webhook-endpoints", json=hook)).status_code == 201
         body = {"from": "09052161110", "app_id": "926"}
         call_id = (await api.post("/calls", json=body)).json()["id"]
+        # Killed once its attempt is at the subscriber: claimed is not yet sent.
+        await eventually(lambda: _held(subscriber), what="the first attempt held at the subscriber")
         killed_at = await kill_holding(
             deployment, engine, "SELECT claimed_by FROM delivery WHERE state = 'sending'"
         )
@@ -139,6 +141,10 @@ async def test_a_delivery_held_by_a_killed_replica_is_sent_again_by_another(
         await eventually(_received_twice(subscriber), what="the killed replica's attempt answered")
         received = (await subscriber.get("/received")).json()
         assert len({r["headers"]["webhook-id"] for r in received}) == 1
+
+
+async def _held(subscriber: httpx.AsyncClient) -> bool:
+    return bool((await subscriber.get("/held")).json())
 
 
 def _received_twice(subscriber: httpx.AsyncClient) -> Callable[[], Awaitable[bool]]:

@@ -3,6 +3,7 @@ body) and answers as it is told. In-process (`Subscriber`) or as a process of it
 (`python -m tests.support.subscriber --port N`), for the end-to-end tests.
 
     GET  /received            every delivery so far, in the order answered
+    GET  /held                how many deliveries it holds unanswered now
     POST /answer {"status", "headers", "delay", "hold"}
                               answer every later delivery so (200 at once by default); with
                               "hold", every delivery waits unanswered until the next /answer
@@ -70,6 +71,9 @@ class Inbox:
         async def received(_: Request) -> Response:
             return JSONResponse(self.received)
 
+        async def held(_: Request) -> Response:
+            return JSONResponse(self.in_flight)
+
         async def answer(request: Request) -> Response:
             wanted = await request.json()
             self.status = int(wanted["status"])
@@ -85,6 +89,7 @@ class Inbox:
             routes=[
                 Route("/hook", hook, methods=["POST"]),
                 Route("/received", received),
+                Route("/held", held),
                 Route("/answer", answer, methods=["POST"]),
             ]
         )
