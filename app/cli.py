@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging.config
 import os
+import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -65,9 +66,24 @@ def _database(settings: Settings) -> Iterator[Settings]:
     if settings.database.url is not None:
         yield settings
         return
-    with embedded_server(DATA_DIR) as url:
+    with embedded_server(DATA_DIR) as url, _sigterm_unwinds():
         os.environ["DATABASE_URL"] = url  # uvicorn's workers read the configuration afresh
         yield settings.replace(DATABASE_URL=url)
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM as `SystemExit`, so that the embedded server is stopped: uvicorn, once it has shut
+    down on SIGTERM, raises the signal again, which would end the process on the spot."""
+
+    def exit(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @cli.command()

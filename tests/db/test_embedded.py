@@ -40,8 +40,11 @@ def workdir() -> Iterator[Path]:
 
 
 @contextmanager
-def serving(workdir: Path, env: dict[str, str], port: int) -> Iterator[httpx.Client]:
-    """`exocall serve` in `workdir`, stopped with Ctrl-C at the end; a client of it."""
+def serving(
+    workdir: Path, env: dict[str, str], port: int, *, stop: signal.Signals = signal.SIGINT
+) -> Iterator[httpx.Client]:
+    """`exocall serve` in `workdir`, stopped with `stop` at the end (Ctrl-C, or SIGTERM as
+    Docker and systemd send); a client of it."""
     url = f"http://127.0.0.1:{port}"
     argv = [EXOCALL, "serve", "--host", "127.0.0.1", "--port", str(port)]  # as `make run`
     process = start_process(
@@ -56,8 +59,9 @@ def serving(workdir: Path, env: dict[str, str], port: int) -> Iterator[httpx.Cli
         with httpx.Client(base_url=url, timeout=30) as api:
             yield api
     finally:
-        process.popen.send_signal(signal.SIGINT)
-        assert process.popen.wait(30) == 0, process.output()
+        process.popen.send_signal(stop)
+        exit_status = 0 if stop == signal.SIGINT else 128 + stop
+        assert process.popen.wait(30) == exit_status, process.output()
     # A server stopped cleanly leaves no postmaster.pid behind.
     assert not (workdir / "pgdata" / "postmaster.pid").exists(), process.output()
 
@@ -79,7 +83,7 @@ def test_serve_keeps_its_calls_in_a_postgresql_of_its_own(
     subprocess.run([EXOCALL, "migrate"], env=env, cwd=workdir, check=True, capture_output=True)
     assert not (workdir / "pgdata" / "postmaster.pid").exists()  # stopped by migrate too
 
-    with serving(workdir, env, port) as api:
+    with serving(workdir, env, port, stop=signal.SIGTERM) as api:
         placed = api.post(
             "/calls", json={"from": "09052161110", "app_id": "926", "caller_id": "08030752400"}
         )
