@@ -4,12 +4,17 @@ from the descriptions here (`python -m app.config docs/configuration.md`)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
+import re
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -22,7 +27,9 @@ from pydantic import (
     field_validator,
 )
 from pydantic_core import ErrorDetails
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 REGION_HOSTS = {
     "singapore": "https://api.exotel.com",
@@ -40,6 +47,11 @@ SIMULATOR_API_TOKEN = "simulator-token"  # noqa: S105
 SimulatedApplet = Literal["play", "gather", "passthru", "passthru_async", "hangup"]
 
 
+# In production, the least length of each of API_KEYS and CALLBACK_SECRETS: 32 random characters
+# are beyond guessing (`openssl rand -hex 32` makes 64).
+MIN_SECRET_LENGTH = 32
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -50,6 +62,127 @@ def _empty_is_unset(value: object) -> object:
     # `EXOTEL_API_KEY=` in a .env (as .env.example has it) means "not set": without a key the
     # simulator serves, rather than a real Exotel called with an empty key.
     return None if isinstance(value, str) and not value.strip() else value
+
+
+def _json(value: object) -> object:
+    # The environment gives text; values given in code arrive decoded.
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON ({exc})") from None
+    return value
+
+
+def _http_url(value: str | None) -> str | None:
+    """`value` without its trailing slash, if it is an http(s) URL with a host that paths can
+    be added to."""
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:  # a port that is no number, or out of range
+        port = 0
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise ValueError("must be an http:// or https:// URL with a host (and a valid port)")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("must have no query, fragment or credentials: paths are added to it")
+    return value.strip().rstrip("/")
+
+
+def _writable_directory(path: Path) -> Path:
+    """`path`, if this process can write there: a directory it may write to, or one it may
+    create (nothing is created here: not every command writes)."""
+    existing = path.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{existing} is not writable by this process")
+    return path
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
+_HOST_NAME = re.compile(rf"(\*\.)?({_LABEL}\.)*{_LABEL}", re.IGNORECASE | re.ASCII)
+_DOTTED_NUMBERS = re.compile(r"[0-9.]+", re.ASCII)
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    """An entry of WEBHOOK_ALLOWED_TARGETS: a network (an address is a network of one) or a
+    host name (`*.example.com`: every name under it), on one port or, without one, on any.
+    What each allows, app/events/targets.py decides."""
+
+    network: Network | None = None
+    host: str | None = None  # lowercase, without a trailing dot
+    port: int | None = None
+
+    @classmethod
+    def parse(cls, entry: str) -> WebhookTarget:
+        """`10.0.0.0/8`, `127.0.0.1:19600`, `[::1]:19600`, `hooks.example.com:8443`,
+        `*.internal`... Raises ValueError saying what is wrong with `entry`."""
+        where, port = entry.strip(), None
+        if not where:
+            raise ValueError("an entry is empty")
+        if where.startswith("["):  # an IPv6 address or network, maybe with a port
+            where, bracket, rest = where[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                raise ValueError(f"{entry!r}: write an IPv6 address with a port as [::1]:8443")
+            port = _port(entry, rest[1:]) if rest else None
+            return cls(network=_network(entry, where), port=port)
+        if where.count(":") == 1:
+            where, _, digits = where.partition(":")
+            port = _port(entry, digits)
+        if ":" in where or "/" in where or _DOTTED_NUMBERS.fullmatch(where):
+            return cls(network=_network(entry, where), port=port)
+        name = where.lower().removesuffix(".")
+        if not _HOST_NAME.fullmatch(name) or name.rpartition(".")[2].isdigit():
+            raise ValueError(f"{entry!r} is not an address, a CIDR or a host name")
+        return cls(host=name, port=port)
+
+    def names(self, host: str) -> bool:
+        """Whether this entry allows `host` by name."""
+        host = host.lower().removesuffix(".")
+        if self.host is None:
+            return False
+        return host == self.host or (self.host.startswith("*.") and host.endswith(self.host[1:]))
+
+
+def _port(entry: str, digits: str) -> int:
+    if not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) <= 65535:
+        raise ValueError(f"{entry!r}: a port is a number from 1 to 65535")
+    return int(digits)
+
+
+def _network(entry: str, where: str) -> Network:
+    kind = ipaddress.IPv6Network if ":" in where else ipaddress.IPv4Network
+    try:
+        return kind(where)  # strict: a CIDR with host bits set is a typo
+    except ValueError as exc:
+        hint = " (an IPv6 address with a port is written [::1]:8443)" if ":" in where else ""
+        raise ValueError(f"{entry!r}: {exc}{hint}") from None
+
+
+def _webhook_targets(value: object) -> object:
+    """The entries of WEBHOOK_ALLOWED_TARGETS, each parsed; empty: unset."""
+    if isinstance(value, str):
+        value = value.split(",") if value.strip() else None
+    if not isinstance(value, list):
+        return value
+    targets, problems = [], []
+    for entry in value:
+        try:
+            targets.append(
+                entry if isinstance(entry, WebhookTarget) else WebhookTarget.parse(entry)
+            )
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ValueError("; ".join(problems))
+    return targets
 
 
 class ConfigurationError(ValueError):
@@ -65,7 +198,11 @@ class Group(BaseSettings):
     """One group of settings. A field's variable is the group's prefix and its name, unless it
     has an alias (names older than the groups)."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    # No value is decoded before validation: lists are comma-separated, and the JSON settings
+    # are decoded by their own validators, so that a malformed one is refused by name.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, enable_decoding=False
+    )
     title: ClassVar[str]
 
     @classmethod
@@ -111,11 +248,14 @@ class ServiceSettings(Group):
     env: Literal["development", "production"] = _alias(
         "EXOCALL_ENV",
         "development",
-        description="`production` refuses to start without `API_KEYS`, `CALLBACK_SECRETS` and "
-        "Exotel credentials",
+        description="`production` refuses to start without `API_KEYS`, `CALLBACK_SECRETS`, "
+        "`PUBLIC_BASE_URL` and Exotel credentials",
     )
-    api_keys: Annotated[list[SecretStr], NoDecode] = _alias(
-        "API_KEYS", [], description="comma-separated bearer tokens for the internal API"
+    api_keys: list[SecretStr] = _alias(
+        "API_KEYS",
+        [],
+        description="comma-separated bearer tokens for the internal API (in production, "
+        f"{MIN_SECRET_LENGTH} characters or more each)",
     )
     metrics_public: bool = _alias(
         "METRICS_PUBLIC",
@@ -123,7 +263,7 @@ class ServiceSettings(Group):
         description="`true` serves `/metrics` without an API key (for a Prometheus on a "
         "private network)",
     )
-    trusted_proxies: Annotated[list[str], NoDecode] = _alias(
+    trusted_proxies: list[str] = _alias(
         "TRUSTED_PROXIES",
         [],
         description="addresses or CIDRs of proxies whose `X-Forwarded-For` and "
@@ -179,6 +319,21 @@ class DatabaseSettings(Group):
         "(no statement caches)",
     )
 
+    _unset = field_validator("url", mode="before")(_empty_is_unset)
+
+    @field_validator("url")
+    @classmethod
+    def _asyncpg_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            url = make_url(value)
+        except (ArgumentError, ValueError):  # whose messages hold the URL, password and all
+            url = None
+        if url is None or url.drivername != "postgresql+asyncpg" or not 0 < (url.port or 1) < 65536:
+            raise ValueError("must be a URL postgresql+asyncpg://user:password@host:port/database")
+        return value
+
 
 class ExotelSettings(Group):
     model_config = SettingsConfigDict(env_prefix="EXOTEL_")
@@ -218,7 +373,7 @@ class ExotelSettings(Group):
         "request (1 s costs 1.6% of a 60 s window)",
     )
     timeout_seconds: float = Field(30, gt=0, description="read timeout of one Exotel request")
-    status_callback_events: Annotated[list[Literal["terminal", "answered"]], NoDecode] = Field(
+    status_callback_events: list[Literal["terminal", "answered"]] = Field(
         [],
         description="`terminal,answered` to ask for those events (off by default: some accounts "
         "answer 400 to it)",
@@ -232,10 +387,7 @@ class ExotelSettings(Group):
         "account_sid", "api_key", "api_token", "api_base_url", "caller_id", mode="before"
     )(_empty_is_unset)
 
-    @field_validator("api_base_url")
-    @classmethod
-    def _strip_slash(cls, value: str | None) -> str | None:
-        return value.rstrip("/") if value else value
+    _url = field_validator("api_base_url")(_http_url)
 
     @property
     def simulated(self) -> bool:
@@ -266,16 +418,17 @@ class CallbackSettings(Group):
     public_base_url: str = _alias(
         "PUBLIC_BASE_URL",
         "http://127.0.0.1:8000",
-        description="how Exotel reaches this service; callback and Passthru URLs are built on "
-        "it. Unset: where `exocall serve` listens (`exocall callback-url` and `passthru-url` "
-        "take `--host`/`--port` as `serve` does)",
+        description="how Exotel reaches this service, an http(s) URL; callback and Passthru "
+        "URLs are built on it. Unset (not in production): where `exocall serve` listens "
+        "(`exocall callback-url` and `passthru-url` take `--host`/`--port` as `serve` does)",
     )
-    secrets: Annotated[list[SecretStr], NoDecode] = Field(
+    secrets: list[SecretStr] = Field(
         [],
         description="comma-separated; the first signs new callback URLs, every one is accepted "
-        "(rotation). Unset in development: a published development secret, with a warning",
+        f"(rotation). In production, {MIN_SECRET_LENGTH} characters or more each; unset in "
+        "development: a published development secret, with a warning",
     )
-    allowed_ips: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
+    allowed_ips: list[IPvAnyNetwork] = Field(
         [],
         description="comma-separated CIDRs callbacks may come from; empty: any (Exotel "
         "publishes no addresses: for deployments that know theirs)",
@@ -305,11 +458,9 @@ class CallbackSettings(Group):
     )
 
     _split = field_validator("secrets", "allowed_ips", mode="before")(_split_csv)
-
-    @field_validator("public_base_url")
-    @classmethod
-    def _strip_slash(cls, value: str) -> str:
-        return value.rstrip("/")
+    _decode = field_validator("passthru_redirect_digits", mode="before")(_json)
+    _url = field_validator("public_base_url")(_http_url)
+    _writable = field_validator("spool_dir")(_writable_directory)
 
     @cached_property  # read on every status callback
     def signing_secrets(self) -> list[bytes]:
@@ -404,15 +555,19 @@ class WebhookSettings(Group):
         gt=0,
         description="events (and their deliveries) older than this are deleted",
     )
-    allowed_targets: Annotated[list[str] | None, NoDecode] = Field(
+    allowed_targets: list[WebhookTarget] | None = Field(
         None,
-        description="comma-separated hosts (`*.internal` allowed) and CIDRs webhook endpoints "
-        "may be at. Unset: loopback and private ranges in development, nothing in production",
+        description="comma-separated CIDRs, addresses and host names (`*.internal`: every name "
+        "under it) webhook endpoints may be at, each on any port or on the one it names "
+        "(`10.0.0.5:8443`, `[fd00::5]:8443`, `hooks.internal:443`). A name reaches public "
+        "addresses only; loopback, private and link-local ones need a CIDR or address entry "
+        "(docs/events.md). Unset: loopback and private ranges in development, nothing in "
+        "production",
     )
     timeout_seconds: float = Field(
         15, gt=0, description="the longest one delivery attempt may take"
     )
-    retry_schedule: Annotated[list[float], NoDecode] = Field(
+    retry_schedule: list[float] = Field(
         [5, 300, 1800, 7200, 18000, 36000, 36000],
         description="seconds between an event's attempts, after the first, each ±20% (Svix's "
         "schedule, about 27.6 h)",
@@ -436,7 +591,8 @@ class WebhookSettings(Group):
         "beside it do",
     )
 
-    _split = field_validator("allowed_targets", "retry_schedule", mode="before")(_split_csv)
+    _split = field_validator("retry_schedule", mode="before")(_split_csv)
+    _targets = field_validator("allowed_targets", mode="before")(_webhook_targets)
 
     @field_validator("retry_schedule")
     @classmethod
@@ -469,7 +625,7 @@ class RecordingSettings(Group):
         "signs (a directory is always streamed)",
     )
     presign_seconds: int = Field(300, ge=1, le=604800, description="how long a signed URL serves")
-    url_hosts: Annotated[list[str], NoDecode] = Field(
+    url_hosts: list[str] = Field(
         [
             "*.exotel.com",
             "*.exotel.in",
@@ -504,6 +660,13 @@ class RecordingSettings(Group):
         "s3_endpoint", "s3_access_key_id", "s3_secret_access_key", mode="before"
     )(_empty_is_unset)
 
+    @field_validator("store")
+    @classmethod
+    def _writable_store(cls, value: str) -> str:
+        if not value.startswith("s3://"):
+            _writable_directory(Path(value))
+        return value
+
 
 class SimulatorSettings(Group):
     model_config = SettingsConfigDict(env_prefix="SIMULATOR_")
@@ -516,6 +679,8 @@ class SimulatorSettings(Group):
         {"927": ["play", "gather", "passthru", "hangup"]},
         description="JSON: the flow the simulator runs, per app id (docs/simulator.md)",
     )
+
+    _decode = field_validator("flows", mode="before")(_json)
 
 
 class Settings(BaseModel):
@@ -564,8 +729,11 @@ class Settings(BaseModel):
         return settings
 
     def check_production(self) -> None:
-        if not self.service.production:
-            return
+        """Refuse, naming every problem, what production must not run with."""
+        if self.service.production and (problems := list(self._production_problems())):
+            raise ConfigurationError(problems)
+
+    def _production_problems(self) -> Iterator[tuple[str, str]]:
         required = {
             "API_KEYS": self.service.api_keys,
             "CALLBACK_SECRETS": self.callbacks.secrets,
@@ -574,11 +742,26 @@ class Settings(BaseModel):
             "EXOTEL_API_TOKEN": self.exotel.api_token,
         }
         if missing := [name for name, value in required.items() if not value]:
-            raise ConfigurationError([("EXOCALL_ENV", f"production requires {', '.join(missing)}")])
-        if not self.exotel.base_url.startswith("https://"):
-            raise ConfigurationError(
-                [("EXOTEL_API_BASE_URL", "production reaches Exotel over https only")]
+            yield "EXOCALL_ENV", f"production requires {', '.join(missing)}"
+        if "public_base_url" not in self.callbacks.model_fields_set:
+            yield (
+                "PUBLIC_BASE_URL",
+                "production requires it: Exotel can never reach the default, on 127.0.0.1",
             )
+        secrets = {"API_KEYS": self.service.api_keys, "CALLBACK_SECRETS": self.callbacks.secrets}
+        for variable, values in secrets.items():
+            if any(len(value.get_secret_value()) < MIN_SECRET_LENGTH for value in values):
+                yield (
+                    variable,
+                    f"production requires each to be {MIN_SECRET_LENGTH} characters or more",
+                )
+        if any(s.get_secret_value() == DEVELOPMENT_CALLBACK_SECRET for s in self.callbacks.secrets):
+            yield (
+                "CALLBACK_SECRETS",
+                "the development secret is published: production needs its own",
+            )
+        if not self.exotel.base_url.startswith("https://"):
+            yield "EXOTEL_API_BASE_URL", "production reaches Exotel over https only"
 
     def replace(self, **values: Any) -> Settings:
         """These settings with `values` (by variable) changed, and nothing read again."""

@@ -21,7 +21,7 @@ from app.calls.errors import (
     NotFound,
 )
 from app.db.models import FailureKind
-from app.db.session import is_database_down
+from app.db.session import is_database_down, is_schema_behind
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ _REFUSALS: dict[int, tuple[str, dict[str, Any]]] = {
         },
     ),
     503: (
-        "Exotel or the database unavailable; try again",
+        "Exotel or the database unavailable, or the database's schema not current; try again",
         {"code": "database_unavailable", "message": "database: OperationalError"},
     ),
 }
@@ -184,12 +184,24 @@ def database_unavailable(exc: BaseException) -> JSONResponse:
     )
 
 
+def schema_not_current(message: str) -> JSONResponse:
+    return error_response(
+        503,
+        "schema_not_current",
+        message,
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
 def unexpected_error_response(exc: Exception) -> JSONResponse:
-    """The answer to an error nothing else handled: 503 while the database is unreachable
-    (the client tries again), 500 otherwise, logged."""
+    """The answer to an error nothing else handled: 503 while the database is unreachable or
+    not migrated (the client tries again), 500 otherwise, logged."""
     if is_database_down(exc):
         log.warning("the database is unreachable (%s)", type(exc).__name__)
         return database_unavailable(exc)
+    if is_schema_behind(exc):
+        log.warning("the database's schema is not current (%s)", type(exc).__name__)
+        return schema_not_current("the database's schema is not current: run `exocall migrate`")
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal_error", "internal error; it has been logged")
 

@@ -12,13 +12,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import EngineDep, MetricsDep, SessionDep, require_metrics_access
-from app.api.errors import database_unavailable, error_response, refusals
+from app.api.errors import database_unavailable, refusals, schema_not_current
 from app.calls.dispatch import Dispatch
 from app.calls.queries import Overview, overview
 from app.db.clock import db_now
 from app.db.migrate import head_revision
 from app.db.models import Periodic
-from app.db.session import is_database_down
+from app.db.session import is_database_down, is_schema_behind
 from app.events.deliverer import Delivering
 from app.events.endpoints import backlogs
 from app.jobs.periodic import queue_of
@@ -64,15 +64,15 @@ async def readyz(engine: EngineDep) -> JSONResponse:
         async with engine.connect() as connection:
             revision = await connection.scalar(text("SELECT version_num FROM alembic_version"))
     except Exception as exc:
+        if is_schema_behind(exc):  # no alembic_version: never migrated
+            return schema_not_current("the database has no schema: run `exocall migrate`")
         if not is_database_down(exc) and not isinstance(exc, SQLAlchemyError):
             raise
         return database_unavailable(exc)
     if revision != head_revision():
-        return error_response(
-            503,
-            "schema_not_current",
+        return schema_not_current(
             f"database schema is at {revision}, this code needs {head_revision()}: "
-            "run `exocall migrate`",
+            "run `exocall migrate`"
         )
     return JSONResponse({"status": "ready", "schema": revision})
 

@@ -80,6 +80,17 @@ def is_database_down(error: BaseException) -> bool:
     return False
 
 
+def is_schema_behind(error: BaseException) -> bool:
+    """Whether `error` says the database lacks the schema this code needs: never migrated, or
+    migrated to an older revision (a table, column, type or schema missing)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, _SCHEMA_BEHIND):
+            return True
+        seen = seen.__cause__
+    return False
+
+
 _DOWN = (
     OSError,  # refused or reset connections, time-outs; asyncpg's connect raises them unwrapped
     PoolTimeout,  # every pooled connection busy or hanging
@@ -91,4 +102,14 @@ _DOWN = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.CannotConnectNowError,
+    # The database named is not there, or lets us not in: nothing here can be served either.
+    asyncpg.InvalidCatalogNameError,  # 3D000
+    asyncpg.InvalidAuthorizationSpecificationError,  # 28000, 28P01 (a wrong password)
+)
+# SQLSTATE 42P01, 42703, 42704, 3F000
+_SCHEMA_BEHIND = (
+    asyncpg.UndefinedTableError,
+    asyncpg.UndefinedColumnError,
+    asyncpg.UndefinedObjectError,
+    asyncpg.InvalidSchemaNameError,
 )

@@ -4,7 +4,8 @@ registered and again on the resolved address at every connect.
 Checking only the URL at registration leaves DNS rebinding open (docs/events.md): a name
 that resolved to a public address then may resolve to the metadata service later. So the
 deliverer's connections go through `guarded_session`, whose connector resolves the host itself,
-checks every address, and connects to a checked one.
+checks every address, and connects to a checked one. A host allowed by name reaches public
+addresses only: whoever controls its DNS must not reach this machine or its networks through it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import httpx
 from aiohttp.abc import ResolveResult
 from aiohttp.tracing import Trace
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from app.config import WebhookTarget
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # In development, when WEBHOOK_ALLOWED_TARGETS is unset: this machine and private networks.
@@ -36,9 +38,14 @@ DEVELOPMENT_TARGETS = (
     "192.168.0.0/16",
     "fc00::/7",
 )
-# Never reached through a host allowed by name, only through a CIDR that names them: the cloud
-# metadata services live here.
-_LINK_LOCAL = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10"))
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _public(address: Address) -> bool:
+    """Whether a name may lead to `address`. Not to loopback, private (RFC 1918, fc00::/7),
+    shared (100.64.0.0/10), link-local (the cloud metadata services), unspecified, reserved or
+    multicast addresses: only a CIDR or address entry that names them does."""
+    return address.is_global and not address.is_multicast and not address.is_reserved
 
 
 class TargetRefused(Exception):
@@ -56,48 +63,48 @@ async def system_resolver(host: str, port: int) -> list[str]:
 
 @dataclass(frozen=True)
 class TargetPolicy:
-    networks: tuple[Network, ...]
-    hosts: tuple[str, ...]  # lowercase names; "*.example.com" allows every name under it
+    targets: tuple[WebhookTarget, ...]
     resolver: Resolver = field(default=system_resolver, compare=False)
 
     @classmethod
     def of(cls, entries: Iterable[str], *, resolver: Resolver = system_resolver) -> TargetPolicy:
-        networks, hosts = [], []
-        for entry in entries:
-            try:
-                networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-            except ValueError:
-                hosts.append(entry.strip().lower().rstrip("."))
-        return cls(tuple(networks), tuple(hosts), resolver)
+        return cls(tuple(WebhookTarget.parse(entry) for entry in entries), resolver)
 
     @classmethod
     def from_settings(
         cls,
-        allowed: Sequence[str] | None,
+        allowed: Sequence[WebhookTarget] | None,
         *,
         production: bool,
         resolver: Resolver = system_resolver,
     ) -> TargetPolicy:
         if allowed:
-            return cls.of(allowed, resolver=resolver)
+            return cls(tuple(allowed), resolver)
         return cls.of(() if production else DEVELOPMENT_TARGETS, resolver=resolver)
 
-    def allows_name(self, host: str) -> bool:
-        host = host.lower().rstrip(".")
-        return any(
-            host == name or (name.startswith("*.") and host.endswith(name[1:]))
-            for name in self.hosts
-        )
-
-    def refusal(self, host: str, address: Address) -> str | None:
-        """Why `address`, which `host` resolved to, may not be connected to (None: it may). An
-        IPv4 address written as IPv6 (`::ffff:169.254.169.254`) is judged as the IPv4 one."""
+    def refusal(self, host: str, address: Address, port: int) -> str | None:
+        """Why `address`, which `host` resolved to, may not be connected to on `port` (None: it
+        may). An IPv4 address written as IPv6 (`::ffff:169.254.169.254`) is judged as the IPv4
+        one."""
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
-        if any(address in network for network in self.networks):
+        if port == 0:
+            return "port 0 is never a target"
+        covering = [
+            target
+            for target in self.targets
+            if (target.network is not None and address in target.network)
+            or (target.names(host) and _public(address))
+        ]
+        if any(target.port in (None, port) for target in covering):
             return None
-        if self.allows_name(host) and not any(address in net for net in _LINK_LOCAL):
-            return None
+        if covering:
+            return f"port {port} of {address} is not in WEBHOOK_ALLOWED_TARGETS"
+        if any(target.names(host) for target in self.targets):
+            return (
+                f"{address} is not in WEBHOOK_ALLOWED_TARGETS: a host allowed by name reaches "
+                "public addresses only"
+            )
         return f"{address} is not in WEBHOOK_ALLOWED_TARGETS"
 
     async def check_url(self, url: str) -> None:
@@ -108,12 +115,16 @@ class TargetPolicy:
             raise TargetRefused("must be an http:// or https:// URL with a host")
         if parts.username or parts.password:
             raise TargetRefused("must not carry credentials: endpoints verify the signature")
-        if not self.networks and not self.hosts:
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise TargetRefused("its port must be a number from 1 to 65535") from exc
+        if not self.targets:
             raise TargetRefused(
                 "WEBHOOK_ALLOWED_TARGETS allows no target: set it to the hosts "
                 "or CIDRs subscribers are at"
             )
-        await self.resolve(parts.hostname, parts.port or 0)
+        await self.resolve(parts.hostname, _DEFAULT_PORTS[parts.scheme] if port is None else port)
 
     async def resolve(self, host: str, port: int) -> list[Address]:
         """The host's addresses, each checked; a refusal names the first one refused."""
@@ -132,7 +143,7 @@ class TargetPolicy:
             if not addresses:
                 raise TargetRefused(f"{host} does not resolve")
         for address in addresses:
-            if reason := self.refusal(host, address):
+            if reason := self.refusal(host, address, port):
                 raise TargetRefused(reason)
         return addresses
 

@@ -15,6 +15,7 @@ from app.main import create_app
 from tests.conftest import FAKE_INTERNAL_API_KEY, make_settings, place_body, serving
 from tests.support.exotel_double import ExotelDouble
 from tests.support.processes import EXOCALL, STRAY_ENV
+from tests.test_config import PRODUCTION
 
 PROTECTED = [
     ("POST", "/calls"),
@@ -77,16 +78,6 @@ async def test_without_keys_in_development_the_api_is_open(
         assert (await client.get("/calls")).status_code == 200
 
 
-PRODUCTION: dict[str, Any] = {
-    "exocall_env": "production",
-    "api_keys": "fake-internal-key",
-    "callback_secrets": "fake-secret",
-    "exotel_account_sid": "fake-account",
-    "exotel_api_key": "fake-exotel-key",
-    "exotel_api_token": "fake-exotel-token",
-}
-
-
 @pytest.mark.parametrize(
     "missing",
     ["api_keys", "callback_secrets", "exotel_account_sid", "exotel_api_key", "exotel_api_token"],
@@ -143,7 +134,8 @@ def test_secrets_stay_out_of_reprs() -> None:
         timeout_seconds=1,
     )
     for text in (repr(settings), str(settings), repr(client), str(settings.model_dump())):
-        for secret in ("fake-internal-key", "fake-secret", "fake-exotel-key", "fake-exotel-token"):
+        secrets = (PRODUCTION["api_keys"], PRODUCTION["callback_secrets"])
+        for secret in (*secrets, "fake-exotel-key", "fake-exotel-token"):
             assert secret not in text
 
 

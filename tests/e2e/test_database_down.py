@@ -1,5 +1,6 @@
 """While the database cannot be reached, every endpoint says so (`503 database_unavailable`, with
-`Retry-After`), never 500; and a call committed before it went away is never answered as failed.
+`Retry-After`), never 500; so does one not migrated (`503 schema_not_current`); and a call
+committed before it went away is never answered as failed.
 
 PostgreSQL is reached through a proxy the tests cut (tests/support/pg_proxy.py); the server itself
 keeps running for everyone else.
@@ -17,9 +18,10 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy import make_url, text
 from sqlalchemy.exc import DBAPIError
 
-from app.db.session import is_database_down
+from app.db.session import create_engine, is_database_down, is_schema_behind
 from app.main import create_app
 from tests.conftest import make_settings, place_body, serving
 from tests.support.eventually import eventually
@@ -69,6 +71,50 @@ async def test_every_endpoint_answers_503_while_the_database_is_unreachable(
 
     await asyncio.to_thread(proxy.restore)
     assert (await client.get("/readyz")).status_code == 200  # and it recovers by itself
+
+
+@pytest.fixture
+async def unmigrated_url(database_url: str) -> AsyncIterator[str]:
+    """A database of its own on the test server, never migrated."""
+    name = f"unmigrated_{uuid.uuid4().hex}"
+    admin = create_engine(database_url).execution_options(isolation_level="AUTOCOMMIT")
+    async with admin.connect() as connection:
+        await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        async with admin.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+
+async def every_endpoint_answers(client: httpx.AsyncClient, code: str) -> None:
+    for method, path, body in ENDPOINTS:
+        response = await client.request(method, path, json=body)
+        assert response.status_code == 503, (method, path, response.text)
+        assert response.json()["error"]["code"] == code, (method, path, response.text)
+        assert int(response.headers["Retry-After"]) > 0
+
+
+async def test_every_endpoint_answers_503_while_the_database_is_not_migrated(
+    unmigrated_url: str, exotel: ExotelDouble
+) -> None:
+    settings = make_settings(unmigrated_url)
+    app = create_app(settings, exotel_transport=httpx.MockTransport(exotel.handle))
+    async with serving(app) as client:
+        await every_endpoint_answers(client, "schema_not_current")
+    assert exotel.connects == []
+
+
+async def test_every_endpoint_answers_503_while_the_database_named_is_not_there(
+    database_url: str, exotel: ExotelDouble
+) -> None:
+    missing = make_url(database_url).set(database=f"missing_{uuid.uuid4().hex}")
+    settings = make_settings(missing.render_as_string(hide_password=False))
+    app = create_app(settings, exotel_transport=httpx.MockTransport(exotel.handle))
+    async with serving(app) as client:
+        await every_endpoint_answers(client, "database_unavailable")
+    assert exotel.connects == []
 
 
 async def test_a_call_committed_before_the_database_went_away_is_answered_202(
@@ -151,6 +197,7 @@ def test_a_database_going_away_is_recognised_however_sqlalchemy_wraps_it(
 def test_a_cancelled_statement_is_not_the_database_going_away() -> None:
     cause = asyncpg.QueryCanceledError("canceling statement due to statement timeout")
     assert not is_database_down(_as_sqlalchemy_raises(cause))
+    assert not is_schema_behind(_as_sqlalchemy_raises(cause))
 
 
 def _as_sqlalchemy_raises(cause: Exception) -> BaseException:

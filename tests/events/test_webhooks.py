@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -20,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from app.config import Settings
 from app.db.models import Delivery, DeliveryAttempt, DeliveryState
 from app.db.session import create_engine
 from app.events.delivery import Answer, claim, record, release, retry_policy
@@ -377,6 +379,7 @@ async def test_endpoints_are_managed_through_the_api(
         ({"url": "http://127.0.0.1/hook", "secret": "mine"}, "secret"),
         ({"url": "http://user:pw@127.0.0.1/hook"}, "url"),
         ({"url": "http://8.8.8.8/hook"}, "url"),  # outside WEBHOOK_ALLOWED_TARGETS
+        ({"url": "http://127.0.0.1:0/hook"}, "url"),  # port 0: never a target
         ({"url": "http://no-such-host.invalid/hook"}, "url"),
         ({"url": "http://127.0.0.1/hook", "description": "a\x00b"}, "description"),  # no column
     ],
@@ -393,12 +396,104 @@ async def test_production_allows_no_target_until_the_operator_names_some() -> No
     production = TargetPolicy.from_settings(None, production=True)
     with pytest.raises(TargetRefused, match="WEBHOOK_ALLOWED_TARGETS"):
         await production.check_url("http://127.0.0.1/hook")
-    named = TargetPolicy.from_settings(["hooks.test", "10.1.0.0/16"], production=True)
-    assert named.refusal("hooks.test", ipaddress.ip_address("10.9.9.9")) is None
-    link_local = ipaddress.ip_address("169.254.169.254")
-    assert named.refusal("hooks.test", link_local) is not None  # the metadata service
-    written_as_ipv6 = ipaddress.ip_address("::ffff:169.254.169.254")
-    assert named.refusal("hooks.test", written_as_ipv6) is not None
+    allowed = Settings.load(env_file=None, WEBHOOK_ALLOWED_TARGETS="hooks.test,10.1.0.0/16")
+    named = TargetPolicy.from_settings(allowed.webhooks.allowed_targets, production=True)
+    assert named.refusal("hooks.test", ipaddress.ip_address("93.184.216.34"), 443) is None
+    assert named.refusal("other.test", ipaddress.ip_address("10.1.9.9"), 443) is None
+
+
+# Where a name allowed by name must never lead: this machine, private and shared networks, the
+# metadata services, and addresses nobody can connect to.
+NOT_PUBLIC = [
+    "127.0.0.1",
+    "127.1.2.3",
+    "::1",
+    "10.9.9.9",
+    "172.16.0.1",
+    "192.168.1.1",
+    "fd00::1",
+    "100.64.0.1",  # shared (CGNAT)
+    "169.254.169.254",  # the metadata service
+    "fe80::1",
+    "0.0.0.0",  # noqa: S104
+    "::",
+    "224.0.0.1",
+    "ff02::1",
+    "240.0.0.1",
+    "255.255.255.255",
+    "192.0.2.1",  # documentation
+    "2001:db8::1",
+    "::ffff:127.0.0.1",  # IPv4 written as IPv6
+    "::ffff:169.254.169.254",
+]
+
+
+@pytest.mark.parametrize("address", NOT_PUBLIC)
+async def test_a_host_allowed_by_name_reaches_public_addresses_only(address: str) -> None:
+    by_name = TargetPolicy.of(["hooks.test", "*.internal"])
+    for host in ("hooks.test", "orders.internal"):
+        assert by_name.refusal(host, ipaddress.ip_address(address), 443) is not None
+        assert by_name.refusal(host, ipaddress.ip_address("93.184.216.34"), 443) is None
+        assert by_name.refusal(host, ipaddress.ip_address("2606:4700::1"), 443) is None
+
+
+async def test_a_cidr_entry_allows_its_addresses_whatever_name_led_there() -> None:
+    policy = TargetPolicy.of(["hooks.test", "127.0.0.0/8", "::1", "10.0.0.0/8", "169.254.0.0/16"])
+    for address in ("127.0.0.1", "::1", "10.9.9.9", "169.254.169.254", "::ffff:10.9.9.9"):
+        assert policy.refusal("hooks.test", ipaddress.ip_address(address), 443) is None
+        assert policy.refusal("other.test", ipaddress.ip_address(address), 443) is None
+    assert policy.refusal("hooks.test", ipaddress.ip_address("192.168.1.1"), 443) is not None
+
+
+async def test_a_name_repointed_at_loopback_is_refused_at_connect(
+    hooks: tuple[Inbox, str],
+) -> None:
+    """A name allowed by name, public when the endpoint was registered, whose DNS answer
+    changes to this machine (where the subscriber listens): nothing is sent there."""
+    inbox, url = hooks
+    answers = [["93.184.216.34"], ["::1", "127.0.0.1"]]
+
+    async def rebinding(host: str, port: int) -> list[str]:
+        assert host == "hooks.test"
+        return answers[0] if len(answers) == 1 else answers.pop(0)
+
+    policy = TargetPolicy.of(["hooks.test"], resolver=rebinding)
+    hook = url.replace("127.0.0.1", "hooks.test")
+    await policy.check_url(hook)  # registration: a public address, allowed
+    async with guarded_session(policy, limit=1) as http:
+        with pytest.raises(aiohttp.ClientConnectorError, match=r"::1 is not in"):
+            await http.post(hook, data=b"{}")
+    assert inbox.received == []
+
+
+async def test_an_entry_with_a_port_allows_that_port_only(hooks: tuple[Inbox, str]) -> None:
+    inbox, url = hooks
+    parts = urlsplit(url)
+    (elsewhere,) = free_ports(1)
+    other_port = TargetPolicy.of([f"127.0.0.1:{elsewhere}"])
+    await other_port.check_url(parts._replace(netloc=f"127.0.0.1:{elsewhere}").geturl())
+    with pytest.raises(TargetRefused, match=f"port {parts.port} of 127.0.0.1 is not in"):
+        await other_port.check_url(url)
+    async with guarded_session(other_port, limit=1) as http:
+        with pytest.raises(aiohttp.ClientConnectorError, match=f"port {parts.port} of 127"):
+            await http.post(url, data=b"{}")
+    assert inbox.received == []
+    this_port = TargetPolicy.of([f"[::1]:{elsewhere}", f"127.0.0.1:{parts.port}"])
+    async with (
+        guarded_session(this_port, limit=1) as http,
+        http.post(url, data=b"{}") as response,
+    ):
+        assert response.status < 300
+    assert len(inbox.received) == 1
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:0/hook", "http://[::1]:0/hook", "http://127.0.0.1:99999/hook"]
+)
+async def test_port_0_or_none_at_all_is_never_a_target(url: str) -> None:
+    anywhere = TargetPolicy.of(["0.0.0.0/0", "::/0"])
+    with pytest.raises(TargetRefused, match="port"):
+        await anywhere.check_url(url)
 
 
 async def test_the_address_is_checked_again_at_every_connect(hooks: tuple[Inbox, str]) -> None:
