@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
@@ -54,9 +54,13 @@ def load_settings() -> Settings:
     try:
         return Settings.load()
     except ConfigurationError as exc:
-        for variable, message in exc.problems:
-            typer.echo(f"configuration error: {variable}: {message}", err=True)
-        raise typer.Exit(2) from None
+        _refuse(exc)
+
+
+def _refuse(error: ConfigurationError) -> NoReturn:
+    for variable, message in error.problems:
+        typer.echo(f"configuration error: {variable}: {message}", err=True)
+    raise SystemExit(2)
 
 
 @contextmanager
@@ -449,4 +453,7 @@ async def _backfill(settings: Settings, since: datetime) -> int:
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except ConfigurationError as exc:  # settings a command's options made (`serve --port 0`)
+        _refuse(exc)

@@ -291,6 +291,11 @@ def _exocall(*argv: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[s
             {"SPOOL_DIR": "/dev/null/spool"},
             "configuration error: SPOOL_DIR: /dev/null is not a directory",
         ),
+        (
+            ["serve", "--port", "0"],  # PUBLIC_BASE_URL follows the port, unset
+            {},
+            "configuration error: PUBLIC_BASE_URL: must be an http:// or https:// URL",
+        ),
     ],
 )
 def test_a_command_refuses_to_start_in_one_line(
