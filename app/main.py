@@ -29,6 +29,7 @@ from app.calls.callback_auth import passthru_url
 from app.calls.dispatch import Dispatch, budget_of, connect_request
 from app.calls.ingest import CallbackWriter
 from app.calls.reconcile import reconcile
+from app.calls.retention import forget_unmatched_receipts
 from app.calls.spool import Spool
 from app.config import Settings
 from app.db.session import create_engine, create_sessionmaker
@@ -166,6 +167,18 @@ def create_app(
                             forget_old_events,
                             sessionmaker,
                             days=settings.webhooks.event_retention_days,
+                        ),
+                        every=3600,
+                    ),
+                    10,
+                ),
+                (
+                    Periodic(
+                        "unmatched callback retention",
+                        functools.partial(
+                            forget_unmatched_receipts,
+                            sessionmaker,
+                            days=settings.callbacks.unmatched_retention_days,
                         ),
                         every=3600,
                     ),
