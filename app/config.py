@@ -433,6 +433,14 @@ class CallbackSettings(Group):
         description="comma-separated CIDRs callbacks may come from; empty: any (Exotel "
         "publishes no addresses: for deployments that know theirs)",
     )
+    unmatched_retention_days: float = Field(
+        1,
+        gt=0,
+        description="callbacks and Passthru requests that match no call are kept this long "
+        "(Exotel's fields only), for the call that learns their SID later, then deleted. Keep "
+        "it above `DEFAULT_TIME_LIMIT_SECONDS` + `RECONCILE_GRACE_SECONDS`: the SID of an "
+        "`unknown` call can take that long to be found",
+    )
     writers: int = Field(
         3,
         ge=1,

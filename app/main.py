@@ -23,11 +23,13 @@ from app.api.deps import require_metrics_access
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.request_ids import RequestIds
+from app.api.simulator import SimulatorMount
 from app.calls.availability import Availability
 from app.calls.callback_auth import passthru_url
 from app.calls.dispatch import Dispatch, budget_of, connect_request
 from app.calls.ingest import CallbackWriter
 from app.calls.reconcile import reconcile
+from app.calls.retention import forget_unmatched_receipts
 from app.calls.spool import Spool
 from app.config import Settings
 from app.db.session import create_engine, create_sessionmaker
@@ -62,6 +64,7 @@ def create_app(
     finds webhook subscribers (tests pass doubles)."""
     settings = settings or Settings.load()
     simulator = simulator_app = None
+    # Never in production: it refuses to start without EXOTEL_API_KEY (Settings).
     if settings.exotel.simulated and exotel_transport is None:
         simulator = Simulator(
             SimulatorConfig(
@@ -73,6 +76,8 @@ def create_app(
                     settings.callbacks.public_base_url, settings.callbacks.signing_secrets[0]
                 ),
                 credentials=settings.exotel.credentials,
+                # Its callbacks are exocall's own POSTs: to exocall, and nowhere else.
+                callbacks_under=settings.callbacks.public_base_url,
             )
         )
         simulator_app = simulator.app(mounted=True)
@@ -167,6 +172,18 @@ def create_app(
                     ),
                     10,
                 ),
+                (
+                    Periodic(
+                        "unmatched callback retention",
+                        functools.partial(
+                            forget_unmatched_receipts,
+                            sessionmaker,
+                            days=settings.callbacks.unmatched_retention_days,
+                        ),
+                        every=3600,
+                    ),
+                    10,
+                ),
             ]
             if settings.recordings.archive:
                 archive = Archive(
@@ -232,8 +249,9 @@ def create_app(
     app.include_router(ui.router)
     app.include_router(docs.router)
     if simulator_app is not None:
-        # Reachable by hand too: curl $PUBLIC_BASE_URL/_simulator/v1/Accounts/simulated/Calls.json
-        app.mount(SIMULATOR_PREFIX, simulator_app)
+        # Reachable by hand too, with an API key: curl -H "Authorization: Bearer $KEY"
+        # $PUBLIC_BASE_URL/_simulator/v1/Accounts/simulated/Calls.json
+        app.mount(SIMULATOR_PREFIX, SimulatorMount(simulator_app, settings))
     return app
 
 

@@ -11,7 +11,7 @@ import math
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, Self
@@ -21,6 +21,7 @@ from sqlalchemy import BigInteger, Column, Integer, String
 from app.calls.state import InputUpdate, StatusUpdate
 from app.db.models import Call, CallStatus, Receipt, RequestKind
 from app.db.statements import table_of
+from app.exotel.known_fields import trimmed
 from app.exotel.passthru import DIGITS, PassthruRequest, parse_passthru
 from app.exotel.status_callback import (
     CALL_SID,
@@ -67,6 +68,12 @@ class ReceivedCallback:
     @cached_property
     def unstorable(self) -> list[tuple[str, str]]:
         return unstorable(self)
+
+    def without_call(self) -> ReceivedCallback:
+        """As it is kept while no call has it: Exotel's fields alone, each of a bounded size
+        (`app.exotel.known_fields`), until a call learns its SID or it is forgotten
+        (`app.calls.retention`)."""
+        return replace(self, payload=trimmed(self.payload))
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,8 @@ class CallStore:
             call = self.get(received.call_id)
         else:
             call = self.holding(sid) if sid else None
-        event = _event_row(received)
+        # One for no call is kept trimmed: anybody with the account-wide URL can send them.
+        event = _event_row(received if call is not None else received.without_call())
         if call is None:
             reading = received.reading
             if isinstance(reading, Unreadable):
@@ -207,7 +208,7 @@ class CallStore:
         what becomes of a callback that cannot be stored as read. It joins the call its URL
         names (lock it first), if there is one."""
         call = self.get(received.call_id) if received.call_id else None
-        event = _event_row(received, read=False)
+        event = _event_row(received if call is not None else received.without_call(), read=False)
         event["call_id"] = call.id if call else None
         event["outcome"], event["problem"] = EventOutcome.UNREADABLE, problem
         self._events.append(event)

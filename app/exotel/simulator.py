@@ -44,6 +44,11 @@ halfway through its `Content-Length`), or answer slowly: `{"delay": 30}` (second
 answers). With `SimulatorConfig.recording_url_validity`, as with
 Exotel's `RecordingUrlValidity`, each `RecordingUrl` it renders (in a callback, in call details)
 is signed afresh to last that many seconds, and refused with 403 once it has expired.
+
+With `SimulatorConfig.callbacks_under` (exocall's in-process simulator: its PUBLIC_BASE_URL),
+`Calls/connect` refuses with 400 a `StatusCallback` that is not under that base, so that no
+request makes the simulator POST anywhere else; without it, callbacks go wherever they are
+asked to, as Exotel's do.
 """
 
 from __future__ import annotations
@@ -139,6 +144,10 @@ class SimulatorConfig:
     credentials: tuple[str, str] | None = None
     # Seconds each RecordingUrl lasts from when it is rendered (signed); None: unsigned.
     recording_url_validity: float | None = None
+    # The base every StatusCallback must be under (`Calls/connect` refuses any other with 400);
+    # None: anywhere, as Exotel. exocall's in-process simulator must not become a way to make
+    # exocall POST where nobody allowed it to.
+    callbacks_under: str | None = None
 
 
 class RecordingFault(BaseModel):
@@ -297,6 +306,11 @@ class Simulator:
         if not form.get("Url") and to_number is None:
             message = "Invalid Call Parameters: No 'Url' or 'To' specified; "
             return 400, _rest_exception(400, message)
+        status_callback = form.get("StatusCallback") or None
+        base = self.config.callbacks_under
+        if status_callback and base is not None and not is_under(status_callback, base):
+            message = f"Invalid Call Parameters: 'StatusCallback' must be under {base}; "
+            return 400, _rest_exception(400, message)
         outcome = OUTCOMES[number[-1]] if number[-1].isdigit() else OUTCOMES["6"]
         if outcome.refusal:
             status, message = outcome.refusal
@@ -308,7 +322,7 @@ class Simulator:
             to_number=to_number,
             caller_id=form["CallerId"],
             outcome=outcome,
-            status_callback=form.get("StatusCallback") or None,
+            status_callback=status_callback,
             callback_events=[v for k, v in form.items() if k.startswith("StatusCallbackEvents")],
             callback_content_type=form.get("StatusCallbackContentType", "multipart/form-data"),
             custom_field=form.get("CustomField"),
@@ -760,6 +774,26 @@ def national_form(number: str) -> str:
     `+919052161110` -> `09052161110`. Any other number is left as sent."""
     indian = _INDIAN.fullmatch(_SEPARATORS.sub("", number))
     return "0" + indian["nsn"] if indian else number
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def is_under(url: str, base: str) -> bool:
+    """Whether `url` is `base` or below it: the same scheme, host and port, and a path at or
+    under `base`'s (`/base/x`, not `/basement`). Dot segments are resolved first."""
+    try:
+        given, root = httpx.URL(url), httpx.URL(base)
+    except httpx.InvalidURL:
+        return False
+    if not given.is_absolute_url or _origin(given) != _origin(root):
+        return False
+    prefix = root.path.rstrip("/")
+    return given.path == prefix or given.path.startswith(f"{prefix}/")
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme)
 
 
 def _same_number(a: str, b: str) -> bool:

@@ -106,6 +106,20 @@ async def test_a_passthru_for_an_unknown_sid_is_kept_and_attached_once_the_sid_i
     assert [event["type"] for event in feed] == ["call.in_progress", "call.input"]
 
 
+async def test_a_passthru_for_an_unknown_sid_is_kept_trimmed_to_exotels_fields(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    sid = new_sid()
+    exotels = exotel_passthru(sid, digits='"1"')
+    early = await passthru(client, exotels | {"Padding": "x" * 10_000, "Junk": "y" * 3000})
+    assert early.json()["outcome"] == "unknown_sid"
+    call = await place(client, exotel, sid=sid)
+    assert (await call_of(client, call["id"]))["digits"] == "1"
+    request, _ = await events(client, call["id"])
+    assert (request["kind"], request["outcome"]) == ("passthru", "applied")
+    assert request["payload"] == exotels
+
+
 async def test_our_call_id_in_custom_field_finds_the_call_before_its_sid_is_known(
     client: httpx.AsyncClient, exotel: ExotelDouble
 ) -> None:

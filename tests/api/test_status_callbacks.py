@@ -8,7 +8,11 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.calls.retention import forget_unmatched_receipts
+from app.db.models import Receipt
 from tests.conftest import callback_path, place_body
 from tests.support.exotel_double import TERMINAL_CALLBACK_EXAMPLE, ExotelDouble, accepted, new_sid
 from tests.support.exotel_requests import callback, events, kept, multipart, place
@@ -251,6 +255,38 @@ async def test_unknown_sid_is_stored_and_attached_once_the_call_is_known(
         ("status_callback", "applied"),
         ("dispatch", "applied"),
     ]
+
+
+async def test_an_unknown_sid_is_kept_trimmed_to_exotels_fields_and_still_attached(
+    client: httpx.AsyncClient,
+    exotel: ExotelDouble,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """Anybody with the account-wide URL can send callbacks for SIDs nobody has: what is kept
+    of one is Exotel's fields, each of a bounded size, not the whole body. Within its
+    retention, it is applied once its call's SID is known."""
+    sid = new_sid()
+    exotels = callback(sid, "busy") | {"Legs[0][OnCallDuration]": "12"}
+    sent = exotels | {
+        "Padding": "x" * 500_000,
+        "CustomField": "y" * 5000,
+        "Legs[0][Padding]": "z" * 1000,
+        "Legs[9][Status]": "busy",
+    }
+    early = await client.post(callback_path(None), **multipart(sent))
+    assert (early.status_code, early.json()["outcome"]) == (200, "unknown_sid")
+    receipt_id = uuid.UUID(early.json()["receipt_id"])
+    async with sessionmaker() as session:
+        stored = await session.scalar(select(Receipt).where(Receipt.receipt_id == receipt_id))
+    assert stored is not None
+    assert stored.payload == exotels
+
+    assert await forget_unmatched_receipts(sessionmaker, days=1) == 0  # recent: kept
+    call = await place(client, exotel, sid=sid)
+
+    assert call["status"] == "busy"
+    callback_event, _ = await events(client, call["id"])
+    assert (callback_event["outcome"], callback_event["payload"]) == ("applied", exotels)
 
 
 async def test_callback_for_another_calls_sid_is_kept_but_not_applied(

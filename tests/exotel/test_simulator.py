@@ -7,6 +7,7 @@ callbacks go to an `httpx.MockTransport`. Nothing reaches the network."""
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 from collections.abc import AsyncIterator
@@ -18,14 +19,16 @@ import httpx
 import pytest
 from defusedxml import ElementTree as SafeET
 
-from app.config import Settings
+from app.config import ConfigurationError, Settings
 from app.exotel.client import ExotelClient
 from app.exotel.errors import ExotelRateLimited
 from app.exotel.simulator import Simulator, SimulatorConfig
 from app.exotel.status_callback import parse_status_callback
 from app.main import create_app
-from tests.conftest import serving
+from tests.conftest import FAKE_INTERNAL_API_KEY, place_body, serving
 from tests.support.eventually import DEADLINE_SECONDS, eventually
+from tests.support.exotel_double import new_sid
+from tests.support.processes import free_ports
 
 pytestmark = pytest.mark.anyio
 
@@ -172,6 +175,175 @@ async def test_in_serve_its_own_routes_answer_at_the_same_paths(db_url: str) -> 
         log = (await api.get("/_simulator/log")).json()
         assert [(entry["path"], entry["status"]) for entry in log] == [(calls, 200)]
         assert (await api.get("/_simulator/_simulator/log")).status_code == 404
+
+
+# --- exocall's own simulator: behind the API key, its callbacks to exocall only ---------------
+
+MOUNTED_CALLS = "/_simulator/v1/Accounts/simulated/Calls"
+CONNECT_FORM = {"From": "09052161110", "CallerId": CALLER_ID, "Url": FLOW_URL}
+SIMULATOR_CREDENTIALS = ("simulator-key", "simulator-token")  # published: docs/simulator.md
+
+
+def simulated(db_url: str, **values: Any) -> Settings:
+    """exocall without an Exotel key, so with its simulator mounted. PUBLIC_BASE_URL is a port
+    nothing listens on: the tests read the simulator, not the callbacks it sends there."""
+    (port,) = free_ports(1)
+    return Settings.load(
+        env_file=None, database_url=db_url, public_base_url=f"http://127.0.0.1:{port}", **values
+    )
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_production_never_has_the_simulator() -> None:
+    """It serves only without EXOTEL_API_KEY, and production refuses to start without one."""
+    production = {
+        "exocall_env": "production",
+        "api_keys": FAKE_INTERNAL_API_KEY,
+        "callback_secrets": "fake-callback-secret",
+        "exotel_account_sid": "fake-account",
+        "exotel_api_token": "fake-exotel-token",
+    }
+    with pytest.raises(ConfigurationError, match="EXOTEL_API_KEY"):
+        Settings.load(env_file=None, **production)
+
+
+async def test_in_serve_with_api_keys_nothing_under_the_mount_answers_without_one(
+    db_url: str,
+) -> None:
+    """Its log (every call's number), its faults, its Exotel API and its recordings: with
+    API_KEYS set, each needs one of them, as a bearer token or Basic auth's password. Its own
+    published credentials open nothing; what is refused never reaches it."""
+    settings = simulated(db_url, api_keys=FAKE_INTERNAL_API_KEY, simulator_callback_delay_seconds=0)
+    with_key = [f"Bearer {FAKE_INTERNAL_API_KEY}", basic("anyone", FAKE_INTERNAL_API_KEY)]
+    without = [None, basic(*SIMULATOR_CREDENTIALS), "Bearer simulator-token", "Bearer wrong-key"]
+    async with serving(create_app(settings)) as api:
+        api.headers.pop("Authorization")
+        paths = [
+            ("GET", "/_simulator/log"),
+            ("POST", "/_simulator/recording-faults"),
+            ("GET", f"{MOUNTED_CALLS}.json"),
+            ("GET", f"{MOUNTED_CALLS}/{new_sid()}.json"),
+            ("POST", f"{MOUNTED_CALLS}/connect.json"),
+            ("GET", f"/_simulator/recordings/simulated/{new_sid()}.wav"),
+            ("GET", "/_simulator/_simulator/log"),  # where it was found open
+            ("GET", "/_simulator/no-such-path"),
+        ]
+        for (method, path), authorization in itertools.product(paths, without):
+            headers = {"Authorization": authorization} if authorization else {}
+            refused = await api.request(method, path, headers=headers, data=CONNECT_FORM)
+            assert refused.status_code == 401, (method, path, authorization, refused.text)
+            assert refused.json()["error"]["code"] == "unauthenticated"
+
+        placed = await api.post(
+            f"{MOUNTED_CALLS}/connect.json",
+            data=CONNECT_FORM,
+            headers={"Authorization": with_key[0]},
+        )
+        assert placed.status_code == 200, placed.text
+        sid = placed.json()["Call"]["Sid"]
+        recording = f"/_simulator/recordings/simulated/{sid}.wav"
+        for authorization in with_key:
+            headers = {"Authorization": authorization}
+            fetched = await eventually(
+                lambda: api.get(recording, headers=headers),  # noqa: B023
+                what="the call ended, with its recording",
+                until=lambda response: response.status_code == 200,
+            )
+            assert fetched.headers["content-type"] == "audio/wav"
+            listed = await api.get(f"{MOUNTED_CALLS}.json", headers=headers)
+            assert [call["Sid"] for call in listed.json()["Calls"]] == [sid]
+            fault = await api.post("/_simulator/recording-faults", json=FAULT, headers=headers)
+            assert fault.status_code == 200
+            log = (await api.get("/_simulator/log", headers=headers)).json()
+            assert 401 not in {entry["status"] for entry in log}
+            assert [e["sid"] for e in log if e["path"].endswith("/connect.json")] == [sid]
+
+
+async def test_in_serve_with_api_keys_exocall_still_places_calls_through_it(db_url: str) -> None:
+    """exocall's own requests reach it in-process, not through the mount."""
+    settings = simulated(db_url, api_keys=FAKE_INTERNAL_API_KEY)
+    async with serving(create_app(settings)) as api:
+        placed = await api.post("/calls", json=place_body())
+        assert placed.status_code == 201, placed.text
+        log = (await api.get("/_simulator/log")).json()
+        connects = [(e["sid"], e["status"]) for e in log if "/Calls/connect" in e["path"]]
+        assert connects == [(placed.json()["sid"], 200)]
+
+
+async def test_in_serve_its_callbacks_go_to_public_base_url_only(db_url: str) -> None:
+    """A `Calls/connect` to it must not make exocall POST anywhere else: refused, 400."""
+    settings = simulated(db_url)
+    public = settings.callbacks.public_base_url
+    elsewhere = [
+        "http://[::1]:19602/",
+        "http://127.0.0.1:19602/status-callback",
+        public.replace("http://", "https://") + "/status-callback",
+        f"{public}.evil.test/status-callback",
+        f"{public}@evil.test/status-callback",
+    ]
+    async with serving(create_app(settings)) as api:
+        for url in elsewhere:
+            refused = await api.post(
+                f"{MOUNTED_CALLS}/connect.json",
+                data=CONNECT_FORM | {"StatusCallback": url},
+                auth=SIMULATOR_CREDENTIALS,
+            )
+            assert refused.status_code == 400, (url, refused.text)
+            assert "'StatusCallback' must be under" in refused.json()["RestException"]["Message"]
+        placed = await api.post(
+            f"{MOUNTED_CALLS}/connect.json",
+            data=CONNECT_FORM | {"StatusCallback": f"{public}/status-callback?token=t"},
+            auth=SIMULATOR_CREDENTIALS,
+        )
+        assert placed.status_code == 200, placed.text
+        log = (await api.get("/_simulator/log")).json()
+        assert [e["status"] for e in log] == [400] * len(elsewhere) + [200]
+
+
+@pytest.mark.parametrize(
+    ("url", "under"),
+    [
+        ("https://exocall.test/base", True),
+        ("https://exocall.test/base/status-callback?token=t", True),
+        ("HTTPS://EXOCALL.test:443/base/cb", True),
+        ("https://exocall.test/basement", False),
+        ("https://exocall.test/base/../cb", False),
+        ("https://exocall.test/cb", False),
+        ("http://exocall.test/base/cb", False),
+        ("https://exocall.test:8443/base/cb", False),
+        ("https://exocall.test.evil.test/base/cb", False),
+        ("https://exocall.test@evil.test/base/cb", False),
+        ("http://[::1]:19602/", False),
+        ("/base/cb", False),
+        ("not a url", False),
+    ],
+)
+async def test_given_a_base_its_callbacks_go_under_it_only(
+    exotel: httpx.AsyncClient,
+    simulator: Simulator,
+    receiver: CallbackReceiver,
+    url: str,
+    under: bool,
+) -> None:
+    simulator.config.callbacks_under = "https://exocall.test/base"
+    response = await connect(exotel, "09052161112", StatusCallback=url)
+    if under:
+        assert response.status_code == 200, response.text
+        assert (await receiver.first()).method == "POST"
+    else:
+        assert response.status_code == 400, response.text
+        assert simulator.calls == {}  # no call: nothing will ever be sent
+
+
+async def test_standalone_sends_callbacks_wherever_asked_as_exotel_does(
+    exotel: httpx.AsyncClient, receiver: CallbackReceiver
+) -> None:
+    """`exocall simulator` is a test tool for any receiver (docs/simulator.md)."""
+    await place(exotel, "09052161112", StatusCallback="http://[::1]:19602/status-callback")
+    assert (await receiver.first()).url == "http://[::1]:19602/status-callback"
 
 
 # --- Numbers in Exotel's national form --------------------------------------------------------

@@ -1,0 +1,47 @@
+"""Callbacks and Passthru requests that matched no call are kept CALLBACK_UNMATCHED_RETENTION_DAYS
+(trimmed to Exotel's fields: `ReceivedCallback.without_call`), then deleted. Until then, a call
+that learns their SID takes them (`CallStore.learn_sid`); after, one whose call never came is
+gone, having changed nothing."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.db.clock import db_now
+from app.db.models import Receipt
+
+log = logging.getLogger(__name__)
+
+_BATCH = 1000  # receipts deleted per transaction, so that no lock is held for long
+
+
+async def forget_unmatched_receipts(
+    sessionmaker: async_sessionmaker[AsyncSession], *, days: float
+) -> int:
+    """Delete what was received more than `days` ago for no call; says how many."""
+    forgotten = 0
+    while True:
+        async with sessionmaker() as session, session.begin():
+            before = await db_now(session) - timedelta(days=days)
+            unmatched = Receipt.call_id.is_(None)
+            oldest = (
+                select(Receipt.id)
+                .where(unmatched, Receipt.received_at < before)
+                .limit(_BATCH)
+                # A row a call is taking now is skipped; one taken meanwhile is no longer
+                # `unmatched` when the DELETE reads it again.
+                .with_for_update(skip_locked=True)
+            )
+            deleted = await session.execute(
+                delete(Receipt).where(Receipt.id.in_(oldest), unmatched)
+            )
+        count = getattr(deleted, "rowcount", 0) or 0
+        forgotten += count
+        if count < _BATCH:
+            if forgotten:
+                log.info("forgot %d callbacks that matched no call", forgotten)
+            return forgotten
