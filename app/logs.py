@@ -32,8 +32,9 @@ REDACTED = "[redacted]"
 
 # --- Phone numbers ------------------------------------------------------------------------
 # What people and URL encoders put between a number's digits (app.calls.phone ignores the same):
-# spaces, dashes, dots, brackets; `+` or `%20` for a space in a query string, `%28` `%29`.
-_GAP = r"(?:[^\S\r\n]|[-.()+]|%20|%28|%29)"
+# spaces, dashes, dots, brackets; `+` or `%20` for a space in a query string, and the escapes
+# of the others (`%2D`, `%2E`, `%28`, `%29`).
+_GAP = r"(?:[^\S\r\n]|[-.()+]|%2[089DdEe])"
 _HEX = "[0-9a-fA-F]"
 _UUID_HEAD = rf"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-"
 _PHONE = re.compile(
