@@ -42,9 +42,12 @@ def create_engine(url: str | None, *, pgbouncer: bool = False, **kwargs: Any) ->
         }
     connect_args |= kwargs.pop("connect_args", {})
     # pre_ping: after the database restarts, pooled connections are dead; test before use.
+    # hide_parameters: a database error's text, logged with its traceback, never holds the
+    # values of its statement (numbers, tokens, a webhook endpoint's secret).
     return create_async_engine(
         url,
         pool_pre_ping=True,
+        hide_parameters=True,
         pool_timeout=POOL_TIMEOUT_SECONDS,
         connect_args=connect_args,
         **kwargs,
