@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from app.exotel.wire import clean_int, clean_str, parse_exotel_time
+from app.numerals import DIGIT, integer
 
 # `terminal` and `answered`, exactly: `Terminal` and `Dial` have been seen, and are neither.
 EVENT_TYPES = frozenset({"terminal", "answered"})
@@ -33,7 +34,7 @@ STATUS_FIELDS = ("Status", "CallStatus", "DialCallStatus")
 DURATION_FIELDS = ("Duration", "CallDuration")
 CONVERSATION_DURATION_FIELDS = ("ConversationDuration", "DialCallDuration")
 
-_LEG_KEY = re.compile(r"^Legs\[(\d+)\]\[(\w+)\]$")
+_LEG_KEY = re.compile(rf"^Legs\[({DIGIT}+)\]\[(\w+)\]$")
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,9 @@ def _legs(fields: Mapping[str, Any]) -> list[Leg]:
     else:
         flattened: dict[int, dict[str, Any]] = {}
         for key, value in fields.items():
-            if match := _LEG_KEY.match(key):
-                flattened.setdefault(int(match[1]), {})[match[2]] = value
+            match = _LEG_KEY.match(key)
+            if match and (index := integer(match[1])) is not None:  # not 5000 digits long
+                flattened.setdefault(index, {})[match[2]] = value
         by_index = dict(flattened)
     return [
         Leg(
@@ -160,6 +162,9 @@ def example_fields(sid: str, recording_url: str) -> dict[str, Any]:
 # keeps every field as received, whatever else is sent.
 FIELDS_SCHEMA: dict[str, Any] = {
     "type": "object",
+    "description": "Exotel's fields, kept as received. An integer field is read from a number "
+    'or its text in ASCII digits (`32`, `"32"`); any other value (`true`, `{}`, `"1_000"`, '
+    "other scripts' digits) is read as absent.",
     "properties": {
         CALL_SID: {"type": "string"},
         "Status": {"type": "string", "enum": ["completed", "failed", "busy", "no-answer"]},
