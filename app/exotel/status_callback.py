@@ -158,6 +158,13 @@ def example_fields(sid: str, recording_url: str) -> dict[str, Any]:
     }
 
 
+def _integer(description: str) -> dict[str, str]:
+    return {
+        "type": "integer",
+        "description": f"{description}; read as absent unless an integer in ASCII digits",
+    }
+
+
 # Documented for readers and for the fuzz (the OpenAPI schema of the receiver): the receiver
 # keeps every field as received, whatever else is sent.
 FIELDS_SCHEMA: dict[str, Any] = {
@@ -173,10 +180,10 @@ FIELDS_SCHEMA: dict[str, Any] = {
         "RecordingUrl": {"type": "string"},
         "DateUpdated": {"type": "string", "description": "Exotel's clock (IST), no offset"},
         "EventType": {"type": "string", "enum": sorted(EVENT_TYPES)},
-        "Duration": {"type": "integer", "description": "Seconds, ring time included"},
-        "CallDuration": {"type": "integer", "description": "A flow callback's Duration"},
-        "ConversationDuration": {"type": "integer", "description": "Seconds the legs talked"},
-        "DialCallDuration": {"type": "integer", "description": "The dialled leg's seconds"},
+        "Duration": _integer("Seconds, ring time included"),
+        "CallDuration": _integer("A flow callback's Duration"),
+        "ConversationDuration": _integer("Seconds the legs talked"),
+        "DialCallDuration": _integer("The dialled leg's seconds"),
     },
     "additionalProperties": True,
 }
