@@ -90,9 +90,11 @@ _OUR_PARAMETERS = [
     },
 ]
 _CALLBACK_EXAMPLE = example_fields(CALL_EXAMPLE["sid"], CALL_EXAMPLE["recording_url"])
+# The longest each text field may be, as documented and enforced: its column's length.
+_CALLBACK_LONGEST = {name: LONGEST[name] for name in FIELDS_SCHEMA["properties"] if name in LONGEST}
 _FIELDS_SCHEMA = FIELDS_SCHEMA | {
     "properties": {
-        name: schema | ({"maxLength": LONGEST[name]} if name in LONGEST else {})
+        name: schema | ({"maxLength": _CALLBACK_LONGEST[name]} if name in _CALLBACK_LONGEST else {})
         for name, schema in FIELDS_SCHEMA["properties"].items()
     }
 }
@@ -130,15 +132,18 @@ _PASSTHRU_FIELDS = {
     "To": "The number called.",
     "Direction": "`outbound-api` for a call placed through the API.",
 }
-# The digits come in quotes: two characters more than their column takes.
-_PASSTHRU_LENGTHS = LONGEST | {DIGITS: LONGEST[DIGITS] + 2}
+# As documented and enforced: a column's length, where the field has one (the digits come in
+# quotes: two characters more), else 1000 (Exotel's are tens of characters).
+_PASSTHRU_LONGEST = {name: LONGEST.get(name, 1000) for name in _PASSTHRU_FIELDS} | {
+    DIGITS: LONGEST[DIGITS] + 2
+}
 _PASSTHRU_QUERY = [
     {
         "name": name,
         "in": "query",
         "required": False,
         "description": text,
-        "schema": {"type": "string", "maxLength": _PASSTHRU_LENGTHS.get(name, 1000)},
+        "schema": {"type": "string", "maxLength": _PASSTHRU_LONGEST[name]},
     }
     for name, text in _PASSTHRU_FIELDS.items()
 ]
@@ -217,7 +222,7 @@ async def status_callback(request: Request) -> Response:
         received = ReceivedCallback(
             call_id=call_uuid, method=request.method, content_type=content_type, payload=fields
         )
-        _refuse_unstorable(received)
+        _refuse_unstorable(received, _CALLBACK_LONGEST)
     except (ApiError, HTTPException):  # HTTPException: a body over the limit, malformed forms
         metrics.callbacks.labels("rejected").inc()
         raise
@@ -238,7 +243,7 @@ async def passthru(request: Request) -> Response:
             payload=_query_fields(request),
             kind=RequestKind.PASSTHRU,
         )
-        _refuse_unstorable(received)
+        _refuse_unstorable(received, _PASSTHRU_LONGEST)
     except ApiError:
         runtime.metrics.callbacks.labels("rejected").inc()
         raise
@@ -379,10 +384,15 @@ def _finite_float(text: str) -> float:
     return number
 
 
-def _refuse_unstorable(received: ReceivedCallback) -> None:
-    """Refuse what no column could hold, before it is stored or spooled: acknowledged, it
-    would have to be stored."""
-    if problems := received.unstorable:
+def _refuse_unstorable(received: ReceivedCallback, longest: dict[str, int]) -> None:
+    """Refuse a field longer than the schema says (`longest`), or what no column could hold,
+    before it is stored or spooled: acknowledged, it would have to be stored."""
+    too_long = [
+        (name, f"at most {most} characters")
+        for name, most in longest.items()
+        if isinstance(value := received.payload.get(name), str) and len(value) > most
+    ]
+    if problems := too_long or received.unstorable:
         raise _invalid(problems)
 
 

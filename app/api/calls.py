@@ -15,6 +15,7 @@ from app.api.schemas import (
     NO_NUL,
     PLACE_EXAMPLE,
     QUEUED_EXAMPLE,
+    WHOLE_NUMBER,
     BatchCreate,
     BatchOut,
     BatchSummary,
@@ -146,7 +147,7 @@ async def list_calls(
             description='The latest input keyed in the flow (`""`: none)',
         ),
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: Annotated[int, Query(ge=1, le=200), WHOLE_NUMBER] = 50,
     cursor: str | None = None,
 ) -> CallPage:
     try:

@@ -17,6 +17,7 @@ from app.api.event_schemas import (
     Queued,
     Redeliver,
 )
+from app.api.schemas import WHOLE_NUMBER
 from app.events import endpoints, feed
 
 JSON = "application/json"
@@ -37,7 +38,7 @@ async def list_events(
     after: str | None = None,
     type_: Annotated[list[EventType], Query(alias="type")] = [],  # noqa: B006
     call_id: uuid.UUID | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Query(ge=1, le=1000), WHOLE_NUMBER] = 100,
 ) -> Response:
     page = await feed.read_feed(session, after=after, types=type_, call_id=call_id, limit=limit)
     # The events as stored, not serialised again: the bytes the webhooks signed.

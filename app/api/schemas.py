@@ -24,6 +24,7 @@ from app.calls.placing import CallRequest
 from app.calls.resource import CALL_EXAMPLE, CallOut, ExotelClock
 from app.db.models import EventOutcome, RequestKind
 from app.exotel.status_callback import example_fields
+from app.numerals import DIGIT, integer
 
 # Exotel documents these bounds for Calls/connect (docs/exotel.md).
 MAX_TIME_LIMIT = 14400
@@ -32,12 +33,35 @@ MAX_CUSTOM_FIELD = 128
 MAX_FLOW_URL = 512
 MAX_BATCH = 1000
 
-_CALLER_ID = re.compile(r"\+?\d{6,16}")
-_APP_ID = re.compile(r"\d{1,32}")
+_CALLER_ID = re.compile(rf"\+?{DIGIT}{{6,16}}")
+_APP_ID = re.compile(f"{DIGIT}{{1,32}}")
+# The start of an ISO 8601 date-time, which pydantic reads the rest of. Pydantic alone would
+# also take a number of seconds since 1970 (`0`, `"0.5"`), which the schema does not offer.
+_DATE_TIME = re.compile(rf"{DIGIT}{{4}}-{DIGIT}{{2}}-{DIGIT}{{2}}[Tt ]{DIGIT}{{2}}:{DIGIT}{{2}}")
 
 
 def _int_as_str(value: Any) -> Any:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _whole_number(value: Any) -> Any:
+    """An integer as JSON writes one, or as a query string does (ASCII digits); pydantic alone
+    would also take `true`, `"1_000"` and other scripts' digits."""
+    if isinstance(value, bool):
+        raise ValueError("must be an integer")
+    if isinstance(value, str):
+        if (number := integer(value)) is None:
+            raise ValueError("must be an integer, in ASCII digits")
+        return number
+    return value
+
+
+def _date_time_text(value: Any) -> Any:
+    if isinstance(value, datetime):  # given by Python code, not read from a request
+        return value
+    if not isinstance(value, str) or not _DATE_TIME.match(value):
+        raise ValueError("must be an ISO 8601 date-time with an offset")
+    return value
 
 
 def _matches(pattern: re.Pattern[str], message: str) -> AfterValidator:
@@ -65,7 +89,10 @@ def _short_url(value: AnyHttpUrl) -> AnyHttpUrl:
 # Text a column can hold: PostgreSQL stores no NUL (a query or row with one fails whole).
 NO_NUL = r"^[^\x00]*$"
 # A timestamp with its offset (a naive one is ambiguous), in UTC.
-Instant = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+Instant = Annotated[AwareDatetime, BeforeValidator(_date_time_text), AfterValidator(_in_utc)]
+# An integer read strictly (what the schema's `integer` promises), after any bounds of its own
+# (`Annotated[int, Field(ge=1), WHOLE_NUMBER]`): before them, the bounds would leave the schema.
+WHOLE_NUMBER = BeforeValidator(_whole_number)
 PhoneNumber = Annotated[str, AfterValidator(to_e164)]
 # What Exotel hands to the flow's applets: printable text only.
 CustomField = Annotated[str, Field(max_length=MAX_CUSTOM_FIELD, pattern=r"^[^\x00-\x1f\x7f]*$")]
@@ -104,8 +131,12 @@ class CallCreate(BaseModel):
     caller_id: CallerId | None = Field(
         None, description="The ExoPhone to call from; EXOTEL_CALLER_ID when absent."
     )
-    time_limit: int | None = Field(None, ge=1, le=MAX_TIME_LIMIT, description="Seconds.")
-    time_out: int | None = Field(None, ge=1, le=MAX_TIME_OUT, description="Ring seconds.")
+    time_limit: Annotated[int, Field(ge=1, le=MAX_TIME_LIMIT), WHOLE_NUMBER] | None = Field(
+        None, description="Seconds."
+    )
+    time_out: Annotated[int, Field(ge=1, le=MAX_TIME_OUT), WHOLE_NUMBER] | None = Field(
+        None, description="Ring seconds."
+    )
     custom_field: CustomField | None = None
 
     @model_validator(mode="after")

@@ -20,6 +20,7 @@ from app.api.event_schemas import (
     Queued,
     Recover,
 )
+from app.api.schemas import WHOLE_NUMBER
 from app.calls import cursors
 from app.calls.errors import InvalidField
 from app.db.models import WebhookEndpoint
@@ -145,14 +146,12 @@ async def rotate_secret(
 async def attempts(
     endpoint_id: uuid.UUID,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: Annotated[int, Query(ge=1, le=200), WHOLE_NUMBER] = 50,
     cursor: str | None = None,
 ) -> AttemptPage:
     before = None
     if cursor:
-        (before,) = cursors.decode(cursor, field="cursor", length=1)
-        if not isinstance(before, int):
-            raise InvalidField("cursor", "not a cursor this service gave out")
+        (before,) = cursors.decode_row_ids(cursor, field="cursor", length=1)
     rows = await endpoints.list_attempts(session, endpoint_id, before=before, limit=limit + 1)
     items = [AttemptOut.of(attempt, event_id) for attempt, event_id in rows[:limit]]
     next_cursor = cursors.encode([items[-1].id]) if len(rows) > limit else None

@@ -23,3 +23,15 @@ def decode(cursor: str, *, field: str, length: int) -> list[Any]:
     if not isinstance(position, list) or len(position) != length:
         raise InvalidField(field, "not a cursor this service gave out")
     return position
+
+
+def decode_row_ids(cursor: str, *, field: str, length: int) -> list[int]:
+    """A position of `length` row ids (PostgreSQL's bigint) that `encode` gave out, or a
+    refusal naming `field`: JSON's `true` is no id, nor is a number the column cannot hold."""
+    position = decode(cursor, field=field, length=length)
+    if not all(
+        isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+        for value in position
+    ):
+        raise InvalidField(field, "not a cursor this service gave out")
+    return position

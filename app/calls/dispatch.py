@@ -186,6 +186,7 @@ async def _record_accepted(
             status=CallStatus.IN_PROGRESS,
             date_updated=exotel_call.date_updated,
             date_updated_raw=exotel_call.date_updated_raw,
+            heard_at=now,
         ),
     )
     log.info(

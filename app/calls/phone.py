@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import re
 
+from app.numerals import DIGIT
+
 _SEPARATORS = re.compile(r"[\s\-().]")
 # India's national significant numbers have 10 digits: mobiles start with 6-9, landlines with
 # their STD code (11 Delhi, 22 Mumbai, 80 Bengaluru, ...), which never starts with 0.
-_INDIAN_NSN = re.compile(r"[1-9]\d{9}")
-_INDIAN_FORMS = re.compile(r"(?:\+91|0091|91|0)?(?P<nsn>\d{10})")
-_E164 = re.compile(r"\+[1-9]\d{7,14}")
+_INDIAN_NSN = re.compile(f"[1-9]{DIGIT}{{9}}")
+_INDIAN_FORMS = re.compile(rf"(?:\+91|0091|91|0)?(?P<nsn>{DIGIT}{{10}})")
+_E164 = re.compile(rf"\+[1-9]{DIGIT}{{7,14}}")
 
 
 class InvalidPhoneNumber(ValueError):

@@ -139,10 +139,6 @@ def read(received: ReceivedCallback) -> Reading:
         return Unreadable(problems)
     if not callback.known_event:
         return Ignored()
-    answered_at = None
-    if callback.answered:
-        # When the customer picked up: the event's own time, else when it reached us.
-        answered_at = callback.date_updated or received.received_at
     return StatusUpdate(
         status=status,
         date_updated=callback.date_updated,
@@ -151,7 +147,8 @@ def read(received: ReceivedCallback) -> Reading:
         duration=callback.duration,
         conversation_duration=callback.conversation_duration,
         on_call_duration=callback.on_call_duration,
-        answered_at=answered_at,
+        answered=callback.answered,
+        heard_at=received.received_at,
     )
 
 
@@ -160,7 +157,8 @@ def _read_passthru(received: ReceivedCallback) -> Reading:
     if passthru.call_sid is None and received.named_call_id is None:
         return Unreadable([("CallSid", "missing: no call can be matched")])
     return InputUpdate(
-        at=passthru.current_time or received.received_at,
+        at=passthru.current_time,
+        heard_at=received.received_at,
         digits=passthru.digits,
         request=hashlib.sha256(json.dumps(received.payload, sort_keys=True).encode()).hexdigest(),
     )

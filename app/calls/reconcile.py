@@ -261,6 +261,7 @@ async def _apply_details(store: CallStore, call: CallState, details: ExotelCall)
         recording_url=details.recording_url,
         duration=details.duration,
         conversation_duration=details.conversation_duration,
+        heard_at=await store.now(),
     )
     outcome = apply_update(call, update)
     await store.add_answer(call, ReceivedAnswer.of(RequestKind.LOOKUP, details), outcome)

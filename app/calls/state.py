@@ -13,6 +13,10 @@ Exotel delivers callbacks late, twice and out of order (docs/exotel.md), so:
 - `DateUpdated` only moves forward, and `answered_at` keeps the earliest answer heard of;
 Hence any order and repetition of a call's updates ends in the same state.
 
+Exotel's own times (`DateUpdated`, a Passthru's `CurrentTime`) are believed only where they can
+be true (`believed`): one dated 9999 would freeze `date_updated` and pin the flow's latest
+`digits` for good, one dated 1970 would be the earliest answer for good.
+
 `unknown` is ours and provisional: it stops us from ever sending the call again, and any word from
 Exotel about the call (a callback, call details) replaces it.
 """
@@ -59,9 +63,11 @@ class Failure:
 @dataclass
 class CallState:
     """The columns of a `call` that change once it is queued, named as the columns are: what the
-    one write path (`app.calls.store`) reads, changes and writes back."""
+    one write path (`app.calls.store`) reads, changes and writes back. Its id and creation time
+    never change."""
 
     id: uuid.UUID
+    created_at: datetime  # nothing Exotel says of the call happened before it
     sid: str | None
     status: CallStatus
     date_updated: datetime | None
@@ -116,9 +122,30 @@ class CallState:
         self.error_at = at if failure else None
 
 
+# How far Exotel's clock may be from ours (and a replica's from the database's): a few minutes
+# covers clocks that are kept at all; hours would let through a time written in another zone
+# than IST, which is 5 h 30 off (docs/exotel.md, "Exotel's times").
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+def believed(
+    instant: datetime | None, *, call: CallState, heard_at: datetime | None
+) -> datetime | None:
+    """`instant`, a time on Exotel's clock about `call`, if it can be true: not before the call
+    was created, not after what said it reached us (`heard_at`), give or take CLOCK_SKEW. Else
+    None, as for no time at all: what said it is stored with it raw, and it is applied to
+    nothing. The one rule for every time Exotel gives."""
+    if instant is None or heard_at is None:
+        return None
+    if call.created_at - CLOCK_SKEW <= instant <= heard_at + CLOCK_SKEW:
+        return instant
+    return None
+
+
 @dataclass(frozen=True)
 class StatusUpdate:
-    """What one source says about a call. None means "says nothing about it"."""
+    """What one source says about a call. None means "says nothing about it". `heard_at`: when
+    it reached us, without which none of Exotel's times in it is believed."""
 
     status: CallStatus
     date_updated: datetime | None = None
@@ -127,7 +154,8 @@ class StatusUpdate:
     duration: int | None = None
     conversation_duration: int | None = None
     on_call_duration: int | None = None
-    answered_at: datetime | None = None  # the customer answered then (an `answered` event)
+    answered: bool = False  # the customer answered (an `answered` event), at `date_updated`
+    heard_at: datetime | None = None
 
 
 _FILLED = ("recording_url", "duration", "conversation_duration", "on_call_duration")
@@ -171,10 +199,9 @@ def _merge(call: CallState, update: StatusUpdate, *, overwrite: bool) -> bool:
     durations give way to the terminal ones), only what the call lacks otherwise. Empty values
     never count. Says whether anything changed."""
     changed = _take_answer(call, update)
-    if update.date_updated and (
-        call.date_updated is None or update.date_updated > call.date_updated
-    ):
-        call.date_updated = update.date_updated
+    date_updated = believed(update.date_updated, call=call, heard_at=update.heard_at)
+    if date_updated and (call.date_updated is None or date_updated > call.date_updated):
+        call.date_updated = date_updated
         call.date_updated_raw = update.date_updated_raw
         changed = True
     for name in _FILLED:
@@ -188,21 +215,26 @@ def _merge(call: CallState, update: StatusUpdate, *, overwrite: bool) -> bool:
 
 
 def _take_answer(call: CallState, update: StatusUpdate) -> bool:
-    if update.answered_at is None or (
-        call.answered_at is not None and call.answered_at <= update.answered_at
-    ):
+    if not update.answered:
         return False
-    call.answered_at = update.answered_at
+    # When the customer picked up: the event's own time, else when it reached us.
+    answered_at = believed(update.date_updated, call=call, heard_at=update.heard_at)
+    answered_at = answered_at or update.heard_at
+    if answered_at is None or (call.answered_at is not None and call.answered_at <= answered_at):
+        return False
+    call.answered_at = answered_at
     return True
 
 
 @dataclass(frozen=True)
 class InputUpdate:
-    """A flow's Passthru request: the flow passed a Passthru applet at `at`, with what the
+    """A flow's Passthru request: the flow passed a Passthru applet at `at` (Exotel's
+    `CurrentTime`; when it reached us, `heard_at`, if it has none to believe), with what the
     customer keyed in the Gather before it (None: the request said nothing of digits).
     `request` tells the same request, repeated, from another."""
 
-    at: datetime
+    at: datetime | None
+    heard_at: datetime
     digits: str | None
     request: str
 
@@ -215,9 +247,10 @@ def apply_input(call: CallState, update: InputUpdate) -> EventOutcome:
     flow = call.flow or []
     if any(step.get("request") == update.request for step in flow):
         return EventOutcome.DUPLICATE
+    at = believed(update.at, call=call, heard_at=update.heard_at) or update.heard_at
     step = {
         "applet": "passthru",
-        "at": update.at.astimezone(UTC).isoformat(),
+        "at": at.astimezone(UTC).isoformat(),
         "digits": update.digits,
         "request": update.request,  # kept with the call, not shown in its resource
     }

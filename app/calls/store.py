@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 _CALLS, _EVENTS, _JOBS = table_of(Call), table_of(Receipt), table_of(RecordingJob)
 _EVENT_COLUMNS = [column.name for column in _EVENTS.c if column.name != "id"]
 STATE_COLUMNS = [f.name for f in fields(CallState)]
-_CHANGING = [name for name in STATE_COLUMNS if name != "id"]
+_CHANGING = [name for name in STATE_COLUMNS if name not in ("id", "created_at")]
 # Reconciliation's schedule is written, but is not a change of the call (its `updated_at`).
 _OF_THE_CALL = [
     name for name in _CHANGING if name not in ("next_lookup_at", "updated_at", "event_sequence")

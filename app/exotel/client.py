@@ -34,6 +34,7 @@ from app.exotel.wire import (
     format_exotel_time,
     parse_response,
 )
+from app.numerals import integer
 from app.retry_after import retry_after_seconds
 
 # Bulk call details take at most 100 SIDs, and pages of at most 100 calls.
@@ -249,8 +250,9 @@ class ExotelClient:
         finally:
             if self._observe:
                 self._observe("recording", status, time.perf_counter() - started)
-        if expected is not None and expected.isdigit() and int(expected) != size:
-            raise RecordingCutShort(size, int(expected))
+        declared = integer(expected) if expected else None
+        if declared is not None and declared != size:
+            raise RecordingCutShort(size, declared)
         return FetchedRecording(size, content_type[:100], digest.hexdigest())
 
     def recording_url_allowed(self, url: str) -> bool:

@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from app.exotel.wire import clean_int, clean_str, parse_exotel_time
+from app.numerals import DIGIT, integer
 
 # `terminal` and `answered`, exactly: `Terminal` and `Dial` have been seen, and are neither.
 EVENT_TYPES = frozenset({"terminal", "answered"})
@@ -33,7 +34,7 @@ STATUS_FIELDS = ("Status", "CallStatus", "DialCallStatus")
 DURATION_FIELDS = ("Duration", "CallDuration")
 CONVERSATION_DURATION_FIELDS = ("ConversationDuration", "DialCallDuration")
 
-_LEG_KEY = re.compile(r"^Legs\[(\d+)\]\[(\w+)\]$")
+_LEG_KEY = re.compile(rf"^Legs\[({DIGIT}+)\]\[(\w+)\]$")
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,9 @@ def _legs(fields: Mapping[str, Any]) -> list[Leg]:
     else:
         flattened: dict[int, dict[str, Any]] = {}
         for key, value in fields.items():
-            if match := _LEG_KEY.match(key):
-                flattened.setdefault(int(match[1]), {})[match[2]] = value
+            match = _LEG_KEY.match(key)
+            if match and (index := integer(match[1])) is not None:  # not 5000 digits long
+                flattened.setdefault(index, {})[match[2]] = value
         by_index = dict(flattened)
     return [
         Leg(
@@ -156,10 +158,20 @@ def example_fields(sid: str, recording_url: str) -> dict[str, Any]:
     }
 
 
+def _integer(description: str) -> dict[str, str]:
+    return {
+        "type": "integer",
+        "description": f"{description}; read as absent unless an integer in ASCII digits",
+    }
+
+
 # Documented for readers and for the fuzz (the OpenAPI schema of the receiver): the receiver
 # keeps every field as received, whatever else is sent.
 FIELDS_SCHEMA: dict[str, Any] = {
     "type": "object",
+    "description": "Exotel's fields, kept as received. An integer field is read from a number "
+    'or its text in ASCII digits (`32`, `"32"`); any other value (`true`, `{}`, `"1_000"`, '
+    "other scripts' digits) is read as absent.",
     "properties": {
         CALL_SID: {"type": "string"},
         "Status": {"type": "string", "enum": ["completed", "failed", "busy", "no-answer"]},
@@ -168,10 +180,10 @@ FIELDS_SCHEMA: dict[str, Any] = {
         "RecordingUrl": {"type": "string"},
         "DateUpdated": {"type": "string", "description": "Exotel's clock (IST), no offset"},
         "EventType": {"type": "string", "enum": sorted(EVENT_TYPES)},
-        "Duration": {"type": "integer", "description": "Seconds, ring time included"},
-        "CallDuration": {"type": "integer", "description": "A flow callback's Duration"},
-        "ConversationDuration": {"type": "integer", "description": "Seconds the legs talked"},
-        "DialCallDuration": {"type": "integer", "description": "The dialled leg's seconds"},
+        "Duration": _integer("Seconds, ring time included"),
+        "CallDuration": _integer("A flow callback's Duration"),
+        "ConversationDuration": _integer("Seconds the legs talked"),
+        "DialCallDuration": _integer("The dialled leg's seconds"),
     },
     "additionalProperties": True,
 }

@@ -16,6 +16,8 @@ from typing import Any
 
 from defusedxml import ElementTree as SafeET
 
+from app.numerals import integer
+
 IST = timezone(timedelta(hours=5, minutes=30), "IST")
 
 CallFields = Mapping[str, Any]
@@ -34,14 +36,16 @@ def clean_str(value: Any) -> str | None:
 
 
 def clean_int(value: Any) -> int | None:
-    """An integer from `11`, `"11"` or `"11.0"`; None when absent or unreadable."""
-    text = clean_str(value)
-    if text is None:
+    """An integer from `11`, `"11"` or `"11.0"`; None when absent or anything else: `true`,
+    `{}`, `"1e3"`, or digits that are not ASCII (`"١٢"`)."""
+    if isinstance(value, bool):  # an int to Python, never a number to Exotel
         return None
-    try:
-        return int(float(text))
-    except (ValueError, OverflowError):  # OverflowError: "Infinity", "1e999"
-        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    text = clean_str(value) if isinstance(value, str) else None
+    return integer(text) if text else None
 
 
 def parse_exotel_time(raw: str | None) -> datetime | None:

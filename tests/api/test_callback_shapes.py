@@ -14,7 +14,6 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -25,8 +24,8 @@ from sqlalchemy import select
 
 from app.db.models import Receipt
 from app.db.session import create_engine, create_sessionmaker
-from app.exotel.wire import format_exotel_time
 from tests.conftest import AUTH, FAKE_ENV, callback_path, empty_database
+from tests.support.exotel_requests import exotel_clock, in_ist
 from tests.support.processes import Deployment
 
 # One xdist worker runs them all, one after another: the module's server works on the worker's
@@ -34,9 +33,6 @@ from tests.support.processes import Deployment
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio, pytest.mark.xdist_group("callback_shapes")]
 
 RECORDING = "https://s3-ap-southeast-1.amazonaws.com/exotelrecordings/acme1/abc.mp3"
-# Exotel's clock (IST, no zone), after the simulator's answers: DateUpdated only moves forward.
-_SOON = datetime.now(UTC) + timedelta(hours=1)
-ANSWERED_AT, ENDED_AT = (format_exotel_time(_SOON + timedelta(seconds=s)) for s in (0, 40))
 
 
 @dataclass
@@ -90,11 +86,6 @@ def with_query(callback_url: str, fields: dict[str, Any]) -> str:
     return f"{callback_url}&{urlencode(fields)}"
 
 
-def in_ist(exotel_time: str) -> str:
-    """How the call resource shows a time of Exotel's clock."""
-    return exotel_time.replace(" ", "T") + "+05:30"
-
-
 def multipart(fields: dict[str, Any]) -> dict[str, Any]:
     return {"files": {key: (None, str(value)) for key, value in fields.items()}}
 
@@ -102,7 +93,7 @@ def multipart(fields: dict[str, Any]) -> dict[str, Any]:
 def terminal(sid: str, status: str = "completed", **more: Any) -> dict[str, Any]:
     """The four fields always present."""
     fields = {"CallSid": sid, "Status": status, "RecordingUrl": RECORDING}
-    return fields | {"DateUpdated": ENDED_AT} | more
+    return fields | {"DateUpdated": exotel_clock(40)} | more
 
 
 async def test_the_connect_callback_in_each_encoding(api: httpx.AsyncClient, live: Live) -> None:
@@ -122,7 +113,7 @@ async def test_the_connect_callback_in_each_encoding(api: httpx.AsyncClient, liv
         stored = await get_call(api, call)
         assert (stored["status"], stored["recording_url"]) == ("completed", RECORDING)
         assert stored["duration"] == 169
-        assert stored["date_updated"] == in_ist(ENDED_AT)
+        assert stored["date_updated"] == in_ist(fields["DateUpdated"])
         (event,) = await events_of(api, call)
         assert event["method"] == "POST"
         assert (
@@ -219,7 +210,7 @@ async def test_a_flow_callback_is_a_get_with_dial_call_status(
         "DialCallDuration": "45",
         "RecordingUrl": RECORDING,
         "Legs[0][OnCallDuration]": "50",
-        "DateUpdated": ENDED_AT,
+        "DateUpdated": exotel_clock(40),
     }
 
     response = await api.get(with_query(callback_path(None), flow))
@@ -265,7 +256,7 @@ async def test_an_answered_event_is_news_and_says_when(api: httpx.AsyncClient, l
         "CallSid": call["sid"],
         "EventType": "answered",
         "Status": "in-progress",
-        "DateUpdated": ANSWERED_AT,
+        "DateUpdated": exotel_clock(1),
         "RecordingUrl": "",
         "ConversationDuration": "0",
     }
@@ -283,7 +274,7 @@ async def test_an_answered_event_is_news_and_says_when(api: httpx.AsyncClient, l
         "applied",
     ]
     stored = await get_call(api, call)
-    assert stored["answered_at"] == in_ist(ANSWERED_AT)
+    assert stored["answered_at"] == in_ist(answered["DateUpdated"])
     assert (stored["status"], stored["conversation_duration"]) == ("completed", 32)
 
 

@@ -110,6 +110,26 @@ def test_the_status_callback_is_documented_with_its_fields_and_its_answer(
     assert {"CallSid", "DialCallStatus", "CallDuration"} <= {p["name"] for p in get["parameters"]}
 
 
+def test_what_a_callback_integer_that_is_none_becomes_is_documented(
+    openapi: dict[str, Any],
+) -> None:
+    """The receiver keeps every callback: an integer field holding `true` or `{}` is not
+    refused but read as absent, and the schema says so where each field is typed."""
+    path = openapi["paths"]["/status-callback"]
+    body = path["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    query = {p["name"]: p["schema"] for p in path["get"]["parameters"]}
+    for fields in (body, query):
+        integers = {name: s for name, s in fields.items() if s.get("type") == "integer"}
+        assert set(integers) == {
+            "Duration",
+            "CallDuration",
+            "ConversationDuration",
+            "DialCallDuration",
+        }
+        for schema in integers.values():
+            assert "read as absent unless an integer in ASCII digits" in schema["description"]
+
+
 @pytest.mark.anyio
 async def test_a_status_callback_by_another_method_is_refused_in_the_one_shape(
     client: httpx.AsyncClient,

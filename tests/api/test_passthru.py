@@ -5,6 +5,7 @@ rule; on both backends."""
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -12,10 +13,11 @@ import httpx
 import pytest
 
 from app.calls.callback_auth import passthru_url
+from app.exotel.wire import parse_exotel_time
 from tests.conftest import FAKE_CALLBACK_SECRET, callback_path, place_body, serving
 from tests.support.eventually import eventually
 from tests.support.exotel_double import ExotelDouble, accepted, form_of, new_sid
-from tests.support.exotel_requests import callback, events, multipart, place
+from tests.support.exotel_requests import callback, events, exotel_clock, multipart, place
 from tests.support.webhooks import app_with
 
 pytestmark = pytest.mark.anyio
@@ -30,7 +32,7 @@ def exotel_passthru(sid: str, **fields: str) -> dict[str, str]:
         "From": "09052161110",
         "To": "08030752400",
         "Direction": "outbound-api",
-        "CurrentTime": "2026-12-02 10:20:41",
+        "CurrentTime": exotel_clock(1),
     } | fields
 
 
@@ -46,13 +48,16 @@ async def test_quoted_digits_are_the_calls_input_and_a_step_of_its_flow(
     client: httpx.AsyncClient, exotel: ExotelDouble
 ) -> None:
     call = await place(client, exotel)
-    response = await passthru(client, exotel_passthru(call["sid"], digits='"12"'))
+    fields = exotel_passthru(call["sid"], digits='"12"')
+    response = await passthru(client, fields)
     assert response.status_code == 200, response.text
     assert response.json()["outcome"] == "applied"
     stored = await call_of(client, call["id"])
     assert stored["digits"] == "12"
+    (step,) = stored["flow"]
+    assert (step["applet"], step["digits"]) == ("passthru", "12")
     # CurrentTime has no zone; Exotel's clock is IST.
-    assert stored["flow"] == [{"applet": "passthru", "at": "2026-12-02T04:50:41Z", "digits": "12"}]
+    assert datetime.fromisoformat(step["at"]) == parse_exotel_time(fields["CurrentTime"])
     dispatch, request = await events(client, call["id"])
     assert dispatch["kind"] == "dispatch"
     assert request["kind"] == "passthru"
@@ -76,8 +81,8 @@ async def test_a_replayed_request_is_a_duplicate_and_steps_keep_their_time_order
     client: httpx.AsyncClient, exotel: ExotelDouble
 ) -> None:
     call = await place(client, exotel)
-    second = exotel_passthru(call["sid"], digits='"2"', CurrentTime="2026-12-02 10:21:00")
-    first = exotel_passthru(call["sid"], digits='"1"', CurrentTime="2026-12-02 10:20:00")
+    second = exotel_passthru(call["sid"], digits='"2"', CurrentTime=exotel_clock(60))
+    first = exotel_passthru(call["sid"], digits='"1"', CurrentTime=exotel_clock(30))
     assert (await passthru(client, second)).json()["outcome"] == "applied"
     assert (await passthru(client, first)).json()["outcome"] == "applied"  # came late
     assert (await passthru(client, second)).json()["outcome"] == "duplicate"
@@ -177,7 +182,7 @@ async def test_a_rule_on_the_digits_answers_302_for_its_app_only(
         assert cancel.status_code == 302
         assert cancel.json()["outcome"] == "applied"  # stored all the same
         confirm = await passthru(
-            client, exotel_passthru(call["sid"], digits='"1"', CurrentTime="2026-12-02 10:25:00")
+            client, exotel_passthru(call["sid"], digits='"1"', CurrentTime=exotel_clock(60))
         )
         assert confirm.status_code == 200
         unknown = await passthru(client, exotel_passthru(new_sid(), digits='"2"'))
@@ -200,6 +205,20 @@ async def test_a_passthru_is_refused_without_the_token_or_anything_to_match(
     too_long = await passthru(client, {"CallSid": "x" * 65})
     assert too_long.status_code == 422
     assert too_long.json()["error"]["details"][0]["field"] == "CallSid"
+
+
+@pytest.mark.parametrize("field", ["From", "To", "CustomField", "Direction", "CurrentTime"])
+async def test_a_field_over_its_documented_length_is_refused_naming_it(
+    client: httpx.AsyncClient, exotel: ExotelDouble, field: str
+) -> None:
+    call = await place(client, exotel)
+    longest = exotel_passthru(call["sid"], **{field: "9" * 1000})
+    assert (await passthru(client, longest)).status_code == 200
+    too_long = await passthru(client, exotel_passthru(call["sid"], **{field: "9" * 1001}))
+    assert too_long.status_code == 422, too_long.text
+    error = too_long.json()["error"]
+    assert (error["code"], error["details"][0]["field"]) == ("validation_error", field)
+    assert [e["kind"] for e in await events(client, call["id"])] == ["dispatch", "passthru"]
 
 
 async def test_calls_are_listed_by_what_was_keyed(
@@ -237,6 +256,25 @@ async def test_a_time_no_clock_can_name_is_when_it_arrived_and_a_repeat_without_
     ended = await client.post(callback_path(call["id"]), **multipart(fields))
     assert ended.status_code == 200
     assert (await call_of(client, call["id"]))["status"] == "completed"
+
+
+@pytest.mark.parametrize("far", ["9999-12-31 23:59:59", "1970-01-01 05:30:00"])
+async def test_a_time_outside_the_window_is_kept_raw_and_the_step_placed_at_its_arrival(
+    client: httpx.AsyncClient, exotel: ExotelDouble, far: str
+) -> None:
+    """A `CurrentTime` of 9999 would pin the call's digits for good: its step would stay the
+    latest whatever came after."""
+    call = await place(client, exotel)
+    pinned = exotel_passthru(call["sid"], digits='"1"', CurrentTime=far)
+    assert (await passthru(client, pinned)).json()["outcome"] == "applied"
+    later = exotel_passthru(call["sid"], digits='"2"', CurrentTime=exotel_clock(2))
+    assert (await passthru(client, later)).json()["outcome"] == "applied"
+    stored = await call_of(client, call["id"])
+    assert stored["digits"] == "2"
+    assert [step["digits"] for step in stored["flow"]] == ["1", "2"]
+    assert not stored["flow"][0]["at"].startswith(far[:4])
+    _, kept_raw, _ = await events(client, call["id"])
+    assert kept_raw["payload"]["CurrentTime"] == far
 
 
 async def test_a_callers_own_custom_field_naming_another_call_is_not_taken_for_ours(

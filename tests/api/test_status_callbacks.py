@@ -4,6 +4,7 @@ call (docs/exotel.md: callbacks come early, twice, out of order, or for SIDs we 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -15,7 +16,15 @@ from app.calls.retention import forget_unmatched_receipts
 from app.db.models import Receipt
 from tests.conftest import callback_path, place_body
 from tests.support.exotel_double import TERMINAL_CALLBACK_EXAMPLE, ExotelDouble, accepted, new_sid
-from tests.support.exotel_requests import callback, events, kept, multipart, place
+from tests.support.exotel_requests import (
+    callback,
+    events,
+    exotel_clock,
+    in_ist,
+    kept,
+    multipart,
+    place,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -27,7 +36,9 @@ async def test_each_encoding_completes_the_call(
     client: httpx.AsyncClient, exotel: ExotelDouble, encoding: str
 ) -> None:
     call = await place(client, exotel)
-    fields = {k: v for k, v in TERMINAL_JSON.items() if k != "Legs"} | {"CallSid": call["sid"]}
+    ended = exotel_clock(40)
+    fields = {k: v for k, v in TERMINAL_JSON.items() if k != "Legs"}
+    fields |= {"CallSid": call["sid"], "DateUpdated": ended}
     if encoding == "json":
         body: dict[str, Any] = {"json": fields | {"Legs": TERMINAL_JSON["Legs"]}}
     else:
@@ -47,11 +58,11 @@ async def test_each_encoding_completes_the_call(
     assert stored["recording_url"] == TERMINAL_JSON["RecordingUrl"]
     assert stored["conversation_duration"] == 32
     # DateUpdated has no zone; Exotel's clock is IST.
-    assert stored["date_updated"] == "2019-04-08T03:18:35+05:30"
+    assert stored["date_updated"] == in_ist(ended)
     dispatch, event = await events(client, call["id"])  # Exotel's answer, then the callback
     assert dispatch["kind"] == "dispatch"
     assert event["kind"] == "status_callback"
-    assert event["date_updated_raw"] == "2019-04-08 03:18:35"
+    assert event["date_updated_raw"] == ended
     assert event["payload"]["CallSid"] == call["sid"]
     assert (
         event["content_type"]
@@ -166,10 +177,9 @@ async def test_late_answered_never_overwrites_a_terminal_status(
     """The status never moves back; that the customer answered, and when, is news whenever it
     comes (so the call ends the same whatever the order)."""
     call = await place(client, exotel)
-    terminal = callback(call["sid"], "completed", date="2024-09-16 15:51:00")
-    answered = callback(call["sid"], "in-progress", date="2024-09-16 15:50:30") | {
-        "EventType": "answered"
-    }
+    ended, picked_up = exotel_clock(40), exotel_clock(10)
+    terminal = callback(call["sid"], "completed", date=ended)
+    answered = callback(call["sid"], "in-progress", date=picked_up) | {"EventType": "answered"}
 
     await client.post(callback_path(call["id"]), **multipart(terminal))
     late = await client.post(callback_path(call["id"]), **multipart(answered))
@@ -178,8 +188,68 @@ async def test_late_answered_never_overwrites_a_terminal_status(
     assert (late.json()["outcome"], again.json()["outcome"]) == ("applied", "stale")
     stored = (await client.get(f"/calls/{call['id']}")).json()
     assert stored["status"] == "completed"
-    assert stored["date_updated"] == "2024-09-16T15:51:00+05:30"
-    assert stored["answered_at"] == "2024-09-16T15:50:30+05:30"
+    assert stored["date_updated"] == in_ist(ended)
+    assert stored["answered_at"] == in_ist(picked_up)
+
+
+async def test_exotels_times_outside_the_window_are_kept_raw_and_not_applied(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    """An `answered` event dated 1970 would be the earliest answer for good; a `DateUpdated` of
+    9999 would freeze `date_updated`. Neither is believed: each is kept raw, applied to nothing."""
+    call = await place(client, exotel)
+    answered = callback(call["sid"], "in-progress", date="1970-01-01 05:30:00")
+    first = await client.post(
+        callback_path(call["id"]), **multipart(answered | {"EventType": "answered"})
+    )
+    assert first.json()["outcome"] == "applied"  # news: the customer answered
+    far = await client.post(
+        callback_path(call["id"]),
+        **multipart(callback(call["sid"], "in-progress", date="9999-12-31 23:59:59")),
+    )
+    assert far.json()["outcome"] == "duplicate"  # nothing it says is believed or new
+    ended = exotel_clock(40)
+    await client.post(callback_path(call["id"]), **multipart(callback(call["sid"], "busy", ended)))
+
+    stored = (await client.get(f"/calls/{call['id']}")).json()
+    assert stored["date_updated"] == in_ist(ended)
+    # When the answer arrived: after the call was created, and not in 1970.
+    created, answered_at, updated = (
+        datetime.fromisoformat(stored[name]) for name in ("created_at", "answered_at", "updated_at")
+    )
+    assert created <= answered_at <= updated
+    kept_raw = [e["date_updated_raw"] for e in await events(client, call["id"])][1:]
+    assert kept_raw == ["1970-01-01 05:30:00", "9999-12-31 23:59:59", ended]
+
+
+# Python's float() reads the first four (12, 12, 1000, 1000); Exotel writes none of them.
+@pytest.mark.parametrize("duration", ["١٢", "\uff11\uff12", "1_000", "1e3", True, {}, [12]])
+async def test_a_duration_not_in_ascii_digits_is_kept_raw_and_read_as_absent(
+    client: httpx.AsyncClient, exotel: ExotelDouble, duration: Any
+) -> None:
+    call = await place(client, exotel)
+    fields = callback(call["sid"], "completed") | {"Duration": duration}
+    fields |= {"Legs": [{"Status": "completed", "OnCallDuration": duration}]}
+    response = await client.post(callback_path(call["id"]), json=fields)
+    assert response.status_code == 200, response.text
+    assert response.json()["outcome"] == "applied"
+    stored = (await client.get(f"/calls/{call['id']}")).json()
+    assert (stored["status"], stored["duration"], stored["on_call_duration"]) == (
+        "completed",
+        None,
+        None,
+    )
+    assert (await events(client, call["id"]))[-1]["payload"]["Duration"] == duration
+
+
+async def test_a_leg_numbered_beyond_any_integer_is_no_failure(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    call = await place(client, exotel)
+    fields = callback(call["sid"], "completed") | {f"Legs[{'9' * 5000}][Status]": "completed"}
+    response = await client.post(callback_path(call["id"]), data=fields)
+    assert response.status_code == 200, response.text
+    assert (await client.get(f"/calls/{call['id']}")).json()["status"] == "completed"
 
 
 async def test_a_different_terminal_status_does_not_replace_the_first(

@@ -36,6 +36,10 @@ def test_valid_numbers_become_e164(given: str, e164: str) -> None:
         "phone",
         "+0123456789",
         "14155550100",
+        # Digits of other scripts, which Python's `\d` matches: never stored as a number.
+        "9\u0966\u096b\u0968\u0967\u096c\u0967\u0967\u0967\u0966",  # 9, then Devanagari
+        "+91\uff19\uff10\uff15\uff12\uff11\uff16\uff11\uff11\uff11\uff10",  # fullwidth
+        "0905216111\u0660",  # an Arabic-Indic zero last
     ],
 )
 def test_invalid_numbers_are_refused(given: str) -> None:

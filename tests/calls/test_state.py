@@ -3,34 +3,43 @@ same state, and a terminal status never changes."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from app.calls.state import (
+    CLOCK_SKEW,
     EXOTEL_TERMINAL,
     TERMINAL,
+    InputUpdate,
     RecordingUpdate,
     StatusUpdate,
+    apply_input,
     apply_recording,
     apply_update,
+    believed,
 )
 from app.db.models import Call, CallStatus, EventOutcome, RecordingStatus
 from app.exotel.wire import IST
 
 T0 = datetime(2024, 9, 16, 15, 50, tzinfo=IST)
+CREATED = T0 - timedelta(minutes=1)
+HEARD = T0 + timedelta(minutes=1)  # when Exotel's word of the call reached us
 
 
 def new_call(status: CallStatus = CallStatus.QUEUED) -> Call:
-    return Call(status=status, from_number="+919052161110", caller_id="08030752400")
+    return Call(
+        status=status, from_number="+919052161110", caller_id="08030752400", created_at=CREATED
+    )
 
 
 def snapshot(call: Call) -> tuple[object, ...]:
     return (
         call.status,
         call.date_updated,
+        call.answered_at,
         call.recording_url,
         call.duration,
         call.conversation_duration,
@@ -44,14 +53,21 @@ def updates_of_one_call(terminal: CallStatus) -> list[StatusUpdate]:
     answered = terminal == CallStatus.COMPLETED
     end = T0 + timedelta(seconds=40)
     updates = [
-        StatusUpdate(CallStatus.IN_PROGRESS, date_updated=T0, date_updated_raw="a"),
-        StatusUpdate(terminal, date_updated=end, date_updated_raw="b", conversation_duration=32),
+        StatusUpdate(CallStatus.IN_PROGRESS, date_updated=T0, date_updated_raw="a", heard_at=HEARD),
+        StatusUpdate(
+            terminal,
+            date_updated=end,
+            date_updated_raw="b",
+            conversation_duration=32,
+            heard_at=HEARD,
+        ),
         StatusUpdate(
             terminal,
             date_updated=end,
             date_updated_raw="b",
             recording_url="https://rec.test/1.mp3" if answered else "",
             conversation_duration=32,
+            heard_at=HEARD,
         ),
     ]
     if answered:
@@ -61,6 +77,8 @@ def updates_of_one_call(terminal: CallStatus) -> list[StatusUpdate]:
                 date_updated=T0 + timedelta(seconds=5),
                 date_updated_raw="c",
                 conversation_duration=0,
+                answered=True,
+                heard_at=HEARD,
             )
         )
     return updates
@@ -137,6 +155,69 @@ def test_transitions(
     call = new_call(current)
     assert apply_update(call, StatusUpdate(new)) == outcome
     assert call.status == final
+
+
+# --- Exotel's times -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("instant", "believed_"),
+    [
+        (CREATED - CLOCK_SKEW, True),
+        (CREATED - CLOCK_SKEW - timedelta(seconds=1), False),
+        (HEARD + CLOCK_SKEW, True),
+        (HEARD + CLOCK_SKEW + timedelta(seconds=1), False),
+        (datetime(1970, 1, 1, tzinfo=UTC), False),
+        (datetime(9999, 12, 31, 23, 59, 59, tzinfo=IST), False),
+    ],
+)
+def test_exotels_times_are_believed_from_the_calls_creation_to_their_arrival(
+    instant: datetime, believed_: bool
+) -> None:
+    call = new_call()
+    assert (believed(instant, call=call, heard_at=HEARD) == instant) is believed_
+    assert believed(instant, call=call, heard_at=None) is None  # arrival unknown: nothing
+
+
+def test_a_date_updated_outside_the_window_freezes_nothing() -> None:
+    call = new_call()
+    far = datetime(9999, 12, 31, 23, 59, 59, tzinfo=IST)
+    apply_update(
+        call, StatusUpdate(CallStatus.IN_PROGRESS, far, "9999-12-31 23:59:59", heard_at=HEARD)
+    )
+    assert (call.status, call.date_updated, call.date_updated_raw) == (
+        CallStatus.IN_PROGRESS,
+        None,
+        None,
+    )
+    apply_update(call, StatusUpdate(CallStatus.COMPLETED, T0, "a", heard_at=HEARD))
+    assert (call.date_updated, call.date_updated_raw) == (T0, "a")
+
+
+def test_an_answer_dated_outside_the_window_is_when_it_arrived() -> None:
+    call = new_call(CallStatus.IN_PROGRESS)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    update = StatusUpdate(CallStatus.IN_PROGRESS, epoch, answered=True, heard_at=HEARD)
+    assert apply_update(call, update) == EventOutcome.APPLIED
+    assert call.answered_at == HEARD
+    # A believable answer heard later, but earlier on Exotel's clock, is the earlier answer.
+    apply_update(call, StatusUpdate(CallStatus.IN_PROGRESS, T0, answered=True, heard_at=HEARD))
+    assert call.answered_at == T0
+
+
+def test_a_passthru_time_outside_the_window_does_not_pin_the_digits() -> None:
+    call = new_call(CallStatus.IN_PROGRESS)
+    call.flow = None
+    far = datetime(9999, 12, 31, tzinfo=IST)
+    apply_input(call, InputUpdate(at=far, heard_at=HEARD, digits="1", request="a"))
+    later = HEARD + timedelta(seconds=10)
+    apply_input(call, InputUpdate(at=later, heard_at=later, digits="2", request="b"))
+    assert call.digits == "2"
+    assert call.flow is not None
+    assert [step["at"] for step in call.flow] == [
+        HEARD.astimezone(UTC).isoformat(),
+        later.astimezone(UTC).isoformat(),
+    ]
 
 
 # --- the recording ------------------------------------------------------------------------

@@ -121,8 +121,13 @@ def test_conversation_duration_from_number_or_string(raw: Any, seconds: int | No
     assert parse_status_callback(payload).conversation_duration == seconds
 
 
-@pytest.mark.parametrize("raw", ["Infinity", "-Infinity", "1e999"])
-def test_an_unreadable_callback_duration_is_none(raw: str) -> None:
+@pytest.mark.parametrize(
+    "raw",
+    # float() reads `1e3`, `1_000` and other scripts' digits, and `true` is an int to Python;
+    # Exotel writes none of them.
+    ["Infinity", "-Infinity", "1e999", "1e3", "1_000", "\u0661\u0662", "\uff11\uff12", True, {}],
+)
+def test_an_unreadable_callback_duration_is_none(raw: Any) -> None:
     payload = {"CallSid": "x1g", "Status": "completed", "ConversationDuration": raw}
     assert parse_status_callback(payload).conversation_duration is None
 

@@ -284,6 +284,9 @@ async def test_range_requests_serve_the_bytes_asked_for(
             ("bytes=-10", size - 10, size - 1),
             ("bytes=40000-99999999", 40000, size - 1),
             (f"bytes={size - 1}-{size - 1}", size - 1, size - 1),
+            # More digits than int() reads: beyond the end, as any large offset.
+            (f"bytes=0-{'9' * 5000}", 0, size - 1),
+            (f"bytes=-{'9' * 5000}", 0, size - 1),
         ]:
             part = await env.api.get(url, headers={"Range": header})
             assert part.status_code == 206, header
@@ -297,10 +300,33 @@ async def test_range_requests_serve_the_bytes_asked_for(
             assert ignored.status_code == 200, header
             assert ignored.content == whole, header
 
-        beyond = await env.api.get(url, headers={"Range": f"bytes={size}-"})
-        assert beyond.status_code == 416
-        assert beyond.headers["content-range"] == f"bytes */{size}"
-        assert beyond.json()["error"]["code"] == "range_not_satisfiable"
+        for first in (str(size), "9" * 5000):
+            beyond = await env.api.get(url, headers={"Range": f"bytes={first}-"})
+            assert beyond.status_code == 416
+            assert beyond.headers["content-range"] == f"bytes */{size}"
+            assert beyond.json()["error"]["code"] == "range_not_satisfiable"
+
+
+async def test_if_none_match_is_304_for_a_recording_that_exists(
+    db_url: str, tmp_path: Path
+) -> None:
+    """RFC 9110 13.1.2: `*` matches any current representation; a list, the ETags it names
+    (weakly compared)."""
+    async with archiving(local_settings(db_url, tmp_path)) as env:
+        call_id = await env.completed_call()
+        url = f"/calls/{call_id}/recording"
+        pending = await env.api.get(url, headers={"If-None-Match": "*"})
+        assert pending.status_code == 404  # nothing to match yet
+        await env.run_due()
+        etag = (await env.api.get(url)).headers["etag"]
+        for header in ["*", etag, f"W/{etag}", f'"other", {etag}']:
+            unchanged = await env.api.get(url, headers={"If-None-Match": header})
+            assert unchanged.status_code == 304, header
+            assert unchanged.content == b""
+            assert unchanged.headers["etag"] == etag
+        for header in ['"other"', etag.strip('"'), ""]:
+            served = await env.api.get(url, headers={"If-None-Match": header})
+            assert served.status_code == 200, header
 
 
 async def test_a_store_that_signs_redirects_to_a_short_lived_url(

@@ -3,10 +3,12 @@ fields, and what was received about a call."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
+from app.exotel.wire import format_exotel_time
 from tests.conftest import place_body
 from tests.support.exotel_double import ExotelDouble, accepted, new_sid
 
@@ -18,6 +20,17 @@ async def place(
     response = await client.post("/calls", json=place_body())
     assert response.status_code == 201, response.text
     return dict(response.json())
+
+
+def exotel_clock(seconds: float = 0) -> str:
+    """Exotel's clock (IST, no zone) `seconds` from now: near enough to now to be believed (a
+    minute or so after a call placed now)."""
+    return format_exotel_time(datetime.now(UTC) + timedelta(seconds=seconds))
+
+
+def in_ist(exotel_time: str) -> str:
+    """How the call resource shows a time of Exotel's clock."""
+    return exotel_time.replace(" ", "T") + "+05:30"
 
 
 def multipart(fields: dict[str, str]) -> dict[str, Any]:
