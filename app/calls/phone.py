@@ -7,7 +7,8 @@ import re
 
 from app.numerals import DIGIT
 
-_SEPARATORS = re.compile(r"[\s\-().]")
+# ASCII separators only, as the logs' masker knows them: not every Unicode space.
+_SEPARATORS = re.compile(r"[ \-().]")
 # India's national significant numbers have 10 digits: mobiles start with 6-9, landlines with
 # their STD code (11 Delhi, 22 Mumbai, 80 Bengaluru, ...), which never starts with 0.
 _INDIAN_NSN = re.compile(f"[1-9]{DIGIT}{{9}}")

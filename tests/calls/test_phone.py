@@ -40,6 +40,8 @@ def test_valid_numbers_become_e164(given: str, e164: str) -> None:
         "9\u0966\u096b\u0968\u0967\u096c\u0967\u0967\u0967\u0966",  # 9, then Devanagari
         "+91\uff19\uff10\uff15\uff12\uff11\uff16\uff11\uff11\uff11\uff10",  # fullwidth
         "0905216111\u0660",  # an Arabic-Indic zero last
+        "90521\u200361119",  # an em space: what separates digits is ASCII too
+        "90521\t61119",
     ],
 )
 def test_invalid_numbers_are_refused(given: str) -> None:
