@@ -31,6 +31,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from app.numerals import DIGIT
+
 REGION_HOSTS = {
     "singapore": "https://api.exotel.com",
     "mumbai": "https://api.in.exotel.com",
@@ -81,14 +83,26 @@ def _http_url(value: str | None) -> str | None:
         return None
     try:
         parts = urlsplit(value.strip())
-        port = parts.port
-    except ValueError:  # a port that is no number, or out of range
-        port = 0
-    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        valid = parts.scheme in ("http", "https") and parts.port != 0
+    except ValueError:  # a bracket left open, a port that is no number or out of range
+        valid = False
+    if not valid or not parts.hostname or not _HOST_TEXT.fullmatch(parts.hostname):
         raise ValueError("must be an http:// or https:// URL with a host (and a valid port)")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ValueError("must have no query, fragment or credentials: paths are added to it")
     return value.strip().rstrip("/")
+
+
+def _reachable_from_outside(url: str) -> bool:
+    """Whether `url` could be reached from another network: not a loopback, private or
+    unspecified address written as such, nor `localhost`. (A name is taken at its word.)"""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return ipaddress.ip_address(host).is_global
+    except ValueError:
+        return True
 
 
 def _writable_directory(path: Path) -> Path:
@@ -107,7 +121,10 @@ def _writable_directory(path: Path) -> Path:
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
 _HOST_NAME = re.compile(rf"(\*\.)?({_LABEL}\.)*{_LABEL}", re.IGNORECASE | re.ASCII)
-_DOTTED_NUMBERS = re.compile(r"[0-9.]+", re.ASCII)
+_DOTTED_NUMBERS = re.compile(rf"({DIGIT}|\.)+")
+_PORT = re.compile(f"{DIGIT}{{1,5}}")
+# What a URL's host may hold: a name, or an address (IPv6 ones without their brackets).
+_HOST_TEXT = re.compile(r"[a-z0-9_.:%-]+", re.IGNORECASE | re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -152,7 +169,7 @@ class WebhookTarget:
 
 
 def _port(entry: str, digits: str) -> int:
-    if not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) <= 65535:
+    if not _PORT.fullmatch(digits) or not 1 <= int(digits) <= 65535:
         raise ValueError(f"{entry!r}: a port is a number from 1 to 65535")
     return int(digits)
 
@@ -756,6 +773,10 @@ class Settings(BaseModel):
                 "PUBLIC_BASE_URL",
                 "production requires it: Exotel can never reach the default, on 127.0.0.1",
             )
+        elif not self.callbacks.public_base_url.startswith("https://"):
+            yield "PUBLIC_BASE_URL", "production requires https: callback tokens are in its URLs"
+        elif not _reachable_from_outside(self.callbacks.public_base_url):
+            yield "PUBLIC_BASE_URL", "production requires an address Exotel can reach"
         secrets = {"API_KEYS": self.service.api_keys, "CALLBACK_SECRETS": self.callbacks.secrets}
         for variable, values in secrets.items():
             if any(len(value.get_secret_value()) < MIN_SECRET_LENGTH for value in values):

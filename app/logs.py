@@ -28,13 +28,15 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from app.numerals import MOST_SEPARATORS_IN_A_ROW, NUMBER_SEPARATORS
+
 REDACTED = "[redacted]"
 
 # --- Phone numbers ------------------------------------------------------------------------
-# What people and URL encoders put between a number's digits (app.calls.phone ignores the same):
-# spaces, dashes, dots, brackets; `+` or `%20` for a space in a query string, and the escapes
-# of the others (`%2D`, `%2E`, `%28`, `%29`).
-_GAP = r"(?:[^\S\r\n]|[-.()+]|%2[089DdEe])"
+# What people and URL encoders put between a number's digits (app.calls.phone ignores the
+# ASCII ones): spaces (any, and `+` or `%20` in a query string), dashes, dots, brackets, and
+# their escapes (`%2D`, `%2E`, `%28`, `%29`).
+_GAP = rf"(?:[^\S\r\n]|[{re.escape(NUMBER_SEPARATORS)}+]|%2[089DdEe])"
 _HEX = "[0-9a-fA-F]"
 _UUID_HEAD = rf"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-"
 _PHONE = re.compile(
@@ -44,7 +46,7 @@ _PHONE = re.compile(
     # UUID's last segment; after an escape (`%3D`) it may.
     (?:(?<=%{_HEX}{{2}})|(?<![\w%+*])(?<!\w\.)(?<!{_UUID_HEAD}))
     (?P<plus>\+|%2[Bb])?
-    \d(?:{_GAP}{{0,3}}\d){{7,14}}  # 8 to 15 digits (E.164's most)
+    \d(?:{_GAP}{{0,{MOST_SEPARATORS_IN_A_ROW}}}\d){{7,14}}  # 8 to 15 digits (E.164's most)
     # Nor going on: into a word, a UUID's next segment, a decimal's fraction or a time.
     (?!\w|-\w|[.:]\d|%3[Aa])
     """,

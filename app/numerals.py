@@ -13,8 +13,12 @@ import re
 
 # For patterns: never `\d`.
 DIGIT = "[0-9]"
+# What may stand between a phone number's digits (`090-5216 1110`, `(0) 90521.61110`): these,
+# at most so many in a row. The logs' masker looks for numbers spelled so.
+NUMBER_SEPARATORS = " -()."
+MOST_SEPARATORS_IN_A_ROW = 3
 # A whole number, maybe with a zero fraction (`32.0`), as JSON writers print one.
-_INTEGER = re.compile(rf"(-?{DIGIT}+)(?:\.0*)?")
+_INTEGER = re.compile(rf"(-?{DIGIT}+)(?:\.0+)?")
 
 
 def integer(text: str) -> int | None:

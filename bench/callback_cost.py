@@ -127,13 +127,13 @@ async def drive_entrance(n: int) -> None:
             return Stored(EventOutcome.DUPLICATE)
 
     secret = "bench-fake-callback-secret"
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        database_url="postgresql+asyncpg://postgres@127.0.0.1:9/unused",  # never connected
-        exotel_account_sid="bench-account",
-        exotel_api_key="bench-fake-key",
-        exotel_api_token="bench-fake-token",
-        callback_secrets=secret,
+    settings = Settings.load(
+        env_file=None,
+        DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:9/unused",  # never connected
+        EXOTEL_ACCOUNT_SID="bench-account",
+        EXOTEL_API_KEY="bench-fake-key",
+        EXOTEL_API_TOKEN="bench-fake-token",
+        CALLBACK_SECRETS=secret,
     )
     app = create_app(settings)
     # What the lifespan would build, as far as the callback route uses it.

@@ -119,6 +119,8 @@ def test_replace_changes_what_it_names_and_reads_nothing_again(
         "http://exocall.example.com:99999",
         "https://exocall.example.com/?from=here",
         "https://user:password@exocall.example.com",
+        "http://[::1",  # a bracket left open
+        "http://exa mple.com",
     ],
 )
 def test_a_base_url_must_be_http_with_a_host(url: str) -> None:
@@ -142,6 +144,22 @@ def test_production_requires_a_public_base_url_of_its_own() -> None:
     ]
     Settings.load(env_file=None, **PRODUCTION)
     Settings.load(env_file=None, **without | {"exocall_env": "development"})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://exocall.example.com",  # its URLs carry callback tokens
+        "https://127.0.0.1:8000",
+        "https://localhost",
+        "https://[::1]",
+        "https://10.0.0.5",
+        "https://0.0.0.0",
+    ],
+)
+def test_production_requires_a_public_base_url_exotel_can_reach_over_https(url: str) -> None:
+    assert named(refused(**PRODUCTION | {"public_base_url": url})) == ["PUBLIC_BASE_URL"]
+    Settings.load(env_file=None, **PRODUCTION | {"public_base_url": "https://1.2.3.4"})
 
 
 def test_production_requires_long_secrets_and_development_takes_any() -> None:
@@ -177,6 +195,8 @@ def test_production_names_every_problem_at_once() -> None:
         "127.0.0.1:0",
         "[::1]:0",
         "hooks.test:99999",
+        "hooks.test:" + "9" * 5000,  # beyond what int() reads
+        "hooks.test:\uff18\uff10",  # fullwidth digits
         "hooks.test:https",
         "::1:19600",  # an IPv6 address with a port needs brackets
         "[::1",

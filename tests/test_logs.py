@@ -63,6 +63,8 @@ SID = "4116345558c26f623df7d2a6b8c184km"  # digits runs in a SID are not phone n
         # In a URL escaped inside another one.
         ("url%3Fcall_id%3D1%26from%3D09052161110%26", "url%3Fcall_id%3D1%26from%3D0******1110%26"),
         ("input_value='090-5216-1110'", "input_value='0**-****-1110'"),
+        # As many separators in a row as app.calls.phone takes.
+        ("from=9---052161110", "from=9---*****1110"),
     ],
 )
 def test_every_spelling_of_a_number_is_masked(line: str, expected: str) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import re
 
-from app.numerals import DIGIT
+from app.numerals import DIGIT, MOST_SEPARATORS_IN_A_ROW, NUMBER_SEPARATORS
 
-# ASCII separators only, as the logs' masker knows them: not every Unicode space.
-_SEPARATORS = re.compile(r"[ \-().]")
+_SEPARATORS = re.compile(f"[{re.escape(NUMBER_SEPARATORS)}]")
+_TOO_MANY_SEPARATORS = re.compile(
+    f"[{re.escape(NUMBER_SEPARATORS)}]{{{MOST_SEPARATORS_IN_A_ROW + 1}}}"
+)
 # India's national significant numbers have 10 digits: mobiles start with 6-9, landlines with
 # their STD code (11 Delhi, 22 Mumbai, 80 Bengaluru, ...), which never starts with 0.
 _INDIAN_NSN = re.compile(f"[1-9]{DIGIT}{{9}}")
@@ -24,8 +26,11 @@ def to_e164(number: str) -> str:
     """Canonical E.164 for an Indian number in any usual spelling, or any E.164 number.
 
     Accepted: `09052161119`, `9052161119`, `+919052161119`, `919052161119`, `08030752400`
-    (landline with STD code), `+14155550100`. Spaces, hyphens, dots and brackets are ignored.
+    (landline with STD code), `+14155550100`. Spaces, hyphens, dots and brackets between the
+    digits are ignored (three in a row at most).
     """
+    if _TOO_MANY_SEPARATORS.search(number):
+        raise InvalidPhoneNumber("not a valid Indian mobile/landline or E.164 number")
     compact = _SEPARATORS.sub("", number)
     indian = _INDIAN_FORMS.fullmatch(compact)
     if indian and _INDIAN_NSN.fullmatch(indian["nsn"]):

@@ -81,6 +81,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.exotel.wire import format_exotel_time, parse_exotel_time
+from app.numerals import DIGIT, NUMBER_SEPARATORS, integer
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +312,7 @@ class Simulator:
         if status_callback and base is not None and not is_under(status_callback, base):
             message = f"Invalid Call Parameters: 'StatusCallback' must be under {base}; "
             return 400, _rest_exception(400, message)
-        outcome = OUTCOMES[number[-1]] if number[-1].isdigit() else OUTCOMES["6"]
+        outcome = OUTCOMES.get(number[-1], OUTCOMES["6"])
         if outcome.refusal:
             status, message = outcome.refusal
             return status, _rest_exception(status, message.format(number=number))
@@ -762,11 +763,11 @@ def _new_sid() -> str:
     return secrets.token_hex(15) + secrets.choice("ghjkmnpqrstuvwxyz") + secrets.choice("gm")
 
 
-_SEPARATORS = re.compile(r"[\s\-().]")
+_SEPARATORS = re.compile(f"[{re.escape(NUMBER_SEPARATORS)}]")
 # The simulator's own reading of numbers, as `exotel/` imports nothing of the rest of the app: an
 # Indian number in any usual spelling is `+91`, `0091`, `91` or `0`, then 10 digits that do not
 # start with 0 (mobiles start with 6-9, landlines with their STD code).
-_INDIAN = re.compile(r"(?:\+91|0091|91|0)?(?P<nsn>[1-9]\d{9})")
+_INDIAN = re.compile(rf"(?:\+91|0091|91|0)?(?P<nsn>[1-9]{DIGIT}{{9}})")
 
 
 def national_form(number: str) -> str:
@@ -809,11 +810,8 @@ def _comparable(number: str) -> str:
 def _page_size(raw: str | None) -> int:
     if not raw:
         return DEFAULT_PAGE_SIZE
-    try:
-        size = int(raw)
-    except ValueError:
-        size = 0
-    if size < 1:
+    size = integer(raw)
+    if size is None or size < 1:
         raise InvalidQuery(f"PageSize must be a positive integer, not {raw}")
     return min(size, MAX_PAGE_SIZE)
 

@@ -36,16 +36,16 @@ def clean_str(value: Any) -> str | None:
 
 
 def clean_int(value: Any) -> int | None:
-    """An integer from `11`, `"11"` or `"11.0"`; None when absent or anything else: `true`,
-    `{}`, `"1e3"`, or digits that are not ASCII (`"١٢"`)."""
+    """A whole number of 0 or more (every number Exotel sends counts something) from `11`,
+    `"11"` or `"11.0"`; None when absent or anything else: `-5`, `true`, `{}`, `"1e3"`, or
+    digits that are not ASCII (`"١٢"`)."""
     if isinstance(value, bool):  # an int to Python, never a number to Exotel
         return None
-    if isinstance(value, int):
-        return value
     if isinstance(value, float):
-        return int(value) if value.is_integer() else None
-    text = clean_str(value) if isinstance(value, str) else None
-    return integer(text) if text else None
+        value = int(value) if value.is_integer() else None
+    elif isinstance(value, str):
+        value = integer(text) if (text := clean_str(value)) else None
+    return value if isinstance(value, int) and value >= 0 else None
 
 
 def parse_exotel_time(raw: str | None) -> datetime | None:

@@ -42,6 +42,7 @@ def test_valid_numbers_become_e164(given: str, e164: str) -> None:
         "0905216111\u0660",  # an Arabic-Indic zero last
         "90521\u200361119",  # an em space: what separates digits is ASCII too
         "90521\t61119",
+        "9----052161119",  # more separators in a row than the logs' masker looks through
     ],
 )
 def test_invalid_numbers_are_refused(given: str) -> None:

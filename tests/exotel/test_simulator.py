@@ -366,6 +366,14 @@ async def test_an_indian_from_is_answered_in_national_form(
     assert xml_details.findtext("Call/From") == "09052161110"
 
 
+async def test_a_number_in_other_digits_is_refused_as_exotel_refuses(
+    exotel: httpx.AsyncClient,
+) -> None:
+    response = await connect(exotel, "+9190521611\u0967\u0966")  # Devanagari 1, 0 last
+    assert response.status_code == 400, response.text
+    assert "'From' is not a valid number" in response.json()["RestException"]["Message"]
+
+
 async def test_the_log_keeps_from_as_it_was_sent(exotel: httpx.AsyncClient) -> None:
     # Tests read the log to count dials of the numbers they sent.
     await connect(exotel, "+919052161110")
@@ -603,6 +611,8 @@ async def test_calls_in_progress_are_never_listed(exotel: httpx.AsyncClient) -> 
     [
         {"PageSize": "0"},
         {"PageSize": "many"},
+        {"PageSize": "\u0661\u0662"},  # Arabic-Indic 12: no number Exotel reads
+        {"PageSize": "1_000"},
         {"After": "not-a-cursor"},
         {"Before": "bm8tc3VjaC1jYWxs"},
         {"SortBy": "Price:asc"},

@@ -125,7 +125,10 @@ def test_conversation_duration_from_number_or_string(raw: Any, seconds: int | No
     "raw",
     # float() reads `1e3`, `1_000` and other scripts' digits, and `true` is an int to Python;
     # Exotel writes none of them.
-    ["Infinity", "-Infinity", "1e999", "1e3", "1_000", "\u0661\u0662", "\uff11\uff12", True, {}],
+    [
+        *("Infinity", "-Infinity", "1e999", "1e3", "1_000", "\u0661\u0662", "\uff11\uff12"),
+        *(True, {}, -5, "-5", -5.0, "12."),  # nothing Exotel counts is negative
+    ],
 )
 def test_an_unreadable_callback_duration_is_none(raw: Any) -> None:
     payload = {"CallSid": "x1g", "Status": "completed", "ConversationDuration": raw}
