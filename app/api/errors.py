@@ -200,7 +200,9 @@ def unexpected_error_response(exc: Exception) -> JSONResponse:
         log.warning("the database is unreachable (%s)", type(exc).__name__)
         return database_unavailable(exc)
     if is_schema_behind(exc):
-        log.warning("the database's schema is not current (%s)", type(exc).__name__)
+        # With its traceback: a statement of this code's naming what no migration made is a
+        # bug, and looks the same.
+        log.error("the database's schema is not current", exc_info=exc)
         return schema_not_current("the database's schema is not current: run `exocall migrate`")
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal_error", "internal error; it has been logged")

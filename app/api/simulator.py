@@ -14,6 +14,7 @@ import base64
 
 from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocketClose
 
 from app.api.deps import require_api_key
 from app.api.errors import ApiError, api_error_response
@@ -31,8 +32,8 @@ class SimulatorMount:
         self._credentials = b"Basic " + base64.b64encode(user_and_password)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self._simulator(scope, receive, send)
+        if scope["type"] != "http":  # a WebSocket: the simulator has none, and nothing passes
+            await WebSocketClose()(scope, receive, send)
             return
         try:
             await require_api_key(Request(scope), self._settings, None)

@@ -160,7 +160,11 @@ def _read_passthru(received: ReceivedCallback) -> Reading:
         at=passthru.current_time,
         heard_at=received.received_at,
         digits=passthru.digits,
-        request=hashlib.sha256(json.dumps(received.payload, sort_keys=True).encode()).hexdigest(),
+        # Of Exotel's fields only: the same request whether it came while its call was known,
+        # or before, and was kept trimmed (`without_call`).
+        request=hashlib.sha256(
+            json.dumps(trimmed(received.payload), sort_keys=True).encode()
+        ).hexdigest(),
     )
 
 

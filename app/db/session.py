@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -73,25 +73,24 @@ def is_database_down(error: BaseException) -> bool:
     refused or dropped connections, time-outs, a server shutting down or starting up. SQLAlchemy
     wraps the driver's errors (`DBAPIError` from asyncpg's `CannotConnectNowError`, say): the
     whole chain of causes is read."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, _DOWN):
-            return True
-        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
-            return True
-        seen = seen.__cause__
-    return False
+    return any(
+        isinstance(cause, _DOWN)
+        or (isinstance(cause, DBAPIError) and cause.connection_invalidated)
+        for cause in _causes(error)
+    )
 
 
 def is_schema_behind(error: BaseException) -> bool:
     """Whether `error` says the database lacks the schema this code needs: never migrated, or
     migrated to an older revision (a table, column, type or schema missing)."""
+    return any(isinstance(cause, _SCHEMA_BEHIND) for cause in _causes(error))
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, _SCHEMA_BEHIND):
-            return True
+        yield seen
         seen = seen.__cause__
-    return False
 
 
 _DOWN = (

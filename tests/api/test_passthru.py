@@ -123,6 +123,11 @@ async def test_a_passthru_for_an_unknown_sid_is_kept_trimmed_to_exotels_fields(
     request, _ = await events(client, call["id"])
     assert (request["kind"], request["outcome"]) == ("passthru", "applied")
     assert request["payload"] == exotels
+    # Sent again once the call is known (Exotel repeats a request it had no answer to): the
+    # same request, whatever else came with it.
+    again = await passthru(client, exotels | {"Padding": "x" * 10_000})
+    assert again.json()["outcome"] == "duplicate"
+    assert [step["digits"] for step in (await call_of(client, call["id"]))["flow"]] == ["1"]
 
 
 async def test_our_call_id_in_custom_field_finds_the_call_before_its_sid_is_known(

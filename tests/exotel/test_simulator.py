@@ -19,6 +19,7 @@ import httpx
 import pytest
 from defusedxml import ElementTree as SafeET
 
+from app.api.simulator import SimulatorMount
 from app.config import ConfigurationError, Settings
 from app.exotel.client import ExotelClient
 from app.exotel.errors import ExotelRateLimited
@@ -208,6 +209,25 @@ def test_production_never_has_the_simulator() -> None:
     }
     with pytest.raises(ConfigurationError, match="EXOTEL_API_KEY"):
         Settings.load(env_file=None, **production)
+
+
+async def test_the_mount_hands_no_websocket_to_the_simulator(db_url: str) -> None:
+    reached: list[Any] = []
+    sent: list[dict[str, Any]] = []
+
+    async def simulator(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    mount = SimulatorMount(simulator, simulated(db_url, api_keys=FAKE_INTERNAL_API_KEY))
+    await mount({"type": "websocket", "path": "/_simulator/log", "headers": []}, receive, send)
+    assert reached == []
+    assert [message["type"] for message in sent] == ["websocket.close"]
 
 
 async def test_in_serve_with_api_keys_nothing_under_the_mount_answers_without_one(
