@@ -74,8 +74,7 @@ def is_database_down(error: BaseException) -> bool:
     wraps the driver's errors (`DBAPIError` from asyncpg's `CannotConnectNowError`, say): the
     whole chain of causes is read."""
     return any(
-        isinstance(cause, _DOWN)
-        or (isinstance(cause, DBAPIError) and cause.connection_invalidated)
+        isinstance(cause, _DOWN) or (isinstance(cause, DBAPIError) and cause.connection_invalidated)
         for cause in _causes(error)
     )
 
