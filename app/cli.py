@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -48,19 +48,6 @@ ServedPort = Annotated[
 ]
 
 
-def load_settings() -> Settings:
-    """The configuration, or a clear message naming what is wrong (never the values: some are
-    secrets) and exit status 2."""
-    try:
-        return Settings.load()
-    except ConfigurationError as exc:
-        _refuse(exc)
-
-
-def _refuse(error: ConfigurationError) -> NoReturn:
-    for variable, message in error.problems:
-        typer.echo(f"configuration error: {variable}: {message}", err=True)
-    raise SystemExit(2)
 
 
 @contextmanager
@@ -99,7 +86,7 @@ def serve(
 ) -> None:
     """Serve the HTTP API."""
     # Fail here, with a clear message, rather than in every worker.
-    settings = _served_at(load_settings(), host, port)
+    settings = _served_at(Settings.load(), host, port)
     # uvicorn's workers read the configuration afresh.
     os.environ["PUBLIC_BASE_URL"] = settings.callbacks.public_base_url
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
@@ -134,7 +121,7 @@ def deliver(
 ) -> None:
     """Deliver webhooks, and nothing else: beside `exocall serve` replicas run with
     WEBHOOK_DELIVERY_IN_SERVE=false."""
-    with _database(load_settings()) as settings:
+    with _database(Settings.load()) as settings:
         _run_app("app.main:create_deliverer_app", settings, host=host, port=port, access_log=False)
 
 
@@ -159,7 +146,7 @@ def _logging_config(settings: Settings) -> dict[str, Any]:
 
 def _configured() -> Settings:
     """The configuration, with logging set up as it says."""
-    settings = load_settings()
+    settings = Settings.load()
     logging.config.dictConfig(_logging_config(settings))
     return settings
 
@@ -258,7 +245,7 @@ async def _reconcile_once(settings: Settings) -> Repairs:
 def callback_url(host: ServedHost = "127.0.0.1", port: ServedPort = 8000) -> None:
     """Print the account-wide StatusCallback URL, for callbacks set up in an Exotel flow: on
     PUBLIC_BASE_URL, or where `exocall serve --host --port` serves."""
-    settings = _served_at(load_settings(), host, port)
+    settings = _served_at(Settings.load(), host, port)
     typer.echo(
         status_callback_url(
             settings.callbacks.public_base_url, settings.callbacks.signing_secrets[0], None
@@ -270,7 +257,7 @@ def callback_url(host: ServedHost = "127.0.0.1", port: ServedPort = 8000) -> Non
 def passthru_url_command(host: ServedHost = "127.0.0.1", port: ServedPort = 8000) -> None:
     """Print the URL for the Passthru applets of your Exotel flows: on PUBLIC_BASE_URL, or where
     `exocall serve --host --port` serves."""
-    settings = _served_at(load_settings(), host, port)
+    settings = _served_at(Settings.load(), host, port)
     typer.echo(
         passthru_url(settings.callbacks.public_base_url, settings.callbacks.signing_secrets[0])
     )
@@ -453,7 +440,11 @@ async def _backfill(settings: Settings, since: datetime) -> int:
 
 
 def main() -> None:
+    """The commands. Settings that cannot work, read or made from a command's options (`serve
+    --port 0`), are a line per problem (never a value: some are secrets) and exit status 2."""
     try:
         cli()
-    except ConfigurationError as exc:  # settings a command's options made (`serve --port 0`)
-        _refuse(exc)
+    except ConfigurationError as exc:
+        for variable, message in exc.problems:
+            typer.echo(f"configuration error: {variable}: {message}", err=True)
+        raise SystemExit(2) from None

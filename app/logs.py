@@ -111,6 +111,8 @@ _PARAMETER = re.compile(
     r"""(?P<value>(?:(?!%2[02367]|%3B)[^&\s"'#;<>()\[\]{}])+)""",
     re.IGNORECASE,
 )
+# Where a parameter's value ends, unescaped.
+_VALUE_END = re.compile(r"""[&\s"'#;<>()\[\]{}]""")
 # `"name": "value"` in JSON or a Python repr (`(b'name', b'value')` too).
 _QUOTED = re.compile(
     rf"""(?P<quote>["'])(?P<name>{_NAME})(?P=quote)(?P<colon>\s*[:,]\s*b?)"""
@@ -152,6 +154,19 @@ def _redacted_value(match: re.Match[str]) -> str:
     return match[0][: start - match.start()] + REDACTED + match[0][end - match.start() :]
 
 
+def _redacted_parameters(text: str) -> str:
+    """`text` with the value of each credential parameter redacted up to its real end: an
+    escaped `&` (`%26`) ends a parameter of a URL escaped in another, but may be a secret's own."""
+    kept, position = [], 0
+    for match in _PARAMETER.finditer(text):
+        if match.start() < position or not _is_credential(match["name"]):
+            continue
+        end = _VALUE_END.search(text, match.end())
+        kept += [text[position : match.start("value")], REDACTED]
+        position = end.start() if end else len(text)
+    return "".join(kept) + text[position:]
+
+
 def redact(text: str) -> str:
     """`text` with its credentials redacted and its phone numbers masked."""
     # Every line of the access log comes here: a rule is tried only where it could apply.
@@ -164,7 +179,7 @@ def redact(text: str) -> str:
         if "authorization" in lowered:
             text = _AUTHORIZATION.sub(rf"\1{REDACTED}", text)
         if "=" in text or "%3d" in lowered:
-            text = _PARAMETER.sub(_redacted_value, text)
+            text = _redacted_parameters(text)
         if any(quote in text for quote in ('":', '" :', "':", "',", '",')):
             text = _QUOTED.sub(_redacted_value, text)
     if "whsec_" in text:

@@ -142,10 +142,12 @@ def test_only_numbers_are_masked(line: str) -> None:
             "?cursor=abc&call_id=c-1&status=busy&digits=12&after=x",
             "?cursor=abc&call_id=c-1&status=busy&digits=12&after=x",
         ),
-        (
+        (  # a URL escaped in another: its credential's value to the outer parameter's end
             "StatusCallback=http%3A%2F%2Fh%2Fstatus-callback%3Fcall_id%3Dc-1%26token%3Dabc%26x%3D1",
-            "StatusCallback=http%3A%2F%2Fh%2Fstatus-callback%3Fcall_id%3Dc-1%26token%3D[redacted]%26x%3D1",
+            "StatusCallback=http%3A%2F%2Fh%2Fstatus-callback%3Fcall_id%3Dc-1%26token%3D[redacted]",
         ),
+        # An escaped `&` may be a secret's own.
+        ("?secret_key=a%26b%3Dc&x=1", "?secret_key=[redacted]&x=1"),
         (
             '{"secret": "whsec_abc+/=", "url": "http://x"}',
             '{"secret": "[redacted]", "url": "http://x"}',

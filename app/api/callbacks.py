@@ -131,6 +131,7 @@ _PASSTHRU_FIELDS = {
     "From": "The caller's number.",
     "To": "The number called.",
     "Direction": "`outbound-api` for a call placed through the API.",
+    "RecordingUrl": "The call's recording so far, when the flow records it.",
 }
 # As documented and enforced: a column's length, where the field has one (the digits come in
 # quotes: two characters more), else 1000 (Exotel's are tens of characters).

@@ -4,7 +4,6 @@ holding the account-wide URL can send, at up to a request body's size each."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +12,7 @@ from app.exotel.status_callback import (
     CALL_SID,
     CONVERSATION_DURATION_FIELDS,
     DURATION_FIELDS,
+    FLAT_LEG,
     STATUS_FIELDS,
 )
 
@@ -50,8 +50,6 @@ MOST_LEGS = 2
 # dropped rather than cut, which would keep a wrong value (a URL that leads nowhere).
 LONGEST_VALUE = 2048
 
-# In multipart, urlencoded and query strings the legs arrive flattened: `Legs[0][Status]`.
-_FLAT_LEG = re.compile(r"Legs\[(\d+)\]\[(\w+)\]")
 _LEG_INDEXES = frozenset(str(index) for index in range(MOST_LEGS))
 
 
@@ -73,7 +71,7 @@ def trimmed(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _known(name: str) -> bool:
-    if leg := _FLAT_LEG.fullmatch(name):
+    if leg := FLAT_LEG.fullmatch(name):
         return leg[1] in _LEG_INDEXES and leg[2] in LEG_FIELDS
     return name in KNOWN_FIELDS and name != LEGS
 

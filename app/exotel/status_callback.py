@@ -34,7 +34,8 @@ STATUS_FIELDS = ("Status", "CallStatus", "DialCallStatus")
 DURATION_FIELDS = ("Duration", "CallDuration")
 CONVERSATION_DURATION_FIELDS = ("ConversationDuration", "DialCallDuration")
 
-_LEG_KEY = re.compile(rf"^Legs\[({DIGIT}+)\]\[(\w+)\]$")
+# In multipart, urlencoded and query strings the legs arrive flattened: `Legs[0][Status]`.
+FLAT_LEG = re.compile(rf"Legs\[({DIGIT}+)\]\[(\w+)\]")
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def _legs(fields: Mapping[str, Any]) -> list[Leg]:
     else:
         flattened: dict[int, dict[str, Any]] = {}
         for key, value in fields.items():
-            match = _LEG_KEY.match(key)
+            match = FLAT_LEG.fullmatch(key)
             if match and (index := integer(match[1])) is not None:  # not 5000 digits long
                 flattened.setdefault(index, {})[match[2]] = value
         by_index = dict(flattened)
