@@ -48,8 +48,6 @@ ServedPort = Annotated[
 ]
 
 
-
-
 @contextmanager
 def _database(settings: Settings) -> Iterator[Settings]:
     """`settings` with a database: DATABASE_URL's server, or else the embedded one, started
