@@ -30,7 +30,7 @@ from app.client.outcome import plain_console, reporting_failures
 from app.config import ConfigurationError, Settings
 from app.db import migrate as migrations
 from app.db.embedded import DATA_DIR, embedded_server
-from app.db.session import create_engine, create_sessionmaker
+from app.db.session import create_engine, create_sessionmaker, is_database_down
 from app.exotel.simulator import Simulator, SimulatorConfig
 from app.logs import logging_config
 from app.main import exotel_client
@@ -446,3 +446,12 @@ def main() -> None:
         for variable, message in exc.problems:
             typer.echo(f"configuration error: {variable}: {message}", err=True)
         raise SystemExit(2) from None
+    except Exception as exc:
+        if not is_database_down(exc):
+            raise
+        typer.echo(
+            f"exocall: the database cannot be reached ({type(exc).__name__}): is the server "
+            "DATABASE_URL names up, and is the URL right?",
+            err=True,
+        )
+        raise SystemExit(1) from None

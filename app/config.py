@@ -280,11 +280,12 @@ class ServiceSettings(Group):
         description="`true` serves `/metrics` without an API key (for a Prometheus on a "
         "private network)",
     )
-    trusted_proxies: list[str] = _alias(
+    trusted_proxies: list[IPvAnyNetwork] = _alias(
         "TRUSTED_PROXIES",
         [],
         description="addresses or CIDRs of proxies whose `X-Forwarded-For` and "
-        "`X-Forwarded-Proto` are believed; nobody else's are",
+        "`X-Forwarded-Proto` are believed; nobody else's are (no `*`: anyone could choose "
+        "the address `CALLBACK_ALLOWED_IPS` checks)",
     )
     max_body_bytes: int = _alias(
         "MAX_BODY_BYTES",

@@ -27,6 +27,7 @@ import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import unquote
 
 from app.numerals import MOST_SEPARATORS_IN_A_ROW, NUMBER_SEPARATORS
 
@@ -43,8 +44,8 @@ _PHONE = re.compile(
     rf"""
     (?=[\d+%])  # a quick first test: the rest is tried only where a number could start
     # Where a value starts: not inside a word, a masked number, a decimal's fraction or a
-    # UUID's last segment; after an escape (`%3D`) it may.
-    (?:(?<=%{_HEX}{{2}})|(?<![\w%+*])(?<!\w\.)(?<!{_UUID_HEAD}))
+    # UUID's last segment; after an escape (`%3D`) or a `_` (`order_09052161110`) it may.
+    (?:(?<=%{_HEX}{{2}})|(?<![^\W_]|[%+*])(?<!\w\.)(?<!{_UUID_HEAD}))
     (?P<plus>\+|%2[Bb])?
     \d(?:{_GAP}{{0,{MOST_SEPARATORS_IN_A_ROW}}}\d){{7,14}}  # 8 to 15 digits (E.164's most)
     # Nor going on: into a word, a UUID's next segment, a decimal's fraction or a time.
@@ -104,7 +105,8 @@ _CREDENTIAL_ENDINGS = ("credential", "key", "passwd", "password", "secret", "sig
 # What any of them holds: a line without any has no credential to redact.
 _CREDENTIAL_PARTS = ("auth", "credential", "jwt", "key", "pass", "pwd", "secret", "sig", "token")
 _NAME_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
-_NAME = r"[a-z][\w.-]*"
+# A parameter's name; its `_`, `-` and `.` maybe escaped (`api%5Fkey`).
+_NAME = r"[a-z](?:[\w.-]|%5[fF]|%2[dDeE])*"
 # `name=value` in a query string or a form body, or in a URL escaped in another (`%3D`).
 _PARAMETER = re.compile(
     rf"""(?:^|(?<=[?&;\s"'(,\[{{])|(?<=%2[06]|%3[fF]))(?P<name>{_NAME})(?P<equals>=|%3D)"""
@@ -140,7 +142,7 @@ _ROW_VALUES = re.compile(r"(Failing row contains |Key \([^)\n]*\)=)\(.*\)")
 
 @functools.lru_cache(maxsize=1024)  # the same few names, line after line
 def _is_credential(name: str) -> bool:
-    words = [word.lower() for word in _NAME_WORDS.findall(name)]
+    words = [word.lower() for word in _NAME_WORDS.findall(unquote(name))]
     return any(
         word in _CREDENTIAL_WORDS or word.endswith(_CREDENTIAL_ENDINGS)
         for word in words + [word.removesuffix("s") for word in words]

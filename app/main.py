@@ -236,7 +236,10 @@ def create_app(
     if settings.service.trusted_proxies:
         # The client address (and scheme) as the trusted proxies saw it, for the callback
         # allowlist and the logs. `exocall serve` leaves uvicorn's own proxy handling off.
-        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.service.trusted_proxies)
+        app.add_middleware(
+            ProxyHeadersMiddleware,
+            trusted_hosts=[str(network) for network in settings.service.trusted_proxies],
+        )
 
     # Exotel's callbacks first: the busiest routes are matched before any other.
     callbacks.add_routes(app.router)

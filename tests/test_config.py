@@ -19,7 +19,7 @@ from app.config import (
     variables,
     with_reference,
 )
-from tests.support.processes import EXOCALL, STRAY_ENV
+from tests.support.processes import EXOCALL, STRAY_ENV, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -177,6 +177,14 @@ def test_production_refuses_the_published_development_secret() -> None:
     assert named(problems) == ["CALLBACK_SECRETS"]
 
 
+@pytest.mark.parametrize("proxies", ["nope", "*", "10.0.0.0/8,*", "10.0.0.0/33"])
+def test_trusted_proxies_are_addresses_or_cidrs(proxies: str) -> None:
+    """`*` would believe anyone's X-Forwarded-For, and so let anyone past CALLBACK_ALLOWED_IPS."""
+    assert named(refused(TRUSTED_PROXIES=proxies)) == ["TRUSTED_PROXIES"]
+    loaded = Settings.load(env_file=None, TRUSTED_PROXIES="10.250.58.250,fd00::/8")
+    assert [str(n) for n in loaded.service.trusted_proxies] == ["10.250.58.250/32", "fd00::/8"]
+
+
 def test_production_names_every_problem_at_once() -> None:
     problems = refused(EXOCALL_ENV="production", API_KEYS="k", EXOTEL_API_KEY="fake-exotel-key")
     assert named(problems) == ["EXOCALL_ENV", "PUBLIC_BASE_URL", "API_KEYS"]
@@ -327,3 +335,16 @@ def test_a_command_refuses_to_start_in_one_line(
     assert result.stderr.count("\n") == 1, result.stderr  # the one line, no traceback
     assert "fake-db-password" not in result.stderr + result.stdout
     assert list(tmp_path.iterdir()) == []  # nothing started, nothing made
+
+
+def test_a_database_that_cannot_be_reached_is_one_line_too(tmp_path: Path) -> None:
+    (port,) = free_ports(1)  # nothing listens there
+    result = _exocall(
+        "migrate",
+        cwd=tmp_path,
+        DATABASE_URL=f"postgresql+asyncpg://exocall:fake-db-password@127.0.0.1:{port}/exocall",
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("exocall: the database cannot be reached"), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "fake-db-password" not in result.stderr + result.stdout

@@ -63,6 +63,7 @@ SID = "4116345558c26f623df7d2a6b8c184km"  # digits runs in a SID are not phone n
         # In a URL escaped inside another one.
         ("url%3Fcall_id%3D1%26from%3D09052161110%26", "url%3Fcall_id%3D1%26from%3D0******1110%26"),
         ("input_value='090-5216-1110'", "input_value='0**-****-1110'"),
+        ("CustomField=cust_09052161110&x=1", "CustomField=cust_0******1110&x=1"),
         # As many separators in a row as app.calls.phone takes.
         ("from=9---052161110", "from=9---*****1110"),
     ],
@@ -145,6 +146,10 @@ def test_only_numbers_are_masked(line: str) -> None:
         (  # a URL escaped in another: its credential's value to the outer parameter's end
             "StatusCallback=http%3A%2F%2Fh%2Fstatus-callback%3Fcall_id%3Dc-1%26token%3Dabc%26x%3D1",
             "StatusCallback=http%3A%2F%2Fh%2Fstatus-callback%3Fcall_id%3Dc-1%26token%3D[redacted]",
+        ),
+        (
+            "GET /calls?api%5Fkey=k1&API%5FKEY=k2&x%2Dapi%2Dkey=k3",
+            "GET /calls?api%5Fkey=[redacted]&API%5FKEY=[redacted]&x%2Dapi%2Dkey=[redacted]",
         ),
         # An escaped `&` may be a secret's own.
         ("?secret_key=a%26b%3Dc&x=1", "?secret_key=[redacted]&x=1"),

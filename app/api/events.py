@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Path, Query, Response, status
 
 from app.api.deps import SessionDep, require_api_key
 from app.api.errors import refusals
@@ -17,12 +17,14 @@ from app.api.event_schemas import (
     Queued,
     Redeliver,
 )
-from app.api.schemas import WHOLE_NUMBER
+from app.api.schemas import NO_NUL, WHOLE_NUMBER
 from app.events import endpoints, feed
 
 JSON = "application/json"
 
 router = APIRouter(prefix="/events", tags=["events"], dependencies=[Depends(require_api_key)])
+# `evt_` and 32 hex digits; anything else no event has (a NUL, which no query can carry: 422).
+EventId = Annotated[str, Path(max_length=40, pattern=NO_NUL, examples=["evt_" + "0" * 32])]
 
 
 @router.get(
@@ -52,7 +54,7 @@ async def list_events(
     response_model=EventOut,
     responses=refusals(401, 404, 422),
 )
-async def get_event(event_id: str, session: SessionDep) -> Response:
+async def get_event(event_id: EventId, session: SessionDep) -> Response:
     return Response((await feed.get_event(session, event_id)).body, media_type=JSON)
 
 
@@ -63,7 +65,7 @@ async def get_event(event_id: str, session: SessionDep) -> Response:
     responses=refusals(400, 401, 404, 422),
 )
 async def redeliver(
-    event_id: str,
+    event_id: EventId,
     session: SessionDep,
     body: Annotated[
         Redeliver,

@@ -56,6 +56,13 @@ def _whole_number(value: Any) -> Any:
     return value
 
 
+def _json_integer(value: Any) -> Any:
+    """An integer as JSON writes one (`12`, or `12.0`); not text, nor `true`."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be an integer")
+    return value
+
+
 def _date_time_text(value: Any) -> Any:
     if isinstance(value, datetime):  # given by Python code, not read from a request
         return value
@@ -93,6 +100,8 @@ Instant = Annotated[AwareDatetime, BeforeValidator(_date_time_text), AfterValida
 # An integer read strictly (what the schema's `integer` promises), after any bounds of its own
 # (`Annotated[int, Field(ge=1), WHOLE_NUMBER]`): before them, the bounds would leave the schema.
 WHOLE_NUMBER = BeforeValidator(_whole_number)
+# The same for a JSON body's integer, which JSON writes as a number, never as text.
+JSON_INTEGER = BeforeValidator(_json_integer)
 PhoneNumber = Annotated[str, AfterValidator(to_e164)]
 # What Exotel hands to the flow's applets: printable text only.
 CustomField = Annotated[str, Field(max_length=MAX_CUSTOM_FIELD, pattern=r"^[^\x00-\x1f\x7f]*$")]
@@ -131,10 +140,10 @@ class CallCreate(BaseModel):
     caller_id: CallerId | None = Field(
         None, description="The ExoPhone to call from; EXOTEL_CALLER_ID when absent."
     )
-    time_limit: Annotated[int, Field(ge=1, le=MAX_TIME_LIMIT), WHOLE_NUMBER] | None = Field(
+    time_limit: Annotated[int, Field(ge=1, le=MAX_TIME_LIMIT), JSON_INTEGER] | None = Field(
         None, description="Seconds."
     )
-    time_out: Annotated[int, Field(ge=1, le=MAX_TIME_OUT), WHOLE_NUMBER] | None = Field(
+    time_out: Annotated[int, Field(ge=1, le=MAX_TIME_OUT), JSON_INTEGER] | None = Field(
         None, description="Ring seconds."
     )
     custom_field: CustomField | None = None

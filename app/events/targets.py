@@ -45,8 +45,11 @@ def _public(address: Address) -> bool:
     """Whether a name may lead to `address`. Not to loopback, private (RFC 1918, fc00::/7),
     shared (100.64.0.0/10), link-local (the cloud metadata services), unspecified, reserved or
     multicast addresses: only a CIDR or address entry that names them does. Nor to IPv4
-    tunnelled in IPv6 (6to4, Teredo), which may carry any of those (`2002:7f00:1::`)."""
-    if isinstance(address, ipaddress.IPv6Address) and (address.sixtofour or address.teredo):
+    tunnelled in IPv6 (6to4, Teredo), which may carry any of those (`2002:7f00:1::`), nor to
+    IPv6's old site-local addresses (`fec0::/10`)."""
+    if isinstance(address, ipaddress.IPv6Address) and (
+        address.sixtofour or address.teredo or address.is_site_local
+    ):
         return False
     return address.is_global and not address.is_multicast and not address.is_reserved
 

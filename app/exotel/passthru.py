@@ -5,6 +5,7 @@ quotes. Answering 200 takes the flow down one branch, 302 down the other."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,15 +13,20 @@ from datetime import datetime
 from typing import Any
 
 from app.exotel.wire import clean_str, parse_exotel_time
+from app.numerals import DIGIT
 
 DIGITS = "digits"
+# What a phone's keypad sends: ASCII digits, `*` and `#`; no other script's, which no rule matches.
+_KEYED = re.compile(f"({DIGIT}|[*#])*")
 
 
 @dataclass(frozen=True)
 class PassthruRequest:
     call_sid: str | None
     custom_field: str | None
-    digits: str | None  # quotes stripped; "" when the caller keyed nothing; None when absent
+    # Quotes stripped; "" when the caller keyed nothing; None when absent, or not keys of a
+    # keypad (kept raw with the request, and read as nothing).
+    digits: str | None
     current_time: datetime | None  # when Exotel made the request (IST, as it says)
 
     @property
@@ -48,4 +54,4 @@ def _digits(value: Any) -> str | None:
     text = str(value).strip()
     if len(text) >= 2 and text[0] == text[-1] == '"':
         text = text[1:-1].strip()
-    return text
+    return text if _KEYED.fullmatch(text) else None

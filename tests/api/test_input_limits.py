@@ -217,6 +217,14 @@ async def test_implausible_call_refs_are_404(client: httpx.AsyncClient, ref: str
     refused(await client.get(f"/calls/{ref}"), 404, "call_not_found")
 
 
+@pytest.mark.parametrize("path", ["/events/evt_%00", "/events/%00", "/events/" + "e" * 41])
+async def test_an_event_id_no_event_could_have_is_refused_naming_it(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    refused(await client.get(path), 422, "validation_error", "event_id")
+    refused(await client.post(f"{path}/redeliver"), 422, "validation_error", "event_id")
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [

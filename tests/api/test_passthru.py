@@ -65,7 +65,18 @@ async def test_quoted_digits_are_the_calls_input_and_a_step_of_its_flow(
     assert request["payload"]["digits"] == '"12"'  # raw, as received
 
 
-@pytest.mark.parametrize(("given", "digits"), [({"digits": '""'}, ""), ({}, None)])
+@pytest.mark.parametrize(
+    ("given", "digits"),
+    [
+        ({"digits": '""'}, ""),
+        ({}, None),
+        ({"digits": '"12*#"'}, "12*#"),
+        # No keypad sends these: kept raw with the request, read as nothing keyed.
+        ({"digits": '"\uff11"'}, None),  # fullwidth 1
+        ({"digits": '"\u0967"'}, None),  # Devanagari 1
+        ({"digits": '"1 OR 1=1"'}, None),
+    ],
+)
 async def test_empty_digits_are_no_input_and_missing_ones_say_nothing(
     client: httpx.AsyncClient, exotel: ExotelDouble, given: dict[str, str], digits: str | None
 ) -> None:

@@ -426,6 +426,7 @@ NOT_PUBLIC = [
     "::ffff:127.0.0.1",  # IPv4 written as IPv6
     "::ffff:169.254.169.254",
     "2002:7f00:1::1",  # 127.0.0.1 in 6to4
+    "fec0::1",  # site-local
     "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, 127.0.0.1 inside
 ]
 
