@@ -436,8 +436,9 @@ class CallbackSettings(Group):
     public_base_url: str = _alias(
         "PUBLIC_BASE_URL",
         "http://127.0.0.1:8000",
-        description="how Exotel reaches this service, an http(s) URL; callback and Passthru "
-        "URLs are built on it. Unset (not in production): where `exocall serve` listens "
+        description="how Exotel reaches this service, an http(s) URL (in production https, "
+        "on an address Exotel can reach); callback and Passthru URLs are built on it. Unset "
+        "(not in production): where `exocall serve` listens "
         "(`exocall callback-url` and `passthru-url` take `--host`/`--port` as `serve` does)",
     )
     secrets: list[SecretStr] = Field(
