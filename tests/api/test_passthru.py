@@ -75,6 +75,7 @@ async def test_quoted_digits_are_the_calls_input_and_a_step_of_its_flow(
         ({"digits": '"\uff11"'}, None),  # fullwidth 1
         ({"digits": '"\u0967"'}, None),  # Devanagari 1
         ({"digits": '"1 OR 1=1"'}, None),
+        ({"digits": '"' + "1" * 65}, None),  # a quote not closed: not a keypad's either
     ],
 )
 async def test_empty_digits_are_no_input_and_missing_ones_say_nothing(
