@@ -25,7 +25,7 @@ from app.config import Settings
 from app.db.models import Delivery, DeliveryAttempt, DeliveryState
 from app.db.session import create_engine
 from app.events.delivery import Answer, claim, record, release, retry_policy
-from app.events.targets import TargetPolicy, TargetRefused, guarded_session
+from app.events.targets import Resolver, TargetPolicy, TargetRefused, guarded_session
 from tests.conftest import callback_path, make_settings, serving
 from tests.support.eventually import eventually
 from tests.support.exotel_double import ExotelDouble
@@ -448,19 +448,25 @@ async def test_a_cidr_entry_allows_its_addresses_whatever_name_led_there() -> No
     assert policy.refusal("hooks.test", ipaddress.ip_address("192.168.1.1"), 443) is not None
 
 
+def rebinding(name: str, *answers: list[str]) -> Resolver:
+    """DNS for `name` answering each of `answers` in turn, then the last one for good."""
+    left = list(answers)
+
+    async def resolve(host: str, port: int) -> list[str]:
+        assert host == name
+        return left[0] if len(left) == 1 else left.pop(0)
+
+    return resolve
+
+
 async def test_a_name_repointed_at_loopback_is_refused_at_connect(
     hooks: tuple[Inbox, str],
 ) -> None:
     """A name allowed by name, public when the endpoint was registered, whose DNS answer
     changes to this machine (where the subscriber listens): nothing is sent there."""
     inbox, url = hooks
-    answers = [["93.184.216.34"], ["::1", "127.0.0.1"]]
-
-    async def rebinding(host: str, port: int) -> list[str]:
-        assert host == "hooks.test"
-        return answers[0] if len(answers) == 1 else answers.pop(0)
-
-    policy = TargetPolicy.of(["hooks.test"], resolver=rebinding)
+    resolver = rebinding("hooks.test", ["93.184.216.34"], ["::1", "127.0.0.1"])
+    policy = TargetPolicy.of(["hooks.test"], resolver=resolver)
     hook = url.replace("127.0.0.1", "hooks.test")
     await policy.check_url(hook)  # registration: a public address, allowed
     async with guarded_session(policy, limit=1) as http:
@@ -503,13 +509,8 @@ async def test_the_address_is_checked_again_at_every_connect(hooks: tuple[Inbox,
     """A host that resolved to an allowed address at registration and resolves to the metadata
     service later (DNS rebinding) is refused at connect: nothing is sent there."""
     inbox, url = hooks
-    answers = [["127.0.0.1"], ["169.254.169.254", "127.0.0.1"]]
-
-    async def rebinding(host: str, port: int) -> list[str]:
-        assert host == "hooks.test"
-        return answers[0] if len(answers) == 1 else answers.pop(0)
-
-    policy = TargetPolicy.of(["127.0.0.0/8"], resolver=rebinding)
+    resolver = rebinding("hooks.test", ["127.0.0.1"], ["169.254.169.254", "127.0.0.1"])
+    policy = TargetPolicy.of(["127.0.0.0/8"], resolver=resolver)
     hook = url.replace("127.0.0.1", "hooks.test")
     await policy.check_url(hook)  # registration: resolves to 127.0.0.1, allowed
     async with guarded_session(policy, limit=1) as http:
