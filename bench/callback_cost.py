@@ -99,7 +99,7 @@ async def drive_transaction(url: str, calls_file: str, how: str, n: int) -> None
     calls = _read_calls(calls_file)[:8]
     ids, sids = [c[0] for c in calls], [c[1] for c in calls]
     engine = create_engine(url)
-    lock = _statements("postgresql").lock
+    lock = _statements().lock
     async with engine.connect() as connection:
         driver = (await connection.get_raw_connection()).driver_connection
         sql = lock.compile(dialect=engine.dialect).string
