@@ -456,9 +456,9 @@ class CallbackSettings(Group):
         1,
         gt=0,
         description="callbacks and Passthru requests that match no call are kept this long "
-        "(Exotel's fields only), for the call that learns their SID later, then deleted. Keep "
-        "it above `DEFAULT_TIME_LIMIT_SECONDS` + `RECONCILE_GRACE_SECONDS`: the SID of an "
-        "`unknown` call can take that long to be found",
+        "(Exotel's fields only), for the call that learns their SID later, then deleted. Longer "
+        "than `DEFAULT_TIME_LIMIT_SECONDS` + `RECONCILE_GRACE_SECONDS` (refused otherwise): "
+        "the SID of an `unknown` call can take that long to be found",
     )
     writers: int = Field(
         3,
@@ -752,8 +752,20 @@ class Settings(BaseModel):
         if problems:
             raise ConfigurationError(problems)
         settings = cls.model_validate(groups)
+        if problems := list(settings._problems_across_groups()):
+            raise ConfigurationError(problems)
         settings.check_production()
         return settings
+
+    def _problems_across_groups(self) -> Iterator[tuple[str, str]]:
+        # An `unknown` call's SID can take its time limit and the grace after it to be found;
+        # what came for it before then must still be there.
+        longest = self.reconcile.default_time_limit_seconds + self.reconcile.grace_seconds
+        if self.callbacks.unmatched_retention_days * 86400 <= longest:
+            yield (
+                "CALLBACK_UNMATCHED_RETENTION_DAYS",
+                "must be longer than DEFAULT_TIME_LIMIT_SECONDS + RECONCILE_GRACE_SECONDS",
+            )
 
     def check_production(self) -> None:
         """Refuse, naming every problem, what production must not run with."""

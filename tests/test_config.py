@@ -185,6 +185,17 @@ def test_trusted_proxies_are_addresses_or_cidrs(proxies: str) -> None:
     assert [str(n) for n in loaded.service.trusted_proxies] == ["10.250.58.250/32", "fd00::/8"]
 
 
+def test_callbacks_for_no_call_outlast_the_search_for_an_unknown_calls_sid() -> None:
+    """4 h of time limit and 2 min of grace: a callback kept 0.1 day (2.4 h) would be gone
+    before reconciliation found the call it was for."""
+    assert named(refused(CALLBACK_UNMATCHED_RETENTION_DAYS=0.1)) == [
+        "CALLBACK_UNMATCHED_RETENTION_DAYS"
+    ]
+    Settings.load(
+        env_file=None, CALLBACK_UNMATCHED_RETENTION_DAYS=0.1, DEFAULT_TIME_LIMIT_SECONDS=3600
+    )
+
+
 def test_production_names_every_problem_at_once() -> None:
     problems = refused(EXOCALL_ENV="production", API_KEYS="k", EXOTEL_API_KEY="fake-exotel-key")
     assert named(problems) == ["EXOCALL_ENV", "PUBLIC_BASE_URL", "API_KEYS"]
