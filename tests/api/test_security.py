@@ -65,8 +65,9 @@ async def test_health_checks_are_open(client: httpx.AsyncClient, path: str) -> N
 
 
 @pytest.mark.anyio
-async def test_without_keys_in_development_the_api_is_open(
-    db_url: str, exotel: ExotelDouble
+@pytest.mark.parametrize("path", ["/calls", "/ui"])
+async def test_without_keys_in_development_the_api_and_the_page_are_open(
+    db_url: str, exotel: ExotelDouble, path: str
 ) -> None:
     from app.main import create_app
 
@@ -75,7 +76,7 @@ async def test_without_keys_in_development_the_api_is_open(
     )
     async with serving(app) as client:
         client.headers.pop("Authorization")
-        assert (await client.get("/calls")).status_code == 200
+        assert (await client.get(path)).status_code == 200
 
 
 @pytest.mark.parametrize(

@@ -188,17 +188,6 @@ async def test_every_configured_key_opens_it(db_url: str, exotel: ExotelDouble) 
             assert (await client.get("/ui", headers={"Authorization": basic("x", key)})).is_success
 
 
-async def test_without_keys_in_development_the_page_is_open(
-    db_url: str, exotel: ExotelDouble
-) -> None:
-    app = create_app(
-        make_settings(db_url, api_keys=""), exotel_transport=httpx.MockTransport(exotel.handle)
-    )
-    async with serving(app) as client:
-        client.headers.pop("Authorization")
-        assert (await client.get("/ui")).status_code == 200
-
-
 async def test_the_pages_are_not_in_the_api_schema(client: httpx.AsyncClient) -> None:
     paths = (await client.get("/openapi.json")).json()["paths"]
     assert not [path for path in paths if path.startswith("/ui")]
