@@ -203,15 +203,15 @@ async def _retry_later(
     if call.status != CallStatus.QUEUED:
         return EventOutcome.STALE  # declared `unknown` while we waited; reconciliation resolves it
     kind = verdict.failure.kind
-    if kind == FailureKind.EXOTEL_UNREACHABLE and retries.gives_up(call.attempts):
+    if kind == FailureKind.EXOTEL_UNREACHABLE and retries.gives_up(call.send_tries):
         return await record_failure(store, call, CallStatus.REJECTED, verdict.failure)
     now = await store.now()
-    delay = retries.delay(call.attempts, retry_after=verdict.retry_after)
-    call.not_before = now + timedelta(seconds=delay)
+    delay = retries.delay(call.send_tries, retry_after=verdict.retry_after)
+    call.next_attempt_at = now + timedelta(seconds=delay)
     call.fail(verdict.failure, at=now)  # says why the call is still queued
     if kind == FailureKind.EXOTEL_RATE_LIMITED:
         # Exotel's count is the one that matters (other systems may share the account).
-        await ratelimit.pause(session, until=call.not_before)
+        await ratelimit.pause(session, until=call.next_attempt_at)
     log.warning(
         "call %s back in the queue for %.1fs: %s",
         call.id,
@@ -258,7 +258,7 @@ async def claim_next(
         .where(
             Call.status == CallStatus.QUEUED,
             Call.claimed_at.is_(None),
-            or_(Call.not_before.is_(None), Call.not_before <= await db_now(session)),
+            or_(Call.next_attempt_at.is_(None), Call.next_attempt_at <= await db_now(session)),
         )
         .order_by(Call.created_at)
         .limit(1)
@@ -274,7 +274,7 @@ async def claim_next(
     if wait > 0:
         return wait
     call.claimed_by, call.claimed_at = worker, now
-    call.attempts += 1
+    call.send_tries += 1
     ratelimit.spend(session, now=now, kind=ratelimit.RequestKind.CONNECT)
     return call
 
@@ -310,7 +310,7 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
     queue = Queue(
         key=_CALLS.id,
         claimed_by=_CALLS.claimed_by,
-        due=func.coalesce(_CALLS.not_before, _CALLS.created_at),
+        due=func.coalesce(_CALLS.next_attempt_at, _CALLS.created_at),
         waiting=_CALLS.status == CallStatus.QUEUED.value,
     )
 

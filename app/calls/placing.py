@@ -130,7 +130,7 @@ def _row(request: CallRequest, settings: ExotelSettings, now: datetime) -> dict[
         "time_limit": request.time_limit,
         "time_out": request.time_out,
         "idempotency_key": request.idempotency_key,
-        "attempts": 0,
+        "send_tries": 0,
         "event_sequence": 0,
         # Calls queued together share their time; the queue takes them oldest first.
         "created_at": now,

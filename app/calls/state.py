@@ -85,8 +85,8 @@ class CallState:
     dispatched_at: datetime | None
     claimed_by: str | None
     claimed_at: datetime | None
-    not_before: datetime | None
-    attempts: int
+    next_attempt_at: datetime | None
+    send_tries: int
     next_lookup_at: datetime | None
     event_sequence: int  # the `sequence` of the call's latest event (app.calls.outbox)
     updated_at: datetime  # set by the store when anything but the look-up schedule changed

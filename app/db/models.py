@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -24,6 +25,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Numeric,
     String,
     Text,
     UniqueConstraint,
@@ -41,6 +43,7 @@ class CallStatus(enum.StrEnum):
     refused, undecided. The order the state machine moves in is `app.calls.state.rank`."""
 
     QUEUED = "queued"
+    SCHEDULED = "scheduled"
     IN_PROGRESS = "in-progress"
     COMPLETED = "completed"
     BUSY = "busy"
@@ -49,6 +52,7 @@ class CallStatus(enum.StrEnum):
     CANCELED = "canceled"
     REJECTED = "rejected"
     UNKNOWN = "unknown"
+    EXPIRED = "expired"
 
 
 class RequestKind(enum.StrEnum):
@@ -84,6 +88,7 @@ class FailureKind(enum.StrEnum):
     EXOTEL_OUTCOME_UNKNOWN = "exotel_outcome_unknown"  # a timeout or a 5xx: it may have dialled
     DISPATCH_INTERRUPTED = "dispatch_interrupted"  # the replica sending it stopped mid-send
     EXOTEL_NO_RECORD = "exotel_no_record"  # an `unknown` call Exotel never heard of
+    NUMBER_OPTED_OUT = "number_opted_out"  # the number is on the opt-out list: never dialled
 
 
 def _str_enum(cls: type[enum.StrEnum], length: int = 16) -> Enum:
@@ -148,11 +153,26 @@ class Call(Base):
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     batch_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("batch.id"), index=True)
 
-    # The dispatch queue.
+    # The call's policy (`app.calls.policy`), as asked for: when it may be dialled, how often,
+    # and at what hours. `window` is the call's own or CALLING_WINDOW's when it was created.
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    retry: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
+    window: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
+    # The attempts the call may make: the retry policy's, lowered to the attempt under way when
+    # the call is canceled or an attempt's outcome cannot be known (none follows either).
+    max_attempts: Mapped[int] = mapped_column(Integer, default=1)
+    # Each attempt made, oldest first (`app.calls.state.AttemptOut` has its fields); the last
+    # is the one the call's own `sid`, durations and error are of.
+    attempts: Mapped[list[dict[str, Any]]] = mapped_column(JSONB(), default=list)
+    price: Mapped[Decimal | None] = mapped_column(Numeric(12, 4))  # the attempts' total
+
+    # The dispatch queue: a queued or scheduled call is due at `next_attempt_at` (at once when
+    # NULL); `send_tries` counts the sends of the attempt in hand that certainly did not dial.
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    send_tries: Mapped[int] = mapped_column(Integer, default=0)
     # When reconciliation looks the call up next, if nothing ends it first (None: at once).
     next_lookup_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The `sequence` of the call's latest event (0: none yet).
@@ -182,6 +202,12 @@ class Call(Base):
         Index("ix_call_from_number_created_at", "from_number", "created_at"),
         # The queue (oldest queued first) and the status filter.
         Index("ix_call_status_created_at", "status", "created_at"),
+        # The calls waiting for their time, a window, a number's limit or their next attempt.
+        Index(
+            "ix_call_scheduled_next_attempt_at",
+            "next_attempt_at",
+            postgresql_where=text("status = 'scheduled'"),
+        ),
         # Reconciliation's calls due for a look-up.
         Index("ix_call_status_next_lookup_at", "status", "next_lookup_at"),
         # The recordings by status (metrics, the status page).
@@ -193,6 +219,38 @@ class Call(Base):
             postgresql_where=text("recording_status = 'archived'"),
         ),
     )
+
+
+class Dial(Base):
+    """Each `Calls/connect` request made for a call's attempt (its `n`), by the database's
+    clock: what the per-number limit counts (NUMBER_ATTEMPT_LIMIT), and how a SID of any of
+    a call's attempts finds the call."""
+
+    __tablename__ = "dial"
+
+    call_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("call.id", ondelete="CASCADE"), primary_key=True
+    )
+    n: Mapped[int] = mapped_column(Integer, primary_key=True)
+    number: Mapped[str] = mapped_column(String(20))  # E.164, as the call's `from`
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sid: Mapped[str | None] = mapped_column(String(64), unique=True)
+
+    __table_args__ = (Index("ix_dial_number_sent_at", "number", "sent_at"),)
+
+
+class OptOut(Base):
+    """A number that must not be called (`/opt-outs`)."""
+
+    __tablename__ = "opt_out"
+
+    number: Mapped[str] = mapped_column(String(20), primary_key=True)  # E.164
+    reason: Mapped[str | None] = mapped_column(Text)
+    # Who opted it out: `api`, or `passthru` (the customer, in a flow: PASSTHRU_OPT_OUT_DIGITS).
+    source: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_opt_out_created_at_number", "created_at", "number"),)
 
 
 class RecordingJob(Base):
@@ -234,6 +292,7 @@ class Receipt(Base):
         Uuid, ForeignKey("call.id", ondelete="CASCADE"), index=True
     )
     sid: Mapped[str | None] = mapped_column(String(64), index=True)
+    attempt: Mapped[int | None] = mapped_column(Integer)  # the call's attempt it was about
     # When this process read the request, on its own clock: a callback spooled while the
     # database was down was received before the database could say what time it was. An
     # answer of Exotel's: when it was recorded, by the database's clock.

@@ -206,9 +206,9 @@ def _call(status: CallStatus, digit: int, age: timedelta, **fields: Any) -> Call
         app_id="926",
         created_at=created,
         updated_at=created,
-        attempts=0,
+        send_tries=0,
         # Queued calls stay queued: the app's dispatcher leaves them until then.
-        not_before=created + timedelta(days=1) if status == CallStatus.QUEUED else None,
+        next_attempt_at=created + timedelta(days=1) if status == CallStatus.QUEUED else None,
         **fields,
     )
 

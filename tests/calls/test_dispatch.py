@@ -119,10 +119,10 @@ async def test_a_retry_after_beyond_the_longest_wait_leaves_the_call_queued(
     async with sessionmaker() as session:
         stored = await session.get(Call, uuid.UUID(call["id"]))
     assert stored is not None
-    assert stored.not_before is not None
+    assert stored.next_attempt_at is not None
     assert stored.error_at is not None
     # Held back for the longest wait, from when the 429 was recorded.
-    assert stored.not_before - stored.error_at == timedelta(seconds=LONGEST_SECONDS)
+    assert stored.next_attempt_at - stored.error_at == timedelta(seconds=LONGEST_SECONDS)
     assert len(exotel.connects) == 1
 
 

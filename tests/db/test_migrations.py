@@ -61,7 +61,7 @@ async def test_times_kept_as_seconds_become_the_same_instants(database_url: str)
             at = await session.scalar(select(ExotelRequest.at))
         assert call is not None
         assert call.claimed_at == claimed
-        assert call.not_before == claimed + timedelta(seconds=30)
+        assert call.next_attempt_at == claimed + timedelta(seconds=30)
         assert at == claimed
     finally:
         async with engine.begin() as connection:

@@ -48,7 +48,7 @@ async def claimed_call(
     async with sessionmaker() as session, session.begin():
         request = CallRequest("+919052161110", app_id="926", caller_id=FAKE_CALLER_ID)
         ((call, _),) = await queue_calls(session, requests=[request], settings=settings.exotel)
-        call.claimed_by, call.claimed_at, call.attempts = by, await db_now(session), 1
+        call.claimed_by, call.claimed_at, call.send_tries = by, await db_now(session), 1
     return call
 
 
@@ -207,7 +207,7 @@ async def test_a_backlog_counts_what_is_due_what_runs_and_how_long_the_oldest_wa
         await session.execute(
             update(Call)
             .where(Call.id == later.id)
-            .values(claimed_by=None, not_before=now + timedelta(minutes=1))
+            .values(claimed_by=None, next_attempt_at=now + timedelta(minutes=1))
         )
     async with sessionmaker() as session:
         work = await backlog(session, Dispatch.queue)
