@@ -31,6 +31,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from app.calls.policy import NumberLimit, Window
 from app.numerals import DIGIT
 
 REGION_HOSTS = {
@@ -539,6 +540,32 @@ class DispatchSettings(Group):
     max_attempts: int = Field(
         8, ge=1, description="connection failures before a call is `rejected`"
     )
+    calling_window: Window | None = _alias(
+        "CALLING_WINDOW",
+        None,
+        description="the hours calls are dialled in, for calls that name no `window` of their "
+        "own: `09:00-21:00`, in Asia/Kolkata unless a time zone follows "
+        "(`09:00-21:00 Asia/Dubai`). Unset: any hour (transactional calls have no time "
+        "restriction in India). An attempt due outside it waits for its next opening",
+    )
+    number_attempt_limit: NumberLimit | None = _alias(
+        "NUMBER_ATTEMPT_LIMIT",
+        None,
+        description="at most this many `Calls/connect` requests to one number in any such "
+        "period, across every call and replica: `3/24h` (units s, m, h, d). An attempt over it "
+        "waits (`scheduled`) for the first moment it allows; it is never refused for it. Unset: "
+        "no limit",
+    )
+
+    @field_validator("calling_window", mode="before")
+    @classmethod
+    def _window(cls, value: object) -> object:
+        return Window.parse(value) if isinstance(value, str) and value.strip() else value or None
+
+    @field_validator("number_attempt_limit", mode="before")
+    @classmethod
+    def _limit(cls, value: object) -> object:
+        return NumberLimit.parse(value) if isinstance(value, str) and value.strip() else value or None
 
 
 class ReconcileSettings(Group):

@@ -28,7 +28,7 @@ from app.api.schemas import (
 from app.calls import queries
 from app.calls.errors import CallNotPlaced, InvalidField
 from app.calls.phone import InvalidPhoneNumber, to_e164
-from app.calls.placing import create_batch, queue_calls
+from app.calls.placing import cancel, create_batch, queue_calls
 from app.calls.resource import CallOut
 from app.db.models import CallStatus
 from app.db.session import after_commit
@@ -81,7 +81,10 @@ async def place_call(
     ] = True,
 ) -> CallOut:
     ((call, created),) = await queue_calls(
-        session, requests=[body.to_request(idempotency_key)], settings=settings.exotel
+        session,
+        requests=[body.to_request(idempotency_key)],
+        settings=settings.exotel,
+        window=settings.dispatch.calling_window,
     )
     # The one early commit: the row is durable before Exotel is asked, so no call goes
     # unaccounted for.
@@ -126,7 +129,12 @@ async def place_batch(
     body: BatchCreate, session: SessionDep, settings: SettingsDep, dispatch: DispatchDep
 ) -> BatchOut:
     requests = [item.to_request(item.idempotency_key) for item in body.calls]
-    batch, calls = await create_batch(session, requests=requests, settings=settings.exotel)
+    batch, calls = await create_batch(
+        session,
+        requests=requests,
+        settings=settings.exotel,
+        window=settings.dispatch.calling_window,
+    )
     after_commit(session, dispatch.wake)
     return BatchOut(id=batch.id, size=batch.size, calls=[CallOut.of(call) for call, _ in calls])
 
@@ -173,6 +181,22 @@ async def list_calls(
 )
 async def get_call(ref: str, session: SessionDep) -> CallOut:
     return CallOut.of(await queries.find_call(session, ref))
+
+
+@router.post(
+    "/{ref}/cancel",
+    summary="Make no attempt of the call after now",
+    responses=refusals(401, 404, 409, 422),
+    description=(
+        "A call waiting (queued or scheduled) ends `canceled` at once. One with an attempt "
+        "under way ends with that attempt's outcome, and no attempt follows it. A call that "
+        "has ended answers 409."
+    ),
+)
+async def cancel_call(ref: str, session: SessionDep) -> CallOut:
+    call = await cancel(session, await queries.find_call(session, ref))
+    await session.commit()
+    return CallOut.of(call)
 
 
 @router.get(

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app.calls.errors import (
+    CallEnded,
     CallNotPlaced,
     IdempotencyConflict,
     InvalidField,
@@ -239,6 +240,8 @@ def not_placed_status(call_error_code: FailureKind | None, exotel_status: int | 
     refused the call itself (a bad or DND number), ours or Exotel's (502/503) otherwise."""
     if call_error_code == FailureKind.EXOTEL_UNREACHABLE:
         return 503
+    if call_error_code == FailureKind.NUMBER_OPTED_OUT:
+        return 422
     if exotel_status in (400, 403, 404, 409):
         return 422
     return 502
@@ -289,6 +292,12 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.index is not None:
             extra["index"] = exc.index
         return error_response(409, "idempotency_conflict", str(exc), **extra)
+
+    @app.exception_handler(CallEnded)
+    async def _ended(_: Request, exc: CallEnded) -> JSONResponse:
+        return error_response(
+            409, "call_ended", str(exc), call_id=str(exc.call.id), call_status=exc.call.status
+        )
 
     @app.exception_handler(CallNotPlaced)
     async def _not_placed(_: Request, exc: CallNotPlaced) -> JSONResponse:

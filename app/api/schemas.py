@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -16,11 +16,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
 from app.calls.phone import to_e164
 from app.calls.placing import CallRequest
+from app.calls import policy
 from app.calls.resource import CALL_EXAMPLE, CallOut, ExotelClock
 from app.db.models import EventOutcome, RequestKind
 from app.exotel.status_callback import example_fields
@@ -113,6 +116,68 @@ CallerId = Annotated[
 AppId = Annotated[
     str, BeforeValidator(_int_as_str), _matches(_APP_ID, "must be Exotel's numeric app id")
 ]
+class RetryIn(BaseModel):
+    """Attempts in all, the statuses that lead to another, and the waits between them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: Annotated[int, Field(ge=1, le=policy.MAX_ATTEMPTS), JSON_INTEGER] = Field(
+        description="Attempts in all, the first included."
+    )
+    on: list[Literal["busy", "no-answer", "failed"]] = Field(
+        min_length=1,
+        max_length=3,
+        description="The statuses of an attempt that lead to another.",
+    )
+    intervals: list[
+        Annotated[int, Field(ge=1, le=policy.MAX_INTERVAL_SECONDS), JSON_INTEGER]
+    ] = Field(
+        [policy.DEFAULT_INTERVAL_SECONDS],
+        min_length=1,
+        max_length=policy.MAX_ATTEMPTS,
+        description="Seconds to wait before attempt 2, 3, ...; the last repeats.",
+    )
+
+    def to_policy(self) -> policy.Retry:
+        return policy.Retry(
+            self.max_attempts, policy.retryable(self.on), tuple(self.intervals)
+        )
+
+
+ClockTime = Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", examples=["09:00"])]
+
+
+class WindowIn(BaseModel):
+    """The hours of the day attempts are made in."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: ClockTime = Field(description="HH:MM, 24-hour.")
+    end: ClockTime = Field(description="HH:MM; before `start`: the window runs past midnight.")
+    timezone: Annotated[str, Field(max_length=64, pattern=NO_NUL)] = Field(
+        policy.INDIA, description="An IANA time zone."
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, name: str) -> str:
+        policy.time_zone(name)
+        return name
+
+    @model_validator(mode="after")
+    def _some_hours(self) -> WindowIn:
+        if self.start == self.end:
+            raise ValueError("start and end must differ")
+        return self
+
+    def to_policy(self) -> policy.Window:
+        return policy.Window(
+            policy.clock_time(self.start),
+            policy.clock_time(self.end),
+            policy.time_zone(self.timezone),
+        )
+
+
 PLACE_EXAMPLE: dict[str, Any] = {
     "from": "+919052161119",
     "app_id": "926",
@@ -147,12 +212,28 @@ class CallCreate(BaseModel):
         None, description="Ring seconds."
     )
     custom_field: CustomField | None = None
+    not_before: Instant | None = Field(None, description="Not dialled before then.")
+    expires_at: Instant | None = Field(
+        None, description="Not dialled after then: a call still waiting ends `expired`."
+    )
+    retry: RetryIn | None = Field(None, description="Absent: one attempt.")
+    window: WindowIn | None = Field(
+        None, description="Absent: CALLING_WINDOW's, if it is set; else any hour."
+    )
 
     @model_validator(mode="after")
     def _one_flow(self) -> CallCreate:
         if (self.app_id is None) == (self.flow_url is None):
             raise ValueError("give exactly one of app_id and flow_url")
         return self
+
+    @field_validator("expires_at")
+    @classmethod
+    def _after_not_before(cls, expires_at: datetime | None, info: ValidationInfo) -> Any:
+        not_before = info.data.get("not_before")
+        if expires_at and not_before and expires_at <= not_before:
+            raise ValueError("must be after not_before")
+        return expires_at
 
     def to_request(self, idempotency_key: str | None) -> CallRequest:
         return CallRequest(
@@ -164,6 +245,10 @@ class CallCreate(BaseModel):
             time_out=self.time_out,
             custom_field=self.custom_field,
             idempotency_key=idempotency_key,
+            not_before=self.not_before,
+            expires_at=self.expires_at,
+            retry=self.retry.to_policy() if self.retry else None,
+            window=self.window.to_policy() if self.window else None,
         )
 
 

@@ -43,6 +43,7 @@ REFRESH_SECONDS = 10
 STATUSES = list(CallStatus)  # declared in the order people read a call's life in
 MEANINGS = {
     CallStatus.QUEUED: "stored, not yet sent to Exotel",
+    CallStatus.SCHEDULED: "waiting for its time, its window, its number's limit or its next attempt",
     CallStatus.IN_PROGRESS: "accepted by Exotel, not ended",
     CallStatus.COMPLETED: "answered and ended",
     CallStatus.BUSY: "the line was busy",
@@ -51,6 +52,7 @@ MEANINGS = {
     CallStatus.CANCELED: "canceled before it was answered",
     CallStatus.REJECTED: "refused by Exotel: nothing was dialled",
     CallStatus.UNKNOWN: "Exotel may have dialled; never sent again",
+    CallStatus.EXPIRED: "its expires_at passed before it could be dialled",
 }
 # Stacked bars: ended calls first, then those under way, then those waiting.
 _BAR_ORDER = [
@@ -58,6 +60,7 @@ _BAR_ORDER = [
     CallStatus.UNKNOWN,
     CallStatus.IN_PROGRESS,
     CallStatus.QUEUED,
+    CallStatus.SCHEDULED,
 ]
 
 # --- access ------------------------------------------------------------------------------
@@ -318,5 +321,5 @@ async def call_page(ref: str, session: SessionDep) -> HTMLResponse:
         recording_link=recording.startswith(("https://", "http://")),
         # An ambiguous answer that Exotel's word on the call has since settled.
         error_resolved=call.status
-        not in (CallStatus.REJECTED, CallStatus.UNKNOWN, CallStatus.QUEUED),
+        not in (CallStatus.REJECTED, CallStatus.UNKNOWN, CallStatus.QUEUED, CallStatus.SCHEDULED),
     )

@@ -19,17 +19,29 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls import ratelimit
 from app.calls.callback_auth import status_callback_url
 from app.calls.phone import to_exotel_dial_form
 from app.calls.received import ReceivedAnswer
-from app.calls.state import CallState, Failure, StatusUpdate, apply_update
+from app.calls.policy import NumberLimit
+from app.calls.state import (
+    CallState,
+    OPTED_OUT,
+    Failure,
+    StatusUpdate,
+    apply_update,
+    begin_attempt,
+    hold,
+    is_latest_live,
+    stop,
+)
 from app.calls.store import CallStore
 from app.config import CallbackSettings, DispatchSettings, ExotelSettings, ReconcileSettings
 from app.db.clock import db_now
-from app.db.models import Call, CallStatus, EventOutcome, FailureKind, RequestKind
+from app.db.models import Call, CallStatus, Dial, EventOutcome, FailureKind, OptOut, RequestKind
 from app.db.statements import table_of
 from app.exotel.client import ConnectRequest, ExotelClient
 from app.exotel.errors import (
@@ -51,6 +63,9 @@ _INTERRUPTED = Failure(
     FailureKind.DISPATCH_INTERRUPTED,
     "the replica sending this call stopped; Exotel may have dialled",
 )
+# Due calls a claim may put back (to wait for a window or a number's limit) or end before it
+# claims one: the rest wait for the next claim.
+_HELD_BACK_AT_ONCE = 50
 
 
 @dataclass(frozen=True)
@@ -119,16 +134,27 @@ async def record_sent(
     session: AsyncSession,
     store: CallStore,
     call_id: uuid.UUID,
+    attempt: int,
     result: ExotelCall | Verdict,
     *,
     lookups: ReconcileSettings,
     retries: RetryPolicy,
 ) -> None:
-    """Record what came of sending a claimed call (under `store.lock`), releasing its claim,
-    and keep Exotel's answer with what it did."""
+    """Record what came of sending a claimed call's `attempt` (under `store.lock`), releasing
+    its claim, and keep Exotel's answer with what it did."""
     state = store.get(call_id)
     assert state is not None, "calls are never deleted"
     state.claimed_by = state.claimed_at = None
+    if not is_latest_live(state, attempt):
+        # A callback ended the attempt before Exotel's answer came, and the call waits for its
+        # next: the answer is the attempt's, and news to nobody.
+        answer = (
+            ReceivedAnswer.of(RequestKind.DISPATCH, result)
+            if isinstance(result, ExotelCall)
+            else ReceivedAnswer(RequestKind.DISPATCH, raw=result.answer, problem=result.failure.message)
+        )
+        await store.add_answer(state, answer, EventOutcome.STALE, attempt=attempt)
+        return
     if isinstance(result, ExotelCall):
         outcome = await _record_accepted(store, state, result, lookups)
         answer = ReceivedAnswer.of(RequestKind.DISPATCH, result)
@@ -202,6 +228,8 @@ async def _retry_later(
     never made too often; `stale` for a call no longer queued."""
     if call.status != CallStatus.QUEUED:
         return EventOutcome.STALE  # declared `unknown` while we waited; reconciliation resolves it
+    if call.canceled_at:  # while it was being sent, which certainly did not dial
+        return stop(call, CallStatus.CANCELED, at=await store.now())
     kind = verdict.failure.kind
     if kind == FailureKind.EXOTEL_UNREACHABLE and retries.gives_up(call.send_tries):
         return await record_failure(store, call, CallStatus.REJECTED, verdict.failure)
@@ -246,37 +274,92 @@ async def record_failure(
 
 
 async def claim_next(
-    session: AsyncSession, *, budget: ratelimit.Budget, worker: str
-) -> Call | float | None:
-    """Claim the oldest ready call for `worker` if the account's budget allows.
+    session: AsyncSession,
+    *,
+    budget: ratelimit.Budget,
+    worker: str,
+    number_limit: NumberLimit | None,
+) -> Claimed | float | None:
+    """Claim the call due longest for its next attempt, if the account's budget allows.
 
-    Returns the claimed call; or the seconds to wait for the budget; or None when no call is
-    ready. Claims with SKIP LOCKED, so replicas never wait on each other's claims.
+    Returns the claimed call's attempt; or the seconds to wait for the budget; or None when no
+    call is ready. Claims with SKIP LOCKED, so replicas never wait on each other's claims. A
+    due call that may not be dialled now is held back on the way (`_held_back`): it expires,
+    is rejected for an opt-out, or waits for its window or its number's limit.
     """
-    ready = (
-        select(Call)
-        .where(
-            Call.status == CallStatus.QUEUED,
-            Call.claimed_at.is_(None),
-            or_(Call.next_attempt_at.is_(None), Call.next_attempt_at <= await db_now(session)),
+    store = await CallStore.of(session)
+    now: datetime | None = None
+    for _ in range(_HELD_BACK_AT_ONCE):
+        call = await _next_due(session)
+        if call is None:
+            break  # idle replicas never queue up for the account's lock
+        if now is None:
+            now = await ratelimit.lock(session)
+            wait = await ratelimit.seconds_until_free(
+                session, budget, now=now, kind=ratelimit.RequestKind.CONNECT
+            )
+            if wait > 0:
+                return wait
+        await store.lock(ids=[call.id])
+        state = store.get(call.id)
+        assert state is not None
+        if await _held_back(session, state, call.from_number, now=now, limit=number_limit):
+            continue
+        attempt = begin_attempt(state, at=now)
+        state.claimed_by, state.claimed_at = worker, now
+        state.send_tries += 1
+        ratelimit.spend(session, now=now, kind=ratelimit.RequestKind.CONNECT)
+        dial = {"call_id": call.id, "n": attempt, "number": call.from_number, "sent_at": now}
+        await session.execute(
+            insert(Dial)
+            .values(dial)
+            .on_conflict_do_update(index_elements=[Dial.call_id, Dial.n], set_={"sent_at": now})
         )
-        .order_by(Call.created_at)
-        .limit(1)
-        .with_for_update(skip_locked=True)
+        await store.flush()
+        return Claimed(call.id, attempt, call.from_number, call)
+    await store.flush()
+    return None
+
+
+async def _next_due(session: AsyncSession) -> Call | None:
+    """The call due longest, not being sent: a scheduled one whose time came, else the oldest
+    queued (back in the queue after a 429, only once its wait is over)."""
+    now = await db_now(session)
+    not_sent = Call.claimed_at.is_(None)
+    scheduled = select(Call).where(
+        Call.status == CallStatus.SCHEDULED, not_sent, Call.next_attempt_at <= now
     )
-    call = (await session.scalars(ready)).first()
-    if call is None:
-        return None  # idle replicas never queue up for the account's lock
-    now = await ratelimit.lock(session)
-    wait = await ratelimit.seconds_until_free(
-        session, budget, now=now, kind=ratelimit.RequestKind.CONNECT
+    queued = select(Call).where(
+        Call.status == CallStatus.QUEUED,
+        not_sent,
+        or_(Call.next_attempt_at.is_(None), Call.next_attempt_at <= now),
     )
-    if wait > 0:
-        return wait
-    call.claimed_by, call.claimed_at = worker, now
-    call.send_tries += 1
-    ratelimit.spend(session, now=now, kind=ratelimit.RequestKind.CONNECT)
-    return call
+    for due in (scheduled.order_by(Call.next_attempt_at), queued.order_by(Call.created_at)):
+        call = (await session.scalars(due.limit(1).with_for_update(skip_locked=True))).first()
+        if call is not None:
+            return call
+    return None
+
+
+async def _held_back(
+    session: AsyncSession,
+    call: CallState,
+    number: str,
+    *,
+    now: datetime,
+    limit: NumberLimit | None,
+) -> bool:
+    """Whether the due `call` may not be dialled now, and so ends or waits: its `expires_at`
+    has passed, its number opted out, or its window or its number's limit puts it later. Call
+    under the account's lock: the number's count is then the same for every replica."""
+    if await session.scalar(select(OptOut.number).where(OptOut.number == number)):
+        stop(call, CallStatus.REJECTED, at=now, failure=OPTED_OUT)
+        return True
+    earliest = now
+    if limit is not None:
+        sent = select(Dial.sent_at).where(Dial.number == number, Dial.sent_at > now - limit.period)
+        earliest = limit.free_at(list(await session.scalars(sent.order_by(Dial.sent_at))), now)
+    return hold(call, now=now, earliest=earliest)
 
 
 # --- the kind of job ------------------------------------------------------------------------
@@ -295,8 +378,9 @@ def budget_of(settings: ExotelSettings) -> ratelimit.Budget:
 @dataclass(frozen=True)
 class Claimed:
     call_id: uuid.UUID
+    attempt: int
     number: str
-    request: ConnectRequest
+    call: Call  # as claimed: what its request is made of
 
 
 class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
@@ -311,7 +395,7 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
         key=_CALLS.id,
         claimed_by=_CALLS.claimed_by,
         due=func.coalesce(_CALLS.next_attempt_at, _CALLS.created_at),
-        waiting=_CALLS.status == CallStatus.QUEUED.value,
+        waiting=_CALLS.status.in_([CallStatus.QUEUED.value, CallStatus.SCHEDULED.value]),
     )
 
     def __init__(
@@ -331,23 +415,32 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
         self._connect = connect
         self._lookups = lookups
         self._retries = RetryPolicy.doubling(2, budget.window, max_attempts=settings.max_attempts)
+        self._number_limit = settings.number_attempt_limit
         self._finished: dict[uuid.UUID, asyncio.Event] = {}
         self._stopping = False
 
     async def claim(
         self, session: AsyncSession, *, worker: str, limit: int
     ) -> list[Claimed] | Wait:
-        claimed = await claim_next(session, budget=self._budget, worker=worker)
+        claimed = await claim_next(
+            session, budget=self._budget, worker=worker, number_limit=self._number_limit
+        )
         if claimed is None:
             return []
         if isinstance(claimed, float):
             return Wait(claimed)
-        return [Claimed(claimed.id, claimed.from_number, self._connect(claimed))]
+        return [claimed]
 
     async def run(self, job: Claimed) -> ExotelCall | Verdict:
-        log.info("dialling %s for call %s", mask(job.number), job.call_id, extra=about(job.call_id))
+        log.info(
+            "dialling %s for call %s (attempt %d)",
+            mask(job.number),
+            job.call_id,
+            job.attempt,
+            extra=about(job.call_id),
+        )
         try:
-            return await self._exotel.connect(job.request)
+            return await self._exotel.connect(self._connect(job.call))
         except ExotelError as exc:
             return classify(exc)
 
@@ -362,6 +455,7 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
                 session,
                 store,
                 job.call_id,
+                job.attempt,
                 result,
                 lookups=self._lookups,
                 retries=self._retries,

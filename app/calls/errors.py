@@ -75,6 +75,14 @@ class InvalidField(CallError):
         self.message = message
 
 
+class CallEnded(CallError):
+    """A request for a call that has ended: answered 409."""
+
+    def __init__(self, call: Call) -> None:
+        super().__init__(f"call {call.id} has ended ({call.status}): nothing is left to cancel")
+        self.call = call
+
+
 class CallNotPlaced(CallError):
     """Exotel refused the call, or could not be reached; the call is kept as `rejected`."""
 

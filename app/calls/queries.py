@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.calls import cursors
 from app.calls.errors import BatchNotFound, CallNotFound, InvalidField
 from app.db.clock import db_now
-from app.db.models import Batch, Call, CallStatus, ExotelRequest, Receipt
+from app.db.models import Batch, Call, CallStatus, ExotelRequest, Receipt, Dial
 
 # Our ids, and Exotel's SIDs (opaque, about 32 characters).
 _PLAUSIBLE_REF = re.compile(r"[\w-]{1,64}")
@@ -67,7 +67,8 @@ async def find_call(session: AsyncSession, ref: str) -> Call:
     """A call by our id or by Exotel's SID."""
     if not _PLAUSIBLE_REF.fullmatch(ref):
         raise CallNotFound(ref)  # and the database never sees it (PostgreSQL refuses NULs)
-    condition = Call.sid == ref
+    # The latest attempt's SID is the call's own; an earlier one's is among its dials.
+    condition = or_(Call.sid == ref, Call.id.in_(select(Dial.call_id).where(Dial.sid == ref)))
     with contextlib.suppress(ValueError):  # not a UUID: only a SID can match
         condition = or_(Call.id == uuid.UUID(ref), condition)
     call = (await session.scalars(select(Call).where(condition))).first()

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
 
 from app.db.models import Call, CallStatus, RecordingStatus
 from app.exotel.wire import IST
@@ -28,6 +29,36 @@ class CallErrorOut(BaseModel):
     message: str
     exotel_status: int | None = None
     exotel_code: int | None = None
+
+
+# What Exotel charged, in its account's currency (INR): a JSON number, null until known.
+Price = Annotated[
+    Decimal | None,
+    PlainSerializer(lambda v: float(v) if v is not None else None, return_type=float | None),
+]
+
+
+class AttemptOut(BaseModel):
+    n: int = Field(description="1 for the first attempt.")
+    sid: str | None = Field(description="Exotel's, for this attempt's `Calls/connect`.")
+    status: CallStatus
+    dispatched_at: datetime | None = None
+    ended_at: datetime | None = Field(None, description="When we learnt that it ended.")
+    duration: int | None = None
+    error: CallErrorOut | None = None
+    price: Price = None
+
+
+class RetryOut(BaseModel):
+    max_attempts: int
+    on: list[CallStatus]
+    intervals: list[int] = Field(description="Seconds before attempt 2, 3, ...; the last repeats.")
+
+
+class WindowOut(BaseModel):
+    start: str
+    end: str
+    timezone: str
 
 
 # A call as exocall answered with it (GET /calls/{id} after its terminal callback).
@@ -68,6 +99,25 @@ CALL_EXAMPLE: dict[str, Any] = {
     "dispatched_at": "2026-11-27T00:24:41.953990Z",
     "updated_at": "2026-11-27T00:24:48.312407Z",  # the archive, last
     "batch_id": None,
+    "attempts": [
+        {
+            "n": 1,
+            "sid": "b6cb1fa0c1b3d1a7e2d9a4b6f1c2e8pm",
+            "status": "completed",
+            "dispatched_at": "2026-11-27T00:24:41.953990Z",
+            "ended_at": "2026-11-27T00:24:44.012345Z",
+            "duration": 41,
+            "error": None,
+            "price": None,
+        }
+    ],
+    "next_attempt_at": None,
+    "not_before": None,
+    "expires_at": None,
+    "retry": None,
+    "window": None,
+    "price": None,
+    "canceled_at": None,
 }
 
 
@@ -138,6 +188,18 @@ class CallOut(BaseModel):
     dispatched_at: datetime | None
     updated_at: datetime
     batch_id: uuid.UUID | None
+    attempts: list[AttemptOut] = Field(
+        description="Each attempt made, oldest first; `sid` is the latest's."
+    )
+    next_attempt_at: datetime | None = Field(
+        description="When a `scheduled` (or re-queued) call is next due to be dialled."
+    )
+    not_before: datetime | None
+    expires_at: datetime | None
+    retry: RetryOut | None
+    window: WindowOut | None
+    price: Price = Field(description="What Exotel charged for every attempt; null until known.")
+    canceled_at: datetime | None = Field(description="When cancelling it was asked.")
 
     @classmethod
     def of(cls, call: Call | Any) -> CallOut:
@@ -188,4 +250,12 @@ class CallOut(BaseModel):
             dispatched_at=call.dispatched_at,
             updated_at=call.updated_at,
             batch_id=call.batch_id,
+            attempts=call.attempts,
+            next_attempt_at=call.next_attempt_at,
+            not_before=call.not_before,
+            expires_at=call.expires_at,
+            retry=call.retry,
+            window=call.window,
+            price=call.price,
+            canceled_at=call.canceled_at,
         )

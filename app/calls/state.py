@@ -6,6 +6,18 @@
       ├──> rejected   (Exotel refused the request; nothing was dialled)
       └──> unknown    (we cannot tell whether Exotel dialled) ──> any status above but queued
 
+A call on a policy (`app.calls.policy`) may wait, and may be dialled more than once:
+
+    scheduled ──> queued            (its time came: `begin_attempt`)
+    queued ──> scheduled            (a window, or the number's limit: `wait_until`)
+    busy | no-answer | failed ──> scheduled   (its retry policy allows another attempt)
+    queued | scheduled ──> expired | canceled | rejected   (`stop`: never dialled)
+
+Each attempt is one `Calls/connect`, recorded in the call's `attempts`; the call's own `sid`,
+durations and error are its latest attempt's. What Exotel says of an attempt that has ended,
+once another is due or under way, is kept with that attempt (`apply_to_attempt`) and never moves
+the call. No attempt follows `unknown`, a cancellation, or an attempt not retried on.
+
 Exotel delivers callbacks late, twice and out of order (docs/exotel.md), so:
 - a terminal status is absorbing: nothing changes it, and a later `in-progress` is stale;
 - repeating an update changes nothing;
@@ -26,8 +38,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+from app.calls.policy import Retry, Window, next_attempt_at
 from app.db.models import CallStatus, EventOutcome, FailureKind, RecordingStatus
 
 EXOTEL_TERMINAL = frozenset(
@@ -39,10 +53,15 @@ EXOTEL_TERMINAL = frozenset(
         CallStatus.CANCELED,
     }
 )
-TERMINAL = EXOTEL_TERMINAL | {CallStatus.REJECTED}
+TERMINAL = EXOTEL_TERMINAL | {CallStatus.REJECTED, CallStatus.EXPIRED}
 
 # The order a call moves in; every terminal status is last.
-_RANK = {CallStatus.QUEUED: 0, CallStatus.UNKNOWN: 1, CallStatus.IN_PROGRESS: 2}
+_RANK = {
+    CallStatus.SCHEDULED: 0,
+    CallStatus.QUEUED: 0,
+    CallStatus.UNKNOWN: 1,
+    CallStatus.IN_PROGRESS: 2,
+}
 _TERMINAL_RANK = 3
 
 
@@ -58,6 +77,9 @@ class Failure:
     message: str
     exotel_status: int | None = None
     exotel_code: int | None = None
+
+
+OPTED_OUT = Failure(FailureKind.NUMBER_OPTED_OUT, "the number is on the opt-out list")
 
 
 @dataclass
@@ -87,6 +109,14 @@ class CallState:
     claimed_at: datetime | None
     next_attempt_at: datetime | None
     send_tries: int
+    # The policy, as the call was created with it: never changed.
+    expires_at: datetime | None
+    retry: dict[str, Any] | None
+    window: dict[str, Any] | None
+    max_attempts: int  # lowered when an attempt's outcome cannot be known
+    canceled_at: datetime | None
+    attempts: list[dict[str, Any]]  # each attempt made (`attempt_record`), oldest first
+    price: Decimal | None
     next_lookup_at: datetime | None
     event_sequence: int  # the `sequence` of the call's latest event (app.calls.outbox)
     updated_at: datetime  # set by the store when anything but the look-up schedule changed
@@ -162,7 +192,9 @@ _FILLED = ("recording_url", "duration", "conversation_duration", "on_call_durati
 
 
 def apply_update(call: CallState, update: StatusUpdate) -> EventOutcome:
-    """Apply `update` to `call` in place and say what it did."""
+    """Apply `update`, about the call's latest attempt, to `call` in place and say what it did.
+    An attempt that ends in a status its retry policy names is followed by another, if one is
+    left to make: the call is `scheduled` for it."""
     if not _may_move(call.status, update.status):
         # The status is behind, but that the customer answered is news whenever it comes.
         return EventOutcome.APPLIED if _take_answer(call, update) else EventOutcome.STALE
@@ -173,17 +205,39 @@ def apply_update(call: CallState, update: StatusUpdate) -> EventOutcome:
         # `unknown` call's time-out, say), and the call is not shown as failed for it.
         call.error_code = call.error_message = call.error_at = None
         call.error_exotel_status = call.error_exotel_code = None
+    if moved and call.status == CallStatus.UNKNOWN:
+        # Never dial again what may have been dialled: this attempt is the last.
+        call.max_attempts = min(call.max_attempts, len(call.attempts))
     changed = _merge(call, update, overwrite=moved)
     if call.status in TERMINAL and call.recording_url and call.recording_status is None:
         # A call that ended with a recording: the archive keeps it (`apply_recording`).
         call.recording_status = RecordingStatus.PENDING
+    if moved and call.status in EXOTEL_TERMINAL:
+        ended_at = update.heard_at or datetime.now(UTC)
+        if (at := _next_attempt_at(call, ended_at=ended_at)) is not None:
+            record_attempt(call, at=ended_at)
+            wait_until(call, at)
     return EventOutcome.APPLIED if moved or changed else EventOutcome.DUPLICATE
+
+
+def _next_attempt_at(call: CallState, *, ended_at: datetime) -> datetime | None:
+    """When the call's next attempt is due after one that ended at `ended_at` in the call's
+    status; None if none is left to make (or none could be made before the call expires)."""
+    retry, made = Retry.of(call.retry), len(call.attempts)
+    if call.status not in retry.on or made >= call.max_attempts or call.canceled_at:
+        return None
+    return next_attempt_at(
+        ended_at + retry.wait_after(made),
+        window=Window.of(call.window),
+        expires_at=call.expires_at,
+    )
 
 
 def _may_move(current: CallStatus, new: CallStatus) -> bool:
     if current == new:
         return True
-    if current in TERMINAL:
+    if current in TERMINAL or current == CallStatus.SCHEDULED:
+        # A scheduled call's latest attempt has ended (`apply_to_attempt` has what comes of it).
         return False
     if new == CallStatus.UNKNOWN:
         # Our own verdict on a dispatch: only a call still waiting for its answer takes it.
@@ -192,6 +246,134 @@ def _may_move(current: CallStatus, new: CallStatus) -> bool:
         # Exotel's refusal, or its word that it has no such call, resolves `unknown` too.
         return current in (CallStatus.QUEUED, CallStatus.UNKNOWN)
     return rank(new) > rank(current)
+
+
+# --- attempts -------------------------------------------------------------------------------
+
+
+def begin_attempt(call: CallState, *, at: datetime) -> int:
+    """The dispatch queue claimed the call at `at`: the number of the attempt to send now. A
+    new attempt, unless the latest never reached Exotel (a 429, no connection made): the call's
+    own columns are then the new attempt's."""
+    call.status, call.next_attempt_at = CallStatus.QUEUED, None
+    if call.attempts and call.attempts[-1]["status"] == CallStatus.QUEUED:
+        return len(call.attempts)
+    n = len(call.attempts) + 1
+    call.attempts = [*call.attempts, {"n": n, "sid": None, "status": CallStatus.QUEUED.value}]
+    if n > 1:
+        call.sid = call.dispatched_at = call.answered_at = None
+        call.date_updated = call.date_updated_raw = None
+        call.duration = call.conversation_duration = call.on_call_duration = None
+        call.send_tries, call.next_lookup_at = 0, None
+        call.fail(None, at=at)
+    return n
+
+
+def wait_until(call: CallState, at: datetime) -> None:
+    """The call waits, `scheduled`, for `at`: its time, a window, its number's limit, or its
+    next attempt."""
+    call.status, call.next_attempt_at = CallStatus.SCHEDULED, at
+
+
+def hold(call: CallState, *, now: datetime, earliest: datetime) -> bool:
+    """Whether a call about to be dialled may not be now, and so waits for the first moment
+    from `earliest` its window allows, or expires when none comes before its `expires_at`."""
+    at = next_attempt_at(earliest, window=Window.of(call.window), expires_at=call.expires_at)
+    if at is None:
+        stop(call, CallStatus.EXPIRED, at=now)
+        return True
+    if at > now:
+        wait_until(call, at)
+        return True
+    return False
+
+
+def stop(
+    call: CallState, status: CallStatus, *, at: datetime, failure: Failure | None = None
+) -> EventOutcome:
+    """End a call that waits (scheduled, or queued and not being sent) with nothing more
+    dialled: `expired`, `canceled`, or `rejected` for `failure`."""
+    if call.status not in (CallStatus.QUEUED, CallStatus.SCHEDULED) or call.claimed_by:
+        return EventOutcome.STALE
+    call.status, call.next_attempt_at = status, None
+    call.fail(failure, at=at)
+    return EventOutcome.APPLIED
+
+
+def cancel(call: CallState, *, at: datetime) -> bool:
+    """Cancel the call: no attempt is made after now. One waiting ends `canceled` at once; one
+    with an attempt under way ends with that attempt's outcome. False if it had ended."""
+    if call.status in TERMINAL:
+        return False
+    call.canceled_at = call.canceled_at or at
+    stop(call, CallStatus.CANCELED, at=at)
+    return True
+
+
+def attempt_of(call: CallState, sid: str | None) -> int:
+    """The number of the call's attempt `sid` is of: the latest's when it is the call's own,
+    or unknown yet."""
+    for attempt in call.attempts:
+        if sid and attempt["sid"] == sid:
+            return int(attempt["n"])
+    return len(call.attempts)
+
+
+def is_latest_live(call: CallState, n: int) -> bool:
+    """Whether the call's own columns are attempt `n`'s: it is the latest, and the call does
+    not wait for another."""
+    return n == len(call.attempts) and call.status != CallStatus.SCHEDULED
+
+
+def apply_to_attempt(call: CallState, n: int, update: StatusUpdate) -> EventOutcome:
+    """What Exotel says of attempt `n`, which has ended while the call went on: kept with the
+    attempt when it is the attempt's own status and fills what the attempt lacks. The call
+    itself never moves for it."""
+    record = call.attempts[n - 1]
+    if update.status != record["status"]:
+        return EventOutcome.STALE
+    if update.duration is None or record.get("duration") is not None:
+        return EventOutcome.DUPLICATE
+    call.attempts = [
+        *call.attempts[: n - 1],
+        record | {"duration": update.duration},
+        *call.attempts[n:],
+    ]
+    return EventOutcome.APPLIED
+
+
+def record_attempt(call: CallState, *, at: datetime) -> None:
+    """Bring the latest attempt's record up to date with the call's own columns (`at`: now,
+    when it ended, if it has). Not once the call has moved on from it: waiting for another
+    attempt, or ended by the policy after it."""
+    if not call.attempts or call.status == CallStatus.SCHEDULED:
+        return
+    record = call.attempts[-1]
+    if record["status"] in TERMINAL and record["status"] != call.status:
+        return
+    ended = call.status in TERMINAL
+    error = None
+    if call.error_code:
+        error = {
+            "code": call.error_code.value,
+            "message": call.error_message or "",
+            "exotel_status": call.error_exotel_status,
+            "exotel_code": call.error_exotel_code,
+        }
+    updated = record | {
+        "sid": call.sid,
+        "status": call.status.value,
+        "dispatched_at": _iso(call.dispatched_at),
+        "ended_at": (record.get("ended_at") or _iso(at)) if ended else None,
+        "duration": call.duration,
+        "error": error,
+    }
+    if updated != record:
+        call.attempts = [*call.attempts[:-1], updated]
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.astimezone(UTC).isoformat() if at else None
 
 
 def _merge(call: CallState, update: StatusUpdate, *, overwrite: bool) -> bool:

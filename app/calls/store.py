@@ -35,9 +35,27 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.calls import outbox
 from app.calls.received import Ignored, ReceivedAnswer, ReceivedCallback, Unreadable, fitting
-from app.calls.state import CallState, InputUpdate, apply_input, apply_update
+from app.calls.state import (
+    CallState,
+    InputUpdate,
+    StatusUpdate,
+    apply_input,
+    apply_to_attempt,
+    apply_update,
+    attempt_of,
+    is_latest_live,
+    record_attempt,
+)
 from app.db.clock import db_now
-from app.db.models import Call, EventOutcome, Receipt, RecordingJob, RecordingStatus, RequestKind
+from app.db.models import (
+    Call,
+    Dial,
+    EventOutcome,
+    Receipt,
+    RecordingJob,
+    RecordingStatus,
+    RequestKind,
+)
 from app.db.statements import one_of, table_of
 from app.logs import about
 
@@ -45,9 +63,12 @@ log = logging.getLogger(__name__)
 
 
 _CALLS, _EVENTS, _JOBS = table_of(Call), table_of(Receipt), table_of(RecordingJob)
+_DIALS = table_of(Dial)
 _EVENT_COLUMNS = [column.name for column in _EVENTS.c if column.name != "id"]
 STATE_COLUMNS = [f.name for f in fields(CallState)]
-_CHANGING = [name for name in STATE_COLUMNS if name not in ("id", "created_at")]
+# What never changes once the call is stored.
+_FIXED = ("id", "created_at", "expires_at", "retry", "window")
+_CHANGING = [name for name in STATE_COLUMNS if name not in _FIXED]
 # Reconciliation's schedule is written, but is not a change of the call (its `updated_at`).
 _OF_THE_CALL = [
     name for name in _CHANGING if name not in ("next_lookup_at", "updated_at", "event_sequence")
@@ -80,6 +101,7 @@ class CallStore:
         self._locked_sids: set[str] = set()
         self._events: list[dict[str, Any]] = []
         self._adopting: dict[str, CallState] = {}  # SIDs whose earlier callbacks to attach
+        self._learnt: list[dict[str, Any]] = []  # SIDs learnt, for their attempts' dials
         self._now: datetime | None = None
         self.attached = 0  # stored callbacks attached to their call by the last flush
 
@@ -110,8 +132,8 @@ class CallStore:
                 self._calls[call.id] = call
                 self._fixed[call.id] = (app_id, custom_field)
                 self._as_locked[call.id] = _values_of(call)
-                if call.sid:
-                    self._by_sid[call.sid] = call
+                for sid in {call.sid, *(attempt["sid"] for attempt in call.attempts)} - {None}:
+                    self._by_sid[sid] = call
 
     def get(self, call_id: uuid.UUID) -> CallState | None:
         """A locked call."""
@@ -122,7 +144,7 @@ class CallStore:
         return self._fixed.get(call_id, (None, None))[0] if call_id else None
 
     def holding(self, sid: str) -> CallState | None:
-        """The locked call that has this SID."""
+        """The locked call that has this SID, as any of its attempts'."""
         assert sid in self._locked_sids, "lock(sids=...) first"
         return self._by_sid.get(sid)
 
@@ -132,9 +154,10 @@ class CallStore:
         holder = self.holding(sid)
         if holder is not None:
             return holder is call
-        assert call.sid is None, "a call's SID never changes"
+        assert call.sid is None, "an attempt's SID never changes"
         call.sid = sid
         self._by_sid[sid] = call
+        self._learnt.append({"dial_call": call.id, "dial_n": len(call.attempts), "dial_sid": sid})
         self.adopt_orphans(call)
         return True
 
@@ -167,7 +190,12 @@ class CallStore:
                 event["outcome"], event["problem"] = EventOutcome.UNREADABLE, reading.reason
             else:
                 event["outcome"] = EventOutcome.UNKNOWN_SID
-        elif sid and sid != call.sid and (call.sid is not None or not self.learn_sid(call, sid)):
+        elif (
+            sid
+            and sid != call.sid
+            and attempt_of(call, sid) == len(call.attempts)  # no earlier attempt's either
+            and (call.sid is not None or not self.learn_sid(call, sid))
+        ):
             log.warning(
                 "callback for call %s carries another call's SID", call.id, extra=about(call.id)
             )
@@ -178,16 +206,24 @@ class CallStore:
         return event
 
     async def add_answer(
-        self, call: CallState, answer: ReceivedAnswer, outcome: EventOutcome
+        self,
+        call: CallState,
+        answer: ReceivedAnswer,
+        outcome: EventOutcome,
+        *,
+        attempt: int | None = None,
     ) -> None:
         """Store, at `flush()`, Exotel's answer to our request about `call` (locked), with
-        what applying it did (the caller applied it): received now, by the database's clock."""
+        what applying it did (the caller applied it): received now, by the database's clock.
+        It is about the call's latest attempt unless `attempt` names another."""
         details = answer.call
+        attempt = attempt or len(call.attempts)
         row = dict.fromkeys(_EVENT_COLUMNS) | {
             "kind": answer.kind,
             "received_at": await self.now(),
             "call_id": call.id,
-            "sid": call.sid,
+            "sid": call.sid if attempt == len(call.attempts) else call.attempts[attempt - 1]["sid"],
+            "attempt": attempt or None,
             "method": answer.method,
             "payload": answer.payload,
             "outcome": outcome,
@@ -228,6 +264,9 @@ class CallStore:
         return None
 
     def _attach(self, event: dict[str, Any], call: CallState, received: ReceivedCallback) -> None:
+        """Apply what was received to its attempt of `call`: the call's latest, unless its
+        SID is an earlier attempt's (or the call waits for its next)."""
+        attempt = attempt_of(call, event["sid"])
         reading = received.reading
         if isinstance(reading, Unreadable):
             outcome = EventOutcome.UNREADABLE
@@ -235,10 +274,13 @@ class CallStore:
         elif isinstance(reading, Ignored):
             outcome = EventOutcome.IGNORED
         elif isinstance(reading, InputUpdate):
-            outcome = apply_input(call, reading)
-        else:
+            outcome = apply_input(call, reading)  # the flow is the call's, whichever attempt
+        elif is_latest_live(call, attempt):
             outcome = apply_update(call, reading)
+        else:
+            outcome = apply_to_attempt(call, attempt, reading)
         event["call_id"], event["outcome"] = call.id, outcome
+        event["attempt"] = attempt or None
 
     @staticmethod
     def _received_of(event: dict[str, Any]) -> ReceivedCallback:
@@ -271,6 +313,13 @@ class CallStore:
         await self._attach_stored_orphans()
         if self._events:
             await self._db.execute(self._statements.insert_events, self._events)
+        if self._learnt:
+            await self._db.execute(self._statements.dial_sids, self._learnt)
+            self._learnt = []
+        if self._calls:
+            now = await self.now()
+            for call in self._calls.values():
+                record_attempt(call, at=now)
         changes = self.changes()
         if changes:
             now = await self.now()
@@ -339,6 +388,7 @@ def _event_row(received: ReceivedCallback, *, read: bool = True) -> dict[str, An
         "date_updated_raw": None,
         "outcome": None,
         "problem": None,
+        "attempt": None,
     }
     if not read:
         return row
@@ -380,6 +430,7 @@ class _Statements:
     insert_events: Any
     attach_events: Any
     update_calls: Any
+    dial_sids: Any
     queue_recordings: Any
     unqueue_recordings: Any
 
@@ -387,11 +438,12 @@ class _Statements:
 @functools.cache
 def _statements() -> _Statements:
     """Built once: building a statement costs more than running it for a few rows."""
-    calls, events = _CALLS.c, _EVENTS.c
+    calls, events, dials = _CALLS.c, _EVENTS.c, _DIALS.c
     event_columns = [events[name] for name in _EVENT_COLUMNS]
+    earlier_attempt = calls.id.in_(select(dials.call_id).where(one_of(dials.sid, "sids")))
     return _Statements(
         lock=select(*(calls[name] for name in STATE_COLUMNS), calls.app_id, calls.custom_field)
-        .where(or_(one_of(calls.id, "ids"), one_of(calls.sid, "sids")))
+        .where(or_(one_of(calls.id, "ids"), one_of(calls.sid, "sids"), earlier_attempt))
         .order_by(calls.id)
         .with_for_update(),
         receipts=select(events.receipt_id).where(one_of(events.receipt_id, "ids")),
@@ -406,6 +458,9 @@ def _statements() -> _Statements:
         update_calls=update(_CALLS)
         .where(calls.id == bindparam("call_id"))
         .values({name: bindparam(name) for name in _CHANGING}),
+        dial_sids=update(_DIALS)
+        .where(dials.call_id == bindparam("dial_call"), dials.n == bindparam("dial_n"))
+        .values(sid=bindparam("dial_sid")),
         queue_recordings=upsert(_JOBS).on_conflict_do_nothing(),
         unqueue_recordings=delete(_JOBS).where(one_of(_JOBS.c.call_id, "ids")),
     )

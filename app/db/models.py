@@ -166,6 +166,8 @@ class Call(Base):
     # is the one the call's own `sid`, durations and error are of.
     attempts: Mapped[list[dict[str, Any]]] = mapped_column(JSONB(), default=list)
     price: Mapped[Decimal | None] = mapped_column(Numeric(12, 4))  # the attempts' total
+    # When `POST /calls/{id}/cancel` was asked: no attempt is made after it.
+    canceled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     # The dispatch queue: a queued or scheduled call is due at `next_attempt_at` (at once when
     # NULL); `send_tries` counts the sends of the attempt in hand that certainly did not dial.

@@ -1,5 +1,5 @@
 """Calls on a policy: a call's schedule, retries and window (`not_before`, `expires_at`,
-`retry`, `window`, `max_attempts`), its attempts and price; `dial` (each `Calls/connect`
+`retry`, `window`, `max_attempts`), its attempts, price and cancellation; `dial` (each `Calls/connect`
 request, for the per-number limit and the SIDs of earlier attempts); `opt_out`; the attempt a
 received record was about. The queue's own time and count become `next_attempt_at` and
 `send_tries`.
@@ -38,6 +38,7 @@ def upgrade() -> None:
         sa.Column("attempts", postgresql.JSONB(), nullable=False, server_default="[]"),
     )
     op.add_column("call", sa.Column("price", sa.Numeric(12, 4), nullable=True))
+    op.add_column("call", sa.Column("canceled_at", sa.DateTime(timezone=True), nullable=True))
     # Calls made before had one attempt each: its record, from the call's own columns.
     op.execute(
         """
@@ -95,7 +96,7 @@ def downgrade() -> None:
     op.drop_table("opt_out")
     op.drop_table("dial")
     op.drop_index("ix_call_scheduled_next_attempt_at", table_name="call")
-    for column in ("price", "attempts", "max_attempts", "window", "retry", "expires_at"):
+    for column in ("canceled_at", "price", "attempts", "max_attempts", "window", "retry", "expires_at"):
         op.drop_column("call", column)
     op.drop_column("call", "not_before")
     op.alter_column("call", "send_tries", new_column_name="attempts")

@@ -250,6 +250,7 @@ async def test_the_status_page_counts_calls_the_queue_batches_and_the_rate(
     by_status = {row[0]: row[1:3] for row in html.by_id("by-status").rows()}
     assert by_status == {
         "queued": ["2", "2"],
+        "scheduled": ["0", "0"],
         "in-progress": ["1", "1"],
         "completed": ["4", "3"],
         "busy": ["2", "2"],
@@ -258,6 +259,7 @@ async def test_the_status_page_counts_calls_the_queue_batches_and_the_rate(
         "canceled": ["0", "0"],
         "rejected": ["1", "1"],
         "unknown": ["1", "1"],
+        "expired": ["0", "0"],
         "total": ["11", "10"],
     }
     queue = html.by_id("queue").text()

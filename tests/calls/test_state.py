@@ -31,7 +31,12 @@ HEARD = T0 + timedelta(minutes=1)  # when Exotel's word of the call reached us
 
 def new_call(status: CallStatus = CallStatus.QUEUED) -> Call:
     return Call(
-        status=status, from_number="+919052161110", caller_id="08030752400", created_at=CREATED
+        status=status,
+        from_number="+919052161110",
+        caller_id="08030752400",
+        created_at=CREATED,
+        attempts=[],
+        max_attempts=1,
     )
 
 
