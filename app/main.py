@@ -18,7 +18,17 @@ from fastapi.telemetry import TelemetryConfig
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from app.api import callbacks, calls, docs, events, health, recordings, ui, webhook_endpoints
+from app.api import (
+    callbacks,
+    calls,
+    docs,
+    events,
+    health,
+    opt_outs,
+    recordings,
+    ui,
+    webhook_endpoints,
+)
 from app.api.deps import require_metrics_access
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
@@ -246,6 +256,7 @@ def create_app(
     app.include_router(calls.router)
     app.include_router(recordings.router)
     app.include_router(calls.batches)
+    app.include_router(opt_outs.router)
     app.include_router(events.router)
     app.include_router(webhook_endpoints.router)
     app.include_router(health.router)

@@ -56,6 +56,14 @@ class EndpointNotFound(NotFound):
         super().__init__(f"no webhook endpoint with id {endpoint_id}")
 
 
+class OptOutNotFound(NotFound):
+    code = "opt_out_not_found"
+
+    def __init__(self, number: str) -> None:
+        super().__init__(f"{number} is not opted out")
+        self.number = number
+
+
 class IdempotencyConflict(CallError):
     """An idempotency key reused with a different request body."""
 

@@ -4,8 +4,8 @@ body). Bounded: a fixed number of examples per operation.
 
 Ids and tokens drawn at random are refused at the door (404, 403), so each operation is fuzzed
 twice: as drawn, and naming what exists instead: a call that completed with its recording
-archived, a batch, an event, a webhook endpoint (a real subscriber's), and callback URLs with
-valid tokens (the call's own, and the account-wide one of Passthru)."""
+archived, a batch, an event, a webhook endpoint (a real subscriber's), an opted-out number, and
+callback URLs with valid tokens (the call's own, and the account-wide one of Passthru)."""
 
 from __future__ import annotations
 
@@ -69,6 +69,7 @@ schema = schemathesis.openapi.from_dict(create_app(make_settings(UNUSED_DATABASE
 
 RECORDING_URL = "https://s3-ap-southeast-1.amazonaws.com/exotelrecordings/fake-account/a.mp3"
 AUDIO = b"RIFF" + bytes(40) + b"some sound"
+OPTED_OUT = "+919052161119"
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,9 @@ async def _serving(app: FastAPI, audio: Path) -> AsyncIterator[tuple[httpx.Async
 async def _create_things(
     app: FastAPI, client: httpx.AsyncClient, hook: str, audio: Path
 ) -> Existing:
-    """A completed call with its recording archived, a batch, a webhook endpoint and an event,
-    made as a user and Exotel would (the archive aside: it fetches from Exotel)."""
+    """A completed call with its recording archived, a batch, a webhook endpoint, an event and
+    an opted-out number, made as a user and Exotel would (the archive aside: it fetches from
+    Exotel)."""
     placed = await client.post("/calls", json=place_body(), params={"wait": "false"})
     assert placed.status_code == 202, placed.text
     call_id = placed.json()["id"]
@@ -123,6 +125,9 @@ async def _create_things(
     batch = await client.post("/calls/batch", json={"calls": [place_body("+919052161111")]})
     endpoint = await client.post("/webhook-endpoints", json={"url": hook})
     assert (batch.status_code, endpoint.status_code) == (202, 201), endpoint.text
+    # A number none of these calls is to: opted out, it would refuse them.
+    opt_out = await client.post("/opt-outs", json={"number": OPTED_OUT, "reason": "fuzz"})
+    assert opt_out.status_code == 201, opt_out.text
     event = (await client.get("/events", params={"call_id": call_id})).json()["items"][0]
     return Existing(
         by_name={
@@ -131,6 +136,7 @@ async def _create_things(
             "batch_id": batch.json()["id"],
             "event_id": event["id"],
             "endpoint_id": endpoint.json()["id"],
+            "number": OPTED_OUT,
         },
         sid=sid,
         call_callback=_query_of(callback_path(call_id)),
