@@ -738,6 +738,12 @@ class SimulatorSettings(Group):
         '`{"+919052161112": ["busy", "busy", "completed"]}`, among `completed`, `busy`, '
         "`no-answer`, `failed`, `dnd`, `invalid`, `timeout` (docs/simulator.md)",
     )
+    price_delay_seconds: float = Field(
+        20.0,
+        ge=0,
+        description="how long after a call ends the simulator's call details carry its `Price` "
+        "(null until then); real Exotel takes about five minutes",
+    )
 
     _decode = field_validator("flows", "outcomes", mode="before")(_json)
     _numbers = field_validator("outcomes")(_phone_numbers)

@@ -46,6 +46,11 @@ An app id can be given a flow (`SimulatorConfig.flows`): its applets, in order, 
 second-to-last digit of the number dialled (`09052161120`: 2), so a flow's branches can be
 tried by hand too.
 
+As Exotel fills in `Price` (rupees, a string such as `"0.600"`) minutes after a call ends, call
+details carry it as null until `SimulatorConfig.price_delay` seconds after the end, then
+`price_of(Duration)`: `PRICE_PER_MINUTE` for each started minute; a call nobody answered lasted
+0 s and costs `"0.000"`.
+
 A completed call's `RecordingUrl` is the simulator's own: a real WAV (a tone of
 `SimulatorConfig.recording_seconds`, streamed, never held whole), served only with the account's
 credentials (`SimulatorConfig.credentials`). `POST /_simulator/recording-faults` makes the next
@@ -80,6 +85,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Literal
 from urllib.parse import quote, urlencode
 from xml.sax.saxutils import escape
@@ -113,6 +119,10 @@ SIMULATOR_PREFIX = "/_simulator"
 # Recordings: telephone-quality WAV (8 kHz, 16-bit, mono), 16 000 bytes a second.
 RECORDING_RATE = 8000
 RECORDING_TYPE = "audio/wav"
+
+# What the simulator charges, in rupees, for each started minute of a call's Duration (Exotel's
+# rates depend on the plan; a call nobody answered lasts 0 s and so costs nothing).
+PRICE_PER_MINUTE = Decimal("0.600")
 
 
 @dataclass(frozen=True)
@@ -177,6 +187,8 @@ class SimulatorConfig:
     # Per number (any spelling), the outcome names its next `Calls/connect` requests take in
     # turn, from the start (as `POST /_simulator/outcomes` gives them later).
     outcomes: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # Seconds from a call's end until its details carry `Price` (about 300 at Exotel).
+    price_delay: float = 300.0
 
 
 class PlannedOutcomes(BaseModel):
@@ -218,6 +230,8 @@ class SimulatedCall:
     conversation_duration: int | None = None
     recording_url: str | None = None  # unsigned
     sign: Callable[[str], str] = field(default=lambda url: url, repr=False)
+    # Seconds from its end until `Price` is filled in: read when rendered, as the config now says.
+    price_delay: Callable[[], float] = field(default=lambda: 0.0, repr=False)
 
     @property
     def rendered_recording_url(self) -> str | None:
@@ -240,13 +254,22 @@ class SimulatedCall:
             "StartTime": format_exotel_time(self.date_created),
             "EndTime": format_exotel_time(self.end_time) if self.end_time else None,
             "Duration": self.duration,
-            "Price": "1.5" if self.duration else None,
+            "Price": self.price,
             "Direction": "outbound-api",
             "AnsweredBy": None,
             "Uri": f"/v1/Accounts/{account_sid}/Calls/{self.sid}",
             "RecordingUrl": self.rendered_recording_url,
         }
         return (call | {"Details": self.details()}) if details else call
+
+    @property
+    def price(self) -> str | None:
+        """`Price`: null until Exotel fills it in, some time after the call ended."""
+        if self.end_time is None or self.duration is None:
+            return None
+        if _now() < self.end_time + timedelta(seconds=self.price_delay()):
+            return None
+        return price_of(self.duration)
 
     def details(self) -> dict[str, Any]:
         """`Details`: the conversation and each leg (1: `From`, 2: the flow or `To`). A leg not
@@ -392,6 +415,7 @@ class Simulator:
             date_created=datetime.now(UTC),
             app_id=form.get("Url", "").rstrip("/").rpartition("/")[2] or None,
             sign=self._signed,
+            price_delay=lambda: self.config.price_delay,
         )
         self.calls[call.sid] = call
         self._spawn(self._run_call(call, account_sid, base_url))
@@ -844,6 +868,13 @@ async def recording_bytes(
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def price_of(duration: int) -> str:
+    """What a call of `duration` seconds costs, as Exotel writes a `Price`: `PRICE_PER_MINUTE`
+    for each started minute (41 s: `"0.600"`, 61 s: `"1.200"`, 0 s: `"0.000"`)."""
+    minutes = -(-duration // 60)
+    return f"{PRICE_PER_MINUTE * minutes:.3f}"
 
 
 def _new_sid() -> str:

@@ -28,6 +28,7 @@ from app.exotel.simulator import (
     OutcomeName,
     Simulator,
     SimulatorConfig,
+    price_of,
 )
 from app.exotel.status_callback import parse_status_callback
 from app.main import create_app
@@ -1109,3 +1110,61 @@ async def test_in_serve_simulator_outcomes_plan_exocalls_own_calls(db_url: str) 
         log = (await api.get("/_simulator/log")).json()
         assert [e["status"] for e in log if "/Calls/connect" in e["path"]] == [403, 200]
         assert (await api.get(OUTCOMES_ROUTE)).json() == []
+
+
+# --- Price: filled in some time after the call ends -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("duration", "price"), [(0, "0.000"), (1, "0.600"), (41, "0.600"), (60, "0.600"), (61, "1.200")]
+)
+def test_price_is_per_started_minute(duration: int, price: str) -> None:
+    assert price_of(duration) == price
+
+
+async def prices(exotel: httpx.AsyncClient, sids: list[str]) -> list[list[str | None]]:
+    """Each call's `Price` as single and bulk details give it, in JSON and in XML (where an
+    empty element, `<Price/>`, is null)."""
+    single = [(await exotel.get(f"{CALLS}/{sid}.json")).json()["Call"]["Price"] for sid in sids]
+    single_xml = [xml(await exotel.get(f"{CALLS}/{sid}")).find("Call") for sid in sids]
+    query = {"Sid": ",".join(sids), "SortBy": "DateCreated:asc"}
+    bulk = [c["Price"] for c in (await exotel.get(f"{CALLS}.json", params=query)).json()["Calls"]]
+    bulk_xml = list(xml(await exotel.get(CALLS, params=query)).iter("Call"))
+    single_xml_prices = [call.findtext("Price") or None for call in single_xml]
+    bulk_xml_prices = [call.findtext("Price") or None for call in bulk_xml]
+    return [single, single_xml_prices, bulk, bulk_xml_prices]
+
+
+async def test_price_is_null_until_its_delay_after_the_end_then_set(
+    exotel: httpx.AsyncClient, simulator: Simulator
+) -> None:
+    connected = (await connect(exotel, "09052161110")).json()["Call"]
+    assert connected["Price"] is None
+    sids = [connected["Sid"], await place(exotel, "09052161112")]  # completed, busy
+    await settle(simulator)
+    # The default delay is Exotel's, about five minutes: long past this test's end.
+    assert simulator.config.price_delay == 300
+    assert await prices(exotel, sids) == [[None, None]] * 4
+    simulator.config.price_delay = 0.2
+    await eventually(
+        lambda: prices(exotel, sids),
+        what="Price filled in: 41 s answered, a started minute; busy, nothing",
+        until=lambda seen: seen == [["0.600", "0.000"]] * 4,
+    )
+
+
+async def test_in_serve_simulator_price_delay_seconds_is_its_delay(db_url: str) -> None:
+    settings = simulated(
+        db_url, simulator_price_delay_seconds=0.2, simulator_callback_delay_seconds=0
+    )
+    async with serving(create_app(settings)) as api:
+        placed = await api.post(
+            f"{MOUNTED_CALLS}/connect.json", data=CONNECT_FORM, auth=SIMULATOR_CREDENTIALS
+        )
+        assert placed.json()["Call"]["Price"] is None
+        details = f"{MOUNTED_CALLS}/{placed.json()['Call']['Sid']}.json"
+        await eventually(
+            lambda: api.get(details, auth=SIMULATOR_CREDENTIALS),
+            what="the call's Price filled in",
+            until=lambda response: response.json()["Call"]["Price"] == "0.600",
+        )
