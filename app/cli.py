@@ -202,6 +202,8 @@ def simulator(
         rate_window=settings.exotel.rate_window_seconds,
         retry_after=retry_after,
         flows=settings.simulator.flows,
+        outcomes=settings.simulator.outcomes,
+        price_delay=settings.simulator.price_delay_seconds,
         passthru_url=passthru
         or passthru_url(settings.callbacks.public_base_url, settings.callbacks.signing_secrets[0]),
         recording_seconds=recording_seconds,

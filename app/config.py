@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -32,7 +32,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from app.calls.policy import NumberLimit, Window
-from app.numerals import DIGIT
+from app.numerals import DIGIT, NUMBER_SEPARATORS
 
 REGION_HOSTS = {
     "singapore": "https://api.exotel.com",
@@ -48,6 +48,8 @@ SIMULATOR_API_KEY = "simulator-key"
 SIMULATOR_API_TOKEN = "simulator-token"  # noqa: S105
 # The applets the simulator's flows are made of (app.exotel.simulator).
 SimulatedApplet = Literal["play", "gather", "passthru", "passthru_async", "hangup"]
+# The outcomes a number can be told to take in turn (app.exotel.simulator's OutcomeName).
+SimulatedOutcome = Literal["completed", "busy", "no-answer", "failed", "dnd", "invalid", "timeout"]
 
 
 # In production, the least length of each of API_KEYS and CALLBACK_SECRETS: 32 random characters
@@ -74,6 +76,27 @@ def _json(value: object) -> object:
             return json.loads(value)
         except json.JSONDecodeError as exc:
             raise ValueError(f"not valid JSON ({exc})") from None
+    return value
+
+
+# A phone number as a key of SIMULATOR_OUTCOMES: 4 to 15 digits, maybe after a `+`, once the
+# separators between them (`+91 90521-61112`) are dropped.
+_PHONE_NUMBER = re.compile(rf"\+?{DIGIT}{{4,15}}")
+_NUMBER_SEPARATORS = re.compile(f"[{re.escape(NUMBER_SEPARATORS)}]")
+
+
+def _phone_numbers(value: dict[str, Any]) -> dict[str, Any]:
+    """`value`, if each of its keys is a phone number (never shown: numbers are personal)."""
+    wrong = [
+        key
+        for key in value
+        if len(key) > 64 or not _PHONE_NUMBER.fullmatch(_NUMBER_SEPARATORS.sub("", key))
+    ]
+    if wrong:
+        raise ValueError(
+            f"{len(wrong)} of its numbers are not phone numbers (4 to 15 digits, maybe after "
+            "a +, separators allowed)"
+        )
     return value
 
 
@@ -244,7 +267,9 @@ class Group(BaseSettings):
         try:
             return cls(_env_file=env_file, **given)
         except ValidationError as exc:
-            raise ConfigurationError([cls._problem(error) for error in exc.errors()]) from None
+            # Each problem once: two bad entries of one JSON setting read alike.
+            problems = dict.fromkeys(cls._problem(error) for error in exc.errors())
+            raise ConfigurationError(list(problems)) from None
 
     @classmethod
     def _problem(cls, error: ErrorDetails) -> tuple[str, str]:
@@ -733,8 +758,22 @@ class SimulatorSettings(Group):
         {"927": ["play", "gather", "passthru", "hangup"]},
         description="JSON: the flow the simulator runs, per app id (docs/simulator.md)",
     )
+    outcomes: dict[str, Annotated[list[SimulatedOutcome], Field(min_length=1)]] = Field(
+        {},
+        description="JSON: per number (any spelling), what its next `Calls/connect` requests "
+        "do in turn, before the last digit decides again: "
+        '`{"+919052161112": ["busy", "busy", "completed"]}`, among `completed`, `busy`, '
+        "`no-answer`, `failed`, `dnd`, `invalid`, `timeout` (docs/simulator.md)",
+    )
+    price_delay_seconds: float = Field(
+        20.0,
+        ge=0,
+        description="how long after a call ends the simulator's call details carry its `Price` "
+        "(null until then); real Exotel takes about five minutes",
+    )
 
-    _decode = field_validator("flows", mode="before")(_json)
+    _decode = field_validator("flows", "outcomes", mode="before")(_json)
+    _numbers = field_validator("outcomes")(_phone_numbers)
 
 
 class Settings(BaseModel):

@@ -82,6 +82,8 @@ def create_app(
                 rate_limit=settings.exotel.rate_limit,
                 rate_window=settings.exotel.rate_window_seconds,
                 flows=settings.simulator.flows,
+                outcomes=settings.simulator.outcomes,
+                price_delay=settings.simulator.price_delay_seconds,
                 passthru_url=passthru_url(
                     settings.callbacks.public_base_url, settings.callbacks.signing_secrets[0]
                 ),

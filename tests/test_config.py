@@ -242,7 +242,9 @@ def test_webhook_targets_are_read_with_their_ports() -> None:
     assert Settings.load(env_file=None, WEBHOOK_ALLOWED_TARGETS="").webhooks.allowed_targets is None
 
 
-@pytest.mark.parametrize("variable", ["SIMULATOR_FLOWS", "PASSTHRU_REDIRECT_DIGITS"])
+@pytest.mark.parametrize(
+    "variable", ["SIMULATOR_FLOWS", "SIMULATOR_OUTCOMES", "PASSTHRU_REDIRECT_DIGITS"]
+)
 def test_malformed_json_is_refused_by_name(variable: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # From the environment, where pydantic-settings decoded JSON itself and raised its own
     # error, before any validation could name the variable.
@@ -259,6 +261,25 @@ def test_json_settings_are_read_from_the_environment(monkeypatch: pytest.MonkeyP
     assert settings.simulator.flows == {"1": ["hangup"]}
     assert settings.callbacks.passthru_redirect_digits == {"926": ["2"]}
     assert named(refused(SIMULATOR_FLOWS='{"1": ["dance"]}')) == ["SIMULATOR_FLOWS"]
+
+
+def test_simulator_outcomes_are_read_and_a_bad_one_is_one_problem_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    planned = {"+91 90521-61112": ["busy", "busy", "completed"], "+14155550100": ["dnd"]}
+    monkeypatch.setenv("SIMULATOR_OUTCOMES", json.dumps(planned))
+    assert Settings.load(env_file=None).simulator.outcomes == planned
+    for bad in (
+        {"09052161112": ["busy", "ringing", "dancing"]},  # one problem, not one per name
+        {"09052161112": []},
+        {"09052161112": "busy"},
+        {"a number": ["busy"], "12": ["busy"]},
+        ["09052161112"],
+    ):
+        problems = refused(SIMULATOR_OUTCOMES=json.dumps(bad))
+        assert named(problems) == ["SIMULATOR_OUTCOMES"], problems
+    (problem,) = refused(SIMULATOR_OUTCOMES='{"9052161112x": ["busy"]}')
+    assert "9052161112" not in problem[1]  # numbers are personal: never shown
 
 
 @pytest.mark.parametrize(

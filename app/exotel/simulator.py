@@ -29,12 +29,27 @@ by hand:
 | 8 | completed; the status callback is lost (never sent) |
 | 9 | dialled, but Exotel answers 504 (the caller cannot tell it dialled) |
 
+A number (any spelling) can be told what its next `Calls/connect` requests do instead, one
+outcome each, in turn, so that a call retried by exocall can be busy, then busy, then completed;
+once they are used up, the last digit decides again. `POST /_simulator/outcomes` with
+`{"number": "+919052161112", "outcomes": ["busy", "busy", "completed"]}` replaces the number's
+list (`SimulatorConfig.outcomes` gives lists from the start), `GET` shows what is pending,
+`DELETE` clears every list. The outcomes are named (`NAMED_OUTCOMES`): `completed`, `busy`,
+`no-answer`, `failed`, `dnd` (403, TRAI NDNC), `invalid` (400) and `timeout` (504 after
+dialling); any other name is refused with 422, a `RestException`, as every bad body of its own
+routes is.
+
 An app id can be given a flow (`SimulatorConfig.flows`): its applets, in order, among `play`,
 `gather`, `passthru` (a GET to the Passthru URL, whose answer, 200 or 302, is logged),
 `passthru_async` (the same, its answer not waited for) and `hangup`. An answered call whose
 `Url` ends in that app id runs it before its status callback; its Gather keys the
 second-to-last digit of the number dialled (`09052161120`: 2), so a flow's branches can be
 tried by hand too.
+
+As Exotel fills in `Price` (rupees, a string such as `"0.600"`) minutes after a call ends, call
+details carry it as null until `SimulatorConfig.price_delay` seconds after the end, then
+`price_of(Duration)`: `PRICE_PER_MINUTE` for each started minute; a call nobody answered lasted
+0 s and costs `"0.000"`.
 
 A completed call's `RecordingUrl` is the simulator's own: a real WAV (a tone of
 `SimulatorConfig.recording_seconds`, streamed, never held whole), served only with the account's
@@ -70,12 +85,14 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from decimal import Decimal
+from typing import Any, Literal
 from urllib.parse import quote, urlencode
 from xml.sax.saxutils import escape
 
 import httpx
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -94,14 +111,18 @@ MAX_PAGE_SIZE = 100
 
 XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>'
 
-# The simulator's own routes (`/log`, `/recording-faults`) are under this, beside Exotel's API;
-# `exocall serve` mounts the built-in simulator here too, so they answer at the same paths
-# either way (docs/simulator.md).
+# The simulator's own routes (`/log`, `/recording-faults`, `/outcomes`) are under this, beside
+# Exotel's API; `exocall serve` mounts the built-in simulator here too, so they answer at the
+# same paths either way (docs/simulator.md).
 SIMULATOR_PREFIX = "/_simulator"
 
 # Recordings: telephone-quality WAV (8 kHz, 16-bit, mono), 16 000 bytes a second.
 RECORDING_RATE = 8000
 RECORDING_TYPE = "audio/wav"
+
+# What the simulator charges, in rupees, for each started minute of a call's Duration (Exotel's
+# rates depend on the plan; a call nobody answered lasts 0 s and so costs nothing).
+PRICE_PER_MINUTE = Decimal("0.600")
 
 
 @dataclass(frozen=True)
@@ -128,6 +149,20 @@ OUTCOMES: dict[str, Outcome] = {
     "9": Outcome("completed", connect_status=504),
 }
 
+# The outcomes a number can be told to take in turn (`POST /_simulator/outcomes`), by the name of
+# the status or refusal each has in the table above. (app/config.py's SimulatedOutcome lists them
+# too: config imports nothing of exotel/.)
+OutcomeName = Literal["completed", "busy", "no-answer", "failed", "dnd", "invalid", "timeout"]
+NAMED_OUTCOMES: dict[OutcomeName, Outcome] = {
+    "completed": OUTCOMES["0"],
+    "busy": OUTCOMES["2"],
+    "no-answer": OUTCOMES["3"],
+    "failed": OUTCOMES["4"],
+    "dnd": OUTCOMES["5"],
+    "invalid": OUTCOMES["6"],
+    "timeout": OUTCOMES["9"],
+}
+
 
 @dataclass
 class SimulatorConfig:
@@ -149,6 +184,19 @@ class SimulatorConfig:
     # None: anywhere, as Exotel. exocall's in-process simulator must not become a way to make
     # exocall POST where nobody allowed it to.
     callbacks_under: str | None = None
+    # Per number (any spelling), the outcome names its next `Calls/connect` requests take in
+    # turn, from the start (as `POST /_simulator/outcomes` gives them later).
+    outcomes: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # Seconds from a call's end until its details carry `Price` (about 300 at Exotel).
+    price_delay: float = 300.0
+
+
+class PlannedOutcomes(BaseModel):
+    """What the next `Calls/connect` requests to `number` (any spelling) do, one outcome each,
+    in turn; then the last digit decides again."""
+
+    number: str = Field(min_length=1, max_length=64)
+    outcomes: list[OutcomeName] = Field(min_length=1, max_length=100)
 
 
 class RecordingFault(BaseModel):
@@ -182,6 +230,8 @@ class SimulatedCall:
     conversation_duration: int | None = None
     recording_url: str | None = None  # unsigned
     sign: Callable[[str], str] = field(default=lambda url: url, repr=False)
+    # Seconds from its end until `Price` is filled in: read when rendered, as the config now says.
+    price_delay: Callable[[], float] = field(default=lambda: 0.0, repr=False)
 
     @property
     def rendered_recording_url(self) -> str | None:
@@ -204,13 +254,22 @@ class SimulatedCall:
             "StartTime": format_exotel_time(self.date_created),
             "EndTime": format_exotel_time(self.end_time) if self.end_time else None,
             "Duration": self.duration,
-            "Price": "1.5" if self.duration else None,
+            "Price": self.price,
             "Direction": "outbound-api",
             "AnsweredBy": None,
             "Uri": f"/v1/Accounts/{account_sid}/Calls/{self.sid}",
             "RecordingUrl": self.rendered_recording_url,
         }
         return (call | {"Details": self.details()}) if details else call
+
+    @property
+    def price(self) -> str | None:
+        """`Price`: null until Exotel fills it in, some time after the call ended."""
+        if self.end_time is None or self.duration is None:
+            return None
+        if _now() < self.end_time + timedelta(seconds=self.price_delay()):
+            return None
+        return price_of(self.duration)
 
     def details(self) -> dict[str, Any]:
         """`Details`: the conversation and each leg (1: `From`, 2: the flow or `To`). A leg not
@@ -267,9 +326,33 @@ class Simulator:
     log: list[LoggedRequest] = field(default_factory=list)
     _windows: dict[str, deque[float]] = field(default_factory=dict)
     recording_faults: deque[RecordingFault] = field(default_factory=deque)
+    # By each number's comparable form (`_comparable`): what its next connects do.
+    planned: dict[str, PlannedOutcomes] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _http: httpx.AsyncClient | None = None
     _url_key: bytes = field(default_factory=lambda: secrets.token_bytes(16))
+
+    def __post_init__(self) -> None:
+        for number, outcomes in self.config.outcomes.items():
+            self.plan(PlannedOutcomes.model_validate({"number": number, "outcomes": outcomes}))
+
+    def plan(self, planned: PlannedOutcomes) -> PlannedOutcomes:
+        """Have the next `Calls/connect` requests to `planned.number` take its outcomes in turn,
+        in place of any still pending for that number; what is now pending for it."""
+        number = national_form(planned.number)
+        pending = PlannedOutcomes(number=number, outcomes=list(planned.outcomes))
+        self.planned[_comparable(number)] = pending
+        return pending
+
+    def _next_outcome(self, number: str) -> Outcome:
+        """The outcome planned next for `number`, taken off its plan; else its last digit's."""
+        key = _comparable(number)
+        if (planned := self.planned.get(key)) is None:
+            return OUTCOMES.get(number[-1], OUTCOMES["6"])
+        name = planned.outcomes.pop(0)
+        if not planned.outcomes:
+            del self.planned[key]
+        return NAMED_OUTCOMES[name]
 
     def bind(self, http: httpx.AsyncClient) -> None:
         """Give the simulator the client it POSTs callbacks with."""
@@ -312,7 +395,9 @@ class Simulator:
         if status_callback and base is not None and not is_under(status_callback, base):
             message = f"Invalid Call Parameters: 'StatusCallback' must be under {base}; "
             return 400, _rest_exception(400, message)
-        outcome = OUTCOMES.get(number[-1], OUTCOMES["6"])
+        # Taken only by a request that gets this far: one refused before (401, 429, a missing
+        # field) dials nothing, and leaves the plan as it was.
+        outcome = self._next_outcome(number)
         if outcome.refusal:
             status, message = outcome.refusal
             return status, _rest_exception(status, message.format(number=number))
@@ -330,6 +415,7 @@ class Simulator:
             date_created=datetime.now(UTC),
             app_id=form.get("Url", "").rstrip("/").rpartition("/")[2] or None,
             sign=self._signed,
+            price_delay=lambda: self.config.price_delay,
         )
         self.calls[call.sid] = call
         self._spawn(self._run_call(call, account_sid, base_url))
@@ -540,6 +626,7 @@ class Simulator:
 
         app = FastAPI(title="Exotel simulator", lifespan=lifespan, openapi_url=None)
         app.add_exception_handler(StarletteHTTPException, self._http_error)
+        app.add_exception_handler(RequestValidationError, self._http_invalid)
         calls = "/v1/Accounts/{account_sid}/Calls"
         for ext in ("", ".json"):
             app.add_api_route(f"{calls}/connect{ext}", self._http_connect, methods=["POST"])
@@ -551,6 +638,9 @@ class Simulator:
         own = "" if mounted else SIMULATOR_PREFIX
         app.add_api_route(f"{own}/log", self._http_log, methods=["GET"])
         app.add_api_route(f"{own}/recording-faults", self._http_recording_faults, methods=["POST"])
+        app.add_api_route(f"{own}/outcomes", self._http_plan, methods=["POST"])
+        app.add_api_route(f"{own}/outcomes", self._http_planned, methods=["GET"])
+        app.add_api_route(f"{own}/outcomes", self._http_unplan, methods=["DELETE"])
         return app
 
     async def _http_connect(self, request: Request, account_sid: str) -> Response:
@@ -641,6 +731,16 @@ class Simulator:
         self.recording_faults.append(fault)
         return {"queued": sum(f.times for f in self.recording_faults)}
 
+    async def _http_plan(self, planned: PlannedOutcomes) -> PlannedOutcomes:
+        return self.plan(planned)
+
+    async def _http_planned(self) -> list[PlannedOutcomes]:
+        return list(self.planned.values())
+
+    async def _http_unplan(self) -> Response:
+        self.planned.clear()
+        return Response(status_code=204)
+
     def _next_recording_fault(self) -> RecordingFault | None:
         if not self.recording_faults:
             return None
@@ -697,6 +797,18 @@ class Simulator:
         response = _render(body, status, request.url.path.endswith(".json"))
         response.headers.update(exc.headers or {})
         return response
+
+    async def _http_invalid(self, request: Request, exc: Exception) -> Response:
+        """A body its own routes cannot take (an unknown outcome, a fault's status out of
+        range): 422, a `RestException` naming each problem, in JSON as its own routes speak."""
+        assert isinstance(exc, RequestValidationError)
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'][1:])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        self._log(request, 422)
+        body = _rest_exception(422, f"Invalid parameters: {problems}; ")
+        return _render(body, 422, as_json=True)
 
     async def _http_log(self) -> list[dict[str, Any]]:
         return [asdict(entry) for entry in self.log]
@@ -756,6 +868,13 @@ async def recording_bytes(
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def price_of(duration: int) -> str:
+    """What a call of `duration` seconds costs, as Exotel writes a `Price`: `PRICE_PER_MINUTE`
+    for each started minute (41 s: `"0.600"`, 61 s: `"1.200"`, 0 s: `"0.000"`)."""
+    minutes = -(-duration // 60)
+    return f"{PRICE_PER_MINUTE * minutes:.3f}"
 
 
 def _new_sid() -> str:

@@ -11,7 +11,7 @@ import base64
 import itertools
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
@@ -20,10 +20,16 @@ import pytest
 from defusedxml import ElementTree as SafeET
 
 from app.api.simulator import SimulatorMount
-from app.config import ConfigurationError, Settings
+from app.config import ConfigurationError, Settings, SimulatedOutcome
 from app.exotel.client import ExotelClient
 from app.exotel.errors import ExotelRateLimited
-from app.exotel.simulator import Simulator, SimulatorConfig
+from app.exotel.simulator import (
+    NAMED_OUTCOMES,
+    OutcomeName,
+    Simulator,
+    SimulatorConfig,
+    price_of,
+)
 from app.exotel.status_callback import parse_status_callback
 from app.main import create_app
 from tests.conftest import FAKE_INTERNAL_API_KEY, place_body, serving
@@ -161,6 +167,7 @@ async def test_standalone_its_own_routes_are_under_the_prefix() -> None:
         log = (await http.get("/_simulator/log")).json()
         assert [entry["path"] for entry in log] == [f"{CALLS}.json"]
         assert (await http.get("/_simulator/_simulator/log")).status_code == 404
+        assert (await http.get("/_simulator/outcomes")).json() == []
 
 
 async def test_in_serve_its_own_routes_answer_at_the_same_paths(db_url: str) -> None:
@@ -248,6 +255,9 @@ async def test_in_serve_with_api_keys_nothing_under_the_mount_answers_without_on
             ("GET", f"{MOUNTED_CALLS}/{new_sid()}.json"),
             ("POST", f"{MOUNTED_CALLS}/connect.json"),
             ("GET", f"/_simulator/recordings/simulated/{new_sid()}.wav"),
+            ("GET", "/_simulator/outcomes"),
+            ("POST", "/_simulator/outcomes"),
+            ("DELETE", "/_simulator/outcomes"),
             ("GET", "/_simulator/_simulator/log"),  # where it was found open
             ("GET", "/_simulator/no-such-path"),
         ]
@@ -957,3 +967,204 @@ async def test_a_signed_recording_url_lasts_its_validity_and_details_sign_it_afr
 
 def _refused(response: httpx.Response) -> bool:
     return response.status_code == 403
+
+
+# --- Outcomes per attempt: what a number's next connects do (docs/simulator.md) ----------------
+
+OUTCOMES_ROUTE = "/_simulator/outcomes"
+
+
+async def status_of(
+    exotel: httpx.AsyncClient, simulator: Simulator, response: httpx.Response
+) -> Any:
+    """What became of a `Calls/connect`: the call's final status, or the refusal's HTTP status."""
+    if response.status_code not in (200, 504):
+        return response.status_code
+    latest = max(simulator.calls.values(), key=lambda call: call.seq)  # a 504 names no SID
+    await settle(simulator)
+    status = (await exotel.get(f"{CALLS}/{latest.sid}.json")).json()["Call"]["Status"]
+    return (response.status_code, status) if response.status_code == 504 else status
+
+
+def test_the_outcome_names_are_the_settings_names() -> None:
+    assert set(get_args(OutcomeName)) == set(NAMED_OUTCOMES) == set(get_args(SimulatedOutcome))
+
+
+@pytest.mark.parametrize("told", INDIAN_SPELLINGS)
+async def test_a_numbers_next_connects_take_its_outcomes_in_turn_then_its_last_digit(
+    exotel: httpx.AsyncClient, simulator: Simulator, told: str
+) -> None:
+    """Told in any spelling, dialled in each in turn: busy, no-answer, failed, refused for DND,
+    refused as invalid, 504 after dialling, completed; then the last digit (0) decides again."""
+    planned = ["busy", "no-answer", "failed", "dnd", "invalid", "timeout", "completed", "busy"]
+    response = await exotel.post(OUTCOMES_ROUTE, json={"number": told, "outcomes": planned})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"number": "09052161110", "outcomes": planned}
+    seen = []
+    for dialled in itertools.islice(itertools.cycle(INDIAN_SPELLINGS), len(planned) + 2):
+        seen.append(await status_of(exotel, simulator, await connect(exotel, dialled)))
+    assert seen == [
+        "busy",
+        "no-answer",
+        "failed",
+        403,
+        400,
+        (504, "completed"),
+        "completed",
+        "busy",
+        "completed",
+        "completed",
+    ]
+    assert (await exotel.get(OUTCOMES_ROUTE)).json() == []
+
+
+async def test_what_is_pending_is_shown_replaced_and_cleared(
+    exotel: httpx.AsyncClient, simulator: Simulator
+) -> None:
+    first = {"number": "+91 90521-61110", "outcomes": ["busy", "busy", "completed"]}
+    other = {"number": "+14155550100", "outcomes": ["failed"]}
+    for plan in (first, other):
+        assert (await exotel.post(OUTCOMES_ROUTE, json=plan)).status_code == 200
+    await place(exotel, "9052161110")
+    assert (await exotel.get(OUTCOMES_ROUTE)).json() == [
+        {"number": "09052161110", "outcomes": ["busy", "completed"]},
+        other,
+    ]
+    # Told again, a number's plan is replaced, not added to.
+    replaced = await exotel.post(OUTCOMES_ROUTE, json=first | {"outcomes": ["no-answer"]})
+    assert replaced.json() == {"number": "09052161110", "outcomes": ["no-answer"]}
+    assert len((await exotel.get(OUTCOMES_ROUTE)).json()) == 2
+    assert (await exotel.delete(OUTCOMES_ROUTE)).status_code == 204
+    assert (await exotel.get(OUTCOMES_ROUTE)).json() == []
+    assert await status_of(exotel, simulator, await connect(exotel, "09052161112")) == "busy"
+
+
+async def test_a_request_refused_before_dialling_takes_no_outcome(
+    exotel: httpx.AsyncClient, simulator: Simulator
+) -> None:
+    await exotel.post(OUTCOMES_ROUTE, json={"number": "09052161110", "outcomes": ["busy"]})
+    assert (await connect(exotel, "09052161110", CallerId="")).status_code == 400
+    assert (await connect(exotel, "09052161110", Url="")).status_code == 400
+    assert (await exotel.get(OUTCOMES_ROUTE)).json()[0]["outcomes"] == ["busy"]
+    assert await status_of(exotel, simulator, await connect(exotel, "09052161110")) == "busy"
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"number": "09052161110", "outcomes": ["busy", "ringing"]}, "outcomes.1"),
+        ({"number": "09052161110", "outcomes": []}, "outcomes"),
+        ({"number": "09052161110", "outcomes": "busy"}, "outcomes"),
+        ({"outcomes": ["busy"]}, "number"),
+        ({"number": "", "outcomes": ["busy"]}, "number"),
+    ],
+)
+async def test_an_outcome_it_does_not_know_is_refused_422_as_a_rest_exception(
+    exotel: httpx.AsyncClient, simulator: Simulator, body: dict[str, Any], named: str
+) -> None:
+    response = await exotel.post(OUTCOMES_ROUTE, json=body)
+    assert response.status_code == 422
+    (error,) = response.json().values()
+    assert (error["Status"], error["Code"]) == (422, None)
+    assert error["Message"].startswith(f"Invalid parameters: {named}: ")
+    assert simulator.planned == {}
+    if "ringing" in body["outcomes"]:
+        assert "'completed', 'busy', 'no-answer'" in error["Message"]
+
+
+async def test_a_recording_fault_out_of_range_is_refused_the_same_way(
+    exotel: httpx.AsyncClient,
+) -> None:
+    response = await exotel.post("/_simulator/recording-faults", json={"status": 200})
+    assert response.status_code == 422
+    assert response.json()["RestException"]["Message"].startswith("Invalid parameters: status: ")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [SimulatorConfig(callback_delay=0, outcomes={"+91 90521 61110": ["no-answer", "dnd"]})],
+)
+async def test_outcomes_can_be_planned_from_the_start(
+    exotel: httpx.AsyncClient, simulator: Simulator
+) -> None:
+    seen = [await status_of(exotel, simulator, await connect(exotel, "09052161110")) for _ in "abc"]
+    assert seen == ["no-answer", 403, "completed"]
+
+
+def test_a_plan_from_the_start_with_an_unknown_outcome_is_refused() -> None:
+    with pytest.raises(ValueError, match="outcomes"):
+        Simulator(SimulatorConfig(outcomes={"09052161110": ["ringing"]}))
+
+
+async def test_in_serve_simulator_outcomes_plan_exocalls_own_calls(db_url: str) -> None:
+    """`make run` with SIMULATOR_OUTCOMES: exocall's calls to the number take them in turn."""
+    planned = json.dumps({"+91 90521 61110": ["dnd"]})
+    settings = simulated(db_url, simulator_outcomes=planned, simulator_callback_delay_seconds=0)
+    async with serving(create_app(settings)) as api:
+        pending = (await api.get(OUTCOMES_ROUTE)).json()
+        assert pending == [{"number": "09052161110", "outcomes": ["dnd"]}]
+        refused = await api.post("/calls", json=place_body("+919052161110"))
+        assert refused.status_code == 422, refused.text
+        placed = await api.post("/calls", json=place_body("+919052161110"))
+        assert placed.status_code == 201, placed.text
+        log = (await api.get("/_simulator/log")).json()
+        assert [e["status"] for e in log if "/Calls/connect" in e["path"]] == [403, 200]
+        assert (await api.get(OUTCOMES_ROUTE)).json() == []
+
+
+# --- Price: filled in some time after the call ends -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("duration", "price"), [(0, "0.000"), (1, "0.600"), (41, "0.600"), (60, "0.600"), (61, "1.200")]
+)
+def test_price_is_per_started_minute(duration: int, price: str) -> None:
+    assert price_of(duration) == price
+
+
+async def prices(exotel: httpx.AsyncClient, sids: list[str]) -> list[list[str | None]]:
+    """Each call's `Price` as single and bulk details give it, in JSON and in XML (where an
+    empty element, `<Price/>`, is null)."""
+    single = [(await exotel.get(f"{CALLS}/{sid}.json")).json()["Call"]["Price"] for sid in sids]
+    single_xml = [xml(await exotel.get(f"{CALLS}/{sid}")).find("Call") for sid in sids]
+    query = {"Sid": ",".join(sids), "SortBy": "DateCreated:asc"}
+    bulk = [c["Price"] for c in (await exotel.get(f"{CALLS}.json", params=query)).json()["Calls"]]
+    bulk_xml = list(xml(await exotel.get(CALLS, params=query)).iter("Call"))
+    single_xml_prices = [call.findtext("Price") or None for call in single_xml]
+    bulk_xml_prices = [call.findtext("Price") or None for call in bulk_xml]
+    return [single, single_xml_prices, bulk, bulk_xml_prices]
+
+
+async def test_price_is_null_until_its_delay_after_the_end_then_set(
+    exotel: httpx.AsyncClient, simulator: Simulator
+) -> None:
+    connected = (await connect(exotel, "09052161110")).json()["Call"]
+    assert connected["Price"] is None
+    sids = [connected["Sid"], await place(exotel, "09052161112")]  # completed, busy
+    await settle(simulator)
+    # The default delay is Exotel's, about five minutes: long past this test's end.
+    assert simulator.config.price_delay == 300
+    assert await prices(exotel, sids) == [[None, None]] * 4
+    simulator.config.price_delay = 0.2
+    await eventually(
+        lambda: prices(exotel, sids),
+        what="Price filled in: 41 s answered, a started minute; busy, nothing",
+        until=lambda seen: seen == [["0.600", "0.000"]] * 4,
+    )
+
+
+async def test_in_serve_simulator_price_delay_seconds_is_its_delay(db_url: str) -> None:
+    settings = simulated(
+        db_url, simulator_price_delay_seconds=0.2, simulator_callback_delay_seconds=0
+    )
+    async with serving(create_app(settings)) as api:
+        placed = await api.post(
+            f"{MOUNTED_CALLS}/connect.json", data=CONNECT_FORM, auth=SIMULATOR_CREDENTIALS
+        )
+        assert placed.json()["Call"]["Price"] is None
+        details = f"{MOUNTED_CALLS}/{placed.json()['Call']['Sid']}.json"
+        await eventually(
+            lambda: api.get(details, auth=SIMULATOR_CREDENTIALS),
+            what="the call's Price filled in",
+            until=lambda response: response.json()["Call"]["Price"] == "0.600",
+        )
