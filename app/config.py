@@ -590,7 +590,9 @@ class DispatchSettings(Group):
     @field_validator("number_attempt_limit", mode="before")
     @classmethod
     def _limit(cls, value: object) -> object:
-        return NumberLimit.parse(value) if isinstance(value, str) and value.strip() else value or None
+        return (
+            NumberLimit.parse(value) if isinstance(value, str) and value.strip() else value or None
+        )
 
 
 class ReconcileSettings(Group):

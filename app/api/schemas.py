@@ -21,9 +21,9 @@ from pydantic import (
     model_validator,
 )
 
+from app.calls import policy
 from app.calls.phone import to_e164
 from app.calls.placing import CallRequest
-from app.calls import policy
 from app.calls.resource import CALL_EXAMPLE, CallOut, ExotelClock
 from app.db.models import EventOutcome, RequestKind
 from app.exotel.status_callback import example_fields
@@ -116,6 +116,8 @@ CallerId = Annotated[
 AppId = Annotated[
     str, BeforeValidator(_int_as_str), _matches(_APP_ID, "must be Exotel's numeric app id")
 ]
+
+
 class RetryIn(BaseModel):
     """Attempts in all, the statuses that lead to another, and the waits between them."""
 
@@ -129,19 +131,17 @@ class RetryIn(BaseModel):
         max_length=3,
         description="The statuses of an attempt that lead to another.",
     )
-    intervals: list[
-        Annotated[int, Field(ge=1, le=policy.MAX_INTERVAL_SECONDS), JSON_INTEGER]
-    ] = Field(
-        [policy.DEFAULT_INTERVAL_SECONDS],
-        min_length=1,
-        max_length=policy.MAX_ATTEMPTS,
-        description="Seconds to wait before attempt 2, 3, ...; the last repeats.",
+    intervals: list[Annotated[int, Field(ge=1, le=policy.MAX_INTERVAL_SECONDS), JSON_INTEGER]] = (
+        Field(
+            [policy.DEFAULT_INTERVAL_SECONDS],
+            min_length=1,
+            max_length=policy.MAX_ATTEMPTS,
+            description="Seconds to wait before attempt 2, 3, ...; the last repeats.",
+        )
     )
 
     def to_policy(self) -> policy.Retry:
-        return policy.Retry(
-            self.max_attempts, policy.retryable(self.on), tuple(self.intervals)
-        )
+        return policy.Retry(self.max_attempts, policy.retryable(self.on), tuple(self.intervals))
 
 
 ClockTime = Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", examples=["09:00"])]

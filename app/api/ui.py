@@ -43,7 +43,7 @@ REFRESH_SECONDS = 10
 STATUSES = list(CallStatus)  # declared in the order people read a call's life in
 MEANINGS = {
     CallStatus.QUEUED: "stored, not yet sent to Exotel",
-    CallStatus.SCHEDULED: "waiting for its time, its window, its number's limit or its next attempt",
+    CallStatus.SCHEDULED: "waiting for its time, window, number's limit or next attempt",
     CallStatus.IN_PROGRESS: "accepted by Exotel, not ended",
     CallStatus.COMPLETED: "answered and ended",
     CallStatus.BUSY: "the line was busy",

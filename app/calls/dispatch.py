@@ -24,12 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls import ratelimit
 from app.calls.callback_auth import status_callback_url
+from app.calls.opt_outs import opted_out
 from app.calls.phone import to_exotel_dial_form
-from app.calls.received import ReceivedAnswer
 from app.calls.policy import NumberLimit
+from app.calls.received import ReceivedAnswer
 from app.calls.state import (
-    CallState,
     OPTED_OUT,
+    CallState,
     Failure,
     StatusUpdate,
     apply_update,
@@ -41,7 +42,7 @@ from app.calls.state import (
 from app.calls.store import CallStore
 from app.config import CallbackSettings, DispatchSettings, ExotelSettings, ReconcileSettings
 from app.db.clock import db_now
-from app.db.models import Call, CallStatus, Dial, EventOutcome, FailureKind, OptOut, RequestKind
+from app.db.models import Call, CallStatus, Dial, EventOutcome, FailureKind, RequestKind
 from app.db.statements import table_of
 from app.exotel.client import ConnectRequest, ExotelClient
 from app.exotel.errors import (
@@ -151,7 +152,9 @@ async def record_sent(
         answer = (
             ReceivedAnswer.of(RequestKind.DISPATCH, result)
             if isinstance(result, ExotelCall)
-            else ReceivedAnswer(RequestKind.DISPATCH, raw=result.answer, problem=result.failure.message)
+            else ReceivedAnswer(
+                RequestKind.DISPATCH, raw=result.answer, problem=result.failure.message
+            )
         )
         await store.add_answer(state, answer, EventOutcome.STALE, attempt=attempt)
         return
@@ -352,7 +355,7 @@ async def _held_back(
     """Whether the due `call` may not be dialled now, and so ends or waits: its `expires_at`
     has passed, its number opted out, or its window or its number's limit puts it later. Call
     under the account's lock: the number's count is then the same for every replica."""
-    if await session.scalar(select(OptOut.number).where(OptOut.number == number)):
+    if await opted_out(session, [number]):
         stop(call, CallStatus.REJECTED, at=now, failure=OPTED_OUT)
         return True
     earliest = now

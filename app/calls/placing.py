@@ -19,13 +19,14 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.calls.errors import CallEnded, IdempotencyConflict, InvalidField
+from app.calls.opt_outs import opted_out
 from app.calls.policy import Retry, Window
 from app.calls.state import OPTED_OUT, hold, stop
 from app.calls.state import cancel as cancel_call
 from app.calls.store import CallStore
 from app.config import ExotelSettings
 from app.db.clock import db_now
-from app.db.models import Batch, Call, CallStatus, OptOut
+from app.db.models import Batch, Call, CallStatus
 from app.logs import about, mask
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def fingerprint(request: CallRequest) -> str:
     """Identifies a request's content, once normalised (`09052161119` and `+919052161119` are
     the same number), so a repeat can be told from a conflicting reuse of its key. (The same
     digest as before the domain had its own request type: stored keys stay valid.)"""
-    content = {
+    content: dict[str, Any] = {
         "from": request.from_number,
         "app_id": request.app_id,
         "flow_url": request.flow_url,
@@ -63,7 +64,7 @@ def fingerprint(request: CallRequest) -> str:
         "time_out": request.time_out,
         "custom_field": request.custom_field,
     }
-    policy = {
+    policy: dict[str, Any] = {
         "not_before": request.not_before.isoformat() if request.not_before else None,
         "expires_at": request.expires_at.isoformat() if request.expires_at else None,
         "retry": request.retry.as_json() if request.retry else None,
@@ -136,10 +137,9 @@ async def _hold_back(rows: list[dict[str, Any]], *, session: AsyncSession, now: 
     """The new calls that may not be dialled now: to opted-out numbers (`rejected`), not before
     a time or outside their window (`scheduled`), or never in time (`expired`). Through the
     one write path, which tells subscribers."""
-    numbers = list({row["from_number"] for row in rows})
-    opted_out = set(await session.scalars(select(OptOut.number).where(OptOut.number.in_(numbers))))
+    refused_numbers = await opted_out(session, [row["from_number"] for row in rows])
     later = [row for row in rows if row["window"] or (row["not_before"] or now) > now]
-    refused = [row for row in rows if row["from_number"] in opted_out]
+    refused = [row for row in rows if row["from_number"] in refused_numbers]
     if not later and not refused:
         return
     store = await CallStore.of(session)
@@ -147,7 +147,7 @@ async def _hold_back(rows: list[dict[str, Any]], *, session: AsyncSession, now: 
     for row in later + refused:
         call = store.get(row["id"])
         assert call is not None
-        if row["from_number"] in opted_out:
+        if row["from_number"] in refused_numbers:
             stop(call, CallStatus.REJECTED, at=now, failure=OPTED_OUT)
         elif call.status == CallStatus.QUEUED:
             hold(call, now=now, earliest=max(now, row["not_before"] or now))
@@ -177,7 +177,7 @@ def _row(
         "not_before": request.not_before,
         "expires_at": request.expires_at,
         "retry": request.retry.as_json() if request.retry else None,
-        "window": (request.window or window).as_json() if request.window or window else None,
+        "window": window.as_json() if (window := request.window or window) else None,
         "max_attempts": request.retry.max_attempts if request.retry else 1,
         "attempts": [],
         "send_tries": 0,

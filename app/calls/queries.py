@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.calls import cursors
 from app.calls.errors import BatchNotFound, CallNotFound, InvalidField
 from app.db.clock import db_now
-from app.db.models import Batch, Call, CallStatus, ExotelRequest, Receipt, Dial
+from app.db.models import Batch, Call, CallStatus, Dial, ExotelRequest, Receipt
 
 # Our ids, and Exotel's SIDs (opaque, about 32 characters).
 _PLAUSIBLE_REF = re.compile(r"[\w-]{1,64}")

@@ -38,7 +38,6 @@ from app.calls.received import Ignored, ReceivedAnswer, ReceivedCallback, Unread
 from app.calls.state import (
     CallState,
     InputUpdate,
-    StatusUpdate,
     apply_input,
     apply_to_attempt,
     apply_update,

@@ -1,7 +1,7 @@
 """Calls on a policy: a call's schedule, retries and window (`not_before`, `expires_at`,
-`retry`, `window`, `max_attempts`), its attempts, price and cancellation; `dial` (each `Calls/connect`
-request, for the per-number limit and the SIDs of earlier attempts); `opt_out`; the attempt a
-received record was about. The queue's own time and count become `next_attempt_at` and
+`retry`, `window`, `max_attempts`), its attempts, price and cancellation; `dial` (each
+`Calls/connect` request, for the per-number limit and the SIDs of earlier attempts); `opt_out`;
+the attempt a received record was about. The queue's own time and count become `next_attempt_at` and
 `send_tries`.
 
 Revision ID: a3c5e7f9b1d2
@@ -96,7 +96,15 @@ def downgrade() -> None:
     op.drop_table("opt_out")
     op.drop_table("dial")
     op.drop_index("ix_call_scheduled_next_attempt_at", table_name="call")
-    for column in ("canceled_at", "price", "attempts", "max_attempts", "window", "retry", "expires_at"):
+    for column in (
+        "canceled_at",
+        "price",
+        "attempts",
+        "max_attempts",
+        "window",
+        "retry",
+        "expires_at",
+    ):
         op.drop_column("call", column)
     op.drop_column("call", "not_before")
     op.alter_column("call", "send_tries", new_column_name="attempts")
