@@ -280,6 +280,8 @@ class EventOut(BaseModel):
                     "id": 1,
                     "kind": "status_callback",
                     "receipt_id": "2751a23d-306b-47ec-9735-9527b08858b8",
+                    "sid": CALL_EXAMPLE["sid"],
+                    "attempt": 1,
                     "received_at": "2026-11-27T00:24:42.149051Z",
                     "method": "POST",
                     "content_type": "multipart/form-data",
@@ -296,6 +298,8 @@ class EventOut(BaseModel):
                     "id": 2,
                     "kind": "dispatch",
                     "receipt_id": None,
+                    "sid": None,
+                    "attempt": 1,
                     "received_at": "2026-11-27T00:24:40.911226Z",
                     "method": "POST",
                     "content_type": None,
@@ -325,6 +329,11 @@ class EventOut(BaseModel):
         "for its details (`lookup`, reconciliation)."
     )
     receipt_id: uuid.UUID | None
+    sid: str | None = Field(description="The Exotel call SID it was about, when it named one.")
+    attempt: int | None = Field(
+        description="The call's attempt it was about (`attempts[].n`); null when it matched "
+        "no call."
+    )
     received_at: datetime = Field(
         description="When it was received; an answer of Exotel's, when it was recorded."
     )

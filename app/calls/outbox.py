@@ -57,10 +57,14 @@ EVENT_TYPES = (
     "call.unknown",
     "call.updated",
     "call.input",
+    "call.scheduled",
+    "call.expired",
 )
 # What a final call may still learn (a late callback, call details, the recording's archive):
 # `call.updated`. A recording's attempts are not news; where it stands is.
 _LATE_FACTS = (
+    "price",
+    "attempts",
     "recording_url",
     "duration",
     "conversation_duration",
