@@ -511,7 +511,17 @@ class CallbackSettings(Group):
     )
 
     _split = field_validator("secrets", "allowed_ips", mode="before")(_split_csv)
-    _decode = field_validator("passthru_redirect_digits", mode="before")(_json)
+    passthru_opt_out_digits: dict[str, list[str]] = _alias(
+        "PASSTHRU_OPT_OUT_DIGITS",
+        {},
+        description="JSON: per Exotel app id, the digits a customer keys in the flow (read by "
+        'its Passthru) to be put on the opt-out list, `{"926": ["9"]}`: no call to their '
+        "number is dialled after, retries included",
+    )
+
+    _decode = field_validator("passthru_redirect_digits", "passthru_opt_out_digits", mode="before")(
+        _json
+    )
     _url = field_validator("public_base_url")(_http_url)
     _writable = field_validator("spool_dir")(_writable_directory)
 

@@ -130,7 +130,11 @@ def create_app(
             spool.open()
             targets = _targets(settings, resolver)
             recording_store = RecordingStore.from_settings(settings.recordings)
-            callback_writer = CallbackWriter(engine, writers=settings.callbacks.writers)
+            callback_writer = CallbackWriter(
+                engine,
+                writers=settings.callbacks.writers,
+                opt_out_digits=settings.callbacks.passthru_opt_out_digits,
+            )
             callback_writer.start()
             stack.push_async_callback(callback_writer.stop)
             app.state.runtime = Runtime(
@@ -166,7 +170,11 @@ def create_app(
                     # What a previous run spooled goes in first.
                     Periodic(
                         "spool replay",
-                        functools.partial(spool.replay, engine),
+                        functools.partial(
+                            spool.replay,
+                            engine,
+                            opt_out_digits=settings.callbacks.passthru_opt_out_digits,
+                        ),
                         every=settings.callbacks.spool_replay_seconds,
                         local=True,
                     ),

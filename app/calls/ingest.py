@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.calls import opt_outs
 from app.calls.received import ReceivedCallback
 from app.calls.store import CallStore
-from app.db.models import EventOutcome
+from app.db.models import EventOutcome, RequestKind
 from app.db.session import is_database_down
 
 log = logging.getLogger(__name__)
@@ -30,6 +34,10 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 256
 _PROBLEM_KEPT = 500  # characters of why a callback could not be stored as read
 _TRIES = 3
+
+# PASSTHRU_OPT_OUT_DIGITS: per app id, the digits that opt the customer out.
+OptOutDigits = Mapping[str, Collection[str]]
+NO_OPT_OUTS: OptOutDigits = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -51,9 +59,12 @@ class CallbackWriter:
     Each writer keeps a connection of its own across batches (no check-out and ping per batch)
     and gives it up when a batch fails, whatever the cause."""
 
-    def __init__(self, engine: AsyncEngine, *, writers: int) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, writers: int, opt_out_digits: OptOutDigits = NO_OPT_OUTS
+    ) -> None:
         self._engine = engine
         self._writers = writers
+        self._opt_out_digits = opt_out_digits
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -85,7 +96,13 @@ class CallbackWriter:
                 results: list[Stored | Exception]
                 try:
                     connection = connection or await self._engine.connect()
-                    results = [*await store_callbacks(connection, [p.received for p in batch])]
+                    results = [
+                        *await store_callbacks(
+                            connection,
+                            [p.received for p in batch],
+                            opt_out_digits=self._opt_out_digits,
+                        )
+                    ]
                 except Exception as exc:
                     await _discard(connection)
                     connection = None
@@ -110,7 +127,9 @@ class CallbackWriter:
             async with self._engine.connect() as connection:
                 for pending in batch:
                     try:
-                        (stored,) = await store_alone(connection, pending.received)
+                        (stored,) = await store_alone(
+                            connection, pending.received, opt_out_digits=self._opt_out_digits
+                        )
                         results.append(stored)
                     except Exception as exc:
                         results.append(exc)
@@ -120,14 +139,20 @@ class CallbackWriter:
 
 
 async def store_alone(
-    connection: AsyncConnection, received: ReceivedCallback, *, replayed: bool = False
+    connection: AsyncConnection,
+    received: ReceivedCallback,
+    *,
+    opt_out_digits: OptOutDigits = NO_OPT_OUTS,
+    replayed: bool = False,
 ) -> list[Stored]:
     """Store one callback in a transaction of its own, as `store_callbacks` does; one that
     cannot be stored as read, for any cause but the database being down, is kept as received
     instead, `unreadable`, with why."""
     for tries_left in reversed(range(_TRIES)):
         try:
-            return await store_callbacks(connection, [received], replayed=replayed)
+            return await store_callbacks(
+                connection, [received], opt_out_digits=opt_out_digits, replayed=replayed
+            )
         except Exception as exc:
             if is_database_down(exc):
                 raise
@@ -148,11 +173,16 @@ async def store_alone(
 
 
 async def store_callbacks(
-    connection: AsyncConnection, batch: list[ReceivedCallback], *, replayed: bool = False
+    connection: AsyncConnection,
+    batch: list[ReceivedCallback],
+    *,
+    opt_out_digits: OptOutDigits = NO_OPT_OUTS,
+    replayed: bool = False,
 ) -> list[Stored]:
     """Store the callbacks in one transaction; what each did. `replayed` callbacks (from the
     spool) may have been stored already, by a replay cut short after its commit: those are
-    left out."""
+    left out. A customer who keys, in a flow's Passthru, digits that `opt_out_digits` names for
+    the call's app is opted out in the same transaction."""
     async with connection.begin():
         store = CallStore(connection)
         if replayed:
@@ -164,8 +194,31 @@ async def store_callbacks(
         )
         events = [store.add_callback(received) for received in batch]
         await store.flush()
+        for received, event in zip(batch, events, strict=True):
+            if _opts_out(received, event, store, opt_out_digits):
+                number = store.number(event["call_id"])
+                app_id = store.app_id(event["call_id"])
+                reason = f"keyed {received.passthru.digits} in the flow of app {app_id}"
+                await opt_outs.add(
+                    connection, number=number, reason=reason, source=opt_outs.OptOutSource.PASSTHRU
+                )
     log.debug("stored %d callbacks", len(batch))
     return [Stored(event["outcome"], store.app_id(event["call_id"])) for event in events]
+
+
+def _opts_out(
+    received: ReceivedCallback,
+    event: dict[str, Any],
+    store: CallStore,
+    opt_out_digits: OptOutDigits,
+) -> bool:
+    """Whether `received` is a Passthru request, new to its call, whose digits opt the
+    customer out in the call's app."""
+    if received.kind != RequestKind.PASSTHRU or event["outcome"] != EventOutcome.APPLIED:
+        return False
+    digits = received.passthru.digits
+    app_id = store.app_id(event["call_id"]) or ""
+    return digits is not None and digits in opt_out_digits.get(app_id, ())
 
 
 async def _discard(connection: AsyncConnection | None) -> None:

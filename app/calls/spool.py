@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.calls.ingest import store_alone
+from app.calls.ingest import NO_OPT_OUTS, OptOutDigits, store_alone
 from app.calls.received import ReceivedCallback
 from app.db.models import RequestKind
 from app.db.session import is_database_down
@@ -67,7 +67,9 @@ class Spool:
         partial.rename(self.directory / name)
         _fsync_directory(self.directory)  # the rename itself must survive a crash
 
-    async def replay(self, engine: AsyncEngine) -> int:
+    async def replay(
+        self, engine: AsyncEngine, *, opt_out_digits: OptOutDigits = NO_OPT_OUTS
+    ) -> int:
         """Store what is spooled, oldest first; stop at the first sign the database is still
         down (raising that error). Returns how many callbacks were stored. Every replica runs it
         every SPOOL_REPLAY_SECONDS, and at start."""
@@ -89,7 +91,9 @@ class Spool:
                 try:
                     async with engine.connect() as connection:
                         # Acknowledged: stored, as read or else as received (`unreadable`).
-                        await store_alone(connection, received, replayed=True)
+                        await store_alone(
+                            connection, received, opt_out_digits=opt_out_digits, replayed=True
+                        )
                 except Exception as exc:
                     if is_database_down(exc):
                         raise  # still down: the rest waits for the next replay

@@ -93,8 +93,9 @@ class CallStore:
         self._db = connection
         self._statements = _statements()
         self._calls: dict[uuid.UUID, CallState] = {}
-        # Read with the calls, never changed: each one's app id, and its own `custom_field`.
-        self._fixed: dict[uuid.UUID, tuple[str | None, str | None]] = {}
+        # Read with the calls, never changed: each one's app id, its own `custom_field`, and
+        # the number it phones.
+        self._fixed: dict[uuid.UUID, tuple[str | None, str | None, str]] = {}
         self._as_locked: dict[uuid.UUID, tuple[Any, ...]] = {}
         self._by_sid: dict[str, CallState] = {}
         self._locked_sids: set[str] = set()
@@ -125,11 +126,11 @@ class CallStore:
         rows = await self._db.execute(
             self._statements.lock, {"ids": wanted_ids, "sids": wanted_sids}
         )
-        for *state, app_id, custom_field in rows:  # STATE_COLUMNS, in order, then the fixed
+        for *state, app_id, custom_field, number in rows:  # STATE_COLUMNS, then the fixed
             if state[0] not in self._calls:
                 call = CallState(*state)
                 self._calls[call.id] = call
-                self._fixed[call.id] = (app_id, custom_field)
+                self._fixed[call.id] = (app_id, custom_field, number)
                 self._as_locked[call.id] = _values_of(call)
                 for sid in {call.sid, *(attempt["sid"] for attempt in call.attempts)} - {None}:
                     self._by_sid[sid] = call
@@ -140,7 +141,11 @@ class CallStore:
 
     def app_id(self, call_id: uuid.UUID | None) -> str | None:
         """The Exotel app (flow) id of a locked call."""
-        return self._fixed.get(call_id, (None, None))[0] if call_id else None
+        return self._fixed[call_id][0] if call_id in self._fixed else None
+
+    def number(self, call_id: uuid.UUID) -> str:
+        """The number a locked call phones (E.164)."""
+        return self._fixed[call_id][2]
 
     def holding(self, sid: str) -> CallState | None:
         """The locked call that has this SID, as any of its attempts'."""
@@ -441,7 +446,12 @@ def _statements() -> _Statements:
     event_columns = [events[name] for name in _EVENT_COLUMNS]
     earlier_attempt = calls.id.in_(select(dials.call_id).where(one_of(dials.sid, "sids")))
     return _Statements(
-        lock=select(*(calls[name] for name in STATE_COLUMNS), calls.app_id, calls.custom_field)
+        lock=select(
+            *(calls[name] for name in STATE_COLUMNS),
+            calls.app_id,
+            calls.custom_field,
+            calls.from_number,
+        )
         .where(or_(one_of(calls.id, "ids"), one_of(calls.sid, "sids"), earlier_attempt))
         .order_by(calls.id)
         .with_for_update(),

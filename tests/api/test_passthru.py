@@ -320,3 +320,25 @@ async def test_status_fields_on_a_passthru_are_kept_raw_and_read_as_nothing(
     assert (request["status"], request["payload"]["Status"]) == (None, "x" * 100)
     stored = await call_of(client, call["id"])
     assert (stored["status"], stored["digits"]) == ("in-progress", "1" * 64)
+
+
+async def test_digits_named_for_the_calls_app_opt_the_customer_out_once(
+    db_url: str, exotel: ExotelDouble
+) -> None:
+    rules = {"926": ["9"], "other-app": ["1"]}
+    async with serving(app_with(db_url, exotel, passthru_opt_out_digits=rules)) as client:
+        call = await place(client, exotel)  # app 926
+        number = call["from"]
+        keyed_1 = await passthru(client, exotel_passthru(call["sid"], digits='"1"'))
+        assert keyed_1.status_code == 200
+        assert (await client.get(f"/opt-outs/{number}")).status_code == 404
+        fields = exotel_passthru(call["sid"], digits='"9"', CurrentTime=exotel_clock(30))
+        assert (await passthru(client, fields)).status_code == 200
+        opt_out = (await client.get(f"/opt-outs/{number}")).json()
+        assert opt_out["source"] == "passthru"
+        assert "9" in opt_out["reason"]
+        # Exotel repeating the request changes nothing; the next call to the number is refused.
+        assert (await passthru(client, fields)).json()["outcome"] == "duplicate"
+        refused = await client.post("/calls", json=place_body(number))
+        assert refused.status_code == 422
+        assert refused.json()["error"]["code"] == "number_opted_out"
