@@ -282,10 +282,10 @@ async def claim_next(
     budget: ratelimit.Budget,
     worker: str,
     number_limit: NumberLimit | None,
-) -> Claimed | float | None:
+) -> tuple[Call, int] | float | None:
     """Claim the call due longest for its next attempt, if the account's budget allows.
 
-    Returns the claimed call's attempt; or the seconds to wait for the budget; or None when no
+    Returns the claimed call (as it was before the claim) and its attempt's number; or the seconds to wait for the budget; or None when no
     call is ready. Claims with SKIP LOCKED, so replicas never wait on each other's claims. A
     due call that may not be dialled now is held back on the way (`_held_back`): it expires,
     is rejected for an opt-out, or waits for its window or its number's limit.
@@ -307,6 +307,7 @@ async def claim_next(
         state = store.get(call.id)
         assert state is not None
         if await _held_back(session, state, call.from_number, now=now, limit=number_limit):
+            await store.flush()  # written before the next look: our own lock skips nothing
             continue
         attempt = begin_attempt(state, at=now)
         state.claimed_by, state.claimed_at = worker, now
@@ -319,8 +320,7 @@ async def claim_next(
             .on_conflict_do_update(index_elements=[Dial.call_id, Dial.n], set_={"sent_at": now})
         )
         await store.flush()
-        return Claimed(call.id, attempt, call.from_number, call)
-    await store.flush()
+        return call, attempt
     return None
 
 
@@ -383,7 +383,7 @@ class Claimed:
     call_id: uuid.UUID
     attempt: int
     number: str
-    call: Call  # as claimed: what its request is made of
+    request: ConnectRequest
 
 
 class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
@@ -432,7 +432,8 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
             return []
         if isinstance(claimed, float):
             return Wait(claimed)
-        return [claimed]
+        call, attempt = claimed
+        return [Claimed(call.id, attempt, call.from_number, self._connect(call))]
 
     async def run(self, job: Claimed) -> ExotelCall | Verdict:
         log.info(
@@ -443,7 +444,7 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
             extra=about(job.call_id),
         )
         try:
-            return await self._exotel.connect(self._connect(job.call))
+            return await self._exotel.connect(job.request)
         except ExotelError as exc:
             return classify(exc)
 
