@@ -293,7 +293,11 @@ def stop(
 ) -> EventOutcome:
     """End a call that waits (scheduled, or queued and not being sent) with nothing more
     dialled: `expired`, `canceled`, or `rejected` for `failure`."""
-    if call.status not in (CallStatus.QUEUED, CallStatus.SCHEDULED) or call.claimed_by:
+    if call.status not in (CallStatus.QUEUED, CallStatus.SCHEDULED):
+        return EventOutcome.STALE
+    if call.status == CallStatus.QUEUED and call.claimed_by:
+        # Being sent. A scheduled call still claimed is not: its attempt's end came before
+        # Exotel's answer to the connect, which changes nothing once it comes.
         return EventOutcome.STALE
     call.status, call.next_attempt_at = status, None
     call.fail(failure, at=at)
