@@ -367,7 +367,12 @@ class CallStore:
             event = dict(row)
             self._attach(event, adopting[event["sid"]], self._received_of(event))
             attached.append(
-                {"event_id": event["id"], "call_id": event["call_id"], "outcome": event["outcome"]}
+                {
+                    "event_id": event["id"],
+                    "call_id": event["call_id"],
+                    "outcome": event["outcome"],
+                    "attempt": event["attempt"],
+                }
             )
         if attached:
             await self._db.execute(self._statements.attach_events, attached)
@@ -463,7 +468,11 @@ def _statements() -> _Statements:
         insert_events=insert(_EVENTS),
         attach_events=update(_EVENTS)
         .where(events.id == bindparam("event_id"))
-        .values(call_id=bindparam("call_id"), outcome=bindparam("outcome")),
+        .values(
+            call_id=bindparam("call_id"),
+            outcome=bindparam("outcome"),
+            attempt=bindparam("attempt"),
+        ),
         update_calls=update(_CALLS)
         .where(calls.id == bindparam("call_id"))
         .values({name: bindparam(name) for name in _CHANGING}),
