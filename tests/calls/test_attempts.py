@@ -589,6 +589,29 @@ async def test_a_callback_before_exotels_answer_is_the_attempts_and_the_answer_i
     assert (await line.dials(call_id))[1].sid == second
 
 
+async def test_a_callback_naming_no_call_before_exotels_answer_is_the_attempts_once_known(
+    line: Line,
+) -> None:
+    """Sent to the account's callback URL, it names the call by a SID nobody has yet: kept,
+    and applied to attempt 2 once Exotel's answer tells whose SID it is."""
+    call_id, first, _ = await busy_once(line)
+    await line.time_passes(601)
+    second = new_sid()
+    line.exotel.answer_connect(accepted(second))
+    job = await line.claim()
+    assert job is not None
+    answer = await line.send(job)
+
+    assert await line.callback(None, second, "busy") == EventOutcome.UNKNOWN_SID
+    await line.record(job, answer)
+
+    call = await line.call(call_id)
+    assert (call.status, call.sid) == (CallStatus.SCHEDULED, second)
+    assert [(a["sid"], a["status"]) for a in call.attempts] == [(first, "busy"), (second, "busy")]
+    orphan = next(r for r in await line.receipts(call_id) if r.sid == second and r.status)
+    assert (orphan.attempt, orphan.outcome) == (2, EventOutcome.APPLIED)
+
+
 async def test_every_record_of_a_call_says_its_attempt_and_an_earlier_sid_finds_the_call(
     line: Line, settings: Settings
 ) -> None:
@@ -655,6 +678,40 @@ async def test_no_attempt_follows_an_unknown_one_even_when_reconciliation_finds_
     await line.time_passes(3600)
     assert await line.claim() is None
     assert len(line.exotel.connects) == 1
+
+
+async def test_an_unknown_attempt_found_by_its_number_is_never_taken_for_an_earlier_one(
+    line: Line, settings: Settings, exotel_client: ExotelClient
+) -> None:
+    """Looked for by its number, an `unknown` attempt 2 finds attempt 1's call as well: that
+    one is the call's already, and is not attempt 2's."""
+    call_id, first, _ = await busy_once(line)
+    await line.time_passes(601)
+    await line.dial(httpx.ReadTimeout("no answer"))
+    call = await line.call(call_id)
+    assert (call.status, call.sid) == (CallStatus.UNKNOWN, None)
+    assert call.dispatched_at is not None
+    second = new_sid()
+    near = format_exotel_time(call.dispatched_at)
+    line.exotel.listed = [
+        dict(call_json(sid, status, DateCreated=near, DateUpdated=near)["Call"])
+        for sid, status in ((first, "busy"), (second, "completed"))
+    ]
+
+    await reconcile_once(
+        sessionmaker=line.sessionmaker,
+        exotel=exotel_client,
+        settings=settings.reconcile,
+        budget=ratelimit.Budget(limit=10, window=60, margin=0),
+    )
+
+    call = await line.call(call_id)
+    assert (call.status, call.sid) == (CallStatus.COMPLETED, second)
+    assert [(a["sid"], a["status"]) for a in call.attempts] == [
+        (first, "busy"),
+        (second, "completed"),
+    ]
+    assert [(d.n, d.sid) for d in await line.dials(call_id)] == [(1, first), (2, second)]
 
 
 async def test_a_refusal_for_dnd_is_never_retried(line: Line) -> None:
