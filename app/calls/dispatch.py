@@ -361,6 +361,10 @@ async def _held_back(
     earliest = now
     if limit is not None:
         sent = select(Dial.sent_at).where(Dial.number == number, Dial.sent_at > now - limit.period)
+        if call.attempts and call.attempts[-1]["status"] == CallStatus.QUEUED:
+            # Its latest send never reached Exotel (`begin_attempt`): sent again, it is the
+            # same dial, not one more.
+            sent = sent.where(or_(Dial.call_id != call.id, Dial.n != len(call.attempts)))
         earliest = limit.free_at(list(await session.scalars(sent.order_by(Dial.sent_at))), now)
     return hold(call, now=now, earliest=earliest)
 
