@@ -929,6 +929,21 @@ async def test_the_limit_counts_every_attempt_and_ignores_dials_older_than_its_p
     assert (await line.call(other)).status == CallStatus.IN_PROGRESS
 
 
+async def test_a_send_that_never_dialled_does_not_count_against_its_own_number(
+    line: Line,
+) -> None:
+    line.limit_numbers(NumberLimit(1, timedelta(hours=1)))
+    call_id = await line.place()
+    await line.dial(rest_exception(429, "Too Many Requests", headers={"Retry-After": "5"}))
+    await line.time_passes(6)
+
+    job = await line.claim()  # the same attempt, sent again: the one request to the number
+
+    assert job is not None, (await line.call(call_id)).next_attempt_at
+    assert (job.call_id, job.attempt) == (call_id, 1)
+    assert len(await line.dials(call_id)) == 1
+
+
 async def test_an_opt_out_while_a_retry_waits_rejects_the_call_undialled(line: Line) -> None:
     call_id, first, _ = await busy_once(line)
     async with line.sessionmaker() as session, session.begin():
