@@ -16,7 +16,9 @@ A call on a policy (`app.calls.policy`) may wait, and may be dialled more than o
 Each attempt is one `Calls/connect`, recorded in the call's `attempts`; the call's own `sid`,
 durations and error are its latest attempt's. What Exotel says of an attempt that has ended,
 once another is due or under way, is kept with that attempt (`apply_to_attempt`) and never moves
-the call. No attempt follows `unknown`, a cancellation, or an attempt not retried on.
+the call. No attempt follows `unknown`, a cancellation, or an attempt not retried on. What
+Exotel charged for an attempt, which it says minutes after the end, is kept with the attempt
+(`apply_price`); the call's `price` is the total of those known.
 
 Exotel delivers callbacks late, twice and out of order (docs/exotel.md), so:
 - a terminal status is absorbing: nothing changes it, and a later `in-progress` is stale;
