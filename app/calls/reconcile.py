@@ -312,7 +312,7 @@ async def _look_up_prices(round_: _Round) -> None:
             .limit(1000)
         )
         owed = {
-            call_id: [owed.sid for owed in owed_prices(attempts, now=now, give_up=give_up)]
+            call_id: [attempt.sid for attempt in owed_prices(attempts, now=now, give_up=give_up)]
             for call_id, attempts in await session.execute(due)
         }
     for chunk in _whole_calls(owed, MAX_SIDS_PER_LOOKUP):
