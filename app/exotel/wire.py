@@ -106,8 +106,8 @@ class ExotelCall:
     end_time_raw: str | None = None
     duration: int | None = None
     conversation_duration: int | None = None
-    # `Price`: what Exotel charged (INR), null until it fills it in, minutes after the end;
-    # `price_raw` as sent, when it is not an amount.
+    # `Price`: what Exotel charged (INR), null until it fills it in, minutes after the end,
+    # and None for what is no amount; `price_raw`: as sent, to tell the two apart.
     price: Decimal | None = None
     price_raw: str | None = None
     recording_url: str | None = None
