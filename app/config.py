@@ -628,6 +628,19 @@ class ReconcileSettings(Group):
         description="an `unknown` call Exotel lists nothing for this long after its `time_out "
         "+ time_limit` was never dialled",
     )
+    price_delay_seconds: float = Field(
+        300,
+        ge=0,
+        description="Exotel fills in a call's `Price` about five minutes after it ends: an "
+        "attempt's price is first looked up this long after it ended, then again after half its "
+        "age, never sooner than this",
+    )
+    price_give_up_seconds: float = Field(
+        86400,
+        gt=0,
+        description="an attempt whose price Exotel has not filled in this long after it ended is "
+        "not looked up again (about 15 look-ups, one per 100 attempts, with the default delay)",
+    )
     default_time_limit_seconds: int = _alias(
         "DEFAULT_TIME_LIMIT_SECONDS",
         14400,

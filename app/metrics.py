@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -81,8 +82,18 @@ class Metrics:
         )
         self.reconcile_repairs = Counter(
             "exocall_reconcile_repairs",
-            "What reconciliation did, by kind (repaired, not_dialled, attached).",
+            "What reconciliation did, by kind (repaired, not_dialled, attached, priced: attempts "
+            "whose price it learnt).",
             ["kind"],
+            registry=self.registry,
+        )
+        # A counter, as Prometheus has for what only grows: `increase()` over it is the spend
+        # of any hour or day, across replicas and restarts. A gauge of the table's sum would
+        # read every call at each scrape.
+        self.call_price = Counter(
+            "exocall_call_price_inr",
+            "What Exotel charged for calls, in INR, counted as reconciliation learns each "
+            "attempt's price (Exotel fills it in minutes after the attempt ended).",
             registry=self.registry,
         )
 
@@ -117,6 +128,10 @@ class Metrics:
         for kind, count in repairs.items():
             if count:
                 self.reconcile_repairs.labels(kind).inc(count)
+
+    def count_charged(self, amount: Decimal) -> None:
+        if amount:
+            self.call_price.inc(float(amount))
 
     def render(self, gauges: Gauges | None) -> bytes:
         """The text exposition: this process's counts (every worker's, with several) and the

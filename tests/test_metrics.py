@@ -175,3 +175,29 @@ async def test_metrics_need_an_api_key_unless_public(db_url: str, exotel: Exotel
             assert response.status_code == expected
             if public:
                 assert 'exocall_jobs_due{kind="dispatch"} 0.0' in response.text
+
+
+async def test_a_scrape_counts_what_exotel_charged(db_url: str, exotel: ExotelDouble) -> None:
+    settings = make_settings(
+        db_url, reconcile_interval_seconds=0.2, reconcile_price_delay_seconds=0
+    )
+    app = create_app(settings, exotel_transport=httpx.MockTransport(exotel.handle))
+    async with serving(app) as client:
+        assert value(await scrape(client), "exocall_call_price_inr_total") == 0
+        sid = new_sid()
+        exotel.answer_connect(accepted(sid))
+        call = (await client.post("/calls", json=place_body())).json()
+        exotel.listed = [call_json(sid, "completed", Duration="41", Price="0.600")["Call"]]
+        response = await client.post(
+            callback_path(call["id"]), **multipart(callback(sid, "completed"))
+        )
+        assert response.status_code == 200
+
+        async def priced() -> bool:
+            return (await client.get(f"/calls/{call['id']}")).json()["price"] is not None
+
+        await eventually(priced, what="the call's price learnt")
+        samples = await scrape(client)
+
+    assert value(samples, "exocall_call_price_inr_total") == 0.6
+    assert value(samples, "exocall_reconcile_repairs_total", kind="priced") == 1

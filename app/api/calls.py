@@ -220,5 +220,12 @@ batches = APIRouter(prefix="/batches", tags=["calls"], dependencies=[Depends(req
     "/{batch_id}", summary="A batch's calls, counted by status", responses=refusals(401, 404, 422)
 )
 async def get_batch(batch_id: uuid.UUID, session: SessionDep) -> BatchSummary:
-    batch, counts = await queries.batch_summary(session, batch_id)
-    return BatchSummary(id=batch.id, size=batch.size, created_at=batch.created_at, counts=counts)
+    figures = await queries.batch_summary(session, batch_id)
+    batch = figures.batch
+    return BatchSummary(
+        id=batch.id,
+        size=batch.size,
+        created_at=batch.created_at,
+        counts=figures.counts,
+        price=figures.price,
+    )

@@ -24,7 +24,7 @@ from pydantic import (
 from app.calls import policy
 from app.calls.phone import to_e164
 from app.calls.placing import CallRequest
-from app.calls.resource import CALL_EXAMPLE, CallOut, ExotelClock
+from app.calls.resource import CALL_EXAMPLE, CallOut, ExotelClock, Price
 from app.db.models import EventOutcome, RequestKind
 from app.exotel.status_callback import example_fields
 from app.numerals import DIGIT, integer
@@ -441,6 +441,7 @@ class BatchSummary(BaseModel):
                     "size": 1000,
                     "created_at": "2026-11-27T00:24:42.101903Z",
                     "counts": {"completed": 812, "busy": 21, "in-progress": 17, "queued": 150},
+                    "price": 774.6,
                 }
             ]
         }
@@ -450,3 +451,7 @@ class BatchSummary(BaseModel):
     size: int
     created_at: datetime
     counts: dict[str, int] = Field(description="Calls of the batch by status.")
+    price: Price = Field(
+        description="What Exotel charged for the batch's calls, in all (INR), as far as known: "
+        "the sum of their `price`; null while none is known."
+    )

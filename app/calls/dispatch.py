@@ -285,10 +285,11 @@ async def claim_next(
 ) -> tuple[Call, int] | float | None:
     """Claim the call due longest for its next attempt, if the account's budget allows.
 
-    Returns the claimed call (as it was before the claim) and its attempt's number; or the seconds to wait for the budget; or None when no
-    call is ready. Claims with SKIP LOCKED, so replicas never wait on each other's claims. A
-    due call that may not be dialled now is held back on the way (`_held_back`): it expires,
-    is rejected for an opt-out, or waits for its window or its number's limit.
+    Returns the claimed call (as it was before the claim) and its attempt's number; or the
+    seconds to wait for the budget; or None when no call is ready. Claims with SKIP LOCKED, so
+    replicas never wait on each other's claims. A due call that may not be dialled now is held
+    back on the way (`_held_back`): it expires, is rejected for an opt-out, or waits for its
+    window or its number's limit.
     """
     store = await CallStore.of(session)
     now: datetime | None = None

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,14 +23,28 @@ from app.db.models import Batch, Call, CallStatus, Dial, ExotelRequest, Receipt
 _PLAUSIBLE_REF = re.compile(r"[\w-]{1,64}")
 
 
-async def batch_summary(session: AsyncSession, batch_id: uuid.UUID) -> tuple[Batch, dict[str, int]]:
+@dataclass(frozen=True)
+class BatchFigures:
+    batch: Batch
+    counts: dict[str, int]  # its calls by status
+    price: Decimal | None  # what its calls cost, in all, as far as known (None: nothing yet)
+
+
+async def batch_summary(session: AsyncSession, batch_id: uuid.UUID) -> BatchFigures:
     batch = await session.get(Batch, batch_id)
     if batch is None:
         raise BatchNotFound(batch_id)
-    counts = await session.execute(
-        select(Call.status, func.count()).where(Call.batch_id == batch_id).group_by(Call.status)
+    rows = await session.execute(
+        select(Call.status, func.count(), func.sum(Call.price))
+        .where(Call.batch_id == batch_id)
+        .group_by(Call.status)
     )
-    return batch, {str(status): count for status, count in counts}
+    counts, prices = {}, []
+    for status, count, price in rows:
+        counts[str(status)] = count
+        if price is not None:
+            prices.append(price)
+    return BatchFigures(batch, counts, sum(prices, Decimal(0)) if prices else None)
 
 
 @dataclass(frozen=True)

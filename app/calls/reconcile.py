@@ -17,6 +17,14 @@ When, by what Exotel's bulk call details can say (they never list a call still i
   of what is found.
   That nothing is listed proves nothing while the call could still be going on: it is `rejected`
   (never dialled) only once its own time_out + time_limit + RECONCILE_GRACE_SECONDS are past.
+- An attempt that ended with a SID is owed its price, which Exotel fills in (`Price`) about five
+  minutes after the end: it is looked up RECONCILE_PRICE_DELAY_SECONDS after the attempt ended,
+  then after half the attempt's age (never sooner), 100 SIDs a request, until it is known or
+  RECONCILE_PRICE_GIVE_UP_SECONDS have passed since the end (`wait_for_prices`). Given up by age
+  rather than by count: the attempt's end is all it takes (no counter kept per attempt), and as
+  the wait grows with the age the count is bounded too (about 15 with the defaults). Only the
+  calls owed a price are in `price_wait_from`'s index, so a round never reads the others.
+  Prices come last in a round: a call's status matters more than its cost.
 """
 
 from __future__ import annotations
@@ -25,9 +33,11 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -35,7 +45,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.calls import ratelimit
 from app.calls.dispatch import record_failure, schedule_lookup
 from app.calls.received import ReceivedAnswer, status_from_exotel
-from app.calls.state import CallState, Failure, StatusUpdate, apply_update
+from app.calls.state import (
+    CallState,
+    Failure,
+    StatusUpdate,
+    apply_price,
+    apply_update,
+    owed_prices,
+    wait_for_prices,
+)
 from app.calls.store import CallStore
 from app.config import ReconcileSettings
 from app.db.clock import db_now
@@ -50,6 +68,10 @@ log = logging.getLogger(__name__)
 
 # How far around our dispatch time Exotel's DateCreated of an `unknown` call may be.
 MATCH_WINDOW = timedelta(minutes=5)
+# No call costs a million rupees: a `Price` beyond is not believed (and ten attempts' still fit
+# the total's column, numeric(12, 4)), nor one finer than its four decimals.
+_MOST_A_CALL_COSTS = Decimal(1_000_000)
+_PRICE_STEP = Decimal("0.0001")
 _NO_RECORD = Failure(
     FailureKind.EXOTEL_NO_RECORD, "Exotel has no record of this call: it was not dialled"
 )
@@ -63,13 +85,16 @@ class Repairs:
     repaired: int = 0  # calls whose state a look-up changed
     not_dialled: int = 0  # `unknown` calls Exotel has no record of, long after: `rejected`
     attached: int = 0  # stored callbacks for SIDs we had not known, now applied
+    priced: int = 0  # attempts whose price was learnt
+    charged: Decimal = field(default=Decimal(0))  # their prices, in all (INR)
 
     def __str__(self) -> str:
         return ", ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
 
     def changes(self) -> dict[str, int]:
         """What the round changed, by kind (look-ups change nothing; they are Exotel requests)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "lookups"}
+        counts = (f.name for f in fields(self) if f.name not in ("lookups", "charged"))
+        return {name: getattr(self, name) for name in counts}
 
 
 class OutOfBudget(Exception):
@@ -130,6 +155,7 @@ async def reconcile_once(
     with contextlib.suppress(OutOfBudget):
         await _look_up_by_sid(round_)
         await _look_up_unknown_by_number(round_)
+        await _look_up_prices(round_)
     return round_.repairs
 
 
@@ -271,6 +297,87 @@ async def _apply_details(store: CallStore, call: CallState, details: ExotelCall)
     return 0
 
 
+async def _look_up_prices(round_: _Round) -> None:
+    """Ended attempts without Exotel's price: bulk call details, 100 SIDs a request, whole calls
+    in each."""
+    settings = round_.settings
+    delay = timedelta(seconds=settings.price_delay_seconds)
+    give_up = timedelta(seconds=settings.price_give_up_seconds)
+    async with round_.sessionmaker() as session:
+        now = await db_now(session)
+        due = (
+            select(Call.id, Call.attempts)
+            .where(Call.price_wait_from <= now - delay)
+            .order_by(Call.price_wait_from)
+            .limit(1000)
+        )
+        owed = {
+            call_id: [attempt.sid for attempt in owed_prices(attempts, now=now, give_up=give_up)]
+            for call_id, attempts in await session.execute(due)
+        }
+    for chunk in _whole_calls(owed, MAX_SIDS_PER_LOOKUP):
+        sids = [sid for call_id in chunk for sid in owed[call_id]]
+        asked = set(sids)
+        found: list[ExotelCall] = []
+        if sids:  # else the calls' prices are all given up on: only their schedule changes
+            await round_.spend_lookup()
+            try:
+                found = await round_.every_page(await round_.exotel.list_calls(sids=sids))
+            except ExotelError as exc:
+                log.warning("reconcile: call details look-up for prices failed: %s", exc)
+                return
+        by_sid = {exotel_call.sid: exotel_call for exotel_call in found}
+        learnt = Repairs()
+        async with round_.sessionmaker() as session, session.begin():
+            store = await CallStore.of(session)
+            await store.lock(ids=chunk)
+            now = await store.now()
+            for call_id in chunk:
+                call = store.get(call_id)
+                assert call is not None
+                for owed_price in owed_prices(call.attempts, now=now, give_up=give_up):
+                    details = by_sid.get(owed_price.sid)
+                    if details is not None and owed_price.sid in asked:
+                        await _apply_price(store, call, owed_price.n, details, learnt)
+                wait_for_prices(call, now=now, asked=asked, delay=delay, give_up=give_up)
+            await store.flush()
+        round_.repairs.priced += learnt.priced
+        round_.repairs.charged += learnt.charged
+
+
+async def _apply_price(
+    store: CallStore, call: CallState, n: int, details: ExotelCall, learnt: Repairs
+) -> None:
+    """Apply attempt `n`'s price, when call details carry one, and keep the answer with it."""
+    price = details.price
+    if price is None and details.price_raw is None:
+        return  # not filled in yet: nothing learnt, nothing kept
+    if price is None or price >= _MOST_A_CALL_COSTS or price != price.quantize(_PRICE_STEP):
+        problem = f"Price {details.price_raw!r} is not an amount"
+        answer = ReceivedAnswer.of(RequestKind.LOOKUP, details, problem=problem)
+        await store.add_answer(call, answer, EventOutcome.UNREADABLE, attempt=n)
+        return
+    outcome = apply_price(call, n, price)
+    await store.add_answer(call, ReceivedAnswer.of(RequestKind.LOOKUP, details), outcome, attempt=n)
+    if outcome == EventOutcome.APPLIED:
+        learnt.priced += 1
+        learnt.charged += price
+        log.info("reconcile: call %s attempt %d cost %s", call.id, n, price, extra=about(call.id))
+
+
+def _whole_calls(sids: dict[uuid.UUID, list[str]], most: int) -> list[list[uuid.UUID]]:
+    """The calls in groups whose SIDs are at most `most` (a call's attempts are never split)."""
+    groups: list[list[uuid.UUID]] = []
+    size = 0
+    for call_id, call_sids in sids.items():
+        if not groups or size + len(call_sids) > most:
+            groups.append([])
+            size = 0
+        groups[-1].append(call_id)
+        size += len(call_sids)
+    return groups
+
+
 async def reconcile(
     *,
     sessionmaker: async_sessionmaker[AsyncSession],
@@ -285,3 +392,4 @@ async def reconcile(
     )
     log.info("reconcile: %s", repairs)
     metrics.count_repairs(repairs.changes())
+    metrics.count_charged(repairs.charged)

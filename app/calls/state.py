@@ -16,7 +16,9 @@ A call on a policy (`app.calls.policy`) may wait, and may be dialled more than o
 Each attempt is one `Calls/connect`, recorded in the call's `attempts`; the call's own `sid`,
 durations and error are its latest attempt's. What Exotel says of an attempt that has ended,
 once another is due or under way, is kept with that attempt (`apply_to_attempt`) and never moves
-the call. No attempt follows `unknown`, a cancellation, or an attempt not retried on.
+the call. No attempt follows `unknown`, a cancellation, or an attempt not retried on. What
+Exotel charged for an attempt, which it says minutes after the end, is kept with the attempt
+(`apply_price`); the call's `price` is the total of those known.
 
 Exotel delivers callbacks late, twice and out of order (docs/exotel.md), so:
 - a terminal status is absorbing: nothing changes it, and a later `in-progress` is stale;
@@ -118,6 +120,7 @@ class CallState:
     attempts: list[dict[str, Any]]  # each attempt made (`attempt_record`), oldest first
     price: Decimal | None
     next_lookup_at: datetime | None
+    price_wait_from: datetime | None  # reconciliation's schedule for prices (`owed_prices`)
     event_sequence: int  # the `sequence` of the call's latest event (app.calls.outbox)
     updated_at: datetime  # set by the store when anything but the look-up schedule changed
     digits: str | None  # the latest input keyed in the flow (`apply_input`)
@@ -374,6 +377,66 @@ def record_attempt(call: CallState, *, at: datetime) -> None:
     }
     if updated != record:
         call.attempts = [*call.attempts[:-1], updated]
+    if ended and call.sid and not record.get("ended_at") and updated.get("price") is None:
+        # Exotel charges for the attempt some minutes after its end: reconciliation asks.
+        call.price_wait_from = min(call.price_wait_from or at, at)
+
+
+@dataclass(frozen=True)
+class OwedPrice:
+    """An attempt that ended without Exotel's price yet."""
+
+    n: int
+    sid: str
+    ended_at: datetime
+
+
+def owed_prices(
+    attempts: list[dict[str, Any]], *, now: datetime, give_up: timedelta
+) -> list[OwedPrice]:
+    """The call's `attempts` that ended without a price, not so long ago (`give_up` after their
+    end) that their price is given up on."""
+    owed = []
+    for attempt in attempts:
+        if attempt.get("price") is not None or not attempt.get("sid"):
+            continue
+        ended_at = datetime.fromisoformat(attempt["ended_at"]) if attempt.get("ended_at") else None
+        if ended_at is not None and now < ended_at + give_up:
+            owed.append(OwedPrice(int(attempt["n"]), attempt["sid"], ended_at))
+    return owed
+
+
+def wait_for_prices(
+    call: CallState, *, now: datetime, asked: set[str], delay: timedelta, give_up: timedelta
+) -> None:
+    """Reconciliation's next look-up of the call's prices, after it `asked` Exotel for these
+    SIDs' now: each owed price is asked for `delay` after its attempt ended, then after
+    half the attempt's age (never sooner than `delay`), until `give_up` after the end. The
+    look-up is due `delay` after `price_wait_from` (None: nothing is owed)."""
+    due = []
+    for owed in owed_prices(call.attempts, now=now, give_up=give_up):
+        if owed.sid in asked:
+            at = now + max(delay, (now - owed.ended_at) / 2)
+        else:  # ended since the round chose its calls
+            at = owed.ended_at + delay
+        if at < owed.ended_at + give_up:
+            due.append(at)
+    call.price_wait_from = min(due) - delay if due else None
+
+
+def apply_price(call: CallState, n: int, price: Decimal) -> EventOutcome:
+    """What Exotel charged for attempt `n`, which has ended: kept with the attempt, and the
+    call's `price` is the total of its attempts' known prices. A price once known stays."""
+    record = call.attempts[n - 1]
+    if record["status"] not in TERMINAL:
+        return EventOutcome.STALE
+    if record.get("price") is not None:
+        return EventOutcome.DUPLICATE
+    # A string in JSON: a float would not keep Exotel's "0.600" exact.
+    call.attempts = [*call.attempts[: n - 1], record | {"price": str(price)}, *call.attempts[n:]]
+    known = [Decimal(a["price"]) for a in call.attempts if a.get("price") is not None]
+    call.price = sum(known, Decimal(0))
+    return EventOutcome.APPLIED
 
 
 def _iso(at: datetime | None) -> str | None:

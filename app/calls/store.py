@@ -68,9 +68,11 @@ STATE_COLUMNS = [f.name for f in fields(CallState)]
 # What never changes once the call is stored.
 _FIXED = ("id", "created_at", "expires_at", "retry", "window")
 _CHANGING = [name for name in STATE_COLUMNS if name not in _FIXED]
-# Reconciliation's schedule is written, but is not a change of the call (its `updated_at`).
+# Reconciliation's schedules are written, but are not a change of the call (its `updated_at`).
 _OF_THE_CALL = [
-    name for name in _CHANGING if name not in ("next_lookup_at", "updated_at", "event_sequence")
+    name
+    for name in _CHANGING
+    if name not in ("next_lookup_at", "price_wait_from", "updated_at", "event_sequence")
 ]
 _values_of = operator.attrgetter(*STATE_COLUMNS)  # a call's state as a tuple, in field order
 

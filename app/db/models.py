@@ -177,6 +177,9 @@ class Call(Base):
     send_tries: Mapped[int] = mapped_column(Integer, default=0)
     # When reconciliation looks the call up next, if nothing ends it first (None: at once).
     next_lookup_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Reconciliation looks up the prices of the call's ended attempts RECONCILE_PRICE_DELAY_SECONDS
+    # after this (None: no price is owed): an attempt's end, then later as the wait grows.
+    price_wait_from: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The `sequence` of the call's latest event (0: none yet).
     event_sequence: Mapped[int] = mapped_column(Integer, default=0)
     # What the customer did in the flow, from its Passthru requests: the latest keyed input,
@@ -212,6 +215,12 @@ class Call(Base):
         ),
         # Reconciliation's calls due for a look-up.
         Index("ix_call_status_next_lookup_at", "status", "next_lookup_at"),
+        # Reconciliation's calls owed a price: only those, whatever the table holds.
+        Index(
+            "ix_call_price_wait_from",
+            "price_wait_from",
+            postgresql_where=text("price_wait_from IS NOT NULL"),
+        ),
         # The recordings by status (metrics, the status page).
         Index("ix_call_recording_status", "recording_status"),
         # Retention's archived recordings, oldest first.

@@ -8,15 +8,17 @@ all of those and turns them into the app's own names.
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 from defusedxml import ElementTree as SafeET
 
-from app.numerals import integer
+from app.numerals import DIGIT, integer
 
 IST = timezone(timedelta(hours=5, minutes=30), "IST")
 
@@ -46,6 +48,23 @@ def clean_int(value: Any) -> int | None:
     elif isinstance(value, str):
         value = integer(text) if (text := clean_str(value)) else None
     return value if isinstance(value, int) and value >= 0 else None
+
+
+# An amount as Exotel writes `Price` ("0.600"): ASCII digits, maybe a fraction.
+_AMOUNT = re.compile(rf"{DIGIT}+(?:\.{DIGIT}+)?")
+
+
+def clean_amount(value: Any) -> Decimal | None:
+    """An amount of 0 or more from `"0.600"` or `0.6`; None when absent or anything else:
+    `"-1"`, `"NaN"`, `"1e3"`, `"₹0.60"`, `true`."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        value = str(value)
+    text = clean_str(value) if isinstance(value, str) else None
+    if text is None or not _AMOUNT.fullmatch(text):
+        return None
+    return Decimal(text)
 
 
 def parse_exotel_time(raw: str | None) -> datetime | None:
@@ -87,7 +106,10 @@ class ExotelCall:
     end_time_raw: str | None = None
     duration: int | None = None
     conversation_duration: int | None = None
-    price: str | None = None
+    # `Price`: what Exotel charged (INR), null until it fills it in, minutes after the end,
+    # and None for what is no amount; `price_raw`: as sent, to tell the two apart.
+    price: Decimal | None = None
+    price_raw: str | None = None
     recording_url: str | None = None
     direction: str | None = None
     # The `Call` object's fields as Exotel sent them (XML elements as their text), read no
@@ -121,7 +143,8 @@ class ExotelCall:
             end_time_raw=clean_str(fields.get("EndTime")),
             duration=clean_int(fields.get("Duration")),
             conversation_duration=clean_int(details.get("ConversationDuration")),
-            price=clean_str(fields.get("Price")),
+            price=clean_amount(fields.get("Price")),
+            price_raw=clean_str(fields.get("Price")),
             recording_url=clean_str(fields.get("RecordingUrl")),
             direction=clean_str(fields.get("Direction")),
             raw=dict(fields),

@@ -7,10 +7,12 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
@@ -305,6 +307,27 @@ async def test_a_batch_is_queued_and_dispatched(
     summary = (await client.get(f"/batches/{batch['id']}")).json()
     assert summary["counts"] == {"in-progress": 5}
     assert len(exotel.connects) == 5
+
+
+async def test_a_batch_costs_what_its_calls_cost_as_far_as_known(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    batch = (await client.post("/calls/batch", json=batch_of(3))).json()
+    for call in batch["calls"]:
+        await wait_for(client, call["id"], "in-progress")
+    assert (await client.get(f"/batches/{batch['id']}")).json()["price"] is None  # none known
+
+    # Reconciliation learns two calls' prices (tests/calls/test_price.py); the third's is not
+    # known yet.
+    async with sessionmaker() as session, session.begin():
+        for call, price in zip(batch["calls"], ("0.600", "1.200"), strict=False):
+            await session.execute(
+                update(Call).where(Call.id == uuid.UUID(call["id"])).values(price=Decimal(price))
+            )
+
+    summary = (await client.get(f"/batches/{batch['id']}")).json()
+    assert summary["price"] == 1.8
+    assert summary["counts"] == {"in-progress": 3}
 
 
 async def test_an_invalid_item_refuses_the_whole_batch(

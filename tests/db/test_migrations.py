@@ -4,6 +4,7 @@ reversible."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -67,5 +68,58 @@ async def test_times_kept_as_seconds_become_the_same_instants(database_url: str)
         async with engine.begin() as connection:
             await connection.execute(text("DELETE FROM call"))
             await connection.execute(text("DELETE FROM exotel_request"))
+        await engine.dispose()
+        await asyncio.to_thread(migrate.upgrade, database_url)
+
+
+@pytest.mark.anyio
+async def test_attempts_that_ended_in_the_last_day_without_a_price_are_owed_one(
+    database_url: str,
+) -> None:
+    await asyncio.to_thread(migrate.downgrade, database_url, "a3c5e7f9b1d2")
+    now = datetime.now(UTC)
+
+    def attempt(ended_at: datetime | None, price: str | None = None) -> dict[str, object]:
+        return {
+            "n": 1,
+            "sid": uuid.uuid4().hex,
+            "status": "completed",
+            "ended_at": ended_at.isoformat() if ended_at else None,
+            "price": price,
+        }
+
+    attempts = {
+        "owed": attempt(now - timedelta(hours=2)),
+        "priced": attempt(now - timedelta(hours=2), "0.600"),
+        "long ago": attempt(now - timedelta(days=2)),
+        "before attempts ended": attempt(None),
+    }
+    ids = {name: uuid.uuid4() for name in attempts}
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            for name, its in attempts.items():
+                await connection.execute(
+                    text(
+                        "INSERT INTO call (id, status, from_number, caller_id, created_at, "
+                        "updated_at, send_tries, event_sequence, recording_attempts, attempts) "
+                        "VALUES (:id, 'completed', '+919052161110', '08030752400', :now, :now, "
+                        "0, 0, 0, CAST(:attempts AS jsonb))"
+                    ),
+                    {"id": ids[name], "now": now, "attempts": json.dumps([its])},
+                )
+        await asyncio.to_thread(migrate.upgrade, database_url)
+        async with engine.connect() as connection:
+            rows = await connection.execute(text("SELECT id, price_wait_from FROM call"))
+            waiting = {row.id: row.price_wait_from for row in rows}
+        assert {name: waiting[ids[name]] is not None for name in ids} == {
+            "owed": True,
+            "priced": False,
+            "long ago": False,
+            "before attempts ended": False,
+        }
+    finally:
+        async with engine.begin() as connection:
+            await connection.execute(text("DELETE FROM call"))
         await engine.dispose()
         await asyncio.to_thread(migrate.upgrade, database_url)

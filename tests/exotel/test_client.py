@@ -9,6 +9,7 @@ import io
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from email.utils import format_datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -531,7 +532,7 @@ async def test_get_call_asks_for_details(
         58,
         32,
     )
-    assert (call.end_time_raw, call.price) == ("2024-09-16 15:51:00", "0.6")
+    assert (call.end_time_raw, call.price) == ("2024-09-16 15:51:00", Decimal("0.6"))
     assert call.recording_url == "https://recordings.exotel.test/x.mp3"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -188,7 +189,7 @@ def test_call_details_carry_the_conversation_duration() -> None:
     )
     call = only_call(as_json({"Call": fields}))
     assert (call.status, call.duration, call.conversation_duration) == ("completed", 58, 32)
-    assert (call.end_time_raw, call.price) == ("2024-09-16 15:51:00", "0.6")
+    assert (call.end_time_raw, call.price) == ("2024-09-16 15:51:00", Decimal("0.6"))
     assert call.recording_url == "https://recordings.example/x1g.mp3"
 
 
@@ -567,3 +568,30 @@ def test_format_is_the_inverse_of_parse(raw: str) -> None:
 def test_format_renders_any_aware_instant_in_ist(instant: datetime, rendered: str) -> None:
     assert format_exotel_time(instant) == rendered
     assert parse_exotel_time(rendered) == instant.replace(microsecond=0)
+
+
+@pytest.mark.parametrize(
+    ("price", "read"),
+    [
+        ("0.600", Decimal("0.600")),
+        (" 1.2 ", Decimal("1.2")),
+        (0.6, Decimal("0.6")),
+        (3, Decimal("3")),
+        ("0", Decimal("0")),
+        ("-0.600", None),
+        ("NaN", None),
+        ("Infinity", None),
+        ("1e3", None),
+        ("₹0.60", None),
+        ("0,60", None),
+        ("١٢", None),
+        (True, None),
+        ({"amount": 1}, None),
+        (float("nan"), None),
+    ],
+)
+def test_price_is_an_amount_or_nothing(price: object, read: Decimal | None) -> None:
+    call = ExotelCall.from_fields({"Sid": "x1g", "Price": price})
+    assert call is not None
+    assert call.price == read
+    assert str(call.price_raw) == str(price).strip()
