@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -307,7 +308,9 @@ async def test_the_per_number_limit_holds_across_two_replicas(
         "0.2",
         replicas=2,
         NUMBER_ATTEMPT_LIMIT=f"{LIMIT}/{PERIOD:g}s",
-    ) as ex:
+    ) as ex, subscriber() as (inbox, url):
+        hook = await ex.api.post("/webhook-endpoints", json={"url": url})
+        assert hook.status_code == 201, hook.text
         await ex.plan(number, *["completed"] * CALLS)
         placed = await asyncio.gather(
             *(ex.place(number, replica=n % 2, wait=False) for n in range(CALLS))
@@ -316,6 +319,14 @@ async def test_the_per_number_limit_holds_across_two_replicas(
         ids = [response.json()["id"] for response in placed]
         calls = [await ex.ended(call_id) for call_id in ids]
         dialled = await ex.connects(number)
+        events = {
+            call_id: await eventually(
+                lambda: pushed(inbox, call_id),  # noqa: B023 (awaited at once)
+                what=f"call {call_id}'s events up to its final one",
+                until=all_up_to_final,
+            )
+            for call_id in ids
+        }
     async with engine.connect() as db:
         dials = (await db.execute(select(Dial.call_id, Dial.n, Dial.sent_at))).all()
 
@@ -328,6 +339,20 @@ async def test_the_per_number_limit_holds_across_two_replicas(
     assert busiest(sent, PERIOD) <= LIMIT, sorted(sent)
     seen = [entry["at"] for entry in dialled]
     assert busiest(seen, PERIOD - MARGIN) <= LIMIT, sorted(seen)
+    # Each call that waited for its turn was last told the time the number was free for it:
+    # a period after the request before its own.
+    in_turn = sorted((sent_at, str(call_id)) for call_id, _, sent_at in dials)
+    told = {
+        call_id: [
+            datetime.fromisoformat(event["data"]["call"]["next_attempt_at"])
+            for event in events[call_id]
+            if event["type"] == "call.scheduled"
+        ]
+        for call_id in ids
+    }
+    assert told[in_turn[0][1]] == []
+    for (before, _), (_, call_id) in itertools.pairwise(in_turn):
+        assert told[call_id][-1] == before + timedelta(seconds=PERIOD), (call_id, told, in_turn)
 
 
 async def test_an_opt_out_while_a_retry_waits_ends_the_call(deployment: Deployment) -> None:
