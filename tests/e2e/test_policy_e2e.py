@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -302,13 +303,16 @@ async def test_the_per_number_limit_holds_across_two_replicas(
     deployment: Deployment, engine: AsyncEngine
 ) -> None:
     number = "+919052161180"
-    async with exocall(
-        deployment,
-        "--callback-delay",
-        "0.2",
-        replicas=2,
-        NUMBER_ATTEMPT_LIMIT=f"{LIMIT}/{PERIOD:g}s",
-    ) as ex, subscriber() as (inbox, url):
+    async with (
+        exocall(
+            deployment,
+            "--callback-delay",
+            "0.2",
+            replicas=2,
+            NUMBER_ATTEMPT_LIMIT=f"{LIMIT}/{PERIOD:g}s",
+        ) as ex,
+        subscriber() as (inbox, url),
+    ):
         hook = await ex.api.post("/webhook-endpoints", json={"url": url})
         assert hook.status_code == 201, hook.text
         await ex.plan(number, *["completed"] * CALLS)
@@ -321,7 +325,7 @@ async def test_the_per_number_limit_holds_across_two_replicas(
         dialled = await ex.connects(number)
         events = {
             call_id: await eventually(
-                lambda: pushed(inbox, call_id),  # noqa: B023 (awaited at once)
+                functools.partial(pushed, inbox, call_id),
                 what=f"call {call_id}'s events up to its final one",
                 until=all_up_to_final,
             )
