@@ -293,8 +293,10 @@ def stop(
 ) -> EventOutcome:
     """End a call that waits (scheduled, or queued and not being sent) with nothing more
     dialled: `expired`, `canceled`, or `rejected` for `failure`."""
-    if call.status not in (CallStatus.QUEUED, CallStatus.SCHEDULED) or call.claimed_by:
+    if call.status not in (CallStatus.QUEUED, CallStatus.SCHEDULED):
         return EventOutcome.STALE
+    if call.status == CallStatus.QUEUED and call.claimed_by:
+        return EventOutcome.STALE  # being sent: it may reach Exotel
     call.status, call.next_attempt_at = status, None
     call.fail(failure, at=at)
     return EventOutcome.APPLIED
