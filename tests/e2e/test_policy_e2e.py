@@ -96,12 +96,12 @@ class Exocall:
     async def ended(self, call_id: str) -> dict[str, Any]:
         return await self.until(call_id, f"call {call_id} final", lambda c: c["status"] in FINAL)
 
-    async def callbacks(self, call_id: str) -> list[dict[str, Any]]:
-        """The status callbacks received for the call (`GET /calls/{id}/events`), oldest
-        first."""
+    async def received(self, call_id: str, kind: str) -> list[dict[str, Any]]:
+        """What was received about the call of `kind` (`status_callback`, `dispatch`: Exotel's
+        answers to its requests), oldest first (`GET /calls/{id}/events`)."""
         response = await self.api.get(f"/calls/{call_id}/events")
         assert response.status_code == 200, response.text
-        return [r for r in response.json() if r["kind"] == "status_callback"]
+        return [r for r in response.json() if r["kind"] == kind]
 
 
 @contextlib.asynccontextmanager
@@ -428,6 +428,37 @@ async def test_cancel_in_each_state(deployment: Deployment) -> None:
     assert len(dialled[live_number]) == 1
 
 
+async def test_a_cancel_between_an_attempts_end_and_exotels_answer_to_it(
+    deployment: Deployment,
+) -> None:
+    """Exotel's status callback can come before its answer to the `Calls/connect`: attempt 1
+    has ended, busy, and the call waits for attempt 2 while the request that made attempt 1 is
+    still open. Nothing is under way: a cancel ends the call at once."""
+    number = "+919052161250"
+    async with exocall(deployment, "--callback-delay", "0.1", "--response-delay", "2") as ex:
+        await ex.plan(number, "busy", "completed")
+        retry = {"max_attempts": 3, "on": ["busy"], "intervals": [1]}
+        placed = await ex.place(number, retry=retry, wait=False)
+        assert placed.status_code == 202, placed.text
+        call_id = placed.json()["id"]
+        await ex.until(call_id, "attempt 1 ended", lambda c: c["status"] in FINAL | {"scheduled"})
+        canceled = await ex.api.post(f"/calls/{call_id}/cancel")
+        # Exotel had not answered yet: otherwise this test proves nothing.
+        assert await ex.received(call_id, "dispatch") == []
+        answered: list[dict[str, Any]] = await eventually(
+            lambda: ex.received(call_id, "dispatch"), what="Exotel's answer to attempt 1"
+        )
+        call = await ex.call(call_id)
+        dialled = await ex.connects(number)
+
+    assert canceled.status_code == 200, canceled.text
+    assert canceled.json()["status"] == "canceled"
+    assert [(a["attempt"], a["outcome"]) for a in answered] == [(1, "stale")]
+    assert (call["status"], call["next_attempt_at"]) == ("canceled", None)
+    assert [(a["n"], a["status"]) for a in call["attempts"]] == [(1, "busy")]
+    assert len(dialled) == 1
+
+
 async def test_a_late_callback_of_an_earlier_attempt_moves_nothing(
     deployment: Deployment,
 ) -> None:
@@ -447,13 +478,13 @@ async def test_a_late_callback_of_an_earlier_attempt_moves_nothing(
             "attempt 2 under way",
             lambda c: c["status"] == "in-progress" and len(c["attempts"]) == 2,
         )
-        (first,) = await ex.callbacks(call_id)
+        (first,) = await ex.received(call_id, "status_callback")
         assert (first["attempt"], first["status"]) == (1, "busy")
 
         replayed = await ex.api.post(callback_path(call_id), **multipart(first["payload"]))
         assert replayed.status_code == 200, replayed.text
         callbacks: list[dict[str, Any]] = await eventually(
-            lambda: ex.callbacks(call_id),
+            lambda: ex.received(call_id, "status_callback"),
             what="the replayed callback kept",
             until=lambda kept: len(kept) == 2,
         )
