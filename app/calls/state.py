@@ -327,6 +327,19 @@ def is_latest_live(call: CallState, n: int) -> bool:
     return n == len(call.attempts) and call.status != CallStatus.SCHEDULED
 
 
+def accepted_attempt(call: CallState, n: int, *, at: datetime) -> None:
+    """Exotel accepted attempt `n` (answered its `Calls/connect`) at `at`. Its callback may have
+    ended the attempt before the answer came, and the call moved on: the attempt keeps when it
+    was dispatched all the same."""
+    record = call.attempts[n - 1]
+    if record.get("dispatched_at") is None:
+        call.attempts = [
+            *call.attempts[: n - 1],
+            record | {"dispatched_at": _iso(at)},
+            *call.attempts[n:],
+        ]
+
+
 def apply_to_attempt(call: CallState, n: int, update: StatusUpdate) -> EventOutcome:
     """What Exotel says of attempt `n`, which has ended while the call went on: kept with the
     attempt when it is the attempt's own status and fills what the attempt lacks. The call
