@@ -456,6 +456,7 @@ async def test_a_cancel_between_an_attempts_end_and_exotels_answer_to_it(
     assert [(a["attempt"], a["outcome"]) for a in answered] == [(1, "stale")]
     assert (call["status"], call["next_attempt_at"]) == ("canceled", None)
     assert [(a["n"], a["status"]) for a in call["attempts"]] == [(1, "busy")]
+    assert call["attempts"][0]["dispatched_at"]  # when Exotel's answer came
     assert len(dialled) == 1
 
 
