@@ -33,6 +33,7 @@ from app.calls.state import (
     CallState,
     Failure,
     StatusUpdate,
+    accepted_attempt,
     apply_update,
     begin_attempt,
     hold,
@@ -146,6 +147,8 @@ async def record_sent(
     state = store.get(call_id)
     assert state is not None, "calls are never deleted"
     state.claimed_by = state.claimed_at = None
+    if isinstance(result, ExotelCall):
+        accepted_attempt(state, attempt, at=await store.now())
     if not is_latest_live(state, attempt):
         # A callback ended the attempt before Exotel's answer came, and the call waits for its
         # next: the answer is the attempt's, and news to nobody.

@@ -93,6 +93,10 @@ def status_event(change: Change) -> str | None:
         return (
             None if after.status == CallStatus.QUEUED else "call." + after.status.replace("-", "_")
         )
+    if after.status == CallStatus.SCHEDULED and after.next_attempt_at != before.next_attempt_at:
+        # Held again when its time came (the number's limit): the time subscribers were told
+        # has passed.
+        return "call.scheduled"
     if after.answered_at != before.answered_at and after.status not in TERMINAL:
         return "call.answered"
     if after.status in TERMINAL and any(

@@ -299,8 +299,8 @@ def stop(
     if call.status not in (CallStatus.QUEUED, CallStatus.SCHEDULED):
         return EventOutcome.STALE
     if call.status == CallStatus.QUEUED and call.claimed_by:
-        # Being sent. A scheduled call still claimed is not: its attempt's end came before
-        # Exotel's answer to the connect, which changes nothing once it comes.
+        # Being sent: it may reach Exotel. A scheduled call still claimed is not: its
+        # attempt's end came before Exotel's answer to the connect, which changes nothing.
         return EventOutcome.STALE
     call.status, call.next_attempt_at = status, None
     call.fail(failure, at=at)
@@ -330,6 +330,19 @@ def is_latest_live(call: CallState, n: int) -> bool:
     """Whether the call's own columns are attempt `n`'s: it is the latest, and the call does
     not wait for another."""
     return n == len(call.attempts) and call.status != CallStatus.SCHEDULED
+
+
+def accepted_attempt(call: CallState, n: int, *, at: datetime) -> None:
+    """Exotel accepted attempt `n` (answered its `Calls/connect`) at `at`. Its callback may have
+    ended the attempt before the answer came, and the call moved on: the attempt keeps when it
+    was dispatched all the same."""
+    record = call.attempts[n - 1]
+    if record.get("dispatched_at") is None:
+        call.attempts = [
+            *call.attempts[: n - 1],
+            record | {"dispatched_at": _iso(at)},
+            *call.attempts[n:],
+        ]
 
 
 def apply_to_attempt(call: CallState, n: int, update: StatusUpdate) -> EventOutcome:
