@@ -336,13 +336,8 @@ def accepted_attempt(call: CallState, n: int, *, at: datetime) -> None:
     """Exotel accepted attempt `n` (answered its `Calls/connect`) at `at`. Its callback may have
     ended the attempt before the answer came, and the call moved on: the attempt keeps when it
     was dispatched all the same."""
-    record = call.attempts[n - 1]
-    if record.get("dispatched_at") is None:
-        call.attempts = [
-            *call.attempts[: n - 1],
-            record | {"dispatched_at": _iso(at)},
-            *call.attempts[n:],
-        ]
+    if call.attempts[n - 1].get("dispatched_at") is None:
+        _amend_attempt(call, n, dispatched_at=_iso(at))
 
 
 def apply_to_attempt(call: CallState, n: int, update: StatusUpdate) -> EventOutcome:
@@ -354,12 +349,18 @@ def apply_to_attempt(call: CallState, n: int, update: StatusUpdate) -> EventOutc
         return EventOutcome.STALE
     if update.duration is None or record.get("duration") is not None:
         return EventOutcome.DUPLICATE
+    _amend_attempt(call, n, duration=update.duration)
+    return EventOutcome.APPLIED
+
+
+def _amend_attempt(call: CallState, n: int, **facts: Any) -> None:
+    """Add `facts` to attempt `n`'s record. A new list, never the old one changed: the store
+    tells a change by comparing the two."""
     call.attempts = [
         *call.attempts[: n - 1],
-        record | {"duration": update.duration},
+        call.attempts[n - 1] | facts,
         *call.attempts[n:],
     ]
-    return EventOutcome.APPLIED
 
 
 def record_attempt(call: CallState, *, at: datetime) -> None:
@@ -446,7 +447,7 @@ def apply_price(call: CallState, n: int, price: Decimal) -> EventOutcome:
     if record.get("price") is not None:
         return EventOutcome.DUPLICATE
     # A string in JSON: a float would not keep Exotel's "0.600" exact.
-    call.attempts = [*call.attempts[: n - 1], record | {"price": str(price)}, *call.attempts[n:]]
+    _amend_attempt(call, n, price=str(price))
     known = [Decimal(a["price"]) for a in call.attempts if a.get("price") is not None]
     call.price = sum(known, Decimal(0))
     return EventOutcome.APPLIED
