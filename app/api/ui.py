@@ -54,8 +54,8 @@ MEANINGS = {
     CallStatus.BUSY: "the line was busy",
     CallStatus.NO_ANSWER: "rang, nobody answered",
     CallStatus.FAILED: "Exotel could not connect it",
-    CallStatus.CANCELED: "canceled before it was answered",
-    CallStatus.REJECTED: "refused by Exotel: nothing was dialled",
+    CallStatus.CANCELED: "canceled before it was answered, or by POST /calls/{id}/cancel",
+    CallStatus.REJECTED: "refused, by Exotel or for an opted-out number: nothing was dialled",
     CallStatus.UNKNOWN: "Exotel may have dialled; never sent again",
     CallStatus.EXPIRED: "its expires_at passed before it could be dialled",
 }

@@ -31,6 +31,7 @@ def list_opt_outs(client: ExocallClient, *, out: Console) -> ExitCode:
 
 
 def describe(entry: OptOutView) -> str:
-    """`+919052161119  api  2026-12-05T10:12:31+00:00  asked not to be called`."""
-    since = entry.created_at.isoformat(timespec="seconds")
+    """`+919052161119  api  2026-12-05T15:42:31+05:30  asked not to be called`, in this
+    machine's time zone."""
+    since = entry.created_at.astimezone().isoformat(timespec="seconds")
     return f"{entry.number}  {entry.source:<8}  {since}  {entry.reason or ''}".rstrip()
