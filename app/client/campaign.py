@@ -181,10 +181,14 @@ class CampaignRunner:
             if snapshot.counts != last_counts:
                 last_counts, changed_at = snapshot.counts, time.monotonic()
             elif time.monotonic() - changed_at >= self._options.timeout:
-                # Before giving up: a scheduled call's time may have been put off since.
-                snapshot = self._snapshot(look_again=True)
-                if not self._waiting_for(snapshot.next_due):
-                    return snapshot
+                # Before giving up, look again: a scheduled call's time may have been put off,
+                # or come (it left `scheduled` between the counts and the look).
+                again = self._snapshot(look_again=True)
+                moved = again.counts != last_counts or (
+                    again.counts.get(CallStatus.SCHEDULED) and again.next_due is None
+                )
+                if not moved and not self._waiting_for(again.next_due):
+                    return again
             time.sleep(POLL_SECONDS)
 
     def _waiting_for(self, next_due: datetime | None) -> bool:
@@ -198,7 +202,8 @@ class CampaignRunner:
         counts change (or `look_again`), not on every poll."""
         counts = self._counts.poll(self._state)
         submitted = self._total - len(self._pending)
-        sent = submitted - counts.get(CallStatus.QUEUED, 0)
+        # A call scheduled for later was not sent (or, retried, waits to be sent again).
+        sent = submitted - counts.get(CallStatus.QUEUED, 0) - counts.get(CallStatus.SCHEDULED, 0)
         if not counts.get(CallStatus.SCHEDULED):
             self._next_due = None
         elif look_again or counts != self._counted:

@@ -61,7 +61,8 @@ class DispatchMeter:
         while len(self._samples) > 1 and now - self._samples[1][0] >= self.WINDOW_SECONDS:
             self._samples.popleft()
         since, sent_then = self._samples[0]
-        return DispatchRate(sent - sent_then, now - since >= self.WINDOW_SECONDS)
+        # Fewer than before when a call sent went back to wait for its next attempt.
+        return DispatchRate(max(sent - sent_then, 0), now - since >= self.WINDOW_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,8 @@ def describe_rate(snapshot: Snapshot) -> str:
     sent = f"sent {snapshot.rate.last_minute} in the last minute (limit {snapshot.rate_limit}/min)"
     eta = snapshot.eta()
     if not snapshot.to_send:
-        return f"{sent}, all sent"
+        later = " but the scheduled" if snapshot.counts.get(CallStatus.SCHEDULED) else ""
+        return f"{sent}, all sent{later}"
     if eta is None:
         return f"{sent}, none lately: no estimate"
     return f"{sent}, all sent in ~{eta}"

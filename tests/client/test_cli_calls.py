@@ -664,6 +664,28 @@ async def test_a_campaign_on_a_policy_waits_for_its_scheduled_calls_and_counts_a
     assert "the campaign was started with --retry '2:busy:1s'" in err(other)
 
 
+async def test_a_campaigns_timeout_counts_from_when_its_scheduled_call_is_due(
+    start_exocall: StartExocall, tmp_path: Path
+) -> None:
+    """Nothing changes while a call waits for its time: that is no reason to stop following."""
+    exocall = start_exocall(JOBS_POLL_SECONDS="0.2")
+    later = datetime.now(UTC) + timedelta(seconds=8)
+    path = write_csv(tmp_path / "calls.csv", ["number"], [[number("0", 1)]])
+    results_path = tmp_path / "results.csv"
+
+    ran = await exocall.run(
+        "campaign", str(path), "--app-id", "926", "--timeout", "3",
+        "--not-before", later.isoformat(), "--results", str(results_path),
+    )  # fmt: skip
+
+    assert ran.returncode == 0, out(ran) + err(ran)
+    first = out(ran).splitlines()[0]
+    assert "0/1 done; scheduled 1 (the next due " in first
+    # Nothing was dialled yet: the call waits for its time.
+    assert first.endswith("; sent 0 in the last minute (limit 200/min), all sent but the scheduled")
+    assert [row["status"] for row in read_results(results_path)] == ["completed"]
+
+
 async def test_opt_out_commands_keep_a_number_from_being_called(
     start_exocall: StartExocall,
 ) -> None:
