@@ -17,16 +17,19 @@ from typing import Annotated, Any
 import httpx
 import typer
 import uvicorn
+from rich.console import Console
 
 from app.api.schemas import MAX_BATCH
 from app.calls.callback_auth import passthru_url, status_callback_url
 from app.calls.dispatch import budget_of
 from app.calls.reconcile import Repairs, reconcile_once
 from app.client.api import API_KEY_ENV, DEFAULT_URL, URL_ENV, ExocallClient
-from app.client.call import place_and_follow
+from app.client.call import cancel_call, place_and_follow
 from app.client.campaign import CampaignOptions, run_campaign
 from app.client.events import tail_events
-from app.client.outcome import plain_console, reporting_failures
+from app.client.opt_outs import add_opt_out, list_opt_outs, remove_opt_out
+from app.client.outcome import ExitCode, plain_console, reporting_failures
+from app.client.policy import RETRY_FORM, WINDOW_FORM, PolicyInvalid, PolicyText
 from app.config import ConfigurationError, Settings
 from app.db import migrate as migrations
 from app.db.embedded import DATA_DIR, embedded_server
@@ -281,37 +284,110 @@ CallerId = Annotated[
 ]
 
 
+# A call's policy (docs/cli.md, "Calls on a policy"), the same for `call` and `campaign`.
+Retry = Annotated[
+    str | None,
+    typer.Option(
+        help=f"Attempts in all, the statuses retried and the waits: {RETRY_FORM} (statuses "
+        "busy,no-answer and a wait of 30m unless named; the last wait repeats).",
+        show_default=False,
+    ),
+]
+Window = Annotated[
+    str | None,
+    typer.Option(
+        help=f"Dial only within these hours: {WINDOW_FORM} (Asia/Kolkata unless named); the "
+        "service's CALLING_WINDOW when absent.",
+        show_default=False,
+    ),
+]
+NotBefore = Annotated[
+    str | None,
+    typer.Option(
+        help="Not dialled before then: ISO 8601 with an offset (2026-12-06T09:30:00+05:30).",
+        show_default=False,
+    ),
+]
+ExpiresAt = Annotated[
+    str | None,
+    typer.Option(
+        help="Not dialled after then (ISO 8601 with an offset): a call still waiting ends "
+        "`expired`.",
+        show_default=False,
+    ),
+]
+
+
+def _policy(text: PolicyText, err: Console) -> dict[str, Any]:
+    """The policy's fields of `POST /calls`; a bad value is said in one line, exit status 2."""
+    try:
+        return text.fields()
+    except PolicyInvalid as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(ExitCode.INVALID) from None
+
+
 @cli.command(
-    epilog="Exit status: 0 completed; 1 ended otherwise (busy, no-answer, failed, canceled, "
-    "rejected); 2 refused as invalid; 3 the service unreachable or failing; 4 not over after "
-    "--timeout."
+    epilog="Exit status: 0 completed (or, with --no-follow, stored); 1 ended otherwise (busy, "
+    "no-answer, failed, canceled, rejected, expired); 2 refused as invalid; 3 the service "
+    "unreachable or failing; 4 not over after --timeout."
 )
 def call(
     number: Annotated[str, typer.Argument(help="The customer's number, in any usual spelling.")],
     app_id: AppId,
     caller_id: CallerId = None,
     custom_field: Annotated[str | None, typer.Option(help="Handed to the flow.")] = None,
+    retry: Retry = None,
+    window: Window = None,
+    not_before: NotBefore = None,
+    expires_at: ExpiresAt = None,
     url: ServiceUrl = DEFAULT_URL,
     api_key: ApiKey = None,
     timeout: Annotated[
         float, typer.Option(min=0, help="Seconds to follow the call before giving up.")
     ] = 600,
+    follow: Annotated[
+        bool, typer.Option(help="Follow the call to its end; else print how it was stored.")
+    ] = True,
 ) -> None:
     """Place one call through a running exocall and follow it to its end."""
-    body = {"from": number, "app_id": app_id, "caller_id": caller_id, "custom_field": custom_field}
-    body = {field: value for field, value in body.items() if value is not None}
     out, err = plain_console(), plain_console(stderr=True)
+    policy = _policy(PolicyText(retry, window, not_before, expires_at), err)
+    body = {"from": number, "app_id": app_id, "caller_id": caller_id, "custom_field": custom_field}
+    body = {field: value for field, value in body.items() if value is not None} | policy
     with ExocallClient(url, api_key) as client:
         code = reporting_failures(
-            err, lambda: place_and_follow(client, body, timeout=timeout, out=out, err=err)
+            err,
+            lambda: place_and_follow(
+                client, body, timeout=timeout, follow=follow, out=out, err=err
+            ),
         )
+    raise typer.Exit(code)
+
+
+@cli.command(
+    "cancel",
+    epilog="Exit status: 0 canceled, or no attempt after the one under way; 2 the call has "
+    "ended already, or there is no such call; 3 the service unreachable or failing.",
+)
+def cancel(
+    call_ref: Annotated[str, typer.Argument(metavar="CALL", help="Our call id, or a SID.")],
+    url: ServiceUrl = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Make no attempt of a call after now: one waiting ends `canceled`; one whose attempt is
+    under way ends with that attempt's outcome."""
+    out, err = plain_console(), plain_console(stderr=True)
+    with ExocallClient(url, api_key) as client:
+        code = reporting_failures(err, lambda: cancel_call(client, call_ref, out=out))
     raise typer.Exit(code)
 
 
 @cli.command(
     epilog="Every row is validated before anything is sent. What was sent is kept next to FILE "
     "(in FILE.exocall.json), so --resume carries on after any interruption without dialling "
-    "anyone twice. Exit status: 0 every call ended; 2 invalid rows or options (nothing sent); "
+    "anyone twice. Exit status: 0 every call ended (scheduled is not ended); 2 invalid rows or "
+    "options (nothing sent); "
     "3 the service unreachable or failing; 4 calls not over after --timeout; 130 interrupted."
 )
 def campaign(
@@ -321,7 +397,8 @@ def campaign(
             exists=True,
             dir_okay=False,
             readable=True,
-            help="A CSV file: a number column; custom_field, idempotency_key optional.",
+            help="A CSV file: a number column; custom_field, idempotency_key, retry, window, "
+            "not_before, expires_at optional.",
         ),
     ],
     app_id: AppId,
@@ -342,10 +419,24 @@ def campaign(
         int, typer.Option(min=1, help="The account's calls per minute, to show the rate against.")
     ] = 200,
     timeout: Annotated[
-        float, typer.Option(min=0, help="Stop following once no call changed for this long (s).")
+        float,
+        typer.Option(
+            min=0,
+            help="Stop following once no call changed for this long (s), counted from when "
+            "the next scheduled call is due while one waits.",
+        ),
     ] = 600,
+    retry: Retry = None,
+    window: Window = None,
+    not_before: NotBefore = None,
+    expires_at: ExpiresAt = None,
 ) -> None:
-    """Call every number of a CSV file, following the calls to their end."""
+    """Call every number of a CSV file, following the calls to their end. The policy options
+    apply to every row; a row's own retry, window, not_before and expires_at columns, where
+    the file has them and the cell is not empty, to that row."""
+    err = plain_console(stderr=True)
+    policy = PolicyText(retry, window, not_before, expires_at)
+    _policy(policy, err)
     options = CampaignOptions(
         app_id=app_id,
         caller_id=caller_id,
@@ -354,8 +445,9 @@ def campaign(
         rate_limit=rate_limit,
         timeout=timeout,
         results=results,
+        policy=policy,
     )
-    out, err = plain_console(), plain_console(stderr=True)
+    out = plain_console()
     with ExocallClient(url, api_key) as client:
         code = reporting_failures(
             err, lambda: run_campaign(client, file, options, out=out, err=err)
@@ -402,6 +494,48 @@ def tail(
                 out=out,
             ),
         )
+    raise typer.Exit(code)
+
+
+opt_out_cli = typer.Typer(
+    help="Numbers never to be called, whoever asks (the service's /opt-outs).",
+    no_args_is_help=True,
+)
+cli.add_typer(opt_out_cli, name="opt-out")
+OptOutNumber = Annotated[str, typer.Argument(help="Any spelling `exocall call` takes.")]
+
+
+@opt_out_cli.command("add", epilog="Exit status: 0 opted out (now or already); 2 invalid.")
+def opt_out_add(
+    number: OptOutNumber,
+    reason: Annotated[str | None, typer.Option(help="Why, for people.")] = None,
+    url: ServiceUrl = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Opt a number out: no call is made to it, and calls waiting for it are refused when due."""
+    out, err = plain_console(), plain_console(stderr=True)
+    with ExocallClient(url, api_key) as client:
+        code = reporting_failures(err, lambda: add_opt_out(client, number, reason=reason, out=out))
+    raise typer.Exit(code)
+
+
+@opt_out_cli.command("remove", epilog="Exit status: 0 removed; 2 not on the list, or invalid.")
+def opt_out_remove(
+    number: OptOutNumber, url: ServiceUrl = DEFAULT_URL, api_key: ApiKey = None
+) -> None:
+    """Take a number off the list: it may be called again."""
+    out, err = plain_console(), plain_console(stderr=True)
+    with ExocallClient(url, api_key) as client:
+        code = reporting_failures(err, lambda: remove_opt_out(client, number, out=out))
+    raise typer.Exit(code)
+
+
+@opt_out_cli.command("list")
+def opt_out_list(url: ServiceUrl = DEFAULT_URL, api_key: ApiKey = None) -> None:
+    """Every opted-out number, newest first: number, source (api, passthru), since, reason."""
+    out, err = plain_console(), plain_console(stderr=True)
+    with ExocallClient(url, api_key) as client:
+        code = reporting_failures(err, lambda: list_opt_outs(client, out=out))
     raise typer.Exit(code)
 
 

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,7 +28,10 @@ from app.api.deps import SessionDep, SettingsDep, require_page_access
 from app.api.errors import ApiError
 from app.calls import queries, ratelimit
 from app.calls.errors import CallNotFound
+from app.calls.policy import Retry, Window
+from app.calls.resource import AttemptOut
 from app.calls.state import TERMINAL
+from app.calls.waiting import Waiting, WaitReason, waiting
 from app.db.clock import db_now
 from app.db.models import Batch, Call, CallStatus, Receipt, RequestKind
 from app.events import endpoints, feed
@@ -38,6 +42,7 @@ from app.recordings.status import archive_status
 
 RECENT_CALLS = 50
 RECENT_BATCHES = 10
+NEXT_SCHEDULED = 10
 REFRESH_SECONDS = 10
 
 STATUSES = list(CallStatus)  # declared in the order people read a call's life in
@@ -49,10 +54,17 @@ MEANINGS = {
     CallStatus.BUSY: "the line was busy",
     CallStatus.NO_ANSWER: "rang, nobody answered",
     CallStatus.FAILED: "Exotel could not connect it",
-    CallStatus.CANCELED: "canceled before it was answered",
-    CallStatus.REJECTED: "refused by Exotel: nothing was dialled",
+    CallStatus.CANCELED: "canceled before it was answered, or by POST /calls/{id}/cancel",
+    CallStatus.REJECTED: "refused, by Exotel or for an opted-out number: nothing was dialled",
     CallStatus.UNKNOWN: "Exotel may have dialled; never sent again",
     CallStatus.EXPIRED: "its expires_at passed before it could be dialled",
+}
+# Why a scheduled call waits (`app.calls.waiting`), as the pages say it.
+WAIT_REASONS = {
+    WaitReason.NOT_BEFORE: "its not_before",
+    WaitReason.RETRY: "the retry interval",
+    WaitReason.WINDOW: "its window to open",
+    WaitReason.NUMBER_LIMIT: "the number's limit",
 }
 # Stacked bars: ended calls first, then those under way, then those waiting.
 _BAR_ORDER = [
@@ -120,6 +132,29 @@ def _duration(seconds: float) -> str:
     return f"{secs} s"
 
 
+def _until(at: datetime, now: datetime) -> str:
+    """`in 29 min 5 s`, or `due 12 s ago` once `at` has passed."""
+    seconds = (at - now).total_seconds()
+    return f"in {_duration(seconds)}" if seconds > 0 else f"due {_duration(-seconds)} ago"
+
+
+def _interval(seconds: int) -> str:
+    """`30 min`, `1 h 30 min`, `90 s` is `1 min 30 s`: a retry policy's wait, without zeros."""
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = ((hours, "h"), (minutes, "min"), (secs, "s"))
+    return " ".join(f"{value} {unit}" for value, unit in parts if value) or "0 s"
+
+
+def _price(value: Decimal | None) -> Markup | str:
+    """What Exotel charged, in rupees (its account's currency), at least to the paisa."""
+    if value is None:
+        return Markup('<span class="none">—</span>')
+    digits = f"{value:.4f}".rstrip("0")
+    whole, _, fraction = digits.partition(".")
+    return f"₹{whole}.{fraction.ljust(2, '0')}"
+
+
 def _fields(payload: dict[str, Any]) -> str:
     return json.dumps(payload, indent=2, ensure_ascii=False, sort_keys=True)
 
@@ -135,11 +170,14 @@ _env.filters.update(
     ist=_ist,
     masked=mask,
     duration=_duration,
+    until=_until,
+    interval=_interval,
+    price=_price,
     count=lambda value: f"{value:,.0f}",
     seconds=lambda value: f"{value:g} s",
     fields=_fields,
 )
-_env.globals.update(css=Markup(_CSS), meanings=MEANINGS)  # noqa: S704 - our own stylesheet
+_env.globals.update(css=Markup(_CSS), meanings=MEANINGS, reasons=WAIT_REASONS)  # noqa: S704 - our own stylesheet
 
 
 def _page(template: str, *, now: datetime, **context: Any) -> HTMLResponse:
@@ -216,6 +254,7 @@ async def status_page(
     batches = await queries.recent_batches(session, limit=RECENT_BATCHES)
     owed = await endpoints.backlogs(session)
     calls, _ = await queries.list_calls(session, limit=RECENT_CALLS)
+    scheduled = await queries.schedule(session, now=now, limit=NEXT_SCHEDULED)
     oldest = overview.oldest_queued_at
     connects = granted.get("connect", 0)
     return _page(
@@ -229,6 +268,9 @@ async def status_page(
         queue_depth=overview.queue_depth,
         oldest_queued_at=oldest,
         queue_age=overview.oldest_queued_age_seconds if oldest else None,
+        scheduled_count=overview.calls_by_status.get(CallStatus.SCHEDULED, 0),
+        scheduled_due=scheduled.due,
+        next_scheduled=[(call, waits(call)) for call in scheduled.soonest],
         connects=connects,
         lookups=granted.get("lookup", 0),
         rate_limit=settings.exotel.rate_limit,
@@ -243,6 +285,19 @@ async def status_page(
             (endpoint, owed.get(endpoint.id, endpoints.Backlog()))
             for endpoint in await endpoints.list_endpoints(session)
         ],
+    )
+
+
+def waits(call: Call) -> Waiting | None:
+    """Why a scheduled call waits, and for which attempt; None for a call that does not."""
+    if call.status != CallStatus.SCHEDULED or call.next_attempt_at is None:
+        return None
+    return waiting(
+        next_attempt_at=call.next_attempt_at,
+        not_before=call.not_before,
+        retry=call.retry,
+        window=call.window,
+        attempts=call.attempts,
     )
 
 
@@ -274,8 +329,17 @@ def timeline(call: Call, events: Sequence[Receipt]) -> list[Entry]:
     """The call's milestones merged by time among what was received about it, which keeps the
     order it was received in."""
     milestones = [Entry(call.created_at, "created", "stored as queued")]
+    attempts = [AttemptOut.model_validate(record) for record in call.attempts]
+    for attempt in attempts[:-1]:  # the latest's is the call's own
+        if attempt.dispatched_at:
+            detail = f"attempt {attempt.n} sent to Exotel"
+            milestones.append(Entry(attempt.dispatched_at, "dispatched", detail))
     if call.dispatched_at:
-        milestones.append(Entry(call.dispatched_at, "dispatched", "sent to Exotel"))
+        detail = f"attempt {len(attempts)} sent to Exotel" if len(attempts) > 1 else ""
+        milestones.append(Entry(call.dispatched_at, "dispatched", detail or "sent to Exotel"))
+    if call.canceled_at:
+        detail = "POST /calls/{id}/cancel: no attempt is made after it"
+        milestones.append(Entry(call.canceled_at, "cancel", detail))
     if call.answered_at:
         milestones.append(Entry(call.answered_at, "answered", "the customer picked up"))
     if call.error_code:
@@ -313,6 +377,10 @@ async def call_page(ref: str, session: SessionDep) -> HTMLResponse:
         "call.html",
         now=await db_now(session),
         call=call,
+        attempts=[AttemptOut.model_validate(record) for record in call.attempts],
+        retry=Retry.of(call.retry) if call.retry else None,
+        window=Window.of(call.window),
+        waits=waits(call),
         entries=timeline(call, events),
         pushed=pushed,
         # Only while the call can still change.

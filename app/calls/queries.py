@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import ColumnElement, Select, String, and_, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.calls import cursors
@@ -199,3 +199,29 @@ async def recent_batches(
         for batch_id, status, count in rows:
             counts[batch_id][str(status)] = count
     return [(batch, counts[batch.id]) for batch in batches]
+
+
+# `status = 'scheduled'` written into the statement, not sent as a parameter: a plan made for
+# any status (a prepared statement's generic plan) could not use the partial index
+# `ix_call_scheduled_next_attempt_at`, whose condition this is.
+SCHEDULED: ColumnElement[bool] = Call.status == literal(
+    CallStatus.SCHEDULED.value, String(), literal_execute=True
+)
+
+
+def soonest_scheduled(limit: int) -> Select[Call]:
+    """The scheduled calls next due, soonest first: read in the partial index's order."""
+    return select(Call).where(SCHEDULED).order_by(Call.next_attempt_at).limit(limit)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The calls that wait, `scheduled`, and the next of them due."""
+
+    due: int  # their time has come: the dispatcher takes them as the budget allows
+    soonest: list[Call]
+
+
+async def schedule(session: AsyncSession, *, now: datetime, limit: int) -> Schedule:
+    due = await session.scalar(select(func.count()).where(SCHEDULED, Call.next_attempt_at <= now))
+    return Schedule(due=due or 0, soonest=list(await session.scalars(soonest_scheduled(limit))))

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Sequence
+from datetime import datetime
+from decimal import Decimal
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.schemas import MAX_BATCH, BatchCallCreate
-from app.calls.resource import CallErrorOut
+from app.calls.resource import AttemptOut, CallErrorOut
 from app.db.models import CallStatus
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -40,6 +43,26 @@ class CallView(BaseModel):
     digits: str | None = None  # keyed in the flow
     error: CallErrorOut | None = None
     batch_id: uuid.UUID | None = None
+    attempts: list[AttemptOut] = []
+    next_attempt_at: datetime | None = None  # when a scheduled call is next due
+    price: Decimal | None = None  # the attempts' total, once Exotel says
+
+    @property
+    def next_attempt(self) -> int:
+        """The attempt a waiting call is to make next: a new one, unless its latest never
+        reached Exotel."""
+        if self.attempts and self.attempts[-1].status == CallStatus.QUEUED:
+            return len(self.attempts)
+        return len(self.attempts) + 1
+
+
+class OptOutView(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    number: str
+    reason: str | None = None
+    source: str
+    created_at: datetime
 
 
 class BatchView(BaseModel):
@@ -130,11 +153,35 @@ class ExocallClient:
         counts = self._request("GET", f"/batches/{batch_id}")["counts"]
         return {str(status): int(count) for status, count in counts.items()}
 
-    def batch_calls(self, batch_id: uuid.UUID) -> Iterator[CallView]:
+    def batch_calls(self, batch_id: uuid.UUID, *, status: str | None = None) -> Iterator[CallView]:
         params: dict[str, Any] = {"batch_id": str(batch_id), "limit": _PAGE_SIZE}
+        if status:
+            params["status"] = status
+        for item in self._pages("/calls", params):
+            yield CallView.model_validate(item)
+
+    def cancel_call(self, ref: str) -> CallView:
+        """No attempt of the call after now (`POST /calls/{id}/cancel`)."""
+        return CallView.model_validate(self._request("POST", f"/calls/{ref}/cancel"))
+
+    def opt_out(self, number: str, reason: str | None) -> tuple[OptOutView, bool]:
+        """Opt `number` out; and whether it is new (else it already was, as first made)."""
+        body = {"number": number} | ({"reason": reason} if reason else {})
+        response = self._send("POST", "/opt-outs", json=body)
+        return OptOutView.model_validate(response.json()), response.status_code == 201
+
+    def remove_opt_out(self, number: str) -> None:
+        self._send("DELETE", f"/opt-outs/{quote(number, safe='')}")
+
+    def opt_outs(self) -> Iterator[OptOutView]:
+        for item in self._pages("/opt-outs", {"limit": _PAGE_SIZE}):
+            yield OptOutView.model_validate(item)
+
+    def _pages(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        params = dict(params)
         while True:
-            page = self._request("GET", "/calls", params=params)
-            yield from (CallView.model_validate(item) for item in page["items"])
+            page = self._request("GET", path, params=params)
+            yield from page["items"]
             if not page["next_cursor"]:
                 return
             params["cursor"] = page["next_cursor"]
@@ -152,6 +199,9 @@ class ExocallClient:
         return list(page["items"]), str(page["next_cursor"])
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._send(method, path, **kwargs).json()
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.ConnectError as exc:
@@ -161,7 +211,7 @@ class ExocallClient:
             raise ServiceUnreachable(str(self._http.base_url), str(exc) or repr(exc)) from None
         if response.is_error:
             raise ServiceError(response.status_code, _error_body(response))
-        return response.json()
+        return response
 
 
 def _error_body(response: httpx.Response) -> dict[str, Any]:

@@ -16,12 +16,22 @@ POLL_SECONDS = 0.5
 
 
 def place_and_follow(
-    client: ExocallClient, body: dict[str, Any], *, timeout: float, out: Console, err: Console
+    client: ExocallClient,
+    body: dict[str, Any],
+    *,
+    timeout: float,
+    follow: bool = True,
+    out: Console,
+    err: Console,
 ) -> ExitCode:
     """Place the call `body` describes, then print its changes until its status is final
-    (`unknown` is not: a callback or reconciliation still resolves it)."""
+    (`unknown` is not: a callback or reconciliation still resolves it; nor is `scheduled`: it
+    waits for its time or its next attempt). Without `follow`, only how it was stored."""
     call = client.place_call(body)
     out.print(f"call {call.id} to {call.from_number}")
+    if not follow:
+        out.print(f"{0:6.1f}s  {describe_change(None, call)}")
+        return ExitCode.OK
     started = time.monotonic()
     previous: CallView | None = None
     try:
@@ -33,9 +43,11 @@ def place_and_follow(
                     ExitCode.OK if call.status == CallStatus.COMPLETED else ExitCode.NOT_COMPLETED
                 )
             if time.monotonic() - started >= timeout:
+                waiting = f" ({_next(call)})" if call.status == CallStatus.SCHEDULED else ""
                 err.print(
-                    f"still {call.status} after {timeout:g} s: stopped following. The call goes "
-                    f"on; look it up with GET /calls/{call.id}"
+                    f"still {call.status}{waiting} after {timeout:g} s: stopped following. The "
+                    f"call goes on; look it up with GET /calls/{call.id}, or stop it with "
+                    f"exocall cancel {call.id}"
                 )
                 return ExitCode.TIMED_OUT
             time.sleep(POLL_SECONDS)
@@ -48,6 +60,16 @@ def place_and_follow(
 def describe_change(previous: CallView | None, call: CallView) -> str:
     """What is new about `call` since `previous`, on one line; empty if nothing is."""
     news = []
+    made = len(call.attempts)
+    if made > 1 and (previous is None or len(previous.attempts) != made):
+        news.append(f"attempt {made}")
+    if call.status == CallStatus.SCHEDULED and call.next_attempt_at:
+        newly = previous is None or previous.status != call.status
+        last = call.attempts[-1] if call.attempts else None
+        if newly and last is not None and last.status in TERMINAL:  # and it is retried
+            news.append(f"attempt {last.n} ended {last.status}")
+        if newly or (previous is not None and previous.next_attempt_at != call.next_attempt_at):
+            news.append(_next(call))
     if call.sid and (previous is None or previous.sid != call.sid):
         news.append(f"sid {call.sid}")
     if call.digits is not None and (previous is None or previous.digits != call.digits):
@@ -63,8 +85,28 @@ def describe_change(previous: CallView | None, call: CallView) -> str:
     return f"{call.status:<12} {', '.join(news)}".rstrip()
 
 
+def _next(call: CallView) -> str:
+    """`attempt 2 at 2026-12-05 21:05:00+05:30`, in this machine's time zone."""
+    assert call.next_attempt_at is not None
+    at = call.next_attempt_at.astimezone().isoformat(sep=" ", timespec="seconds")
+    return f"attempt {call.next_attempt} at {at}"
+
+
 def describe_error(call: CallView) -> str:
     assert call.error is not None
     error = call.error
     answered = f", Exotel answered {error.exotel_status}" if error.exotel_status else ""
     return f"{error.message.strip().rstrip(';')} ({error.code}{answered})"
+
+
+def cancel_call(client: ExocallClient, ref: str, *, out: Console) -> ExitCode:
+    """`exocall cancel`: no attempt of the call after now."""
+    call = client.cancel_call(ref)
+    if call.status == CallStatus.CANCELED:
+        out.print(f"call {call.id} canceled")
+    else:  # an attempt is under way: its outcome is the call's
+        out.print(
+            f"call {call.id}: attempt {len(call.attempts)} is {call.status}; it ends with that "
+            "attempt's outcome, and no attempt follows it"
+        )
+    return ExitCode.OK

@@ -18,7 +18,8 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from rich.console import Console
@@ -26,6 +27,7 @@ from rich.console import Console
 from app.calls.state import TERMINAL
 from app.client.api import ExocallClient, ServiceError, ServiceUnreachable
 from app.client.outcome import ExitCode, report_failure
+from app.client.policy import PolicyText
 from app.client.progress import (
     CampaignDisplay,
     DispatchMeter,
@@ -55,6 +57,8 @@ RESULT_COLUMNS = [
     "status",
     "error_code",
     "digits",
+    "attempts",  # made; the status is the last one's, or the call's own when none was made
+    "price",  # the attempts' total, once Exotel's call details have it
 ]
 NOT_SUBMITTED = "not-submitted"
 
@@ -68,13 +72,16 @@ class CampaignOptions:
     rate_limit: int  # the account's, per minute: shown, not enforced (the service does that)
     timeout: float  # give up once no call has changed status for this long
     results: Path | None
+    policy: PolicyText = field(default_factory=PolicyText)  # every row's, under its own cells
 
 
 def run_campaign(
     client: ExocallClient, csv_path: Path, options: CampaignOptions, *, out: Console, err: Console
 ) -> ExitCode:
     try:
-        campaign = read_campaign(csv_path, app_id=options.app_id, caller_id=options.caller_id)
+        campaign = read_campaign(
+            csv_path, app_id=options.app_id, caller_id=options.caller_id, policy=options.policy
+        )
     except CampaignInvalid as exc:
         err.print(f"{csv_path}: nothing was sent; every row must be valid first:")
         for problem in exc.problems:
@@ -89,6 +96,7 @@ def run_campaign(
             campaign_id=campaign.campaign_id,
             app_id=options.app_id,
             caller_id=options.caller_id,
+            policy=options.policy.as_dict(),
             resume=options.resume,
         )
     except StateRefused as exc:
@@ -152,9 +160,14 @@ class CampaignRunner:
         self._pending = [row for row in campaign.rows if row.line not in submitted]
         self._counts = CampaignCounts(client)
         self._meter = DispatchMeter()
+        self._next_due: datetime | None = None  # the soonest of the scheduled calls
+        self._counted: Mapping[str, int] = {}
 
     def run(self, display: CampaignDisplay) -> Snapshot:
-        """Until every call is final, or nothing changed for `timeout` seconds."""
+        """Until every call is final, or nothing changed for `timeout` seconds since then or
+        since the next scheduled call was due. Scheduled calls are not final: they wait for
+        their time, a window, their number's limit or their next attempt; they do not hold
+        back the next batch, which waits only for the calls queued."""
         last_counts: Mapping[str, int] | None = None
         changed_at = time.monotonic()
         while True:
@@ -168,19 +181,41 @@ class CampaignRunner:
             if snapshot.counts != last_counts:
                 last_counts, changed_at = snapshot.counts, time.monotonic()
             elif time.monotonic() - changed_at >= self._options.timeout:
-                return snapshot
+                # Before giving up, look again: a scheduled call's time may have been put off,
+                # or come (it left `scheduled` between the counts and the look).
+                again = self._snapshot(look_again=True)
+                moved = again.counts != last_counts or (
+                    again.counts.get(CallStatus.SCHEDULED) and again.next_due is None
+                )
+                if not moved and not self._waiting_for(again.next_due):
+                    return again
             time.sleep(POLL_SECONDS)
 
-    def _snapshot(self) -> Snapshot:
+    def _waiting_for(self, next_due: datetime | None) -> bool:
+        """Whether a scheduled call is still to be due, or was due within `timeout`."""
+        if next_due is None:
+            return False
+        return datetime.now(UTC) < next_due + timedelta(seconds=self._options.timeout)
+
+    def _snapshot(self, *, look_again: bool = False) -> Snapshot:
+        """The campaign now; when its scheduled calls are next due is looked up when the
+        counts change (or `look_again`), not on every poll."""
         counts = self._counts.poll(self._state)
         submitted = self._total - len(self._pending)
-        sent = submitted - counts.get(CallStatus.QUEUED, 0)
+        # A call scheduled for later was not sent (or, retried, waits to be sent again).
+        sent = submitted - counts.get(CallStatus.QUEUED, 0) - counts.get(CallStatus.SCHEDULED, 0)
+        if not counts.get(CallStatus.SCHEDULED):
+            self._next_due = None
+        elif look_again or counts != self._counted:
+            self._next_due = self._counts.next_due(self._state)
+        self._counted = counts
         return Snapshot(
             total=self._total,
             not_submitted=len(self._pending),
             counts=counts,
             rate=self._meter.record(sent),
             rate_limit=self._options.rate_limit,
+            next_due=self._next_due,
         )
 
     def _submit(self, rows: list[CampaignRow]) -> None:
@@ -209,6 +244,7 @@ class CampaignCounts:
         self._client = client
         self._final_batches: dict[uuid.UUID, dict[str, int]] = {}
         self._final_calls: dict[uuid.UUID, str] = {}
+        self._scheduled: dict[uuid.UUID, int] = {}  # each batch's scheduled calls, last seen
 
     def poll(self, state: CampaignState) -> Counter[str]:
         counts: Counter[str] = Counter()
@@ -216,6 +252,7 @@ class CampaignCounts:
             batch_counts = self._final_batches.get(batch_id) or self._client.batch_counts(batch_id)
             if all(status in TERMINAL for status in batch_counts):
                 self._final_batches[batch_id] = batch_counts
+            self._scheduled[batch_id] = batch_counts.get(CallStatus.SCHEDULED, 0)
             counts.update(batch_counts)
         for call_id in state.loose_calls():
             status = self._final_calls.get(call_id) or self._client.get_call(call_id).status
@@ -223,6 +260,22 @@ class CampaignCounts:
                 self._final_calls[call_id] = status
             counts[status] += 1
         return counts
+
+    def next_due(self, state: CampaignState) -> datetime | None:
+        """When the soonest of the campaign's scheduled calls is due, if any is scheduled."""
+        calls = [
+            call
+            for batch_id, scheduled in self._scheduled.items()
+            if scheduled
+            for call in self._client.batch_calls(batch_id, status=CallStatus.SCHEDULED)
+        ]
+        calls += [
+            call
+            for call_id in state.loose_calls()
+            if call_id not in self._final_calls
+            and (call := self._client.get_call(call_id)).status == CallStatus.SCHEDULED
+        ]
+        return min((c.next_attempt_at for c in calls if c.next_attempt_at), default=None)
 
 
 def write_results(
@@ -240,7 +293,9 @@ def write_results(
         writer.writerow(RESULT_COLUMNS)
         for row in campaign.rows:
             if row.line not in submitted:
-                writer.writerow([row.line, row.number, row.key, "", "", NOT_SUBMITTED, "", ""])
+                writer.writerow(
+                    [row.line, row.number, row.key, "", "", NOT_SUBMITTED, "", "", "", ""]
+                )
                 continue
             call_id = submitted[row.line].call_id
             call = calls.get(call_id) or client.get_call(call_id)
@@ -249,5 +304,6 @@ def write_results(
                 [
                     *(row.line, row.number, row.key, call.id, call.sid or "", call.status),
                     *(error_code, "" if call.digits is None else call.digits),
+                    *(len(call.attempts), "" if call.price is None else call.price),
                 ]
             )

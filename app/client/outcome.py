@@ -9,8 +9,9 @@ from rich.console import Console
 
 from app.client.api import ServiceError, ServiceUnreachable
 
-# The service refused the request itself: the caller has something to fix.
-_INVALID_REQUEST = frozenset({400, 409, 413, 415, 422})
+# The service refused the request itself: the caller has something to fix (a call or number
+# named that it does not know, too).
+_INVALID_REQUEST = frozenset({400, 404, 409, 413, 415, 422})
 
 
 class ExitCode(enum.IntEnum):

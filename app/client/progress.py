@@ -7,7 +7,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Protocol
 
@@ -23,6 +23,7 @@ from app.db.models import CallStatus
 # The order statuses are shown in: waiting, under way, then how they ended.
 STATUS_ORDER = [
     CallStatus.QUEUED,
+    CallStatus.SCHEDULED,
     CallStatus.IN_PROGRESS,
     CallStatus.UNKNOWN,
     CallStatus.COMPLETED,
@@ -31,6 +32,7 @@ STATUS_ORDER = [
     CallStatus.FAILED,
     CallStatus.CANCELED,
     CallStatus.REJECTED,
+    CallStatus.EXPIRED,
 ]
 # Plain lines are for logs: one when something changed, at most this often.
 PLAIN_LINE_SECONDS = 5.0
@@ -59,7 +61,8 @@ class DispatchMeter:
         while len(self._samples) > 1 and now - self._samples[1][0] >= self.WINDOW_SECONDS:
             self._samples.popleft()
         since, sent_then = self._samples[0]
-        return DispatchRate(sent - sent_then, now - since >= self.WINDOW_SECONDS)
+        # Fewer than before when a call sent went back to wait for its next attempt.
+        return DispatchRate(max(sent - sent_then, 0), now - since >= self.WINDOW_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class Snapshot:
     counts: Mapping[str, int]  # the submitted calls by status
     rate: DispatchRate
     rate_limit: int  # the account's, per minute
+    next_due: datetime | None = None  # when the soonest scheduled call is due
 
     @property
     def done(self) -> int:
@@ -82,7 +86,8 @@ class Snapshot:
 
     @property
     def finished(self) -> bool:
-        """Every row submitted, and every call in a final status."""
+        """Every row submitted, and every call in a final status (`scheduled` is not: the
+        call waits for its time or its next attempt)."""
         final = all(status in TERMINAL for status, count in self.counts.items() if count)
         return final and not self.not_submitted
 
@@ -186,6 +191,12 @@ class PlainDisplay:
 def describe_counts(snapshot: Snapshot) -> str:
     parts = [f"not submitted {snapshot.not_submitted}"] if snapshot.not_submitted else []
     parts += [f"{status} {snapshot.counts[status]}" for status in _present(snapshot.counts)]
+    if snapshot.next_due is not None:
+        at = snapshot.next_due.astimezone().isoformat(sep=" ", timespec="seconds")
+        parts = [
+            f"{part} (the next due {at})" if part.startswith("scheduled ") else part
+            for part in parts
+        ]
     return ", ".join(parts) or "nothing submitted yet"
 
 
@@ -193,7 +204,8 @@ def describe_rate(snapshot: Snapshot) -> str:
     sent = f"sent {snapshot.rate.last_minute} in the last minute (limit {snapshot.rate_limit}/min)"
     eta = snapshot.eta()
     if not snapshot.to_send:
-        return f"{sent}, all sent"
+        later = " but the scheduled" if snapshot.counts.get(CallStatus.SCHEDULED) else ""
+        return f"{sent}, all sent{later}"
     if eta is None:
         return f"{sent}, none lately: no estimate"
     return f"{sent}, all sent in ~{eta}"

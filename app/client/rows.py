@@ -16,11 +16,15 @@ from pydantic import ValidationError
 
 from app.api.schemas import BatchCallCreate
 from app.calls.phone import InvalidPhoneNumber, to_e164
+from app.client.policy import PolicyInvalid, PolicyText
 
 # The header names of the number's column, in order of preference.
 NUMBER_COLUMNS = ("number", "from", "phone")
 CUSTOM_FIELD = "custom_field"
 IDEMPOTENCY_KEY = "idempotency_key"
+# A row's own policy, written as the options of the same names are (`--retry 3:busy:30m`):
+# a cell that is empty leaves the option's value.
+POLICY_COLUMNS = ("retry", "window", "not_before", "expires_at")
 # What the CLI's options are called, for problems that are about them rather than a row.
 _OPTIONS = {"app_id": "--app-id", "caller_id": "--caller-id"}
 
@@ -81,6 +85,7 @@ class _Cells:
     number: str
     custom_field: str
     idempotency_key: str
+    policy: PolicyText
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ class _Columns:
     number_name: str
     custom_field: int | None
     idempotency_key: int | None
+    policy: dict[str, int]  # the policy's columns the file has
     width: int
 
     def read(self, line: int, cells: list[str]) -> _Cells:
@@ -101,6 +107,7 @@ class _Columns:
             number=cell(self.number),
             custom_field=cell(self.custom_field),
             idempotency_key=cell(self.idempotency_key),
+            policy=PolicyText(**{name: cell(index) for name, index in self.policy.items()}),
         )
 
 
@@ -114,9 +121,12 @@ def derived_key(campaign_id: str, line: int) -> str:
     return f"exocall-campaign-{campaign_id}-line-{line}"
 
 
-def read_campaign(path: Path, *, app_id: str, caller_id: str | None) -> Campaign:
-    """The file's rows, each validated as `POST /calls/batch` would validate it; raises
-    `CampaignInvalid` naming every bad row (and duplicated numbers or keys) by its line."""
+def read_campaign(
+    path: Path, *, app_id: str, caller_id: str | None, policy: PolicyText | None = None
+) -> Campaign:
+    """The file's rows, each validated as `POST /calls/batch` would validate it, with `policy`
+    under its own; raises `CampaignInvalid` naming every bad row (and duplicated numbers or
+    keys) by its line."""
     content = path.read_bytes()
     campaign_id = campaign_id_of(content, app_id)
     records = csv.reader(io.StringIO(_decoded(content), newline=""))
@@ -127,7 +137,9 @@ def read_campaign(path: Path, *, app_id: str, caller_id: str | None) -> Campaign
     first_lines = _FirstLines(columns.number_name)
     for line, cells in _records(records, problems):
         read = columns.read(line, cells)
-        row, row_problems = _validated_row(read, columns, campaign_id, options)
+        row, row_problems = _validated_row(
+            read, columns, campaign_id, options, policy or PolicyText()
+        )
         problems += row_problems + first_lines.repeats(read)
         if row is not None:
             rows.append(row)
@@ -154,12 +166,13 @@ def _header(records: _CsvReader) -> tuple[_Columns, list[str]]:
     repeated = sorted({name for name in names if name and names.count(name) > 1})
     if repeated:
         raise CampaignInvalid([Problem(1, "header", f"repeated column {', '.join(repeated)}")])
-    known = {number_name, CUSTOM_FIELD, IDEMPOTENCY_KEY}
+    known = {number_name, CUSTOM_FIELD, IDEMPOTENCY_KEY, *POLICY_COLUMNS}
     columns = _Columns(
         number=names.index(number_name),
         number_name=number_name,
         custom_field=names.index(CUSTOM_FIELD) if CUSTOM_FIELD in names else None,
         idempotency_key=names.index(IDEMPOTENCY_KEY) if IDEMPOTENCY_KEY in names else None,
+        policy={name: names.index(name) for name in POLICY_COLUMNS if name in names},
         width=len(names),
     )
     return columns, [name for name in names if name not in known]
@@ -181,7 +194,7 @@ def _records(records: _CsvReader, problems: list[Problem]) -> Iterator[tuple[int
 
 
 def _validated_row(
-    read: _Cells, columns: _Columns, campaign_id: str, options: dict[str, Any]
+    read: _Cells, columns: _Columns, campaign_id: str, options: dict[str, Any], policy: PolicyText
 ) -> tuple[CampaignRow | None, list[Problem]]:
     line = read.line
     problems = []
@@ -191,11 +204,22 @@ def _validated_row(
         )
     if not read.number:
         problems.append(Problem(line, columns.number_name, "missing"))
-    fields = options | {
-        "from": read.number,
-        "custom_field": read.custom_field or None,
-        "idempotency_key": read.idempotency_key or derived_key(campaign_id, line),
-    }
+    try:
+        # The row's cells over the options: the names are the columns' (the options' values
+        # were checked before the file was read).
+        policy_fields = read.policy.under(policy).fields(names={n: n for n in POLICY_COLUMNS})
+    except PolicyInvalid as exc:
+        problems.append(Problem(line, exc.field, exc.reason))
+        policy_fields = {}
+    fields = (
+        options
+        | policy_fields
+        | {
+            "from": read.number,
+            "custom_field": read.custom_field or None,
+            "idempotency_key": read.idempotency_key or derived_key(campaign_id, line),
+        }
+    )
     try:
         call = BatchCallCreate.model_validate(fields)
     except ValidationError as exc:

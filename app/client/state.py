@@ -40,6 +40,9 @@ class CampaignState(BaseModel):
     campaign_id: str
     app_id: str
     caller_id: str | None
+    # The campaign's policy options, as written (`--retry` ...): the rows submitted on
+    # `--resume` get the same.
+    policy: dict[str, str] = {}
     batches: list[SubmittedBatch] = []
 
     def submitted(self) -> dict[int, SubmittedCall]:
@@ -61,13 +64,21 @@ def state_path(csv_path: Path) -> Path:
 
 
 def open_state(
-    path: Path, *, campaign_id: str, app_id: str, caller_id: str | None, resume: bool
+    path: Path,
+    *,
+    campaign_id: str,
+    app_id: str,
+    caller_id: str | None,
+    policy: dict[str, str],
+    resume: bool,
 ) -> CampaignState:
     """The campaign's state: the one in `path` when resuming, a new one otherwise. Never starts
     a campaign over silently: an existing state without `--resume` is refused."""
     existing = _load(path)
     if existing is None:
-        return CampaignState(campaign_id=campaign_id, app_id=app_id, caller_id=caller_id)
+        return CampaignState(
+            campaign_id=campaign_id, app_id=app_id, caller_id=caller_id, policy=policy
+        )
     if not resume:
         raise StateRefused(
             f"{path} exists: a campaign from this file was started. Run again with --resume to "
@@ -80,6 +91,14 @@ def open_state(
         )
     if existing.caller_id != caller_id:
         raise StateRefused(f"the campaign was started with --caller-id {existing.caller_id}")
+    if existing.policy != policy:
+        started = " ".join(
+            f"--{name.replace('_', '-')} '{text}'" for name, text in existing.policy.items()
+        )
+        raise StateRefused(
+            f"the campaign was started with {started or 'no policy options'}: resume it with "
+            "the same"
+        )
     return existing
 
 

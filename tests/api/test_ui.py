@@ -10,7 +10,8 @@ import os
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
+from decimal import Decimal
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -21,15 +22,17 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from playwright.async_api import Browser
-from sqlalchemy import update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.calls import queries
 from app.calls.callback_auth import passthru_url
 from app.calls.dispatch import budget_of
 from app.calls.ratelimit import THROTTLE
 from app.calls.reconcile import reconcile_once
 from app.config import Settings
-from app.db.models import Batch, Call, CallStatus, ExotelRequest, Throttle
+from app.db.models import Batch, Call, CallStatus, Dial, ExotelRequest, Throttle
+from app.exotel.wire import IST, format_exotel_time
 from app.main import create_app, exotel_client
 from tests.conftest import (
     AUTH,
@@ -312,6 +315,102 @@ async def test_an_empty_service_says_so(client: httpx.AsyncClient) -> None:
     assert "No calls yet" in html.text()
 
 
+def _scheduled(digit: int, at: datetime, **fields: Any) -> Call:
+    """A call waiting, `scheduled`, for `at` (later than any test lasts: the app's dispatcher
+    leaves it)."""
+    call = _call(CallStatus.SCHEDULED, digit, timedelta(minutes=10), **fields)
+    call.next_attempt_at = at
+    return call
+
+
+async def test_the_status_page_shows_the_scheduled_calls_next_due_and_why_they_wait(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    hour = timedelta(hours=1)
+    ended = now - timedelta(minutes=5)
+    busy = {"n": 1, "sid": new_sid(), "status": "busy", "ended_at": ended.isoformat()}
+    retry = {"max_attempts": 3, "on": ["busy", "no-answer"], "intervals": [7200]}
+    # Every day's opening of 00:00-23:59 in Kolkata is 18:30 UTC.
+    window = {"start": "00:00", "end": "23:59", "timezone": "Asia/Kolkata"}
+    opening = datetime.combine(now.date(), time(18, 30), tzinfo=UTC)
+    opening += timedelta(days=1) if opening <= now + 3 * hour else timedelta()
+    calls = {
+        "not_before": _scheduled(30, now + hour, not_before=now + hour),
+        # Attempt 2, due the retry's 2 h after attempt 1 ended busy.
+        "retry": _scheduled(31, ended + 2 * hour, retry=retry, max_attempts=3, attempts=[busy]),
+        "window": _scheduled(32, opening, window=window, not_before=now + 2 * hour),
+        # Due when nothing of its own says: held back by the number's limit.
+        "limit": _scheduled(33, now + 3 * hour, expires_at=now + 4 * hour),
+        "later": _scheduled(34, now + 48 * hour, not_before=now + 48 * hour),
+    }
+    async with sessionmaker() as session, session.begin():
+        session.add_all(calls.values())
+        session.add(_call(CallStatus.QUEUED, 35, timedelta(minutes=1)))
+
+    _, html = await page(client, "/ui")
+
+    card = html.by_id("scheduled").text()
+    assert card.startswith("Scheduled 5 waiting for their time")
+    assert "next due" in card
+    assert "due now" not in card
+    assert "1 waiting" in html.by_id("queue").text()  # the queue is the queued calls alone
+    rows = html.by_id("next-scheduled").rows()
+    # Soonest first: in 1 h, 1 h 55 min, 3 h, the window's next opening (3 to 27 h), 48 h.
+    assert [row[2] for row in rows] == [f"+91******11{digit}" for digit in (30, 31, 33, 32, 34)]
+    by_number = {row[2][-2:]: row for row in rows}
+    assert by_number["30"][3:5] == ["1 of 1", "its not_before"]
+    assert by_number["31"][3:5] == ["2 of 3", "the retry interval after busy"]
+    assert by_number["32"][3:5] == ["1 of 1", "its window to open"]
+    assert by_number["33"][3:5] == ["1 of 1", "the number's limit"]
+    assert by_number["33"][5].endswith("+05:30")  # its expires_at
+    assert by_number["30"][1].startswith("in 59 min") or by_number["30"][1].startswith("in 1 h")
+    (link,) = html.by_id(f"scheduled-{calls['retry'].id}").all("a")
+    assert link.attrs["href"] == f"/ui/calls/{calls['retry'].id}"
+
+    async with sessionmaker() as session:
+        due = await queries.schedule(session, now=now + 30 * hour, limit=2)
+    assert due.due == 4
+    assert [call.id for call in due.soonest] == [calls["not_before"].id, calls["retry"].id]
+
+
+async def test_without_scheduled_calls_the_page_says_none_waits(client: httpx.AsyncClient) -> None:
+    _, html = await page(client, "/ui")
+    assert html.by_id("scheduled").text() == (
+        "Scheduled 0 waiting for their time no call waits for a time, a window, a number's "
+        "limit or a retry"
+    )
+    assert not [n for n in html.walk() if n.attrs.get("id") == "next-scheduled"]
+
+
+@pytest.mark.parametrize("statement", ["soonest", "due"])
+async def test_the_scheduled_calls_are_read_through_their_partial_index(
+    engine: AsyncEngine, statement: str
+) -> None:
+    """Even in a prepared statement's generic plan, made for any parameters: the condition
+    `status = 'scheduled'` is in the statement, as the index's own condition is."""
+    query, argument = {
+        "soonest": (queries.soonest_scheduled(10), "10"),
+        "due": (
+            select(func.count()).where(queries.SCHEDULED, Call.next_attempt_at <= func.now()),
+            "",
+        ),
+    }[statement]
+    sql = str(query.compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True}))
+    async with engine.connect() as connection:
+        raw = (await connection.get_raw_connection()).driver_connection
+        assert raw is not None
+        await raw.execute("SET enable_seqscan = off")
+        await raw.execute("SET plan_cache_mode = force_generic_plan")
+        await raw.execute(f"PREPARE scheduled AS {sql}")
+        execute = f"EXECUTE scheduled({argument})" if argument else "EXECUTE scheduled"
+        plan = "\n".join(row[0] for row in await raw.fetch(f"EXPLAIN {execute}"))
+    assert "Seq Scan" not in plan, plan
+    if statement == "soonest":  # in the index's order, with no sort
+        assert "Index Scan using ix_call_scheduled_next_attempt_at" in plan, plan
+        assert "Sort" not in plan, plan
+
+
 async def test_refresh_can_be_stopped(client: httpx.AsyncClient) -> None:
     _, html = await page(client, "/ui")
     (refresh,) = [m for m in html.all("meta") if m.attrs.get("http-equiv") == "refresh"]
@@ -389,6 +488,109 @@ async def test_a_calls_page_shows_its_details_and_every_callback_in_order(
     assert received == sorted(received)
     # A call that has ended is not refreshed.
     assert not [m for m in html.all("meta") if m.attrs.get("http-equiv") == "refresh"]
+
+
+async def test_a_calls_page_shows_its_policy_its_attempts_and_why_it_waits(
+    client: httpx.AsyncClient, exotel: ExotelDouble
+) -> None:
+    sid = new_sid()
+    exotel.answer_connect(accepted(sid))
+    expires_at = datetime.now(UTC) + timedelta(days=1)
+    retry = {"max_attempts": 2, "on": ["busy"], "intervals": [1800]}
+    body = place_body("09052161112", retry=retry, expires_at=expires_at.isoformat())
+    placed = await client.post("/calls", json=body)
+    assert placed.status_code == 201, placed.text
+    call_id = placed.json()["id"]
+    busy = _callback(sid, "busy", format_exotel_time(datetime.now(UTC)))
+    assert (await client.post(callback_path(call_id), **busy)).status_code == 200
+
+    _, html = await page(client, f"/ui/calls/{call_id}")
+
+    assert html.by_id("status").text() == "scheduled"
+    assert html.by_id("attempt-count").text() == "1 of 2"
+    ((n, shown_sid, status, dispatched, ended, duration, error, price),) = html.by_id(
+        "attempts"
+    ).rows()
+    assert (n, shown_sid, status, duration, error, price) == ("1", sid, "busy", "—", "—", "—")
+    assert dispatched.endswith("+05:30")
+    assert ended.endswith("+05:30")
+    assert html.by_id("retry").text() == "2 attempts in all, another after busy; waits 30 min"
+    assert html.by_id("window").text() == "any hour"
+    assert html.by_id("not-before").text() == "—"
+    assert html.by_id("expires-at").text() == _ist_text(expires_at)
+    waits = html.by_id("next-attempt").text()
+    assert re.search(
+        r"in (29|30) min \d+ s: attempt 2, waiting for the retry interval after busy", waits
+    )
+    assert html.by_id("canceled-at").text() == "—"
+    (refresh,) = [m for m in html.all("meta") if m.attrs.get("http-equiv") == "refresh"]
+    assert refresh.attrs["content"] == "10"  # it can still change
+
+    canceled = await client.post(f"/calls/{call_id}/cancel")
+    assert canceled.status_code == 200, canceled.text
+
+    _, html = await page(client, f"/ui/calls/{call_id}")
+
+    assert html.by_id("status").text() == "canceled"
+    assert html.by_id("canceled-at").text().endswith("+05:30")
+    assert html.by_id("next-attempt").text() == "—"
+    what = [row[1] for row in html.by_id("timeline").rows()]
+    assert what[-1] == "cancel"
+
+
+def _ist_text(instant: datetime) -> str:
+    return instant.astimezone(IST).strftime("%Y-%m-%d %H:%M:%S+05:30")
+
+
+async def test_a_calls_page_shows_each_attempts_price_and_error_escaped(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    first, second = new_sid(), new_sid()
+    dispatched = datetime.now(UTC) - timedelta(hours=1)
+    ended = dispatched + timedelta(seconds=20)
+    hostile = {"code": "exotel_rejected", "message": HOSTILE, "exotel_status": 403}
+    attempts = [
+        {"n": 1, "sid": first, "status": "busy", "dispatched_at": dispatched.isoformat(),
+         "ended_at": ended.isoformat(), "duration": 20, "error": hostile, "price": 0.6},
+        {"n": 2, "sid": second, "status": "completed", "dispatched_at": None,
+         "ended_at": ended.isoformat(), "duration": 61, "error": None, "price": None},
+    ]  # fmt: skip
+    call = _call(
+        CallStatus.COMPLETED,
+        36,
+        timedelta(hours=2),
+        sid=second,
+        attempts=attempts,
+        max_attempts=3,
+        price=Decimal("0.6"),
+        retry={"max_attempts": 3, "on": ["busy", "no-answer"], "intervals": [60, 5400]},
+        window={"start": "21:00", "end": "06:00", "timezone": "Asia/Dubai"},
+    )
+    async with sessionmaker() as session, session.begin():
+        session.add(call)
+        await session.flush()
+        number = call.from_number
+        session.add(Dial(call_id=call.id, n=1, number=number, sent_at=dispatched, sid=first))
+
+    response, html = await page(client, f"/ui/calls/{first}")  # by an earlier attempt's SID
+
+    assert "<script" not in response.text
+    assert "<img" not in response.text
+    rows = html.by_id("attempts").rows()
+    assert [row[:3] for row in rows] == [["1", first, "busy"], ["2", second, "completed"]]
+    assert [row[5] for row in rows] == ["20 s", "61 s"]
+    assert rows[0][6] == f"exotel_rejected {HOSTILE}"
+    assert [row[7] for row in rows] == ["₹0.60", "—"]
+    assert html.by_id("price").text() == "₹0.60"
+    assert html.by_id("retry").text() == (
+        "3 attempts in all, another after busy, no-answer; waits 1 min, then 1 h 30 min "
+        "(the last repeats)"
+    )
+    assert html.by_id("window").text() == "21:00-06:00 Asia/Dubai"
+    assert html.by_id("attempt-count").text() == "2 of 3"
+    timeline = html.by_id("timeline").rows()
+    assert [row[1] for row in timeline if row[1].startswith("dispatched")] == ["dispatched"]
+    assert [row[2] for row in timeline if row[1] == "dispatched"] == ["attempt 1 sent to Exotel"]
 
 
 async def test_a_calls_page_shows_what_the_customer_keyed_in_its_flow(

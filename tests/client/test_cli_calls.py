@@ -15,7 +15,7 @@ import subprocess
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -493,3 +493,223 @@ async def test_events_tail_follows_the_feed_and_filters_it(start_exocall: StartE
     assert line.split()[1:8] == ["call.busy", "call", call_id, "#2", "in-progress", "->", "busy"]
     mine = await exocall.run("events", "tail", "--from-start", "--no-follow", "--call", call_id)
     assert len(out(mine).splitlines()) == 2
+
+
+# --- calls on a policy ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "line"),
+    [
+        (["--retry", "11"], "--retry: N: Input should be less than or equal to 10"),
+        (["--retry", "3:bsy"], "--retry: STATUSES: 'bsy' is not busy, no-answer or failed"),
+        (["--retry", "3:busy:10x"], "--retry: '10x' is not an interval: seconds, or 30m, 2h, 1d"),
+        (
+            ["--retry", "three"],
+            "--retry: 'three' is not N, N:STATUSES or N:STATUSES:WAITS, such as 3 or "
+            "3:busy,no-answer:30m,1h",
+        ),
+        (["--window", "9-21"], "--window: start: '9' is not a time of day as HH:MM (24-hour)"),
+        (
+            ["--window", "09:00-21:00/Mars/Base"],
+            "--window: timezone: 'Mars/Base' is not an IANA time zone",
+        ),
+        (
+            ["--not-before", "2026-12-06T09:30"],
+            "--not-before: '2026-12-06T09:30' is not an ISO 8601 date-time with an offset, "
+            "such as 2026-12-06T09:30:00+05:30",
+        ),
+        (
+            ["--not-before", "2026-12-06T09:30+05:30", "--expires-at", "2026-12-06T04:00Z"],
+            "--expires-at: must be after --not-before",
+        ),
+    ],
+)  # fmt: skip
+async def test_a_bad_policy_is_one_line_and_nothing_is_sent(
+    options: list[str], line: str, tmp_path: Path
+) -> None:
+    # Nothing listens at the URL: a request would exit 3, not 2.
+    (port,) = free_ports(1)
+    url = f"http://127.0.0.1:{port}"
+    called = await anyio.run_process(
+        [EXOCALL, "call", number("0"), "--app-id", "926", "--url", url, *options], check=False
+    )
+    assert (called.returncode, err(called)) == (2, f"error: {line}\n")
+    path = write_csv(tmp_path / "calls.csv", ["number"], [[number("0")]])
+    campaign = await anyio.run_process(
+        [EXOCALL, "campaign", str(path), "--app-id", "926", "--url", url, *options], check=False
+    )
+    assert (campaign.returncode, err(campaign)) == (2, f"error: {line}\n")
+    assert not state_path(path).exists()
+
+
+async def test_a_campaigns_bad_policy_cells_are_reported_by_line(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    rows = [
+        [number("0", 1), "3:busy", ""],  # line 2: fine
+        [number("0", 2), "3:bsy", ""],
+        [number("0", 3), "", "21:00-06:00 Nowhere/Else"],
+        [number("0", 4), "", "09:00-21:00/Asia/Dubai"],  # fine
+    ]
+    path = write_csv(tmp_path / "calls.csv", ["number", "retry", "window"], rows)
+    ran = await anyio.run_process(
+        [EXOCALL, "campaign", str(path), "--app-id", "926", "--url", f"http://127.0.0.1:{port}"],
+        check=False,
+    )
+    assert ran.returncode == 2, err(ran)
+    assert err(ran).splitlines()[1:] == [
+        "  line 3: retry: STATUSES: 'bsy' is not busy, no-answer or failed",
+        "  line 4: window: timezone: 'Nowhere/Else' is not an IANA time zone",
+    ]
+
+
+async def tell_outcomes(exocall: Exocall, number: str, *outcomes: str) -> None:
+    """What the simulator's next Calls/connect requests to `number` do, in turn."""
+    async with httpx.AsyncClient(base_url=exocall.simulator_url) as simulator:
+        told = await simulator.post(
+            "/_simulator/outcomes", json={"number": number, "outcomes": list(outcomes)}
+        )
+    assert told.status_code == 200, told.text
+
+
+async def test_call_with_a_retry_follows_each_attempt_to_the_end(
+    start_exocall: StartExocall,
+) -> None:
+    exocall = start_exocall(JOBS_POLL_SECONDS="0.2")
+    await tell_outcomes(exocall, number("0"), "busy", "completed")
+
+    result = await exocall.run(
+        "call", number("0"), "--app-id", "926", "--retry", "2:busy:1s", "--timeout", "30"
+    )
+
+    assert result.returncode == 0, out(result) + err(result)
+    lines = out(result).splitlines()
+    changes = [line.split()[1] for line in lines[1:]]
+    assert changes[-1] == "completed"
+    assert "scheduled" in changes
+    (scheduled,) = [line for line in lines if line.split()[1] == "scheduled"]
+    assert "attempt 1 ended busy, attempt 2 at 20" in scheduled
+    sids = [line.split(" sid ")[1].split()[0] for line in lines if " sid " in line]
+    assert len(set(sids)) == 2  # each attempt's
+    assert [line for line in lines if "attempt 2" in line and " sid " in line]
+    assert await exocall.dialled() == Counter({dial_form(number("0")): 2})
+
+
+async def test_a_scheduled_call_is_not_followed_on_request_and_can_be_canceled(
+    start_exocall: StartExocall,
+) -> None:
+    exocall = start_exocall()
+    later = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    placed = await exocall.run(
+        "call", number("0"), "--app-id", "926", "--not-before", later.isoformat(), "--no-follow"
+    )
+    assert placed.returncode == 0, err(placed)
+    first, stored = out(placed).splitlines()
+    call_id = first.split()[1]
+    assert stored.split()[1:4] == ["scheduled", "attempt", "1"]
+    local = later.astimezone().isoformat(sep=" ")
+    assert stored.endswith(f"at {local}")
+
+    canceled = await exocall.run("cancel", call_id)
+    assert canceled.returncode == 0, err(canceled)
+    assert out(canceled) == f"call {call_id} canceled\n"
+    again = await exocall.run("cancel", call_id)
+    assert again.returncode == 2
+    assert "409" in err(again)
+    unknown = await exocall.run("cancel", "5a1e0000-0000-4000-8000-0000000000c9")
+    assert unknown.returncode == 2
+    assert "404 call_not_found" in err(unknown)
+    assert await exocall.dialled() == Counter()
+
+
+async def test_a_campaign_on_a_policy_waits_for_its_scheduled_calls_and_counts_attempts(
+    start_exocall: StartExocall, tmp_path: Path
+) -> None:
+    exocall = start_exocall(JOBS_POLL_SECONDS="0.2")
+    soon = datetime.now(UTC) + timedelta(seconds=4)
+    numbers = [number("0", 1), number("0", 2), number("0", 3)]
+    await tell_outcomes(exocall, numbers[1], "busy", "completed")
+    await tell_outcomes(exocall, numbers[2], "busy", "completed")
+    rows = [
+        [numbers[0], soon.isoformat(), ""],  # waits, scheduled, for its time
+        [numbers[1], "", ""],  # busy, then retried on the campaign's --retry
+        [numbers[2], "", "1"],  # its own policy: one attempt
+    ]
+    path = write_csv(tmp_path / "calls.csv", ["number", "not_before", "retry"], rows)
+    results_path = tmp_path / "results.csv"
+
+    ran = await exocall.run(
+        "campaign", str(path), "--app-id", "926", "--retry", "2:busy:1s",
+        "--results", str(results_path),
+    )  # fmt: skip
+
+    assert ran.returncode == 0, out(ran) + err(ran)
+    assert summary(out(ran)) == {"completed": 2, "busy": 1, "total": 3}
+    results = read_results(results_path)
+    assert [(row["status"], row["attempts"]) for row in results] == [
+        ("completed", "1"),
+        ("completed", "2"),
+        ("busy", "1"),
+    ]
+    assert "price" in results[0]
+    assert await exocall.dialled() == Counter(
+        {dial_form(numbers[0]): 1, dial_form(numbers[1]): 2, dial_form(numbers[2]): 1}
+    )
+    (call,) = await exocall.calls(**{"from": numbers[0]})
+    assert datetime.fromisoformat(call["dispatched_at"]) >= soon
+
+    # Its rows go on with the policy they were started with, or not at all.
+    other = await exocall.run("campaign", str(path), "--app-id", "926", "--retry", "3", "--resume")
+    assert other.returncode == 2
+    assert "the campaign was started with --retry '2:busy:1s'" in err(other)
+
+
+async def test_a_campaigns_timeout_counts_from_when_its_scheduled_call_is_due(
+    start_exocall: StartExocall, tmp_path: Path
+) -> None:
+    """Nothing changes while a call waits for its time: that is no reason to stop following."""
+    exocall = start_exocall(JOBS_POLL_SECONDS="0.2")
+    later = datetime.now(UTC) + timedelta(seconds=8)
+    path = write_csv(tmp_path / "calls.csv", ["number"], [[number("0", 1)]])
+    results_path = tmp_path / "results.csv"
+
+    ran = await exocall.run(
+        "campaign", str(path), "--app-id", "926", "--timeout", "3",
+        "--not-before", later.isoformat(), "--results", str(results_path),
+    )  # fmt: skip
+
+    assert ran.returncode == 0, out(ran) + err(ran)
+    first = out(ran).splitlines()[0]
+    assert "0/1 done; scheduled 1 (the next due " in first
+    # Nothing was dialled yet: the call waits for its time.
+    assert first.endswith("; sent 0 in the last minute (limit 200/min), all sent but the scheduled")
+    assert [row["status"] for row in read_results(results_path)] == ["completed"]
+
+
+async def test_opt_out_commands_keep_a_number_from_being_called(
+    start_exocall: StartExocall,
+) -> None:
+    exocall = start_exocall()
+    customer = number("0")
+    added = await exocall.run("opt-out", "add", customer, "--reason", "asked, ticket 4411")
+    assert added.returncode == 0, err(added)
+    assert out(added).splitlines()[0] == f"+91{customer} opted out"
+    again = await exocall.run("opt-out", "add", f"0{customer}")
+    assert out(again).splitlines()[0] == f"+91{customer} was already opted out"
+    listed = await exocall.run("opt-out", "list")
+    (line,) = out(listed).splitlines()
+    assert line.split()[:2] == [f"+91{customer}", "api"]
+    assert line.endswith("asked, ticket 4411")
+
+    refused = await exocall.run("call", customer, "--app-id", "926")
+    assert refused.returncode == 2
+    assert "number_opted_out" in err(refused)
+
+    removed = await exocall.run("opt-out", "remove", customer)
+    assert removed.returncode == 0, err(removed)
+    assert out(removed) == f"{customer} may be called again\n"
+    gone = await exocall.run("opt-out", "remove", customer)
+    assert gone.returncode == 2
+    assert "404" in err(gone)
+    assert out(await exocall.run("opt-out", "list")) == ""
+    assert await exocall.dialled() == Counter()
