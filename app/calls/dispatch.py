@@ -44,7 +44,7 @@ from app.calls.store import CallStore
 from app.config import CallbackSettings, DispatchSettings, ExotelSettings, ReconcileSettings
 from app.db.clock import db_now
 from app.db.models import Call, CallStatus, Dial, EventOutcome, FailureKind, RequestKind
-from app.db.statements import table_of
+from app.db.statements import table_of, written_in
 from app.exotel.client import ConnectRequest, ExotelClient
 from app.exotel.errors import (
     ExotelError,
@@ -333,8 +333,9 @@ async def _next_due(session: AsyncSession) -> Call | None:
     queued (back in the queue after a 429, only once its wait is over)."""
     now = await db_now(session)
     not_sent = Call.claimed_at.is_(None)
+    # The status written in: a generic plan uses the partial index of scheduled calls too.
     scheduled = select(Call).where(
-        Call.status == CallStatus.SCHEDULED, not_sent, Call.next_attempt_at <= now
+        written_in(Call.status, CallStatus.SCHEDULED.value), not_sent, Call.next_attempt_at <= now
     )
     queued = select(Call).where(
         Call.status == CallStatus.QUEUED,

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import ColumnElement, Select, String, and_, func, literal, or_, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.calls import cursors
 from app.calls.errors import BatchNotFound, CallNotFound, InvalidField
 from app.db.clock import db_now
 from app.db.models import Batch, Call, CallStatus, Dial, ExotelRequest, Receipt
+from app.db.statements import written_in
 
 # Our ids, and Exotel's SIDs (opaque, about 32 characters).
 _PLAUSIBLE_REF = re.compile(r"[\w-]{1,64}")
@@ -204,9 +205,7 @@ async def recent_batches(
 # `status = 'scheduled'` written into the statement, not sent as a parameter: a plan made for
 # any status (a prepared statement's generic plan) could not use the partial index
 # `ix_call_scheduled_next_attempt_at`, whose condition this is.
-SCHEDULED: ColumnElement[bool] = Call.status == literal(
-    CallStatus.SCHEDULED.value, String(), literal_execute=True
-)
+SCHEDULED = written_in(Call.status, CallStatus.SCHEDULED.value)
 
 
 def soonest_scheduled(limit: int) -> Select[Call]:

@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Table, any_, bindparam, literal_column, or_
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import InstrumentedAttribute
 
 
 def table_of(model: type[Any]) -> Table:
@@ -21,7 +22,9 @@ def one_of(column: ColumnElement[Any], name: str) -> ColumnElement[bool]:
     return column == any_(bindparam(name, type_=ARRAY(column.type)))
 
 
-def written_in(column: ColumnElement[Any], *values: str) -> ColumnElement[bool]:
+def written_in(
+    column: ColumnElement[Any] | InstrumentedAttribute[Any], *values: str
+) -> ColumnElement[bool]:
     """`column` is one of `values` (the service's own constants), written into the statement,
     not bound: PostgreSQL uses a partial index only for a literal that matches its predicate,
     never for a parameter of a generic plan."""
