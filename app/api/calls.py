@@ -194,9 +194,7 @@ async def get_call(ref: str, session: SessionDep) -> CallOut:
     ),
 )
 async def cancel_call(ref: str, session: SessionDep) -> CallOut:
-    call = await cancel(session, await queries.find_call(session, ref))
-    await session.commit()
-    return CallOut.of(call)
+    return CallOut.of(await cancel(session, await queries.find_call(session, ref)))
 
 
 @router.get(

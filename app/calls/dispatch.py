@@ -149,43 +149,43 @@ async def record_sent(
     state.claimed_by = state.claimed_at = None
     if isinstance(result, ExotelCall):
         accepted_attempt(state, attempt, at=await store.now())
-    if not is_latest_live(state, attempt):
-        # A callback ended the attempt before Exotel's answer came, and the call waits for its
-        # next: the answer is the attempt's, and news to nobody.
-        answer = (
-            ReceivedAnswer.of(RequestKind.DISPATCH, result)
-            if isinstance(result, ExotelCall)
-            else ReceivedAnswer(
-                RequestKind.DISPATCH, raw=result.answer, problem=result.failure.message
-            )
-        )
-        await store.add_answer(state, answer, EventOutcome.STALE, attempt=attempt)
-        return
-    if isinstance(result, ExotelCall):
-        outcome = await _record_accepted(store, state, result, lookups)
         answer = ReceivedAnswer.of(RequestKind.DISPATCH, result)
     else:
-        if result.status == CallStatus.QUEUED:
-            outcome = await _retry_later(session, store, state, result, retries)
-        else:
-            outcome = await record_failure(store, state, result.status, result.failure)
         answer = ReceivedAnswer(
             RequestKind.DISPATCH, raw=result.answer, problem=result.failure.message
         )
-    await store.add_answer(state, answer, outcome)
+    if not is_latest_live(state, attempt):
+        # A callback ended the attempt before Exotel's answer came, and the call waits for its
+        # next: the answer is the attempt's, and news to nobody.
+        outcome = EventOutcome.STALE
+    elif isinstance(result, ExotelCall):
+        outcome = await _record_accepted(store, state, result, lookups)
+    elif result.status == CallStatus.QUEUED:
+        outcome = await _retry_later(session, store, state, result, retries)
+    else:
+        outcome = await record_failure(store, state, result.status, result.failure)
+    await store.add_answer(state, answer, outcome, attempt=attempt)
 
 
-async def record_lost(session: AsyncSession, call_ids: Sequence[uuid.UUID]) -> None:
+async def record_lost(
+    session: AsyncSession, call_ids: Sequence[uuid.UUID], *, lookups: ReconcileSettings
+) -> None:
     """Calls claimed whose send was cut short (their worker died or stopped mid-send): whether
-    the request reached Exotel cannot be known, so each becomes `unknown`, never sent again."""
+    the request reached Exotel cannot be known, so each becomes `unknown`, never sent again.
+    One a callback moved on meanwhile was sent: without Exotel's answer, reconciliation looks
+    it up on the schedule of a call sent now, lest its end never be told."""
     store = await CallStore.of(session)
     await store.lock(ids=call_ids)
+    now = await store.now()
     for call_id in call_ids:
         call = store.get(call_id)
         assert call is not None
         call.claimed_by = call.claimed_at = None
-        if call.status == CallStatus.QUEUED:  # else a callback told its end meanwhile
+        if call.status == CallStatus.QUEUED:
             await record_failure(store, call, CallStatus.UNKNOWN, _INTERRUPTED)
+        elif call.status == CallStatus.IN_PROGRESS and call.dispatched_at is None:
+            call.dispatched_at = now
+            schedule_lookup(call, now, lookups)
     await store.flush()
 
 
@@ -329,8 +329,9 @@ async def claim_next(
 
 
 async def _next_due(session: AsyncSession) -> Call | None:
-    """The call due longest, not being sent: a scheduled one whose time came, else the oldest
-    queued (back in the queue after a 429, only once its wait is over)."""
+    """The call due longest, not being sent: of the scheduled call whose time came first and
+    the oldest queued (back in the queue after a 429, only once its wait is over), the one due
+    first. Each is read from its own index."""
     now = await db_now(session)
     not_sent = Call.claimed_at.is_(None)
     # The status written in: a generic plan uses the partial index of scheduled calls too.
@@ -342,11 +343,18 @@ async def _next_due(session: AsyncSession) -> Call | None:
         not_sent,
         or_(Call.next_attempt_at.is_(None), Call.next_attempt_at <= now),
     )
-    for due in (scheduled.order_by(Call.next_attempt_at), queued.order_by(Call.created_at)):
-        call = (await session.scalars(due.limit(1).with_for_update(skip_locked=True))).first()
-        if call is not None:
-            return call
-    return None
+    heads = [
+        call
+        for due in (scheduled.order_by(Call.next_attempt_at), queued.order_by(Call.created_at))
+        if (call := (await session.scalars(due.limit(1).with_for_update(skip_locked=True))).first())
+    ]
+    return min(heads, key=_due_at, default=None)
+
+
+def _due_at(call: Call) -> datetime:
+    if call.status == CallStatus.SCHEDULED and call.next_attempt_at is not None:
+        return call.next_attempt_at
+    return call.created_at
 
 
 async def _held_back(
@@ -484,7 +492,7 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
         return job.call_id
 
     async def lost(self, session: AsyncSession, keys: Sequence[uuid.UUID]) -> None:
-        await record_lost(session, keys)
+        await record_lost(session, keys, lookups=self._lookups)
 
     def stop_waiting(self) -> None:
         """The replica is shutting down: requests waiting for their call to be sent answer now."""

@@ -194,14 +194,21 @@ async def store_callbacks(
         )
         events = [store.add_callback(received) for received in batch]
         await store.flush()
-        for received, event in zip(batch, events, strict=True):
-            if _opts_out(received, event, store, opt_out_digits):
-                number = store.number(event["call_id"])
-                app_id = store.app_id(event["call_id"])
-                reason = f"keyed {received.passthru.digits} in the flow of app {app_id}"
-                await opt_outs.add(
-                    connection, number=number, reason=reason, source=opt_outs.OptOutSource.PASSTHRU
-                )
+        opting_out = {
+            store.number(event["call_id"]): (
+                f"keyed {received.passthru.digits} in the flow of app "
+                f"{store.app_id(event['call_id'])}"
+            )
+            for received, event in zip(batch, events, strict=True)
+            if _opts_out(received, event, store, opt_out_digits)
+        }
+        for number in sorted(opting_out):  # one order for every writer: no deadlock
+            await opt_outs.add(
+                connection,
+                number=number,
+                reason=opting_out[number],
+                source=opt_outs.OptOutSource.PASSTHRU,
+            )
     log.debug("stored %d callbacks", len(batch))
     return [Stored(event["outcome"], store.app_id(event["call_id"])) for event in events]
 

@@ -64,7 +64,6 @@ EVENT_TYPES = (
 # `call.updated`. A recording's attempts are not news; where it stands is.
 _LATE_FACTS = (
     "price",
-    "attempts",
     "recording_url",
     "duration",
     "conversation_duration",

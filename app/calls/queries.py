@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Select, Uuid, and_, func, literal, or_, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.calls import cursors
@@ -83,11 +83,12 @@ async def find_call(session: AsyncSession, ref: str) -> Call:
     """A call by our id or by Exotel's SID."""
     if not _PLAUSIBLE_REF.fullmatch(ref):
         raise CallNotFound(ref)  # and the database never sees it (PostgreSQL refuses NULs)
-    # The latest attempt's SID is the call's own; an earlier one's is among its dials.
-    condition = or_(Call.sid == ref, Call.id.in_(select(Dial.call_id).where(Dial.sid == ref)))
+    # The latest attempt's SID is the call's own; an earlier one's is among its dials. A union,
+    # each part read from its own index.
+    ids = [select(Call.id).where(Call.sid == ref), select(Dial.call_id).where(Dial.sid == ref)]
     with contextlib.suppress(ValueError):  # not a UUID: only a SID can match
-        condition = or_(Call.id == uuid.UUID(ref), condition)
-    call = (await session.scalars(select(Call).where(condition))).first()
+        ids.append(select(literal(uuid.UUID(ref), Uuid())))
+    call = (await session.scalars(select(Call).where(Call.id.in_(union(*ids))))).first()
     if call is None:
         raise CallNotFound(ref)
     return call

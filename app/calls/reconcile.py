@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import and_, exists, or_, select, union
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls import ratelimit
@@ -57,7 +57,7 @@ from app.calls.state import (
 from app.calls.store import CallStore
 from app.config import ReconcileSettings
 from app.db.clock import db_now
-from app.db.models import Call, CallStatus, EventOutcome, FailureKind, Receipt, RequestKind
+from app.db.models import Call, CallStatus, Dial, EventOutcome, FailureKind, Receipt, RequestKind
 from app.exotel.client import MAX_SIDS_PER_LOOKUP, CallsPage, ExotelClient
 from app.exotel.errors import ExotelError
 from app.exotel.wire import ExotelCall
@@ -162,16 +162,19 @@ async def reconcile_once(
 async def _attach_orphan_events(session: AsyncSession) -> int:
     """Callbacks stored for a SID before any call had it (the dispatch that learnt the SID may
     have raced them)."""
-    known = select(Call.id).where(
-        exists().where(Receipt.sid == Call.sid, Receipt.call_id.is_(None))
+    # A call's SIDs: its latest attempt's, and every attempt's in `dial`.
+    orphaned = Receipt.call_id.is_(None)
+    known = union(
+        select(Call.id, Call.sid).where(exists().where(Receipt.sid == Call.sid, orphaned)),
+        select(Dial.call_id, Dial.sid).where(exists().where(Receipt.sid == Dial.sid, orphaned)),
     )
-    ids = list(await session.scalars(known))
+    found = (await session.execute(known)).all()
     store = await CallStore.of(session)
-    await store.lock(ids=ids)
-    for call_id in ids:
+    await store.lock(ids=[call_id for call_id, _ in found])
+    for call_id, sid in found:
         call = store.get(call_id)
         assert call is not None
-        store.adopt_orphans(call)
+        store.adopt_orphans(call, sid)
     await store.flush()
     return store.attached
 

@@ -216,11 +216,23 @@ def apply_update(call: CallState, update: StatusUpdate) -> EventOutcome:
         # A call that ended with a recording: the archive keeps it (`apply_recording`).
         call.recording_status = RecordingStatus.PENDING
     if moved and call.status in EXOTEL_TERMINAL:
+        # The attempt ended when we heard of it (a replayed callback: when it first came).
         ended_at = update.heard_at or datetime.now(UTC)
+        _attempt_ended(call, at=ended_at)
         if (at := _next_attempt_at(call, ended_at=ended_at)) is not None:
             record_attempt(call, at=ended_at)
             wait_until(call, at)
     return EventOutcome.APPLIED if moved or changed else EventOutcome.DUPLICATE
+
+
+def _attempt_ended(call: CallState, *, at: datetime) -> None:
+    """The latest attempt ended at `at`: its record says when, and what Exotel charged for it
+    is owed, which it says minutes later (reconciliation asks: `wait_for_prices`)."""
+    if not call.attempts:
+        return
+    _amend_attempt(call, len(call.attempts), ended_at=_iso(at))
+    if call.sid:
+        call.price_wait_from = min(call.price_wait_from or at, at)
 
 
 def _next_attempt_at(call: CallState, *, ended_at: datetime) -> datetime | None:
@@ -344,6 +356,8 @@ def apply_to_attempt(call: CallState, n: int, update: StatusUpdate) -> EventOutc
     """What Exotel says of attempt `n`, which has ended while the call went on: kept with the
     attempt when it is the attempt's own status and fills what the attempt lacks. The call
     itself never moves for it."""
+    if not 1 <= n <= len(call.attempts):
+        return EventOutcome.STALE  # about no attempt made: a call scheduled before its first
     record = call.attempts[n - 1]
     if update.status != record["status"]:
         return EventOutcome.STALE
@@ -353,7 +367,7 @@ def apply_to_attempt(call: CallState, n: int, update: StatusUpdate) -> EventOutc
     return EventOutcome.APPLIED
 
 
-def _amend_attempt(call: CallState, n: int, **facts: Any) -> None:
+def _amend_attempt(call: CallState, n: int, /, **facts: Any) -> None:
     """Add `facts` to attempt `n`'s record. A new list, never the old one changed: the store
     tells a change by comparing the two."""
     call.attempts = [
@@ -390,10 +404,7 @@ def record_attempt(call: CallState, *, at: datetime) -> None:
         "error": error,
     }
     if updated != record:
-        call.attempts = [*call.attempts[:-1], updated]
-    if ended and call.sid and not record.get("ended_at") and updated.get("price") is None:
-        # Exotel charges for the attempt some minutes after its end: reconciliation asks.
-        call.price_wait_from = min(call.price_wait_from or at, at)
+        _amend_attempt(call, len(call.attempts), **updated)
 
 
 @dataclass(frozen=True)

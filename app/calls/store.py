@@ -29,7 +29,8 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, union, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as upsert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -167,12 +168,15 @@ class CallStore:
         self.adopt_orphans(call)
         return True
 
-    def adopt_orphans(self, call: CallState) -> None:
-        """Apply, at `flush()`, the stored callbacks for the call's SID that no call had yet."""
-        assert call.sid is not None
-        self._adopting[call.sid] = call
+    def adopt_orphans(self, call: CallState, sid: str | None = None) -> None:
+        """Apply, at `flush()`, the stored callbacks that no call had yet for `sid`, one of the
+        call's attempts' SIDs (the latest's when None)."""
+        sid = sid or call.sid
+        assert sid is not None
+        assert self._by_sid.get(sid) is call, "lock the call first"
+        self._adopting[sid] = call
         for event in self._events:  # received in this very transaction
-            if event["sid"] == call.sid and event["call_id"] is None:
+            if event["sid"] == sid and event["call_id"] is None:
                 self._attach(event, call, self._received_of(event))
 
     def add_callback(self, received: ReceivedCallback) -> dict[str, Any]:
@@ -451,7 +455,13 @@ def _statements() -> _Statements:
     """Built once: building a statement costs more than running it for a few rows."""
     calls, events, dials = _CALLS.c, _EVENTS.c, _DIALS.c
     event_columns = [events[name] for name in _EVENT_COLUMNS]
-    earlier_attempt = calls.id.in_(select(dials.call_id).where(one_of(dials.sid, "sids")))
+    # By id, by the latest attempt's SID, or by any attempt's (in `dial`): a union, each part
+    # read from its own index (an OR with a subquery would read the whole table).
+    wanted = union(
+        select(func.unnest(bindparam("ids", type_=ARRAY(calls.id.type)))),
+        select(calls.id).where(one_of(calls.sid, "sids")),
+        select(dials.call_id).where(one_of(dials.sid, "sids")),
+    )
     return _Statements(
         lock=select(
             *(calls[name] for name in STATE_COLUMNS),
@@ -459,7 +469,7 @@ def _statements() -> _Statements:
             calls.custom_field,
             calls.from_number,
         )
-        .where(or_(one_of(calls.id, "ids"), one_of(calls.sid, "sids"), earlier_attempt))
+        .where(calls.id.in_(wanted))
         .order_by(calls.id)
         .with_for_update(),
         receipts=select(events.receipt_id).where(one_of(events.receipt_id, "ids")),

@@ -39,12 +39,19 @@ def upgrade() -> None:
     )
     op.add_column("call", sa.Column("price", sa.Numeric(12, 4), nullable=True))
     op.add_column("call", sa.Column("canceled_at", sa.DateTime(timezone=True), nullable=True))
-    # Calls made before had one attempt each: its record, from the call's own columns.
+    # Calls made before had one attempt each: its record, from the call's own columns, its
+    # times in UTC as the service writes them; one that ended, ended by its last change.
     op.execute(
         """
         UPDATE call SET attempts = jsonb_build_array(jsonb_build_object(
             'n', 1, 'sid', sid, 'status', status,
-            'dispatched_at', dispatched_at, 'ended_at', NULL, 'duration', duration,
+            'dispatched_at', to_char(dispatched_at AT TIME ZONE 'UTC',
+                                     'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+            'ended_at', CASE WHEN status IN ('completed', 'failed', 'busy', 'no-answer',
+                                             'canceled', 'rejected')
+                        THEN to_char(updated_at AT TIME ZONE 'UTC',
+                                     'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') END,
+            'duration', duration,
             'error', CASE WHEN error_code IS NULL THEN NULL ELSE jsonb_build_object(
                 'code', error_code, 'message', error_message,
                 'exotel_status', error_exotel_status, 'exotel_code', error_exotel_code) END,

@@ -589,6 +589,27 @@ async def test_a_callback_before_exotels_answer_is_the_attempts_and_the_answer_i
     assert (await line.dials(call_id))[1].sid == second
 
 
+async def test_a_claim_lost_after_an_early_in_progress_callback_is_looked_up_later(
+    line: Line,
+) -> None:
+    """Exotel's answer never recorded (the replica died), but its callback said the attempt is
+    under way: the call is neither sent again nor forgotten. Reconciliation looks it up."""
+    call_id = await line.place()
+    sid = new_sid()
+    line.exotel.answer_connect(accepted(sid))
+    job = await line.claim()
+    assert job is not None
+    assert await line.callback(call_id, sid, "in-progress") == EventOutcome.APPLIED
+
+    async with line.sessionmaker() as session, session.begin():
+        await line.dispatch.lost(session, [call_id])
+
+    call = await line.call(call_id)
+    assert (call.status, call.claimed_by, call.sid) == (CallStatus.IN_PROGRESS, None, sid)
+    assert call.dispatched_at is not None
+    assert call.next_lookup_at is not None
+
+
 async def test_a_callback_naming_no_call_before_exotels_answer_is_the_attempts_once_known(
     line: Line,
 ) -> None:
