@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -292,8 +292,9 @@ async def claim_next(
     """
     store = await CallStore.of(session)
     now: datetime | None = None
+    held: list[uuid.UUID] = []
     for _ in range(_HELD_BACK_AT_ONCE):
-        call = await _next_due(session)
+        call = await _next_due(session, besides=held)
         if call is None:
             break  # idle replicas never queue up for the account's lock
         if now is None:
@@ -307,6 +308,7 @@ async def claim_next(
         state = store.get(call.id)
         assert state is not None
         if await _held_back(session, state, call.from_number, now=now, limit=number_limit):
+            held.append(call.id)
             continue
         attempt = begin_attempt(state, at=now)
         state.claimed_by, state.claimed_at = worker, now
@@ -324,11 +326,14 @@ async def claim_next(
     return None
 
 
-async def _next_due(session: AsyncSession) -> Call | None:
+async def _next_due(session: AsyncSession, *, besides: Sequence[uuid.UUID] = ()) -> Call | None:
     """The call due longest, not being sent: a scheduled one whose time came, else the oldest
-    queued (back in the queue after a 429, only once its wait is over)."""
+    queued (back in the queue after a 429, only once its wait is over); none of `besides`.
+
+    A claim's own locks do not skip its rows, and what it held back is written only at its
+    end: a call it held back would be found again, first in line, for the rest of the claim."""
     now = await db_now(session)
-    not_sent = Call.claimed_at.is_(None)
+    not_sent = and_(Call.claimed_at.is_(None), Call.id.not_in(besides))
     scheduled = select(Call).where(
         Call.status == CallStatus.SCHEDULED, not_sent, Call.next_attempt_at <= now
     )
