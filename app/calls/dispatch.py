@@ -279,39 +279,43 @@ async def record_failure(
     return EventOutcome.APPLIED
 
 
-async def claim_next(
+async def claim_due(
     session: AsyncSession,
     *,
     budget: ratelimit.Budget,
     worker: str,
     number_limit: NumberLimit | None,
-) -> tuple[Call, int] | float | None:
-    """Claim the call due longest for its next attempt, if the account's budget allows.
+    limit: int,
+) -> list[tuple[Call, int]] | float:
+    """Claim up to `limit` calls, those due longest for their next attempt, as far as the
+    account's budget allows: one transaction for them all, holding the account's lock.
 
-    Returns the claimed call (as it was before the claim) and its attempt's number; or the
-    seconds to wait for the budget; or None when no call is ready. Claims with SKIP LOCKED, so
-    replicas never wait on each other's claims. A due call that may not be dialled now is held
-    back on the way (`_held_back`): it expires, is rejected for an opt-out, or waits for its
-    window or its number's limit.
+    Returns each claimed call (as it was before the claim) with its attempt's number; or, when
+    calls are ready but the budget allows none, the seconds to wait for it. Claims with SKIP
+    LOCKED, so replicas never wait on each other's claims. A due call that may not be dialled
+    now is held back on the way (`_held_back`): it expires, is rejected for an opt-out, or
+    waits for its window or its number's limit.
     """
     store = await CallStore.of(session)
     now: datetime | None = None
-    for _ in range(_HELD_BACK_AT_ONCE):
+    claimed: list[tuple[Call, int]] = []
+    held_back = 0
+    while len(claimed) < limit and held_back < _HELD_BACK_AT_ONCE:
         call = await _next_due(session)
         if call is None:
             break  # idle replicas never queue up for the account's lock
-        if now is None:
-            now = await ratelimit.lock(session)
-            wait = await ratelimit.seconds_until_free(
-                session, budget, now=now, kind=ratelimit.RequestKind.CONNECT
-            )
-            if wait > 0:
-                return wait
+        now = now or await ratelimit.lock(session)
+        wait = await ratelimit.seconds_until_free(
+            session, budget, now=now, kind=ratelimit.RequestKind.CONNECT
+        )
+        if wait > 0:
+            return claimed or wait
         await store.lock(ids=[call.id])
         state = store.get(call.id)
         assert state is not None
         if await _held_back(session, state, call.from_number, now=now, limit=number_limit):
             await store.flush()  # written before the next look: our own lock skips nothing
+            held_back += 1
             continue
         attempt = begin_attempt(state, at=now)
         state.claimed_by, state.claimed_at = worker, now
@@ -324,8 +328,8 @@ async def claim_next(
             .on_conflict_do_update(index_elements=[Dial.call_id, Dial.n], set_={"sent_at": now})
         )
         await store.flush()
-        return call, attempt
-    return None
+        claimed.append((call, attempt))
+    return claimed
 
 
 async def _next_due(session: AsyncSession) -> Call | None:
@@ -442,15 +446,19 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
     async def claim(
         self, session: AsyncSession, *, worker: str, limit: int
     ) -> list[Claimed] | Wait:
-        claimed = await claim_next(
-            session, budget=self._budget, worker=worker, number_limit=self._number_limit
+        claimed = await claim_due(
+            session,
+            budget=self._budget,
+            worker=worker,
+            number_limit=self._number_limit,
+            limit=limit,
         )
-        if claimed is None:
-            return []
         if isinstance(claimed, float):
             return Wait(claimed)
-        call, attempt = claimed
-        return [Claimed(call.id, attempt, call.from_number, self._connect(call))]
+        return [
+            Claimed(call.id, attempt, call.from_number, self._connect(call))
+            for call, attempt in claimed
+        ]
 
     async def run(self, job: Claimed) -> ExotelCall | Verdict:
         log.info(

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls import ratelimit
-from app.calls.dispatch import claim_next
+from app.calls.dispatch import claim_due
 from app.calls.policy import NumberLimit
 from app.db.models import Call, CallStatus, Dial
 
@@ -45,14 +45,14 @@ async def test_calls_held_back_for_their_number_do_not_keep_the_claim_from_the_n
         earlier.status = CallStatus.IN_PROGRESS
 
     async with sessionmaker() as session, session.begin():
-        claimed = await claim_next(
-            session, budget=BUDGET, worker="w", number_limit=NumberLimit.parse("1/1h")
+        claimed = await claim_due(
+            session, budget=BUDGET, worker="w", number_limit=NumberLimit.parse("1/1h"), limit=1
         )
 
     # The two calls to the number at its limit, older in the queue, wait for its next hour;
     # the claim then takes the next call due.
-    assert isinstance(claimed, tuple)
-    call, attempt = claimed
+    assert isinstance(claimed, list)
+    ((call, attempt),) = claimed
     assert (call.id, attempt) == (free.id, 1)
     async with sessionmaker() as session:
         for call in held:
