@@ -68,6 +68,10 @@ _INTERRUPTED = Failure(
 # Due calls a claim may put back (to wait for a window or a number's limit) or end before it
 # claims one: the rest wait for the next claim.
 _HELD_BACK_AT_ONCE = 50
+# Calls claimed in one transaction, at most. Each is sent only once the transaction commits,
+# while the account's budget counts it from its grant: the more claimed at once, the later
+# the first of them reaches Exotel after the time the budget holds for it (the rate margin).
+_CLAIMED_AT_ONCE = 4
 
 
 @dataclass(frozen=True)
@@ -297,14 +301,13 @@ async def claim_due(
     waits for its window or its number's limit.
     """
     store = await CallStore.of(session)
-    now: datetime | None = None
     claimed: list[tuple[Call, int]] = []
     held_back = 0
-    while len(claimed) < limit and held_back < _HELD_BACK_AT_ONCE:
+    while len(claimed) < min(limit, _CLAIMED_AT_ONCE) and held_back < _HELD_BACK_AT_ONCE:
         call = await _next_due(session)
         if call is None:
             break  # idle replicas never queue up for the account's lock
-        now = now or await ratelimit.lock(session)
+        now = await ratelimit.lock(session)  # held already after the first: the time, afresh
         wait = await ratelimit.seconds_until_free(
             session, budget, now=now, kind=ratelimit.RequestKind.CONNECT
         )
