@@ -69,6 +69,7 @@ from tests.support.exotel_double import (
     ExotelDouble,
     accepted,
     call_json,
+    exotel_client_of,
     form_of,
     new_sid,
     rest_exception,
@@ -402,15 +403,8 @@ def now() -> datetime:
 
 @pytest.fixture
 async def exotel_client(exotel: ExotelDouble) -> AsyncIterator[ExotelClient]:
-    async with httpx.AsyncClient(transport=httpx.MockTransport(exotel.handle)) as http:
-        yield ExotelClient(
-            http,
-            base_url="https://exotel.test",
-            account_sid="fake-account",
-            api_key="fake-api-key",
-            api_token="fake-api-token",
-            timeout_seconds=5,
-        )
+    async with exotel_client_of(exotel.handle) as client:
+        yield client
 
 
 @pytest.fixture

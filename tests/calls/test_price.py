@@ -32,7 +32,7 @@ from app.config import Settings
 from app.db.models import Call, CallStatus, Event, EventOutcome
 from app.exotel.client import MAX_SIDS_PER_LOOKUP, ExotelClient
 from tests.conftest import FAKE_CALLER_ID, make_settings
-from tests.support.exotel_double import call_json, new_sid
+from tests.support.exotel_double import call_json, exotel_client_of, new_sid
 
 pytestmark = pytest.mark.anyio
 
@@ -170,15 +170,8 @@ def bulk() -> BulkDetails:
 
 @pytest.fixture
 async def exotel_client(bulk: BulkDetails) -> AsyncIterator[ExotelClient]:
-    async with httpx.AsyncClient(transport=httpx.MockTransport(bulk.handle)) as http:
-        yield ExotelClient(
-            http,
-            base_url="https://exotel.test",
-            account_sid="fake-account",
-            api_key="fake-api-key",
-            api_token="fake-api-token",
-            timeout_seconds=5,
-        )
+    async with exotel_client_of(bulk.handle) as client:
+        yield client
 
 
 async def reconcile(

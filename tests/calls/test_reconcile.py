@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -25,7 +24,7 @@ from app.db.models import Call, CallStatus, EventOutcome, ExotelRequest, Receipt
 from app.exotel.client import ExotelClient
 from app.exotel.wire import format_exotel_time
 from tests.conftest import FAKE_CALLER_ID, make_settings
-from tests.support.exotel_double import ExotelDouble, call_json, new_sid
+from tests.support.exotel_double import ExotelDouble, call_json, exotel_client_of, new_sid
 
 pytestmark = pytest.mark.anyio
 
@@ -39,15 +38,8 @@ def settings(db_url: str) -> Settings:
 
 @pytest.fixture
 async def exotel_client(exotel: ExotelDouble) -> AsyncIterator[ExotelClient]:
-    async with httpx.AsyncClient(transport=httpx.MockTransport(exotel.handle)) as http:
-        yield ExotelClient(
-            http,
-            base_url="https://exotel.test",
-            account_sid="fake-account",
-            api_key="fake-api-key",
-            api_token="fake-api-token",
-            timeout_seconds=5,
-        )
+    async with exotel_client_of(exotel.handle) as client:
+        yield client
 
 
 Reconcile = Any

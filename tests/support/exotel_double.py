@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
+
+from app.exotel.client import ExotelClient
 
 Responder = Callable[[httpx.Request], Awaitable[httpx.Response]]
 
@@ -137,3 +140,19 @@ class ExotelDouble:
 
 def form_of(request: httpx.Request) -> dict[str, str]:
     return dict(parse_qsl(request.content.decode(), keep_blank_values=True))
+
+
+@asynccontextmanager
+async def exotel_client_of(
+    handle: Callable[[httpx.Request], httpx.Response],
+) -> AsyncIterator[ExotelClient]:
+    """An ExotelClient whose requests `handle` answers (an ExotelDouble's, say)."""
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+        yield ExotelClient(
+            http,
+            base_url="https://exotel.test",
+            account_sid="fake-account",
+            api_key="fake-api-key",
+            api_token="fake-api-token",
+            timeout_seconds=5,
+        )
