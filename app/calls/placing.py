@@ -155,7 +155,7 @@ async def _hold_back(rows: list[dict[str, Any]], *, session: AsyncSession, now: 
 
 
 def _row(
-    request: CallRequest, settings: ExotelSettings, now: datetime, window: Window | None
+    request: CallRequest, settings: ExotelSettings, now: datetime, default_window: Window | None
 ) -> dict[str, Any]:
     caller_id = request.caller_id or settings.caller_id
     if not caller_id:
@@ -177,7 +177,7 @@ def _row(
         "not_before": request.not_before,
         "expires_at": request.expires_at,
         "retry": request.retry.as_json() if request.retry else None,
-        "window": window.as_json() if (window := request.window or window) else None,
+        "window": window.as_json() if (window := request.window or default_window) else None,
         "max_attempts": request.retry.max_attempts if request.retry else 1,
         "attempts": [],
         "send_tries": 0,
