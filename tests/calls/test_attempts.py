@@ -459,6 +459,17 @@ async def busy_once(line: Line, **policy: Any) -> tuple[uuid.UUID, str, datetime
     return call_id, sid, ended
 
 
+async def second_attempt_answered(line: Line) -> tuple[str, Claimed, ExotelCall | Verdict]:
+    """After `busy_once`, its next attempt's time come: claimed and sent, Exotel's answer (its
+    SID) in hand but not recorded yet."""
+    await line.time_passes(601)
+    second = new_sid()
+    line.exotel.answer_connect(accepted(second))
+    job = await line.claim()
+    assert job is not None
+    return second, job, await line.send(job)
+
+
 # --- the state machine through the store ------------------------------------------------------
 
 
@@ -556,12 +567,7 @@ async def test_a_callback_before_exotels_answer_is_the_attempts_and_the_answer_i
     line: Line, status: str, then: str
 ) -> None:
     call_id, first, _ = await busy_once(line)
-    await line.time_passes(601)
-    second = new_sid()
-    line.exotel.answer_connect(accepted(second))
-    job = await line.claim()
-    assert job is not None
-    answer = await line.send(job)  # Exotel has answered; the answer is not recorded yet
+    second, job, answer = await second_attempt_answered(line)
 
     assert await line.callback(call_id, second, status) == EventOutcome.APPLIED
     await line.record(job, answer)
@@ -610,12 +616,7 @@ async def test_a_callback_naming_no_call_before_exotels_answer_is_the_attempts_o
     """Sent to the account's callback URL, it names the call by a SID nobody has yet: kept,
     and applied to attempt 2 once Exotel's answer tells whose SID it is."""
     call_id, first, _ = await busy_once(line)
-    await line.time_passes(601)
-    second = new_sid()
-    line.exotel.answer_connect(accepted(second))
-    job = await line.claim()
-    assert job is not None
-    answer = await line.send(job)
+    second, job, answer = await second_attempt_answered(line)
 
     assert await line.callback(None, second, "busy") == EventOutcome.UNKNOWN_SID
     await line.record(job, answer)
@@ -811,12 +812,7 @@ async def test_cancelling_a_call_whose_attempt_ended_before_exotels_answer_ends_
     """The attempt's busy came before Exotel's answer to its connect: the call waits for its
     next attempt while the claim is held. Cancelled then, no attempt follows."""
     call_id, _, _ = await busy_once(line)
-    await line.time_passes(601)
-    second = new_sid()
-    line.exotel.answer_connect(accepted(second))
-    job = await line.claim()
-    assert job is not None
-    answer = await line.send(job)
+    second, job, answer = await second_attempt_answered(line)
     await line.callback(call_id, second, "busy")
 
     call = await line.cancel(call_id)
