@@ -130,7 +130,8 @@ class Window:
 
 
 _PERIOD = re.compile(r"([1-9][0-9]{0,5})/([1-9][0-9]{0,4})([smhd])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Seconds in each unit a period or an interval is written in (`24h`, `30m`).
+SECONDS_IN = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ class NumberLimit:
         match = _PERIOD.fullmatch(text.strip())
         if not match:
             raise ValueError(f"{text!r} is not a limit as COUNT/PERIOD, such as 3/24h")
-        return cls(int(match[1]), timedelta(seconds=int(match[2]) * _UNITS[match[3]]))
+        return cls(int(match[1]), timedelta(seconds=int(match[2]) * SECONDS_IN[match[3]]))
 
     def __str__(self) -> str:
         return f"{self.count}/{int(self.period.total_seconds())}s"

@@ -13,12 +13,11 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from app.api.schemas import RetryIn, WindowIn
-from app.calls.policy import DEFAULT_INTERVAL_SECONDS, INDIA
+from app.calls.policy import DEFAULT_INTERVAL_SECONDS, INDIA, SECONDS_IN
 
 # The statuses `--retry 3` retries when it names none: the customer did not pick up. Not
 # `failed`, which is often a number that cannot be reached at all.
 DEFAULT_RETRY_ON = ("busy", "no-answer")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _INTERVAL = re.compile(r"([0-9]{1,7})([smhd]?)")
 _WINDOW = re.compile(r"([0-9:]+)-([0-9:]+)(?:[ /](.+))?")
 
@@ -112,7 +111,7 @@ def _seconds(text: str) -> int:
     match = _INTERVAL.fullmatch(text)
     if not match:
         raise PolicyInvalid(f"{text!r} is not an interval: seconds, or 30m, 2h, 1d")
-    return int(match[1]) * _UNITS[match[2] or "s"]
+    return int(match[1]) * SECONDS_IN[match[2] or "s"]
 
 
 def window_fields(text: str) -> dict[str, Any]:
