@@ -36,6 +36,7 @@ from app.api.request_ids import RequestIds
 from app.api.simulator import SimulatorMount
 from app.calls.availability import Availability
 from app.calls.callback_auth import passthru_url
+from app.calls.counts import fold as fold_counts
 from app.calls.dispatch import Dispatch, budget_of, connect_request
 from app.calls.ingest import CallbackWriter
 from app.calls.reconcile import reconcile
@@ -178,6 +179,10 @@ def create_app(
                         every=settings.callbacks.spool_replay_seconds,
                         local=True,
                     ),
+                    10,
+                ),
+                (
+                    Periodic("call counts", functools.partial(fold_counts, sessionmaker), every=10),
                     10,
                 ),
                 (

@@ -14,7 +14,7 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,7 +26,7 @@ from markupsafe import Markup
 
 from app.api.deps import SessionDep, SettingsDep, require_page_access
 from app.api.errors import ApiError
-from app.calls import queries, ratelimit
+from app.calls import counts, queries, ratelimit
 from app.calls.errors import CallNotFound
 from app.calls.policy import Retry, Window
 from app.calls.resource import AttemptOut
@@ -247,7 +247,7 @@ async def status_page(
 ) -> HTMLResponse:
     overview = await queries.overview(session)
     now = overview.now
-    last_day = await queries.count_calls_by_status(session, created_after=now - timedelta(days=1))
+    last_day = await counts.last_day(session, now=now)
     granted = await queries.exotel_requests_granted(
         session, within_seconds=settings.exotel.rate_window_seconds
     )

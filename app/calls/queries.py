@@ -15,6 +15,7 @@ from sqlalchemy import Select, Uuid, and_, func, literal, or_, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.calls import cursors
+from app.calls.counts import calls_by_status
 from app.calls.errors import BatchNotFound, CallNotFound, InvalidField
 from app.db.clock import db_now
 from app.db.models import Batch, Call, CallStatus, Dial, ExotelRequest, Receipt
@@ -66,8 +67,7 @@ class Overview:
 
 
 async def overview(session: AsyncSession) -> Overview:
-    counts = await session.execute(select(Call.status, func.count()).group_by(Call.status))
-    by_status = {str(status): count for status, count in counts}
+    by_status = await calls_by_status(session)
     oldest = await session.scalar(
         select(func.min(Call.created_at)).where(Call.status == CallStatus.QUEUED)
     )
@@ -157,18 +157,6 @@ async def list_events(session: AsyncSession, *, call_id: uuid.UUID) -> list[Rece
 
 
 # --- the status page -----------------------------------------------------------------------
-
-
-async def count_calls_by_status(
-    session: AsyncSession, *, created_after: datetime
-) -> dict[str, int]:
-    """Calls created since `created_after`, by status."""
-    counts = await session.execute(
-        select(Call.status, func.count())
-        .where(Call.created_at >= created_after)
-        .group_by(Call.status)
-    )
-    return {str(status): count for status, count in counts}
 
 
 async def exotel_requests_granted(

@@ -232,6 +232,22 @@ class Call(Base):
     )
 
 
+class CallTally(Base):
+    """The calls counted: by the hour they were made in (UTC), their status and their
+    recording's. Triggers on `call` add a row for each change (+n, -n); `app.calls.counts`
+    sums the rows and folds them now and then. The status page and the metrics read this,
+    never a count of every call."""
+
+    __tablename__ = "call_tally"
+
+    id: Mapped[int] = mapped_column(BigInteger(), primary_key=True, autoincrement=True)
+    # Hours older than a day and an hour are folded into one row at -infinity.
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    status: Mapped[CallStatus] = mapped_column(_str_enum(CallStatus))
+    recording_status: Mapped[RecordingStatus | None] = mapped_column(_str_enum(RecordingStatus))
+    calls: Mapped[int] = mapped_column(BigInteger())
+
+
 class Dial(Base):
     """Each `Calls/connect` request made for a call's attempt (its `n`), by the database's
     clock: what the per-number limit counts (NUMBER_ATTEMPT_LIMIT), and how a SID of any of

@@ -10,8 +10,9 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.calls import ratelimit
+from app.calls.counts import recordings_by_status
 from app.db.clock import db_now
-from app.db.models import Call, RecordingJob, RecordingStatus, Throttle
+from app.db.models import RecordingJob, RecordingStatus, Throttle
 
 
 @dataclass(frozen=True)
@@ -38,13 +39,8 @@ async def archive_pause(session: AsyncSession) -> tuple[datetime | None, str | N
 
 async def archive_status(session: AsyncSession) -> ArchiveStatus:
     now = await db_now(session)
-    counted = await session.execute(
-        select(Call.recording_status, func.count())
-        .where(Call.recording_status.is_not(None))
-        .group_by(Call.recording_status)
-    )
     by_status = dict.fromkeys((s.value for s in RecordingStatus), 0)
-    by_status.update({str(status): count for status, count in counted.all()})
+    by_status.update(await recordings_by_status(session))
     backlog, oldest = (
         await session.execute(select(func.count(), func.min(RecordingJob.due_at)))
     ).one()
