@@ -74,7 +74,8 @@ async def test_the_tally_is_the_calls_counted_through_any_writes_and_folds(
             if move < 0.3 or not ids:
                 for _ in range(rng.randrange(1, 6)):  # one statement a call, and many in one
                     await session.execute(insert(Call).values(**a_call(rng, now)))
-                await session.execute(insert(Call), [a_call(rng, now) for _ in range(rng.randrange(1, 8))])
+                many = [a_call(rng, now) for _ in range(rng.randrange(1, 8))]
+                await session.execute(insert(Call), many)
             elif move < 0.8:
                 chosen = rng.sample(ids, min(len(ids), rng.randrange(1, 4)))
                 changes = a_call(rng, now)
@@ -105,11 +106,10 @@ async def test_a_fold_leaves_a_row_a_count_and_old_hours_in_one(
         await session.execute(update(Call).values(status=CallStatus.COMPLETED))
     await counts.fold(sessionmaker)
     async with sessionmaker() as session:
-        rows = (
-            await session.execute(
-                select(CallTally.hour, CallTally.status, CallTally.recording_status, CallTally.calls)
-            )
-        ).all()
+        tally = select(
+            CallTally.hour, CallTally.status, CallTally.recording_status, CallTally.calls
+        )
+        rows = (await session.execute(tally)).all()
         assert len(rows) == len({row[:3] for row in rows})  # one a (hour, status, recording)
         hours = await session.scalar(
             select(func.count(func.distinct(CallTally.hour))).where(
@@ -161,8 +161,11 @@ async def test_calls_placed_through_the_api_are_counted_on_the_status_page_and_m
         by_status, _, last_day = await kept(session)
     assert sum(by_status.values()) == sum(last_day.values()) == 5
     metrics = (await client.get("/metrics")).text
-    assert sum(
-        int(float(line.rsplit(" ", 1)[1]))
-        for line in metrics.splitlines()
-        if line.startswith("exocall_calls{")
-    ) == 5
+    assert (
+        sum(
+            int(float(line.rsplit(" ", 1)[1]))
+            for line in metrics.splitlines()
+            if line.startswith("exocall_calls{")
+        )
+        == 5
+    )
