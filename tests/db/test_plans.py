@@ -37,6 +37,7 @@ from app.recordings.archive import Archive
 from app.recordings.retention import forget_old_recordings
 from app.recordings.store import RecordingStore
 from tests.conftest import FAKE_CALLBACK_SECRET, callback_path, place_body, serving
+from tests.support.eventually import eventually
 from tests.support.exotel_double import ExotelDouble, call_json, exotel_client_of
 from tests.support.exotel_requests import callback, exotel_clock, multipart
 from tests.support.plans import Plan, assert_on_indexes, captured, explained, whole_table_reads
@@ -95,7 +96,12 @@ async def world(client: httpx.AsyncClient, exotel: ExotelDouble) -> World:
     ended = callback(completed["sid"], "completed", exotel_clock(40), recording=RECORDING)
     await ok(await client.post(callback_path(completed["id"]), **multipart(ended)))
     await passthru(client, keyed["sid"], digits='"1"')
-    page = await ok(await client.get("/events", params={"limit": 1}))
+
+    # The feed shows what committed below every transaction still open on the server.
+    async def feed() -> dict[str, Any]:
+        return await ok(await client.get("/events", params={"limit": 1}))
+
+    page = await eventually(feed, until=lambda p: p["items"], what="the feed's first event")
     (first,) = page["items"]
     calls = await ok(await client.get("/calls", params={"limit": 1}))
     return World(
@@ -175,7 +181,6 @@ CALL_READS: list[tuple[str, Callable[[World], str]]] = [
     ("list-created-after", lambda w: f"/calls?created_after={_ago(3600)}"),
     ("list-created-before", lambda w: f"/calls?created_before={_ago(-3600)}"),
     ("list-by-batch", lambda w: f"/calls?batch_id={w.batch['id']}"),
-    ("list-next-page", lambda w: f"/calls?limit=1&cursor={w.calls_cursor}"),
     ("by-id", lambda w: f"/calls/{w.completed['id']}"),
     ("by-sid", lambda w: f"/calls/{w.completed['sid']}"),
     ("events", lambda w: f"/calls/{w.completed['id']}/events"),
@@ -194,10 +199,25 @@ async def test_reading_calls(
     await request_on_indexes(app, client, "GET", url_of(world))
 
 
-async def test_listing_calls_by_digits(
-    app: FastAPI, client: httpx.AsyncClient, world: World
+# These read a growing table whole today (issue #26): each fails, naming the statement, until
+# the product is fixed. Not marked: a failure here is the work still to do.
+WHOLE_TABLE_READS_TODAY = [
+    # `created_at < $1 OR (created_at = $1 AND id < $2)` is a Filter, not an Index Cond: the
+    # page after a cursor reads every newer call first.
+    pytest.param(lambda w: f"/calls?limit=1&cursor={w.calls_cursor}", id="calls-next-page"),
+    # No index has `digits`: newest first through ix_call_created_at_id, filtered.
+    pytest.param(lambda w: "/calls?digits=1", id="calls-by-digits"),
+    # `overview()`: every call counted by status (an Index Only Scan of a whole index).
+    pytest.param(lambda w: "/ui", id="ui"),
+    pytest.param(lambda w: "/metrics", id="metrics"),
+]
+
+
+@pytest.mark.parametrize("url_of", WHOLE_TABLE_READS_TODAY)
+async def test_whole_table_reads_to_fix(
+    app: FastAPI, client: httpx.AsyncClient, world: World, url_of: Callable[[World], str]
 ) -> None:
-    await request_on_indexes(app, client, "GET", "/calls?digits=1")
+    await request_on_indexes(app, client, "GET", url_of(world))
 
 
 # --- the event feed and webhooks --------------------------------------------------------------
@@ -229,7 +249,9 @@ async def test_delivery_claim_release_and_record(
     engine = engine_of(app)
     async with engine.begin() as db:  # every delivery due now, none in flight
         await db.execute(
-            update(Delivery).values(state="pending", next_attempt_at=datetime.now(UTC), claimed_by=None)
+            update(Delivery).values(
+                state="pending", next_attempt_at=datetime.now(UTC), claimed_by=None
+            )
         )
     with captured(engine) as sent:
         async with engine.begin() as db:
@@ -247,9 +269,7 @@ async def test_delivery_claim_release_and_record(
 
 
 STATUS_READS: list[tuple[str, Callable[[World], str]]] = [
-    ("ui", lambda w: "/ui"),
     ("ui-call", lambda w: f"/ui/calls/{w.completed['id']}"),
-    ("metrics", lambda w: "/metrics"),
 ]
 
 
@@ -303,7 +323,8 @@ async def test_the_dispatch_claim(
                 number_limit=NumberLimit.parse("1/1h"),
                 limit=4,
             )
-    assert isinstance(claimed, list) and claimed
+    assert isinstance(claimed, list)
+    assert claimed
     await assert_on_indexes(engine, sent, reading=["call", "dial"])
 
 
