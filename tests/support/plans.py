@@ -1,0 +1,182 @@
+"""The plans of the statements a code path sends: whether each stays on an index.
+
+A hot query that reads a whole table is as fast as any other on a test's few rows, and slow once
+the table holds ten million. `captured()` records every statement an engine sends while a code
+path runs (SQLAlchemy's `before_cursor_execute`, with its parameters as the driver got them);
+`explained()` asks PostgreSQL for the plan of each, with the same parameters, under
+`enable_seqscan = off`: the planner then takes an index wherever one can serve, however small
+the table, so a `Seq Scan` left in the plan is a scan no index can avoid. (PostgreSQL 18 marks
+such a node `Disabled: true`; 15 only gives it a huge cost. Either way the node is a Seq Scan.)
+Denied a Seq Scan, the planner reads a whole index instead where one can stand in for the table
+(`Plan.seq_scans` says when that is as bad): that is caught too.
+
+    with captured(engine) as sent:
+        await claim_due(...)
+    assert_on_indexes(await explained(engine, sent))
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+# The tables that grow with every call: none of them may be read whole on a hot path.
+GROWING = frozenset({"call", "call_event", "event", "delivery", "delivery_attempt", "dial"})
+
+# What has a plan. Anything else (BEGIN, SET, SHOW) reads no table.
+_PLANNED = ("select", "with", "update", "delete", "insert")
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A statement as the driver got it: asyncpg's `$1` placeholders, and their values."""
+
+    statement: str
+    parameters: tuple[Any, ...]
+
+
+@dataclass
+class Plan:
+    sent: Sent
+    tree: dict[str, Any]  # EXPLAIN (FORMAT JSON)'s "Plan"
+    text: str = field(default="")  # EXPLAIN's text, for a failure's message
+
+    partial: frozenset[str] = frozenset()  # the partial indexes: a queue, not the table
+
+    def seq_scans(self, tables: frozenset[str] = GROWING) -> list[str]:
+        """The growing tables this plan reads whole: a Seq Scan, or a whole index of one.
+
+        With sequential scans disabled the planner reads a whole index instead wherever one
+        gives the order asked or holds every column (an Index Only Scan for a count): as slow.
+        An index scan with no condition is only short under a Limit, with nothing in between
+        that reads every row first, and no Filter that may skip most of them; or on a partial
+        index, which holds the rows in some state (the queue), not the table."""
+        return [
+            node["Relation Name"]
+            for node, limited in _nodes_under_limits(self.tree)
+            if node.get("Relation Name") in tables
+            and (
+                node["Node Type"] == "Seq Scan"
+                or (
+                    node["Node Type"] in ("Index Scan", "Index Only Scan")
+                    and "Index Cond" not in node
+                    and node.get("Index Name") not in self.partial
+                    and not (limited and "Filter" not in node)
+                )
+            )
+        ]
+
+
+@contextmanager
+def captured(engine: AsyncEngine) -> Iterator[list[Sent]]:
+    """Every statement `engine` sends inside the block, once each (a poll repeated with the
+    same values is one), in the order first sent: the app's background work included."""
+    sent: list[Sent] = []
+    seen: set[tuple[str, str]] = set()
+
+    def before(
+        _conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, many: bool
+    ) -> None:
+        if not statement.lstrip().lower().startswith(_PLANNED):
+            return
+        # executemany sends rows, whose first plans as well as any; SQLAlchemy's "insertmanyvalues"
+        # batches, also told as `many`, send one flat row.
+        if many and parameters and isinstance(parameters[0], (list, tuple, dict)):
+            parameters = parameters[0]
+        values = tuple(parameters or ())
+        key = (statement, repr(values))
+        if key not in seen:
+            seen.add(key)
+            sent.append(Sent(statement, values))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", before)
+    try:
+        yield sent
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", before)
+
+
+async def explained(engine: AsyncEngine, sent: Sequence[Sent]) -> list[Plan]:
+    """The plan of each statement, with its own values (a custom plan, as PostgreSQL makes for
+    the first executions of a prepared statement), never executed: plain EXPLAIN, in a
+    transaction rolled back."""
+    plans = []
+    async with engine.connect() as connection:
+        partial = frozenset(
+            await connection.scalars(
+                text("SELECT indexrelid::regclass::text FROM pg_index WHERE indpred IS NOT NULL")
+            )
+        )
+        await connection.rollback()
+        for one in sent:
+            async with connection.begin() as transaction:
+                await connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+                explain = "EXPLAIN (FORMAT JSON) " + one.statement
+                try:
+                    result = await connection.exec_driver_sql(explain, one.parameters)
+                except Exception as error:
+                    raise AssertionError(f"cannot EXPLAIN {one.statement}") from error
+                raw = result.scalar_one()
+                tree = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
+                plan = Plan(one, tree, partial=partial)
+                if plan.seq_scans():
+                    lines = await connection.exec_driver_sql(
+                        "EXPLAIN " + one.statement, one.parameters
+                    )
+                    plan.text = "\n".join(row[0] for row in lines)
+                plans.append(plan)
+                await transaction.rollback()
+    return plans
+
+
+def whole_table_reads(plans: Sequence[Plan], tables: frozenset[str] = GROWING) -> str:
+    """Each statement that reads a growing table whole, with its plan; empty if none does."""
+    return "\n\n".join(
+        f"reads {', '.join(plan.seq_scans(tables))} whole:\n{plan.sent.statement}\n"
+        f"parameters: {plan.sent.parameters!r}\n{plan.text}"
+        for plan in plans
+        if plan.seq_scans(tables)
+    )
+
+
+async def assert_on_indexes(
+    engine: AsyncEngine, sent: Sequence[Sent], *, reading: Sequence[str] = ()
+) -> list[Plan]:
+    """Fails naming each statement of `sent` that reads a growing table whole, with its plan.
+    `reading`: tables the path must have read (by any plan), so that a path that silently sent
+    nothing does not pass."""
+    plans = await explained(engine, sent)
+    read = {node.get("Relation Name") for plan in plans for node in _nodes(plan.tree)}
+    missing = set(reading) - read
+    assert not missing, f"no statement read {sorted(missing)}: {[s.statement for s in sent]}"
+    failures = whole_table_reads(plans)
+    assert not failures, failures
+    return plans
+
+
+def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", ()):
+        yield from _nodes(child)
+
+
+# Nodes that hand on rows as they read them: below a Limit, through these, a scan stops early.
+_STREAMING = frozenset({"Limit", "LockRows", "Result", "Subquery Scan", "Append", "Merge Append"})
+
+
+def _nodes_under_limits(
+    node: dict[str, Any], limited: bool = False
+) -> Iterator[tuple[dict[str, Any], bool]]:
+    """Each node, and whether a Limit stops it early."""
+    limited = node["Node Type"] == "Limit" or limited
+    yield node, limited
+    for n, child in enumerate(node.get("Plans", ())):
+        # A nested loop reads its outer side once, its inner side for each outer row.
+        streams = node["Node Type"] in _STREAMING or (node["Node Type"] == "Nested Loop" and n == 0)
+        yield from _nodes_under_limits(child, limited and streams)
