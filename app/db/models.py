@@ -221,6 +221,14 @@ class Call(Base):
             "price_wait_from",
             postgresql_where=text("price_wait_from IS NOT NULL"),
         ),
+        # `GET /calls?digits=`, newest first: only the calls a customer keyed something in.
+        Index(
+            "ix_call_digits_created_at_id",
+            "digits",
+            "created_at",
+            "id",
+            postgresql_where=text("digits IS NOT NULL"),
+        ),
         # The recordings by status (metrics, the status page).
         Index("ix_call_recording_status", "recording_status"),
         # Retention's archived recordings, oldest first.
