@@ -703,6 +703,9 @@ async def fill(
             for lo in range(0, calls, chunk):
                 hi = min(lo + chunk, calls)
                 params = {"t0": t0, "n": calls, "live": live, "lo": lo, "hi": hi}
+                # Every reference is made consistent by construction: the foreign keys'
+                # triggers, a look-up a row, would take a third of the time.
+                await db.execute(text("SET LOCAL session_replication_role = replica"))
                 await db.execute(facts, params)
                 for statement in statements:
                     await db.execute(statement)
