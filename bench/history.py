@@ -129,7 +129,7 @@ SELECT i, p.t0, p.n,
   p.t0 - (p.n - i) * interval '300 ms' AS created,
   p.n - 1 - i < p.live AS live,
   {_hash(506952113, 11)} AS r0, {_hash(1597334677, 23)} AS r1,
-  {_hash(1103515245, 37)} AS r2, {_hash(1013904223, 41)} AS r3,
+  {_hash(1103515245, 37)} AS r2, {_hash(1181783497, 41)} AS r3,
   {_hash(1812433253, 53)} AS r4, {_hash(695872465, 67)} AS r5,
   md5('exocall-history:' || i) AS m
 FROM (SELECT CAST(:t0 AS timestamptz) AS t0, CAST(:n AS bigint) AS n,
