@@ -110,7 +110,8 @@ async def test_a_history_in_proportion_consistent_and_readable(
         assert next_event_id > (await _one(session, "SELECT max(id) FROM event"))[0]
 
         page, cursor = await list_calls(session, limit=50)
-        assert len(page) == 50 and cursor is not None
+        assert len(page) == 50
+        assert cursor is not None
         following, _ = await list_calls(session, limit=50, cursor=cursor)
         assert following[0].created_at <= page[-1].created_at
         assert {c.id for c in page}.isdisjoint(c.id for c in following)
@@ -120,7 +121,8 @@ async def test_a_history_in_proportion_consistent_and_readable(
             " AND jsonb_array_length(attempts) > 1 LIMIT 1",
         )
         retried = await find_call(session, earlier_sid)
-        assert retried.sid != earlier_sid and len(retried.attempts) > 1
+        assert retried.sid != earlier_sid
+        assert len(retried.attempts) > 1
         assert len(await list_events(session, call_id=retried.id)) >= 4
         figures = await overview(session)
         assert sum(figures.calls_by_status.values()) == CALLS
