@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -685,18 +686,9 @@ async def fill(
             if await db.scalar(text("SELECT EXISTS (SELECT FROM call)")):
                 raise RuntimeError(f"{url}: the database holds calls already; fill an empty one")
             t0: datetime = await db.scalar(text("SELECT now()"))
-            hours = calls / CALLS_AN_HOUR
-            since = await db.scalar(
-                text(
-                    "SELECT CAST(:t0 AS timestamptz) - CAST(:hours AS float8) * interval "
-                    "'1 hour' - interval '1 day'"
-                ),
-                {"t0": t0, "hours": hours},
-            )
-            await db.execute(
-                text(_ENDPOINTS),
-                {"t0": t0, "since": since, "types": _json_list(ENDED_TYPES)},
-            )
+            since = t0 - timedelta(hours=calls / CALLS_AN_HOUR, days=1)
+            types = json.dumps(list(ENDED_TYPES))
+            await db.execute(text(_ENDPOINTS), {"t0": t0, "since": since, "types": types})
             await db.commit()
             live = min(LIVE, calls // 20)
             superuser = await db.scalar(
@@ -726,10 +718,6 @@ async def fill(
     finally:
         await engine.dispose()
     return History(rows=rows, seconds=time.monotonic() - started)
-
-
-def _json_list(items: tuple[str, ...]) -> str:
-    return "[" + ", ".join(f'"{item}"' for item in items) + "]"
 
 
 async def _continue_ids(db: AsyncConnection) -> None:
