@@ -76,6 +76,7 @@ CREATE TRIGGER call_tally_moved AFTER UPDATE OF status, recording_status, create
     EXECUTE FUNCTION call_tally_moved()
     """,
 ]
+_TRIGGER_NAMES = ("call_tally_inserted", "call_tally_deleted", "call_tally_moved")
 
 
 def upgrade() -> None:
@@ -103,6 +104,10 @@ def upgrade() -> None:
     # count below and the triggers' rows after it are of the same calls.
     for statement in _TRIGGERS:
         op.execute(statement)
+    for trigger in _TRIGGER_NAMES:
+        # Also when rows are written as a replica (`session_replication_role`): a logical
+        # replica's calls, or a bulk load that skips the foreign keys' checks, are counted too.
+        op.execute(f"ALTER TABLE call ENABLE ALWAYS TRIGGER {trigger}")
     op.execute(
         """
         INSERT INTO call_tally (hour, status, recording_status, calls)
@@ -113,7 +118,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for trigger in ("call_tally_moved", "call_tally_deleted", "call_tally_inserted"):
+    for trigger in _TRIGGER_NAMES:
         op.execute(f"DROP TRIGGER {trigger} ON call")
     for function in (
         "call_tally_moved()",
