@@ -746,27 +746,40 @@ async def _fill(
 
 
 async def _drop_indexes(db: AsyncConnection) -> list[str]:
-    """Drop the filled tables' indexes that back no constraint (primary key, unique) and
-    return their definitions, as the database has them: the migrations' are not repeated."""
+    """Drop the filled tables' indexes but their primary keys (the foreign keys' targets) and
+    return the statements that make them again, from the definitions the database has: the
+    migrations' are not repeated. A unique constraint is added back on its index, built first."""
     indexes = (
         await db.execute(
             text(
-                "SELECT CAST(CAST(x.indexrelid AS regclass) AS text),"
-                " pg_get_indexdef(x.indexrelid) FROM pg_index x"
-                " JOIN pg_class t ON t.oid = x.indrelid"
+                "SELECT CASE WHEN c.oid IS NULL"
+                "   THEN format('DROP INDEX %s', x.indexrelid::regclass)"
+                "   ELSE format('ALTER TABLE %s DROP CONSTRAINT %I', x.indrelid::regclass,"
+                "     c.conname) END,"
+                " pg_get_indexdef(x.indexrelid),"
+                " CASE WHEN c.oid IS NOT NULL THEN"
+                "   format('ALTER TABLE %s ADD CONSTRAINT %I UNIQUE USING INDEX %I',"
+                "     x.indrelid::regclass, c.conname, i.relname) END"
+                " FROM pg_index x JOIN pg_class t ON t.oid = x.indrelid"
+                " JOIN pg_class i ON i.oid = x.indexrelid"
+                " LEFT JOIN pg_constraint c"
+                "   ON c.conrelid = x.indrelid AND c.conindid = x.indexrelid"
                 " WHERE t.relname = ANY(CAST(:tables AS text[]))"
                 " AND t.relnamespace = CAST(current_schema() AS regnamespace)"
-                " AND NOT EXISTS (SELECT FROM pg_constraint c"
-                "   WHERE c.conrelid = x.indrelid AND c.conindid = x.indexrelid)"
+                " AND NOT x.indisprimary AND (c.oid IS NULL OR (c.contype = 'u'"
+                "   AND NOT c.condeferrable AND NOT EXISTS (SELECT FROM pg_constraint f"
+                "     WHERE f.contype = 'f' AND f.conindid = x.indexrelid)))"
                 " ORDER BY t.relname, x.indexrelid"
             ),
             {"tables": list(TABLES)},
         )
     ).all()
-    for name, _ in indexes:
-        await db.execute(text(f"DROP INDEX {name}"))
+    statements: list[str] = []
+    for drop, build, constraint in indexes:
+        await db.execute(text(drop))
+        statements += [build, constraint] if constraint else [build]
     await db.commit()
-    return [definition for _, definition in indexes]
+    return statements
 
 
 async def _create_indexes(
@@ -785,8 +798,7 @@ async def _create_indexes(
                 await db.execute(text(definition))
                 built += 1
                 if progress:
-                    name = definition.split(" ON ")[0].split()[-1]
-                    progress(f"{name}: {time.monotonic() - began:.1f} s")
+                    progress(f"{time.monotonic() - began:5.1f} s: {definition[:80]}")
     except Exception as error:
         unbuilt = "\n".join(f"{definition};" for definition in definitions[built:])
         raise RuntimeError(f"indexes left to build by hand:\n{unbuilt}") from error
