@@ -418,7 +418,9 @@ def _facts_sql() -> str:
         ("l5", f"{_CALL_JSON} AS call_json"),
     ):
         query = _level(query, alias, columns)
-    return f"CREATE TEMP TABLE h ON COMMIT DROP AS\n{query}"
+    # Rows of 3 KB kept whole: compressing them into TOAST, and out again for each event, cost
+    # a tenth of the time.
+    return f"CREATE TEMP TABLE h WITH (toast_tuple_target = 8160) ON COMMIT DROP AS\n{query}"
 
 
 _BATCHES = """
