@@ -17,7 +17,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -28,9 +28,7 @@ from app.db import migrate
 from app.db.session import create_engine
 
 CALLS_AN_HOUR = 12_000  # one account, busy: the spacing of `created_at` (0.3 s)
-CHUNK = 100_000
-# Chunks filled at once, each by its own connection (and server process).
-JOBS = 2
+CHUNK = 200_000
 # The newest calls that are still live, at most.
 LIVE = 3_000
 # Filled in this order; the rest of the tables stay as the migrations leave them.
@@ -678,17 +676,15 @@ async def fill(
     *,
     calls: int,
     chunk: int = CHUNK,
-    jobs: int = JOBS,
     progress: Callable[[str], None] | None = None,
 ) -> History:
     """Fill the database at `url` (migrated first; it must hold no calls) with `calls` calls
-    ending now and what the service keeps of them. Each chunk of calls is a transaction, `jobs`
-    of them at a time, each on its own connection.
+    ending now and what the service keeps of them. Each chunk of calls is a transaction.
 
-    As bulk loaders do, the filled tables' indexes but their primary keys are dropped first and
-    built again at the end, each at once from the rows, not row by row. They are built again if
-    the fill fails too; if the process dies before, they are lost (the definitions are only in
-    its memory), with the database half filled: drop it."""
+    As bulk loaders do, the filled tables' indexes that back no constraint are dropped first
+    and built again at the end, each at once from the rows, not row by row. They are built
+    again if the fill fails too; if the process dies before, they are lost (the definitions
+    are only in its memory), with the database half filled: drop it."""
     if calls < 1:
         raise ValueError("calls: at least 1")
     started = time.monotonic()
@@ -699,28 +695,10 @@ async def fill(
         async with engine.connect() as db:
             if await db.scalar(text("SELECT EXISTS (SELECT FROM call)")):
                 raise RuntimeError(f"{url}: the database holds calls already; fill an empty one")
-            t0: datetime = await db.scalar(text("SELECT now()"))
-            since = t0 - timedelta(hours=calls / CALLS_AN_HOUR, days=1)
-            types = json.dumps(list(ENDED_TYPES))
-            await db.execute(text(_ENDPOINTS), {"t0": t0, "since": since, "types": types})
             indexes = await _drop_indexes(db)
-        made = 0
-
-        def done(lo: int, hi: int) -> None:
-            nonlocal made
-            made += hi - lo
-            if progress:
-                progress(f"{made:,} calls of {calls:,} in {time.monotonic() - started:.0f} s")
-
         try:
-            # One iterator for all the jobs: each takes the next chunk.
-            chunks = iter([(lo, min(lo + chunk, calls)) for lo in range(0, calls, chunk)])
-            params = {"t0": t0, "n": calls, "live": min(LIVE, calls // 20)}
-            async with asyncio.TaskGroup() as group:
-                for _ in range(jobs):
-                    group.create_task(_fill(engine, chunks=chunks, params=params, done=done))
-            async with engine.begin() as db:
-                await _continue_ids(db)
+            async with engine.connect() as db:
+                await _fill(db, calls=calls, chunk=chunk, started=started, progress=progress)
         finally:
             steps["fill"] = time.monotonic() - started
             await _create_indexes(engine, indexes, progress=progress)
@@ -737,36 +715,46 @@ async def fill(
 
 
 async def _fill(
-    engine: AsyncEngine,
+    db: AsyncConnection,
     *,
-    chunks: Iterator[tuple[int, int]],
-    params: dict[str, object],
-    done: Callable[[int, int], None],
+    calls: int,
+    chunk: int,
+    started: float,
+    progress: Callable[[str], None] | None,
 ) -> None:
+    # Before the session's first temporary table: each chunk's facts stay in memory.
+    await db.execute(text("SET temp_buffers = '512MB'"))
+    # Nothing is lost but the fill's last commits if the server stops.
+    await db.execute(text("SET synchronous_commit = off"))
+    await db.commit()
     facts = text(_facts_sql())
     statements = [text(statement) for statement in _STATEMENTS]
-    async with engine.connect() as db:
-        # Before the session's first temporary table: each chunk's facts stay in memory.
-        await db.execute(text("SET temp_buffers = '512MB'"))
-        # Nothing is lost but the fill's last commits if the server stops.
-        await db.execute(text("SET synchronous_commit = off"))
-        superuser = await db.scalar(
-            text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-        )
+    tally = text(_TALLY)
+    t0: datetime = await db.scalar(text("SELECT now()"))
+    since = t0 - timedelta(hours=calls / CALLS_AN_HOUR, days=1)
+    types = json.dumps(list(ENDED_TYPES))
+    await db.execute(text(_ENDPOINTS), {"t0": t0, "since": since, "types": types})
+    await db.commit()
+    live = min(LIVE, calls // 20)
+    superuser = await db.scalar(text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
+    for lo in range(0, calls, chunk):
+        hi = min(lo + chunk, calls)
+        params = {"t0": t0, "n": calls, "live": live, "lo": lo, "hi": hi}
+        if superuser:
+            # Every reference is consistent by construction: the foreign keys'
+            # triggers, a look-up a row, would take a third of the time. The calls'
+            # tally, which its triggers would keep, is counted below.
+            await db.execute(text("SET LOCAL session_replication_role = replica"))
+        await db.execute(facts, params)
+        for statement in statements:
+            await db.execute(statement)
+        if superuser:
+            await db.execute(tally)
         await db.commit()
-        for lo, hi in chunks:
-            if superuser:
-                # Every reference is consistent by construction: the foreign keys'
-                # triggers, a look-up a row, would take a third of the time. The calls'
-                # tally, which its triggers would keep, is counted below.
-                await db.execute(text("SET LOCAL session_replication_role = replica"))
-            await db.execute(facts, params | {"lo": lo, "hi": hi})
-            for statement in statements:
-                await db.execute(statement)
-            if superuser:
-                await db.execute(text(_TALLY))
-            await db.commit()
-            done(lo, hi)
+        if progress:
+            progress(f"{hi:,} calls of {calls:,} in {time.monotonic() - started:.0f} s")
+    await _continue_ids(db)
+    await db.commit()
 
 
 async def _drop_indexes(db: AsyncConnection) -> list[str]:
@@ -891,7 +879,6 @@ def main(argv: list[str] | None = None) -> None:
         help="the database to fill (default: DATABASE_URL)",
     )
     parser.add_argument("--chunk", type=int, default=CHUNK, help="calls a transaction")
-    parser.add_argument("--jobs", type=int, default=JOBS, help="transactions at once")
     args = parser.parse_args(argv)
     if not args.database_url:
         parser.error("set DATABASE_URL or give --database-url")
@@ -899,9 +886,7 @@ def main(argv: list[str] | None = None) -> None:
     def say(line: str) -> None:
         print(line, flush=True)
 
-    history = asyncio.run(
-        fill(args.database_url, calls=args.calls, chunk=args.chunk, jobs=args.jobs, progress=say)
-    )
+    history = asyncio.run(fill(args.database_url, calls=args.calls, chunk=args.chunk, progress=say))
     print(report(history, asyncio.run(sizes(args.database_url))))
 
 
