@@ -681,10 +681,11 @@ async def fill(
     """Fill the database at `url` (migrated first; it must hold no calls) with `calls` calls
     ending now and what the service keeps of them. Each chunk of calls is a transaction.
 
-    As bulk loaders do, the filled tables' indexes that back no constraint are dropped first
-    and built again at the end, each at once from the rows, not row by row. They are built
-    again if the fill fails too; if the process dies before, they are lost (the definitions
-    are only in its memory), with the database half filled: drop it."""
+    As bulk loaders do, the filled tables' indexes but their primary keys (and the unique
+    constraints a foreign key needs) are dropped first and built again at the end, each at once
+    from the rows, not row by row. They are built again if the fill fails too; if the process
+    dies before, they are lost (the definitions are only in its memory), with the database half
+    filled: drop it."""
     if calls < 1:
         raise ValueError("calls: at least 1")
     started = time.monotonic()
