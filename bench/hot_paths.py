@@ -47,6 +47,7 @@ from urllib.parse import quote
 import httpx
 from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.calls import cursors
 from app.calls.dispatch import budget_of
@@ -69,11 +70,20 @@ from tests.support.processes import free_ports
 
 API_KEY = "bench-fake-internal-key"
 REPEATS = 2  # each path on every database in turn, this many times
-LATENCY_SAMPLES = 50
-PLACED = 2000  # calls in progress for the callback and Passthru loads, each
-DELIVERED = 200  # new events a subscriber is sent, each time
 SETTLE_SECONDS = 120.0
 EXOTEL_RATE_LIMIT = "100000"  # per minute: the shared budget runs, and never holds back
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How much of each path one measurement makes."""
+
+    requests: int = 50  # each GET path's, and the archive's claims
+    posts: int = 200  # POST /calls, one at a time
+    batches: int = 20  # POST /calls/batch, of `batch` calls each
+    batch: int = 50
+    placed: int = 2000  # calls in progress for the callback and Passthru loads, each
+    delivered: int = 200  # new events for the webhook subscriber
 
 
 @dataclass
@@ -83,6 +93,7 @@ class Database:
     label: str
     url: str
     work: Path
+    counts: Counts
     api: str = ""
     port: int = 0
     process: Any = None
@@ -114,9 +125,7 @@ def percentiles(samples: list[float]) -> Figures:
     }
 
 
-async def latencies(
-    api: str, method: str, path: str, *, count: int = LATENCY_SAMPLES, body: Any = None
-) -> Figures:
+async def latencies(api: str, method: str, path: str, *, count: int, body: Any = None) -> Figures:
     """`count` requests in a row; their p50 and p99."""
     headers = {"Authorization": f"Bearer {API_KEY}"}
     samples = []
@@ -133,24 +142,25 @@ async def latencies(
 
 def get(path_of: str) -> Measure:
     async def measure(db: Database) -> Figures:
-        return await latencies(db.api, "GET", db.probes[path_of])
+        return await latencies(db.api, "GET", db.probes[path_of], count=db.counts.requests)
 
     return measure
 
 
 async def post_calls(db: Database) -> Figures:
-    figures = await latencies(
-        db.api, "POST", "/calls", count=200, body=lambda n: {"from": _number(), "app_id": "926"}
-    )
+    def call(n: int) -> dict[str, Any]:
+        return {"from": _number(), "app_id": "926"}
+
+    figures = await latencies(db.api, "POST", "/calls", count=db.counts.posts, body=call)
     await settled(db.url)
     return figures
 
 
 async def post_batches(db: Database) -> Figures:
     def batch(n: int) -> dict[str, Any]:
-        return {"calls": [{"from": _number(), "app_id": "926"} for _ in range(50)]}
+        return {"calls": [{"from": _number(), "app_id": "926"} for _ in range(db.counts.batch)]}
 
-    figures = await latencies(db.api, "POST", "/calls/batch", count=20, body=batch)
+    figures = await latencies(db.api, "POST", "/calls/batch", count=db.counts.batches, body=batch)
     await settled(db.url)
     return figures
 
@@ -176,9 +186,9 @@ def passthrus(duration: int) -> Measure:
 
 
 async def webhook_delivery(db: Database) -> Figures:
-    """Seconds from the first of DELIVERED callbacks (each a call's first: an event each) until
-    the subscriber has every event."""
-    calls = await placed_calls(db.url, count=DELIVERED)
+    """Seconds from the first of the callbacks (each a call's first: an event each) until the
+    subscriber has every event."""
+    calls = await placed_calls(db.url, count=db.counts.delivered)
     ids = [call_id for call_id, _ in calls]
     started = time.monotonic()
     await send_callbacks(db.api, calls)
@@ -193,13 +203,13 @@ async def webhook_delivery(db: Database) -> Figures:
                         Delivery.state == DeliveryState.DELIVERED,
                     )
                 )
-            if delivered == DELIVERED:
+            if delivered == len(calls):
                 break
             await asyncio.sleep(0.05)
     finally:
         await engine.dispose()
     elapsed = time.monotonic() - started
-    return {"s": elapsed, "per s": DELIVERED / elapsed}
+    return {"s": elapsed, "per s": len(calls) / elapsed}
 
 
 async def reconciliation(db: Database) -> Figures:
@@ -220,7 +230,7 @@ async def reconciliation(db: Database) -> Figures:
 
 
 async def archive_claim(db: Database) -> Figures:
-    """The archive's claim of 10 due recordings, rolled back: LATENCY_SAMPLES times."""
+    """The archive's claim of 10 due recordings, rolled back, once per request of `counts`."""
     settings = bench_settings(db.url)
     engine = create_engine(db.url)
     sessionmaker = create_sessionmaker(engine)
@@ -236,7 +246,7 @@ async def archive_claim(db: Database) -> Figures:
                 held_dir=db.work / "held",
                 metrics=Metrics(),
             )
-            for _ in range(LATENCY_SAMPLES):
+            for _ in range(db.counts.requests):
                 async with sessionmaker() as session, session.begin():
                     started = time.perf_counter()
                     await archive.claim(session, worker="bench", limit=10)
@@ -247,14 +257,14 @@ async def archive_claim(db: Database) -> Figures:
     return percentiles(samples)
 
 
-def paths(duration: int) -> list[tuple[str, Measure]]:
+def paths(duration: int, counts: Counts) -> list[tuple[str, Measure]]:
     return [
-        ("POST /calls (200, one at a time)", post_calls),
-        ("POST /calls/batch (20 of 50)", post_batches),
+        (f"POST /calls ({counts.posts}, one at a time)", post_calls),
+        (f"POST /calls/batch ({counts.batches} of {counts.batch})", post_batches),
         ("status callbacks (wrk)", status_callbacks(duration)),
         ("Passthru (wrk)", passthrus(duration)),
         *((f"GET {name}", get(name)) for name in PROBES),
-        ("webhooks: 200 new events delivered", webhook_delivery),
+        (f"webhooks: {counts.delivered} new events delivered", webhook_delivery),
         ("reconciliation round", reconciliation),
         ("archive claim (10)", archive_claim),
     ]
@@ -364,13 +374,14 @@ async def counted(url: str) -> int:
 
 async def prepare(db: Database, simulator: str, subscriber: str) -> None:
     """Calls in progress for the loads, the server, a webhook endpoint, the GET paths."""
-    callbacks = await placed_calls(db.url, count=PLACED)
-    flows = await placed_calls(db.url, count=PLACED)
+    callbacks = await placed_calls(db.url, count=db.counts.placed)
+    flows = await placed_calls(db.url, count=db.counts.placed)
     engine = create_engine(db.url, isolation_level="AUTOCOMMIT")
     async with engine.connect() as connection:
         flow_ids = [call_id for call_id, _ in flows]
         await connection.execute(update(Call).where(Call.id.in_(flow_ids)).values(app_id=APP_ID))
-        await connection.execute(text("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
+        if await statement_stats(connection):
+            await connection.execute(text("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
         await connection.execute(text("ANALYZE"))  # autovacuum may be off
     await engine.dispose()
     db.callbacks, db.passthrus = db.work / "callbacks.lua", db.work / "passthru.lua"
@@ -436,22 +447,29 @@ def helpers(work: Path) -> Iterator[tuple[str, str]]:
 
 
 async def measure(
-    databases: list[tuple[str, str]], *, duration: int, repeats: int = REPEATS
+    databases: list[tuple[str, str]],
+    *,
+    duration: int,
+    repeats: int = REPEATS,
+    counts: Counts = Counts(),
 ) -> tuple[list[Row], list[str]]:
     """The seam: every path on each (label, url), the first being the empty database, in
     turn, `repeats` times; the table's rows, and what pg_stat_statements and the sizes say."""
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as workdir, helpers(Path(workdir)) as (sim, sub):
         dbs = [
-            Database(label, url, Path(workdir) / str(n)) for n, (label, url) in enumerate(databases)
+            Database(label, url, Path(workdir) / str(n), counts)
+            for n, (label, url) in enumerate(databases)
         ]
+        began = time.monotonic()
         try:
             for db in dbs:
                 db.work.mkdir()
                 await prepare(db, sim, sub)
             for db in dbs:
                 await reset_statements(db.url)
-            for name, path in paths(duration):
+            for name, path in paths(duration, counts):
+                print(f"{time.monotonic() - began:6.0f} s: {name}", file=sys.stderr, flush=True)
                 taken: list[list[Figures]] = [[] for _ in dbs]
                 for _ in range(repeats):
                     for n, db in enumerate(dbs):
@@ -464,31 +482,39 @@ async def measure(
                 if db.process is not None:
                     db.process.terminate()
                     db.process.wait()
-        rows += await retention(dbs, duration)
-    notes = [await statements(db.label, db.url) for db in dbs[1:]]
+        print(f"{time.monotonic() - began:6.0f} s: retention", file=sys.stderr, flush=True)
+        retained, on_copies = await retention(dbs, duration)
+    notes = [await statements(db.label, db.url) for db in dbs[1:]] + on_copies
+    rows += retained
     notes += [await sizes(db.label, db.url) for db in dbs[1:]]
     return rows, notes
 
 
-async def retention(dbs: list[Database], duration: int) -> list[Row]:
+async def retention(dbs: list[Database], duration: int) -> tuple[list[Row], list[str]]:
     """On a copy of each database: the status callbacks' rate alone, then while the three
-    retention runs delete the oldest tenth of the history; what they delete a second."""
+    retention runs delete the oldest tenth of the history; what they delete a second. And the
+    slowest statements on each filled one's copy."""
     taken: list[Figures] = []
-    for db in dbs:
+    notes = []
+    for n, db in enumerate(dbs):
         copy = await copied(db.url)
         try:
+            await reset_statements(copy)
             taken.append(await _retention_on(db, copy, duration))
+            if n:
+                notes.append(await statements(f"the copy of {db.label}", copy, most=6))
         finally:
             await dropped(copy)
-    return [
+    rows = [
         Row(f"retention: {name}", figure, [figures[f"{name}|{figure}"] for figures in taken])
         for name, figure in (key.split("|") for key in taken[0])
     ]
+    return rows, notes
 
 
 async def _retention_on(db: Database, url: str, duration: int) -> Figures:
-    env = server_env(url, db.work, **server_values(url), API_KEYS=API_KEY, PUBLIC_BASE_URL="")
     (port,) = free_ports(1)
+    env = server_env(url, db.work, **server_values(url), PUBLIC_BASE_URL=f"http://127.0.0.1:{port}")
     argv = [str(Path(sys.executable).parent / "exocall"), "serve", "--no-access-log"]
     process = serve([*argv, "--port", str(port)], env, port, db.work / "retention.log")
     figures: Figures = {}
@@ -555,29 +581,36 @@ async def dropped(url: str) -> None:
 # ---- pg_stat_statements and sizes -----------------------------------------------------------
 
 
+async def statement_stats(connection: AsyncConnection) -> bool:
+    """Whether the server keeps pg_stat_statements (it must be preloaded)."""
+    preloaded = await connection.scalar(text("SHOW shared_preload_libraries"))
+    return "pg_stat_statements" in (preloaded or "")
+
+
 async def reset_statements(url: str) -> None:
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     async with engine.connect() as db:
-        await db.execute(text("SELECT pg_stat_statements_reset()"))
+        if await statement_stats(db):
+            await db.execute(text("SELECT pg_stat_statements_reset()"))
     await engine.dispose()
+
+
+SLOWEST = text(
+    "SELECT query, calls, mean_exec_time, rows FROM pg_stat_statements "
+    "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND query NOT ILIKE '%pg_stat_statements%' ORDER BY mean_exec_time DESC LIMIT :most"
+)
 
 
 async def statements(label: str, url: str, *, most: int = 12) -> str:
     """The database's slowest statements by mean time, since the reset."""
     engine = create_engine(url)
     async with engine.connect() as db:
-        rows = (
-            await db.execute(
-                text(
-                    "SELECT query, calls, mean_exec_time, rows FROM pg_stat_statements "
-                    "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
-                    " AND query NOT ILIKE '%pg_stat_statements%' "
-                    "ORDER BY mean_exec_time DESC LIMIT :most"
-                ),
-                {"most": most},
-            )
-        ).all()
+        kept = await statement_stats(db)
+        rows = (await db.execute(SLOWEST, {"most": most})).all() if kept else []
     await engine.dispose()
+    if not kept:
+        return f"slowest statements on {label}: none kept (pg_stat_statements is not loaded)"
     lines = [f"slowest statements on {label} (by mean time): calls, mean ms, rows, query"]
     lines += [
         f"  {calls:>7,} {mean:>9.2f} {rows_:>9,}  {_shortened(query)}"
