@@ -100,6 +100,7 @@ class Database:
     callbacks: Path = Path()
     passthrus: Path = Path()
     endpoint: str = ""
+    simulator: str = ""
     probes: dict[str, str] = field(default_factory=dict)  # the GET paths, filled in per history
 
 
@@ -213,7 +214,7 @@ async def webhook_delivery(db: Database) -> Figures:
 
 
 async def reconciliation(db: Database) -> Figures:
-    settings = bench_settings(db.url)
+    settings = bench_settings(db.url, db.simulator)
     engine = create_engine(db.url)
     try:
         async with httpx.AsyncClient() as http:
@@ -330,9 +331,9 @@ def _instant(at: datetime) -> str:
 # ---- the databases, their servers, and the run ----------------------------------------------
 
 
-def bench_settings(url: str) -> Settings:
+def bench_settings(url: str, simulator: str = "http://127.0.0.1:9") -> Settings:
     """The settings `exocall serve` runs with here, for calling the app's functions."""
-    return Settings.load(None, **server_values(url))
+    return Settings.load(None, **server_values(url, simulator))
 
 
 def server_values(url: str, simulator: str = "http://127.0.0.1:9") -> dict[str, str]:
@@ -374,6 +375,7 @@ async def counted(url: str) -> int:
 
 async def prepare(db: Database, simulator: str, subscriber: str) -> None:
     """Calls in progress for the loads, the server, a webhook endpoint, the GET paths."""
+    db.simulator = simulator
     callbacks = await placed_calls(db.url, count=db.counts.placed)
     flows = await placed_calls(db.url, count=db.counts.placed)
     engine = create_engine(db.url, isolation_level="AUTOCOMMIT")
@@ -587,11 +589,18 @@ async def statement_stats(connection: AsyncConnection) -> bool:
     return "pg_stat_statements" in (preloaded or "")
 
 
+# This database's statements only: the others' are measured meanwhile.
+RESET = text(
+    "SELECT pg_stat_statements_reset(0::oid, "
+    "(SELECT oid FROM pg_database WHERE datname = current_database()), 0::bigint)"
+)
+
+
 async def reset_statements(url: str) -> None:
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     async with engine.connect() as db:
         if await statement_stats(db):
-            await db.execute(text("SELECT pg_stat_statements_reset()"))
+            await db.execute(RESET)
     await engine.dispose()
 
 
