@@ -22,10 +22,11 @@ DATABASE = "exocall_bench"
 
 
 @functools.cache
-def server() -> str:
+def server(*, statement_stats: bool = False) -> str:
     """The PostgreSQL server the benchmarks run on: BENCH_DATABASE_SERVER's
     (`postgresql+asyncpg://postgres@127.0.0.1:5432`), or an embedded one on a loopback port,
-    with production's settings, stopped when the benchmark ends."""
+    with production's settings, stopped when the benchmark ends. `statement_stats`: the
+    embedded one loads pg_stat_statements (a named server must have it preloaded already)."""
     if named := os.environ.get("BENCH_DATABASE_SERVER"):
         return named
     directory = Path(tempfile.mkdtemp(prefix="exocall-bench-"))
@@ -34,17 +35,20 @@ def server() -> str:
     atexit.register(stack.close)
     stack.callback(shutil.rmtree, directory, ignore_errors=True)
     (port,) = free_ports(1)
-    url = stack.enter_context(embedded_server(directory / "pgdata", port=port))
+    options = {"shared_preload_libraries": "pg_stat_statements"} if statement_stats else {}
+    url = stack.enter_context(embedded_server(directory / "pgdata", port=port, options=options))
     return url.rsplit("/", 1)[0]  # the server: its databases are named after it
 
 
-async def fresh_database() -> str:
+async def fresh_database(*, statement_stats: bool = False) -> str:
     """An empty `exocall_bench` database on the benchmarks' server, migrated; its URL."""
-    admin = create_engine(f"{server()}/postgres", isolation_level="AUTOCOMMIT")
+    admin = create_engine(
+        f"{server(statement_stats=statement_stats)}/postgres", isolation_level="AUTOCOMMIT"
+    )
     async with admin.connect() as connection:
         await connection.execute(text(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))
         await connection.execute(text(f"CREATE DATABASE {DATABASE}"))
     await admin.dispose()
-    url = f"{server()}/{DATABASE}"
+    url = f"{server(statement_stats=statement_stats)}/{DATABASE}"
     await asyncio.to_thread(migrate.upgrade, url)
     return url

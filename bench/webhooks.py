@@ -212,7 +212,7 @@ async def run(duration: int, backlog: int, *, deliverer: str) -> None:
             # Delivery alone: a backlog built while the endpoint is disabled (the callbacks are
             # sent by this process, one request each, outside any measurement).
             await api.patch(f"/webhook-endpoints/{endpoint}", json={"enabled": False})
-            await _send_callbacks(f"http://127.0.0.1:{port}", calls[2 * per_run :])
+            await send_callbacks(f"http://127.0.0.1:{port}", calls[2 * per_run :])
             await api.post(
                 f"/webhook-endpoints/{endpoint}/recover", json={"since": "2000-01-01T00:00:00Z"}
             )
@@ -272,7 +272,8 @@ def _report(
     )
 
 
-async def _send_callbacks(base_url: str, calls: list[tuple[uuid.UUID, str]]) -> None:
+async def send_callbacks(base_url: str, calls: list[tuple[uuid.UUID, str]]) -> None:
+    """Each call's completed callback, one request each, CONNECTIONS at a time."""
     limit = asyncio.Semaphore(CONNECTIONS)
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
 

@@ -121,9 +121,9 @@ async def list_calls(
     if digits is not None:
         query = query.where(Call.digits == digits)
     if cursor:
-        after_created, after_id = _decode_cursor(cursor)
-        # A row comparison: an index's bound, where the same as an OR would be its filter.
-        query = query.where(tuple_(Call.created_at, Call.id) < tuple_(after_created, after_id))
+        # A row comparison, which the index on (created_at, id) can start its scan at: the
+        # same condition spelt with OR is a filter, read through every newer call first.
+        query = query.where(tuple_(Call.created_at, Call.id) < tuple_(*_decode_cursor(cursor)))
     query = query.order_by(Call.created_at.desc(), Call.id.desc()).limit(limit + 1)
     calls = list(await session.scalars(query))
     if len(calls) <= limit:

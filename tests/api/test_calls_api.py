@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from datetime import datetime
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
 
+from app.db.models import Call
+from app.db.session import create_engine
 from app.main import create_app
 from tests.conftest import (
     FAKE_ACCOUNT_SID,
@@ -405,6 +409,28 @@ async def test_list_is_newest_first_with_cursor_pages(client: httpx.AsyncClient)
             break
 
     assert seen == list(reversed(ids))
+
+
+async def test_cursor_pages_through_calls_created_at_one_instant(
+    client: httpx.AsyncClient, db_url: str
+) -> None:
+    ids = [(await client.post("/calls", json=place_body())).json()["id"] for _ in range(5)]
+    engine = create_engine(db_url)
+    async with engine.begin() as connection:  # a batch's calls share their created_at
+        await connection.execute(update(Call).values(created_at=datetime.now(UTC)))
+    await engine.dispose()
+
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = (await client.get("/calls", params=params)).json()
+        seen += [call["id"] for call in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+
+    assert seen == sorted(ids, key=uuid.UUID, reverse=True)
 
 
 async def test_list_filters(client: httpx.AsyncClient, exotel: ExotelDouble) -> None:

@@ -1,0 +1,716 @@
+"""Hot paths on a big database against the same paths on an empty one, in one run.
+
+Each database (an empty one, and each `--filled` one that someone already filled, e.g. with
+`bench.history`) gets its own `exocall serve`, all beside one Exotel simulator; then each path
+is measured on every database in turn, twice (ABAB), so that the machine's noise hits them
+alike. The paths: `POST /calls` and `POST /calls/batch` (the dispatch claim and the shared
+budget run, the limit high enough never to hold back), status callbacks and Passthru requests
+under the ingestion benchmark's wrk load (on calls in progress the bench places), `GET /calls`
+with each filter and a deep cursor, one call and its events, `GET /events` from the oldest and
+from the newest, the time new events take to reach a webhook subscriber, `/ui` and `/metrics`,
+then (by calling the app's functions) a reconciliation round and the recording archive's claim.
+Last, on a copy of each database (retention deletes), the retention runs: what they delete a
+second, and the status callbacks' rate while they run against without.
+
+Prints each path's figure on the empty database, on each filled one, and the ratio to empty;
+then, from pg_stat_statements (reset after setting up), each database's slowest statements by
+mean time, and its size (tables and indexes) per million calls. Needs `wrk` (`apt-get install
+wrk`) and pg_stat_statements in the server's shared_preload_libraries (the embedded server is
+started with it).
+
+    .venv/bin/python -m bench.hot_paths --filled postgresql+asyncpg://postgres@127.0.0.1:5432/big
+    .venv/bin/python -m bench.hot_paths --empty URL --filled URL --filled URL --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from sqlalchemy import func, select, text, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.calls import cursors
+from app.calls.dispatch import budget_of
+from app.calls.reconcile import reconcile_once
+from app.calls.retention import forget_unmatched_receipts
+from app.config import Settings
+from app.db.models import Call, CallStatus, Delivery, DeliveryState, Event
+from app.db.session import create_engine, create_sessionmaker
+from app.events.retention import forget_old_events
+from app.main import exotel_client
+from app.metrics import Metrics
+from app.recordings.archive import Archive
+from app.recordings.retention import forget_old_recordings
+from app.recordings.store import RecordingStore
+from bench import fresh_database
+from bench.callback_ingest import CONNECTIONS, load, placed_calls, serve, server_env, wrk_script
+from bench.passthru import APP_ID, passthru_script, wrk
+from bench.webhooks import SUBSCRIBER_APP, send_callbacks
+from tests.support.processes import free_ports
+
+API_KEY = "bench-fake-internal-key"
+REPEATS = 2  # each path on every database in turn, this many times
+SETTLE_SECONDS = 120.0
+EXOTEL_RATE_LIMIT = "100000"  # per minute: the shared budget runs, and never holds back
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How much of each path one measurement makes."""
+
+    requests: int = 50  # each GET path's, and the archive's claims
+    posts: int = 200  # POST /calls, one at a time
+    batches: int = 20  # POST /calls/batch, of `batch` calls each
+    batch: int = 50
+    placed: int = 2000  # calls in progress for the callback and Passthru loads, each
+    delivered: int = 200  # new events for the webhook subscriber
+
+
+@dataclass
+class Database:
+    """One database under test, its server, and what the bench placed in it."""
+
+    label: str
+    url: str
+    work: Path
+    counts: Counts
+    api: str = ""
+    port: int = 0
+    process: Any = None
+    callbacks: Path = Path()
+    passthrus: Path = Path()
+    endpoint: str = ""
+    simulator: str = ""
+    probes: dict[str, str] = field(default_factory=dict)  # the GET paths, filled in per history
+
+
+Figures = dict[str, float]
+Measure = Callable[[Database], Awaitable[Figures]]
+
+
+@dataclass(frozen=True)
+class Row:
+    path: str
+    figure: str
+    values: list[float]  # per database, the empty one first
+
+
+# ---- what each path's figures are ---------------------------------------------------------
+
+
+def percentiles(samples: list[float]) -> Figures:
+    ordered = sorted(samples)
+    return {
+        "p50 ms": statistics.median(ordered) * 1000,
+        "p99 ms": ordered[min(len(ordered) - 1, math.ceil(len(ordered) * 0.99) - 1)] * 1000,
+    }
+
+
+async def latencies(api: str, method: str, path: str, *, count: int, body: Any = None) -> Figures:
+    """`count` requests in a row; their p50 and p99."""
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    samples = []
+    async with httpx.AsyncClient(base_url=api, headers=headers, timeout=60) as http:
+        for n in range(count):
+            payload = body(n) if callable(body) else body
+            started = time.perf_counter()
+            response = await http.request(method, path, json=payload)
+            samples.append(time.perf_counter() - started)
+            if response.is_error:
+                raise RuntimeError(f"{method} {path}: {response.status_code} {response.text}")
+    return percentiles(samples)
+
+
+def get(path_of: str) -> Measure:
+    async def measure(db: Database) -> Figures:
+        return await latencies(db.api, "GET", db.probes[path_of], count=db.counts.requests)
+
+    return measure
+
+
+async def post_calls(db: Database) -> Figures:
+    def call(n: int) -> dict[str, Any]:
+        return {"from": _number(), "app_id": "926"}
+
+    figures = await latencies(db.api, "POST", "/calls", count=db.counts.posts, body=call)
+    await settled(db.url)
+    return figures
+
+
+async def post_batches(db: Database) -> Figures:
+    def batch(n: int) -> dict[str, Any]:
+        return {"calls": [{"from": _number(), "app_id": "926"} for _ in range(db.counts.batch)]}
+
+    figures = await latencies(db.api, "POST", "/calls/batch", count=db.counts.batches, body=batch)
+    await settled(db.url)
+    return figures
+
+
+def _number() -> str:
+    return f"+9198{uuid.uuid4().int % 10**7:07d}0"  # 0: answered and completed
+
+
+def status_callbacks(duration: int) -> Measure:
+    async def measure(db: Database) -> Figures:
+        run = await asyncio.to_thread(load, db.port, db.callbacks, duration, db.process)
+        return {"per s": run.requests_per_second, "p99 ms": run.p99_ms}
+
+    return measure
+
+
+def passthrus(duration: int) -> Measure:
+    async def measure(db: Database) -> Figures:
+        run = await asyncio.to_thread(wrk, db.port, db.passthrus, CONNECTIONS, duration)
+        return {"per s": run["rate"], "p99 ms": run["p99_ms"]}
+
+    return measure
+
+
+async def webhook_delivery(db: Database) -> Figures:
+    """Seconds from the first of the callbacks (each a call's first: an event each) until the
+    subscriber has every event."""
+    calls = await placed_calls(db.url, count=db.counts.delivered)
+    ids = [call_id for call_id, _ in calls]
+    started = time.monotonic()
+    await send_callbacks(db.api, calls)
+    engine = create_engine(db.url)
+    try:
+        while time.monotonic() - started < SETTLE_SECONDS:
+            async with engine.connect() as connection:
+                delivered = await connection.scalar(
+                    select(func.count()).where(
+                        Delivery.call_id.in_(ids),
+                        Delivery.endpoint_id == uuid.UUID(db.endpoint),
+                        Delivery.state == DeliveryState.DELIVERED,
+                    )
+                )
+            if delivered == len(calls):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await engine.dispose()
+    elapsed = time.monotonic() - started
+    return {"s": elapsed, "per s": len(calls) / elapsed}
+
+
+async def reconciliation(db: Database) -> Figures:
+    settings = bench_settings(db.url, db.simulator)
+    engine = create_engine(db.url)
+    try:
+        async with httpx.AsyncClient() as http:
+            started = time.perf_counter()
+            await reconcile_once(
+                sessionmaker=create_sessionmaker(engine),
+                exotel=exotel_client(settings, http),
+                settings=settings.reconcile,
+                budget=budget_of(settings.exotel),
+            )
+            return {"ms": (time.perf_counter() - started) * 1000}
+    finally:
+        await engine.dispose()
+
+
+async def archive_claim(db: Database) -> Figures:
+    """The archive's claim of 10 due recordings, rolled back, once per request of `counts`."""
+    settings = bench_settings(db.url)
+    engine = create_engine(db.url)
+    sessionmaker = create_sessionmaker(engine)
+    samples = []
+    try:
+        async with httpx.AsyncClient() as http:
+            archive = Archive(
+                sessionmaker=sessionmaker,
+                exotel=exotel_client(settings, http),
+                store=RecordingStore.from_settings(settings.recordings),
+                settings=settings.recordings,
+                budget=budget_of(settings.exotel),
+                held_dir=db.work / "held",
+                metrics=Metrics(),
+            )
+            for _ in range(db.counts.requests):
+                async with sessionmaker() as session, session.begin():
+                    started = time.perf_counter()
+                    await archive.claim(session, worker="bench", limit=10)
+                    samples.append(time.perf_counter() - started)
+                    await session.rollback()
+    finally:
+        await engine.dispose()
+    return percentiles(samples)
+
+
+def paths(duration: int, counts: Counts) -> list[tuple[str, Measure]]:
+    return [
+        (f"POST /calls ({counts.posts}, one at a time)", post_calls),
+        (f"POST /calls/batch ({counts.batches} of {counts.batch})", post_batches),
+        ("status callbacks (wrk)", status_callbacks(duration)),
+        ("Passthru (wrk)", passthrus(duration)),
+        *((f"GET {name}", get(name)) for name in PROBES),
+        (f"webhooks: {counts.delivered} new events delivered", webhook_delivery),
+        ("reconciliation round", reconciliation),
+        ("archive claim (10)", archive_claim),
+    ]
+
+
+PROBES = [
+    "/calls",
+    "/calls?status=completed",
+    "/calls?status=queued",
+    "/calls?from=",
+    "/calls?created_after&before",
+    "/calls?batch_id=",
+    "/calls?digits=5",
+    "/calls?cursor=deep",
+    "/calls/{id}",
+    "/calls/{id}/events",
+    "/events (from the oldest)",
+    "/events?after=now",
+    "/ui",
+    "/metrics",
+]
+
+
+async def probes(url: str) -> dict[str, str]:
+    """The GET paths of PROBES, on calls from far into this database's history (on an empty
+    one, values that find nothing)."""
+    engine = create_engine(url)
+    async with engine.connect() as db:
+        total = await db.scalar(select(func.count()).select_from(Call)) or 0
+        oldest = select(Call).order_by(Call.created_at, Call.id)
+        deep = (await db.execute(oldest.offset(total // 10).limit(1))).first()
+        middle = (await db.execute(oldest.offset(total // 2).limit(1))).first()
+        batched = await db.scalar(
+            select(Call.batch_id).where(Call.batch_id.is_not(None)).order_by(Call.created_at)
+        )
+    await engine.dispose()
+    at = middle.created_at if middle else datetime.now(UTC)
+    call = str(deep.id) if deep else str(uuid.uuid4())
+    window = f"created_after={_instant(at)}&created_before={_instant(at + timedelta(hours=1))}"
+    cursor = cursors.encode([deep.created_at.isoformat(), str(deep.id)]) if deep else None
+    return {
+        "/calls": "/calls",
+        "/calls?status=completed": "/calls?status=completed",
+        "/calls?status=queued": "/calls?status=queued",
+        "/calls?from=": f"/calls?from={(middle.from_number if middle else '+919000000001')}",
+        "/calls?created_after&before": f"/calls?{window}",
+        "/calls?batch_id=": f"/calls?batch_id={batched or uuid.uuid4()}",
+        "/calls?digits=5": "/calls?digits=5",
+        "/calls?cursor=deep": f"/calls?cursor={cursor}" if cursor else "/calls",
+        "/calls/{id}": f"/calls/{call}" if deep else "/calls",
+        "/calls/{id}/events": f"/calls/{call}/events" if deep else "/calls",
+        "/events (from the oldest)": "/events",
+        "/events?after=now": "/events?after=now",
+        "/ui": "/ui",
+        "/metrics": "/metrics",
+    }
+
+
+def _instant(at: datetime) -> str:
+    return quote(at.isoformat())
+
+
+# ---- the databases, their servers, and the run ----------------------------------------------
+
+
+def bench_settings(url: str, simulator: str = "http://127.0.0.1:9") -> Settings:
+    """The settings `exocall serve` runs with here, for calling the app's functions."""
+    return Settings.load(None, **server_values(url, simulator))
+
+
+def server_values(url: str, simulator: str = "http://127.0.0.1:9") -> dict[str, str]:
+    return {
+        "DATABASE_URL": url,
+        "EXOTEL_ACCOUNT_SID": "bench-account",
+        "EXOTEL_API_KEY": "bench-fake-key",
+        "EXOTEL_API_TOKEN": "bench-fake-token",
+        "EXOTEL_API_BASE_URL": simulator,
+        "EXOTEL_CALLER_ID": "08030752400",
+        "EXOTEL_RATE_LIMIT": EXOTEL_RATE_LIMIT,
+    }
+
+
+async def settled(url: str) -> None:
+    """Until no call waits to be dispatched (a filled history keeps some queued)."""
+    engine = create_engine(url)
+    deadline = time.monotonic() + SETTLE_SECONDS
+    try:
+        while time.monotonic() < deadline:
+            async with engine.connect() as db:
+                queued = await db.scalar(
+                    select(func.count()).where(Call.status == CallStatus.QUEUED)
+                )
+            if not queued:
+                return
+            await asyncio.sleep(0.2)
+    finally:
+        await engine.dispose()
+
+
+async def counted(url: str) -> int:
+    engine = create_engine(url)
+    async with engine.connect() as db:
+        calls = await db.scalar(select(func.count()).select_from(Call)) or 0
+    await engine.dispose()
+    return calls
+
+
+async def prepare(db: Database, simulator: str, subscriber: str) -> None:
+    """Calls in progress for the loads, the server, a webhook endpoint, the GET paths."""
+    db.simulator = simulator
+    callbacks = await placed_calls(db.url, count=db.counts.placed)
+    flows = await placed_calls(db.url, count=db.counts.placed)
+    engine = create_engine(db.url, isolation_level="AUTOCOMMIT")
+    async with engine.connect() as connection:
+        flow_ids = [call_id for call_id, _ in flows]
+        await connection.execute(update(Call).where(Call.id.in_(flow_ids)).values(app_id=APP_ID))
+        if await statement_stats(connection):
+            await connection.execute(text("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
+        await connection.execute(text("ANALYZE"))  # autovacuum may be off
+    await engine.dispose()
+    db.callbacks, db.passthrus = db.work / "callbacks.lua", db.work / "passthru.lua"
+    wrk_script(callbacks, db.callbacks)
+    passthru_script(flows, db.passthrus)
+    db.probes = await probes(db.url)
+    (db.port,) = free_ports(1)
+    db.api = f"http://127.0.0.1:{db.port}"
+    env = server_env(
+        db.url,
+        db.work,
+        **server_values(db.url, simulator),
+        API_KEYS=API_KEY,
+        PUBLIC_BASE_URL=db.api,
+        PASSTHRU_REDIRECT_DIGITS=json.dumps({APP_ID: ["2"]}),
+        NUMBER_ATTEMPT_LIMIT="",
+    )
+    argv = [str(Path(sys.executable).parent / "exocall"), "serve", "--no-access-log"]
+    db.process = serve([*argv, "--port", str(db.port)], env, db.port, db.work / "exocall.log")
+    async with httpx.AsyncClient(
+        base_url=db.api, headers={"Authorization": f"Bearer {API_KEY}"}
+    ) as http:
+        created = await http.post("/webhook-endpoints", json={"url": f"{subscriber}/hook"})
+        created.raise_for_status()
+        db.endpoint = created.json()["id"]
+    await settled(db.url)
+
+
+@contextlib.contextmanager
+def helpers(work: Path) -> Iterator[tuple[str, str]]:
+    """The Exotel simulator and a webhook subscriber, on loopback ports; their URLs."""
+    bin_dir = Path(sys.executable).parent
+    (work / "subscriber.py").write_text(SUBSCRIBER_APP)
+    sim_port, sub_port = free_ports(2)
+    env = server_env("", work, **server_values("")) | {"PYTHONPATH": str(work)}
+    processes = [
+        serve(
+            [str(bin_dir / "exocall"), "simulator", "--port", str(sim_port)],
+            env,
+            sim_port,
+            work / "simulator.log",
+            ready_path="/_simulator/log",
+        )
+    ]
+    try:
+        processes.append(
+            serve(
+                [
+                    *(str(bin_dir / "uvicorn"), "subscriber:app", "--log-level", "warning"),
+                    *("--no-access-log", "--port", str(sub_port)),
+                ],
+                env,
+                sub_port,
+                work / "subscriber.log",
+                ready_path="/count",
+            )
+        )
+        yield f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{sub_port}"
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait()
+
+
+async def measure(
+    databases: list[tuple[str, str]],
+    *,
+    duration: int,
+    repeats: int = REPEATS,
+    counts: Counts = Counts(),
+) -> tuple[list[Row], list[str]]:
+    """The seam: every path on each (label, url), the first being the empty database, in
+    turn, `repeats` times; the table's rows, and what pg_stat_statements and the sizes say."""
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as workdir, helpers(Path(workdir)) as (sim, sub):
+        dbs = [
+            Database(label, url, Path(workdir) / str(n), counts)
+            for n, (label, url) in enumerate(databases)
+        ]
+        began = time.monotonic()
+        try:
+            for db in dbs:
+                db.work.mkdir()
+                await prepare(db, sim, sub)
+            for db in dbs:
+                await reset_statements(db.url)
+            for name, path in paths(duration, counts):
+                print(f"{time.monotonic() - began:6.0f} s: {name}", file=sys.stderr, flush=True)
+                taken: list[list[Figures]] = [[] for _ in dbs]
+                for _ in range(repeats):
+                    for n, db in enumerate(dbs):
+                        taken[n].append(await path(db))
+                for figure in taken[0][0]:
+                    values = [statistics.mean(run[figure] for run in runs) for runs in taken]
+                    rows.append(Row(name, figure, values))
+        finally:
+            for db in dbs:
+                if db.process is not None:
+                    db.process.terminate()
+                    db.process.wait()
+        print(f"{time.monotonic() - began:6.0f} s: retention", file=sys.stderr, flush=True)
+        retained, on_copies = await retention(dbs, duration)
+    notes = [await statements(db.label, db.url) for db in dbs[1:]] + on_copies
+    rows += retained
+    notes += [await sizes(db.label, db.url) for db in dbs[1:]]
+    return rows, notes
+
+
+async def retention(dbs: list[Database], duration: int) -> tuple[list[Row], list[str]]:
+    """On a copy of each database: the status callbacks' rate alone, then while the three
+    retention runs delete the oldest tenth of the history; what they delete a second. And the
+    slowest statements on each filled one's copy."""
+    taken: list[Figures] = []
+    notes = []
+    for n, db in enumerate(dbs):
+        copy = await copied(db.url)
+        try:
+            await reset_statements(copy)
+            taken.append(await _retention_on(db, copy, duration))
+            if n:
+                notes.append(await statements(f"the copy of {db.label}", copy, most=6))
+        finally:
+            await dropped(copy)
+    rows = [
+        Row(f"retention: {name}", figure, [figures[f"{name}|{figure}"] for figures in taken])
+        for name, figure in (key.split("|") for key in taken[0])
+    ]
+    return rows, notes
+
+
+async def _retention_on(db: Database, url: str, duration: int) -> Figures:
+    (port,) = free_ports(1)
+    env = server_env(url, db.work, **server_values(url), PUBLIC_BASE_URL=f"http://127.0.0.1:{port}")
+    argv = [str(Path(sys.executable).parent / "exocall"), "serve", "--no-access-log"]
+    process = serve([*argv, "--port", str(port)], env, port, db.work / "retention.log")
+    figures: Figures = {}
+    try:
+        alone = await asyncio.to_thread(load, port, db.callbacks, duration, process)
+        deleting = asyncio.create_task(_forget(url, figures))
+        during = await asyncio.to_thread(load, port, db.callbacks, duration, process)
+        await deleting
+    finally:
+        process.terminate()
+        process.wait()
+    figures["callbacks alone|per s"] = alone.requests_per_second
+    figures["callbacks while deleting|per s"] = during.requests_per_second
+    figures["callbacks while deleting|p99 ms"] = during.p99_ms
+    return figures
+
+
+async def _forget(url: str, figures: Figures) -> None:
+    engine = create_engine(url)
+    sessionmaker = create_sessionmaker(engine)
+    async with engine.connect() as db:
+        oldest = await db.scalar(select(func.min(Event.created_at)))
+        now = await db.scalar(select(func.now()))
+    # The oldest tenth of the history, or nothing on an empty database.
+    days = (now - oldest).total_seconds() * 0.9 / 86400 if oldest else 1.0
+    settings = bench_settings(url)
+    store = RecordingStore.from_settings(settings.recordings)
+    runs: list[tuple[str, Callable[[], Awaitable[int]]]] = [
+        ("events", lambda: forget_old_events(sessionmaker, days=days)),
+        ("unmatched receipts", lambda: forget_unmatched_receipts(sessionmaker, days=days)),
+        ("recordings", lambda: forget_old_recordings(sessionmaker, store, days=days)),
+    ]
+    try:
+        for name, run in runs:
+            started = time.perf_counter()
+            deleted = await run()
+            elapsed = time.perf_counter() - started
+            figures[f"{name}|deleted"] = deleted
+            figures[f"{name}|per s"] = deleted / elapsed
+    finally:
+        await engine.dispose()
+
+
+async def copied(url: str) -> str:
+    """A copy of the database at `url` (none may be connected to it); its URL."""
+    original = make_url(url)
+    name = f"{original.database}_retention"
+    admin = create_engine(str(original.set(database="postgres")), isolation_level="AUTOCOMMIT")
+    async with admin.connect() as db:
+        await db.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await db.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{original.database}"'))
+    await admin.dispose()
+    return original.set(database=name).render_as_string(hide_password=False)
+
+
+async def dropped(url: str) -> None:
+    target = make_url(url)
+    admin = create_engine(str(target.set(database="postgres")), isolation_level="AUTOCOMMIT")
+    async with admin.connect() as db:
+        await db.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
+    await admin.dispose()
+
+
+# ---- pg_stat_statements and sizes -----------------------------------------------------------
+
+
+async def statement_stats(connection: AsyncConnection) -> bool:
+    """Whether the server keeps pg_stat_statements (it must be preloaded)."""
+    preloaded = await connection.scalar(text("SHOW shared_preload_libraries"))
+    return "pg_stat_statements" in (preloaded or "")
+
+
+# This database's statements only: the others' are measured meanwhile.
+RESET = text(
+    "SELECT pg_stat_statements_reset(0::oid, "
+    "(SELECT oid FROM pg_database WHERE datname = current_database()), 0::bigint)"
+)
+
+
+async def reset_statements(url: str) -> None:
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    async with engine.connect() as db:
+        if await statement_stats(db):
+            await db.execute(RESET)
+    await engine.dispose()
+
+
+SLOWEST = text(
+    "SELECT query, calls, mean_exec_time, rows FROM pg_stat_statements "
+    "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND query NOT ILIKE '%pg_stat_statements%' ORDER BY mean_exec_time DESC LIMIT :most"
+)
+
+
+async def statements(label: str, url: str, *, most: int = 12) -> str:
+    """The database's slowest statements by mean time, since the reset."""
+    engine = create_engine(url)
+    async with engine.connect() as db:
+        kept = await statement_stats(db)
+        rows = (await db.execute(SLOWEST, {"most": most})).all() if kept else []
+    await engine.dispose()
+    if not kept:
+        return f"slowest statements on {label}: none kept (pg_stat_statements is not loaded)"
+    lines = [f"slowest statements on {label} (by mean time): calls, mean ms, rows, query"]
+    lines += [
+        f"  {calls:>7,} {mean:>9.2f} {rows_:>9,}  {_shortened(query)}"
+        for query, calls, mean, rows_ in rows
+    ]
+    return "\n".join(lines)
+
+
+def _shortened(query: str, width: int = 150) -> str:
+    flat = " ".join(query.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+async def sizes(label: str, url: str) -> str:
+    engine = create_engine(url)
+    async with engine.connect() as db:
+        calls = await db.scalar(select(func.count()).select_from(Call)) or 0
+        tables = (
+            await db.execute(
+                text(
+                    "SELECT relname, pg_table_size(oid), pg_indexes_size(oid) FROM pg_class "
+                    "WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace "
+                    "ORDER BY pg_total_relation_size(oid) DESC"
+                )
+            )
+        ).all()
+    await engine.dispose()
+    per_million = 1e6 / calls / 2**20 if calls else math.nan  # MiB per million calls
+    total_table = sum(t for _, t, _ in tables)
+    total_index = sum(i for _, _, i in tables)
+    lines = [
+        f"size of {label}: {total_table / 2**20:,.0f} MiB of tables, {total_index / 2**20:,.0f} "
+        f"MiB of indexes; per million calls {total_table * per_million:,.0f} MiB and "
+        f"{total_index * per_million:,.0f} MiB"
+    ]
+    lines += [
+        f"  {name:<20} tables {t * per_million:>8,.0f} MiB, indexes {i * per_million:>8,.0f} MiB"
+        " per million calls"
+        for name, t, i in tables
+        if t + i > 2**20
+    ]
+    return "\n".join(lines)
+
+
+# ---- the table ------------------------------------------------------------------------------
+
+
+def table(labels: list[str], rows: list[Row]) -> str:
+    head = f"{'path':<44} {'figure':<10}" + "".join(f" {label:>12}" for label in labels)
+    head += "".join(f" {'x ' + label:>10}" for label in labels[1:])
+    lines = [head]
+    for row in rows:
+        empty = row.values[0]
+        ratios = [value / empty if empty else math.nan for value in row.values[1:]]
+        lines.append(
+            f"{row.path:<44} {row.figure:<10}"
+            + "".join(f" {value:>12,.1f}" for value in row.values)
+            + "".join(f" {ratio:>10.2f}" for ratio in ratios)
+        )
+    return "\n".join(lines)
+
+
+async def run(empty: str | None, filled: list[str], duration: int) -> None:
+    empty = empty or await fresh_database(statement_stats=True)
+    databases = [("empty", empty)]
+    for url in filled:
+        databases.append((f"{await counted(url):,} calls", url))
+    rows, notes = await measure(databases, duration=duration)
+    print(table([label for label, _ in databases], rows))
+    for note in notes:
+        print(note)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--empty", help="an empty, migrated database (default: a fresh one)")
+    parser.add_argument(
+        "--filled", action="append", default=[], required=True, help="a filled database's URL"
+    )
+    parser.add_argument("--duration", type=int, default=10, help="seconds of each wrk load")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+    print(
+        f"machine: {os.cpu_count()} cores, {platform.machine()}, python "
+        f"{platform.python_version()}; PostgreSQL on the same host; exocall serve, 1 worker, "
+        f"one per database; wrk -c{CONNECTIONS} -d{args.duration}s; each path {REPEATS} times "
+        "on every database in turn"
+    )
+    await run(args.empty, args.filled, args.duration)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
