@@ -40,15 +40,15 @@ def server(*, statement_stats: bool = False) -> str:
     return url.rsplit("/", 1)[0]  # the server: its databases are named after it
 
 
-async def fresh_database(*, statement_stats: bool = False) -> str:
-    """An empty `exocall_bench` database on the benchmarks' server, migrated; its URL."""
+async def fresh_database(*, statement_stats: bool = False, name: str = DATABASE) -> str:
+    """An empty database `name` on the benchmarks' server, migrated; its URL."""
     admin = create_engine(
         f"{server(statement_stats=statement_stats)}/postgres", isolation_level="AUTOCOMMIT"
     )
     async with admin.connect() as connection:
-        await connection.execute(text(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))
-        await connection.execute(text(f"CREATE DATABASE {DATABASE}"))
+        await connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        await connection.execute(text(f"CREATE DATABASE {name}"))
     await admin.dispose()
-    url = f"{server(statement_stats=statement_stats)}/{DATABASE}"
+    url = f"{server(statement_stats=statement_stats)}/{name}"
     await asyncio.to_thread(migrate.upgrade, url)
     return url

@@ -20,6 +20,7 @@ started with it).
 
     .venv/bin/python -m bench.hot_paths --filled postgresql+asyncpg://postgres@127.0.0.1:5432/big
     .venv/bin/python -m bench.hot_paths --empty URL --filled URL --filled URL --duration 10
+    .venv/bin/python -m bench.hot_paths --calls 1000000,3000000    # filled by bench.history first
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from app.recordings.retention import forget_old_recordings
 from app.recordings.store import RecordingStore
 from bench import fresh_database
 from bench.callback_ingest import CONNECTIONS, load, placed_calls, serve, server_env, wrk_script
+from bench.history import fill
 from bench.passthru import APP_ID, passthru_script, wrk
 from bench.webhooks import SUBSCRIBER_APP, send_callbacks
 from tests.support.processes import free_ports
@@ -682,8 +684,13 @@ def table(labels: list[str], rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-async def run(empty: str | None, filled: list[str], duration: int) -> None:
+async def run(empty: str | None, filled: list[str], calls: list[int], duration: int) -> None:
     empty = empty or await fresh_database(statement_stats=True)
+    for n in calls:  # filled here, each in a database of its own, left for the next run
+        url = await fresh_database(statement_stats=True, name=f"exocall_bench_{n}")
+        made = await fill(url, calls=n)
+        print(f"filled {n:,} calls in {made.seconds:.0f} s")
+        filled = [*filled, url]
     databases = [("empty", empty)]
     for url in filled:
         databases.append((f"{await counted(url):,} calls", url))
@@ -696,8 +703,12 @@ async def run(empty: str | None, filled: list[str], duration: int) -> None:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--empty", help="an empty, migrated database (default: a fresh one)")
+    parser.add_argument("--filled", action="append", default=[], help="a filled database's URL")
     parser.add_argument(
-        "--filled", action="append", default=[], required=True, help="a filled database's URL"
+        "--calls",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[],
+        help="fill databases with this many calls first (bench.history), comma-separated",
     )
     parser.add_argument("--duration", type=int, default=10, help="seconds of each wrk load")
     args = parser.parse_args()
@@ -709,7 +720,9 @@ async def main() -> None:
         f"one per database; wrk -c{CONNECTIONS} -d{args.duration}s; each path {REPEATS} times "
         "on every database in turn"
     )
-    await run(args.empty, args.filled, args.duration)
+    if not args.filled and not args.calls:
+        parser.error("name a --filled database, or --calls to fill")
+    await run(args.empty, args.filled, args.calls, args.duration)
 
 
 if __name__ == "__main__":
