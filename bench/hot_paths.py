@@ -9,8 +9,8 @@ under the ingestion benchmark's wrk load (on calls in progress the bench places)
 with each filter and a deep cursor, one call and its events, `GET /events` from the oldest and
 from the newest, the time new events take to reach a webhook subscriber, `/ui` and `/metrics`,
 then (by calling the app's functions) a reconciliation round and the recording archive's claim.
-Last, on a copy of each database (retention deletes), the retention runs: what they delete a
-second, and the status callbacks' rate while they run against without.
+Last, on each database (they lose the oldest tenth of their events), the retention runs: what
+they delete a second, and the status callbacks' rate while they run against without.
 
 Prints each path's figure on the empty database, on each filled one, and the ratio to empty;
 then, from pg_stat_statements (reset after setting up), each database's slowest statements by
@@ -47,7 +47,6 @@ from urllib.parse import quote
 
 import httpx
 from sqlalchemy import func, select, text, update
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.calls import cursors
@@ -486,29 +485,24 @@ async def measure(
                 if db.process is not None:
                     db.process.terminate()
                     db.process.wait()
+        notes = [await statements(db.label, db.url) for db in dbs[1:]]
+        notes += [await sizes(db.label, db.url) for db in dbs[1:]]
         print(f"{time.monotonic() - began:6.0f} s: retention", file=sys.stderr, flush=True)
-        retained, on_copies = await retention(dbs, duration)
-    notes = [await statements(db.label, db.url) for db in dbs[1:]] + on_copies
-    rows += retained
-    notes += [await sizes(db.label, db.url) for db in dbs[1:]]
-    return rows, notes
+        retained, while_retained = await retention(dbs, duration)
+    return rows + retained, notes + while_retained
 
 
 async def retention(dbs: list[Database], duration: int) -> tuple[list[Row], list[str]]:
-    """On a copy of each database: the status callbacks' rate alone, then while the three
-    retention runs delete the oldest tenth of the history; what they delete a second. And the
-    slowest statements on each filled one's copy."""
+    """Last, on each database (a copy of a big one would not fit on most disks): the status
+    callbacks' rate alone, then while the three retention runs delete the oldest tenth of the
+    history; what they delete a second. And the slowest statements meanwhile."""
     taken: list[Figures] = []
     notes = []
     for n, db in enumerate(dbs):
-        copy = await copied(db.url)
-        try:
-            await reset_statements(copy)
-            taken.append(await _retention_on(db, copy, duration))
-            if n:
-                notes.append(await statements(f"the copy of {db.label}", copy, most=6))
-        finally:
-            await dropped(copy)
+        await reset_statements(db.url)
+        taken.append(await _retention_on(db, db.url, duration))
+        if n:
+            notes.append(await statements(f"{db.label} while retention ran", db.url, most=6))
     rows = [
         Row(f"retention: {name}", figure, [figures[f"{name}|{figure}"] for figures in taken])
         for name, figure in (key.split("|") for key in taken[0])
@@ -560,26 +554,6 @@ async def _forget(url: str, figures: Figures) -> None:
             figures[f"{name}|per s"] = deleted / elapsed
     finally:
         await engine.dispose()
-
-
-async def copied(url: str) -> str:
-    """A copy of the database at `url` (none may be connected to it); its URL."""
-    original = make_url(url)
-    name = f"{original.database}_retention"
-    admin = create_engine(str(original.set(database="postgres")), isolation_level="AUTOCOMMIT")
-    async with admin.connect() as db:
-        await db.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await db.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{original.database}"'))
-    await admin.dispose()
-    return original.set(database=name).render_as_string(hide_password=False)
-
-
-async def dropped(url: str) -> None:
-    target = make_url(url)
-    admin = create_engine(str(target.set(database="postgres")), isolation_level="AUTOCOMMIT")
-    async with admin.connect() as db:
-        await db.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
-    await admin.dispose()
 
 
 # ---- pg_stat_statements and sizes -----------------------------------------------------------
