@@ -341,12 +341,13 @@ async def _next_due(session: AsyncSession) -> Call | None:
     first. Each is read from its own index."""
     now = await db_now(session)
     not_sent = Call.claimed_at.is_(None)
-    # The status written in: a generic plan uses the partial index of scheduled calls too.
+    # The statuses written in: a generic plan uses the partial index of scheduled calls too,
+    # and knows queued calls are few.
     scheduled = select(Call).where(
         written_in(Call.status, CallStatus.SCHEDULED.value), not_sent, Call.next_attempt_at <= now
     )
     queued = select(Call).where(
-        Call.status == CallStatus.QUEUED,
+        written_in(Call.status, CallStatus.QUEUED.value),
         not_sent,
         or_(Call.next_attempt_at.is_(None), Call.next_attempt_at <= now),
     )
@@ -422,7 +423,7 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
         key=_CALLS.id,
         claimed_by=_CALLS.claimed_by,
         due=func.coalesce(_CALLS.next_attempt_at, _CALLS.created_at),
-        waiting=_CALLS.status.in_([CallStatus.QUEUED.value, CallStatus.SCHEDULED.value]),
+        waiting=written_in(_CALLS.status, CallStatus.QUEUED.value, CallStatus.SCHEDULED.value),
     )
 
     def __init__(

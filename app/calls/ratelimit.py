@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.clock import db_now
 from app.db.models import Call, CallStatus, ExotelRequest, Throttle
+from app.db.statements import written_in
 
 THROTTLE = "exotel"
 
@@ -143,7 +144,8 @@ async def acquire(
 
 async def acquire_lookup(session: AsyncSession, budget: Budget) -> float:
     """acquire() a look-up: at lower priority than placing calls while any wait to be placed."""
-    backlog = await session.scalar(select(exists().where(Call.status == CallStatus.QUEUED)))
+    queued = written_in(Call.status, CallStatus.QUEUED.value)  # a literal: see written_in
+    backlog = await session.scalar(select(exists().where(queued)))
     return await acquire(session, budget, kind=RequestKind.LOOKUP, backlog=bool(backlog))
 
 
