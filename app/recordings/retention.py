@@ -13,6 +13,7 @@ from app.calls.state import RecordingUpdate, apply_recording
 from app.calls.store import CallStore
 from app.db.clock import db_now
 from app.db.models import Call, RecordingStatus
+from app.db.statements import written_in
 from app.recordings.store import RecordingStore
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ async def forget_old_recordings(
                 await session.scalars(
                     select(Call.id)
                     .where(
-                        Call.recording_status == RecordingStatus.ARCHIVED,
+                        # Written in: the partial index of archived recordings is this.
+                        written_in(Call.recording_status, RecordingStatus.ARCHIVED.value),
                         Call.recording_archived_at < before,
                     )
                     .order_by(Call.recording_archived_at)
