@@ -19,7 +19,7 @@ from app.calls.counts import calls_by_status
 from app.calls.errors import BatchNotFound, CallNotFound, InvalidField
 from app.db.clock import db_now
 from app.db.models import Batch, Call, CallStatus, Dial, ExotelRequest, Receipt
-from app.db.statements import written_in
+from app.db.statements import among, written_in
 
 # Our ids, and Exotel's SIDs (opaque, about 32 characters).
 _PLAUSIBLE_REF = re.compile(r"[\w-]{1,64}")
@@ -88,7 +88,7 @@ async def find_call(session: AsyncSession, ref: str) -> Call:
     ids = [select(Call.id).where(Call.sid == ref), select(Dial.call_id).where(Dial.sid == ref)]
     with contextlib.suppress(ValueError):  # not a UUID: only a SID can match
         ids.append(select(literal(uuid.UUID(ref), Uuid())))
-    call = (await session.scalars(select(Call).where(Call.id.in_(union(*ids))))).first()
+    call = (await session.scalars(select(Call).where(among(Call.id, union(*ids))))).first()
     if call is None:
         raise CallNotFound(ref)
     return call

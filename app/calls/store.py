@@ -56,7 +56,7 @@ from app.db.models import (
     RecordingStatus,
     RequestKind,
 )
-from app.db.statements import one_of, table_of
+from app.db.statements import among, one_of, table_of
 from app.logs import about
 
 log = logging.getLogger(__name__)
@@ -469,7 +469,7 @@ def _statements() -> _Statements:
             calls.custom_field,
             calls.from_number,
         )
-        .where(calls.id.in_(wanted))
+        .where(among(calls.id, wanted))
         .order_by(calls.id)
         .with_for_update(),
         receipts=select(events.receipt_id).where(one_of(events.receipt_id, "ids")),

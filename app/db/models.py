@@ -151,7 +151,7 @@ class Call(Base):
     # tells a repeat (same body) from a conflict (another body).
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
-    batch_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("batch.id"), index=True)
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("batch.id"))
 
     # The call's policy (`app.calls.policy`), as asked for: when it may be dialled, how often,
     # and at what hours. `window` is the call's own or CALLING_WINDOW's when it was created.
@@ -205,6 +205,8 @@ class Call(Base):
         # The calls being sent, for the sweep of lost claims (app.jobs).
         Index("ix_call_claimed_by", "claimed_by", postgresql_where=text("claimed_by IS NOT NULL")),
         Index("ix_call_from_number_created_at", "from_number", "created_at"),
+        # A batch's calls, newest first (`GET /calls?batch_id=`), and counted by status.
+        Index("ix_call_batch_id_created_at_id", "batch_id", "created_at", "id"),
         # The queue (oldest queued first) and the status filter.
         Index("ix_call_status_created_at", "status", "created_at"),
         # The calls waiting for their time, a window, a number's limit or their next attempt.

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, any_, bindparam, literal_column, or_
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    Select,
+    Table,
+    any_,
+    bindparam,
+    cast,
+    func,
+    literal_column,
+    or_,
+    select,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -20,6 +32,18 @@ def one_of(column: ColumnElement[Any], name: str) -> ColumnElement[bool]:
     """`column` is one of the list bound as `name`, taken as one array: one prepared statement
     for any length."""
     return column == any_(bindparam(name, type_=ARRAY(column.type)))
+
+
+def among(
+    column: ColumnElement[Any] | InstrumentedAttribute[Any],
+    values: Select[Any] | CompoundSelect[Any],
+) -> ColumnElement[bool]:
+    """`column` is one of what `values` (one column) selects, gathered first into one array:
+    the planner then reads `column`'s index for each, as for a list of constants. As `IN
+    (SELECT ...)` it may instead join the two, reading `column`'s table whole (a merge join
+    over its primary key, on a table it takes for a small one)."""
+    gathered = select(func.array_agg(values.subquery().c[0])).scalar_subquery()
+    return column == any_(cast(gathered, ARRAY(column.type)))
 
 
 def written_in(
