@@ -138,14 +138,16 @@ FROM (SELECT CAST(:t0 AS timestamptz) AS t0, CAST(:n AS bigint) AS n,
      generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint) - 1) AS i"""
 
 # Live calls: queued, in progress (dialled over 2 s ago), scheduled. Ended ones: mostly
-# completed; no-answer, busy, failed; refused; a few canceled, unknown, expired.
+# completed; no-answer, busy, failed; refused; a few canceled, unknown, expired. `unknown` only
+# in the last hour: reconciliation resolves an older one (an `expired` stands in for it).
 _STATUS = """
 CASE WHEN live THEN
     CASE WHEN r0 < 400 OR (r0 < 800 AND created > t0 - interval '2 seconds') THEN 'queued'
       WHEN r0 < 800 THEN 'in-progress' ELSE 'scheduled' END
   WHEN r0 < 690 THEN 'completed' WHEN r0 < 810 THEN 'no-answer' WHEN r0 < 890 THEN 'busy'
   WHEN r0 < 950 THEN 'failed' WHEN r0 < 980 THEN 'rejected' WHEN r0 < 990 THEN 'canceled'
-  WHEN r0 < 995 THEN 'unknown' ELSE 'expired' END AS status"""
+  WHEN r0 < 995 AND created >= t0 - interval '1 hour' THEN 'unknown' ELSE 'expired' END
+  AS status"""
 
 _KINDS = """
 status IN ('completed', 'no-answer', 'busy', 'failed', 'in-progress') AS accepted,
@@ -303,6 +305,10 @@ def _listed(*items: tuple[str, str]) -> str:
 
 _EARLY_ENDED = "{at} + early_seconds_{n} * interval '1 second' + interval '3 seconds'"
 
+# A callback about no call we know: one in 200 calls, kept CALLBACK_UNMATCHED_RETENTION_DAYS
+# (1 by default) as the service keeps them.
+_UNMATCHED = "i % 200 = 7 AND created >= t0 - interval '1 day'"
+
 _ARRAYS = f"""
 CASE k WHEN 0 THEN '[]'::jsonb WHEN 1 THEN jsonb_build_array(last_attempt)
   WHEN 2 THEN jsonb_build_array(early_1, last_attempt)
@@ -354,7 +360,7 @@ CASE k WHEN 0 THEN '[]'::jsonb WHEN 1 THEN jsonb_build_array(last_attempt)
         ("passthru", "'P'"),
         ("ended IS NOT NULL", "'F'"),
         ("ended IS NOT NULL AND r5 % 5 = 0", "'U'"),
-        ("i % 200 = 7", "'X'"),
+        (_UNMATCHED, "'X'"),
     )
 } AS r_codes,
 {
@@ -366,7 +372,7 @@ CASE k WHEN 0 THEN '[]'::jsonb WHEN 1 THEN jsonb_build_array(last_attempt)
         ("passthru", "k"),
         ("ended IS NOT NULL", "k"),
         ("ended IS NOT NULL AND r5 % 5 = 0", "k"),
-        ("i % 200 = 7", "NULL::int"),
+        (_UNMATCHED, "NULL::int"),
     )
 } AS r_attempts"""
 

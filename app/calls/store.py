@@ -29,7 +29,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, union, update
+from sqlalchemy import bindparam, delete, func, insert, select, union_all, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as upsert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -457,7 +457,7 @@ def _statements() -> _Statements:
     event_columns = [events[name] for name in _EVENT_COLUMNS]
     # By id, by the latest attempt's SID, or by any attempt's (in `dial`): a union, each part
     # read from its own index (an OR with a subquery would read the whole table).
-    wanted = union(
+    wanted = union_all(
         select(func.unnest(bindparam("ids", type_=ARRAY(calls.id.type)))),
         select(calls.id).where(one_of(calls.sid, "sids")),
         select(dials.call_id).where(one_of(dials.sid, "sids")),

@@ -41,7 +41,8 @@ def among(
     """`column` is one of what `values` (one column) selects, gathered first into one array:
     the planner then reads `column`'s index for each, as for a list of constants. As `IN
     (SELECT ...)` it may instead join the two, reading `column`'s table whole (a merge join
-    over its primary key, on a table it takes for a small one)."""
+    over its primary key, on a table it takes for a small one). Several reads: a UNION ALL,
+    since duplicates do no harm here and a UNION's sort may read a whole index for order."""
     gathered = select(func.array_agg(values.subquery().c[0])).scalar_subquery()
     return column == any_(cast(gathered, ARRAY(column.type)))
 

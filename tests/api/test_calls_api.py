@@ -395,9 +395,8 @@ async def test_unknown_call_is_404(client: httpx.AsyncClient, ref: str) -> None:
     assert response.json()["error"]["code"] == "call_not_found"
 
 
-async def test_list_is_newest_first_with_cursor_pages(client: httpx.AsyncClient) -> None:
-    ids = [(await client.post("/calls", json=place_body())).json()["id"] for _ in range(5)]
-
+async def every_page(client: httpx.AsyncClient) -> list[str]:
+    """The ids of every call, two a page, through the cursors."""
     seen: list[str] = []
     cursor = None
     while True:
@@ -406,7 +405,13 @@ async def test_list_is_newest_first_with_cursor_pages(client: httpx.AsyncClient)
         seen += [call["id"] for call in page["items"]]
         cursor = page["next_cursor"]
         if cursor is None:
-            break
+            return seen
+
+
+async def test_list_is_newest_first_with_cursor_pages(client: httpx.AsyncClient) -> None:
+    ids = [(await client.post("/calls", json=place_body())).json()["id"] for _ in range(5)]
+
+    seen = await every_page(client)
 
     assert seen == list(reversed(ids))
 
@@ -420,15 +425,7 @@ async def test_cursor_pages_through_calls_created_at_one_instant(
         await connection.execute(update(Call).values(created_at=datetime.now(UTC)))
     await engine.dispose()
 
-    seen: list[str] = []
-    cursor = None
-    while True:
-        params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
-        page = (await client.get("/calls", params=params)).json()
-        seen += [call["id"] for call in page["items"]]
-        cursor = page["next_cursor"]
-        if cursor is None:
-            break
+    seen = await every_page(client)
 
     assert seen == sorted(ids, key=uuid.UUID, reverse=True)
 

@@ -11,24 +11,13 @@ from app.calls import ratelimit
 from app.calls.dispatch import claim_due
 from app.calls.policy import NumberLimit
 from app.db.models import Call, CallStatus, Dial
+from tests.support.calls import queued
 
 pytestmark = pytest.mark.anyio
 
 BUDGET = ratelimit.Budget(limit=100, window=60, margin=0)
 LIMITED = "+919052161110"  # dialled once this hour: at its limit
 FREE = "+919052161120"
-
-
-def queued(number: str, created_at: datetime) -> Call:
-    return Call(
-        status=CallStatus.QUEUED,
-        from_number=number,
-        caller_id="08030752400",
-        created_at=created_at,
-        updated_at=created_at,
-        attempts=[],
-        max_attempts=1,
-    )
 
 
 async def test_calls_held_back_for_their_number_do_not_keep_the_claim_from_the_next(

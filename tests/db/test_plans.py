@@ -37,6 +37,7 @@ from app.recordings.archive import Archive
 from app.recordings.retention import forget_old_recordings
 from app.recordings.store import RecordingStore
 from tests.conftest import FAKE_CALLBACK_SECRET, callback_path, place_body, serving
+from tests.support.calls import queued
 from tests.support.eventually import eventually
 from tests.support.exotel_double import ExotelDouble, call_json, exotel_client_of
 from tests.support.exotel_requests import callback, exotel_clock, multipart
@@ -280,18 +281,6 @@ async def test_status_page_and_metrics(
 
 
 # --- work done later, run on its own --------------------------------------------------------
-
-
-def queued(number: str, created_at: datetime, **fields: Any) -> Call:
-    return Call(
-        from_number=number,
-        caller_id="08030752400",
-        created_at=created_at,
-        updated_at=created_at,
-        attempts=[],
-        max_attempts=1,
-        **({"status": CallStatus.QUEUED} | fields),
-    )
 
 
 async def test_the_dispatch_claim(
