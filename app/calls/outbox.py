@@ -39,7 +39,7 @@ from app.calls.resource import CallOut
 from app.calls.state import TERMINAL
 from app.db.base import UTCDateTime
 from app.db.models import Call, CallStatus, Delivery, DeliveryState, Event, WebhookEndpoint
-from app.db.statements import one_of, table_of
+from app.db.statements import one_of, table_of, written_in
 
 if TYPE_CHECKING:
     from app.calls.store import Change
@@ -168,6 +168,19 @@ class _Statements:
         types = cast(endpoint.event_types, JSONB)
         takes = or_(types == cast(literal("null"), JSONB), types.has_key(event.type))
         now = bindparam("now", type_=UTCDateTime)
+        # Due at once, or, behind an earlier event of its call that waits for a retry, when
+        # that one is: a claim never reads it as due before (`app.events.delivery`).
+        earlier = deliveries.alias("earlier").c
+        behind = (
+            select(func.max(earlier.next_attempt_at))
+            .where(
+                earlier.endpoint_id == endpoint.id,
+                earlier.call_id == event.call_id,
+                earlier.sequence < event.sequence,
+                written_in(earlier.state, DeliveryState.PENDING),
+            )
+            .scalar_subquery()
+        )
         owed = select(
             event.id,
             endpoint.id,
@@ -175,7 +188,7 @@ class _Statements:
             event.sequence,
             literal(DeliveryState.PENDING, deliveries.c.state.type),
             literal(0),
-            now,
+            func.greatest(now, behind),
             literal("scheduled"),
             now,
         ).select_from(events.join(endpoints, and_(endpoint.enabled, takes)))

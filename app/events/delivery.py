@@ -47,7 +47,7 @@ from app.db.base import UTCDateTime
 from app.db.clock import db_now
 from app.db.models import Delivery, DeliveryAttempt, DeliveryState, Event, WebhookEndpoint
 from app.db.statements import one_of, table_of, written_in
-from app.events.endpoints import disable, signing_secrets
+from app.events.endpoints import align_followers, disable, signing_secrets
 from app.jobs.policy import RetryPolicy
 from app.retry_after import retry_after_seconds
 
@@ -211,6 +211,7 @@ async def release(db: AsyncConnection, delivery_ids: Sequence[int], *, retries: 
             for row in stale
         ],
     )
+    await align_followers(db, [row.id for row in stale])
     return len(stale)
 
 
@@ -398,6 +399,8 @@ async def record(
                 "finished_at": finished_at,
             },
         )
+        if state == DeliveryState.PENDING:
+            await align_followers(db, [delivery_id for delivery_id, _ in claims])
     return states
 
 

@@ -4,6 +4,7 @@ putting events back in their queue (a redelivery, a recovery)."""
 from __future__ import annotations
 
 import base64
+import functools
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -11,13 +12,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Update, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.calls.errors import EndpointNotFound, InvalidField
 from app.db.clock import db_now
 from app.db.models import Delivery, DeliveryAttempt, DeliveryState, Event, WebhookEndpoint
-from app.db.statements import table_of, written_in
+from app.db.statements import one_of, table_of, written_in
 from app.events.targets import TargetPolicy, TargetRefused
 
 # Svix keeps at most 10 old keys; so do we.
@@ -195,7 +196,7 @@ async def owe_again(
             .with_for_update(key_share=True)
         )
     }
-    queued = 0
+    reopened: list[Delivery] = []
     for event in events:
         for endpoint in endpoints:
             if endpoint.event_types is not None and event.type not in endpoint.event_types:
@@ -217,9 +218,38 @@ async def owe_again(
             delivery.next_attempt_at = now
             delivery.trigger = "manual"
             delivery.finished_at = None
-            queued += 1
+            reopened.append(delivery)
     await session.flush()
-    return queued
+    await align_followers(await session.connection(), [delivery.id for delivery in reopened])
+    return len(reopened)
+
+
+async def align_followers(db: AsyncConnection, delivery_ids: Sequence[int]) -> None:
+    """A call's later deliveries wait for its earlier ones, and are due when the one they wait
+    for is: later when it is to be retried later (or every claim would read them as due until
+    it is done: a dead endpoint's whole backlog, at each claim), sooner, when never tried, when
+    it is queued again at once. `delivery_ids`, pending, were just given a time."""
+    await db.execute(_align_followers(), {"ids": sorted(delivery_ids)})
+
+
+@functools.cache
+def _align_followers() -> Update:
+    delivery = table_of(Delivery)
+    d, head = delivery.c, delivery.alias("head").c
+    return (
+        update(delivery)
+        .where(
+            one_of(head.id, "ids"),
+            written_in(head.state, DeliveryState.PENDING),
+            d.endpoint_id == head.endpoint_id,
+            d.call_id == head.call_id,
+            d.sequence > head.sequence,
+            written_in(d.state, DeliveryState.PENDING),
+            d.next_attempt_at != head.next_attempt_at,
+            or_(d.next_attempt_at < head.next_attempt_at, d.attempts == 0),
+        )
+        .values(next_attempt_at=head.next_attempt_at)
+    )
 
 
 async def recover(session: AsyncSession, endpoint_id: uuid.UUID, *, since: datetime) -> int:

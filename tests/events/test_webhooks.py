@@ -17,7 +17,7 @@ import aiohttp
 import httpx
 import pytest
 import uvicorn
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -599,6 +599,68 @@ async def test_an_answer_to_a_claim_given_back_and_taken_again_changes_nothing(
             assert attempts == 3  # interrupted, the late answer, the retry's answer
     finally:
         await engine.dispose()
+
+
+async def test_a_calls_later_events_wait_for_its_earlier_ones_retry_unread_by_claims(
+    db_url: str, exotel: ExotelDouble
+) -> None:
+    """When a call's event is to be retried later, its later events (those owed already and
+    those owed meanwhile) are due no sooner: a claim does not read them as due, and a dead
+    endpoint's backlog is not read at every claim. Once it is delivered, the next is due."""
+    later = retry_policy([600])
+    async with serving(app_with(db_url, exotel, webhook_delivery_in_serve=False)) as client:
+        await register(client, "http://127.0.0.1:9/dead")
+        call = await place(client, exotel)
+        answered = callback(call["sid"], "completed")
+        response = await client.post(callback_path(call["id"]), **multipart(answered))
+        assert response.status_code == 200
+        settings = make_settings(db_url, **FAST)
+        engine = create_engine(db_url)
+        try:
+            async with engine.begin() as db:
+                [head] = await claim(db, worker="w", limit=8, per_endpoint=8)
+            async with engine.begin() as db:
+                refused = Answer(503, "answered 503", 5, "")
+                await record(db, [(head, refused)], settings=settings.webhooks, retries=later)
+            # A later event of the same call, owed while the first waits for its retry.
+            recorded = answered | {"RecordingUrl": "https://recordings.example.test/1.mp3"}
+            response = await client.post(callback_path(call["id"]), **multipart(recorded))
+            assert response.status_code == 200
+
+            async with engine.connect() as db:
+                rows = await db.execute(
+                    select(Delivery.sequence, Delivery.state, Delivery.next_attempt_at)
+                    .where(Delivery.call_id == uuid.UUID(call["id"]))
+                    .order_by(Delivery.sequence)
+                )
+                first, *followers = rows.all()
+            assert first[1] == DeliveryState.PENDING
+            assert len(followers) >= 2
+            assert [(state, at) for _, state, at in followers] == [
+                (DeliveryState.PENDING, first[2])
+            ] * len(followers)
+            async with engine.begin() as db:
+                assert await claim(db, worker="w", limit=8, per_endpoint=8) == []
+
+            # Delivered at its retry (its time come, as the clock would bring it): the next is
+            # due at once, and is the one claimed.
+            async with engine.begin() as db:
+                await db.execute(
+                    update(Delivery)
+                    .where(Delivery.call_id == uuid.UUID(call["id"]))
+                    .values(next_attempt_at=Delivery.next_attempt_at - text("'20 min'::interval"))
+                )
+            async with engine.begin() as db:
+                [retried] = await claim(db, worker="w", limit=8, per_endpoint=8)
+            assert retried.delivery_id == head.delivery_id
+            async with engine.begin() as db:
+                ok = Answer(200, None, 5, "ok")
+                await record(db, [(retried, ok)], settings=settings.webhooks, retries=later)
+            async with engine.begin() as db:
+                [after] = await claim(db, worker="w", limit=8, per_endpoint=8)
+            assert json.loads(after.body)["data"]["sequence"] == followers[0][0]
+        finally:
+            await engine.dispose()
 
 
 async def test_the_pages_show_endpoints_and_what_each_call_pushed(
