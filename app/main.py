@@ -36,13 +36,13 @@ from app.api.request_ids import RequestIds
 from app.api.simulator import SimulatorMount
 from app.calls.availability import Availability
 from app.calls.callback_auth import passthru_url
-from app.calls.counts import fold as fold_counts
 from app.calls.dispatch import Dispatch, budget_of, connect_request
 from app.calls.ingest import CallbackWriter
 from app.calls.reconcile import reconcile
 from app.calls.retention import forget_unmatched_receipts
 from app.calls.spool import Spool
 from app.config import Settings
+from app.db import tally
 from app.db.session import create_engine, create_sessionmaker
 from app.events.deliverer import delivering
 from app.events.retention import forget_old_events
@@ -182,7 +182,7 @@ def create_app(
                     10,
                 ),
                 (
-                    Periodic("call counts", functools.partial(fold_counts, sessionmaker), every=10),
+                    Periodic("counts", functools.partial(tally.fold, sessionmaker), every=10),
                     10,
                 ),
                 (

@@ -1,45 +1,19 @@
 """The calls counted, for the status page and the metrics: read from `call_tally`, which triggers
-on `call` keep (a row of +n or -n for each change, so that no writer waits on another's count),
-and folded now and then by a periodic job. Nothing here counts the calls themselves, but for
-the part of an hour at the start of the last day."""
+on `call` keep (`app.db.tally`). Nothing here counts the calls themselves, but for the part of
+an hour at the start of the last day."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, case, delete, func, insert, literal_column, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.clock import db_now
 from app.db.models import Call, CallTally
 from app.db.statements import table_of
 
 _TALLY = table_of(CallTally).c
-# The hours kept apart: the last day's, and one more for a fold that ran a while ago. Older
-# hours are folded into one row, so the tally stays a few hundred rows however old the service.
-_HOURS_APART = timedelta(hours=25)
-_EARLIER: ColumnElement[datetime] = literal_column("'-infinity'::timestamptz")
 _DAY = timedelta(days=1)
-
-
-async def fold(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
-    """Sum the tally's rows into one a (hour, status, recording status)."""
-    async with sessionmaker() as session, session.begin():
-        kept_from = await db_now(session) - _HOURS_APART
-        gone = (
-            delete(CallTally)
-            .returning(_TALLY.hour, _TALLY.status, _TALLY.recording_status, _TALLY.calls)
-            .cte("gone")
-        )
-        hour = case((gone.c.hour < kept_from, _EARLIER), else_=gone.c.hour)
-        summed = (
-            select(hour, gone.c.status, gone.c.recording_status, func.sum(gone.c.calls))
-            .group_by(hour, gone.c.status, gone.c.recording_status)
-            .having(func.sum(gone.c.calls) != 0)
-        )
-        await session.execute(
-            insert(CallTally).from_select(["hour", "status", "recording_status", "calls"], summed)
-        )
 
 
 async def calls_by_status(session: AsyncSession) -> dict[str, int]:

@@ -493,9 +493,30 @@ class Delivery(Base):
             "endpoint_id",
             postgresql_where=text("state = 'sending'"),
         ),
+        # Each endpoint's oldest delivery owed (its backlog's age).
+        Index(
+            "ix_delivery_owed",
+            "endpoint_id",
+            "created_at",
+            postgresql_where=text("state IN ('pending', 'sending')"),
+        ),
         # A call's earlier events still owed to the endpoint.
         Index("ix_delivery_endpoint_id_call_id_sequence", "endpoint_id", "call_id", "sequence"),
     )
+
+
+class DeliveryTally(Base):
+    """The deliveries owed (pending, sending), counted by endpoint and state: triggers on
+    `delivery` add a row for each change (+n, -n), `app.db.tally` folds them now and then. The
+    backlogs on the status page, in the API and the metrics read this, never a count of a
+    backlog that a dead endpoint grows by every event."""
+
+    __tablename__ = "delivery_tally"
+
+    id: Mapped[int] = mapped_column(BigInteger(), primary_key=True, autoincrement=True)
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(Uuid)  # no key: rows of a deleted one fold away
+    state: Mapped[DeliveryState] = mapped_column(_str_enum(DeliveryState))
+    deliveries: Mapped[int] = mapped_column(BigInteger())
 
 
 class DeliveryAttempt(Base):

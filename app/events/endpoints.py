@@ -17,7 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.calls.errors import EndpointNotFound, InvalidField
 from app.db.clock import db_now
-from app.db.models import Delivery, DeliveryAttempt, DeliveryState, Event, WebhookEndpoint
+from app.db.models import (
+    Delivery,
+    DeliveryAttempt,
+    DeliveryState,
+    DeliveryTally,
+    Event,
+    WebhookEndpoint,
+)
 from app.db.statements import one_of, table_of, written_in
 from app.events.targets import TargetPolicy, TargetRefused
 
@@ -146,16 +153,24 @@ class Backlog:
 async def backlogs(
     session: AsyncSession, *, of: uuid.UUID | None = None
 ) -> dict[uuid.UUID, Backlog]:
-    """What each endpoint is owed (only endpoint `of`, when given); none owed: not listed."""
-    query = (
-        select(Delivery.endpoint_id, func.count(), func.min(Delivery.created_at))
-        .where(written_in(table_of(Delivery).c.state, *OWED))  # the partial indexes of both
-        .group_by(Delivery.endpoint_id)
+    """What each endpoint is owed (only endpoint `of`, when given); none owed: not listed. The
+    count from `delivery_tally`, the oldest from the owed deliveries' index."""
+    tally = table_of(DeliveryTally).c
+    owed = (
+        select(tally.endpoint_id, func.sum(tally.deliveries).label("count"))
+        .group_by(tally.endpoint_id)
+        .having(func.sum(tally.deliveries) != 0)
     )
     if of is not None:
-        query = query.where(Delivery.endpoint_id == of)
-    rows = await session.execute(query)
-    return {endpoint_id: Backlog(count, oldest) for endpoint_id, count, oldest in rows}
+        owed = owed.where(tally.endpoint_id == of)
+    counted = owed.subquery()
+    oldest = (
+        select(func.min(Delivery.created_at))
+        .where(Delivery.endpoint_id == counted.c.endpoint_id, written_in(Delivery.state, *OWED))
+        .scalar_subquery()
+    )
+    rows = await session.execute(select(counted.c.endpoint_id, counted.c.count, oldest))
+    return {endpoint_id: Backlog(int(count), oldest) for endpoint_id, count, oldest in rows}
 
 
 async def list_attempts(

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, exists, func, select, true
+from sqlalchemy import ColumnElement, delete, exists, func, select, true
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -52,16 +52,18 @@ class Backlog:
 
 
 async def backlog(session: AsyncSession, queue: Queue) -> Backlog:
+    """Read through the queue's indexes: what is due, and what is claimed; never what waits
+    for a later time (a dead endpoint's retries, calls scheduled for next week)."""
     now = await db_now(session)
-    due = and_(queue.claimed_by.is_(None), queue.due <= now)
-    counted = select(
-        func.count().filter(due),
-        func.count().filter(queue.claimed_by.is_not(None)),
-        func.min(queue.due).filter(due),
-    ).where(queue.waiting)
-    waiting, running, oldest = (await session.execute(counted)).one()
+    due = select(func.count(), func.min(queue.due)).where(
+        queue.waiting, queue.claimed_by.is_(None), queue.due <= now
+    )
+    waiting, oldest = (await session.execute(due)).one()
+    running = await session.scalar(
+        select(func.count()).where(queue.waiting, queue.claimed, queue.claimed_by.is_not(None))
+    )
     age = (now - oldest).total_seconds() if oldest is not None else 0.0
-    return Backlog(waiting, running, max(0.0, age))
+    return Backlog(waiting, running or 0, max(0.0, age))
 
 
 Lost = Callable[[AsyncSession, Sequence[Any]], Awaitable[object]]

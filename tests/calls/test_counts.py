@@ -13,6 +13,7 @@ from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.calls import counts
+from app.db import tally
 from app.db.clock import db_now
 from app.db.models import Call, CallStatus, CallTally, RecordingStatus
 from tests.conftest import place_body
@@ -87,7 +88,7 @@ async def test_the_tally_is_the_calls_counted_through_any_writes_and_folds(
                 await session.execute(delete(Call).where(Call.id == rng.choice(ids)))
             else:
                 await session.rollback()
-                await counts.fold(sessionmaker)
+                await tally.fold(sessionmaker)
                 continue
         if step % 10 == 9:
             async with sessionmaker() as session:
@@ -104,12 +105,12 @@ async def test_a_fold_leaves_a_row_a_count_and_old_hours_in_one(
         # Moved back and forth: each move is two rows, which the fold sums to nothing.
         await session.execute(update(Call).values(status=CallStatus.QUEUED))
         await session.execute(update(Call).values(status=CallStatus.COMPLETED))
-    await counts.fold(sessionmaker)
+    await tally.fold(sessionmaker)
     async with sessionmaker() as session:
-        tally = select(
+        folded = select(
             CallTally.hour, CallTally.status, CallTally.recording_status, CallTally.calls
         )
-        rows = (await session.execute(tally)).all()
+        rows = (await session.execute(folded)).all()
         assert len(rows) == len({row[:3] for row in rows})  # one a (hour, status, recording)
         hours = await session.scalar(
             select(func.count(func.distinct(CallTally.hour))).where(

@@ -258,7 +258,10 @@ async def test_delivery_claim_release_and_record(
         async with engine.begin() as db:
             await release(db, [claimed[0].delivery_id], retries=RETRIES)
         async with engine.begin() as db:
-            answered = [(one, Answer(200, None, 5, "ok")) for one in claimed[1:]]
+            # One fails, and is owed again later, with its call's later deliveries.
+            failed, *delivered = claimed[1:]
+            answered = [(failed, Answer(503, "answered 503", 5, ""))]
+            answered += [(one, Answer(200, None, 5, "ok")) for one in delivered]
             await record(db, answered, settings=settings.webhooks, retries=RETRIES)
     await assert_on_indexes(engine, sent, reading=["delivery", "delivery_attempt"])
 
