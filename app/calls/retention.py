@@ -11,6 +11,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.db.batches import in_batches
 from app.db.clock import db_now
 from app.db.models import Receipt
 from app.db.statements import one_of, table_of
@@ -25,28 +26,26 @@ async def forget_unmatched_receipts(
     sessionmaker: async_sessionmaker[AsyncSession], *, days: float
 ) -> int:
     """Delete what was received more than `days` ago for no call; says how many."""
-    forgotten = 0
-    while True:
-        async with sessionmaker() as session, session.begin():
-            before = await db_now(session) - timedelta(days=days)
-            unmatched = Receipt.call_id.is_(None)
-            oldest = (
-                select(Receipt.id)
-                .where(unmatched, Receipt.received_at < before)
-                .limit(_BATCH)
-                # A row a call is taking now is skipped; one taken meanwhile is no longer
-                # `unmatched` when the DELETE reads it again.
-                .with_for_update(skip_locked=True)
-            )
-            ids = list(await session.scalars(oldest))
-            # By their ids: as `IN (SELECT ...)`, a planner that takes the table for a small
-            # one may join the two by reading every receipt's id.
-            gone = delete(_RECEIPTS).where(
-                one_of(_RECEIPTS.c.id, "ids"), _RECEIPTS.c.call_id.is_(None)
-            )
-            await session.execute(gone, {"ids": ids})
-        forgotten += len(ids)
-        if len(ids) < _BATCH:
-            if forgotten:
-                log.info("forgot %d callbacks that matched no call", forgotten)
-            return forgotten
+
+    async def batch(session: AsyncSession) -> int:
+        before = await db_now(session) - timedelta(days=days)
+        unmatched = Receipt.call_id.is_(None)
+        oldest = (
+            select(Receipt.id)
+            .where(unmatched, Receipt.received_at < before)
+            .limit(_BATCH)
+            # A row a call is taking now is skipped; one taken meanwhile is no longer
+            # `unmatched` when the DELETE reads it again.
+            .with_for_update(skip_locked=True)
+        )
+        ids = list(await session.scalars(oldest))
+        # By their ids: as `IN (SELECT ...)`, a planner that takes the table for a small one may
+        # join the two by reading every receipt's id.
+        gone = delete(_RECEIPTS).where(one_of(_RECEIPTS.c.id, "ids"), _RECEIPTS.c.call_id.is_(None))
+        await session.execute(gone, {"ids": ids})
+        return len(ids)
+
+    forgotten = await in_batches(sessionmaker, batch, size=_BATCH)
+    if forgotten:
+        log.info("forgot %d callbacks that matched no call", forgotten)
+    return forgotten

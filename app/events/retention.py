@@ -7,6 +7,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.db.batches import in_batches
 from app.db.clock import db_now
 from app.db.models import Event
 from app.db.statements import one_of, table_of
@@ -17,15 +18,14 @@ _EVENTS = table_of(Event)
 
 async def forget_old_events(sessionmaker: async_sessionmaker[AsyncSession], *, days: float) -> int:
     """Delete the events older than `days`; says how many."""
-    forgotten = 0
-    while True:
-        async with sessionmaker() as session, session.begin():
-            before = await db_now(session) - timedelta(days=days)
-            oldest = select(Event.id).where(Event.created_at < before).limit(_BATCH)
-            ids = list(await session.scalars(oldest))
-            # By their ids: as `IN (SELECT ...)`, a planner that takes the table for a small
-            # one may join the two by reading every event's id.
-            await session.execute(delete(_EVENTS).where(one_of(_EVENTS.c.id, "ids")), {"ids": ids})
-        forgotten += len(ids)
-        if len(ids) < _BATCH:
-            return forgotten
+
+    async def batch(session: AsyncSession) -> int:
+        before = await db_now(session) - timedelta(days=days)
+        oldest = select(Event.id).where(Event.created_at < before).limit(_BATCH)
+        ids = list(await session.scalars(oldest))
+        # By their ids: as `IN (SELECT ...)`, a planner that takes the table for a small one may
+        # join the two by reading every event's id.
+        await session.execute(delete(_EVENTS).where(one_of(_EVENTS.c.id, "ids")), {"ids": ids})
+        return len(ids)
+
+    return await in_batches(sessionmaker, batch, size=_BATCH)

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls.state import RecordingUpdate, apply_recording
 from app.calls.store import CallStore
+from app.db.batches import in_batches
 from app.db.clock import db_now
 from app.db.models import Call, RecordingStatus
 from app.db.statements import written_in
@@ -26,34 +27,34 @@ async def forget_old_recordings(
 ) -> int:
     """Delete the audio archived more than `days` ago; says how many. The store's copy goes
     first: a run cut short in between deletes it again (a no-op) the next time."""
-    forgotten = 0
-    while True:
-        async with sessionmaker() as session, session.begin():
-            before = await db_now(session) - timedelta(days=days)
-            old = (
-                await session.scalars(
-                    select(Call.id)
-                    .where(
-                        # Written in: the partial index of archived recordings is this.
-                        written_in(Call.recording_status, RecordingStatus.ARCHIVED.value),
-                        Call.recording_archived_at < before,
-                    )
-                    .order_by(Call.recording_archived_at)
-                    .limit(_BATCH)
+
+    async def batch(session: AsyncSession) -> int:
+        before = await db_now(session) - timedelta(days=days)
+        old = (
+            await session.scalars(
+                select(Call.id)
+                .where(
+                    # Written in: the partial index of archived recordings is this.
+                    written_in(Call.recording_status, RecordingStatus.ARCHIVED.value),
+                    Call.recording_archived_at < before,
                 )
-            ).all()
-            for call_id in old:
-                await store.delete(call_id)
-            calls = await CallStore.of(session)
-            await calls.lock(ids=old)
-            now = await calls.now()
-            for call_id in old:
-                call = calls.get(call_id)
-                assert call is not None
-                apply_recording(call, RecordingUpdate(RecordingStatus.DELETED, now))
-            await calls.flush()
-        forgotten += len(old)
-        if len(old) < _BATCH:
-            if forgotten:
-                log.info("deleted %d recordings archived over %g days ago", forgotten, days)
-            return forgotten
+                .order_by(Call.recording_archived_at)
+                .limit(_BATCH)
+            )
+        ).all()
+        for call_id in old:
+            await store.delete(call_id)
+        calls = await CallStore.of(session)
+        await calls.lock(ids=old)
+        now = await calls.now()
+        for call_id in old:
+            call = calls.get(call_id)
+            assert call is not None
+            apply_recording(call, RecordingUpdate(RecordingStatus.DELETED, now))
+        await calls.flush()
+        return len(old)
+
+    forgotten = await in_batches(sessionmaker, batch, size=_BATCH)
+    if forgotten:
+        log.info("deleted %d recordings archived over %g days ago", forgotten, days)
+    return forgotten
