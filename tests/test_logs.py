@@ -22,6 +22,7 @@ from app.db.session import create_engine
 from app.logs import ContextFilter, JsonFormatter, RedactingFilter, TextFormatter, about, redact
 from tests.conftest import callback_path, place_body
 from tests.support.eventually import eventually
+from tests.support.feed import feed_caught_up
 from tests.support.processes import Deployment
 
 SID = "4116345558c26f623df7d2a6b8c184km"  # digits runs in a SID are not phone numbers
@@ -380,7 +381,7 @@ async def test_a_run_of_the_whole_api_logs_no_secret_and_no_number(
             ) as api,
             httpx.AsyncClient(base_url=api_url, timeout=30) as anyone,
         ):
-            seen = await _use_every_endpoint(api, anyone, subscriber_url)
+            seen = await _use_every_endpoint(api, anyone, subscriber_url, db_url)
     finally:
         async with engine.begin() as connection:
             await connection.execute(
@@ -426,7 +427,7 @@ async def expect(status: int, response: Awaitable[httpx.Response]) -> Any:
 
 
 async def _use_every_endpoint(
-    api: httpx.AsyncClient, anyone: httpx.AsyncClient, subscriber_url: str
+    api: httpx.AsyncClient, anyone: httpx.AsyncClient, subscriber_url: str, db_url: str
 ) -> Seen:
     """Every endpoint, accepted and refused, with the number in several spellings and the API
     key where it does not belong."""
@@ -515,6 +516,7 @@ async def _use_every_endpoint(
         what="an event delivered",
         until=bool,
     )
+    await feed_caught_up(db_url)  # the feed shows every event committed (tests/support/feed.py)
     events = await expect(200, api.get(f"/events?call_id={call_id}"))
     event_id = events["items"][0]["id"]
     await expect(200, api.get(f"/events/{event_id}"))

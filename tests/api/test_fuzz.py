@@ -48,6 +48,7 @@ from tests.conftest import (
 from tests.support.eventually import eventually
 from tests.support.exotel_double import ExotelDouble
 from tests.support.exotel_requests import exotel_clock
+from tests.support.feed import feed_items
 from tests.support.subscriber import subscriber
 
 FUZZ_API_KEY = "fake-api-key-for-fuzz"
@@ -90,7 +91,9 @@ class Served:
 
 
 @asynccontextmanager
-async def _serving(app: FastAPI, audio: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Existing]]:
+async def _serving(
+    app: FastAPI, audio: Path, db_url: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, Existing]]:
     # Unlike conftest's `serving`, an exception that escapes the app is answered as the 500 a
     # server would send, for `not_a_server_error` to report with the request that caused it.
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
@@ -100,11 +103,11 @@ async def _serving(app: FastAPI, audio: Path) -> AsyncIterator[tuple[httpx.Async
         httpx.AsyncClient(transport=transport, base_url=BASE_URL, headers=AUTH) as user,
         subscriber() as (_, hook),
     ):
-        yield client, await _create_things(app, user, hook, audio)
+        yield client, await _create_things(app, user, hook, audio, db_url)
 
 
 async def _create_things(
-    app: FastAPI, client: httpx.AsyncClient, hook: str, audio: Path
+    app: FastAPI, client: httpx.AsyncClient, hook: str, audio: Path, db_url: str
 ) -> Existing:
     """A completed call with its recording archived, a batch, a webhook endpoint, an event and
     an opted-out number, made as a user and Exotel would (the archive aside: it fetches from
@@ -128,7 +131,7 @@ async def _create_things(
     # A number none of these calls is to: opted out, it would refuse them.
     opt_out = await client.post("/opt-outs", json={"number": OPTED_OUT, "reason": "fuzz"})
     assert opt_out.status_code == 201, opt_out.text
-    event = (await client.get("/events", params={"call_id": call_id})).json()["items"][0]
+    event = (await feed_items(client, db_url, call_id=call_id))[0]
     return Existing(
         by_name={
             "ref": call_id,
@@ -185,7 +188,7 @@ def served(db_url: str, anyio_backend: str, tmp_path: Path) -> Iterator[Served]:
     audio.write_bytes(AUDIO)
     with (
         start_blocking_portal(anyio_backend) as portal,
-        portal.wrap_async_context_manager(_serving(app, audio)) as (client, existing),
+        portal.wrap_async_context_manager(_serving(app, audio, db_url)) as (client, existing),
     ):
         yield Served(portal, client, existing)
 

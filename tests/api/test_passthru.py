@@ -18,6 +18,7 @@ from tests.conftest import FAKE_CALLBACK_SECRET, callback_path, place_body, serv
 from tests.support.eventually import eventually
 from tests.support.exotel_double import ExotelDouble, accepted, form_of, new_sid
 from tests.support.exotel_requests import callback, events, exotel_clock, multipart, place
+from tests.support.feed import feed_items
 from tests.support.webhooks import app_with
 
 pytestmark = pytest.mark.anyio
@@ -106,7 +107,7 @@ async def test_a_replayed_request_is_a_duplicate_and_steps_keep_their_time_order
 
 
 async def test_a_passthru_for_an_unknown_sid_is_kept_and_attached_once_the_sid_is_known(
-    client: httpx.AsyncClient, exotel: ExotelDouble
+    client: httpx.AsyncClient, exotel: ExotelDouble, db_url: str
 ) -> None:
     sid = new_sid()
     early = await passthru(client, exotel_passthru(sid, digits='"1"', CustomField="order-9"))
@@ -119,7 +120,7 @@ async def test_a_passthru_for_an_unknown_sid_is_kept_and_attached_once_the_sid_i
     assert (request["kind"], request["outcome"]) == ("passthru", "applied")
     assert (dispatch["kind"], dispatch["outcome"]) == ("dispatch", "applied")
     # Applied with Exotel's answer, in one transaction: under way, then what was keyed.
-    feed = (await client.get("/events", params={"call_id": call["id"]})).json()["items"]
+    feed = await feed_items(client, db_url, call_id=call["id"])
     assert [event["type"] for event in feed] == ["call.in_progress", "call.input"]
 
 
@@ -170,7 +171,7 @@ async def test_our_call_id_in_custom_field_finds_the_call_before_its_sid_is_know
 
 
 async def test_each_input_is_a_call_input_event_before_the_terminal_one(
-    client: httpx.AsyncClient, exotel: ExotelDouble
+    client: httpx.AsyncClient, exotel: ExotelDouble, db_url: str
 ) -> None:
     call = await place(client, exotel)
     await passthru(client, exotel_passthru(call["sid"], digits='"1"'))
@@ -179,7 +180,7 @@ async def test_each_input_is_a_call_input_event_before_the_terminal_one(
         callback_path(call["id"]), **multipart(callback(call["sid"], "completed"))
     )
     assert ended.status_code == 200
-    feed = (await client.get("/events", params={"call_id": call["id"]})).json()["items"]
+    feed = await feed_items(client, db_url, call_id=call["id"])
     kinds = [event["type"] for event in feed]
     assert kinds[-2:] == ["call.input", "call.completed"]
     assert kinds.count("call.input") == 1

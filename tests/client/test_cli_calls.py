@@ -38,6 +38,7 @@ from tests.conftest import (
     callback_path,
 )
 from tests.support.eventually import eventually
+from tests.support.feed import feed_caught_up
 from tests.support.processes import EXOCALL, Deployment, free_ports, with_default_sigint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
@@ -295,7 +296,7 @@ async def test_a_campaign_with_bad_rows_reports_them_all_and_sends_nothing(
 
 
 async def test_what_the_customer_keys_in_the_flow_is_printed_and_in_the_results(
-    start_exocall: StartExocall, tmp_path: Path
+    start_exocall: StartExocall, tmp_path: Path, db_url: str
 ) -> None:
     """App 927 is the simulator's confirm/cancel flow: its Gather keys the second-to-last digit
     of the number."""
@@ -303,6 +304,7 @@ async def test_what_the_customer_keys_in_the_flow_is_printed_and_in_the_results(
     followed = await exocall.run("call", "09052161120", "--app-id", "927", "--timeout", "30")
     assert followed.returncode == 0, err(followed)
     assert "keyed 2" in out(followed)
+    await feed_caught_up(db_url)  # the feed shows every event committed (tests/support/feed.py)
     inputs = await exocall.run(
         "events", "tail", "--from-start", "--no-follow", "--type", "call.input"
     )

@@ -28,6 +28,7 @@ from tests.conftest import (
 )
 from tests.conftest import FAKE_CALLER_ID as CALLER_ID
 from tests.support.eventually import eventually
+from tests.support.feed import feed_items
 from tests.support.processes import Deployment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
@@ -105,7 +106,9 @@ REFUSED = {
 }
 
 
-async def test_every_simulated_outcome_over_real_http(start_exocall: StartExocall) -> None:
+async def test_every_simulated_outcome_over_real_http(
+    start_exocall: StartExocall, db_url: str
+) -> None:
     exocall = start_exocall("--callback-delay", "0.3")
     async with httpx.AsyncClient(base_url=exocall.api_url, timeout=30, headers=AUTH) as api:
         answers = {digit: await place(api, digit) for digit in "023456789"}
@@ -182,7 +185,7 @@ async def test_every_simulated_outcome_over_real_http(start_exocall: StartExocal
         call_7 = await get_call(api, ids["7"])
         assert call_7["status"] == "completed"
         assert call_7["answered_at"] is not None
-        feed_7 = (await api.get("/events", params={"call_id": ids["7"]})).json()["items"]
+        feed_7 = await feed_items(api, db_url, call_id=ids["7"])
         told_answered = next(e for e in feed_7 if e["data"]["call"]["answered_at"])
         assert told_answered["type"] == "call.updated"  # a final call's news: docs/events.md
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.calls.placing import CallRequest, queue_calls
@@ -21,19 +21,24 @@ from app.config import Settings
 from app.db.models import Event
 from app.events.feed import read_feed
 from tests.conftest import callback_path
+from tests.support.eventually import NotInTime
 from tests.support.exotel_requests import callback, multipart, place
+from tests.support.feed import feed_caught_up, feed_items
 
 pytestmark = pytest.mark.anyio
 
 
-async def feed(client: httpx.AsyncClient, **params: Any) -> dict[str, Any]:
+async def feed(client: httpx.AsyncClient, db_url: str, **params: Any) -> dict[str, Any]:
+    """The feed's page for `params`, once it shows every event committed before the call
+    (tests/support/feed.py)."""
+    await feed_caught_up(db_url)
     response = await client.get("/events", params=params)
     assert response.status_code == 200, response.text
     return dict(response.json())
 
 
 async def test_each_applied_change_is_one_event_with_the_call_after_it(
-    client: httpx.AsyncClient, exotel: Any
+    client: httpx.AsyncClient, exotel: Any, db_url: str
 ) -> None:
     call = await place(client, exotel)
     sid = call["sid"]
@@ -46,7 +51,7 @@ async def test_each_applied_change_is_one_event_with_the_call_after_it(
         response = await client.post(callback_path(call["id"]), **multipart(fields))
         assert response.status_code == 200, response.text
 
-    events = (await feed(client))["items"]
+    events = (await feed(client, db_url))["items"]
     assert [e["type"] for e in events] == ["call.in_progress", "call.completed", "call.updated"]
     assert [e["data"]["sequence"] for e in events] == [1, 2, 3]
     assert [e["data"]["previous_status"] for e in events] == ["queued", "in-progress", "completed"]
@@ -64,34 +69,55 @@ async def test_each_applied_change_is_one_event_with_the_call_after_it(
 
 
 async def test_the_feed_filters_by_type_and_call_and_pages_with_its_cursor(
-    client: httpx.AsyncClient, exotel: Any
+    client: httpx.AsyncClient, exotel: Any, db_url: str
 ) -> None:
     first, second = await place(client, exotel), await place(client, exotel)
     for call in (first, second):
         fields = callback(call["sid"], "busy")
         await client.post(callback_path(call["id"]), **multipart(fields))
 
-    assert [e["data"]["call"]["id"] for e in (await feed(client, type="call.busy"))["items"]] == [
+    assert [
+        e["data"]["call"]["id"] for e in (await feed(client, db_url, type="call.busy"))["items"]
+    ] == [
         first["id"],
         second["id"],
     ]
-    only = (await feed(client, call_id=second["id"]))["items"]
+    only = (await feed(client, db_url, call_id=second["id"]))["items"]
     assert [e["type"] for e in only] == ["call.in_progress", "call.busy"]
 
     seen, cursor = [], None
     for _ in range(5):
-        page = await feed(client, limit=1, **({"after": cursor} if cursor else {}))
+        page = await feed(client, db_url, limit=1, **({"after": cursor} if cursor else {}))
         seen += [e["id"] for e in page["items"]]
         cursor = page["next_cursor"]
-    assert seen == [e["id"] for e in (await feed(client))["items"]]
+    assert seen == [e["id"] for e in (await feed(client, db_url))["items"]]
     assert len(seen) == 4
     # At the end the cursor stays where it is: a consumer polls with it.
-    assert (await feed(client, after=cursor)) == {"items": [], "next_cursor": cursor}
+    assert (await feed(client, db_url, after=cursor)) == {"items": [], "next_cursor": cursor}
 
-    later = (await feed(client, after="now"))["next_cursor"]
+    later = (await feed(client, db_url, after="now"))["next_cursor"]
     third = await place(client, exotel)
-    assert [e["data"]["call"]["id"] for e in (await feed(client, after=later))["items"]] == [
-        third["id"]
+    assert [
+        e["data"]["call"]["id"] for e in (await feed(client, db_url, after=later))["items"]
+    ] == [third["id"]]
+
+
+async def test_a_read_after_writes_waits_while_an_older_transaction_holds_the_feed_back(
+    client: httpx.AsyncClient, exotel: Any, engine: AsyncEngine, db_url: str
+) -> None:
+    """tests/support/feed.py: a transaction begun before an event's, left open, holds the event
+    back (app/events/feed.py); the wait lasts while it is open, and after it the event is shown."""
+    async with engine.connect() as held:
+        await held.execute(text("SELECT pg_current_xact_id()"))  # given an id: in flight
+        call = await place(client, exotel)  # its call.in_progress commits after that
+        at_once = await client.get("/events", params={"call_id": call["id"]})
+        assert at_once.json()["items"] == []
+        # Its condition cannot hold while `held` is open: a short deadline fails it surely.
+        with pytest.raises(NotInTime, match="the oldest in flight"):
+            await feed_caught_up(db_url, within=0.3)
+        await held.rollback()
+    assert [e["type"] for e in await feed_items(client, db_url, call_id=call["id"])] == [
+        "call.in_progress"
     ]
 
 
@@ -128,7 +154,7 @@ async def _queue(sessionmaker: async_sessionmaker[AsyncSession], count: int) -> 
 
 
 async def test_no_cursor_skips_an_event_that_commits_after_a_later_one(
-    engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
+    engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession], db_url: str
 ) -> None:
     """Writers take event ids in one order and commit in another, while a reader follows the
     feed with its cursor: the reader ends with every event, each once."""
@@ -166,6 +192,9 @@ async def test_no_cursor_skips_an_event_that_commits_after_a_later_one(
 
     reader = asyncio.create_task(follow())
     await asyncio.gather(*(write(call_id) for call_id in call_ids))
+    # The reader's last read must see every event: none held back by a transaction of the
+    # server's that is none of these writers'.
+    await feed_caught_up(db_url)
     done.set()
     seen_ids = await reader
 

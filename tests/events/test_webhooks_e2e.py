@@ -21,6 +21,7 @@ from standardwebhooks.webhooks import Webhook
 from app.db.session import create_engine
 from tests.conftest import AUTH
 from tests.support.eventually import eventually
+from tests.support.feed import feed_caught_up
 from tests.support.processes import Deployment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
@@ -157,6 +158,8 @@ async def test_every_event_reaches_the_subscriber_once_in_order_through_failures
         assert "410" in shown["disabled_reason"]
 
         received: list[dict[str, Any]] = (await subscriber.get("/received")).json()
+        # Every event committed by now, none held back by a transaction still in flight.
+        await feed_caught_up(db_url)
         events = await _feed(apis[0])
         attempts = await _attempts(apis[0], endpoint["id"])
     finally:

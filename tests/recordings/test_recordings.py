@@ -49,6 +49,7 @@ from tests.conftest import (
     serving,
 )
 from tests.support.eventually import eventually
+from tests.support.feed import feed_items
 from tests.support.pg_proxy import PgProxy
 from tests.support.processes import EXOCALL, STRAY_ENV, Process
 from tests.support.s3_server import FAKE_S3_KEY_ID, FAKE_S3_SECRET, new_bucket, objects, start_moto
@@ -140,6 +141,11 @@ class Archiving:
         answer = await self.api.get(f"/calls/{call_id}")
         assert answer.status_code == 200
         return dict(answer.json())
+
+    async def feed(self, call_id: str) -> list[dict[str, Any]]:
+        """The call's events in the feed, every one committed shown (tests/support/feed.py)."""
+        assert self.settings.database.url
+        return await feed_items(self.api, self.settings.database.url, call_id=call_id)
 
     async def wait(self, call_id: str, done: Any) -> dict[str, Any]:
         return await eventually(lambda: self.call(call_id), what=f"call {call_id}", until=done)
@@ -260,7 +266,7 @@ async def test_a_recording_is_archived_once_and_served_byte_for_byte(
         assert env.fetches(call) == [200]
 
         # Subscribers are told: the archived recording is a `call.updated`.
-        events = (await env.api.get("/events", params={"call_id": call_id})).json()["items"]
+        events = await env.feed(call_id)
         assert [e["type"] for e in events][-1] == "call.updated"
         assert events[-1]["data"]["call"]["recording"]["status"] == "archived"
         assert events[-1]["data"]["call"]["recording"]["sha256"] == exotel_sha
@@ -395,7 +401,7 @@ async def test_a_recording_exotel_no_longer_has_is_expired_at_once(
         await env.make_due()
         await env.run_due()
         assert env.fetches(call) == [status]  # never tried again
-        events = (await env.api.get("/events", params={"call_id": call_id})).json()["items"]
+        events = await env.feed(call_id)
         assert events[-1]["type"] == "call.updated"
         assert events[-1]["data"]["call"]["recording"]["status"] == "expired"
 
@@ -633,7 +639,7 @@ async def test_retries_run_out_in_failed(db_url: str, tmp_path: Path) -> None:
         assert call["recording"]["attempts"] == 3
         assert env.fetches(call) == [502, 502, 502]
         assert await env.queued() == 0
-        events = (await env.api.get("/events", params={"call_id": call_id})).json()["items"]
+        events = await env.feed(call_id)
         assert events[-1]["type"] == "call.updated"
         assert events[-1]["data"]["call"]["recording"]["status"] == "failed"
 
@@ -819,7 +825,7 @@ async def test_retention_deletes_old_audio_and_the_call_keeps_the_fact(
         answer = await env.api.get(f"/calls/{old}/recording")
         assert answer.status_code == 404
         assert "deleted" in answer.json()["error"]["message"]
-        events = (await env.api.get("/events", params={"call_id": old})).json()["items"]
+        events = await env.feed(old)
         assert events[-1]["type"] == "call.updated"
         assert (await env.api.get(f"/calls/{recent}/recording")).status_code == 200
         assert (await env.call(recent))["recording"]["status"] == "archived"
