@@ -125,6 +125,13 @@ def _nothing_unless(condition: str, values: str) -> str:
     return f"(CASE WHEN {condition} THEN ARRAY[{values}] ELSE '{{}}' END)"
 
 
+def _v7(at: str, tail: str) -> str:
+    """A version-7 UUID's 32 hex digits, as `app.ids` makes them: the milliseconds of `at`,
+    then 19 of `tail`'s (hex) with the version and variant between."""
+    millis = f"lpad(to_hex((extract(epoch FROM {at}) * 1000)::bigint), 12, '0')"
+    return f"({millis} || '7' || substr({tail}, 1, 3) || 'a' || substr({tail}, 4, 15))"
+
+
 _SERIES = f"""
 SELECT i, p.t0, p.n,
   p.t0 - (p.n - i) * interval '300 ms' AS created,
@@ -164,8 +171,8 @@ CASE WHEN retried THEN 2 + r1 % 2
 -- The number's: most are called once; a fifth of the calls share a hundredth as many numbers.
 CASE WHEN r4 < 800 THEN i ELSE 900000000 + (i * 1103515245) % greatest(n / 100, 10) END AS j"""
 
-_LIFE = """
-(substr(m, 1, 12) || '4' || substr(m, 14, 3) || 'a' || substr(m, 18, 15))::uuid AS id,
+_LIFE = f"""
+{_v7("created", "m")}::uuid AS id,
 created + (200 + r2 % 300) * interval '1 ms' + (greatest(k, 1) - 1) * interval '640 seconds'
   AS d,
 3 + r2 % 25 AS ring,
@@ -473,14 +480,17 @@ _CALLBACK = """jsonb_build_object('CallSid', {sid}, 'Status', {status},
   'Legs', jsonb_build_array(jsonb_build_object('OnCallDuration', {on_call},
     'Status', {status})))"""
 
+_RECEIPT_ID = _v7(
+    "at", "(substr(m, 9, 10) || lpad(to_hex((ord * 2654435761 + i) % 4294967296), 8, '0'))"
+)
+
 _RECEIPTS = f"""
 INSERT INTO call_event (kind, receipt_id, call_id, sid, attempt, received_at, method,
   content_type, payload, status, event_type, recording_url, date_updated, date_updated_raw,
   outcome, problem)
 SELECT
   CASE code WHEN 'D' THEN 'dispatch' WHEN 'P' THEN 'passthru' ELSE 'status_callback' END,
-  CASE WHEN code <> 'D' THEN (substr(m, 9, 24)
-    || lpad(to_hex((ord * 2654435761 + i) % 4294967296), 8, '0'))::uuid END,
+  CASE WHEN code <> 'D' THEN {_RECEIPT_ID}::uuid END,
   CASE WHEN code <> 'X' THEN id END,
   receipt_sid, attempt, at,
   CASE code WHEN 'D' THEN 'POST' WHEN 'P' THEN 'GET' ELSE 'POST' END,
@@ -586,7 +596,9 @@ _PREVIOUS_STATUS = """CASE e.type WHEN 'call.in_progress' THEN 'queued'
   WHEN 'call.updated' THEN status WHEN 'call.expired' THEN 'scheduled'
   WHEN 'call.rejected' THEN 'queued' WHEN 'call.unknown' THEN 'queued'
   WHEN 'call.canceled' THEN 'queued' ELSE 'in-progress' END"""
-_PUBLIC_ID = "'evt_' || substr(m, 5, 28) || lpad(to_hex((e.seq * 40503 + i) % 65536), 4, '0')"
+_PUBLIC_ID = "'evt_' || " + _v7(
+    "e.at", "(substr(m, 5, 14) || lpad(to_hex((e.seq * 40503 + i) % 65536), 4, '0'))"
+)
 # A delivery's fate, evenly spread: two in a thousand given up.
 _DELIVERY_HASH = "(dl.id * 1597334677 % 2147483648) / 2147484"
 

@@ -105,6 +105,19 @@ async def test_a_history_in_proportion_consistent_and_readable(
             " + (SELECT count(*) FROM call WHERE batch_id NOT IN (SELECT id FROM batch))",
         )
         assert orphans == 0
+        # Ids as the service makes them (app/ids.py): version 7, of the time the row was made.
+        (untimely,) = await _one(
+            session,
+            "SELECT (SELECT count(*) FROM call WHERE substr(id::text, 15, 1) <> '7'"
+            "   OR left(replace(id::text, '-', ''), 12)"
+            "   <> lpad(to_hex((extract(epoch FROM created_at) * 1000)::bigint), 12, '0'))"
+            " + (SELECT count(*) FROM call_event WHERE receipt_id IS NOT NULL"
+            "   AND left(replace(receipt_id::text, '-', ''), 12)"
+            "   <> lpad(to_hex((extract(epoch FROM received_at) * 1000)::bigint), 12, '0'))"
+            " + (SELECT count(*) FROM event WHERE substr(public_id, 5, 12)"
+            "   <> lpad(to_hex((extract(epoch FROM created_at) * 1000)::bigint), 12, '0'))",
+        )
+        assert untimely == 0
         # The next event (and delivery) the service writes takes an id after the history's.
         (next_event_id,) = await _one(session, "SELECT nextval('event_id_seq')")
         assert next_event_id > (await _one(session, "SELECT max(id) FROM event"))[0]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -40,6 +39,7 @@ from app.calls.state import TERMINAL
 from app.db.base import UTCDateTime
 from app.db.models import Call, CallStatus, Delivery, DeliveryState, Event, WebhookEndpoint
 from app.db.statements import one_of, table_of, written_in
+from app.ids import new_id
 
 if TYPE_CHECKING:
     from app.calls.store import Change
@@ -126,7 +126,7 @@ async def write_events(
     events = []
     for change, kind, sequence in news:
         call = calls[change.after.id]
-        public_id = f"evt_{uuid.uuid4().hex}"
+        public_id = f"evt_{new_id().hex}"
         body = {
             "id": public_id,
             "type": kind,

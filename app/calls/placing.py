@@ -27,6 +27,7 @@ from app.calls.store import CallStore
 from app.config import ExotelSettings
 from app.db.clock import db_now
 from app.db.models import Batch, Call, CallStatus
+from app.ids import new_id
 from app.logs import about, mask
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ def _row(
         account_sid=settings.account, app_id=request.app_id
     )
     return {
-        "id": uuid.uuid4(),
+        "id": new_id(),
         "status": CallStatus.QUEUED,
         "from_number": request.from_number,
         "caller_id": caller_id,
@@ -208,7 +209,7 @@ async def create_batch(
     settings: ExotelSettings,
     window: Window | None = None,
 ) -> tuple[Batch, list[tuple[Call, bool]]]:
-    batch = Batch(id=uuid.uuid4(), size=len(requests), created_at=await db_now(session))
+    batch = Batch(id=new_id(), size=len(requests), created_at=await db_now(session))
     session.add(batch)
     await session.flush()
     return batch, await queue_calls(

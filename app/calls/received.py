@@ -32,6 +32,7 @@ from app.exotel.status_callback import (
     parse_status_callback,
 )
 from app.exotel.wire import ExotelCall
+from app.ids import new_id
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class ReceivedCallback:
     method: str
     content_type: str | None  # None when the fields came in the query string alone
     payload: dict[str, Any]  # Exotel's fields: the query string's and the body's, merged
-    receipt_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    receipt_id: uuid.UUID = field(default_factory=new_id)
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     kind: RequestKind = RequestKind.STATUS_CALLBACK
 

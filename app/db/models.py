@@ -36,6 +36,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, UTCDateTime
+from app.ids import new_id
 
 
 class CallStatus(enum.StrEnum):
@@ -113,7 +114,7 @@ class Batch(Base):
 
     __tablename__ = "batch"
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     size: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -121,7 +122,7 @@ class Batch(Base):
 class Call(Base):
     __tablename__ = "call"
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     sid: Mapped[str | None] = mapped_column(String(64), unique=True)
     status: Mapped[CallStatus] = mapped_column(_str_enum(CallStatus))
     from_number: Mapped[str] = mapped_column(String(20))
@@ -436,7 +437,7 @@ class Event(Base):
 class WebhookEndpoint(Base):
     __tablename__ = "webhook_endpoint"
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     url: Mapped[str] = mapped_column(Text)
     description: Mapped[str | None] = mapped_column(Text)
     event_types: Mapped[list[str] | None] = mapped_column(JSON)  # None: every type

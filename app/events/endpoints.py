@@ -27,6 +27,7 @@ from app.db.models import (
 )
 from app.db.statements import one_of, table_of, written_in
 from app.events.targets import TargetPolicy, TargetRefused
+from app.ids import new_id
 
 # Svix keeps at most 10 old keys; so do we.
 _MAX_PREVIOUS_SECRETS = 10
@@ -71,7 +72,7 @@ async def create_endpoint(
 ) -> WebhookEndpoint:
     now = await db_now(session)
     endpoint = WebhookEndpoint(
-        id=uuid.uuid4(),
+        id=new_id(),
         url=await _checked_url(policy, url),
         event_types=list(event_types) if event_types is not None else None,
         description=description,
