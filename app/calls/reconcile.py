@@ -72,6 +72,9 @@ MATCH_WINDOW = timedelta(minutes=5)
 # No call costs a million rupees: a `Price` beyond is not believed (and ten attempts' still fit
 # the total's column, numeric(12, 4)), nor one finer than its four decimals.
 _MOST_A_CALL_COSTS = Decimal(1_000_000)
+# How far back a callback that came for a SID before its call had it is looked for: the race
+# lasts a transaction; an hour also covers callbacks replayed from a spool after an outage.
+_ORPHANS_WITHIN = timedelta(hours=1)
 _PRICE_STEP = Decimal("0.0001")
 _NO_RECORD = Failure(
     FailureKind.EXOTEL_NO_RECORD, "Exotel has no record of this call: it was not dialled"
@@ -163,8 +166,12 @@ async def reconcile_once(
 async def _attach_orphan_events(session: AsyncSession) -> int:
     """Callbacks stored for a SID before any call had it (the dispatch that learnt the SID may
     have raced them)."""
-    # A call's SIDs: its latest attempt's, and every attempt's in `dial`.
-    orphaned = Receipt.call_id.is_(None)
+    # A call's SIDs: its latest attempt's, and every attempt's in `dial`. Only the recent
+    # callbacks: every way a call learns a SID takes what came for it (`CallStore.learn_sid`),
+    # so those this finds came while the call was learning it; not the day of callbacks for
+    # no call of ours that retention keeps (each round would read them all).
+    since = await db_now(session) - _ORPHANS_WITHIN
+    orphaned = and_(Receipt.call_id.is_(None), Receipt.received_at > since)
     known = union(
         select(Call.id, Call.sid).where(exists().where(Receipt.sid == Call.sid, orphaned)),
         select(Dial.call_id, Dial.sid).where(exists().where(Receipt.sid == Dial.sid, orphaned)),

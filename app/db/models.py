@@ -351,6 +351,11 @@ class Receipt(Base):
     # answer's: what Exotel said instead of a call, or why no answer came.
     problem: Mapped[str | None] = mapped_column(Text)
 
+    __table_args__ = (
+        # What matched no call, by age: reconciliation's recent ones, retention's old ones.
+        Index("ix_call_event_unmatched", "received_at", postgresql_where=text("call_id IS NULL")),
+    )
+
 
 class ExotelRequest(Base):
     """Every request made to Exotel, by the database's clock: the account's shared budget."""
