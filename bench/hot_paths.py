@@ -46,7 +46,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-from sqlalchemy import func, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.calls import cursors
@@ -54,7 +54,8 @@ from app.calls.dispatch import budget_of
 from app.calls.reconcile import reconcile_once
 from app.calls.retention import forget_unmatched_receipts
 from app.config import Settings
-from app.db.models import Call, CallStatus, Delivery, DeliveryState, Event
+from app.db.clock import db_now
+from app.db.models import Call, CallStatus, Delivery, DeliveryState, Event, WebhookEndpoint
 from app.db.session import create_engine, create_sessionmaker
 from app.events.retention import forget_old_events
 from app.main import exotel_client
@@ -103,6 +104,7 @@ class Database:
     endpoint: str = ""
     simulator: str = ""
     probes: dict[str, str] = field(default_factory=dict)  # the GET paths, filled in per history
+    began: datetime | None = None  # the database's time before the bench wrote anything
 
 
 Figures = dict[str, float]
@@ -377,6 +379,7 @@ async def counted(url: str) -> int:
 async def prepare(db: Database, simulator: str, subscriber: str) -> None:
     """Calls in progress for the loads, the server, a webhook endpoint, the GET paths."""
     db.simulator = simulator
+    db.began = await database_now(db.url)
     callbacks = await placed_calls(db.url, count=db.counts.placed)
     flows = await placed_calls(db.url, count=db.counts.placed)
     engine = create_engine(db.url, isolation_level="AUTOCOMMIT")
@@ -489,7 +492,35 @@ async def measure(
         notes += [await sizes(db.label, db.url) for db in dbs[1:]]
         print(f"{time.monotonic() - began:6.0f} s: retention", file=sys.stderr, flush=True)
         retained, while_retained = await retention(dbs, duration)
+        for db in dbs:
+            await forget_the_bench(db)
     return rows + retained, notes + while_retained
+
+
+async def database_now(url: str) -> datetime:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return await db_now(connection)
+    finally:
+        await engine.dispose()
+
+
+async def forget_the_bench(db: Database) -> None:
+    """What the bench wrote goes: its calls (with their events and deliveries) and its webhook
+    endpoint, which nothing would answer at the next run (a dead endpoint more each run, each
+    owed every new event)."""
+    if db.began is None:
+        return
+    engine = create_engine(db.url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(delete(Call).where(Call.created_at >= db.began))
+            if db.endpoint:
+                gone = delete(WebhookEndpoint).where(WebhookEndpoint.id == uuid.UUID(db.endpoint))
+                await connection.execute(gone)
+    finally:
+        await engine.dispose()
 
 
 async def retention(dbs: list[Database], duration: int) -> tuple[list[Row], list[str]]:
