@@ -55,6 +55,8 @@ ANSWER_KEPT = 1024  # bytes of each answer recorded with its attempt
 _SLOW_DOWN = frozenset({429, 502, 503, 504})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _SLOW_DOWN_FLOOR = 60.0
+# Deliveries in flight at once to an endpoint that is failing (its `failing_since`).
+_FAILING_SHARE = 2
 _HEALTH_RESOLUTION = timedelta(seconds=1)  # how fresh an endpoint's `last_success_at` is
 _INTERRUPTED = "interrupted: the replica sending it stopped before the answer was recorded"
 _delivery = table_of(Delivery).c
@@ -103,9 +105,9 @@ async def claim(
     # due deliveries. Each candidate costs a look-up of its call's earlier deliveries, and one
     # endpoint's backlog never fills another's turn.
     shares = [
-        (endpoint_id, per_endpoint - sending)
-        for endpoint_id, sending in await db.execute(statements.shares)
-        if sending < per_endpoint
+        (endpoint_id, share - sending)
+        for endpoint_id, failing_since, sending in await db.execute(statements.shares)
+        if sending < (share := _share(per_endpoint, failing_since))
     ]
     random.shuffle(shares)
     candidates: list[tuple[int, uuid.UUID]] = []
@@ -123,7 +125,7 @@ async def claim(
     endpoints = {
         row.id: row for row in await db.execute(statements.lock_endpoints, {"ids": endpoint_ids})
     }
-    free = dict.fromkeys(endpoints, per_endpoint)
+    free = {id: _share(per_endpoint, row.failing_since) for id, row in endpoints.items()}
     for endpoint_id, sending in await db.execute(statements.sending, {"ids": endpoint_ids}):
         free[endpoint_id] -= sending
     wanted: list[int] = []
@@ -160,6 +162,13 @@ async def claim(
         )
         for row in taken
     ]
+
+
+def _share(per_endpoint: int, failing_since: datetime | None) -> int:
+    """How many deliveries may be in flight to an endpoint: a failing one is tried a few at a
+    time until it answers again, so that endpoints that are down (each owed every event) never
+    take the slots of those that are up."""
+    return per_endpoint if failing_since is None else min(per_endpoint, _FAILING_SHARE)
 
 
 async def release(db: AsyncConnection, delivery_ids: Sequence[int], *, retries: RetryPolicy) -> int:
@@ -430,7 +439,7 @@ class _Statements:
             .exists()
         )
         self.shares = (
-            select(e.id, func.count(d.id))
+            select(e.id, e.failing_since, func.count(d.id))
             .select_from(
                 endpoint.outerjoin(
                     delivery,
@@ -455,7 +464,7 @@ class _Statements:
         # FOR NO KEY UPDATE, as an UPDATE of the row would: a delivery or an attempt inserted
         # meanwhile only shares the key (its foreign key), and does not wait.
         self.lock_endpoints = (
-            select(e.id, e.url, e.secret, e.previous_secrets)
+            select(e.id, e.url, e.secret, e.previous_secrets, e.failing_since)
             .where(one_of(e.id, "ids"))
             .order_by(e.id)
             .with_for_update(key_share=True)

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from app.config import Settings
-from app.db.models import Delivery, DeliveryAttempt, DeliveryState
+from app.db.models import Delivery, DeliveryAttempt, DeliveryState, WebhookEndpoint
 from app.db.session import create_engine
 from app.events.delivery import Answer, claim, record, release, retry_policy
 from app.events.targets import Resolver, TargetPolicy, TargetRefused, guarded_session
@@ -600,6 +600,32 @@ async def test_an_answer_to_a_claim_given_back_and_taken_again_changes_nothing(
             assert attempts == 3  # interrupted, the late answer, the retry's answer
     finally:
         await engine.dispose()
+
+
+async def test_endpoints_that_are_down_are_tried_a_few_at_a_time_beside_one_that_is_up(
+    db_url: str, exotel: ExotelDouble
+) -> None:
+    """Each endpoint that is down is owed every event: tried at their full share, a few of them
+    would take every slot of a replica, and one that is up would wait behind them."""
+    async with serving(app_with(db_url, exotel, webhook_delivery_in_serve=False)) as client:
+        down = [await register(client, f"http://127.0.0.1:9/{n}") for n in range(2)]
+        up = await register(client, "http://127.0.0.1:9/up")
+        for _ in range(6):
+            await complete(client, exotel)
+    engine = create_engine(db_url)
+    try:
+        async with engine.begin() as db:
+            await db.execute(
+                update(WebhookEndpoint)
+                .where(WebhookEndpoint.id.in_([uuid.UUID(e["id"]) for e in down]))
+                .values(failing_since=func.now())
+            )
+        async with engine.begin() as db:
+            claimed = await claim(db, worker="w", limit=8, per_endpoint=4)
+    finally:
+        await engine.dispose()
+    counts = {e["id"]: sum(str(one.endpoint_id) == e["id"] for one in claimed) for e in [*down, up]}
+    assert counts == {down[0]["id"]: 2, down[1]["id"]: 2, up["id"]: 4}
 
 
 async def test_a_calls_later_events_wait_for_its_earlier_ones_retry_unread_by_claims(
