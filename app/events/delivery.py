@@ -125,7 +125,10 @@ async def claim(
     endpoints = {
         row.id: row for row in await db.execute(statements.lock_endpoints, {"ids": endpoint_ids})
     }
-    free = {id: _share(per_endpoint, row.failing_since) for id, row in endpoints.items()}
+    free = {
+        endpoint_id: _share(per_endpoint, row.failing_since)
+        for endpoint_id, row in endpoints.items()
+    }
     for endpoint_id, sending in await db.execute(statements.sending, {"ids": endpoint_ids}):
         free[endpoint_id] -= sending
     wanted: list[int] = []
