@@ -71,6 +71,11 @@ from bench.webhooks import SUBSCRIBER_APP, send_callbacks
 from tests.support.processes import free_ports
 
 API_KEY = "bench-fake-internal-key"
+# The baseline: five hours of one account's calls, whose newest 3,000 are live (bench.history's
+# LIVE, as in every filled database). What the live calls cost (a reconciliation round looks
+# them up; deliveries owed to the history's endpoints, which are down, wait and are retried) is
+# then alike on every database, and what differs is the history's size.
+DAY_ONE = 60_000
 REPEATS = 2  # each path on every database in turn, this many times
 SETTLE_SECONDS = 120.0
 EXOTEL_RATE_LIMIT = "100000"  # per minute: the shared budget runs, and never holds back
@@ -690,7 +695,9 @@ def table(labels: list[str], rows: list[Row]) -> str:
 
 
 async def run(empty: str | None, filled: list[str], calls: list[int], duration: int) -> None:
-    empty = empty or await fresh_database(statement_stats=True)
+    if empty is None:
+        empty = await fresh_database(statement_stats=True)
+        await fill(empty, calls=DAY_ONE)
     for n in calls:  # filled here, each in a database of its own, left for the next run
         url = await fresh_database(statement_stats=True, name=f"exocall_bench_{n}")
         made = await fill(url, calls=n)

@@ -19,10 +19,10 @@ from app.db.clock import db_now
 from app.db.migrate import head_revision
 from app.db.models import Periodic
 from app.db.session import is_database_down, is_schema_behind
+from app.events import endpoints
 from app.events.deliverer import Delivering
-from app.events.endpoints import backlogs
 from app.jobs.periodic import queue_of
-from app.jobs.worker import Backlog, backlog
+from app.jobs.worker import Backlog, backlogs
 from app.metrics import CONTENT_TYPE, Gauges
 from app.recordings.archive import Archive
 from app.recordings.status import archive_status
@@ -96,7 +96,7 @@ async def metrics(session: SessionDep, counters: MetricsDep) -> Response:
     shared: Overview | None = None
     try:
         read = await overview(session)
-        owed = await backlogs(session)
+        owed = await endpoints.backlogs(session)
         archive = await archive_status(session)
         jobs = await _backlogs(session)
         now = await db_now(session)
@@ -126,4 +126,4 @@ async def metrics(session: SessionDep, counters: MetricsDep) -> Response:
 async def _backlogs(session: AsyncSession) -> dict[str, Backlog]:
     """Where each kind of work stands: the queues', and each periodic job's."""
     periodic = {name: queue_of(name) for name in await session.scalars(select(Periodic.name))}
-    return {name: await backlog(session, queue) for name, queue in (_QUEUES | periodic).items()}
+    return await backlogs(session, _QUEUES | periodic)

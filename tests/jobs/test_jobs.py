@@ -24,8 +24,9 @@ from app.db.models import Worker as WorkerRow
 from app.jobs.periodic import Periodic
 from app.jobs.policy import RetryPolicy
 from app.jobs.runner import Kind, Runner
-from app.jobs.worker import Queue, Worker, backlog, new_worker_id
+from app.jobs.worker import Backlog, Queue, Worker, backlogs, new_worker_id
 from app.metrics import Metrics
+from app.recordings.archive import Archive
 from tests.conftest import FAKE_CALLER_ID
 from tests.support.eventually import eventually
 from tests.support.exotel_double import ExotelDouble
@@ -210,9 +211,10 @@ async def test_a_backlog_counts_what_is_due_what_runs_and_how_long_the_oldest_wa
             .values(claimed_by=None, next_attempt_at=now + timedelta(minutes=1))
         )
     async with sessionmaker() as session:
-        work = await backlog(session, Dispatch.queue)
-    assert (work.due, work.running) == (1, 1)
-    assert 30 <= work.oldest_due_age_seconds < 90
+        work = await backlogs(session, {"dispatch": Dispatch.queue, "archive": Archive.queue})
+    assert (work["dispatch"].due, work["dispatch"].running) == (1, 1)
+    assert 30 <= work["dispatch"].oldest_due_age_seconds < 90
+    assert work["archive"] == Backlog(due=0, running=0, oldest_due_age_seconds=0.0)
 
 
 def test_worker_ids_are_unique() -> None:
