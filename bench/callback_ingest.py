@@ -34,6 +34,7 @@ from app.calls.callback_auth import sign
 from app.db.clock import db_now
 from app.db.models import Call, CallStatus, Receipt
 from app.db.session import create_engine, create_sessionmaker
+from app.ids import new_id
 from bench import fresh_database
 from tests.support.processes import free_ports
 
@@ -67,9 +68,10 @@ class Load:
 
 
 async def placed_calls(url: str, count: int = CALLS) -> list[tuple[uuid.UUID, str]]:
-    """Calls as Exotel accepted them: in progress, SID known."""
+    """Calls as Exotel accepted them: in progress, SID known; their ids time-ordered, as the
+    service makes them (app.ids), the SIDs random, as Exotel's."""
     engine = create_engine(url)
-    calls = [(uuid.uuid4(), uuid.uuid4().hex[:30] + "9g") for _ in range(count)]
+    calls = [(new_id(), uuid.uuid4().hex[:30] + "9g") for _ in range(count)]
     async with create_sessionmaker(engine)() as session, session.begin():
         now = await db_now(session)
         session.add_all(
