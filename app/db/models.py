@@ -329,7 +329,7 @@ class Receipt(Base):
     call_id: Mapped[uuid.UUID | None] = mapped_column(
         Uuid, ForeignKey("call.id", ondelete="CASCADE"), index=True
     )
-    sid: Mapped[str | None] = mapped_column(String(64), index=True)
+    sid: Mapped[str | None] = mapped_column(String(64))
     attempt: Mapped[int | None] = mapped_column(Integer)  # the call's attempt it was about
     # When this process read the request, on its own clock: a callback spooled while the
     # database was down was received before the database could say what time it was. An
@@ -354,6 +354,9 @@ class Receipt(Base):
     __table_args__ = (
         # What matched no call, by age: reconciliation's recent ones, retention's old ones.
         Index("ix_call_event_unmatched", "received_at", postgresql_where=text("call_id IS NULL")),
+        # By SID, only those: a call learning its SID adopts them. An index of every callback's
+        # SID (random, as Exotel makes them) wrote each to a page of its own.
+        Index("ix_call_event_unmatched_sid", "sid", postgresql_where=text("call_id IS NULL")),
     )
 
 
