@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import and_, exists, or_, select, union
+from sqlalchemy import and_, exists, select, union, union_all
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls import ratelimit
@@ -57,8 +57,17 @@ from app.calls.state import (
 from app.calls.store import CallStore
 from app.config import ReconcileSettings
 from app.db.clock import db_now
-from app.db.models import Call, CallStatus, Dial, EventOutcome, FailureKind, Receipt, RequestKind
-from app.db.statements import written_in
+from app.db.models import (
+    Call,
+    CallStatus,
+    Dial,
+    EventOutcome,
+    FailureKind,
+    Receipt,
+    RequestKind,
+    lookup_due,
+)
+from app.db.statements import among, written_in
 from app.exotel.client import MAX_SIDS_PER_LOOKUP, CallsPage, ExotelClient
 from app.exotel.errors import ExotelError
 from app.exotel.wire import ExotelCall
@@ -75,6 +84,8 @@ _MOST_A_CALL_COSTS = Decimal(1_000_000)
 # How far back a callback that came for a SID before its call had it is looked for: the race
 # lasts a transaction; an hour also covers callbacks replayed from a spool after an outage.
 _ORPHANS_WITHIN = timedelta(hours=1)
+# The calls a round looks up, at most, of each kind (by SID; by number).
+_A_ROUND = 1000
 _PRICE_STEP = Decimal("0.0001")
 _NO_RECORD = Failure(
     FailureKind.EXOTEL_NO_RECORD, "Exotel has no record of this call: it was not dialled"
@@ -195,24 +206,29 @@ def _overdue(call: Call, settings: ReconcileSettings, now: datetime) -> bool:
 
 
 async def _due(session: AsyncSession, *, with_sid: bool) -> list[Call]:
-    """Calls due for a look-up this round (`next_lookup_at`), longest due first."""
+    """Calls due for a look-up this round, longest due first: one never looked up is due since
+    it was made. Each status's read in the order of its index (`ix_call_lookup_due`, of the
+    live calls only), up to a round's worth: never every live call, sorted."""
     now = await db_now(session)
+    due = lookup_due()
+    unknown = written_in(Call.status, CallStatus.UNKNOWN.value)
     if with_sid:
-        # The statuses written in (see written_in): few calls have them, among millions.
-        waiting = or_(
-            written_in(Call.status, CallStatus.UNKNOWN.value),
-            and_(
-                written_in(Call.status, CallStatus.IN_PROGRESS.value),
-                Call.dispatched_at.is_not(None),
-            ),
-        )
-        query = select(Call).where(waiting, Call.sid.is_not(None))
+        # The statuses written in (see written_in): the index holds only theirs.
+        in_progress = written_in(Call.status, CallStatus.IN_PROGRESS.value)
+        wanted = [
+            and_(unknown, Call.sid.is_not(None)),
+            and_(in_progress, Call.dispatched_at.is_not(None), Call.sid.is_not(None)),
+        ]
     else:
-        unknown = written_in(Call.status, CallStatus.UNKNOWN.value)
-        query = select(Call).where(unknown, Call.sid.is_(None))
-    query = query.where(or_(Call.next_lookup_at.is_(None), Call.next_lookup_at <= now))
-    order = (Call.next_lookup_at.asc().nulls_first(), Call.created_at)
-    return list(await session.scalars(query.order_by(*order).limit(1000)))
+        wanted = [and_(unknown, Call.sid.is_(None))]
+    ids = union_all(
+        *(
+            select(Call.id).where(where, due <= now).order_by(due).limit(_A_ROUND)
+            for where in wanted
+        )
+    )
+    query = select(Call).where(among(Call.id, ids)).order_by(due, Call.id).limit(_A_ROUND)
+    return list(await session.scalars(query))
 
 
 async def _look_up_by_sid(round_: _Round) -> None:

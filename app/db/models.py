@@ -21,6 +21,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    ColumnElement,
     Enum,
     ForeignKey,
     Index,
@@ -30,6 +31,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -216,8 +218,6 @@ class Call(Base):
             "next_attempt_at",
             postgresql_where=text("status = 'scheduled'"),
         ),
-        # Reconciliation's calls due for a look-up.
-        Index("ix_call_status_next_lookup_at", "status", "next_lookup_at"),
         # Reconciliation's calls owed a price: only those, whatever the table holds.
         Index(
             "ix_call_price_wait_from",
@@ -241,6 +241,22 @@ class Call(Base):
             postgresql_where=text("recording_status = 'archived'"),
         ),
     )
+
+
+def lookup_due() -> ColumnElement[datetime]:
+    """When reconciliation is to look a call up next: at its `next_lookup_at`, or, never looked
+    up yet, since it was made."""
+    return func.coalesce(Call.next_lookup_at, Call.created_at)
+
+
+# Reconciliation's calls due for a look-up: only the live ones, by status in the order they
+# fall due.
+Index(
+    "ix_call_lookup_due",
+    Call.status,
+    lookup_due(),
+    postgresql_where=text("status IN ('unknown', 'in-progress')"),
+)
 
 
 class CallTally(Base):

@@ -13,6 +13,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.calls import queries, ratelimit
+from app.calls import reconcile as reconcile_module
 from app.calls.ingest import store_callbacks
 from app.calls.placing import CallRequest, queue_calls
 from app.calls.received import ReceivedCallback
@@ -163,6 +164,43 @@ async def test_a_call_is_looked_up_when_due_and_not_before(
     wait = (stored.next_lookup_at - now).total_seconds()
     assert 85 <= wait <= 95, wait
     assert (await reload(sessionmaker, waiting)).next_lookup_at == waiting.next_lookup_at
+
+
+async def test_a_round_takes_the_calls_due_longest_first(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    exotel: ExotelDouble,
+    reconcile: Reconcile,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A round looks up a round's worth; one never looked up is due since it was made."""
+    monkeypatch.setattr(reconcile_module, "_A_ROUND", 2)
+    now = datetime.now(UTC)
+    sent = now - timedelta(minutes=30)
+    due_at = {"lately": now - timedelta(minutes=1), "long ago": now - timedelta(minutes=20)}
+    calls = {
+        name: await stored_call(
+            sessionmaker,
+            settings,
+            status=CallStatus.IN_PROGRESS,
+            sid=new_sid(),
+            dispatched_at=sent,
+            next_lookup_at=at,
+        )
+        for name, at in due_at.items()
+    }
+    never = await stored_call(
+        sessionmaker, settings, status=CallStatus.IN_PROGRESS, sid=new_sid(), dispatched_at=sent
+    )
+    async with sessionmaker() as session, session.begin():
+        await session.execute(
+            update(Call).where(Call.id == never.id).values(created_at=now - timedelta(minutes=10))
+        )
+
+    await reconcile()
+
+    (lookup,) = exotel.lookups
+    assert lookup.url.params["Sid"].split(",") == [calls["long ago"].sid, never.sid]
 
 
 def test_the_wait_between_look_ups_grows_with_the_calls_age_up_to_the_recheck() -> None:
