@@ -512,15 +512,18 @@ async def database_now(url: str) -> datetime:
 
 
 async def forget_the_bench(db: Database) -> None:
-    """What the bench wrote goes: its calls (with their events and deliveries) and its webhook
-    endpoint, which nothing would answer at the next run (a dead endpoint more each run, each
-    owed every new event)."""
+    """What the bench wrote goes: its calls (with their events and deliveries), the events
+    the retention runs made of the history's calls (their recordings deleted: owed to the
+    history's dead endpoints, they would be the next run's backlog), and its webhook endpoint,
+    which nothing would answer at the next run (a dead endpoint more each run, each owed every
+    new event)."""
     if db.began is None:
         return
     engine = create_engine(db.url)
     try:
         async with engine.begin() as connection:
             await connection.execute(delete(Call).where(Call.created_at >= db.began))
+            await connection.execute(delete(Event).where(Event.created_at >= db.began))
             if db.endpoint:
                 gone = delete(WebhookEndpoint).where(WebhookEndpoint.id == uuid.UUID(db.endpoint))
                 await connection.execute(gone)
