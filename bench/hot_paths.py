@@ -222,9 +222,14 @@ async def webhook_delivery(db: Database) -> Figures:
 
 
 async def reconciliation(db: Database) -> Figures:
+    """A round with every live call due, so that each database's round looks up as many (a
+    round's worth): the history's live calls are as old as the fill, the baseline's fresh."""
     settings = bench_settings(db.url, db.simulator)
     engine = create_engine(db.url)
     try:
+        async with engine.begin() as connection:
+            live = Call.status.in_([CallStatus.IN_PROGRESS, CallStatus.UNKNOWN])
+            await connection.execute(update(Call).where(live).values(next_lookup_at=None))
         async with httpx.AsyncClient() as http:
             started = time.perf_counter()
             await reconcile_once(
@@ -391,6 +396,9 @@ async def prepare(db: Database, simulator: str, subscriber: str) -> None:
     async with engine.connect() as connection:
         flow_ids = [call_id for call_id, _ in flows]
         await connection.execute(update(Call).where(Call.id.in_(flow_ids)).values(app_id=APP_ID))
+        # The history's endpoints, which nothing answers, start each run as on a fresh history:
+        # not yet known to fail (a run before this one marked them).
+        await connection.execute(update(WebhookEndpoint).values(failing_since=None))
         if await statement_stats(connection):
             await connection.execute(text("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
         await connection.execute(text("ANALYZE"))  # autovacuum may be off
