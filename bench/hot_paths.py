@@ -222,14 +222,18 @@ async def webhook_delivery(db: Database) -> Figures:
 
 
 async def reconciliation(db: Database) -> Figures:
-    """A round with every live call due, so that each database's round looks up as many (a
-    round's worth): the history's live calls are as old as the fill, the baseline's fresh."""
+    """A round with every call in progress due, so that each database's round looks up as
+    many by SID (a round's worth): the history's live calls are as old as its fill, the
+    baseline's fresh. `unknown` calls wait: the simulator knows none of them, and a round
+    that looks them up rejects them, and the next run's history has none."""
     settings = bench_settings(db.url, db.simulator)
     engine = create_engine(db.url)
     try:
         async with engine.begin() as connection:
-            live = Call.status.in_([CallStatus.IN_PROGRESS, CallStatus.UNKNOWN])
-            await connection.execute(update(Call).where(live).values(next_lookup_at=None))
+            later = await db_now(connection) + timedelta(days=1)
+            for status, due in ((CallStatus.IN_PROGRESS, None), (CallStatus.UNKNOWN, later)):
+                waiting = update(Call).where(Call.status == status)
+                await connection.execute(waiting.values(next_lookup_at=due))
         async with httpx.AsyncClient() as http:
             started = time.perf_counter()
             await reconcile_once(
