@@ -207,7 +207,7 @@ def _overdue(call: Call, settings: ReconcileSettings, now: datetime) -> bool:
 
 async def _due(session: AsyncSession, *, with_sid: bool) -> list[Call]:
     """Calls due for a look-up this round, longest due first: one never looked up is due since
-    it was made. Each status's read in the order of its index (`ix_call_lookup_due`, of the
+    it was made. Each status is read in the order of its index (`ix_call_lookup_due`, of the
     live calls only), up to a round's worth: never every live call, sorted."""
     now = await db_now(session)
     due = lookup_due()
