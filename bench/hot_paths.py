@@ -85,7 +85,7 @@ EXOTEL_RATE_LIMIT = "100000"  # per minute: the shared budget runs, and never ho
 class Counts:
     """How much of each path one measurement makes."""
 
-    requests: int = 50  # each GET path's, and the archive's claims
+    requests: int = 200  # each GET path's (p99: the third slowest), the archive's claims
     posts: int = 200  # POST /calls, one at a time
     batches: int = 20  # POST /calls/batch, of `batch` calls each
     batch: int = 50
@@ -405,6 +405,10 @@ async def prepare(db: Database, simulator: str, subscriber: str) -> None:
         await connection.execute(update(WebhookEndpoint).values(failing_since=None))
         if await statement_stats(connection):
             await connection.execute(text("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
+            # How long each statement waited for its reads (a superuser's setting).
+            if await connection.scalar(text("SHOW is_superuser")) == "on":
+                name = await connection.scalar(text("SELECT current_database()"))
+                await connection.execute(text(f'ALTER DATABASE "{name}" SET track_io_timing = on'))
         await connection.execute(text("ANALYZE"))  # autovacuum may be off
     await engine.dispose()
     db.callbacks, db.passthrus = db.work / "callbacks.lua", db.work / "passthru.lua"
@@ -505,7 +509,8 @@ async def measure(
                 if db.process is not None:
                     db.process.terminate()
                     db.process.wait()
-        notes = [await statements(db.label, db.url) for db in dbs[1:]]
+        baseline = await kept_statements(dbs[0].url)
+        notes = [await statements(db.label, db.url, baseline) for db in dbs[1:]]
         notes += [await sizes(db.label, db.url) for db in dbs[1:]]
         print(f"{time.monotonic() - began:6.0f} s: retention", file=sys.stderr, flush=True)
         retained, while_retained = await retention(dbs, duration)
@@ -549,11 +554,15 @@ async def retention(dbs: list[Database], duration: int) -> tuple[list[Row], list
     history; what they delete a second. And the slowest statements meanwhile."""
     taken: list[Figures] = []
     notes = []
+    baseline = None
     for n, db in enumerate(dbs):
         await reset_statements(db.url)
         taken.append(await _retention_on(db, db.url, duration))
         if n:
-            notes.append(await statements(f"{db.label} while retention ran", db.url, most=6))
+            label = f"{db.label} while retention ran"
+            notes.append(await statements(label, db.url, baseline, most=6))
+        else:
+            baseline = await kept_statements(db.url)
     rows = [
         Row(f"retention: {name}", figure, [figures[f"{name}|{figure}"] for figures in taken])
         for name, figure in (key.split("|") for key in taken[0])
@@ -631,27 +640,67 @@ async def reset_statements(url: str) -> None:
     await engine.dispose()
 
 
-SLOWEST = text(
-    "SELECT query, calls, mean_exec_time, rows FROM pg_stat_statements "
+# Every column of each row, as JSON: the read time's column is `blk_read_time` before
+# PostgreSQL 17, `shared_blk_read_time` since.
+KEPT = text(
+    "SELECT to_jsonb(s) FROM pg_stat_statements s "
     "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-    "AND query NOT ILIKE '%pg_stat_statements%' ORDER BY mean_exec_time DESC LIMIT :most"
+    "AND query NOT ILIKE '%pg_stat_statements%'"
 )
 
 
-async def statements(label: str, url: str, *, most: int = 12) -> str:
-    """The database's slowest statements by mean time, since the reset."""
+@dataclass(frozen=True)
+class Statement:
+    calls: int
+    mean_ms: float
+    rows: int
+    reads: float  # blocks read from outside shared_buffers, a call
+    read_ms: float  # the time those took, a call (0 without track_io_timing)
+
+
+async def kept_statements(url: str) -> dict[str, Statement] | None:
+    """pg_stat_statements' figures of this database since the reset, by the statement's text
+    (the same in every database, where its id is not); None where it is not loaded."""
     engine = create_engine(url)
     async with engine.connect() as db:
         kept = await statement_stats(db)
-        rows = (await db.execute(SLOWEST, {"most": most})).all() if kept else []
+        rows = (await db.scalars(KEPT)).all() if kept else []
     await engine.dispose()
     if not kept:
+        return None
+    return {
+        row["query"]: Statement(
+            calls=row["calls"],
+            mean_ms=row["mean_exec_time"],
+            rows=row["rows"],
+            reads=row["shared_blks_read"] / row["calls"] if row["calls"] else 0.0,
+            read_ms=(row.get("shared_blk_read_time", row.get("blk_read_time")) or 0.0)
+            / max(row["calls"], 1),
+        )
+        for row in rows
+    }
+
+
+async def statements(
+    label: str, url: str, baseline: dict[str, Statement] | None, *, most: int = 12
+) -> str:
+    """The database's slowest statements by mean time since the reset, each beside its mean
+    on the baseline, and what it read from outside shared_buffers (blocks, and their time)."""
+    kept = await kept_statements(url)
+    if kept is None:
         return f"slowest statements on {label}: none kept (pg_stat_statements is not loaded)"
-    lines = [f"slowest statements on {label} (by mean time): calls, mean ms, rows, query"]
-    lines += [
-        f"  {calls:>7,} {mean:>9.2f} {rows_:>9,}  {_shortened(query)}"
-        for query, calls, mean, rows_ in rows
+    baseline = baseline or {}
+    lines = [
+        f"slowest statements on {label} (by mean time): calls, mean ms, mean ms on the "
+        "baseline, blocks read and their ms a call, query"
     ]
+    for query, figures in sorted(kept.items(), key=lambda item: -item[1].mean_ms)[:most]:
+        base = baseline.get(query)
+        lines.append(
+            f"  {figures.calls:>7,} {figures.mean_ms:>9.2f} "
+            + (f"{base.mean_ms:>9.2f}" if base else f"{'-':>9}")
+            + f" {figures.reads:>8.1f} {figures.read_ms:>8.2f}  {_shortened(query)}"
+        )
     return "\n".join(lines)
 
 
