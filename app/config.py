@@ -541,7 +541,8 @@ class JobSettings(Group):
         0.5,
         gt=0,
         description="how often an idle kind of work (dispatch, delivery, the archive) looks for "
-        "work other replicas queued; work queued here is taken at once",
+        "work other processes queued; calls queued here, and the events of calls this process "
+        "dispatches or takes callbacks for, are taken at once",
     )
     beat_seconds: float = Field(
         5, gt=0, description="how often each process says it lives (docs/jobs.md)"

@@ -117,6 +117,15 @@ def create_app(
             availability = Availability(metrics)
             exotel = exotel_client(settings, exotel_http, observe=metrics.observe_exotel)
             budget = budget_of(settings.exotel)
+            targets = _targets(settings, resolver)
+            webhooks = None
+            if settings.webhooks.delivery_in_serve:
+                webhooks = await delivering(
+                    stack, targets=targets, settings=settings.webhooks, metrics=metrics
+                )
+            # What callbacks and dispatches commit here is delivered at once, not at the next
+            # poll: they write most events.
+            deliver_now = webhooks.wake if webhooks else lambda: None
             dispatch = Dispatch(
                 sessionmaker=sessionmaker,
                 exotel=exotel,
@@ -126,15 +135,16 @@ def create_app(
                     connect_request, exotel=settings.exotel, callbacks=settings.callbacks
                 ),
                 lookups=settings.reconcile,
+                recorded=deliver_now,
             )
             spool = Spool(settings.callbacks.spool_dir)
             spool.open()
-            targets = _targets(settings, resolver)
             recording_store = RecordingStore.from_settings(settings.recordings)
             callback_writer = CallbackWriter(
                 engine,
                 writers=settings.callbacks.writers,
                 opt_out_digits=settings.callbacks.passthru_opt_out_digits,
+                applied=deliver_now,
             )
             callback_writer.start()
             stack.push_async_callback(callback_writer.stop)
@@ -233,10 +243,7 @@ def create_app(
                     every=3600,
                 )
                 kinds.append((retention, 10))
-            if settings.webhooks.delivery_in_serve:
-                webhooks = await delivering(
-                    stack, targets=targets, settings=settings.webhooks, metrics=metrics
-                )
+            if webhooks is not None:
                 kinds.append((webhooks, 5))
             await _run_jobs(
                 stack, kinds, sessionmaker, settings, availability, metrics, dispatch.stop_waiting

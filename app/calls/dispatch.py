@@ -435,6 +435,7 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
         budget: ratelimit.Budget,
         connect: Callable[[Call], ConnectRequest],
         lookups: ReconcileSettings,
+        recorded: Callable[[], None] = lambda: None,
     ) -> None:
         self.concurrency = settings.concurrency
         self._sessionmaker = sessionmaker
@@ -446,6 +447,8 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
         self._number_limit = settings.number_attempt_limit
         self._finished: dict[uuid.UUID, asyncio.Event] = {}
         self._stopping = False
+        # Called once outcomes are committed: the events they wrote are due for delivery now.
+        self._recorded = recorded
 
     async def claim(
         self, session: AsyncSession, *, worker: str, limit: int
@@ -499,6 +502,7 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
         for job, _ in done:
             if finished := self._finished.get(job.call_id):
                 finished.set()
+        self._recorded()
 
     def key(self, job: Claimed) -> uuid.UUID:
         return job.call_id

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -60,11 +60,19 @@ class CallbackWriter:
     and gives it up when a batch fails, whatever the cause."""
 
     def __init__(
-        self, engine: AsyncEngine, *, writers: int, opt_out_digits: OptOutDigits = NO_OPT_OUTS
+        self,
+        engine: AsyncEngine,
+        *,
+        writers: int,
+        opt_out_digits: OptOutDigits = NO_OPT_OUTS,
+        applied: Callable[[], None] = lambda: None,
     ) -> None:
         self._engine = engine
         self._writers = writers
         self._opt_out_digits = opt_out_digits
+        # Called once callbacks that changed their calls are committed: their events' deliveries
+        # are due now (the deliverer's wake-up).
+        self._applied = applied
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -109,6 +117,9 @@ class CallbackWriter:
                     # Down, every waiting request learns it; else one of them is the cause.
                     down = is_database_down(exc)
                     results = [exc] * len(batch) if down else await self._one_by_one(batch)
+                stored = [result for result in results if isinstance(result, Stored)]
+                if any(one.outcome == EventOutcome.APPLIED for one in stored):
+                    self._applied()
                 for pending, result in zip(batch, results, strict=True):
                     if pending.done.done():  # its request may have been cancelled meanwhile
                         continue

@@ -103,6 +103,25 @@ async def test_each_event_is_delivered_signed_exactly_as_the_feed_has_it(
     assert "secret" not in shown
 
 
+async def test_what_this_process_writes_is_delivered_without_waiting_for_the_poll(
+    db_url: str, exotel: ExotelDouble, hooks: tuple[Inbox, str]
+) -> None:
+    """The deliverer looks for work every JOBS_POLL_SECONDS; the events of the calls this
+    process dispatches, and of the callbacks it stores, are sent at once all the same."""
+    inbox, url = hooks
+    # A poll far past the test's deadline: only a wake-up delivers in time.
+    async with serving(app_with(db_url, exotel, jobs_poll_seconds=3600)) as client:
+        await register(client, url)
+        call = await place(client, exotel)  # dispatched here: `call.in_progress`
+        await received(inbox, 1)
+        fields = callback(call["sid"], "completed")
+        response = await client.post(callback_path(call["id"]), **multipart(fields))
+        assert response.status_code == 200
+        await received(inbox, 2)
+    types = [json.loads(delivery["body"])["type"] for delivery in inbox.received]
+    assert types == ["call.in_progress", "call.completed"]
+
+
 async def _get(client: httpx.AsyncClient, endpoint_id: str, field: str) -> Any:
     return (await client.get(f"/webhook-endpoints/{endpoint_id}")).json()[field]
 
