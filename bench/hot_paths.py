@@ -653,7 +653,6 @@ KEPT = text(
 class Statement:
     calls: int
     mean_ms: float
-    rows: int
     reads: float  # blocks read from outside shared_buffers, a call
     read_ms: float  # the time those took, a call (0 without track_io_timing)
 
@@ -672,9 +671,8 @@ async def kept_statements(url: str) -> dict[str, Statement] | None:
         row["query"]: Statement(
             calls=row["calls"],
             mean_ms=row["mean_exec_time"],
-            rows=row["rows"],
-            reads=row["shared_blks_read"] / row["calls"] if row["calls"] else 0.0,
-            read_ms=(row.get("shared_blk_read_time", row.get("blk_read_time")) or 0.0)
+            reads=row["shared_blks_read"] / max(row["calls"], 1),
+            read_ms=row.get("shared_blk_read_time", row.get("blk_read_time", 0.0))
             / max(row["calls"], 1),
         )
         for row in rows
