@@ -29,6 +29,7 @@ class Delivering(Kind[delivery.Claimed, delivery.Answer]):
     mid-send) goes back to the queue after an attempt recorded as interrupted."""
 
     name = "delivery"
+    wake_while_working = False  # woken by every batch of callbacks stored: only when idle
     queue = Queue(
         key=_DELIVERIES.id,
         claimed_by=_DELIVERIES.claimed_by,

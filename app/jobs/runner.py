@@ -40,6 +40,9 @@ class Kind(ABC, Generic[Job, Outcome]):
 
     name: str
     concurrency: int = 1  # jobs run at once in this process
+    # False: a wake-up is heard only while none of its jobs runs; while some do, each one's end
+    # brings the next claim anyway, and a wake-up per commit would add claims that find nothing.
+    wake_while_working: bool = True
     queue: Queue | None = None  # where its claims are kept; None: nothing outlives the process
 
     @abstractmethod
@@ -173,7 +176,8 @@ class Runner(Generic[Job, Outcome]):
             elif claimed:
                 continue  # there may be more: claim again while slots are free
             else:
-                await self._pause(self._poll, self.kind.woken, self._finished)
+                heard = self.kind.wake_while_working or not self._running
+                await self._pause(self._poll, *([self.kind.woken] if heard else []), self._finished)
             self.kind.woken.clear()
             if self._finished.is_set():
                 # Let the jobs ending about now end too: one transaction records them all.
