@@ -24,6 +24,7 @@ import tempfile
 import textwrap
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +105,26 @@ def four_fields(sid: str) -> dict[str, str]:
     }
 
 
+def whole_callback(sid: str) -> dict[str, str]:
+    """Every field of the callback ending a completed call that asked for its events, as
+    Exotel posts it (multipart: `Legs` flattened), the shape of most callbacks a history
+    keeps."""
+    return four_fields(sid) | {
+        "EventType": "terminal",
+        "DateCreated": "2024-09-16 15:50:02",
+        "To": "",
+        "From": "09052161110",
+        "PhoneNumberSid": "08030752400",
+        "StartTime": "2024-09-16 15:50:02",
+        "EndTime": "2024-09-16 15:51:00",
+        "ConversationDuration": "41",
+        "Direction": "outbound-api",
+        "CustomField": "order-33847",
+        "Legs[0][OnCallDuration]": "58",
+        "Legs[0][Status]": "completed",
+    }
+
+
 def multipart_body(fields: dict[str, str]) -> str:
     """`fields` as Exotel posts them: multipart/form-data, text fields only."""
     parts = (
@@ -113,12 +134,16 @@ def multipart_body(fields: dict[str, str]) -> str:
     return "".join(parts) + f"--{BOUNDARY}--\r\n"
 
 
-def wrk_script(calls: list[tuple[uuid.UUID, str]], path: Path) -> None:
-    """Each request: one call's callback URL and the four fields Exotel always sends, as
-    multipart; `response()` counts the answers by status."""
+def wrk_script(
+    calls: list[tuple[uuid.UUID, str]],
+    path: Path,
+    fields: Callable[[str], dict[str, str]] = four_fields,
+) -> None:
+    """Each request: one call's callback URL and `fields` of its SID (by default the four
+    Exotel always sends), as multipart; `response()` counts the answers by status."""
     entries = []
     for call_id, sid in calls:
-        body = multipart_body(four_fields(sid))
+        body = multipart_body(fields(sid))
         query = f"call_id={call_id}&token={sign(SECRET.encode(), call_id)}"
         lua_body = body.replace("\\", "\\\\").replace('"', '\\"').replace("\r\n", "\\r\\n")
         entries.append(f'{{"/status-callback?{query}", "{lua_body}"}}')

@@ -64,7 +64,15 @@ from app.recordings.archive import Archive
 from app.recordings.retention import forget_old_recordings
 from app.recordings.store import RecordingStore
 from bench import fresh_database
-from bench.callback_ingest import CONNECTIONS, load, placed_calls, serve, server_env, wrk_script
+from bench.callback_ingest import (
+    CONNECTIONS,
+    load,
+    placed_calls,
+    serve,
+    server_env,
+    whole_callback,
+    wrk_script,
+)
 from bench.history import fill
 from bench.passthru import APP_ID, passthru_script, wrk
 from bench.webhooks import SUBSCRIBER_APP, send_callbacks
@@ -412,7 +420,7 @@ async def prepare(db: Database, simulator: str, subscriber: str) -> None:
         await connection.execute(text("ANALYZE"))  # autovacuum may be off
     await engine.dispose()
     db.callbacks, db.passthrus = db.work / "callbacks.lua", db.work / "passthru.lua"
-    wrk_script(callbacks, db.callbacks)
+    wrk_script(callbacks, db.callbacks, whole_callback)
     passthru_script(flows, db.passthrus)
     db.probes = await probes(db.url)
     (db.port,) = free_ports(1)

@@ -43,7 +43,8 @@ APP_ID = "926"
 
 
 def passthru_script(calls: list[tuple[uuid.UUID, str]], path: Path) -> None:
-    """Each request: a call's Passthru GET, with the digits 1 or 2 and a time of its own."""
+    """Each request: a call's Passthru GET with the fields Exotel sends (as the simulator
+    does), the digits 1 or 2 and a time of its own."""
     sids = ",".join(f'"{sid}"' for _, sid in calls)
     token = sign(SECRET.encode(), None)
     path.write_text(
@@ -61,7 +62,8 @@ def passthru_script(calls: list[tuple[uuid.UUID, str]], path: Path) -> None:
                 1 + f(at / 86400) % 28, f(at / 3600) % 24, f(at / 60) % 60, at % 60)
               local path = string.format(
                 "/passthru?token={token}&CallSid=%s&digits=%%22%d%%22&CurrentTime=%s"
-                .. "&From=09052161110&To=08030752400&Direction=outbound-api",
+                .. "&From=09052161110&To=08030752400&Direction=outbound-api"
+                .. "&CustomField=order-33847&RecordingUrl=",
                 sids[counter % #sids + 1], counter % 2 + 1, time)
               return wrk.format("GET", path)
             end
