@@ -593,6 +593,7 @@ async def _retention_on(db: Database, url: str, duration: int) -> Figures:
         process.terminate()
         process.wait()
     figures["callbacks alone|per s"] = alone.requests_per_second
+    figures["callbacks alone|p99 ms"] = alone.p99_ms
     figures["callbacks while deleting|per s"] = during.requests_per_second
     figures["callbacks while deleting|p99 ms"] = during.p99_ms
     return figures
