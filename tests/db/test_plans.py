@@ -267,6 +267,38 @@ async def test_delivery_claim_release_and_record(
     await assert_on_indexes(engine, sent, reading=["delivery", "delivery_attempt"])
 
 
+async def test_delivery_claim_looks_each_candidates_call_up_for_a_new_endpoint(
+    app: FastAPI, client: httpx.AsyncClient, world: World
+) -> None:
+    # The statistics predate the endpoint: the planner takes it for one with no deliveries. As
+    # a join, the look-up of a candidate's earlier deliveries then read every delivery of the
+    # endpoint for each candidate (a claim's time grew with the endpoint's backlog).
+    engine = engine_of(app)
+    async with engine.begin() as db:
+        await db.exec_driver_sql("ANALYZE delivery")
+    endpoint = await ok(await client.post("/webhook-endpoints", json={"url": UNREACHABLE}))
+    async with engine.begin() as db:  # owed the same events as the first one
+        await db.exec_driver_sql(
+            "INSERT INTO delivery (event_id, endpoint_id, call_id, sequence, state, attempts,"
+            " next_attempt_at, trigger, created_at)"
+            " SELECT event_id, $1, call_id, sequence, 'pending', 0, now(), 'scheduled', now()"
+            " FROM delivery WHERE endpoint_id = $2",
+            (uuid.UUID(endpoint["id"]), uuid.UUID(world.endpoint["id"])),
+        )
+    with captured(engine) as sent:
+        async with engine.begin() as db:
+            assert await claim(db, worker="w", limit=8, per_endpoint=8)
+    lookups = [
+        node
+        for plan in await explained(engine, sent)
+        for node in plan.nodes()
+        if node.get("Alias") == "earlier"
+    ]
+    assert lookups, [one.statement for one in sent]
+    for node in lookups:
+        assert "call_id" in node.get("Index Cond", ""), node
+
+
 # --- the status page and metrics -------------------------------------------------------------
 
 

@@ -47,6 +47,9 @@ class Plan:
     tree: dict[str, Any]  # EXPLAIN (FORMAT JSON)'s "Plan"
     text: str = field(default="")  # EXPLAIN's text, for a failure's message
 
+    def nodes(self) -> Iterator[dict[str, Any]]:
+        return _nodes(self.tree)
+
     def seq_scans(self, tables: frozenset[str] = GROWING) -> list[str]:
         """The growing tables this plan reads by a Seq Scan, though sequential scans are
         disabled: no index can serve the statement.
@@ -57,7 +60,7 @@ class Plan:
         are what the hot-path benchmark measures, on millions of rows (bench/hot_paths.py)."""
         return [
             node["Relation Name"]
-            for node in _nodes(self.tree)
+            for node in self.nodes()
             if node.get("Relation Name") in tables and node["Node Type"] == "Seq Scan"
         ]
 
@@ -135,7 +138,7 @@ async def assert_on_indexes(
     `reading`: tables the path must have read (by any plan), so that a path that silently sent
     nothing does not pass."""
     plans = await explained(engine, sent)
-    read = {node.get("Relation Name") for plan in plans for node in _nodes(plan.tree)}
+    read = {node.get("Relation Name") for plan in plans for node in plan.nodes()}
     missing = set(reading) - read
     assert not missing, f"no statement read {sorted(missing)}: {[s.statement for s in sent]}"
     failures = whole_table_reads(plans)
