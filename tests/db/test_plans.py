@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.calls import ratelimit
@@ -31,6 +31,7 @@ from app.calls.retention import forget_unmatched_receipts
 from app.config import Settings
 from app.db.models import Call, CallStatus, Delivery, RecordingJob
 from app.events.delivery import Answer, claim, record, release, retry_policy
+from app.events.endpoints import align_followers
 from app.events.retention import forget_old_events
 from app.metrics import Metrics
 from app.recordings.archive import Archive
@@ -51,6 +52,7 @@ RECORDING = "https://recordings.exotel.test/fake-account/a.mp3"
 # Nothing listens on port 9: each delivery fails, and is owed again.
 UNREACHABLE = "http://127.0.0.1:9/hook"
 RETRIES = retry_policy([0])
+FOLLOWERS_INDEX = "ix_delivery_endpoint_id_call_id_sequence"
 
 
 @pytest.fixture
@@ -303,6 +305,41 @@ async def test_delivery_claim_looks_each_candidates_call_up_for_a_new_endpoint(
     assert lookups, [one.statement for one in sent]
     for node in lookups:
         assert "call_id" in node.get("Index Cond", ""), node
+
+
+async def test_aligning_a_deliverys_followers_reads_only_its_call(
+    app: FastAPI, world: World
+) -> None:
+    # The statistics saw no pending delivery (a sample of a history of millions), and then
+    # many are owed: as one join, the planner took them for one row and read every pending
+    # delivery for each delivery given.
+    engine = engine_of(app)
+    async with engine.begin() as db:
+        await db.execute(update(Delivery).values(state="delivered", finished_at=func.now()))
+        await db.exec_driver_sql("ANALYZE delivery")
+        await db.execute(
+            update(Delivery).values(
+                state="pending", next_attempt_at=func.now(), finished_at=None, claimed_by=None
+            )
+        )
+        heads = list(await db.scalars(select(Delivery.id).where(Delivery.sequence == 1)))
+    assert heads
+    with captured(engine) as sent:
+        async with engine.begin() as db:
+            await align_followers(db, heads)
+    # Only the statement aligning them: the app's own work may send others meanwhile.
+    aligning = [one for one in sent if one.statement.startswith("UPDATE delivery")]
+    reads = [
+        node
+        for plan in await explained(engine, aligning)
+        for node in plan.nodes()
+        if node.get("Relation Name") == "delivery" and "Scan" in node["Node Type"]
+    ]
+    assert reads, [one.statement for one in sent]
+    for node in reads:
+        assert node.get("Index Name") in {"pk_delivery", FOLLOWERS_INDEX}, node
+    (followers,) = [node for node in reads if node.get("Index Name") == FOLLOWERS_INDEX]
+    assert "call_id" in followers.get("Index Cond", ""), followers
 
 
 # --- the status page and metrics -------------------------------------------------------------
