@@ -42,7 +42,14 @@ from tests.support.calls import queued
 from tests.support.eventually import eventually
 from tests.support.exotel_double import ExotelDouble, call_json, exotel_client_of
 from tests.support.exotel_requests import callback, exotel_clock, multipart
-from tests.support.plans import Plan, assert_on_indexes, captured, explained, whole_table_reads
+from tests.support.plans import (
+    Plan,
+    Sent,
+    assert_on_indexes,
+    captured,
+    explained,
+    whole_table_reads,
+)
 from tests.support.webhooks import app_with
 
 pytestmark = pytest.mark.anyio
@@ -279,12 +286,15 @@ async def test_delivery_claim_looks_each_candidates_call_up_for_a_new_endpoint(
     async with engine.begin() as db:
         await db.exec_driver_sql("ANALYZE delivery")
     endpoint = await ok(await client.post("/webhook-endpoints", json={"url": UNREACHABLE}))
-    async with engine.begin() as db:  # owed the first one's events, which are put off
+    # Owed the first one's events, which are put off. The batch's calls may still be
+    # dispatched meanwhile: events of theirs made since the endpoint was are owed to it already.
+    async with engine.begin() as db:
         await db.exec_driver_sql(
             "INSERT INTO delivery (event_id, endpoint_id, call_id, sequence, state, attempts,"
             " next_attempt_at, trigger, created_at)"
             " SELECT event_id, $1, call_id, sequence, 'pending', 0, now(), 'scheduled', now()"
-            " FROM delivery WHERE endpoint_id = $2",
+            " FROM delivery WHERE endpoint_id = $2"
+            " ON CONFLICT (event_id, endpoint_id) DO NOTHING",
             (uuid.UUID(endpoint["id"]), uuid.UUID(world.endpoint["id"])),
         )
         await db.execute(
@@ -307,13 +317,9 @@ async def test_delivery_claim_looks_each_candidates_call_up_for_a_new_endpoint(
         assert "call_id" in node.get("Index Cond", ""), node
 
 
-async def test_aligning_a_deliverys_followers_reads_only_its_call(
-    app: FastAPI, world: World
-) -> None:
-    # The statistics saw no pending delivery (a sample of a history of millions), and then
-    # many are owed: as one join, the planner took them for one row and read every pending
-    # delivery for each delivery given.
-    engine = engine_of(app)
+async def owed_unseen(engine: AsyncEngine) -> None:
+    """Every delivery owed, after statistics that saw none owed: a sample of a history of
+    millions may hold no pending delivery, and then many are owed (an endpoint down)."""
     async with engine.begin() as db:
         await db.execute(update(Delivery).values(state="delivered", finished_at=func.now()))
         await db.exec_driver_sql("ANALYZE delivery")
@@ -322,24 +328,57 @@ async def test_aligning_a_deliverys_followers_reads_only_its_call(
                 state="pending", next_attempt_at=func.now(), finished_at=None, claimed_by=None
             )
         )
+
+
+async def delivery_reads(engine: AsyncEngine, sent: list[Sent], statement: str) -> list[Any]:
+    """The scans of `delivery` in the plans of the statements sent that begin `statement`
+    (the app's own work may send others meanwhile)."""
+    reads = [
+        node
+        for plan in await explained(
+            engine, [one for one in sent if one.statement.startswith(statement)]
+        )
+        for node in plan.nodes()
+        if node.get("Relation Name") == "delivery" and "Scan" in node["Node Type"]
+    ]
+    assert reads, [one.statement for one in sent]
+    return reads
+
+
+async def test_aligning_a_deliverys_followers_reads_only_its_call(
+    app: FastAPI, world: World
+) -> None:
+    # As one join, the planner took the pending deliveries for one row and read them all for
+    # each delivery given.
+    engine = engine_of(app)
+    await owed_unseen(engine)
+    async with engine.begin() as db:
         heads = list(await db.scalars(select(Delivery.id).where(Delivery.sequence == 1)))
     assert heads
     with captured(engine) as sent:
         async with engine.begin() as db:
             await align_followers(db, heads)
-    # Only the statement aligning them: the app's own work may send others meanwhile.
-    aligning = [one for one in sent if one.statement.startswith("UPDATE delivery")]
-    reads = [
-        node
-        for plan in await explained(engine, aligning)
-        for node in plan.nodes()
-        if node.get("Relation Name") == "delivery" and "Scan" in node["Node Type"]
-    ]
-    assert reads, [one.statement for one in sent]
+    reads = await delivery_reads(engine, sent, "UPDATE delivery")
     for node in reads:
         assert node.get("Index Name") in {"pk_delivery", FOLLOWERS_INDEX}, node
     (followers,) = [node for node in reads if node.get("Index Name") == FOLLOWERS_INDEX]
     assert "call_id" in followers.get("Index Cond", ""), followers
+
+
+async def test_owing_an_event_looks_up_only_its_calls_earlier_deliveries(
+    app: FastAPI, client: httpx.AsyncClient, world: World
+) -> None:
+    # A new delivery is due behind its call's earlier pending ones. With the pending index, the
+    # planner read every pending delivery of the endpoint for each event owed.
+    engine = engine_of(app)
+    await owed_unseen(engine)
+    ended = callback(world.keyed["sid"], "completed", exotel_clock(60))
+    with captured(engine) as sent:
+        response = await client.post(callback_path(world.keyed["id"]), **multipart(ended))
+    assert response.status_code == 200, response.text
+    for node in await delivery_reads(engine, sent, "INSERT INTO delivery"):
+        assert node.get("Index Name") == FOLLOWERS_INDEX, node
+        assert "call_id" in node.get("Index Cond", ""), node
 
 
 # --- the status page and metrics -------------------------------------------------------------
