@@ -86,6 +86,16 @@ class Verdict:
     answer: Mapping[str, Any] = field(default_factory=dict)  # its `RestException`, as sent
 
 
+# A claim whose commit went unconfirmed, and whose job never ran (`app.jobs.runner`).
+_UNRUN = Verdict(
+    CallStatus.QUEUED,
+    Failure(
+        FailureKind.EXOTEL_UNREACHABLE,
+        "not sent: the database's connection dropped as the call was claimed",
+    ),
+)
+
+
 def connect_request(
     call: Call, *, exotel: ExotelSettings, callbacks: CallbackSettings
 ) -> ConnectRequest:
@@ -509,6 +519,24 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
 
     async def lost(self, session: AsyncSession, keys: Sequence[uuid.UUID]) -> None:
         await record_lost(session, keys, lookups=self._lookups)
+
+    async def unrun(self, session: AsyncSession, keys: Sequence[uuid.UUID]) -> None:
+        """Certainly never sent: each goes back to the queue, as after no connection made."""
+        store = await CallStore.of(session)
+        await store.lock(ids=keys)
+        for call_id in keys:
+            call = store.get(call_id)
+            assert call is not None
+            await record_sent(
+                session,
+                store,
+                call_id,
+                len(call.attempts),  # the attempt its claim began
+                _UNRUN,
+                lookups=self._lookups,
+                retries=self._retries,
+            )
+        await store.flush()
 
     def stop_waiting(self) -> None:
         """The replica is shutting down: requests waiting for their call to be sent answer now."""

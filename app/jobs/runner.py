@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Generic, TypeVar
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls.availability import Availability
@@ -80,6 +81,12 @@ class Kind(ABC, Generic[Job, Outcome]):
         dialled; a delivery may have arrived)."""
         raise NotImplementedError(f"{self.name} keeps no claims")
 
+    async def unrun(self, session: AsyncSession, keys: Sequence[Any]) -> object:
+        """Claims made for this process whose jobs it never ran: the claim's commit went
+        unconfirmed (the connection dropped at COMMIT), and had committed. Lost, unless the
+        kind can do better with work certainly not begun."""
+        return await self.lost(session, keys)
+
 
 class Runner(Generic[Job, Outcome]):
     def __init__(
@@ -102,6 +109,8 @@ class Runner(Generic[Job, Outcome]):
         self._metrics = metrics
         self._stopping = asyncio.Event()
         self._claiming = True
+        # A claim's commit raised: it may have committed all the same (`_give_back_unrun`).
+        self._unconfirmed = False
         self._done: list[tuple[Job, Outcome | BaseException]] = []
         self._finished = asyncio.Event()  # set by every job that ends
         self._running: dict[asyncio.Task[None], Job] = {}
@@ -155,12 +164,16 @@ class Runner(Generic[Job, Outcome]):
             free = self.kind.concurrency - len(self._running)
             with self._watching_the_database():
                 await self._record_done()
+                if self._unconfirmed:
+                    await self._give_back_unrun()
                 if self._claiming and free > 0 and self._worker.alive:
                     async with self._claim:
+                        self._unconfirmed = self.kind.queue is not None
                         async with self._sessionmaker() as session, session.begin():
                             wanted = await self.kind.claim(
                                 session, worker=self._worker.id, limit=free
                             )
+                        self._unconfirmed = False
                         claimed = wanted  # only once committed: a claim rolled back is no claim
                         if not isinstance(claimed, Wait):
                             for job in claimed:
@@ -245,6 +258,28 @@ class Runner(Generic[Job, Outcome]):
                     lost.append(one[0])
         if lost and self.kind.queue is not None:
             await self._lost(lost)
+
+    async def _give_back_unrun(self) -> None:
+        """After a claim whose commit went unconfirmed: the claims this worker holds with no
+        job running and no outcome waiting are the unconfirmed claim's, had it committed. Left
+        alone, they would stay claimed (by a worker alive) until this process stopped."""
+        queue = self.kind.queue
+        assert queue is not None
+        held = {self.kind.key(job) for job in self._running.values()}
+        held |= {self.kind.key(job) for job, _ in self._done}
+        async with self._sessionmaker() as session, session.begin():
+            mine = select(queue.key).where(queue.claimed, queue.claimed_by == self._worker.id)
+            unrun = [
+                key
+                for key in await session.scalars(mine.with_for_update(skip_locked=True))
+                if key not in held
+            ]
+            if unrun:
+                log.warning(
+                    "%s: %d claims committed unconfirmed, never run", self.kind.name, len(unrun)
+                )
+                await self.kind.unrun(session, unrun)
+        self._unconfirmed = False
 
     async def _record(self, ran: Sequence[tuple[Job, Outcome]]) -> None:
         async with self._sessionmaker() as session, session.begin():

@@ -5,6 +5,7 @@ policy. Replicas killed while holding each kind of work: tests/jobs/test_jobs_e2
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -14,11 +15,11 @@ from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.calls.availability import Availability
-from app.calls.dispatch import Dispatch, budget_of
+from app.calls.dispatch import Dispatch, budget_of, connect_request
 from app.calls.placing import CallRequest, queue_calls
 from app.config import Settings, default
 from app.db.clock import db_now
-from app.db.models import Call, CallStatus
+from app.db.models import Call, CallStatus, Receipt
 from app.db.models import Periodic as PeriodicRow
 from app.db.models import Worker as WorkerRow
 from app.jobs.periodic import Periodic
@@ -29,7 +30,7 @@ from app.metrics import Metrics
 from app.recordings.archive import Archive
 from tests.conftest import FAKE_CALLER_ID
 from tests.support.eventually import eventually
-from tests.support.exotel_double import ExotelDouble
+from tests.support.exotel_double import ExotelDouble, exotel_client_of
 
 pytestmark = pytest.mark.anyio
 
@@ -299,6 +300,88 @@ async def test_a_claim_whose_commit_fails_runs_nothing(
         await runner.stop()
         await worker.stop()
     assert kind.runs == []
+
+
+class _CommitUnconfirmed(Dispatch):
+    """The first claim commits, then its connection drops before the commit is confirmed (as
+    when PostgreSQL restarts at that moment): the runner sees its claim fail."""
+
+    def __init__(self, engine: AsyncEngine, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.engine = engine
+        self.cut = False
+
+    async def claim(self, session: AsyncSession, *, worker: str, limit: int) -> Any:
+        if self.cut:
+            return await super().claim(session, worker=worker, limit=limit)
+        self.cut = True
+        async with self._sessionmaker() as own, own.begin():
+            claimed = await super().claim(own, worker=worker, limit=limit)
+        pid = await session.scalar(text("SELECT pg_backend_pid()"))
+        async with self.engine.connect() as other:
+            await other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        return claimed
+
+
+async def test_a_call_claimed_by_a_commit_gone_unconfirmed_is_sent_once_not_lost(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
+    settings: Settings,
+    exotel: ExotelDouble,
+) -> None:
+    """The claim committed, unbeknown to the runner: its call, claimed by a worker alive and
+    never sent, once stayed `queued` until the process stopped (or, its heartbeat lapsed, was
+    taken for lost mid-send: `unknown`, then `rejected` as never dialled)."""
+    exotel.accept_connects()
+    async with sessionmaker() as session, session.begin():
+        request = CallRequest("+919052161110", app_id="926", caller_id=FAKE_CALLER_ID)
+        ((call, _),) = await queue_calls(session, requests=[request], settings=settings.exotel)
+    metrics = Metrics()
+    worker = new_worker(sessionmaker)
+    await worker.start()
+    async with exotel_client_of(exotel.handle) as client:
+        kind = _CommitUnconfirmed(
+            engine,
+            sessionmaker=sessionmaker,
+            exotel=client,
+            settings=settings.dispatch,
+            budget=budget_of(settings.exotel),
+            connect=functools.partial(
+                connect_request, exotel=settings.exotel, callbacks=settings.callbacks
+            ),
+            lookups=settings.reconcile,
+        )
+        runner = Runner(
+            kind,
+            sessionmaker=sessionmaker,
+            worker=worker,
+            poll=0.01,
+            grace=1,
+            availability=Availability(metrics),
+            metrics=metrics,
+        )
+        runner.start()
+        try:
+
+            async def stored() -> Call | None:
+                async with sessionmaker() as session:
+                    return await session.get(Call, call.id)
+
+            sent = await eventually(
+                stored, until=lambda c: c and c.status != CallStatus.QUEUED, what="sent"
+            )
+        finally:
+            await runner.stop()
+            await worker.stop()
+    assert kind.cut
+    assert sent is not None
+    assert (sent.status, sent.claimed_by, len(sent.attempts)) == (CallStatus.IN_PROGRESS, None, 1)
+    assert len(exotel.connects) == 1
+    async with sessionmaker() as session:
+        problems = list(
+            await session.scalars(select(Receipt.problem).where(Receipt.call_id == call.id))
+        )
+    assert any("not sent" in (problem or "") for problem in problems), problems
 
 
 class _SlowClaim(Kind[str, str]):
