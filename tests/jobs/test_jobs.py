@@ -5,8 +5,9 @@ policy. Replicas killed while holding each kind of work: tests/jobs/test_jobs_e2
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -59,6 +60,31 @@ async def beat(sessionmaker: async_sessionmaker[AsyncSession], worker: str, *, a
     async with sessionmaker() as session, session.begin():
         at = await db_now(session) - timedelta(seconds=ago)
         session.add(WorkerRow(id=worker, started_at=at, heartbeat_at=at))
+
+
+@contextlib.asynccontextmanager
+async def running(
+    kind: Kind[Any, Any], sessionmaker: async_sessionmaker[AsyncSession], *, grace: float = 1
+) -> AsyncIterator[Runner[Any, Any]]:
+    """`kind`'s runner, polling often, with a worker of its own; both stopped at the end."""
+    metrics = Metrics()
+    worker = new_worker(sessionmaker)
+    await worker.start()
+    runner = Runner(
+        kind,
+        sessionmaker=sessionmaker,
+        worker=worker,
+        poll=0.01,
+        grace=grace,
+        availability=Availability(metrics),
+        metrics=metrics,
+    )
+    runner.start()
+    try:
+        yield runner
+    finally:
+        await runner.stop()
+        await worker.stop()
 
 
 class Recorded:
@@ -280,25 +306,9 @@ async def test_a_claim_whose_commit_fails_runs_nothing(
     sessionmaker: async_sessionmaker[AsyncSession], engine: AsyncEngine, settings: Settings
 ) -> None:
     kind = _CutAtCommit(engine)
-    metrics = Metrics()
-    worker = new_worker(sessionmaker)
-    await worker.start()
-    runner = Runner(
-        kind,
-        sessionmaker=sessionmaker,
-        worker=worker,
-        poll=0.01,
-        grace=1,
-        availability=Availability(metrics),
-        metrics=metrics,
-    )
-    runner.start()
-    try:
+    async with running(kind, sessionmaker):
         # Claimed, and lost at commit, three times.
         await eventually(lambda: kind.claims, what="three claims", until=lambda n: n >= 3)
-    finally:
-        await runner.stop()
-        await worker.stop()
     assert kind.runs == []
 
 
@@ -336,9 +346,6 @@ async def test_a_call_claimed_by_a_commit_gone_unconfirmed_is_sent_once_not_lost
     async with sessionmaker() as session, session.begin():
         request = CallRequest("+919052161110", app_id="926", caller_id=FAKE_CALLER_ID)
         ((call, _),) = await queue_calls(session, requests=[request], settings=settings.exotel)
-    metrics = Metrics()
-    worker = new_worker(sessionmaker)
-    await worker.start()
     async with exotel_client_of(exotel.handle) as client:
         kind = _CommitUnconfirmed(
             engine,
@@ -351,28 +358,15 @@ async def test_a_call_claimed_by_a_commit_gone_unconfirmed_is_sent_once_not_lost
             ),
             lookups=settings.reconcile,
         )
-        runner = Runner(
-            kind,
-            sessionmaker=sessionmaker,
-            worker=worker,
-            poll=0.01,
-            grace=1,
-            availability=Availability(metrics),
-            metrics=metrics,
-        )
-        runner.start()
-        try:
 
-            async def stored() -> Call | None:
-                async with sessionmaker() as session:
-                    return await session.get(Call, call.id)
+        async def stored() -> Call | None:
+            async with sessionmaker() as session:
+                return await session.get(Call, call.id)
 
+        async with running(kind, sessionmaker):
             sent = await eventually(
                 stored, until=lambda c: c and c.status != CallStatus.QUEUED, what="sent"
             )
-        finally:
-            await runner.stop()
-            await worker.stop()
     assert kind.cut
     assert sent is not None
     assert (sent.status, sent.claimed_by, len(sent.attempts)) == (CallStatus.IN_PROGRESS, None, 1)
@@ -419,29 +413,16 @@ async def test_a_claim_under_way_when_the_runner_stops_is_run_and_recorded(
     their grace and are recorded before the runner's stop returns (they once ran unwatched,
     their outcome dropped and their claims left to the sweep of another process)."""
     kind = _SlowClaim()
-    metrics = Metrics()
-    worker = new_worker(sessionmaker)
-    await worker.start()
-    runner = Runner(
-        kind,
-        sessionmaker=sessionmaker,
-        worker=worker,
-        poll=0.01,
-        grace=30,
-        availability=Availability(metrics),
-        metrics=metrics,
-    )
-    runner.start()
-    try:
-        await kind.claiming.wait()
-        runner.stop_claiming()  # SIGTERM
-        stopping = asyncio.create_task(runner.stop())  # the app's shutdown
-        kind.commit.set()
-        await kind.running.wait()
-        kind.finish.set()  # within its grace
-        await stopping
-    finally:
-        kind.commit.set()
-        kind.finish.set()
-        await worker.stop()
+    async with running(kind, sessionmaker, grace=30) as runner:
+        try:
+            await kind.claiming.wait()
+            runner.stop_claiming()  # SIGTERM
+            stopping = asyncio.create_task(runner.stop())  # the app's shutdown
+            kind.commit.set()
+            await kind.running.wait()
+            kind.finish.set()  # within its grace
+            await stopping
+        finally:
+            kind.commit.set()
+            kind.finish.set()
     assert kind.outcomes == [("job", "job done")]
