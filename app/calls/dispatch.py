@@ -86,16 +86,6 @@ class Verdict:
     answer: Mapping[str, Any] = field(default_factory=dict)  # its `RestException`, as sent
 
 
-# A claim whose commit went unconfirmed, and whose job never ran (`app.jobs.runner`).
-_UNRUN = Verdict(
-    CallStatus.QUEUED,
-    Failure(
-        FailureKind.EXOTEL_UNREACHABLE,
-        "not sent: the database's connection dropped as the call was claimed",
-    ),
-)
-
-
 def connect_request(
     call: Call, *, exotel: ExotelSettings, callbacks: CallbackSettings
 ) -> ConnectRequest:
@@ -521,20 +511,22 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
         await record_lost(session, keys, lookups=self._lookups)
 
     async def unrun(self, session: AsyncSession, keys: Sequence[uuid.UUID]) -> None:
-        """Certainly never sent: each goes back to the queue, as after no connection made."""
+        """Certainly never sent: each is due again as it was before its claim (the attempt its
+        claim began is the next claim's, `begin_attempt`); one cancelled meanwhile ends."""
         store = await CallStore.of(session)
         await store.lock(ids=keys)
+        now = await store.now()
         for call_id in keys:
             call = store.get(call_id)
             assert call is not None
-            await record_sent(
-                session,
-                store,
-                call_id,
-                len(call.attempts),  # the attempt its claim began
-                _UNRUN,
-                lookups=self._lookups,
-                retries=self._retries,
+            call.claimed_by = call.claimed_at = None
+            call.send_tries -= 1
+            if call.canceled_at:
+                stop(call, CallStatus.CANCELED, at=now)
+            log.warning(
+                "call %s: claimed, never sent (the claim's commit went unconfirmed): due again",
+                call.id,
+                extra=about(call.id),
             )
         await store.flush()
 

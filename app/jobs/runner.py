@@ -109,6 +109,9 @@ class Runner(Generic[Job, Outcome]):
         self._metrics = metrics
         self._stopping = asyncio.Event()
         self._claiming = True
+        # The keys of the claims this runner knows it holds: from their claim's commit until
+        # what came of them is committed (recorded, or handed to the kind as lost).
+        self._held: set[Any] = set()
         # A claim's commit raised: it may have committed all the same (`_give_back_unrun`).
         self._unconfirmed = False
         self._done: list[tuple[Job, Outcome | BaseException]] = []
@@ -153,6 +156,8 @@ class Runner(Generic[Job, Outcome]):
             await self._record_done()
             if unfinished and self.kind.queue is not None:
                 await self._lost(unfinished)
+            if self._unconfirmed:
+                await self._give_back_unrun()
         except Exception:
             # Its claims lapse with the worker instead, and another worker's sweep finds them.
             log.warning("%s: could not record or give back its jobs", self.kind.name, exc_info=True)
@@ -168,14 +173,18 @@ class Runner(Generic[Job, Outcome]):
                     await self._give_back_unrun()
                 if self._claiming and free > 0 and self._worker.alive:
                     async with self._claim:
-                        self._unconfirmed = self.kind.queue is not None
                         async with self._sessionmaker() as session, session.begin():
                             wanted = await self.kind.claim(
                                 session, worker=self._worker.id, limit=free
                             )
+                            # Should the commit fail now, it may have committed all the same.
+                            self._unconfirmed = self.kind.queue is not None and (
+                                not isinstance(wanted, Wait) and bool(wanted)
+                            )
                         self._unconfirmed = False
                         claimed = wanted  # only once committed: a claim rolled back is no claim
                         if not isinstance(claimed, Wait):
+                            self._held.update(self.kind.key(job) for job in claimed)
                             for job in claimed:
                                 task = asyncio.create_task(
                                     self._work(job), name=f"{self.kind.name} job"
@@ -247,12 +256,12 @@ class Runner(Generic[Job, Outcome]):
                 self._done[:0] = done
                 raise
             log.exception("%s: recording %d outcomes failed; each alone", self.kind.name, len(ran))
-            for one in ran:
+            for i, one in enumerate(ran):
                 try:
                     await self._record([one])
                 except Exception as again:
                     if is_database_down(again):
-                        self._done.append(one)
+                        self._done[:0] = [*ran[i:], *((job, again) for job in lost)]
                         raise
                     log.exception("%s: an outcome cannot be recorded", self.kind.name)
                     lost.append(one[0])
@@ -260,41 +269,50 @@ class Runner(Generic[Job, Outcome]):
             await self._lost(lost)
 
     async def _give_back_unrun(self) -> None:
-        """After a claim whose commit went unconfirmed: the claims this worker holds with no
-        job running and no outcome waiting are the unconfirmed claim's, had it committed. Left
-        alone, they would stay claimed (by a worker alive) until this process stopped."""
+        """After a claim whose commit went unconfirmed: the claims of this worker in the kind's
+        queue that this runner does not know it holds are that claim's, had it committed, and
+        never ran. Left alone, they would stay claimed (by a worker alive) until the process
+        stopped. While the database is down this waits for the next turn; any other failure
+        leaves them to lapse with the worker, said once."""
         queue = self.kind.queue
         assert queue is not None
-        held = {self.kind.key(job) for job in self._running.values()}
-        held |= {self.kind.key(job) for job, _ in self._done}
-        async with self._sessionmaker() as session, session.begin():
-            mine = select(queue.key).where(queue.claimed, queue.claimed_by == self._worker.id)
-            unrun = [
-                key
-                for key in await session.scalars(mine.with_for_update(skip_locked=True))
-                if key not in held
-            ]
-            if unrun:
-                log.warning(
-                    "%s: %d claims committed unconfirmed, never run", self.kind.name, len(unrun)
-                )
-                await self.kind.unrun(session, unrun)
+        mine = (
+            select(queue.key)
+            .where(queue.claimed, queue.claimed_by == self._worker.id)
+            .order_by(queue.key)
+            .with_for_update()
+        )
+        try:
+            async with self._sessionmaker() as session, session.begin():
+                unrun = [key for key in await session.scalars(mine) if key not in self._held]
+                if unrun:
+                    log.warning(
+                        "%s: %d claims committed unconfirmed, never run", self.kind.name, len(unrun)
+                    )
+                    await self.kind.unrun(session, unrun)
+        except Exception as exc:
+            if is_database_down(exc):
+                raise
+            log.exception("%s: claims committed unconfirmed cannot be given back", self.kind.name)
         self._unconfirmed = False
 
     async def _record(self, ran: Sequence[tuple[Job, Outcome]]) -> None:
         async with self._sessionmaker() as session, session.begin():
             await self.kind.record(session, ran)
+        self._held.difference_update(self.kind.key(job) for job, _ in ran)
         self.kind.recorded(ran)
         self._metrics.jobs.labels(self.kind.name, "done").inc(len(ran))
 
     async def _lost(self, jobs: Sequence[Job]) -> None:
         """Hand `jobs` to their kind as lost; while the database is down, they wait."""
+        keys = [self.kind.key(job) for job in jobs]
         try:
             async with self._sessionmaker() as session, session.begin():
-                await self.kind.lost(session, [self.kind.key(job) for job in jobs])
+                await self.kind.lost(session, keys)
         except Exception as exc:
             if is_database_down(exc):
                 self._done[:0] = [(job, exc) for job in jobs]
             # Otherwise the claims stay until this worker stops: said, never retried in a loop.
             raise
+        self._held.difference_update(keys)
         self._metrics.jobs.labels(self.kind.name, "lost").inc(len(jobs))

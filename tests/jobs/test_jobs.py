@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Sequence
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -20,18 +23,18 @@ from app.calls.dispatch import Dispatch, budget_of, connect_request
 from app.calls.placing import CallRequest, queue_calls
 from app.config import Settings, default
 from app.db.clock import db_now
-from app.db.models import Call, CallStatus, Receipt
+from app.db.models import Call, CallStatus
 from app.db.models import Periodic as PeriodicRow
 from app.db.models import Worker as WorkerRow
 from app.jobs.periodic import Periodic
 from app.jobs.policy import RetryPolicy
-from app.jobs.runner import Kind, Runner
+from app.jobs.runner import Kind, Runner, Wait
 from app.jobs.worker import Backlog, Queue, Worker, backlogs, new_worker_id
 from app.metrics import Metrics
 from app.recordings.archive import Archive
 from tests.conftest import FAKE_CALLER_ID
 from tests.support.eventually import eventually
-from tests.support.exotel_double import ExotelDouble, exotel_client_of
+from tests.support.exotel_double import ExotelDouble, accepted, exotel_client_of, form_of
 
 pytestmark = pytest.mark.anyio
 
@@ -313,23 +316,25 @@ async def test_a_claim_whose_commit_fails_runs_nothing(
 
 
 class _CommitUnconfirmed(Dispatch):
-    """The first claim commits, then its connection drops before the commit is confirmed (as
-    when PostgreSQL restarts at that moment): the runner sees its claim fail."""
+    """Once armed, the next claim that claims calls commits, then its connection drops before
+    the commit is confirmed (as when PostgreSQL restarts at that moment): the runner sees its
+    claim fail."""
 
     def __init__(self, engine: AsyncEngine, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.engine = engine
-        self.cut = False
+        self.armed = False
 
     async def claim(self, session: AsyncSession, *, worker: str, limit: int) -> Any:
-        if self.cut:
+        if not self.armed:
             return await super().claim(session, worker=worker, limit=limit)
-        self.cut = True
         async with self._sessionmaker() as own, own.begin():
             claimed = await super().claim(own, worker=worker, limit=limit)
-        pid = await session.scalar(text("SELECT pg_backend_pid()"))
-        async with self.engine.connect() as other:
-            await other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        if claimed and not isinstance(claimed, Wait):
+            self.armed = False
+            pid = await session.scalar(text("SELECT pg_backend_pid()"))
+            async with self.engine.connect() as other:
+                await other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         return claimed
 
 
@@ -341,11 +346,33 @@ async def test_a_call_claimed_by_a_commit_gone_unconfirmed_is_sent_once_not_lost
 ) -> None:
     """The claim committed, unbeknown to the runner: its call, claimed by a worker alive and
     never sent, once stayed `queued` until the process stopped (or, its heartbeat lapsed, was
-    taken for lost mid-send: `unknown`, then `rejected` as never dialled)."""
-    exotel.accept_connects()
-    async with sessionmaker() as session, session.begin():
-        request = CallRequest("+919052161110", app_id="926", caller_id=FAKE_CALLER_ID)
-        ((call, _),) = await queue_calls(session, requests=[request], settings=settings.exotel)
+    taken for lost mid-send: `unknown`, then `rejected` as never dialled). It is sent, once;
+    and a call being sent meanwhile by the same runner is not given back with it."""
+    sending = asyncio.Event()
+    answer = asyncio.Event()
+
+    async def first_held(request: httpx.Request) -> httpx.Response:
+        if not sending.is_set():
+            sending.set()
+            await answer.wait()
+        return accepted()
+
+    exotel.on_connect = first_held
+
+    async def queued(number: str) -> uuid.UUID:
+        async with sessionmaker() as session, session.begin():
+            request = CallRequest(number, app_id="926", caller_id=FAKE_CALLER_ID)
+            ((call, _),) = await queue_calls(session, requests=[request], settings=settings.exotel)
+        return call.id
+
+    def sent(call_id: uuid.UUID) -> Callable[[], Awaitable[Call | None]]:
+        async def stored() -> Call | None:
+            async with sessionmaker() as session:
+                call = await session.get(Call, call_id)
+            return call if call and call.status != CallStatus.QUEUED else None
+
+        return stored
+
     async with exotel_client_of(exotel.handle) as client:
         kind = _CommitUnconfirmed(
             engine,
@@ -358,24 +385,22 @@ async def test_a_call_claimed_by_a_commit_gone_unconfirmed_is_sent_once_not_lost
             ),
             lookups=settings.reconcile,
         )
-
-        async def stored() -> Call | None:
-            async with sessionmaker() as session:
-                return await session.get(Call, call.id)
-
+        being_sent = await queued("+919052161110")
         async with running(kind, sessionmaker):
-            sent = await eventually(
-                stored, until=lambda c: c and c.status != CallStatus.QUEUED, what="sent"
-            )
-    assert kind.cut
-    assert sent is not None
-    assert (sent.status, sent.claimed_by, len(sent.attempts)) == (CallStatus.IN_PROGRESS, None, 1)
-    assert len(exotel.connects) == 1
-    async with sessionmaker() as session:
-        problems = list(
-            await session.scalars(select(Receipt.problem).where(Receipt.call_id == call.id))
-        )
-    assert any("not sent" in (problem or "") for problem in problems), problems
+            await sending.wait()
+            kind.armed = True
+            unconfirmed = await queued("+919052161111")
+            kind.wake()
+            second = await eventually(sent(unconfirmed), what="the unconfirmed claim's call sent")
+            answer.set()
+            first = await eventually(sent(being_sent), what="the call being sent, answered")
+    assert not kind.armed
+    for call in (first, second):
+        assert call is not None
+        assert (call.status, call.claimed_by) == (CallStatus.IN_PROGRESS, None)
+        assert (len(call.attempts), call.send_tries) == (1, 1)
+    dialled = Counter(form_of(request)["From"] for request in exotel.connects)
+    assert sorted(dialled.values()) == [1, 1], dialled
 
 
 class _SlowClaim(Kind[str, str]):
@@ -422,7 +447,7 @@ async def test_a_claim_under_way_when_the_runner_stops_is_run_and_recorded(
             await kind.running.wait()
             kind.finish.set()  # within its grace
             await stopping
+            assert kind.outcomes == [("job", "job done")]  # when the stop returns
         finally:
             kind.commit.set()
             kind.finish.set()
-    assert kind.outcomes == [("job", "job done")]
