@@ -184,7 +184,8 @@ class Runner(Generic[Job, Outcome]):
                         self._unconfirmed = False
                         claimed = wanted  # only once committed: a claim rolled back is no claim
                         if not isinstance(claimed, Wait):
-                            self._held.update(self.kind.key(job) for job in claimed)
+                            if self.kind.queue is not None:
+                                self._held.update(self.kind.key(job) for job in claimed)
                             for job in claimed:
                                 task = asyncio.create_task(
                                     self._work(job), name=f"{self.kind.name} job"
