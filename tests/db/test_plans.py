@@ -376,7 +376,7 @@ async def test_owing_an_event_looks_up_only_its_calls_earlier_deliveries(
     with captured(engine) as sent:
         response = await client.post(callback_path(world.keyed["id"]), **multipart(ended))
     assert response.status_code == 200, response.text
-    for node in await delivery_reads(engine, sent, "INSERT INTO delivery"):
+    for node in await delivery_reads(engine, sent, "INSERT INTO delivery ("):
         assert node.get("Index Name") == FOLLOWERS_INDEX, node
         assert "call_id" in node.get("Index Cond", ""), node
 
