@@ -57,3 +57,14 @@ def written_in(
     among millions is looked for by reading them all (a prepared statement's plan after its
     fifth run)."""
     return or_(*(column == literal_column(f"'{value}'") for value in values))
+
+
+def checked_apart(
+    column: ColumnElement[Any] | InstrumentedAttribute[Any], value: str
+) -> ColumnElement[bool]:
+    """`column` (NOT NULL) is `value`, said so that no partial index's predicate matches (IS
+    NOT DISTINCT FROM): the counterpart of `written_in`, for rows found by another index (their
+    key, their call) whose state is only checked. Where statistics predate a backlog (a sample
+    of millions of deliveries that held no pending one), a partial index of the state looks
+    empty to the planner, and it reads all of that index instead (one per row, as a join)."""
+    return column.is_not_distinct_from(value)

@@ -365,6 +365,24 @@ async def test_aligning_a_deliverys_followers_reads_only_its_call(
     assert "call_id" in followers.get("Index Cond", ""), followers
 
 
+async def test_a_claim_takes_the_deliveries_it_chose_by_key(app: FastAPI, world: World) -> None:
+    # With the owed deliveries' index, the planner read every owed delivery to take the few it
+    # chose.
+    engine = engine_of(app)
+    await owed_unseen(engine)
+    with captured(engine) as sent:
+        async with engine.begin() as db:
+            assert await claim(db, worker="w", limit=8, per_endpoint=8)
+    taking = [
+        node
+        for node in await delivery_reads(engine, sent, "UPDATE delivery SET state")
+        if node.get("Alias") == "pending"
+    ]
+    assert taking, [one.statement for one in sent]
+    for node in taking:
+        assert node.get("Index Name") == "pk_delivery", node
+
+
 async def test_owing_an_event_looks_up_only_its_calls_earlier_deliveries(
     app: FastAPI, client: httpx.AsyncClient, world: World
 ) -> None:
