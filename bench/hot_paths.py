@@ -14,7 +14,8 @@ they delete a second, and the status callbacks' rate while they run against with
 
 Prints each path's figure on the empty database, on each filled one, and the ratio to empty;
 then, from pg_stat_statements (reset after setting up), each database's slowest statements by
-mean time, and its size (tables and indexes) per million calls. Needs `wrk` (`apt-get install
+mean time, the relations the paths read most from outside shared_buffers (blocks, beside the
+baseline's: pg_statio), and its size (tables and indexes) per million calls. Needs `wrk` (`apt-get install
 wrk`) and pg_stat_statements in the server's shared_preload_libraries (the embedded server is
 started with it).
 
@@ -118,6 +119,7 @@ class Database:
     simulator: str = ""
     probes: dict[str, str] = field(default_factory=dict)  # the GET paths, filled in per history
     began: datetime | None = None  # the database's time before the bench wrote anything
+    read_before: dict[str, int] = field(default_factory=dict)  # blocks read, by relation
 
 
 Figures = dict[str, float]
@@ -512,6 +514,7 @@ async def measure(
                 await prepare(db, sim, sub)
             for db in dbs:
                 await reset_statements(db.url)
+                db.read_before = await blocks_read(db.url)
             for name, path in paths(duration, counts):
                 print(f"{time.monotonic() - began:6.0f} s: {name}", file=sys.stderr, flush=True)
                 taken: list[list[Figures]] = [[] for _ in dbs]
@@ -528,6 +531,7 @@ async def measure(
                     db.process.wait()
         baseline = await kept_statements(dbs[0].url)
         notes = [await statements(db.label, db.url, baseline) for db in dbs[1:]]
+        notes += [await relations_read(db, dbs[0]) for db in dbs[1:]]
         notes += [await sizes(db.label, db.url) for db in dbs[1:]]
         print(f"{time.monotonic() - began:6.0f} s: retention", file=sys.stderr, flush=True)
         retained, while_retained = await retention(dbs, duration)
@@ -717,6 +721,39 @@ async def statements(
             + (f"{base.mean_ms:>9.2f}" if base else f"{'-':>9}")
             + f" {figures.reads:>8.1f} {figures.read_ms:>8.2f}  {_shortened(query)}"
         )
+    return "\n".join(lines)
+
+
+# Blocks read from outside shared_buffers since the server's statistics began, by relation:
+# each table, its TOAST (with its index) and each index. Read before and after the paths, not
+# reset: a reset would clear the counts autovacuum goes by too.
+READ = text(
+    "SELECT relname, heap_blks_read FROM pg_statio_user_tables "
+    "UNION ALL SELECT relname || ' (toast)', coalesce(toast_blks_read, 0) "
+    "  + coalesce(tidx_blks_read, 0) FROM pg_statio_user_tables "
+    "UNION ALL SELECT indexrelname, idx_blks_read FROM pg_statio_user_indexes"
+)
+
+
+async def blocks_read(url: str) -> dict[str, int]:
+    engine = create_engine(url)
+    async with engine.connect() as db:
+        read = {relation: int(blocks) for relation, blocks in (await db.execute(READ)).all()}
+    await engine.dispose()
+    return read
+
+
+async def relations_read(db: Database, baseline: Database, *, most: int = 10) -> str:
+    """The relations the paths read most from outside shared_buffers on `db` (blocks), beside
+    the baseline's: which table or index a history makes the paths read."""
+    since: dict[str, dict[str, int]] = {}
+    for one in (db, baseline):
+        now = await blocks_read(one.url)
+        since[one.label] = {name: now[name] - one.read_before.get(name, 0) for name in now}
+    read, base = since[db.label], since[baseline.label]
+    lines = [f"blocks read on {db.label} while the paths ran, by relation (on the baseline)"]
+    for name, blocks in sorted(read.items(), key=lambda item: -item[1])[:most]:
+        lines.append(f"  {blocks:>10,} {base.get(name, 0):>10,}  {name}")
     return "\n".join(lines)
 
 

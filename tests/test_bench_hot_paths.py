@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator
 
@@ -61,3 +62,8 @@ async def test_every_path_gives_its_figures_on_each_database(
     # The tests' server keeps no statement statistics; the sizes are read all the same.
     assert any("pg_stat_statements is not loaded" in note for note in notes)
     assert any(note.startswith("size of 5 calls") for note in notes)
+    # Each relation the paths read most, with its blocks here and on the baseline.
+    (read,) = [note for note in notes if note.startswith("blocks read on 5 calls")]
+    _, *relations = read.splitlines()
+    assert len(relations) == 10, read
+    assert all(re.fullmatch(r" +[\d,]+ +[\d,]+  \w+( \(toast\))?", one) for one in relations), read
