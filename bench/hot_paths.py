@@ -15,9 +15,9 @@ they delete a second, and the status callbacks' rate while they run against with
 Prints each path's figure on the empty database, on each filled one, and the ratio to empty;
 then, from pg_stat_statements (reset after setting up), each database's slowest statements by
 mean time, the relations the paths read most from outside shared_buffers (blocks, beside the
-baseline's: pg_statio), and its size (tables and indexes) per million calls. Needs `wrk` (`apt-get install
-wrk`) and pg_stat_statements in the server's shared_preload_libraries (the embedded server is
-started with it).
+baseline's: pg_statio), and its size (tables and indexes) per million calls. Needs `wrk`
+(`apt-get install wrk`) and pg_stat_statements in the server's shared_preload_libraries (the
+embedded server is started with it).
 
     .venv/bin/python -m bench.hot_paths --filled postgresql+asyncpg://postgres@127.0.0.1:5432/big
     .venv/bin/python -m bench.hot_paths --empty URL --filled URL --filled URL --duration 10
