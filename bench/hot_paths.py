@@ -531,7 +531,8 @@ async def measure(
                     db.process.wait()
         baseline = await kept_statements(dbs[0].url)
         notes = [await statements(db.label, db.url, baseline) for db in dbs[1:]]
-        notes += [await relations_read(db, dbs[0]) for db in dbs[1:]]
+        base_read = await read_since(dbs[0])
+        notes += [relations_read(db.label, await read_since(db), base_read) for db in dbs[1:]]
         notes += [await sizes(db.label, db.url) for db in dbs[1:]]
         print(f"{time.monotonic() - began:6.0f} s: retention", file=sys.stderr, flush=True)
         retained, while_retained = await retention(dbs, duration)
@@ -743,15 +744,18 @@ async def blocks_read(url: str) -> dict[str, int]:
     return read
 
 
-async def relations_read(db: Database, baseline: Database, *, most: int = 10) -> str:
-    """The relations the paths read most from outside shared_buffers on `db` (blocks), beside
-    the baseline's: which table or index a history makes the paths read."""
-    since: dict[str, dict[str, int]] = {}
-    for one in (db, baseline):
-        now = await blocks_read(one.url)
-        since[one.label] = {name: now[name] - one.read_before.get(name, 0) for name in now}
-    read, base = since[db.label], since[baseline.label]
-    lines = [f"blocks read on {db.label} while the paths ran, by relation (on the baseline)"]
+async def read_since(db: Database) -> dict[str, int]:
+    """Blocks read by relation on `db` since `read_before`."""
+    now = await blocks_read(db.url)
+    return {name: blocks - db.read_before.get(name, 0) for name, blocks in now.items()}
+
+
+def relations_read(
+    label: str, read: dict[str, int], base: dict[str, int], *, most: int = 10
+) -> str:
+    """The relations the paths read most from outside shared_buffers (blocks), beside the
+    baseline's: which table or index a history makes the paths read."""
+    lines = [f"blocks read on {label} while the paths ran, by relation (on the baseline)"]
     for name, blocks in sorted(read.items(), key=lambda item: -item[1])[:most]:
         lines.append(f"  {blocks:>10,} {base.get(name, 0):>10,}  {name}")
     return "\n".join(lines)
