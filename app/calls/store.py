@@ -29,7 +29,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, union_all, update
+from sqlalchemy import any_, bindparam, delete, func, insert, select, union_all, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as upsert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -455,12 +455,18 @@ def _statements() -> _Statements:
     """Built once: building a statement costs more than running it for a few rows."""
     calls, events, dials = _CALLS.c, _EVENTS.c, _DIALS.c
     event_columns = [events[name] for name in _EVENT_COLUMNS]
-    # By id, by the latest attempt's SID, or by any attempt's (in `dial`): a union, each part
-    # read from its own index (an OR with a subquery would read the whole table).
+    # By id, by the latest attempt's SID, or by an earlier attempt's (in `dial`): a union, each
+    # part read from its own index (an OR with a subquery would read the whole table). `dial`
+    # is searched only for the SIDs no call has as its latest: most callbacks are about the
+    # latest attempt, and each search of an index of Exotel's random SIDs reads a page of its
+    # own (an empty array searches none).
+    latest = select(calls.id, calls.sid).where(one_of(calls.sid, "sids")).cte("latest")
+    sids = bindparam("sids", type_=ARRAY(calls.sid.type))
+    earlier = select(func.unnest(sids)).except_(select(latest.c.sid)).scalar_subquery()
     wanted = union_all(
         select(func.unnest(bindparam("ids", type_=ARRAY(calls.id.type)))),
-        select(calls.id).where(one_of(calls.sid, "sids")),
-        select(dials.call_id).where(one_of(dials.sid, "sids")),
+        select(latest.c.id),
+        select(dials.call_id).where(dials.sid == any_(func.array(earlier))),
     )
     return _Statements(
         lock=select(

@@ -9,6 +9,7 @@ checked too. Delivery's claim, release and record are run by a test itself.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -179,6 +180,35 @@ async def test_a_status_callback_for_an_unknown_sid(
 async def test_a_passthru_request(app: FastAPI, client: httpx.AsyncClient, world: World) -> None:
     query = {"CallSid": world.keyed["sid"], "CurrentTime": exotel_clock(2), "digits": '"2"'}
     await request_on_indexes(app, client, "GET", f"{PASSTHRU}&{urlencode(query)}")
+
+
+async def test_a_passthru_about_a_calls_latest_attempt_searches_no_dial(
+    app: FastAPI, client: httpx.AsyncClient, world: World
+) -> None:
+    # A request found by its SID: each search of an index of Exotel's random SIDs reads a leaf
+    # page of its own on a big history, and the dials need none for a call's latest SID.
+    engine = engine_of(app)
+    query = {"CallSid": world.keyed["sid"], "CurrentTime": exotel_clock(3)}
+    with captured(engine) as sent:
+        response = await client.get(f"{PASSTHRU}&{urlencode(query)}")
+    assert response.status_code == 200, response.text
+    locks = [one for one in sent if "FROM dial" in one.statement and "FOR UPDATE" in one.statement]
+    assert locks, [one.statement for one in sent]
+    async with engine.connect() as connection:
+        for lock in locks:
+            async with connection.begin() as transaction:
+                result = await connection.exec_driver_sql(
+                    "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + lock.statement, lock.parameters
+                )
+                raw = result.scalar_one()
+                await transaction.rollback()
+            tree = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
+            dials = [
+                node for node in Plan(lock, tree).nodes() if node.get("Relation Name") == "dial"
+            ]
+            assert dials, lock.statement
+            for node in dials:
+                assert node["Shared Hit Blocks"] + node["Shared Read Blocks"] == 0, node
 
 
 # --- reading calls ---------------------------------------------------------------------------
