@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
+from app.db.embedded import quarter_of_memory
 from tests.support.eventually import eventually_sync
 from tests.support.processes import (
     EXOCALL,
@@ -82,6 +83,11 @@ def test_serve_keeps_its_calls_in_a_postgresql_of_its_own(
     (port,) = free_ports(1)
     subprocess.run([EXOCALL, "migrate"], env=env, cwd=workdir, check=True, capture_output=True)
     assert not (workdir / "pgdata" / "postmaster.pid").exists()  # stopped by migrate too
+    # Made with a quarter of the memory for its buffers, in the file its owner edits.
+    settings = (workdir / "pgdata" / "postgresql.conf").read_text().splitlines()
+    assert f"shared_buffers = {quarter_of_memory() // 2**20}MB" in [
+        line.split("#")[0].strip() for line in settings
+    ]
 
     with serving(workdir, env, port, stop=signal.SIGTERM) as api:
         placed = api.post(
