@@ -498,10 +498,13 @@ async def measure(
     duration: int,
     repeats: int = REPEATS,
     counts: Counts = Counts(),
+    warm: bool = False,
 ) -> tuple[list[Row], list[str]]:
     """The seam: every path on each (label, url), the first being the empty database, in
-    turn, `repeats` times; the table's rows, and what pg_stat_statements and the sizes say."""
+    turn, `repeats` times; the table's rows, and what pg_stat_statements and the sizes say.
+    `warm`: each database's indexes on random keys read into shared_buffers first."""
     rows: list[Row] = []
+    notes: list[str] = []
     with tempfile.TemporaryDirectory() as workdir, helpers(Path(workdir)) as (sim, sub):
         dbs = [
             Database(label, url, Path(workdir) / str(n), counts)
@@ -512,6 +515,8 @@ async def measure(
             for db in dbs:
                 db.work.mkdir()
                 await prepare(db, sim, sub)
+                if warm:
+                    notes.append(await warmed(db))
             for db in dbs:
                 await reset_statements(db.url)
                 db.read_before = await blocks_read(db.url)
@@ -530,7 +535,7 @@ async def measure(
                     db.process.terminate()
                     db.process.wait()
         baseline = await kept_statements(dbs[0].url)
-        notes = [await statements(db.label, db.url, baseline) for db in dbs[1:]]
+        notes += [await statements(db.label, db.url, baseline) for db in dbs[1:]]
         base_read = await read_since(dbs[0])
         notes += [relations_read(db.label, await read_since(db), base_read) for db in dbs[1:]]
         notes += [await sizes(db.label, db.url) for db in dbs[1:]]
@@ -653,6 +658,38 @@ RESET = text(
     "SELECT pg_stat_statements_reset(0::oid, "
     "(SELECT oid FROM pg_database WHERE datname = current_database()), 0::bigint)"
 )
+
+
+# The indexes on random keys: Exotel's SIDs, the numbers, the idempotency keys. Each call
+# written or updated, and each callback looked up, lands on any page of them. A server that
+# has been taking calls for months holds them in shared_buffers where they fit; a database
+# just filled (and vacuumed, which reads every table through) or a server just restarted
+# does not, and its first hour reads them from disk a page at a time.
+RANDOM_KEYED = (
+    "uq_call_sid",
+    "uq_dial_sid",
+    "ix_call_from_number_created_at",
+    "uq_call_idempotency_key",
+    "ix_dial_number_sent_at",
+)
+WARM = text(
+    "SELECT sum(pg_prewarm(CAST(name AS regclass))) FROM unnest(CAST(:names AS text[])) name"
+)
+
+
+async def warmed(db: Database) -> str:
+    """Read the database's indexes on random keys into shared_buffers (pg_prewarm); says
+    how much, and into how much."""
+    engine = create_engine(db.url, isolation_level="AUTOCOMMIT")
+    async with engine.connect() as connection:
+        await connection.execute(text("CREATE EXTENSION IF NOT EXISTS pg_prewarm"))
+        blocks = await connection.scalar(WARM, {"names": list(RANDOM_KEYED)})
+        shared = await connection.scalar(text("SHOW shared_buffers"))
+    await engine.dispose()
+    return (
+        f"{db.label}: {blocks * 8 / 1024:,.0f} MB of indexes on random keys read into "
+        f"shared_buffers ({shared}) first: {', '.join(RANDOM_KEYED)}"
+    )
 
 
 async def reset_statements(url: str) -> None:
@@ -815,7 +852,9 @@ def table(labels: list[str], rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-async def run(empty: str | None, filled: list[str], calls: list[int], duration: int) -> None:
+async def run(
+    empty: str | None, filled: list[str], calls: list[int], duration: int, warm: bool
+) -> None:
     if empty is None:
         empty = await fresh_database(statement_stats=True)
         await fill(empty, calls=DAY_ONE)
@@ -827,7 +866,7 @@ async def run(empty: str | None, filled: list[str], calls: list[int], duration: 
     databases = [("empty", empty)]
     for url in filled:
         databases.append((f"{await counted(url):,} calls", url))
-    rows, notes = await measure(databases, duration=duration)
+    rows, notes = await measure(databases, duration=duration, warm=warm)
     print(table([label for label, _ in databases], rows))
     for note in notes:
         print(note)
@@ -844,6 +883,12 @@ async def main() -> None:
         help="fill databases with this many calls first (bench.history), comma-separated",
     )
     parser.add_argument("--duration", type=int, default=10, help="seconds of each wrk load")
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="read each database's indexes on random keys into shared_buffers first, as a "
+        "server taking calls for months holds them (pg_prewarm)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -855,7 +900,7 @@ async def main() -> None:
     )
     if not args.filled and not args.calls:
         parser.error("name a --filled database, or --calls to fill")
-    await run(args.empty, args.filled, args.calls, args.duration)
+    await run(args.empty, args.filled, args.calls, args.duration, args.warm)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ async def test_every_path_gives_its_figures_on_each_database(
         pytest.skip("wrk is not installed; .ci/run installs it and runs this test")
     tiny = Counts(requests=2, posts=2, batches=1, batch=2, placed=5, delivered=2)
 
-    rows, notes = await measure(databases, duration=1, repeats=1, counts=tiny)
+    rows, notes = await measure(databases, duration=1, repeats=1, counts=tiny, warm=True)
 
     paths = {row.path for row in rows}
     assert {"POST /calls (2, one at a time)", "GET /calls?cursor=deep", "GET /metrics"} <= paths
@@ -62,6 +62,9 @@ async def test_every_path_gives_its_figures_on_each_database(
     # The tests' server keeps no statement statistics; the sizes are read all the same.
     assert any("pg_stat_statements is not loaded" in note for note in notes)
     assert any(note.startswith("size of 5 calls") for note in notes)
+    # Each database's indexes on random keys were read into shared_buffers first.
+    warmed = [note for note in notes if "indexes on random keys read into shared_buffers" in note]
+    assert [note.split(":")[0] for note in warmed] == ["empty", "5 calls"], warmed
     # Each relation the paths read most, with its blocks here and on the baseline.
     (read,) = [note for note in notes if note.startswith("blocks read on 5 calls")]
     _, *relations = read.splitlines()
