@@ -112,7 +112,9 @@ async def queue_calls(
         if key is not None:
             seen[key] = (print_, row["id"])
 
-    statement = insert(Call).on_conflict_do_nothing(index_elements=[Call.idempotency_key])
+    statement = insert(Call).on_conflict_do_nothing(
+        index_elements=[Call.idempotency_key], index_where=Call.idempotency_key.is_not(None)
+    )
     inserted = set(await session.scalars(statement.returning(Call.id), rows)) if rows else set()
     await _hold_back([row for row in rows if row["id"] in inserted], session=session, now=now)
     # Keys that were already taken: the stored call stands in for the new one.
