@@ -46,9 +46,10 @@ def app(db_url: str, exotel: ExotelDouble) -> FastAPI:
         db_url,
         reconcile_interval_seconds=0.2,
         reconcile_grace_seconds=0,
-        # Two requests a second: three calls at once make the dispatcher wait for the budget.
+        # Two requests in five seconds: three calls at once make the dispatcher wait for the
+        # budget, however slowly a loaded machine sends the first two.
         exotel_rate_limit=2,
-        exotel_rate_window_seconds=1,
+        exotel_rate_window_seconds=5,
         exotel_rate_margin_seconds=0,
     )
     return create_app(settings, exotel_transport=httpx.MockTransport(exotel.handle))
@@ -110,7 +111,7 @@ async def test_a_scrape_counts_what_a_run_did(
     await eventually(c_repaired, what="C repaired by reconciliation")
 
     # Three at once (one batch: ready together however slow the machine), within a budget of
-    # two a second: the third waits.
+    # two in five seconds: the third waits.
     exotel.accept_connects()
     numbers = ("+919052161114", "+919052161115", "+919052161116")
     batch = await client.post("/calls/batch", json={"calls": [place_body(n) for n in numbers]})

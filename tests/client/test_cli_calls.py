@@ -671,7 +671,9 @@ async def test_a_campaigns_timeout_counts_from_when_its_scheduled_call_is_due(
 ) -> None:
     """Nothing changes while a call waits for its time: that is no reason to stop following."""
     exocall = start_exocall(JOBS_POLL_SECONDS="0.2")
-    later = datetime.now(UTC) + timedelta(seconds=8)
+    # Far enough ahead that the command has started and placed the call before then, on a
+    # machine so loaded that starting it takes seconds.
+    later = datetime.now(UTC) + timedelta(seconds=20)
     path = write_csv(tmp_path / "calls.csv", ["number"], [[number("0", 1)]])
     results_path = tmp_path / "results.csv"
 
