@@ -20,7 +20,7 @@ baseline's: pg_statio), and its size (tables and indexes) per million calls. Nee
 embedded server is started with it).
 
     .venv/bin/python -m bench.hot_paths --filled postgresql+asyncpg://postgres@127.0.0.1:5432/big
-    .venv/bin/python -m bench.hot_paths --empty URL --filled URL --filled URL --duration 10
+    .venv/bin/python -m bench.hot_paths --empty URL --filled URL --filled URL --duration 10 --warm
     .venv/bin/python -m bench.hot_paths --calls 1000000,3000000    # filled by bench.history first
 """
 
