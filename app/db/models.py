@@ -232,8 +232,7 @@ class Call(Base):
             "id",
             postgresql_where=text("digits IS NOT NULL"),
         ),
-        # One call per idempotency key; the calls without one are not in it (each change of a
-        # call adds an entry to every index of `call`: no page of it is spent on them).
+        # Only the calls with a key: each change of a call adds an entry to every index of it.
         Index(
             "uq_call_idempotency_key",
             "idempotency_key",
