@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import random
 import time
 import uuid
 from collections.abc import Sequence
@@ -48,7 +47,7 @@ from app.db.clock import db_now
 from app.db.models import Delivery, DeliveryAttempt, DeliveryState, Event, WebhookEndpoint
 from app.db.statements import checked_apart, one_of, table_of, written_in
 from app.events.endpoints import align_followers, disable, signing_secrets
-from app.jobs.policy import RetryPolicy
+from app.jobs.policy import RANDOM, RetryPolicy
 from app.retry_after import retry_after_seconds
 
 ANSWER_KEPT = 1024  # bytes of each answer recorded with its attempt
@@ -109,7 +108,7 @@ async def claim(
         for endpoint_id, failing_since, sending in await db.execute(statements.shares)
         if sending < (share := _share(per_endpoint, failing_since))
     ]
-    random.shuffle(shares)
+    RANDOM.shuffle(shares)
     candidates: list[tuple[int, uuid.UUID]] = []
     for endpoint_id, share in shares:
         if len(candidates) >= limit:
