@@ -58,6 +58,7 @@ from app.config import Settings
 from app.db.clock import db_now
 from app.db.models import Call, CallStatus, Delivery, DeliveryState, Event, WebhookEndpoint
 from app.db.session import create_engine, create_sessionmaker
+from app.db.statements import written_in
 from app.events.retention import forget_old_events
 from app.main import exotel_client
 from app.metrics import Metrics
@@ -172,7 +173,7 @@ async def post_calls(db: Database) -> Figures:
 
     since = await database_now(db.url)
     figures = await latencies(db.api, "POST", "/calls", count=db.counts.posts, body=call)
-    await settled(db.url, ended_since=since)
+    await settled(db, ended_since=since)
     return figures
 
 
@@ -182,7 +183,7 @@ async def post_batches(db: Database) -> Figures:
 
     since = await database_now(db.url)
     figures = await latencies(db.api, "POST", "/calls/batch", count=db.counts.batches, body=batch)
-    await settled(db.url, ended_since=since)
+    await settled(db, ended_since=since)
     return figures
 
 
@@ -377,24 +378,32 @@ def server_values(url: str, simulator: str = "http://127.0.0.1:9") -> dict[str, 
     }
 
 
-async def settled(url: str, *, ended_since: datetime | None = None) -> None:
-    """Until no call waits to be dispatched (a filled history keeps some queued) and, with
-    `ended_since`, every call made since has ended: the simulator's callbacks for a path's
-    calls then come while that path is measured, not while the next one is (on another
-    database, whose figures they would slow)."""
+async def settled(db: Database, *, ended_since: datetime | None = None) -> None:
+    """Until no call waits to be dispatched (a filled history keeps some queued), nothing is
+    owed to the bench's subscriber and, with `ended_since`, every call made since has ended:
+    what a path leaves behind (the simulator's callbacks for its calls, the deliveries of the
+    events a load made) is then done before the next path is measured, not while it is (on
+    another database, whose figures it would slow)."""
     waiting = [select(func.count()).where(Call.status == CallStatus.QUEUED)]
+    if db.endpoint:
+        waiting.append(
+            select(func.count()).where(
+                Delivery.endpoint_id == uuid.UUID(db.endpoint),
+                written_in(Delivery.state, DeliveryState.PENDING, DeliveryState.SENDING),
+            )
+        )
     if ended_since is not None:
         waiting.append(
             select(func.count()).where(
                 Call.status == CallStatus.IN_PROGRESS, Call.created_at >= ended_since
             )
         )
-    engine = create_engine(url)
+    engine = create_engine(db.url)
     deadline = time.monotonic() + SETTLE_SECONDS
     try:
         while time.monotonic() < deadline:
-            async with engine.connect() as db:
-                if not any([await db.scalar(count) for count in waiting]):
+            async with engine.connect() as connection:
+                if not any([await connection.scalar(count) for count in waiting]):
                     return
             await asyncio.sleep(0.2)
     finally:
@@ -453,7 +462,7 @@ async def prepare(db: Database, simulator: str, subscriber: str) -> None:
         created = await http.post("/webhook-endpoints", json={"url": f"{subscriber}/hook"})
         created.raise_for_status()
         db.endpoint = created.json()["id"]
-    await settled(db.url)
+    await settled(db)
 
 
 @contextlib.contextmanager
@@ -525,6 +534,7 @@ async def measure(
                 taken: list[list[Figures]] = [[] for _ in dbs]
                 for _ in range(repeats):
                     for n, db in enumerate(dbs):
+                        await settled(db)
                         taken[n].append(await path(db))
                 for figure in taken[0][0]:
                     values = [statistics.mean(run[figure] for run in runs) for runs in taken]
