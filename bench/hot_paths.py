@@ -428,9 +428,17 @@ async def prepare(db: Database, simulator: str, subscriber: str) -> None:
     async with engine.connect() as connection:
         flow_ids = [call_id for call_id, _ in flows]
         await connection.execute(update(Call).where(Call.id.in_(flow_ids)).values(app_id=APP_ID))
-        # The history's endpoints, which nothing answers, start each run as on a fresh history:
-        # not yet known to fail (a run before this one marked them).
+        # The history's endpoints, which nothing answers, start each run alike on every
+        # database: not yet known to fail, and what they are owed retried a day from now. A
+        # history filled for this run owes them its live calls' events at once, and one that
+        # a run before has used owes them later, as their retries fell: the first server
+        # spent a core on a burst of failed attempts while the other's paths were measured.
         await connection.execute(update(WebhookEndpoint).values(failing_since=None))
+        await connection.execute(
+            update(Delivery)
+            .where(written_in(Delivery.state, DeliveryState.PENDING))
+            .values(next_attempt_at=func.now() + timedelta(days=1))
+        )
         if await statement_stats(connection):
             await connection.execute(text("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
             # How long each statement waited for its reads (a superuser's setting).
