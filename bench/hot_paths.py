@@ -3,7 +3,8 @@
 Each database (an empty one, and each `--filled` one that someone already filled, e.g. with
 `bench.history`) gets its own `exocall serve`, all beside one Exotel simulator; then each path
 is measured on every database in turn, twice (ABAB), so that the machine's noise hits them
-alike. The paths: `POST /calls` and `POST /calls/batch` (the dispatch claim and the shared
+alike, each time once what the paths before it left (calls to send, events to deliver) is
+done. The paths: `POST /calls` and `POST /calls/batch` (the dispatch claim and the shared
 budget run, the limit high enough never to hold back), status callbacks and Passthru requests
 under the ingestion benchmark's wrk load (on calls in progress the bench places), `GET /calls`
 with each filter and a deep cursor, one call and its events, `GET /events` from the oldest and
