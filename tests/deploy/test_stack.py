@@ -47,6 +47,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RUN = uuid.uuid4().hex[:8]
 PROJECT = f"exocall-stack-test-{RUN}"
 SUBNET = f"10.{random.randrange(200, 250)}.{random.randrange(256)}"  # a /24 of its own
+# PostgreSQL's shared_buffers in the stack: not .env.example's, to see that .env reaches it.
+SHARED_BUFFERS = "192MB"
 TERMINAL = {"completed", "busy", "no-answer", "failed", "canceled", "rejected"}
 SETTLE_DEADLINE_SECONDS = 180.0  # bounds waiting; never asserted on
 # Every call is placed with these: a send that a SIGKILL cut short before it reached Exotel is
@@ -154,6 +156,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config)
             f"\nPROXY_PORT={port}\nEXOCALL_SUBNET={SUBNET}.0/24\n"
             f"EXOCALL_DYNAMIC_RANGE={SUBNET}.0/25\nEXOCALL_PROXY_ADDRESS={SUBNET}.250\n"
             f"EXOCALL_IMAGE=exocall:stack-test-{RUN}\n"
+            f"POSTGRES_SHARED_BUFFERS={SHARED_BUFFERS}\n"
         )
     override = workdir / "override.yml"
     override.write_text(OVERRIDE.format(env_file=env_file))
@@ -424,6 +427,14 @@ async def test_postgres_restarted_with_calls_in_flight(stack: Stack) -> None:
         assert final[str(placed.call_id)]["status"] == "completed", final[str(placed.call_id)]
         assert dialled[placed.number] == 1, (placed.number, dialled)
     assert not any(dialled[placed.number] for placed in refused), dialled  # told failed
+
+
+def test_postgres_takes_its_memory_from_the_env_file(stack: Stack) -> None:
+    shown = stack.compose(
+        "exec", "-T", "postgres", "psql", "--username=exocall", "--dbname=exocall",
+        "--tuples-only", "--no-align", "--command=SHOW shared_buffers",
+    )  # fmt: skip
+    assert shown.strip() == SHARED_BUFFERS
 
 
 @pytest.mark.anyio
