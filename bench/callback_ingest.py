@@ -212,17 +212,23 @@ def measure(argv: list[str], env: dict[str, str], script: Path, duration: int) -
 def serve(
     argv: list[str], env: dict[str, str], port: int, log: Path, *, ready_path: str = "/docs"
 ) -> subprocess.Popen[bytes]:
+    """Start `argv` and wait until it answers on `ready_path`. It is killed if it never does,
+    or if the wait is cut short (a test's time-out, ^C): never left running."""
     with log.open("wb") as out:
         process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=1)
-            return process
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"{argv} did not start:\n{log.read_text()}")
+    try:
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=1)
+                return process
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{argv} did not start:\n{log.read_text()}")
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
 
 
 def peak_rss_mib(process: subprocess.Popen[bytes]) -> float:
