@@ -52,6 +52,7 @@ ENDPOINT_EXAMPLE: dict[str, Any] = {
     "updated_at": "2026-12-01T16:34:06.701020Z",
     "last_success_at": "2026-12-01T16:34:07.112331Z",
     "failing_since": None,
+    "retry_at": None,
     "backlog": 0,
 }
 REDELIVER_EXAMPLE = {"endpoint_id": ENDPOINT_EXAMPLE["id"]}
@@ -160,6 +161,9 @@ class EndpointOut(BaseModel):
     updated_at: datetime
     last_success_at: datetime | None
     failing_since: datetime | None = Field(description="The first failure since the last success.")
+    retry_at: datetime | None = Field(
+        description="Failing for over a minute: when it is tried next, by one delivery."
+    )
     backlog: int = Field(description="Deliveries owed: pending or in flight.")
 
     @classmethod
@@ -175,6 +179,7 @@ class EndpointOut(BaseModel):
             updated_at=endpoint.updated_at,
             last_success_at=endpoint.last_success_at,
             failing_since=endpoint.failing_since,
+            retry_at=endpoint.retry_at,
             backlog=backlog,
         )
 

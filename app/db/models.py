@@ -481,6 +481,8 @@ class WebhookEndpoint(Base):
     # The first failure since the last success: failing for WEBHOOK_DISABLE_AFTER_SECONDS
     # disables the endpoint.
     failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Failing for over a minute, it is tried by one delivery at a time, no sooner than this.
+    retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Delivery(Base):

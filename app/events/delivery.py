@@ -7,7 +7,11 @@ recording what came of it.
 - A call's events go to an endpoint one at a time, in order: only the head of each (endpoint,
   call) chain is claimed, the earliest not yet delivered or given up. Other calls go on.
 - At most WEBHOOK_ENDPOINT_CONCURRENCY deliveries are in flight to one endpoint, across
-  replicas, so a slow endpoint holds back no other.
+  replicas, so a slow endpoint holds back no other; to one that is failing, two. One that has
+  failed for over a minute is tried by one delivery at a time, after a tenth of the time it
+  has been failing (a second to five minutes): its other deliveries wait, their attempts
+  unspent, so that an endpoint that is down costs a few attempts a minute, not one for every
+  call it is owed.
 - The retry schedule is WEBHOOK_RETRY_SCHEDULE with ±20% jitter; a time-out or "slow down"
   (429, 502, 503, 504) waits at least a minute (or the schedule's longest delay, if shorter);
   Retry-After is honoured between one and two scheduled delays (Svix's rule). 410 disables the
@@ -28,6 +32,7 @@ from typing import Any
 import aiohttp
 from sqlalchemy import (
     Boolean,
+    Interval,
     and_,
     bindparam,
     case,
@@ -56,6 +61,10 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _SLOW_DOWN_FLOOR = 60.0
 # Deliveries in flight at once to an endpoint that is failing (its `failing_since`).
 _FAILING_SHARE = 2
+# Failing for this long, an endpoint is tried by one delivery at a time, no sooner than its
+# `retry_at`: a tenth of the time it has been failing later, within these bounds.
+_TRIPPED_AFTER = timedelta(minutes=1)
+_RETRY_WITHIN = (timedelta(seconds=1), timedelta(minutes=5))
 _HEALTH_RESOLUTION = timedelta(seconds=1)  # how fresh an endpoint's `last_success_at` is
 _INTERRUPTED = "interrupted: the replica sending it stopped before the answer was recorded"
 _delivery = table_of(Delivery).c
@@ -104,9 +113,9 @@ async def claim(
     # due deliveries. Each candidate costs a look-up of its call's earlier deliveries, and one
     # endpoint's backlog never fills another's turn.
     shares = [
-        (endpoint_id, share - sending)
-        for endpoint_id, failing_since, sending in await db.execute(statements.shares)
-        if sending < (share := _share(per_endpoint, failing_since))
+        (row.id, share - row.sending)
+        for row in await db.execute(statements.shares)
+        if row.sending < (share := _share(per_endpoint, row.failing_since, row.retry_at, now))
     ]
     RANDOM.shuffle(shares)
     candidates: list[tuple[int, uuid.UUID]] = []
@@ -125,7 +134,7 @@ async def claim(
         row.id: row for row in await db.execute(statements.lock_endpoints, {"ids": endpoint_ids})
     }
     free = {
-        endpoint_id: _share(per_endpoint, row.failing_since)
+        endpoint_id: _share(per_endpoint, row.failing_since, row.retry_at, now)
         for endpoint_id, row in endpoints.items()
     }
     for endpoint_id, sending in await db.execute(statements.sending, {"ids": endpoint_ids}):
@@ -166,11 +175,17 @@ async def claim(
     ]
 
 
-def _share(per_endpoint: int, failing_since: datetime | None) -> int:
+def _share(
+    per_endpoint: int, failing_since: datetime | None, retry_at: datetime | None, now: datetime
+) -> int:
     """How many deliveries may be in flight to an endpoint: a failing one is tried a few at a
     time until it answers again, so that endpoints that are down (each owed every event) never
-    take the slots of those that are up."""
-    return per_endpoint if failing_since is None else min(per_endpoint, _FAILING_SHARE)
+    take the slots of those that are up; one failing for longer, one at a time, when due."""
+    if failing_since is None:
+        return per_endpoint
+    if now - failing_since < _TRIPPED_AFTER:
+        return min(per_endpoint, _FAILING_SHARE)
+    return 1 if retry_at is None or retry_at <= now else 0
 
 
 async def release(db: AsyncConnection, delivery_ids: Sequence[int], *, retries: RetryPolicy) -> int:
@@ -446,7 +461,7 @@ class _Statements:
             .exists()
         )
         self.shares = (
-            select(e.id, e.failing_since, func.count(d.id))
+            select(e.id, e.failing_since, e.retry_at, func.count(d.id).label("sending"))
             .select_from(
                 endpoint.outerjoin(
                     delivery,
@@ -471,7 +486,7 @@ class _Statements:
         # FOR NO KEY UPDATE, as an UPDATE of the row would: a delivery or an attempt inserted
         # meanwhile only shares the key (its foreign key), and does not wait.
         self.lock_endpoints = (
-            select(e.id, e.url, e.secret, e.previous_secrets, e.failing_since)
+            select(e.id, e.url, e.secret, e.previous_secrets, e.failing_since, e.retry_at)
             .where(one_of(e.id, "ids"))
             .order_by(e.id)
             .with_for_update(key_share=True)
@@ -513,6 +528,10 @@ class _Statements:
         succeeded = bindparam("succeeded", type_=Boolean)
         failed = bindparam("failed", type_=Boolean)
         now = bindparam("now", type_=UTCDateTime)
+        failing_for = (now - e.failing_since).self_group()
+        # An interval's `/` is PostgreSQL's: SQLAlchemy's Interval has none.
+        tenth = failing_for.op("/", return_type=Interval())(10)
+        wait = func.least(func.greatest(tenth, _RETRY_WITHIN[0]), _RETRY_WITHIN[1])
         self.health_of = (
             update(endpoint)
             .where(e.id == bindparam("endpoint_id"))
@@ -523,6 +542,11 @@ class _Statements:
                     (~failed, None),
                     (succeeded, now),
                     else_=func.coalesce(e.failing_since, now),
+                ),
+                # Failing still, and for long enough (`failing_since` as it was): the next try.
+                retry_at=case(
+                    (failed & ~succeeded & (failing_for >= _TRIPPED_AFTER), now + wait),
+                    else_=None,
                 ),
             )
             .returning(e.failing_since)

@@ -104,10 +104,11 @@ async def change_endpoint(
     session: AsyncSession, endpoint_id: uuid.UUID, *, changes: dict[str, Any], policy: TargetPolicy
 ) -> WebhookEndpoint:
     """Apply the fields given. Enabling an endpoint clears why it was disabled, and its
-    deliveries held back meanwhile go out again."""
+    deliveries held back meanwhile go out again. A new URL is tried at once, failing or not."""
     endpoint = await get_endpoint(session, endpoint_id)
     if "url" in changes:
         endpoint.url = await _checked_url(policy, changes["url"])
+        endpoint.retry_at = None
     if "event_types" in changes:
         types = changes["event_types"]
         endpoint.event_types = list(types) if types is not None else None
@@ -116,7 +117,7 @@ async def change_endpoint(
     if "enabled" in changes:
         if changes["enabled"] and not endpoint.enabled:
             endpoint.disabled_reason = None
-            endpoint.failing_since = None
+            endpoint.failing_since = endpoint.retry_at = None
         elif not changes["enabled"] and endpoint.enabled:
             endpoint.disabled_reason = "disabled through the API"
         endpoint.enabled = changes["enabled"]

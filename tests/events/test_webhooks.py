@@ -9,6 +9,7 @@ import ipaddress
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,9 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from app.config import Settings
+from app.db.clock import db_now
 from app.db.models import Delivery, DeliveryAttempt, DeliveryState, WebhookEndpoint
 from app.db.session import create_engine
-from app.events.delivery import Answer, claim, record, release, retry_policy
+from app.events.delivery import Answer, Claimed, claim, record, release, retry_policy
 from app.events.targets import Resolver, TargetPolicy, TargetRefused, guarded_session
 from tests.conftest import callback_path, make_settings, serving
 from tests.support.eventually import eventually
@@ -645,6 +647,105 @@ async def test_endpoints_that_are_down_are_tried_a_few_at_a_time_beside_one_that
         await engine.dispose()
     counts = {e["id"]: sum(str(one.endpoint_id) == e["id"] for one in claimed) for e in [*down, up]}
     assert counts == {down[0]["id"]: 2, down[1]["id"]: 2, up["id"]: 4}
+
+
+async def test_an_endpoint_failing_for_over_a_minute_is_tried_one_delivery_at_a_time(
+    db_url: str, exotel: ExotelDouble
+) -> None:
+    """An endpoint that is down is owed an event of every call: retried each on its own
+    schedule, it would cost an attempt a call. Failing for over a minute, it is tried by one
+    delivery, then by none until a tenth of the time it has been failing has passed; the
+    others wait, their attempts unspent. Once it answers, they all go."""
+    down = Answer(None, "ClientConnectorError: refused", 1)
+    async with serving(app_with(db_url, exotel, webhook_delivery_in_serve=False)) as client:
+        endpoint = await register(client, "http://127.0.0.1:9/down")
+        for _ in range(4):
+            await complete(client, exotel)
+        endpoint_id = uuid.UUID(endpoint["id"])
+        settings = make_settings(db_url, **FAST)
+        later = retry_policy([600])
+        engine = create_engine(db_url)
+
+        async def claimed() -> list[Claimed]:
+            async with engine.begin() as db:
+                return await claim(db, worker="w", limit=8, per_endpoint=8)
+
+        async def answered(claims: list[Claimed], answer: Answer) -> None:
+            async with engine.begin() as db:
+                answers = [(one, answer) for one in claims]
+                await record(db, answers, settings=settings.webhooks, retries=later)
+
+        try:
+            async with engine.begin() as db:
+                await db.execute(
+                    update(WebhookEndpoint)
+                    .where(WebhookEndpoint.id == endpoint_id)
+                    .values(failing_since=func.now() - timedelta(minutes=2))
+                )
+            [first] = await claimed()
+            assert await claimed() == []  # one in flight at a time
+            async with engine.connect() as db:
+                before = await db_now(db)
+            await answered([first], down)
+            async with engine.connect() as db:
+                after = await db_now(db)
+                failing_since, retry_at = (
+                    await db.execute(
+                        select(WebhookEndpoint.failing_since, WebhookEndpoint.retry_at).where(
+                            WebhookEndpoint.id == endpoint_id
+                        )
+                    )
+                ).one()
+            assert before + (before - failing_since) / 10 <= retry_at
+            assert retry_at <= after + (after - failing_since) / 10
+            assert await claimed() == []  # not before retry_at
+            assert await _get(client, endpoint["id"], "retry_at") is not None
+
+            async with engine.begin() as db:  # retry_at comes
+                await db.execute(
+                    update(WebhookEndpoint)
+                    .where(WebhookEndpoint.id == endpoint_id)
+                    .values(retry_at=func.now())
+                )
+            [second] = await claimed()
+            assert second.delivery_id != first.delivery_id  # the first waits for its retry
+            async with engine.connect() as db:
+                tried = await db.scalars(
+                    select(Delivery.id).where(Delivery.attempts > 0).order_by(Delivery.id)
+                )
+                assert list(tried) == sorted([first.delivery_id, second.delivery_id])
+            await answered([second], Answer(200, None, 1, ""))
+            assert await _get(client, endpoint["id"], "retry_at") is None
+            rest = await claimed()
+            assert len(rest) == 3  # the other calls' first events, all at once
+        finally:
+            await engine.dispose()
+
+
+async def test_a_failing_endpoint_given_a_new_url_is_tried_there_at_once(
+    db_url: str, exotel: ExotelDouble
+) -> None:
+    async with serving(app_with(db_url, exotel, webhook_delivery_in_serve=False)) as client:
+        endpoint = await register(client, "http://127.0.0.1:9/old")
+        engine = create_engine(db_url)
+        try:
+            async with engine.begin() as db:
+                await db.execute(
+                    update(WebhookEndpoint)
+                    .where(WebhookEndpoint.id == uuid.UUID(endpoint["id"]))
+                    .values(
+                        failing_since=func.now() - timedelta(minutes=2),
+                        retry_at=func.now() + timedelta(minutes=5),
+                    )
+                )
+        finally:
+            await engine.dispose()
+        assert await _get(client, endpoint["id"], "retry_at") is not None
+        changed = await client.patch(
+            f"/webhook-endpoints/{endpoint['id']}", json={"url": "http://127.0.0.1:9/new"}
+        )
+        assert changed.status_code == 200, changed.text
+        assert changed.json()["retry_at"] is None
 
 
 async def test_a_calls_later_events_wait_for_its_earlier_ones_retry_unread_by_claims(
