@@ -58,6 +58,7 @@ bench: $(VENV)/.installed-dev  ## benchmarks on an embedded PostgreSQL (or BENCH
 	$(BIN)/python -m bench.certainty
 	$(BIN)/python -m bench.policy --margin 0.2
 	$(BIN)/python -m bench.webhooks
+	$(BIN)/python -m bench.dead_endpoint
 	$(BIN)/python -m bench.http_clients
 	$(BIN)/python -m bench.passthru
 	$(BIN)/python -m bench.recordings
