@@ -162,7 +162,8 @@ class EndpointOut(BaseModel):
     last_success_at: datetime | None
     failing_since: datetime | None = Field(description="The first failure since the last success.")
     retry_at: datetime | None = Field(
-        description="Failing for over a minute: when it is tried next, by one delivery."
+        description="Failing for over a minute: when one delivery may be tried next (past while "
+        "a try is in flight)."
     )
     backlog: int = Field(description="Deliveries owed: pending or in flight.")
 

@@ -104,11 +104,13 @@ async def change_endpoint(
     session: AsyncSession, endpoint_id: uuid.UUID, *, changes: dict[str, Any], policy: TargetPolicy
 ) -> WebhookEndpoint:
     """Apply the fields given. Enabling an endpoint clears why it was disabled, and its
-    deliveries held back meanwhile go out again. A new URL is tried at once, failing or not."""
+    deliveries held back meanwhile go out again. A new URL starts with a clean record: the old
+    one's failures neither hold it back nor count towards disabling it."""
     endpoint = await get_endpoint(session, endpoint_id)
     if "url" in changes:
-        endpoint.url = await _checked_url(policy, changes["url"])
-        endpoint.retry_at = None
+        url = await _checked_url(policy, changes["url"])
+        if url != endpoint.url:
+            endpoint.url, endpoint.failing_since, endpoint.retry_at = url, None, None
     if "event_types" in changes:
         types = changes["event_types"]
         endpoint.event_types = list(types) if types is not None else None
@@ -325,5 +327,5 @@ async def disable(
     await session.execute(
         update(WebhookEndpoint)
         .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.enabled)
-        .values(enabled=False, disabled_reason=reason, updated_at=now)
+        .values(enabled=False, disabled_reason=reason, updated_at=now, retry_at=None)
     )

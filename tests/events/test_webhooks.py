@@ -722,7 +722,33 @@ async def test_an_endpoint_failing_for_over_a_minute_is_tried_one_delivery_at_a_
             await engine.dispose()
 
 
-async def test_a_failing_endpoint_given_a_new_url_is_tried_there_at_once(
+async def test_an_endpoint_disabled_for_failing_too_long_has_no_next_try(
+    db_url: str, exotel: ExotelDouble
+) -> None:
+    async with serving(app_with(db_url, exotel, webhook_delivery_in_serve=False)) as client:
+        endpoint = await register(client, "http://127.0.0.1:9/down")
+        await complete(client, exotel)
+        settings = make_settings(db_url, **FAST, webhook_disable_after_seconds=90)
+        engine = create_engine(db_url)
+        try:
+            async with engine.begin() as db:
+                await db.execute(
+                    update(WebhookEndpoint)
+                    .where(WebhookEndpoint.id == uuid.UUID(endpoint["id"]))
+                    .values(failing_since=func.now() - timedelta(minutes=2))
+                )
+            async with engine.begin() as db:
+                [probe] = await claim(db, worker="w", limit=8, per_endpoint=8)
+            async with engine.begin() as db:
+                down = Answer(None, "ClientConnectorError: refused", 1)
+                await record(db, [(probe, down)], settings=settings.webhooks, retries=RETRIES)
+        finally:
+            await engine.dispose()
+        shown = (await client.get(f"/webhook-endpoints/{endpoint['id']}")).json()
+        assert (shown["enabled"], shown["retry_at"]) == (False, None)
+
+
+async def test_a_failing_endpoint_given_a_new_url_starts_with_a_clean_record(
     db_url: str, exotel: ExotelDouble
 ) -> None:
     async with serving(app_with(db_url, exotel, webhook_delivery_in_serve=False)) as client:
@@ -745,7 +771,7 @@ async def test_a_failing_endpoint_given_a_new_url_is_tried_there_at_once(
             f"/webhook-endpoints/{endpoint['id']}", json={"url": "http://127.0.0.1:9/new"}
         )
         assert changed.status_code == 200, changed.text
-        assert changed.json()["retry_at"] is None
+        assert (changed.json()["failing_since"], changed.json()["retry_at"]) == (None, None)
 
 
 async def test_a_calls_later_events_wait_for_its_earlier_ones_retry_unread_by_claims(
