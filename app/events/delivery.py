@@ -9,7 +9,7 @@ recording what came of it.
 - At most WEBHOOK_ENDPOINT_CONCURRENCY deliveries are in flight to one endpoint, across
   replicas, so a slow endpoint holds back no other; to one that is failing, two. One that has
   failed for over a minute is tried by one delivery at a time, after a tenth of the time it
-  has been failing (a second to five minutes): its other deliveries wait, their attempts
+  has been failing (6 s at first, 5 minutes at most): its other deliveries wait, their attempts
   unspent, so that an endpoint that is down costs a few attempts a minute, not one for every
   call it is owed.
 - The retry schedule is WEBHOOK_RETRY_SCHEDULE with ±20% jitter; a time-out or "slow down"
@@ -62,9 +62,9 @@ _SLOW_DOWN_FLOOR = 60.0
 # Deliveries in flight at once to an endpoint that is failing (its `failing_since`).
 _FAILING_SHARE = 2
 # Failing for this long, an endpoint is tried by one delivery at a time, no sooner than its
-# `retry_at`: a tenth of the time it has been failing later, within these bounds.
+# `retry_at`: a tenth of the time it has been failing later, at most _RETRY_WITHIN.
 _TRIPPED_AFTER = timedelta(minutes=1)
-_RETRY_WITHIN = (timedelta(seconds=1), timedelta(minutes=5))
+_RETRY_WITHIN = timedelta(minutes=5)
 _HEALTH_RESOLUTION = timedelta(seconds=1)  # how fresh an endpoint's `last_success_at` is
 _INTERRUPTED = "interrupted: the replica sending it stopped before the answer was recorded"
 _delivery = table_of(Delivery).c
@@ -531,7 +531,7 @@ class _Statements:
         failing_for = (now - e.failing_since).self_group()
         # An interval's `/` is PostgreSQL's: SQLAlchemy's Interval has none.
         tenth = failing_for.op("/", return_type=Interval())(10)
-        wait = func.least(func.greatest(tenth, _RETRY_WITHIN[0]), _RETRY_WITHIN[1])
+        wait = func.least(tenth, _RETRY_WITHIN)
         self.health_of = (
             update(endpoint)
             .where(e.id == bindparam("endpoint_id"))
