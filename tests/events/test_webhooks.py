@@ -19,7 +19,7 @@ import httpx
 import pytest
 import uvicorn
 from sqlalchemy import func, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from app.config import Settings
@@ -649,6 +649,19 @@ async def test_endpoints_that_are_down_are_tried_a_few_at_a_time_beside_one_that
     assert counts == {down[0]["id"]: 2, down[1]["id"]: 2, up["id"]: 4}
 
 
+async def set_endpoint(engine: AsyncEngine, endpoint_id: str, **values: Any) -> None:
+    """Write the endpoint's row by hand: its health, as time would have made it."""
+    async with engine.begin() as db:
+        await db.execute(
+            update(WebhookEndpoint)
+            .where(WebhookEndpoint.id == uuid.UUID(endpoint_id))
+            .values(**values)
+        )
+
+
+FAILING_FOR_TWO_MINUTES = {"failing_since": func.now() - timedelta(minutes=2)}
+
+
 async def test_an_endpoint_failing_for_over_a_minute_is_tried_one_delivery_at_a_time(
     db_url: str, exotel: ExotelDouble
 ) -> None:
@@ -676,12 +689,7 @@ async def test_an_endpoint_failing_for_over_a_minute_is_tried_one_delivery_at_a_
                 await record(db, answers, settings=settings.webhooks, retries=later)
 
         try:
-            async with engine.begin() as db:
-                await db.execute(
-                    update(WebhookEndpoint)
-                    .where(WebhookEndpoint.id == endpoint_id)
-                    .values(failing_since=func.now() - timedelta(minutes=2))
-                )
+            await set_endpoint(engine, endpoint["id"], **FAILING_FOR_TWO_MINUTES)
             [first] = await claimed()
             assert await claimed() == []  # one in flight at a time
             async with engine.connect() as db:
@@ -701,12 +709,7 @@ async def test_an_endpoint_failing_for_over_a_minute_is_tried_one_delivery_at_a_
             assert await claimed() == []  # not before retry_at
             assert await _get(client, endpoint["id"], "retry_at") is not None
 
-            async with engine.begin() as db:  # retry_at comes
-                await db.execute(
-                    update(WebhookEndpoint)
-                    .where(WebhookEndpoint.id == endpoint_id)
-                    .values(retry_at=func.now())
-                )
+            await set_endpoint(engine, endpoint["id"], retry_at=func.now())  # retry_at comes
             [second] = await claimed()
             assert second.delivery_id != first.delivery_id  # the first waits for its retry
             async with engine.connect() as db:
@@ -731,12 +734,7 @@ async def test_an_endpoint_disabled_for_failing_too_long_has_no_next_try(
         settings = make_settings(db_url, **FAST, webhook_disable_after_seconds=90)
         engine = create_engine(db_url)
         try:
-            async with engine.begin() as db:
-                await db.execute(
-                    update(WebhookEndpoint)
-                    .where(WebhookEndpoint.id == uuid.UUID(endpoint["id"]))
-                    .values(failing_since=func.now() - timedelta(minutes=2))
-                )
+            await set_endpoint(engine, endpoint["id"], **FAILING_FOR_TWO_MINUTES)
             async with engine.begin() as db:
                 [probe] = await claim(db, worker="w", limit=8, per_endpoint=8)
             async with engine.begin() as db:
@@ -755,15 +753,8 @@ async def test_a_failing_endpoint_given_a_new_url_starts_with_a_clean_record(
         endpoint = await register(client, "http://127.0.0.1:9/old")
         engine = create_engine(db_url)
         try:
-            async with engine.begin() as db:
-                await db.execute(
-                    update(WebhookEndpoint)
-                    .where(WebhookEndpoint.id == uuid.UUID(endpoint["id"]))
-                    .values(
-                        failing_since=func.now() - timedelta(minutes=2),
-                        retry_at=func.now() + timedelta(minutes=5),
-                    )
-                )
+            retry_at = func.now() + timedelta(minutes=5)
+            await set_endpoint(engine, endpoint["id"], **FAILING_FOR_TWO_MINUTES, retry_at=retry_at)
         finally:
             await engine.dispose()
         assert await _get(client, endpoint["id"], "retry_at") is not None
