@@ -245,6 +245,9 @@ class Call(Base):
             "recording_archived_at",
             postgresql_where=text("recording_status = 'archived'"),
         ),
+        # Room on each page for a call's next versions (docs/database.md, "Room on a call's
+        # page").
+        {"postgresql_with": {"fillfactor": 80}},
     )
 
 
