@@ -7,8 +7,8 @@ space map pointed: on a history larger than memory, a page of its own, read from
 nearly every callback. The room left on each page takes two versions of a call, and the
 page's own pruning frees the older ones.
 
-Only the pages written from now on are filled to 80%; the ones already full stay so until
-the table is rewritten (`VACUUM FULL`, pg_repack), which this does not do.
+Only the pages written from now on are filled to 80%. The table needs no rewrite: its full
+pages hold calls that no longer change, and new calls go to pages with room.
 
 Revision ID: f7a9b1c3d5e7
 Revises: e6a8c0d2f4b6
