@@ -122,6 +122,8 @@ class Batch(Base):
 
 
 class Call(Base):
+    # Its pages are filled to 80%, with room for the next versions of their calls (migration
+    # f7a9b1c3d5e7; docs/database.md, "Room on a call's page").
     __tablename__ = "call"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
@@ -245,9 +247,6 @@ class Call(Base):
             "recording_archived_at",
             postgresql_where=text("recording_status = 'archived'"),
         ),
-        # Room on each page for a call's next versions (docs/database.md, "Room on a call's
-        # page").
-        {"postgresql_with": {"fillfactor": 80}},
     )
 
 

@@ -1,14 +1,8 @@
-"""`call` fills its pages to 80%, so that a call's later versions stay on its page.
+"""`call` fills its pages to 80%, so that a call's next versions find room on its page.
 
-A call is changed several times in its first minutes (claimed, sent, ended, then its
-recording and its price), each change a new version of its row, and no HOT update when its
-status changes (the status is indexed). From a full page each new version went where the free
-space map pointed: on a history larger than memory, a page of its own, read from disk, for
-nearly every callback. The room left on each page takes two versions of a call, and the
-page's own pruning frees the older ones.
-
-Only the pages written from now on are filled to 80%. The table needs no rewrite: its full
-pages hold calls that no longer change, and new calls go to pages with room.
+Under a load of callbacks a full page cannot free a call's older versions in time, and each new
+one went where the free space map pointed: on a history larger than memory, a page read from
+disk. Only the pages written from now on leave room: docs/database.md, "Room on a call's page".
 
 Revision ID: f7a9b1c3d5e7
 Revises: e6a8c0d2f4b6
