@@ -1,11 +1,12 @@
 """Where status callbacks write on a filled database, and what they read from disk for it.
 
 Places 2,000 calls in progress in the database `--database-url` names (one that
-`bench.history` filled, say), runs `exocall serve` on it, and sends their whole callbacks under
-the ingestion benchmark's wrk load. Prints the rate and p99, the blocks each relation read
-from outside shared_buffers meanwhile (`pg_statio`), and how many pages of `call` the calls'
-rows and of `event` their events ended on: a call's new versions on its own page, or one page
-each wherever the free space map pointed. The calls stay in the database.
+`bench.history` filled, say), runs `exocall serve` on it (beside the Exotel simulator, which
+takes the history's queued calls first; no webhooks sent), and sends the calls' whole
+callbacks, which end them, under the ingestion benchmark's wrk load. Prints `call`'s storage
+settings (its fillfactor), the rate and p99, how many calls left the page they were written
+on, the pages of `call` and `event` the calls and their events ended on, and the blocks each
+relation read from outside shared_buffers meanwhile (`pg_statio`). The calls stay.
 
     .venv/bin/python -m bench.callback_pages --database-url URL [--duration 10]
 """
@@ -17,51 +18,82 @@ import asyncio
 import shutil
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 from sqlalchemy import text
 
 from app.db.session import create_engine
 from bench.callback_ingest import load, placed_calls, serve, server_env, whole_callback, wrk_script
-from bench.hot_paths import blocks_read, server_values
+from bench.hot_paths import Counts, Database, blocks_read, helpers, server_values, settled
 from tests.support.processes import free_ports
 
-# The pages a set of calls' rows, and their events, are on.
-PAGES = text(
-    "SELECT (SELECT count(DISTINCT (ctid::text::point)[0]) FROM call"
-    "        WHERE id = ANY(CAST(:ids AS uuid[]))),"
-    "  (SELECT count(*) FROM event WHERE call_id = ANY(CAST(:ids AS uuid[]))),"
-    "  (SELECT count(DISTINCT (ctid::text::point)[0]) FROM event"
-    "        WHERE call_id = ANY(CAST(:ids AS uuid[])))"
-)
+PAGE = "(ctid::text::point)[0]::int"
+
+
+async def pages(url: str, ids: list[uuid.UUID]) -> tuple[dict[uuid.UUID, int], int, int]:
+    """Each call's page, and how many events the calls have on how many pages of `event`."""
+    engine = create_engine(url)
+    async with engine.connect() as db:
+        given = {"ids": [str(call_id) for call_id in ids]}
+        calls = await db.execute(
+            text(f"SELECT id, {PAGE} FROM call WHERE id = ANY(CAST(:ids AS uuid[]))"), given
+        )
+        events, event_pages = (
+            await db.execute(
+                text(
+                    f"SELECT count(*), count(DISTINCT {PAGE}) FROM event"
+                    " WHERE call_id = ANY(CAST(:ids AS uuid[]))"
+                ),
+                given,
+            )
+        ).one()
+    await engine.dispose()
+    return dict(calls.all()), events, event_pages
+
+
+async def storage(url: str) -> str:
+    engine = create_engine(url)
+    async with engine.connect() as db:
+        options = await db.scalar(text("SELECT reloptions FROM pg_class WHERE relname = 'call'"))
+    await engine.dispose()
+    return ", ".join(options or ["defaults"])
 
 
 async def run(url: str, duration: int) -> None:
-    calls = await placed_calls(url)
-    with tempfile.TemporaryDirectory() as workdir:
+    print(f"call's storage: {await storage(url)}")
+    with tempfile.TemporaryDirectory() as workdir, helpers(Path(workdir)) as (simulator, _):
         work = Path(workdir)
+        calls = await placed_calls(url)
+        ids = [call_id for call_id, _ in calls]
+        written, _, _ = await pages(url, ids)
         script = work / "callbacks.lua"
         wrk_script(calls, script, whole_callback)
         (port,) = free_ports(1)
         argv = [str(Path(sys.executable).parent / "exocall"), "serve", "--no-access-log"]
-        env = server_env(url, work, **server_values(url))
+        env = server_env(
+            url,
+            work,
+            **server_values(url, simulator),
+            PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
+            WEBHOOK_DELIVERY_IN_SERVE="false",
+        )
         server = serve([*argv, "--port", str(port)], env, port, work / "exocall.log")
         try:
+            await settled(Database("filled", url, work, Counts()))
             before = await blocks_read(url)
             measured = await asyncio.to_thread(load, port, script, duration, server)
-            after = await blocks_read(url)
         finally:
             server.terminate()
             server.wait()
-    engine = create_engine(url)
-    async with engine.connect() as db:
-        ids = [str(call_id) for call_id, _ in calls]
-        call_pages, events, event_pages = (await db.execute(PAGES, {"ids": ids})).one()
-    await engine.dispose()
+    after = await blocks_read(url)  # once the server's processes have sent their last counts
+    now, events, event_pages = await pages(url, ids)
+    moved = sum(now[call_id] != page for call_id, page in written.items())
     print(
-        f"{measured.requests_per_second:,.1f} callbacks a second, p99 {measured.p99_ms:.1f} ms; "
-        f"the {len(calls):,} calls on {call_pages:,} pages of call, their {events:,} events on "
-        f"{event_pages:,} pages of event"
+        f"{measured.requests_per_second:,.1f} callbacks a second, p99 {measured.p99_ms:.1f} ms, "
+        f"{measured.other:,} answers other than 200; {moved:,} of the {len(ids):,} calls left "
+        f"their page: on {len(set(now.values())):,} pages of call (written on "
+        f"{len(set(written.values())):,}), their {events:,} events on {event_pages:,} of event"
     )
     read = {name: blocks - before.get(name, 0) for name, blocks in after.items()}
     print(f"blocks read from outside shared_buffers: {sum(read.values()):,}, most by")
