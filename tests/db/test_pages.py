@@ -47,9 +47,9 @@ async def test_a_calls_next_versions_stay_on_its_page(
     assert len(one_a_page) > 2, "the calls fill a few pages"
 
     # Another transaction's snapshot sees every version: none can be pruned meanwhile.
-    async with engine.connect() as other, other.begin():
-        await other.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
-        await other.execute(text("SELECT count(*) FROM call"))
+    repeatable = engine.execution_options(isolation_level="REPEATABLE READ")
+    async with repeatable.connect() as other, other.begin():
+        await other.execute(text("SELECT count(*) FROM call"))  # its snapshot, to the end
         for status in (CallStatus.IN_PROGRESS, CallStatus.COMPLETED):
             for call_id in one_a_page:
                 async with engine.begin() as db:
