@@ -6,12 +6,12 @@ gone, having changed nothing."""
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.db.batches import in_batches
+from app.db.batches import in_batches, oldest
 from app.db.clock import db_now
 from app.db.models import Receipt
 from app.db.statements import one_of, table_of
@@ -27,23 +27,22 @@ async def forget_unmatched_receipts(
 ) -> int:
     """Delete what was received more than `days` ago for no call; says how many."""
 
-    async def batch(session: AsyncSession) -> int:
+    async def batch(session: AsyncSession, since: datetime | None) -> list[datetime]:
         before = await db_now(session) - timedelta(days=days)
-        unmatched = Receipt.call_id.is_(None)
-        oldest = (
-            select(Receipt.id)
-            .where(unmatched, Receipt.received_at < before)
+        unmatched = select(Receipt.id, Receipt.received_at).where(Receipt.call_id.is_(None))
+        read = (
+            oldest(unmatched, Receipt.received_at, before=before, since=since)
             .limit(_BATCH)
             # A row a call is taking now is skipped; one taken meanwhile is no longer
-            # `unmatched` when the DELETE reads it again.
+            # unmatched when the DELETE reads it again.
             .with_for_update(skip_locked=True)
         )
-        ids = list(await session.scalars(oldest))
+        rows = (await session.execute(read)).all()
         # By their ids: as `IN (SELECT ...)`, a planner that takes the table for a small one may
         # join the two by reading every receipt's id.
         gone = delete(_RECEIPTS).where(one_of(_RECEIPTS.c.id, "ids"), _RECEIPTS.c.call_id.is_(None))
-        await session.execute(gone, {"ids": ids})
-        return len(ids)
+        await session.execute(gone, {"ids": [receipt_id for receipt_id, _ in rows]})
+        return [received_at for _, received_at in rows]
 
     forgotten = await in_batches(sessionmaker, batch, size=_BATCH)
     if forgotten:

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.db.batches import in_batches
+from app.db.batches import in_batches, oldest
 from app.db.clock import db_now
 from app.db.models import Event
 from app.db.statements import one_of, table_of
@@ -17,27 +17,17 @@ _EVENTS = table_of(Event)
 
 
 async def forget_old_events(sessionmaker: async_sessionmaker[AsyncSession], *, days: float) -> int:
-    """Delete the events older than `days`; says how many.
+    """Delete the events older than `days`; says how many."""
 
-    Each batch reads on from the time of the previous one's newest event, not from the oldest
-    in the index: the entries of the events a run has deleted stay in the index until VACUUM
-    removes them, and every batch would walk over all of them again (on ten million calls,
-    most of a batch's time: bench/README.md, "Retention from where it stopped")."""
-    since: datetime | None = None
-
-    async def batch(session: AsyncSession) -> int:
-        nonlocal since
+    async def batch(session: AsyncSession, since: datetime | None) -> list[datetime]:
         before = await db_now(session) - timedelta(days=days)
-        oldest = select(Event.id, Event.created_at).where(Event.created_at < before)
-        if since is not None:  # an event is never made older than now: none is left behind
-            oldest = oldest.where(Event.created_at >= since)
-        rows = (await session.execute(oldest.order_by(Event.created_at).limit(_BATCH))).all()
-        ids = [event_id for event_id, _ in rows]
-        if rows:
-            since = rows[-1].created_at
+        events = select(Event.id, Event.created_at)
+        read = oldest(events, Event.created_at, before=before, since=since)
+        rows = (await session.execute(read.limit(_BATCH))).all()
         # By their ids: as `IN (SELECT ...)`, a planner that takes the table for a small one may
         # join the two by reading every event's id.
+        ids = [event_id for event_id, _ in rows]
         await session.execute(delete(_EVENTS).where(one_of(_EVENTS.c.id, "ids")), {"ids": ids})
-        return len(ids)
+        return [created_at for _, created_at in rows]
 
     return await in_batches(sessionmaker, batch, size=_BATCH)

@@ -37,6 +37,7 @@ from app.main import create_app, exotel_client
 from app.metrics import Metrics
 from app.recordings.archive import Archive
 from app.recordings.backfill import queue_recordings_since
+from app.recordings import retention
 from app.recordings.retention import forget_old_recordings
 from app.recordings.store import RecordingStore
 from tests.conftest import (
@@ -802,31 +803,36 @@ async def test_two_replicas_never_fetch_one_recording_together(db_url: str, tmp_
 
 
 async def test_retention_deletes_old_audio_and_the_call_keeps_the_fact(
-    any_store: Settings, tmp_path: Path, moto: str
+    any_store: Settings, tmp_path: Path, moto: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = any_store
     async with archiving(settings) as env:
-        old, recent = await env.completed_call(), await env.completed_call("+919052161111")
+        old = [await env.completed_call(), await env.completed_call("+919052161120")]
+        recent = await env.completed_call("+919052161111")
         await env.run_due()
         async with env.archive.sessionmaker() as session, session.begin():
             now = await db_now(session)
             await session.execute(
                 update(Call)
-                .where(Call.id == uuid.UUID(old))
+                .where(Call.id.in_([uuid.UUID(call_id) for call_id in old]))
                 .values(recording_archived_at=now - timedelta(days=31))
             )
         recordings = RecordingStore.from_settings(settings.recordings)
-        assert await forget_old_recordings(env.archive.sessionmaker, recordings, days=30) == 1
+        # A batch a recording: the first ends among recordings archived at one time, and the
+        # next takes the rest.
+        monkeypatch.setattr(retention, "_BATCH", 1)
+        assert await forget_old_recordings(env.archive.sessionmaker, recordings, days=30) == 2
 
-        gone = await env.call(old)
-        assert gone["recording"]["status"] == "deleted"
-        assert gone["recording"]["deleted_at"] is not None
-        assert gone["recording"]["sha256"]  # what was known of the bytes stays
-        answer = await env.api.get(f"/calls/{old}/recording")
-        assert answer.status_code == 404
-        assert "deleted" in answer.json()["error"]["message"]
-        events = await env.feed(old)
-        assert events[-1]["type"] == "call.updated"
+        for call_id in old:
+            gone = await env.call(call_id)
+            assert gone["recording"]["status"] == "deleted"
+            assert gone["recording"]["deleted_at"] is not None
+            assert gone["recording"]["sha256"]  # what was known of the bytes stays
+            answer = await env.api.get(f"/calls/{call_id}/recording")
+            assert answer.status_code == 404
+            assert "deleted" in answer.json()["error"]["message"]
+            events = await env.feed(call_id)
+            assert events[-1]["type"] == "call.updated"
         assert (await env.api.get(f"/calls/{recent}/recording")).status_code == 200
         assert (await env.call(recent))["recording"]["status"] == "archived"
         assert await forget_old_recordings(env.archive.sessionmaker, recordings, days=30) == 0
