@@ -3,53 +3,80 @@
 Places 2,000 calls in progress in the database `--database-url` names (one that
 `bench.history` filled, say), runs `exocall serve` on it (beside the Exotel simulator, which
 takes the history's queued calls first; no webhooks sent), and sends the calls' whole
-callbacks, which end them, under the ingestion benchmark's wrk load. Prints `call`'s storage
-settings (its fillfactor), the rate and p99, how many calls left the page they were written
-on, the pages of `call` and `event` the calls and their events ended on, and the blocks each
-relation read from outside shared_buffers meanwhile (`pg_statio`). The calls stay.
+callbacks, which end them, under the ingestion benchmark's wrk load; with `--passthru`, their
+flows' Passthru requests instead, as `bench.passthru` sends them (each one applied: a receipt
+and a `call.input` event). Prints `call`'s storage settings (its fillfactor), the rate and
+p99, how many calls left the page they were written on, the pages of `call`, `call_event` (the
+receipts) and `event` the calls and what they were sent ended on, and the blocks each relation
+read from outside shared_buffers meanwhile (`pg_statio`). The calls stay.
 
-    .venv/bin/python -m bench.callback_pages --database-url URL [--duration 10]
+    .venv/bin/python -m bench.callback_pages --database-url URL [--duration 10] [--passthru]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import sys
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import text, update
 
+from app.db.models import Call
 from app.db.session import create_engine
-from bench.callback_ingest import load, placed_calls, serve, server_env, whole_callback, wrk_script
+from bench.callback_ingest import (
+    CONNECTIONS,
+    load,
+    placed_calls,
+    serve,
+    server_env,
+    whole_callback,
+    wrk_script,
+)
 from bench.hot_paths import Counts, Database, blocks_read, helpers, server_values, settled
+from bench.passthru import APP_ID, passthru_script, wrk
 from tests.support.processes import free_ports
 
 PAGE = "(ctid::text::point)[0]::int"
 
 
-async def pages(url: str, ids: list[uuid.UUID]) -> tuple[dict[uuid.UUID, int], int, int]:
-    """Each call's page, and how many events the calls have on how many pages of `event`."""
+@dataclass(frozen=True)
+class Written:
+    """Where the calls are, and what was stored for them: rows, and the pages they are on."""
+
+    pages: dict[uuid.UUID, int]  # each call's
+    receipts: tuple[int, int]
+    events: tuple[int, int]
+
+
+async def written(url: str, ids: list[uuid.UUID]) -> Written:
     engine = create_engine(url)
     async with engine.connect() as db:
         given = {"ids": [str(call_id) for call_id in ids]}
         calls = await db.execute(
             text(f"SELECT id, {PAGE} FROM call WHERE id = ANY(CAST(:ids AS uuid[]))"), given
         )
-        events, event_pages = (
-            await db.execute(
-                text(
-                    f"SELECT count(*), count(DISTINCT {PAGE}) FROM event"
-                    " WHERE call_id = ANY(CAST(:ids AS uuid[]))"
-                ),
-                given,
+        stored = {
+            table: tuple(
+                (
+                    await db.execute(
+                        text(
+                            f"SELECT count(*), count(DISTINCT {PAGE}) FROM {table}"
+                            " WHERE call_id = ANY(CAST(:ids AS uuid[]))"
+                        ),
+                        given,
+                    )
+                ).one()
             )
-        ).one()
+            for table in ("call_event", "event")
+        }
     await engine.dispose()
-    return dict(calls.all()), events, event_pages
+    return Written(dict(calls.all()), stored["call_event"], stored["event"])
 
 
 async def storage(url: str) -> str:
@@ -60,42 +87,58 @@ async def storage(url: str) -> str:
     return ", ".join(options or ["defaults"])
 
 
-async def run(url: str, duration: int) -> None:
+async def run(url: str, duration: int, *, passthru: bool) -> None:
     print(f"call's storage: {await storage(url)}")
     with tempfile.TemporaryDirectory() as workdir, helpers(Path(workdir)) as (simulator, _):
         work = Path(workdir)
         calls = await placed_calls(url)
         ids = [call_id for call_id, _ in calls]
-        written, _, _ = await pages(url, ids)
-        script = work / "callbacks.lua"
-        wrk_script(calls, script, whole_callback)
+        before = await written(url, ids)
+        script = work / "load.lua"
+        values = server_values(url, simulator)
+        if passthru:
+            engine = create_engine(url)
+            async with engine.begin() as db:
+                await db.execute(update(Call).where(Call.id.in_(ids)).values(app_id=APP_ID))
+            await engine.dispose()
+            passthru_script(calls, script)
+            values["PASSTHRU_REDIRECT_DIGITS"] = json.dumps({APP_ID: ["2"]})
+        else:
+            wrk_script(calls, script, whole_callback)
         (port,) = free_ports(1)
         argv = [str(Path(sys.executable).parent / "exocall"), "serve", "--no-access-log"]
         env = server_env(
             url,
             work,
-            **server_values(url, simulator),
+            **values,
             PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
             WEBHOOK_DELIVERY_IN_SERVE="false",
         )
         server = serve([*argv, "--port", str(port)], env, port, work / "exocall.log")
         try:
             await settled(Database("filled", url, work, Counts()))
-            before = await blocks_read(url)
-            measured = await asyncio.to_thread(load, port, script, duration, server)
+            read_before = await blocks_read(url)
+            if passthru:
+                figures = await asyncio.to_thread(wrk, port, script, CONNECTIONS, duration)
+                rate, p99, other = figures["rate"], figures["p99_ms"], int(figures["errors"])
+            else:
+                measured = await asyncio.to_thread(load, port, script, duration, server)
+                rate, p99, other = measured.requests_per_second, measured.p99_ms, measured.other
         finally:
             server.terminate()
             server.wait()
     after = await blocks_read(url)  # once the server's processes have sent their last counts
-    now, events, event_pages = await pages(url, ids)
-    moved = sum(now[call_id] != page for call_id, page in written.items())
+    now = await written(url, ids)
+    moved = sum(now.pages[call_id] != page for call_id, page in before.pages.items())
+    sent, refused = ("Passthru requests", "2xx/3xx") if passthru else ("callbacks", "200")
     print(
-        f"{measured.requests_per_second:,.1f} callbacks a second, p99 {measured.p99_ms:.1f} ms, "
-        f"{measured.other:,} answers other than 200; {moved:,} of the {len(ids):,} calls left "
-        f"their page: on {len(set(now.values())):,} pages of call (written on "
-        f"{len(set(written.values())):,}), their {events:,} events on {event_pages:,} of event"
+        f"{rate:,.1f} {sent} a second, p99 {p99:.1f} ms, {other:,} answers other than {refused}; "
+        f"{moved:,} of the {len(ids):,} calls left their page: on {len(set(now.pages.values())):,} "
+        f"pages of call (written on {len(set(before.pages.values())):,}), their "
+        f"{now.receipts[0]:,} receipts on {now.receipts[1]:,} pages of call_event, their "
+        f"{now.events[0]:,} events on {now.events[1]:,} of event"
     )
-    read = {name: blocks - before.get(name, 0) for name, blocks in after.items()}
+    read = {name: blocks - read_before.get(name, 0) for name, blocks in after.items()}
     print(f"blocks read from outside shared_buffers: {sum(read.values()):,}, most by")
     for name, blocks in sorted(read.items(), key=lambda item: -item[1])[:10]:
         print(f"  {blocks:>8,}  {name}")
@@ -105,10 +148,13 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", required=True, help="a filled, migrated database")
     parser.add_argument("--duration", type=int, default=10, help="seconds of wrk load")
+    parser.add_argument(
+        "--passthru", action="store_true", help="the calls' Passthru requests, not callbacks"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
-    await run(args.database_url, args.duration)
+    await run(args.database_url, args.duration, passthru=args.passthru)
 
 
 if __name__ == "__main__":
