@@ -25,9 +25,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import text, update
+from sqlalchemy import text
 
-from app.db.models import Call
 from app.db.session import create_engine
 from bench.callback_ingest import (
     CONNECTIONS,
@@ -39,7 +38,7 @@ from bench.callback_ingest import (
     wrk_script,
 )
 from bench.hot_paths import Counts, Database, blocks_read, helpers, server_values, settled
-from bench.passthru import APP_ID, passthru_script, wrk
+from bench.passthru import APP_ID, in_flows, passthru_script, wrk
 from tests.support.processes import free_ports
 
 PAGE = "(ctid::text::point)[0]::int"
@@ -61,20 +60,16 @@ async def written(url: str, ids: list[uuid.UUID]) -> Written:
         calls = await db.execute(
             text(f"SELECT id, {PAGE} FROM call WHERE id = ANY(CAST(:ids AS uuid[]))"), given
         )
-        stored = {
-            table: tuple(
-                (
-                    await db.execute(
-                        text(
-                            f"SELECT count(*), count(DISTINCT {PAGE}) FROM {table}"
-                            " WHERE call_id = ANY(CAST(:ids AS uuid[]))"
-                        ),
-                        given,
-                    )
-                ).one()
+        stored = {}
+        for table in ("call_event", "event"):
+            rows = await db.execute(
+                text(
+                    f"SELECT count(*), count(DISTINCT {PAGE}) FROM {table}"
+                    " WHERE call_id = ANY(CAST(:ids AS uuid[]))"
+                ),
+                given,
             )
-            for table in ("call_event", "event")
-        }
+            stored[table] = tuple(rows.one())
     await engine.dispose()
     return Written(dict(calls.all()), stored["call_event"], stored["event"])
 
@@ -97,10 +92,7 @@ async def run(url: str, duration: int, *, passthru: bool) -> None:
         script = work / "load.lua"
         values = server_values(url, simulator)
         if passthru:
-            engine = create_engine(url)
-            async with engine.begin() as db:
-                await db.execute(update(Call).where(Call.id.in_(ids)).values(app_id=APP_ID))
-            await engine.dispose()
+            await in_flows(url, ids)
             passthru_script(calls, script)
             values["PASSTHRU_REDIRECT_DIGITS"] = json.dumps({APP_ID: ["2"]})
         else:

@@ -77,7 +77,7 @@ from bench.callback_ingest import (
     wrk_script,
 )
 from bench.history import fill
-from bench.passthru import APP_ID, passthru_script, wrk
+from bench.passthru import APP_ID, in_flows, passthru_script, wrk
 from bench.webhooks import SUBSCRIBER_APP, send_callbacks
 from tests.support.processes import free_ports
 
@@ -433,10 +433,9 @@ async def prepare(db: Database, simulator: str, subscriber: str) -> None:
     db.began = await database_now(db.url)
     callbacks = await placed_calls(db.url, count=db.counts.placed)
     flows = await placed_calls(db.url, count=db.counts.placed)
+    await in_flows(db.url, [call_id for call_id, _ in flows])
     engine = create_engine(db.url, isolation_level="AUTOCOMMIT")
     async with engine.connect() as connection:
-        flow_ids = [call_id for call_id, _ in flows]
-        await connection.execute(update(Call).where(Call.id.in_(flow_ids)).values(app_id=APP_ID))
         # The history's endpoints, which nothing answers, start each run alike on every
         # database: not yet known to fail, and what they are owed retried a day from now. A
         # history filled for this run owes them its live calls' events at once, and one that

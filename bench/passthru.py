@@ -42,6 +42,14 @@ from tests.support.processes import free_ports
 APP_ID = "926"
 
 
+async def in_flows(url: str, ids: list[uuid.UUID]) -> None:
+    """Give the calls the app whose flow has the Passthru applet (and a 302 rule)."""
+    engine = create_engine(url)
+    async with engine.begin() as db:
+        await db.execute(update(Call).where(Call.id.in_(ids)).values(app_id=APP_ID))
+    await engine.dispose()
+
+
 def passthru_script(calls: list[tuple[uuid.UUID, str]], path: Path) -> None:
     """Each request: a call's Passthru GET with the fields Exotel sends (as the simulator
     does), the digits 1 or 2 and a time of its own."""
@@ -102,10 +110,7 @@ def wrk(port: int, script: Path, connections: int, duration: int) -> dict[str, f
 async def run(duration: int, beside: int) -> None:
     url = await fresh_database()
     calls = await placed_calls(url)
-    engine = create_engine(url)
-    async with engine.begin() as db:
-        await db.execute(update(Call).values(app_id=APP_ID))
-    await engine.dispose()
+    await in_flows(url, [call_id for call_id, _ in calls])
     bin_dir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as workdir:
         work = Path(workdir)
