@@ -23,6 +23,7 @@ embedded server is started with it).
     .venv/bin/python -m bench.hot_paths --filled postgresql+asyncpg://postgres@127.0.0.1:5432/big
     .venv/bin/python -m bench.hot_paths --empty URL --filled URL --filled URL --duration 10 --warm
     .venv/bin/python -m bench.hot_paths --calls 1000000,3000000    # filled by bench.history first
+    .venv/bin/python -m bench.hot_paths --filled URL --only Passthru --only retention
 """
 
 from __future__ import annotations
@@ -437,11 +438,18 @@ async def prepare(db: Database, simulator: str, subscriber: str) -> None:
     engine = create_engine(db.url, isolation_level="AUTOCOMMIT")
     async with engine.connect() as connection:
         # The history's endpoints, which nothing answers, start each run alike on every
-        # database: not yet known to fail, and what they are owed retried a day from now. A
-        # history filled for this run owes them its live calls' events at once, and one that
-        # a run before has used owes them later, as their retries fell: the first server
-        # spent a core on a burst of failed attempts while the other's paths were measured.
-        await connection.execute(update(WebhookEndpoint).values(failing_since=None))
+        # database: known to have failed for an hour, next tried a day from now, and what
+        # they are owed retried then too. A history filled for this run owes them its live
+        # calls' events at once, and one that a run before has used owes them later, as their
+        # retries fell. And an endpoint just found failing is tried two deliveries at a time
+        # for its first minute: after the first load on the empty database, its server spent
+        # half a core on them while the next database's path was measured.
+        await connection.execute(
+            update(WebhookEndpoint).values(
+                failing_since=func.now() - timedelta(hours=1),
+                retry_at=func.now() + timedelta(days=1),
+            )
+        )
         await connection.execute(
             update(Delivery)
             .where(written_in(Delivery.state, DeliveryState.PENDING))
@@ -524,10 +532,12 @@ async def measure(
     repeats: int = REPEATS,
     counts: Counts = Counts(),
     warm: bool = False,
+    only: tuple[str, ...] = (),
 ) -> tuple[list[Row], list[str]]:
     """The seam: every path on each (label, url), the first being the empty database, in
     turn, `repeats` times; the table's rows, and what pg_stat_statements and the sizes say.
-    `warm`: each database's indexes on random keys read into shared_buffers first."""
+    `warm`: each database's indexes on random keys read into shared_buffers first. `only`:
+    just the paths whose names hold one of these (`retention` names the retention runs)."""
     rows: list[Row] = []
     notes: list[str] = []
     with tempfile.TemporaryDirectory() as workdir, helpers(Path(workdir)) as (sim, sub):
@@ -546,11 +556,16 @@ async def measure(
                 await reset_statements(db.url)
                 db.read_before = await blocks_read(db.url)
             for name, path in paths(duration, counts):
+                if not chosen(name, only):
+                    continue
                 print(f"{time.monotonic() - began:6.0f} s: {name}", file=sys.stderr, flush=True)
                 taken: list[list[Figures]] = [[] for _ in dbs]
                 for _ in range(repeats):
                     for n, db in enumerate(dbs):
-                        await settled(db)
+                        # Every server, not only the one measured: the one before may still
+                        # be delivering what its load made, on the same two cores.
+                        for each in dbs:
+                            await settled(each)
                         taken[n].append(await path(db))
                 for figure in taken[0][0]:
                     values = [statistics.mean(run[figure] for run in runs) for runs in taken]
@@ -565,11 +580,17 @@ async def measure(
         base_read = await read_since(dbs[0])
         notes += [relations_read(db.label, await read_since(db), base_read) for db in dbs[1:]]
         notes += [await sizes(db.label, db.url) for db in dbs[1:]]
-        print(f"{time.monotonic() - began:6.0f} s: retention", file=sys.stderr, flush=True)
-        retained, while_retained = await retention(dbs, duration)
+        if chosen("retention", only):
+            print(f"{time.monotonic() - began:6.0f} s: retention", file=sys.stderr, flush=True)
+            retained, while_retained = await retention(dbs, duration)
+            rows, notes = rows + retained, notes + while_retained
         for db in dbs:
             await forget_the_bench(db)
-    return rows + retained, notes + while_retained
+    return rows, notes
+
+
+def chosen(name: str, only: tuple[str, ...]) -> bool:
+    return not only or any(part in name for part in only)
 
 
 async def database_now(url: str) -> datetime:
@@ -631,6 +652,7 @@ async def _retention_on(db: Database, url: str, duration: int) -> Figures:
     figures: Figures = {}
     try:
         alone = await asyncio.to_thread(load, port, db.callbacks, duration, process)
+        await settled(db)  # the events of those callbacks delivered, before the second load
         deleting = asyncio.create_task(_forget(url, figures))
         during = await asyncio.to_thread(load, port, db.callbacks, duration, process)
         await deleting
@@ -885,6 +907,7 @@ async def run(
     duration: int,
     warm: bool,
     counts: Counts,
+    only: tuple[str, ...],
 ) -> None:
     if empty is None:
         empty = await fresh_database(statement_stats=True)
@@ -897,7 +920,7 @@ async def run(
     databases = [("empty", empty)]
     for url in filled:
         databases.append((f"{await counted(url):,} calls", url))
-    rows, notes = await measure(databases, duration=duration, counts=counts, warm=warm)
+    rows, notes = await measure(databases, duration=duration, counts=counts, warm=warm, only=only)
     print(table([label for label, _ in databases], rows))
     for note in notes:
         print(note)
@@ -927,6 +950,14 @@ async def main() -> None:
         help="read each database's indexes on random keys into shared_buffers first, as a "
         "server taking calls for months holds them (pg_prewarm)",
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="measure only the paths whose names hold TEXT (`retention`: the retention runs); "
+        "repeatable",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -939,7 +970,8 @@ async def main() -> None:
     if not args.filled and not args.calls:
         parser.error("name a --filled database, or --calls to fill")
     counts = Counts(requests=args.requests)
-    await run(args.empty, args.filled, args.calls, args.duration, args.warm, counts)
+    only = tuple(args.only)
+    await run(args.empty, args.filled, args.calls, args.duration, args.warm, counts, only)
 
 
 if __name__ == "__main__":
