@@ -443,7 +443,7 @@ async def prepare(db: Database, simulator: str, subscriber: str) -> None:
         # calls' events at once, and one that a run before has used owes them later, as their
         # retries fell. And an endpoint just found failing is tried two deliveries at a time
         # for its first minute: after the first load on the empty database, its server spent
-        # half a core on them while the next database's path was measured.
+        # 0.3 to 0.8 of a core on them while the next database's path was measured.
         await connection.execute(
             update(WebhookEndpoint).values(
                 failing_since=func.now() - timedelta(hours=1),
