@@ -32,12 +32,14 @@ from typing import Any
 import aiohttp
 from sqlalchemy import (
     Boolean,
+    ColumnElement,
     Interval,
     and_,
     bindparam,
     case,
     func,
     insert,
+    or_,
     select,
     text,
     tuple_,
@@ -50,7 +52,7 @@ from app.config import WebhookSettings
 from app.db.base import UTCDateTime
 from app.db.clock import db_now
 from app.db.models import Delivery, DeliveryAttempt, DeliveryState, Event, WebhookEndpoint
-from app.db.statements import checked_apart, one_of, table_of, written_in
+from app.db.statements import among, checked_apart, one_of, table_of, written_in
 from app.events.endpoints import align_followers, disable, signing_secrets
 from app.jobs.policy import RANDOM, RetryPolicy
 from app.retry_after import retry_after_seconds
@@ -68,6 +70,7 @@ _RETRY_WITHIN = timedelta(minutes=5)
 _HEALTH_RESOLUTION = timedelta(seconds=1)  # how fresh an endpoint's `last_success_at` is
 _INTERRUPTED = "interrupted: the replica sending it stopped before the answer was recorded"
 _delivery = table_of(Delivery).c
+_endpoint = table_of(WebhookEndpoint).c
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,24 @@ def _share(
     if now - failing_since < _TRIPPED_AFTER:
         return min(per_endpoint, _FAILING_SHARE)
     return 1 if retry_at is None or retry_at <= now else 0
+
+
+def taken_when_due() -> ColumnElement[bool]:
+    """The deliveries that a claim takes as each comes due (the backlog's count of the due
+    ones): pending, to an enabled endpoint that has not failed for over a minute. Such an
+    endpoint holds back all but one delivery at a time (`_share`): they wait for later, as a
+    retry does, and are counted in its backlog instead."""
+    sent_freely = select(_endpoint.id).where(
+        _endpoint.enabled,
+        or_(
+            _endpoint.failing_since.is_(None),
+            _endpoint.failing_since > func.statement_timestamp() - _TRIPPED_AFTER,
+        ),
+    )
+    return and_(
+        written_in(_delivery.state, DeliveryState.PENDING),
+        among(_delivery.endpoint_id, sent_freely),
+    )
 
 
 async def release(db: AsyncConnection, delivery_ids: Sequence[int], *, retries: RetryPolicy) -> int:

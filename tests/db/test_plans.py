@@ -29,10 +29,12 @@ from app.calls.policy import NumberLimit
 from app.calls.reconcile import reconcile_once
 from app.calls.retention import forget_unmatched_receipts
 from app.config import Settings
-from app.db.models import Call, CallStatus, Delivery, RecordingJob
+from app.db.models import Call, CallStatus, Delivery, RecordingJob, WebhookEndpoint
+from app.events.deliverer import Delivering
 from app.events.delivery import Answer, claim, record, release, retry_policy
 from app.events.endpoints import align_followers
 from app.events.retention import forget_old_events
+from app.jobs.worker import backlogs
 from app.metrics import Metrics
 from app.recordings.archive import Archive
 from app.recordings.retention import forget_old_recordings
@@ -429,6 +431,34 @@ async def test_owing_an_event_looks_up_only_its_calls_earlier_deliveries(
     for node in await delivery_reads(engine, sent, "INSERT INTO delivery ("):
         assert node.get("Index Name") == FOLLOWERS_INDEX, node
         assert "call_id" in node.get("Index Cond", ""), node
+
+
+async def test_the_due_deliveries_count_reads_nothing_an_endpoint_down_holds_back(
+    app: FastAPI, world: World
+) -> None:
+    # A scrape's count of the due deliveries read every owed one through the owed deliveries'
+    # index, and kept those due: an endpoint that is down is owed every event.
+    engine = engine_of(app)
+    await owed_unseen(engine)
+    async with engine.begin() as db:
+        assert await db.scalar(select(func.count()).select_from(Delivery))
+        await db.execute(
+            update(WebhookEndpoint).values(failing_since=func.now() - timedelta(minutes=2))
+        )
+    with captured(engine) as sent:
+        async with AsyncSession(engine) as session:
+            work = await backlogs(session, {"delivery": Delivering.queue})
+    assert work["delivery"].due == 0
+    counts = [one for one in sent if one.statement.startswith("SELECT")]  # not the app's work
+    reads = [
+        node
+        for plan in await analyzed(engine, counts)
+        for node in plan.nodes()
+        if node.get("Relation Name") == "delivery" and "Scan" in node["Node Type"]
+    ]
+    assert reads, [one.statement for one in sent]
+    for node in reads:
+        assert node["Actual Rows"] + node.get("Rows Removed by Filter", 0) == 0, node
 
 
 # --- the status page and metrics -------------------------------------------------------------

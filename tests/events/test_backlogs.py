@@ -1,6 +1,7 @@
 """Each endpoint's backlog (app/events/endpoints.py `backlogs`): what `delivery_tally`'s triggers
 keep, folded or not, is what a count of the owed deliveries themselves says, whatever wrote
-them; and the oldest owed is the oldest owed."""
+them; and the oldest owed is the oldest owed. The deliveries due (`exocall_jobs_due`) are those a
+claim takes when due."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.db import tally
 from app.db.clock import db_now
 from app.db.models import Call, CallStatus, Delivery, DeliveryState, Event, WebhookEndpoint
+from app.events.deliverer import Delivering
 from app.events.endpoints import OWED, Backlog, backlogs
+from app.jobs import worker
 
 pytestmark = pytest.mark.anyio
 
@@ -139,3 +142,68 @@ async def test_the_backlogs_are_the_owed_deliveries_counted_through_any_writes_a
     async with sessionmaker() as session:
         assert endpoints[1] not in await backlogs(session)
         assert await backlogs(session) == await counted(session)
+
+
+async def test_the_deliveries_due_are_those_a_claim_takes_when_due(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    async with sessionmaker() as session, session.begin():
+        now = await db_now(session)
+        endpoints, call_id, events = await setting_up(session, now)
+        # Each endpoint is owed 30 events due (for 30 s, 20 s, 300 s), 5 retried in an hour,
+        # and 2 in flight.
+        waited = dict(zip(endpoints, (30, 20, 300), strict=True))
+        await session.execute(
+            insert(Delivery),
+            [
+                {
+                    "event_id": event,
+                    "endpoint_id": endpoint,
+                    "call_id": call_id,
+                    "sequence": n,
+                    "state": DeliveryState.SENDING if n >= 35 else DeliveryState.PENDING,
+                    "claimed_by": "a worker" if n >= 35 else None,
+                    "attempts": 0,
+                    "next_attempt_at": now
+                    + (timedelta(hours=1) if n >= 30 else timedelta(seconds=-waited[endpoint])),
+                    "trigger": "scheduled",
+                    "created_at": now,
+                }
+                for endpoint in endpoints
+                for n, event in enumerate(events[:37])
+            ],
+        )
+        # The second has failed for 30 s (still tried as its deliveries come due), the third
+        # for two minutes: tried one delivery at a time, its others held back.
+        for endpoint, failing in zip(endpoints[1:], (30, 120), strict=True):
+            await session.execute(
+                update(WebhookEndpoint)
+                .where(WebhookEndpoint.id == endpoint)
+                .values(failing_since=now - timedelta(seconds=failing))
+            )
+
+    async def due() -> worker.Backlog:
+        async with sessionmaker() as session:
+            return (await worker.backlogs(session, {"delivery": Delivering.queue}))["delivery"]
+
+    work = await due()
+    assert (work.due, work.running) == (60, 6)
+    assert 30 <= work.oldest_due_age_seconds < 60
+    async with sessionmaker() as session, session.begin():
+        await session.execute(
+            update(WebhookEndpoint)
+            .where(WebhookEndpoint.id == endpoints[0])
+            .values(enabled=False, disabled_reason="disabled through the API")
+        )
+    work = await due()
+    assert (work.due, work.running) == (30, 6)
+    assert 20 <= work.oldest_due_age_seconds < 30
+    async with sessionmaker() as session, session.begin():  # the third answers again
+        await session.execute(
+            update(WebhookEndpoint)
+            .where(WebhookEndpoint.id == endpoints[2])
+            .values(failing_since=None)
+        )
+    work = await due()
+    assert work.due == 60
+    assert 300 <= work.oldest_due_age_seconds < 330
