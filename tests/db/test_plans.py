@@ -10,7 +10,7 @@ checked too. Delivery's claim, release and record are run by a test itself.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -364,12 +364,18 @@ async def owed_unseen(engine: AsyncEngine) -> None:
         )
 
 
-async def delivery_reads(engine: AsyncEngine, sent: list[Sent], statement: str) -> list[Any]:
-    """The scans of `delivery` in the plans of the statements sent that begin `statement`
-    (the app's own work may send others meanwhile)."""
+async def delivery_reads(
+    engine: AsyncEngine,
+    sent: list[Sent],
+    statement: str,
+    *,
+    plans: Callable[[AsyncEngine, Sequence[Sent]], Awaitable[list[Plan]]] = explained,
+) -> list[Any]:
+    """The scans of `delivery` in the plans (`explained` or `analyzed`) of the statements sent
+    that begin `statement` (the app's own work may send others meanwhile)."""
     reads = [
         node
-        for plan in await explained(
+        for plan in await plans(
             engine, [one for one in sent if one.statement.startswith(statement)]
         )
         for node in plan.nodes()
@@ -449,15 +455,7 @@ async def test_the_due_deliveries_count_reads_nothing_an_endpoint_down_holds_bac
         async with AsyncSession(engine) as session:
             work = await backlogs(session, {"delivery": Delivering.queue})
     assert work["delivery"].due == 0
-    counts = [one for one in sent if one.statement.startswith("SELECT")]  # not the app's work
-    reads = [
-        node
-        for plan in await analyzed(engine, counts)
-        for node in plan.nodes()
-        if node.get("Relation Name") == "delivery" and "Scan" in node["Node Type"]
-    ]
-    assert reads, [one.statement for one in sent]
-    for node in reads:
+    for node in await delivery_reads(engine, sent, "SELECT", plans=analyzed):
         assert node["Actual Rows"] + node.get("Rows Removed by Filter", 0) == 0, node
 
 
