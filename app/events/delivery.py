@@ -192,10 +192,11 @@ def _share(
 
 
 def taken_when_due() -> ColumnElement[bool]:
-    """The deliveries that a claim takes as each comes due (the backlog's count of the due
-    ones): pending, to an enabled endpoint that has not failed for over a minute. Such an
-    endpoint holds back all but one delivery at a time (`_share`): they wait for later, as a
-    retry does, and are counted in its backlog instead."""
+    """The deliveries counted as due once their time has come: pending, to an enabled endpoint
+    that has not failed for over a minute. Such an endpoint is tried one delivery at a time
+    (`_share`); none of its deliveries is counted, not even that one: they wait for it to
+    answer, as a retry waits for its time, and show in its backlog. A call's later deliveries
+    are counted, though each waits for the one before it."""
     sent_freely = select(_endpoint.id).where(
         _endpoint.enabled,
         or_(

@@ -1,7 +1,7 @@
 """Each endpoint's backlog (app/events/endpoints.py `backlogs`): what `delivery_tally`'s triggers
 keep, folded or not, is what a count of the owed deliveries themselves says, whatever wrote
-them; and the oldest owed is the oldest owed. The deliveries due (`exocall_jobs_due`) are those a
-claim takes when due."""
+them; and the oldest owed is the oldest owed. The deliveries due (`exocall_jobs_due`) leave out
+those that an endpoint disabled, or failing for over a minute, holds back."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ async def test_the_backlogs_are_the_owed_deliveries_counted_through_any_writes_a
         assert await backlogs(session) == await counted(session)
 
 
-async def test_the_deliveries_due_are_those_a_claim_takes_when_due(
+async def test_the_deliveries_due_leave_out_those_an_endpoint_down_holds_back(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
     async with sessionmaker() as session, session.begin():
