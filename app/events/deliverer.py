@@ -36,7 +36,7 @@ class Delivering(Kind[delivery.Claimed, delivery.Answer]):
         due=_DELIVERIES.next_attempt_at,
         claimed=written_in(_DELIVERIES.state, DeliveryState.SENDING),
         waiting=written_in(_DELIVERIES.state, DeliveryState.PENDING, DeliveryState.SENDING),
-        ready=delivery.taken_when_due(),
+        ready=delivery.counted_due(),
     )
 
     def __init__(self, *, http: aiohttp.ClientSession, settings: WebhookSettings, metrics: Metrics):

@@ -191,7 +191,7 @@ def _share(
     return 1 if retry_at is None or retry_at <= now else 0
 
 
-def taken_when_due() -> ColumnElement[bool]:
+def counted_due() -> ColumnElement[bool]:
     """The deliveries counted as due once their time has come: pending, to an enabled endpoint
     that has not failed for over a minute. Such an endpoint is tried one delivery at a time
     (`_share`); none of its deliveries is counted, not even that one: they wait for it to
