@@ -43,7 +43,15 @@ from app.calls.state import (
 from app.calls.store import CallStore
 from app.config import CallbackSettings, DispatchSettings, ExotelSettings, ReconcileSettings
 from app.db.clock import db_now
-from app.db.models import Call, CallStatus, Dial, EventOutcome, FailureKind, RequestKind
+from app.db.models import (
+    Call,
+    CallStatus,
+    Dial,
+    EventOutcome,
+    ExotelRequest,
+    FailureKind,
+    RequestKind,
+)
 from app.db.statements import table_of, written_in
 from app.exotel.client import ConnectRequest, ExotelClient
 from app.exotel.errors import (
@@ -68,9 +76,8 @@ _INTERRUPTED = Failure(
 # Due calls a claim may put back (to wait for a window or a number's limit) or end before it
 # claims one: the rest wait for the next claim.
 _HELD_BACK_AT_ONCE = 50
-# Calls claimed in one transaction, at most. Each is sent only once the transaction commits,
-# while the account's budget counts it from its grant: the more claimed at once, the later
-# the first of them reaches Exotel after the time the budget holds for it (the rate margin).
+# Calls claimed in one transaction, at most: every replica's claim waits for the account's
+# lock while one holds it.
 _CLAIMED_AT_ONCE = 4
 
 
@@ -302,17 +309,22 @@ async def claim_due(
     """
     store = await CallStore.of(session)
     claimed: list[tuple[Call, int]] = []
+    grants: list[ExotelRequest] = []
     held_back = 0
+    wait = 0.0
     while len(claimed) < min(limit, _CLAIMED_AT_ONCE) and held_back < _HELD_BACK_AT_ONCE:
         call = await _next_due(session)
         if call is None:
             break  # idle replicas never queue up for the account's lock
         now = await ratelimit.lock(session)  # held already after the first: the time, afresh
+        # The budget is asked at the claim's first time: its calls are all sent once it
+        # commits, so the window must not slide past the first of them while it goes on.
+        asked_at = grants[0].at if grants else now
         wait = await ratelimit.seconds_until_free(
-            session, budget, now=now, kind=ratelimit.RequestKind.CONNECT
+            session, budget, now=asked_at, kind=ratelimit.RequestKind.CONNECT
         )
         if wait > 0:
-            return claimed or wait
+            break
         await store.lock(ids=[call.id])
         state = store.get(call.id)
         assert state is not None
@@ -323,7 +335,7 @@ async def claim_due(
         attempt = begin_attempt(state, at=now)
         state.claimed_by, state.claimed_at = worker, now
         state.send_tries += 1
-        ratelimit.spend(session, now=now, kind=ratelimit.RequestKind.CONNECT)
+        grants.append(ratelimit.spend(session, now=asked_at, kind=ratelimit.RequestKind.CONNECT))
         dial = {"call_id": call.id, "n": attempt, "number": call.from_number, "sent_at": now}
         await session.execute(
             insert(Dial)
@@ -332,6 +344,13 @@ async def claim_due(
         )
         await store.flush()
         claimed.append((call, attempt))
+    if not grants:
+        return wait or claimed
+    # Counted from the claim's end, the nearest the database sees to their send: the margin
+    # is then left for the commit and the way to Exotel, however long the claim took.
+    sent_at = await db_now(session)
+    for grant in grants:
+        grant.at = sent_at
     return claimed
 
 

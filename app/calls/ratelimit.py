@@ -109,9 +109,11 @@ async def _free_in(
     return 0.0, False
 
 
-def spend(session: AsyncSession, *, now: datetime, kind: RequestKind) -> None:
+def spend(session: AsyncSession, *, now: datetime, kind: RequestKind) -> ExotelRequest:
     """Record a granted request. Call under lock(), after seconds_until_free() said 0."""
-    session.add(ExotelRequest(at=now, kind=kind))
+    grant = ExotelRequest(at=now, kind=kind)
+    session.add(grant)
+    return grant
 
 
 async def pause(session: AsyncSession, *, until: datetime) -> None:
