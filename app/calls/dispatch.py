@@ -344,7 +344,7 @@ async def claim_due(
         )
         await store.flush()
         claimed.append((call, attempt))
-    if not grants:
+    if not claimed:
         return wait or claimed
     # Counted from the claim's end, the nearest the database sees to their send: the margin
     # is then left for the commit and the way to Exotel, however long the claim took.
