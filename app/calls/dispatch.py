@@ -345,12 +345,12 @@ async def claim_due(
         await store.flush()
         claimed.append((call, attempt))
     if not claimed:
-        return wait or claimed
+        return wait if wait > 0 else []
     # Counted from the claim's end, the nearest the database sees to their send: the margin
     # is then left for the commit and the way to Exotel, however long the claim took.
-    sent_at = await db_now(session)
+    ended_at = await db_now(session)
     for grant in grants:
-        grant.at = sent_at
+        grant.at = ended_at
     return claimed
 
 

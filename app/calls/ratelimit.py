@@ -110,7 +110,9 @@ async def _free_in(
 
 
 def spend(session: AsyncSession, *, now: datetime, kind: RequestKind) -> ExotelRequest:
-    """Record a granted request. Call under lock(), after seconds_until_free() said 0."""
+    """Record a granted request. Call under lock(), after seconds_until_free() said 0. Its
+    time may be moved later while the lock is held (a dispatch claim's grants count from its
+    end), never earlier."""
     grant = ExotelRequest(at=now, kind=kind)
     session.add(grant)
     return grant
