@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.calls.queries import find_call, list_calls, list_events, overview
 from app.db.models import CallStatus
 from bench.history import ENDED_TYPES, TABLES, fill
+from tests.support.calls import queued
 
 pytestmark = pytest.mark.anyio
 
@@ -22,7 +24,7 @@ async def _one(session: AsyncSession, sql: str, **params: Any) -> Any:
 
 
 async def test_a_history_in_proportion_consistent_and_readable(
-    db_url: str, sessionmaker: async_sessionmaker[AsyncSession]
+    db_url: str, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     history = await fill(db_url, calls=CALLS, chunk=6_000)
 
@@ -141,3 +143,22 @@ async def test_a_history_in_proportion_consistent_and_readable(
         assert sum(figures.calls_by_status.values()) == CALLS
         assert figures.queue_depth == live[0]
         assert figures.calls_by_status[CallStatus.COMPLETED] == completed
+
+    # New calls go to the table's end, as on a server whose new calls have taken the room its
+    # ended calls left: not each to a page of its own across the history once VACUUM has
+    # recorded every page's room. And `call` keeps the migrations' fillfactor.
+    async with engine.execution_options(isolation_level="AUTOCOMMIT").connect() as db:
+        await db.execute(text("VACUUM call"))
+    now = datetime.now(UTC)
+    flow_url = "http://my.exotel.com/acme1/exoml/start_voice/926"
+    async with sessionmaker() as session, session.begin():
+        session.add_all(queued(f"+9190521{n:05d}", now, flow_url=flow_url) for n in range(50))
+    async with sessionmaker() as session:
+        pages, fillfactor = await _one(
+            session,
+            "SELECT count(DISTINCT (ctid::text::point)[0]), (SELECT reloptions FROM pg_class"
+            " WHERE oid = CAST('call' AS regclass)) FROM call WHERE created_at = :now",
+            now=now,
+        )
+    assert pages <= 4  # about 13 KB of calls, on pages filled to 80%
+    assert fillfactor == ["fillfactor=80"]
