@@ -56,10 +56,11 @@ ACCOUNT = "acme1"
 # next versions of its calls (docs/database.md, "Room on a call's page"). On a server, once a
 # page's calls have ended, VACUUM records the room they leave, and the next new calls take it,
 # one to a page (each asks for its size and that fifth again), until no page of ended calls
-# has room for another. Written at 80% and vacuumed at once, a history would offer every page
-# to new calls, each to one of its own anywhere in the table, read from disk. At 87% no page
-# has room for a new call (at most 1,065 bytes and the last row that did not fit, some 800,
-# against a queued call's 270 or so and 1,638): as far as those new calls leave them.
+# has room for another. Written at 80% and vacuumed at once, a history would offer a third of
+# its pages to new calls, each to one of its own anywhere in the table, read from disk. At 87%
+# no page has room for a new call (at most 1,064 bytes free and the last row that did not fit,
+# some 800, against a queued call's 270 or so and 1,638): as far as those new calls leave them
+# (bench/README.md, "New calls on the history's old pages").
 CALL_FILLFACTOR = 87
 
 
