@@ -160,5 +160,5 @@ async def test_a_history_in_proportion_consistent_and_readable(
             " WHERE oid = CAST('call' AS regclass)) FROM call WHERE created_at = :now",
             now=now,
         )
-    assert pages <= 4  # about 13 KB of calls, on pages filled to 80%
+    assert pages <= 4  # 50 queued calls, on pages filled to 80%
     assert fillfactor == ["fillfactor=80"]
