@@ -2,9 +2,10 @@
 
 Each database (an empty one, and each `--filled` one that someone already filled, e.g. with
 `bench.history`) gets its own `exocall serve`, all beside one Exotel simulator; then each path
-is measured on every database in turn, twice (ABAB), so that the machine's noise hits them
-alike, each time once what the paths before it left (calls to send, events to deliver) is
-done. The paths: `POST /calls` and `POST /calls/batch` (the dispatch claim and the shared
+is measured on every database in turn, three times (ABABAB), so that the machine's noise hits
+them alike, each time once what the paths before it left (calls to send, events to deliver) is
+done; a figure is the median run's, and a latency's percentile is that of every run's requests
+together. The paths: `POST /calls` and `POST /calls/batch` (the dispatch claim and the shared
 budget run, the limit high enough never to hold back), status callbacks and Passthru requests
 under the ingestion benchmark's wrk load (on calls in progress the bench places), `GET /calls`
 with each filter and a deep cursor, one call and its events, `GET /events` from the oldest and
@@ -15,10 +16,10 @@ they delete a second, and the status callbacks' rate while they run against with
 
 Prints each path's figure on the empty database, on each filled one, and the ratio to empty;
 then, from pg_stat_statements (reset after setting up), each database's slowest statements by
-mean time, the relations the paths read most from outside shared_buffers (blocks, beside the
-baseline's: pg_statio), and its size (tables and indexes) per million calls. Needs `wrk`
-(`apt-get install wrk`) and pg_stat_statements in the server's shared_preload_libraries (the
-embedded server is started with it).
+mean time (with the WAL each wrote), the relations the paths read most from outside
+shared_buffers (blocks, beside the baseline's: pg_statio), and its size (tables and indexes)
+per million calls. Needs `wrk` (`apt-get install wrk`) and pg_stat_statements in the server's
+shared_preload_libraries (the embedded server is started with it).
 
     .venv/bin/python -m bench.hot_paths --filled postgresql+asyncpg://postgres@127.0.0.1:5432/big
     .venv/bin/python -m bench.hot_paths --empty URL --filled URL --filled URL --duration 10 --warm
@@ -88,7 +89,7 @@ API_KEY = "bench-fake-internal-key"
 # them up; deliveries owed to the history's endpoints, which are down, wait for their retry) is
 # then alike on every database, and what differs is the history's size.
 DAY_ONE = 60_000
-REPEATS = 2  # each path on every database in turn, this many times
+REPEATS = 3  # each path on every database in turn, this many times: the median run counts
 SETTLE_SECONDS = 120.0
 EXOTEL_RATE_LIMIT = "100000"  # per minute: the shared budget runs, and never holds back
 
@@ -97,9 +98,9 @@ EXOTEL_RATE_LIMIT = "100000"  # per minute: the shared budget runs, and never ho
 class Counts:
     """How much of each path one measurement makes."""
 
-    requests: int = 500  # each GET path's (p99: the sixth slowest), the archive's claims
+    requests: int = 500  # each GET path's, the archive's claims
     posts: int = 200  # POST /calls, one at a time
-    batches: int = 20  # POST /calls/batch, of `batch` calls each
+    batches: int = 40  # POST /calls/batch, of `batch` calls each
     batch: int = 50
     placed: int = 2000  # calls in progress for the callback and Passthru loads, each
     delivered: int = 200  # new events for the webhook subscriber
@@ -126,7 +127,10 @@ class Database:
 
 
 Figures = dict[str, float]
-Measure = Callable[[Database], Awaitable[Figures]]
+Samples = list[float]  # seconds, one a request
+# A path's run: its figures, or each request's latency (whose percentiles are those of every
+# run's requests together).
+Measure = Callable[[Database], Awaitable[Figures | Samples]]
 
 
 @dataclass(frozen=True)
@@ -147,8 +151,8 @@ def percentiles(samples: list[float]) -> Figures:
     }
 
 
-async def latencies(api: str, method: str, path: str, *, count: int, body: Any = None) -> Figures:
-    """`count` requests in a row; their p50 and p99."""
+async def latencies(api: str, method: str, path: str, *, count: int, body: Any = None) -> Samples:
+    """`count` requests in a row; how long each took."""
     headers = {"Authorization": f"Bearer {API_KEY}"}
     samples = []
     async with httpx.AsyncClient(base_url=api, headers=headers, timeout=60) as http:
@@ -159,17 +163,17 @@ async def latencies(api: str, method: str, path: str, *, count: int, body: Any =
             samples.append(time.perf_counter() - started)
             if response.is_error:
                 raise RuntimeError(f"{method} {path}: {response.status_code} {response.text}")
-    return percentiles(samples)
+    return samples
 
 
 def get(path_of: str) -> Measure:
-    async def measure(db: Database) -> Figures:
+    async def measure(db: Database) -> Samples:
         return await latencies(db.api, "GET", db.probes[path_of], count=db.counts.requests)
 
     return measure
 
 
-async def post_calls(db: Database) -> Figures:
+async def post_calls(db: Database) -> Samples:
     def call(n: int) -> dict[str, Any]:
         return {"from": _number(), "app_id": "926"}
 
@@ -179,7 +183,7 @@ async def post_calls(db: Database) -> Figures:
     return figures
 
 
-async def post_batches(db: Database) -> Figures:
+async def post_batches(db: Database) -> Samples:
     def batch(n: int) -> dict[str, Any]:
         return {"calls": [{"from": _number(), "app_id": "926"} for _ in range(db.counts.batch)]}
 
@@ -264,7 +268,7 @@ async def reconciliation(db: Database) -> Figures:
         await engine.dispose()
 
 
-async def archive_claim(db: Database) -> Figures:
+async def archive_claim(db: Database) -> Samples:
     """The archive's claim of 10 due recordings, rolled back, once per request of `counts`."""
     settings = bench_settings(db.url)
     engine = create_engine(db.url)
@@ -289,7 +293,7 @@ async def archive_claim(db: Database) -> Figures:
                     await session.rollback()
     finally:
         await engine.dispose()
-    return percentiles(samples)
+    return samples
 
 
 def paths(duration: int, counts: Counts) -> list[tuple[str, Measure]]:
@@ -561,7 +565,7 @@ async def measure(
                 if not chosen(name, only):
                     continue
                 print(f"{time.monotonic() - began:6.0f} s: {name}", file=sys.stderr, flush=True)
-                taken: list[list[Figures]] = [[] for _ in dbs]
+                taken: list[list[Figures | Samples]] = [[] for _ in dbs]
                 for _ in range(repeats):
                     for n, db in enumerate(dbs):
                         # Every server, not only the one measured: the one before may still
@@ -569,9 +573,11 @@ async def measure(
                         for each in dbs:
                             await settled(each)
                         taken[n].append(await path(db))
-                for figure in taken[0][0]:
-                    values = [statistics.mean(run[figure] for run in runs) for runs in taken]
-                    rows.append(Row(name, figure, values))
+                summaries = [summary(runs) for runs in taken]
+                rows += [
+                    Row(name, figure, [each[figure] for each in summaries])
+                    for figure in summaries[0]
+                ]
         finally:
             for db in dbs:
                 if db.process is not None:
@@ -589,6 +595,16 @@ async def measure(
         for db in dbs:
             await forget_the_bench(db)
     return rows, notes
+
+
+def summary(runs: list[Figures | Samples]) -> Figures:
+    """A path's figures on one database over its runs: the percentiles of every run's requests
+    together, or each figure's median run."""
+    samples = [sample for run in runs if isinstance(run, list) for sample in run]
+    if samples:
+        return percentiles(samples)
+    figures = [run for run in runs if isinstance(run, dict)]
+    return {figure: statistics.median(run[figure] for run in figures) for figure in figures[0]}
 
 
 def chosen(name: str, only: tuple[str, ...]) -> bool:
@@ -765,6 +781,8 @@ class Statement:
     mean_ms: float
     reads: float  # blocks read from outside shared_buffers, a call
     read_ms: float  # the time those took, a call (0 without track_io_timing)
+    wal_kb: float  # WAL written, a call
+    full_pages: float  # of which whole pages (each page's first change after a checkpoint)
 
 
 async def kept_statements(url: str) -> dict[str, Statement] | None:
@@ -784,6 +802,8 @@ async def kept_statements(url: str) -> dict[str, Statement] | None:
             reads=row["shared_blks_read"] / max(row["calls"], 1),
             read_ms=row.get("shared_blk_read_time", row.get("blk_read_time", 0.0))
             / max(row["calls"], 1),
+            wal_kb=float(row["wal_bytes"]) / 1024 / max(row["calls"], 1),
+            full_pages=row["wal_fpi"] / max(row["calls"], 1),
         )
         for row in rows
     }
@@ -800,14 +820,15 @@ async def statements(
     baseline = baseline or {}
     lines = [
         f"slowest statements on {label} (by mean time): calls, mean ms, mean ms on the "
-        "baseline, blocks read and their ms a call, query"
+        "baseline, blocks read and their ms a call, WAL kB and whole pages a call, query"
     ]
     for query, figures in sorted(kept.items(), key=lambda item: -item[1].mean_ms)[:most]:
         base = baseline.get(query)
         lines.append(
             f"  {figures.calls:>7,} {figures.mean_ms:>9.2f} "
             + (f"{base.mean_ms:>9.2f}" if base else f"{'-':>9}")
-            + f" {figures.reads:>8.1f} {figures.read_ms:>8.2f}  {_shortened(query)}"
+            + f" {figures.reads:>8.1f} {figures.read_ms:>8.2f}"
+            + f" {figures.wal_kb:>8.1f} {figures.full_pages:>6.1f}  {_shortened(query)}"
         )
     return "\n".join(lines)
 
@@ -907,6 +928,7 @@ async def run(
     filled: list[str],
     calls: list[int],
     duration: int,
+    repeats: int,
     warm: bool,
     counts: Counts,
     only: tuple[str, ...],
@@ -922,7 +944,9 @@ async def run(
     databases = [("empty", empty)]
     for url in filled:
         databases.append((f"{await counted(url):,} calls", url))
-    rows, notes = await measure(databases, duration=duration, counts=counts, warm=warm, only=only)
+    rows, notes = await measure(
+        databases, duration=duration, repeats=repeats, counts=counts, warm=warm, only=only
+    )
     print(table([label for label, _ in databases], rows))
     for note in notes:
         print(note)
@@ -943,8 +967,14 @@ async def main() -> None:
         "--requests",
         type=int,
         default=Counts.requests,
-        help="requests to each GET path a run, and the archive's claims (of 500, the p99 is "
-        "the sixth slowest)",
+        help="requests to each GET path a run, and the archive's claims (of 500 in each of "
+        "three runs, the p99 is the 15th slowest)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=REPEATS,
+        help="runs of each path on every database in turn",
     )
     parser.add_argument(
         "--warm",
@@ -967,13 +997,15 @@ async def main() -> None:
         f"machine: {os.cpu_count()} cores, {platform.machine()}, python "
         f"{platform.python_version()}; PostgreSQL on the same host; exocall serve, 1 worker, "
         f"one per database; wrk -c{CONNECTIONS} -d{args.duration}s; {args.requests} requests "
-        f"to each GET path; each path {REPEATS} times on every database in turn"
+        f"to each GET path; each path {args.repeats} times on every database in turn"
     )
     if not args.filled and not args.calls:
         parser.error("name a --filled database, or --calls to fill")
     counts = Counts(requests=args.requests)
     only = tuple(args.only)
-    await run(args.empty, args.filled, args.calls, args.duration, args.warm, counts, only)
+    await run(
+        args.empty, args.filled, args.calls, args.duration, args.repeats, args.warm, counts, only
+    )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from app.db import migrate
 from app.db.session import create_engine
 from bench.callback_ingest import placed_calls
-from bench.hot_paths import Counts, measure, table
+from bench.hot_paths import Counts, measure, summary, table
 
 pytestmark = pytest.mark.anyio
 
@@ -70,3 +70,15 @@ async def test_every_path_gives_its_figures_on_each_database(
     _, *relations = read.splitlines()
     assert len(relations) == 10, read
     assert all(re.fullmatch(r" +[\d,]+ +[\d,]+  \w+( \(toast\))?", one) for one in relations), read
+
+
+def test_latencies_are_pooled_over_runs_and_other_figures_take_the_median_run() -> None:
+    fast, slow = [0.001 * n for n in range(1, 101)], [0.5] * 100
+
+    pooled = summary([fast, slow, fast])
+    wrk_runs = summary([{"per s": 900.0}, {"per s": 1000.0}, {"per s": 100.0}])
+
+    # Of the 300 requests, 200 were fast (1 to 100 ms, twice): the p50 is between their 150th
+    # and 151st (75 and 76 ms), the p99 a slow one.
+    assert pooled == pytest.approx({"p50 ms": 75.5, "p99 ms": 500.0})
+    assert wrk_runs == {"per s": 900.0}
