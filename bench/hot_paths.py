@@ -178,9 +178,9 @@ async def post_calls(db: Database) -> Samples:
         return {"from": _number(), "app_id": "926"}
 
     since = await database_now(db.url)
-    figures = await latencies(db.api, "POST", "/calls", count=db.counts.posts, body=call)
+    samples = await latencies(db.api, "POST", "/calls", count=db.counts.posts, body=call)
     await settled(db, ended_since=since)
-    return figures
+    return samples
 
 
 async def post_batches(db: Database) -> Samples:
@@ -188,9 +188,9 @@ async def post_batches(db: Database) -> Samples:
         return {"calls": [{"from": _number(), "app_id": "926"} for _ in range(db.counts.batch)]}
 
     since = await database_now(db.url)
-    figures = await latencies(db.api, "POST", "/calls/batch", count=db.counts.batches, body=batch)
+    samples = await latencies(db.api, "POST", "/calls/batch", count=db.counts.batches, body=batch)
     await settled(db, ended_since=since)
-    return figures
+    return samples
 
 
 def _number() -> str:
