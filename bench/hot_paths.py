@@ -2,17 +2,18 @@
 
 Each database (an empty one, and each `--filled` one that someone already filled, e.g. with
 `bench.history`) gets its own `exocall serve`, all beside one Exotel simulator; then each path
-is measured on every database in turn, three times (ABABAB), so that the machine's noise hits
-them alike, each time once what the paths before it left (calls to send, events to deliver) is
-done; a figure is the median run's, and a latency's percentile is that of every run's requests
-together. The paths: `POST /calls` and `POST /calls/batch` (the dispatch claim and the shared
-budget run, the limit high enough never to hold back), status callbacks and Passthru requests
-under the ingestion benchmark's wrk load (on calls in progress the bench places), `GET /calls`
-with each filter and a deep cursor, one call and its events, `GET /events` from the oldest and
-from the newest, the time new events take to reach a webhook subscriber, `/ui` and `/metrics`,
-then (by calling the app's functions) a reconciliation round and the recording archive's claim.
-Last, on each database (they lose the oldest tenth of their events), the retention runs: what
-they delete a second, and the status callbacks' rate while they run against without.
+is measured on every database in turn, three times, each database first once (ABC BCA CAB), so
+that the machine's noise and the place in a round fall on them alike, each time once what the
+paths before it left (calls to send, events to deliver) is done; a figure is the median run's,
+and a latency's percentile is that of every run's requests together. The paths: `POST /calls`
+and `POST /calls/batch` (the dispatch claim and the shared budget run, the limit high enough
+never to hold back), status callbacks and Passthru requests under the ingestion benchmark's wrk
+load (on calls in progress the bench places), `GET /calls` with each filter and a deep cursor,
+one call and its events, `GET /events` from the oldest and from the newest, the time new events
+take to reach a webhook subscriber, `/ui` and `/metrics`, then (by calling the app's functions)
+a reconciliation round and the recording archive's claim. Last, on each database (they lose the
+oldest tenth of their events), the retention runs: what they delete a second, and the status
+callbacks' rate while they run against without.
 
 Prints each path's figure on the empty database, on each filled one, and the ratio to empty;
 then, from pg_stat_statements (reset after setting up), each database's slowest statements by
@@ -566,13 +567,17 @@ async def measure(
                     continue
                 print(f"{time.monotonic() - began:6.0f} s: {name}", file=sys.stderr, flush=True)
                 taken: list[list[Figures | Samples]] = [[] for _ in dbs]
-                for _ in range(repeats):
-                    for n, db in enumerate(dbs):
+                for repeat in range(repeats):
+                    # Each database first in turn: whatever the place in a round costs (a
+                    # day-one database always second to another had 1.43 its batches' p50)
+                    # falls on each alike.
+                    turn = repeat % len(dbs)
+                    for n in [*range(turn, len(dbs)), *range(turn)]:
                         # Every server, not only the one measured: the one before may still
                         # be delivering what its load made, on the same two cores.
                         for each in dbs:
                             await settled(each)
-                        taken[n].append(await path(db))
+                        taken[n].append(await path(dbs[n]))
                 summaries = [summary(runs) for runs in taken]
                 rows += [
                     Row(name, figure, [each[figure] for each in summaries])
