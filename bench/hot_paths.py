@@ -4,7 +4,7 @@ Each database (an empty one, and each `--filled` one that someone already filled
 `bench.history`) gets its own `exocall serve`, all beside one Exotel simulator; then each path
 is measured on every database in turn, three times, each database first once (ABC BCA CAB), so
 that the machine's noise and the place in a round fall on them alike, each time once what the
-paths before it left (calls to send, events to deliver) is done; a figure is the median run's,
+paths before it left (calls to send, events to deliver) is done; a figure is the runs' median,
 and a latency's percentile is that of every run's requests together. The paths: `POST /calls`
 and `POST /calls/batch` (the dispatch claim and the shared budget run, the limit high enough
 never to hold back), status callbacks and Passthru requests under the ingestion benchmark's wrk
@@ -90,7 +90,7 @@ API_KEY = "bench-fake-internal-key"
 # them up; deliveries owed to the history's endpoints, which are down, wait for their retry) is
 # then alike on every database, and what differs is the history's size.
 DAY_ONE = 60_000
-REPEATS = 3  # each path on every database in turn, this many times: the median run counts
+REPEATS = 3  # each path on every database in turn, this many times: a figure is the runs' median
 SETTLE_SECONDS = 120.0
 EXOTEL_RATE_LIMIT = "100000"  # per minute: the shared budget runs, and never holds back
 
@@ -604,7 +604,7 @@ async def measure(
 
 def summary(runs: list[Figures | Samples]) -> Figures:
     """A path's figures on one database over its runs: the percentiles of every run's requests
-    together, or each figure's median run."""
+    together, or each figure's median over them."""
     samples = [sample for run in runs if isinstance(run, list) for sample in run]
     if samples:
         return percentiles(samples)
