@@ -972,8 +972,7 @@ async def main() -> None:
         "--requests",
         type=int,
         default=Counts.requests,
-        help="requests to each GET path a run, and the archive's claims (of 500 in each of "
-        "three runs, the p99 is the 15th slowest)",
+        help="requests to each GET path a run, and the archive's claims",
     )
     parser.add_argument(
         "--repeats",
