@@ -412,9 +412,10 @@ class ExotelSettings(Group):
     rate_window_seconds: float = Field(60, gt=0, description="the budget's window")
     rate_margin_seconds: float = Field(
         1.0,
-        ge=0,
+        gt=0,
         description="added to the window, for the time between a grant and Exotel seeing the "
-        "request (1 s costs 1.6% of a 60 s window)",
+        "request (1 s costs 1.6% of a 60 s window); a request not sent within half of it is "
+        "not sent on that grant",
     )
     timeout_seconds: float = Field(30, gt=0, description="read timeout of one Exotel request")
     status_callback_events: list[Literal["terminal", "answered"]] = Field(

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -354,6 +356,19 @@ async def claim_due(
     return claimed
 
 
+async def _due_again(store: CallStore, call_id: uuid.UUID, *, why: str) -> None:
+    """A claimed call certainly never sent is due again as it was before its claim (the attempt
+    its claim began is the next claim's, `begin_attempt`); one cancelled meanwhile ends.
+    Call under `store.lock`."""
+    call = store.get(call_id)
+    assert call is not None
+    call.claimed_by = call.claimed_at = None
+    call.send_tries -= 1
+    if call.canceled_at:
+        stop(call, CallStatus.CANCELED, at=await store.now())
+    log.warning("call %s: claimed, never sent (%s): due again", call.id, why, extra=about(call.id))
+
+
 async def _next_due(session: AsyncSession) -> Call | None:
     """The call due longest, not being sent: of the scheduled call whose time came first and
     the oldest queued (back in the queue after a 429, only once its wait is over), the one due
@@ -428,9 +443,16 @@ class Claimed:
     attempt: int
     number: str
     request: ConnectRequest
+    granted: float  # time.monotonic() once the claim's grants were timed: see Budget.fresh
 
 
-class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
+class Stale(enum.Enum):
+    """The call was never sent: its grant from the budget was stale before it could be."""
+
+    GRANT = "stale grant"
+
+
+class Dispatch(Kind[Claimed, ExotelCall | Verdict | Stale]):
     """A claim is a queued call's `claimed_by`; one claimed is sent at once. Nothing that may
     have reached Exotel is sent again: a claim lost mid-send makes the call `unknown`. What
     certainly did not dial (a 429, no connection made) goes back to the queue, on the retry
@@ -481,12 +503,13 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
         )
         if isinstance(claimed, float):
             return Wait(claimed)
+        granted = time.monotonic()
         return [
-            Claimed(call.id, attempt, call.from_number, self._connect(call))
+            Claimed(call.id, attempt, call.from_number, self._connect(call), granted)
             for call, attempt in claimed
         ]
 
-    async def run(self, job: Claimed) -> ExotelCall | Verdict:
+    async def run(self, job: Claimed) -> ExotelCall | Verdict | Stale:
         log.info(
             "dialling %s for call %s (attempt %d)",
             mask(job.number),
@@ -494,18 +517,23 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
             job.attempt,
             extra=about(job.call_id),
         )
+        if not self._budget.fresh(job.granted):
+            return Stale.GRANT
         try:
             return await self._exotel.connect(job.request)
         except ExotelError as exc:
             return classify(exc)
 
     async def record(
-        self, session: AsyncSession, done: Sequence[tuple[Claimed, ExotelCall | Verdict]]
+        self, session: AsyncSession, done: Sequence[tuple[Claimed, ExotelCall | Verdict | Stale]]
     ) -> None:
         store = await CallStore.of(session)
         sids = [result.sid for _, result in done if isinstance(result, ExotelCall)]
         await store.lock(ids=[job.call_id for job, _ in done], sids=sids)
         for job, result in done:
+            if isinstance(result, Stale):
+                await _due_again(store, job.call_id, why="its grant went stale before it was sent")
+                continue
             await record_sent(
                 session,
                 store,
@@ -517,7 +545,7 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
             )
         await store.flush()
 
-    def recorded(self, done: Sequence[tuple[Claimed, ExotelCall | Verdict]]) -> None:
+    def recorded(self, done: Sequence[tuple[Claimed, ExotelCall | Verdict | Stale]]) -> None:
         for job, _ in done:
             if finished := self._finished.get(job.call_id):
                 finished.set()
@@ -530,23 +558,11 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict]):
         await record_lost(session, keys, lookups=self._lookups)
 
     async def unrun(self, session: AsyncSession, keys: Sequence[uuid.UUID]) -> None:
-        """Certainly never sent: each is due again as it was before its claim (the attempt its
-        claim began is the next claim's, `begin_attempt`); one cancelled meanwhile ends."""
+        """Certainly never sent: each is due again (`_due_again`)."""
         store = await CallStore.of(session)
         await store.lock(ids=keys)
-        now = await store.now()
         for call_id in keys:
-            call = store.get(call_id)
-            assert call is not None
-            call.claimed_by = call.claimed_at = None
-            call.send_tries -= 1
-            if call.canceled_at:
-                stop(call, CallStatus.CANCELED, at=now)
-            log.warning(
-                "call %s: claimed, never sent (the claim's commit went unconfirmed): due again",
-                call.id,
-                extra=about(call.id),
-            )
+            await _due_again(store, call_id, why="the claim's commit went unconfirmed")
         await store.flush()
 
     def stop_waiting(self) -> None:

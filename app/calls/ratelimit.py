@@ -6,21 +6,27 @@ transaction that holds the lock on the account's `exotel_throttle` row, so grant
 across replicas, and a grant is only given while fewer than `limit` requests were granted in the
 last `window + margin` seconds: no window of `window` seconds ever holds more than `limit`
 requests, even allowing for up to `margin` seconds between a grant and Exotel seeing the request.
+Of that margin the sender keeps half for itself: a request not on its way within half the margin
+of its grant (its replica stalled, its commit came back late) is not sent on that grant.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, exists, select
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.clock import db_now
 from app.db.models import Call, CallStatus, ExotelRequest, Throttle
 from app.db.statements import written_in
+
+log = logging.getLogger(__name__)
 
 THROTTLE = "exotel"
 
@@ -47,6 +53,12 @@ class Budget:
     @property
     def lookup_limit(self) -> int:
         return max(1, int(self.limit * self.lookup_share))
+
+    def fresh(self, granted: float) -> bool:
+        """Whether a request granted at `granted` (`time.monotonic()`, read once the grant's
+        time was) may still be sent: within half the margin, the other half being the way to
+        Exotel. Sent later, it could land in a window that later grants filled."""
+        return time.monotonic() - granted <= self.margin / 2
 
 
 async def lock(session: AsyncSession) -> datetime:
@@ -146,11 +158,20 @@ async def acquire(
     return max(wait, 0.0)
 
 
-async def acquire_lookup(session: AsyncSession, budget: Budget) -> float:
-    """acquire() a look-up: at lower priority than placing calls while any wait to be placed."""
+async def acquire_lookup(sessionmaker: async_sessionmaker[AsyncSession], budget: Budget) -> float:
+    """acquire() a look-up, in a transaction of its own, at lower priority than placing calls
+    while any wait to be placed: 0.0 once it is granted and committed (send it now), else the
+    seconds to wait. A grant that is no longer `fresh` when its commit comes back is not used:
+    the budget is asked again."""
     queued = written_in(Call.status, CallStatus.QUEUED.value)  # a literal: see written_in
-    backlog = await session.scalar(select(exists().where(queued)))
-    return await acquire(session, budget, kind=RequestKind.LOOKUP, backlog=bool(backlog))
+    while True:
+        async with sessionmaker() as session, session.begin():
+            backlog = await session.scalar(select(exists().where(queued)))
+            wait = await acquire(session, budget, kind=RequestKind.LOOKUP, backlog=bool(backlog))
+            granted = time.monotonic()
+        if wait > 0 or budget.fresh(granted):
+            return wait
+        log.warning("a look-up's grant went stale before it could be sent; asking again")
 
 
 async def paused_for(session: AsyncSession) -> float:

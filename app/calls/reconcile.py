@@ -131,8 +131,7 @@ class _Round:
         (under a backlog a refused look-up is owed the next slot that frees, and one frees every
         window / limit seconds); else OutOfBudget, and the next round carries on."""
         while True:
-            async with self.sessionmaker() as session, session.begin():
-                wait = await ratelimit.acquire_lookup(session, self.budget)
+            wait = await ratelimit.acquire_lookup(self.sessionmaker, self.budget)
             if wait <= 0:
                 break
             if time.monotonic() + wait > self.deadline:

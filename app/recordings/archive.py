@@ -232,8 +232,7 @@ class Archive(Kind[Claimed, "Outcome"]):
         signed afresh."""
         if job.sid is None:  # nothing to look up
             return refused
-        async with self.sessionmaker() as session, session.begin():
-            wait = await ratelimit.acquire_lookup(session, self.budget)
+        wait = await ratelimit.acquire_lookup(self.sessionmaker, self.budget)
         if wait > 0:
             error = f"{refused.error}; its call details wait for the account's budget"
             return Outcome(RecordingStatus.PENDING, "retried", error, attempted=False)

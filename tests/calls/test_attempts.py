@@ -15,7 +15,7 @@ import functools
 import json
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -26,7 +26,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.calls import opt_outs, ratelimit
-from app.calls.dispatch import Claimed, Dispatch, Verdict, connect_request
+from app.calls.dispatch import Claimed, Dispatch, Stale, Verdict, connect_request
 from app.calls.ingest import store_callbacks
 from app.calls.placing import CallRequest, cancel, queue_calls
 from app.calls.policy import NumberLimit, Retry, Window
@@ -314,10 +314,10 @@ class Line:
         assert isinstance(claimed, list), "the budget is never the limit here"
         return claimed[0] if claimed else None
 
-    async def send(self, job: Claimed) -> ExotelCall | Verdict:
+    async def send(self, job: Claimed) -> ExotelCall | Verdict | Stale:
         return await self.dispatch.run(job)
 
-    async def record(self, job: Claimed, result: ExotelCall | Verdict) -> None:
+    async def record(self, job: Claimed, result: ExotelCall | Verdict | Stale) -> None:
         async with self.sessionmaker() as session, session.begin():
             await self.dispatch.record(session, [(job, result)])
 
@@ -436,7 +436,7 @@ def dispatcher(
         sessionmaker=sessionmaker,
         exotel=exotel,
         settings=dispatch,
-        budget=ratelimit.Budget(limit=1000, window=1, margin=0),
+        budget=ratelimit.Budget(limit=1000, window=1, margin=10),
         connect=functools.partial(
             connect_request, exotel=settings.exotel, callbacks=settings.callbacks
         ),
@@ -684,7 +684,7 @@ async def test_no_attempt_follows_an_unknown_one_even_when_reconciliation_finds_
         sessionmaker=line.sessionmaker,
         exotel=exotel_client,
         settings=settings.reconcile,
-        budget=ratelimit.Budget(limit=10, window=60, margin=0),
+        budget=ratelimit.Budget(limit=10, window=60, margin=10),
     )
 
     assert repairs.repaired == 1
@@ -718,7 +718,7 @@ async def test_an_unknown_attempt_found_by_its_number_is_never_taken_for_an_earl
         sessionmaker=line.sessionmaker,
         exotel=exotel_client,
         settings=settings.reconcile,
-        budget=ratelimit.Budget(limit=10, window=60, margin=0),
+        budget=ratelimit.Budget(limit=10, window=60, margin=10),
     )
 
     call = await line.call(call_id)
@@ -1003,6 +1003,37 @@ async def test_a_send_that_never_dialled_is_sent_again_as_the_same_attempt(
     assert [(d.n, d.sid) for d in await line.dials(call_id)] == [(1, call.sid)]
     assert [r.attempt for r in await line.receipts(call_id)] == [1, 1]
     assert len(line.exotel.connects) == 2
+
+
+async def test_a_claim_whose_grant_went_stale_is_not_sent_and_is_due_again_as_it_was(
+    line: Line,
+) -> None:
+    """A replica that stalls between its claim and the send (fresh for half the budget's
+    10 s margin here) does not send on that grant: it could land in a window later grants
+    filled. Nothing reaches Exotel, nothing of the call is spent, and the next claim sends it."""
+    call_id = await line.place()
+    line.exotel.accept_connects()
+    job = await line.claim()
+    assert job is not None
+    stalled = replace(job, granted=job.granted - 6)
+
+    assert await line.send(stalled) is Stale.GRANT
+    await line.record(stalled, Stale.GRANT)
+
+    assert line.exotel.connects == []
+    call = await line.call(call_id)
+    assert (call.status, call.claimed_by, call.send_tries, call.error_code) == (
+        CallStatus.QUEUED,
+        None,
+        0,
+        None,
+    )
+    again = await line.claim()
+    assert again is not None
+    assert again.attempt == job.attempt == 1
+    await line.record(again, await line.send(again))
+    assert (await line.call(call_id)).status == CallStatus.IN_PROGRESS
+    assert len(line.exotel.connects) == 1
 
 
 # --- POST /calls ------------------------------------------------------------------------------

@@ -185,7 +185,7 @@ async def reconcile(
         sessionmaker=sessionmaker,
         exotel=exotel_client,
         settings=settings.reconcile,
-        budget=ratelimit.Budget(limit=limit, window=60, margin=0),
+        budget=ratelimit.Budget(limit=limit, window=60, margin=10),
     )
 
 

