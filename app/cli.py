@@ -126,6 +126,13 @@ def deliver(
         _run_app("app.main:create_deliverer_app", settings, host=host, port=port, access_log=False)
 
 
+# How long an idle keep-alive connection is held open: longer than clients keep theirs (httpx
+# 5 s, load balancers 60 s). Held shorter (uvicorn's own default is 5 s), a server closes one
+# just as a client sends on it: the request is reset unread, and the client cannot tell that
+# from one that was read (a `Calls/connect` then ends `unknown`, never dialled).
+KEEP_ALIVE_SECONDS = 75
+
+
 def _run_app(factory: str, settings: Settings, *, host: str, port: int, **options: Any) -> None:
     """The app `factory` builds, under uvicorn, logging as configured (in every worker too). On
     SIGTERM, requests in flight get SHUTDOWN_GRACE_SECONDS to be answered; then the app shuts
@@ -137,6 +144,7 @@ def _run_app(factory: str, settings: Settings, *, host: str, port: int, **option
         port=port,
         log_config=_logging_config(settings),
         timeout_graceful_shutdown=settings.service.shutdown_grace_seconds,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
         **options,
     )
 
@@ -218,6 +226,7 @@ def simulator(
         host=host,
         port=port,
         log_config=_logging_config(settings),
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
 
 
