@@ -17,7 +17,8 @@ from tests.support.processes import READY_DEADLINE_SECONDS, STOP_DEADLINE_SECOND
 
 LIMIT, WINDOW = 20, 5.0
 # Between a grant and the simulator seeing the request: generous, for a loaded machine, where a
-# replica can be off the CPU for a second or two (the default, 1 s, is for the network).
+# replica or the simulator can be off the CPU for a second or more (the default, 1 s, is for the
+# network). A replica sends within half of it or not at all; the rest is the simulator's.
 MARGIN = 3.0
 CALLS = 100  # a backlog of about 40 s: 20 requests per 5 s, counted over 8 s with the margin
 SETTLE_DEADLINE_SECONDS = CALLS / LIMIT * (WINDOW + MARGIN) + 90  # bounds waiting
