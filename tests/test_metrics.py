@@ -50,7 +50,7 @@ def app(db_url: str, exotel: ExotelDouble) -> FastAPI:
         # budget, however slowly a loaded machine sends the first two.
         exotel_rate_limit=2,
         exotel_rate_window_seconds=5,
-        exotel_rate_margin_seconds=0,
+        exotel_rate_margin_seconds=1,
     )
     return create_app(settings, exotel_transport=httpx.MockTransport(exotel.handle))
 
