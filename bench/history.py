@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.config import RecordingSettings
 from app.db import migrate
 from app.db.session import create_engine
 
@@ -62,6 +63,10 @@ ACCOUNT = "acme1"
 # some 800, against a queued call's 270 or so and 1,638): as far as those new calls leave them
 # (bench/README.md, "New calls on the history's old pages").
 CALL_FILLFACTOR = 87
+
+# A recording whose fetches keep failing is `failed` once RECORDING_MAX_ATTEMPTS have: within
+# about 12 minutes of its call's end (5 s doubling to 600 s). Only the recent ones still wait.
+RECORDING_FETCHES = RecordingSettings.model_fields["max_attempts"].default
 
 
 @dataclass(frozen=True)
@@ -248,14 +253,17 @@ CASE WHEN ended < t0 - interval '1 hour' AND r5 >= 20 THEN last_price + 0.6 * (k
 ended + (180 + r5 % 600) * interval '1 second' AS price_at,
 CASE WHEN ended >= t0 - interval '1 hour' THEN ended END AS price_wait_from,
 CASE WHEN NOT recorded THEN NULL
-  WHEN ended > t0 - interval '10 minutes' OR r5 < 4 THEN 'pending'
+  WHEN ended > t0 - interval '10 minutes' OR (r5 < 4 AND ended > t0 - interval '30 minutes')
+    THEN 'pending'
+  WHEN r5 < 4 THEN 'failed'
   WHEN i < n / 5 AND n >= 20000 THEN 'deleted' ELSE 'archived' END AS recording_status,
 CASE WHEN recorded AND ended <= t0 - interval '10 minutes' AND r5 >= 4
   THEN 417 + 4000 * dur END AS recording_size,
 CASE WHEN recorded AND ended <= t0 - interval '10 minutes' AND r5 >= 4
   THEN encode(sha256(convert_to(m, 'UTF8')), 'hex') END AS recording_sha256,
 CASE WHEN NOT recorded OR ended > t0 - interval '10 minutes' THEN 0
-  WHEN r5 < 4 THEN 2 ELSE 1 END AS recording_attempts,
+  WHEN r5 < 4 AND ended > t0 - interval '30 minutes' THEN 2
+  WHEN r5 < 4 THEN {RECORDING_FETCHES} ELSE 1 END AS recording_attempts,
 CASE WHEN recorded AND r5 < 4 AND ended <= t0 - interval '10 minutes'
   THEN 'Exotel answered 503' END AS recording_error,
 CASE WHEN passthru THEN ((i % 9) + 1)::text END AS digits,
