@@ -510,6 +510,8 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict | Stale]):
         ]
 
     async def run(self, job: Claimed) -> ExotelCall | Verdict | Stale:
+        if not self._budget.fresh(job.granted):
+            return Stale.GRANT
         log.info(
             "dialling %s for call %s (attempt %d)",
             mask(job.number),
@@ -517,8 +519,6 @@ class Dispatch(Kind[Claimed, ExotelCall | Verdict | Stale]):
             job.attempt,
             extra=about(job.call_id),
         )
-        if not self._budget.fresh(job.granted):
-            return Stale.GRANT
         try:
             return await self._exotel.connect(job.request)
         except ExotelError as exc:
